@@ -1,0 +1,24 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test quickstart clean
+
+# Creates .venv in the repo root and installs everything the project needs.
+setup: $(BIN)/prefbench
+
+$(BIN)/prefbench: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# The main job on the embedded default (filled in by the recipe-runner issues).
+quickstart: setup
+	$(BIN)/prefbench run recipes/kto_vs_dpo.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info

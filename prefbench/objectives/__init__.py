@@ -1,0 +1,95 @@
+"""The objective registry: one literal dict, name -> class. Adding an objective is one class and one line here.
+
+`OBJECTIVES[name](**hyperparameters)` builds an objective with the paper's defaults for whatever is
+not given. Names are stable: results, reports and recipes are keyed by them.
+"""
+
+from prefbench.objectives.base import Objective, ObjectiveOutput, PairedLogps, UnpairedLogps
+from prefbench.objectives.paired import (
+    AOT,
+    CDPO,
+    CPO,
+    DPO,
+    IPO,
+    ORPO,
+    RPO,
+    SFT,
+    AOTUnpaired,
+    APODown,
+    APOZero,
+    BCOPair,
+    DiscoPOP,
+    EXOPair,
+    Hinge,
+    NCAPair,
+    Robust,
+    SigmoidNorm,
+    SimPO,
+    SLiC,
+    SPPOHard,
+)
+from prefbench.objectives.unpaired import (
+    BCO,
+    KTO,
+    APOZeroUnpaired,
+    KTOConcave,
+    KTONoReference,
+    KTONoZ0,
+    KTORiskNeutral,
+)
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    # paired, with a reference model
+    "dpo": DPO,
+    "cdpo": CDPO,
+    "ipo": IPO,
+    "robust": Robust,
+    "hinge": Hinge,
+    "exo_pair": EXOPair,
+    "nca_pair": NCAPair,
+    "bco_pair": BCOPair,
+    "sppo_hard": SPPOHard,
+    "aot": AOT,
+    "aot_unpaired": AOTUnpaired,
+    "apo_zero": APOZero,
+    "apo_down": APODown,
+    "discopop": DiscoPOP,
+    "sigmoid_norm": SigmoidNorm,
+    "rpo": RPO,
+    # paired, reference-free
+    "orpo": ORPO,
+    "simpo": SimPO,
+    "cpo": CPO,
+    "slic": SLiC,
+    "sft": SFT,
+    # unpaired
+    "kto": KTO,
+    "kto_no_z0": KTONoZ0,
+    "kto_concave": KTOConcave,
+    "kto_risk_neutral": KTORiskNeutral,
+    "kto_no_ref": KTONoReference,
+    "apo_zero_unpaired": APOZeroUnpaired,
+    "bco": BCO,
+}
+
+
+def build(name: str, **hyperparameters: object) -> Objective:
+    """OBJECTIVES[name](**hyperparameters), with one-line errors for an unknown name or field."""
+    import dataclasses
+    import difflib
+
+    if name not in OBJECTIVES:
+        close = difflib.get_close_matches(name, OBJECTIVES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown objective {name!r}{hint}; `prefbench objectives` lists them")
+    cls = OBJECTIVES[name]
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in hyperparameters:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"objective {name!r} has no hyperparameter {key!r}{hint}; it has {fields}")
+    return cls(**hyperparameters)
+
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "PairedLogps", "UnpairedLogps", "build"]

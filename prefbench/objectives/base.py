@@ -1,0 +1,197 @@
+"""The objective contract: sequence log-probs in, per-example losses and implicit rewards out.
+
+Everything here is pure tensor math on one value per example. Turning a model's outputs into
+sequence log-probs is `prefbench.logprobs`' job; choosing data, devices and reductions across
+ranks is the trainer's. An objective never sees a model, a config or a logger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, Tensor]) -> None:
+    """Shape and length checks shared by both batch kinds; each failure is one clear line."""
+    sizes = {k: v.shape for k, v in values.items() if v is not None}
+    for k, shape in sizes.items():
+        if len(shape) != 1:
+            raise ValueError(f"{name}.{k} must be 1-D (one summed log-prob per example), got shape {tuple(shape)}")
+    if len({s[0] for s in sizes.values()}) > 1:
+        raise ValueError(f"{name}: fields disagree on the batch size: " + ", ".join(f"{k}={s[0]}" for k, s in sizes.items()))
+    for k, t in tokens.items():
+        empty = torch.nonzero(t < 1).flatten().tolist()
+        if empty:
+            # A zero-length completion has no log-prob to learn from and turns every per-token
+            # average into 0/0; TRL clamps the length to 1 and silently trains on it (trl #1033).
+            raise ValueError(f"{name}.{k}: zero-length completion at batch index {empty} (every completion needs >= 1 token)")
+
+
+@dataclass(frozen=True)
+class PairedLogps:
+    """Summed completion log-probs of (prompt, chosen, rejected) pairs, one value per pair.
+
+    Reference fields are None when the objective does not need a reference model.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    chosen_tokens: Tensor
+    rejected_tokens: Tensor
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_batch(
+            "PairedLogps",
+            {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            {"chosen_tokens": self.chosen_tokens, "rejected_tokens": self.rejected_tokens},
+        )
+
+    def require_reference(self, objective: str) -> tuple[Tensor, Tensor]:
+        if self.ref_chosen is None or self.ref_rejected is None:
+            raise ValueError(f"objective {objective!r} needs reference log-probs (ref_chosen, ref_rejected)")
+        return self.ref_chosen, self.ref_rejected
+
+
+@dataclass(frozen=True)
+class UnpairedLogps:
+    """Summed completion log-probs of (prompt, completion, label) examples.
+
+    `kl_policy`/`kl_ref` are the log-probs of mismatched (prompt, completion) pairs, one per
+    example, used by KTO's mismatched reference point z0; None when not used.
+    """
+
+    policy: Tensor
+    tokens: Tensor
+    desirable: Tensor
+    ref: Tensor | None = None
+    kl_policy: Tensor | None = None
+    kl_ref: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_batch(
+            "UnpairedLogps",
+            {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            {"tokens": self.tokens},
+        )
+        if self.desirable.dtype != torch.bool:
+            raise ValueError(f"UnpairedLogps.desirable must be a bool tensor, got {self.desirable.dtype}")
+
+    def require_reference(self, objective: str) -> Tensor:
+        if self.ref is None:
+            raise ValueError(f"objective {objective!r} needs reference log-probs (ref)")
+        return self.ref
+
+
+@dataclass
+class ObjectiveOutput:
+    """Per-example `losses` (the trainer averages them), implicit rewards, and scalar metrics.
+
+    Paired objectives fill `rewards_chosen`/`rewards_rejected`; unpaired ones fill `rewards`.
+    Metrics are detached scalars (batch means), ready to log.
+    """
+
+    losses: Tensor
+    metrics: dict[str, Tensor]
+    rewards: Tensor | None = None
+    rewards_chosen: Tensor | None = None
+    rewards_rejected: Tensor | None = None
+
+
+def paired_output(losses: Tensor, rewards_chosen: Tensor, rewards_rejected: Tensor, **extra: Tensor) -> ObjectiveOutput:
+    """The standard paired metrics (TRL's names and definitions), from the implicit rewards."""
+    rc, rr = rewards_chosen.detach(), rewards_rejected.detach()
+    metrics = {
+        "rewards/chosen": rc.mean(),
+        "rewards/rejected": rr.mean(),
+        "rewards/margins": (rc - rr).mean(),
+        "rewards/accuracies": (rc > rr).to(rc.dtype).mean(),  # strict, as TRL
+        **{k: v.detach() for k, v in extra.items()},
+    }
+    return ObjectiveOutput(losses=losses, metrics=metrics, rewards_chosen=rc, rewards_rejected=rr)
+
+
+def unpaired_output(losses: Tensor, rewards: Tensor, desirable: Tensor, **extra: Tensor) -> ObjectiveOutput:
+    """Class-mean rewards (TRL KTO's `rewards/chosen|rejected|margins`); a class absent from the batch is left out."""
+    r = rewards.detach()
+    metrics: dict[str, Tensor] = {k: v.detach() for k, v in extra.items()}
+    if desirable.any():
+        metrics["rewards/chosen"] = r[desirable].mean()
+    if (~desirable).any():
+        metrics["rewards/rejected"] = r[~desirable].mean()
+    if desirable.any() and (~desirable).any():
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return ObjectiveOutput(losses=losses, metrics=metrics, rewards=r)
+
+
+@dataclass
+class Objective:
+    """Base of every objective. Subclasses are dataclasses whose fields are their hyperparameters.
+
+    Class attributes declare what the trainer must provide, so it never guesses:
+      data             "paired" (PairedLogps) or "unpaired" (UnpairedLogps)
+      needs_reference  whether reference log-probs must be computed
+      version          bump whenever a formula or a default changes the numbers
+      paper            citation shown by `prefbench objectives`
+    """
+
+    data: ClassVar[str]
+    needs_reference: ClassVar[bool]
+    version: ClassVar[int] = 1
+    paper: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for hyperparameters outside their valid range."""
+        if hasattr(self, "beta") and not self.beta > 0:
+            raise ValueError(f"{type(self).__name__}: beta must be > 0, got {self.beta}")
+
+    def loss(self, batch: PairedLogps | UnpairedLogps) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    # Objectives with running statistics (BCO's reward mean) save them with the checkpoint.
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+def require_range(obj: Objective, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+    value = getattr(obj, name)
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{type(obj).__name__}: {name} must be in {lo}{low}, {high}{hi}, got {value}")
+
+
+def require_choice(obj: Objective, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise ValueError(f"{type(obj).__name__}: {name} must be one of {list(choices)}, got {getattr(obj, name)!r}")
+
+
+__all__ = [
+    "Objective",
+    "ObjectiveOutput",
+    "PairedLogps",
+    "UnpairedLogps",
+    "paired_output",
+    "require_choice",
+    "require_range",
+    "unpaired_output",
+]

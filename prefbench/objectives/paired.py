@@ -1,0 +1,484 @@
+"""Paired objectives: (prompt, chosen y_w, rejected y_l).
+
+Notation (shared/reference/objectives.md §1): S(y) is the completion log-prob summed over tokens,
+|y| its token count, A(y) = S(y)/|y|, h(y) = S_policy(y) - S_ref(y) the log-ratio, and
+Delta = h(y_w) - h(y_l). Implicit rewards are beta * h (TRL's convention, also for IPO and
+sigmoid_norm whose losses use a length-normalised ratio); reference-free objectives report the
+quantity they score with (beta * S or beta * A).
+
+Every class body is the paper's equation; its docstring cites it and says where prefbench
+deliberately differs from TRL 1.16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prefbench.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    PairedLogps,
+    paired_output,
+    require_range,
+)
+
+
+def smoothed_logistic(z: Tensor, epsilon: float) -> Tensor:
+    """-(1 - eps) log sigma(z) - eps log sigma(-z): the logistic loss with the label flipped w.p. eps."""
+    loss = -F.logsigmoid(z)
+    if epsilon:
+        loss = (1 - epsilon) * loss - epsilon * F.logsigmoid(-z)
+    return loss
+
+
+def chosen_nll(b: PairedLogps) -> Tensor:
+    """Per-token negative log-likelihood of each chosen completion, -S(y_w)/|y_w|.
+
+    Per sequence, so that a pair's loss does not depend on the rest of its batch (and gradient
+    accumulation changes nothing). TRL's `sft` term is the token mean over the whole batch
+    instead; the two agree when all chosen completions have the same length.
+    """
+    return -b.policy_chosen / b.chosen_tokens
+
+
+@dataclass
+class _WithReference(Objective):
+    """Paired objectives scored on log-ratios h against a reference model."""
+
+    data = "paired"
+    needs_reference = True
+    beta: float = 0.1
+
+    def logratios(self, b: PairedLogps) -> tuple[Tensor, Tensor]:
+        ref_chosen, ref_rejected = b.require_reference(type(self).__name__)
+        return b.policy_chosen - ref_chosen, b.policy_rejected - ref_rejected
+
+    def output(self, losses: Tensor, h_w: Tensor, h_l: Tensor, **extra: Tensor) -> ObjectiveOutput:
+        return paired_output(losses, self.beta * h_w, self.beta * h_l, **extra)
+
+
+@dataclass
+class DPO(_WithReference):
+    """DPO: -log sigma(beta * Delta). Rafailov et al. 2023, arXiv:2305.18290, Eq. 7; beta = 0.1 (§6)."""
+
+    paper = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        return self.output(-F.logsigmoid(self.beta * (h_w - h_l)), h_w, h_l)
+
+
+@dataclass
+class CDPO(_WithReference):
+    """Conservative DPO: DPO with the preference label flipped with probability epsilon.
+
+    (1 - eps) * [-log sigma(beta Delta)] + eps * [-log sigma(-beta Delta)]  (Mitchell 2023, cDPO note).
+    The gradient is beta * (sigma(beta Delta) - (1 - eps)), so the loss is minimised at
+    sigma(beta Delta) = 1 - eps: a finite margin, and at eps = 0.5 no preference is learned at all.
+    eps = 0.2 as HALOs' cdpo config. TRL dropped this objective in v0.29 (its `robust` is a
+    different, unbiased estimator); prefbench keeps it under its own name.
+    """
+
+    paper = "Mitchell 2023, A note on DPO with noisy preferences and relationship to IPO"
+    epsilon: float = 0.2
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "epsilon", 0.0, 0.5)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        return self.output(smoothed_logistic(self.beta * (h_w - h_l), self.epsilon), h_w, h_l)
+
+
+@dataclass
+class Robust(_WithReference):
+    """Robust DPO (rDPO): an unbiased DPO loss under label-flip rate epsilon.
+
+    [(1 - eps)(-log sigma(beta Delta)) - eps(-log sigma(-beta Delta))] / (1 - 2 eps).
+    Chowdhury et al. 2024, arXiv:2403.00409, Eq. 9; eps = 0.1 as in its experiments.
+    """
+
+    paper = "Chowdhury, Kini, Natarajan 2024, Provably Robust DPO, arXiv:2403.00409"
+    epsilon: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "epsilon", 0.0, 0.5, high_open=True)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        z = self.beta * (h_w - h_l)
+        e = self.epsilon
+        losses = ((1 - e) * -F.logsigmoid(z) - e * -F.logsigmoid(-z)) / (1 - 2 * e)
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class IPO(_WithReference):
+    """IPO: (h_w/|y_w| - h_l/|y_l| - 1/(2 beta))^2, Azar et al. 2023, arXiv:2310.12036, Eq. 17 (beta = tau).
+
+    Eq. 17 is written on sequence log-probs; TRL and HALOs divide each log-ratio by its
+    completion length (which the IPO authors confirmed to TRL), and so does prefbench by default.
+    `length_normalized: false` gives the literal summed form. Where TRL clamps a zero length to 1,
+    prefbench refuses the batch (a zero-length completion is an error, trl #1033).
+    """
+
+    paper = "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, arXiv:2310.12036"
+    length_normalized: bool = True
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        if self.length_normalized:
+            margin = h_w / b.chosen_tokens - h_l / b.rejected_tokens
+        else:
+            margin = h_w - h_l
+        return self.output((margin - 1 / (2 * self.beta)) ** 2, h_w, h_l)
+
+
+@dataclass
+class Hinge(_WithReference):
+    """Hinge (RSO's hinge-norm, SLiC with a reference): max(0, 1 - beta Delta); beta = 1/margin.
+
+    Liu et al. 2023 (RSO), arXiv:2309.06657, Eq. 6; Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425.
+    """
+
+    paper = "Liu et al. 2023, Statistical Rejection Sampling Improves Preference Optimization, arXiv:2309.06657"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        return self.output(torch.relu(1 - self.beta * (h_w - h_l)), h_w, h_l)
+
+
+@dataclass
+class EXOPair(_WithReference):
+    """EXO-pref: KL([q_w, q_l] || [1 - eps, eps]) with q_w = sigma(beta Delta), q_l = sigma(-beta Delta).
+
+    Ji et al. 2024, arXiv:2402.00856, Eq. 16 (K = 2); eps = 1e-3 as in the paper.
+    """
+
+    paper = "Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment, arXiv:2402.00856"
+    epsilon: float = 1e-3
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "epsilon", 0.0, 1.0, low_open=True, high_open=True)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        z = self.beta * (h_w - h_l)
+        q_w, q_l = torch.sigmoid(z), torch.sigmoid(-z)
+        losses = q_w * (F.logsigmoid(z) - math.log1p(-self.epsilon)) + q_l * (F.logsigmoid(-z) - math.log(self.epsilon))
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class NCAPair(_WithReference):
+    """NCA (pairwise): -log sigma(beta h_w) - 1/2 log sigma(-beta h_w) - 1/2 log sigma(-beta h_l).
+
+    Chen et al. 2024, Noise Contrastive Alignment, arXiv:2402.05369, Eq. 11 (K = 2).
+    """
+
+    paper = "Chen et al. 2024, Noise Contrastive Alignment of Language Models with Explicit Rewards, arXiv:2402.05369"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        r_w, r_l = self.beta * h_w, self.beta * h_l
+        losses = -F.logsigmoid(r_w) - 0.5 * F.logsigmoid(-r_w) - 0.5 * F.logsigmoid(-r_l)
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class BCOPair(_WithReference):
+    """BCO on pairs, without the running-mean shift: -log sigma(beta h_w) - log sigma(-beta h_l).
+
+    Jung et al. 2024, arXiv:2404.04656. This is TRL 1.16's `bco_pair` (TRL <= 0.28 subtracted a
+    running mean delta; prefbench's unpaired `bco` keeps that shift).
+    """
+
+    paper = "Jung et al. 2024, Binary Classifier Optimization for Large Language Model Alignment, arXiv:2404.04656"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        losses = -F.logsigmoid(self.beta * h_w) - F.logsigmoid(-self.beta * h_l)
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class SPPOHard(_WithReference):
+    """SPPO with hard win probabilities: (h_w - 1/(2 beta))^2 + (h_l + 1/(2 beta))^2.
+
+    Wu et al. 2024, arXiv:2405.00675, Eq. 4.7 with P(y_w > y_l) set to 1 and 0. beta = 1e-3
+    (the paper's eta^-1, as TRL's paper index records); TRL's own default is 0.1.
+    """
+
+    paper = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment, arXiv:2405.00675"
+    beta: float = 1e-3
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        target = 1 / (2 * self.beta)
+        return self.output((h_w - target) ** 2 + (h_l + target) ** 2, h_w, h_l)
+
+
+@dataclass
+class AOT(_WithReference):
+    """AOT (paired): distributional alignment by optimal transport in one dimension.
+
+    Sort u = S_pi(y_w) - S_pi(y_l) and v = S_ref(y_w) - S_ref(y_l) across the batch independently,
+    d_(i) = u_(i) - v_(i), loss = smoothed logistic of beta d with label smoothing eps.
+    Melnyk et al. 2024, arXiv:2406.05882, Eq. 9. Each loss belongs to a sorted slot, not to the pair
+    at that index, so a per-example loss only means something as part of its batch.
+    """
+
+    paper = "Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport, arXiv:2406.05882"
+    epsilon: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "epsilon", 0.0, 0.5)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        ref_chosen, ref_rejected = b.require_reference("aot")
+        u, _ = torch.sort(b.policy_chosen - b.policy_rejected)
+        v, _ = torch.sort(ref_chosen - ref_rejected)
+        return self.output(smoothed_logistic(self.beta * (u - v), self.epsilon), h_w, h_l)
+
+
+@dataclass
+class AOTUnpaired(AOT):
+    """AOT (unpaired): sort h_w and h_l across the batch independently; d_(i) = h_w,(i) - h_l,(i).
+
+    Same paper, Eq. 10: the chosen and rejected sets are used as two marginals, so the pairing
+    inside the batch does not matter.
+    """
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        d = torch.sort(h_w).values - torch.sort(h_l).values
+        return self.output(smoothed_logistic(self.beta * d, self.epsilon), h_w, h_l)
+
+
+@dataclass
+class APOZero(_WithReference):
+    """APO-zero: [1 - sigma(beta h_w)] + sigma(beta h_l). D'Oosterlinck et al. 2024, arXiv:2408.06266, Eq. 7.
+
+    For chosen completions better than the model's own: push chosen up and rejected down.
+    """
+
+    paper = "D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, arXiv:2408.06266"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        losses = (1 - torch.sigmoid(self.beta * h_w)) + torch.sigmoid(self.beta * h_l)
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class APODown(_WithReference):
+    """APO-down: sigma(beta h_w) + [1 - sigma(beta Delta)]. Same paper, Eq. 8.
+
+    For chosen completions worse than the model's own: both likelihoods go down, the rejected one
+    faster. At initialisation raising h_w alone has zero first-order effect (the two terms cancel).
+    """
+
+    paper = "D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions, arXiv:2408.06266"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        losses = torch.sigmoid(self.beta * h_w) + (1 - torch.sigmoid(self.beta * (h_w - h_l)))
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class DiscoPOP(_WithReference):
+    """DiscoPOP / LRML: with z = beta Delta and m = sigma(z / tau), (1 - m)(-log sigma(z)) + m exp(-z).
+
+    Lu et al. 2024, arXiv:2406.08414, Eq. 5; tau = 0.05. m * exp(-z) is computed as
+    exp(log sigma(z/tau) - z), the same number without the inf * 0 = NaN that the literal form
+    gives for z below about -700 (TRL's code has that overflow). The loss is not monotone near
+    z = 0: at initialisation its gradient pushes the margin *down* (see the tests).
+    """
+
+    paper = "Lu et al. 2024, Discovering Preference Optimization Algorithms with and for LLMs, arXiv:2406.08414"
+    tau: float = 0.05
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "tau", 0.0, math.inf, low_open=True)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        z = self.beta * (h_w - h_l)
+        m = torch.sigmoid(z / self.tau)
+        losses = (1 - m) * -F.logsigmoid(z) + torch.exp(F.logsigmoid(z / self.tau) - z)
+        return self.output(losses, h_w, h_l)
+
+
+@dataclass
+class SigmoidNorm(_WithReference):
+    """Length-normalised DPO: -log sigma(beta (h_w/|y_w| - h_l/|y_l|)).
+
+    SimPO paper's "DPO w/ LN" ablation (Meng et al. 2024, arXiv:2405.14734, App.) and Tulu 3 §4.3
+    (Lambert et al. 2024, arXiv:2411.15124). TRL's `sigmoid_norm`.
+    """
+
+    paper = "Meng et al. 2024, arXiv:2405.14734 (DPO w/ LN); Lambert et al. 2024, Tulu 3, arXiv:2411.15124"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        z = self.beta * (h_w / b.chosen_tokens - h_l / b.rejected_tokens)
+        return self.output(-F.logsigmoid(z), h_w, h_l)
+
+
+@dataclass
+class RPO(DPO):
+    """RPO: DPO + alpha * NLL(y_w), the NLL per token of each chosen completion.
+
+    Pang et al. 2024, Iterative Reasoning Preference Optimization, arXiv:2404.19733, Eq. 1
+    (NLL normalised by length, alpha = 1). The standard answer to chosen log-probs falling under
+    DPO (likelihood displacement). TRL's equivalent, loss_type=["sigmoid", "sft"], takes the NLL as
+    a token mean over the batch; see `chosen_nll`.
+    """
+
+    paper = "Pang et al. 2024, Iterative Reasoning Preference Optimization, arXiv:2404.19733"
+    alpha: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "alpha", 0.0, math.inf)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        nll = chosen_nll(b)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l)) + self.alpha * nll
+        return self.output(losses, h_w, h_l, nll=nll.mean())
+
+
+# ---- reference-free --------------------------------------------------------------------------
+
+
+@dataclass
+class _ReferenceFree(Objective):
+    data = "paired"
+    needs_reference = False
+
+
+@dataclass
+class ORPO(_ReferenceFree):
+    """ORPO: NLL(y_w) - lambda * log sigma(log-odds), on per-token averaged log-probs A.
+
+    log-odds = (A_w - A_l) - (log(1 - e^A_w) - log(1 - e^A_l)). Hong et al. 2024, arXiv:2403.07691,
+    Eqs. 6-7; lambda (`beta`, as TRL names it) = 0.1. Rewards are beta * A.
+    Deliberate difference from TRL: TRL's NLL covers every non-pad token of the chosen sequence,
+    prompt included, as a token mean over the batch; prefbench's covers completion tokens only,
+    per sequence (`chosen_nll`), like every other NLL term here.
+    """
+
+    paper = "Hong, Lee, Thorne 2024, ORPO: Monolithic Preference Optimization without Reference Model, arXiv:2403.07691"
+    beta: float = 0.1
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        a_w, a_l = b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens
+        log_odds = (a_w - a_l) - (_log1mexp(a_w) - _log1mexp(a_l))
+        nll = chosen_nll(b)
+        losses = nll - self.beta * F.logsigmoid(log_odds)
+        return paired_output(losses, self.beta * a_w, self.beta * a_l, nll=nll.mean(), log_odds=log_odds.mean())
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - e^x) for x <= 0, switching form at -ln 2 to avoid cancellation (Maechler 2012)."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+@dataclass
+class SimPO(_ReferenceFree):
+    """SimPO: smoothed logistic of beta (A_w - A_l) - gamma, with gamma = beta * gamma_beta_ratio.
+
+    Meng, Xia, Chen 2024, arXiv:2405.14734, Eq. 6. Defaults from the official code: beta = 2.0,
+    gamma_beta_ratio = 0.25, no label smoothing. TRL writes the same loss with an absolute
+    `simpo_gamma` (= beta * gamma_beta_ratio); its CPOTrainer default cpo_alpha = 1 adds an NLL
+    term, which prefbench's simpo does not. Rewards are beta * A.
+    """
+
+    paper = "Meng, Xia, Chen 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, arXiv:2405.14734"
+    beta: float = 2.0
+    gamma_beta_ratio: float = 0.25
+    epsilon: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "epsilon", 0.0, 0.5)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        a_w, a_l = b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens
+        losses = smoothed_logistic(self.beta * (a_w - a_l - self.gamma_beta_ratio), self.epsilon)
+        return paired_output(losses, self.beta * a_w, self.beta * a_l)
+
+
+@dataclass
+class CPO(_ReferenceFree):
+    """CPO: -log sigma(beta (S_w - S_l)) (label-smoothed by eps) + alpha * NLL(y_w).
+
+    Xu et al. 2024, arXiv:2401.08417, Eq. 3 plus the NLL regulariser; beta = 0.1, alpha = 1.
+    Rewards are beta * S. The NLL is per token of each chosen completion (`chosen_nll`), where
+    TRL takes a token mean over the batch.
+    """
+
+    paper = "Xu et al. 2024, Contrastive Preference Optimization, arXiv:2401.08417"
+    beta: float = 0.1
+    alpha: float = 1.0
+    epsilon: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "alpha", 0.0, math.inf)
+        require_range(self, "epsilon", 0.0, 0.5)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        nll = chosen_nll(b)
+        losses = smoothed_logistic(self.beta * (b.policy_chosen - b.policy_rejected), self.epsilon) + self.alpha * nll
+        return paired_output(losses, self.beta * b.policy_chosen, self.beta * b.policy_rejected, nll=nll.mean())
+
+
+@dataclass
+class SLiC(_ReferenceFree):
+    """SLiC-HF (calibration loss + regulariser): max(0, delta - S_w + S_l) - lambda * S_w.
+
+    Zhao et al. 2023, arXiv:2305.10425, Eq. 2, with the positive completion as the regularisation
+    target; delta (`beta`, HALOs' name) = 1.0 and lambda = 0.1 as HALOs' slic config. Log-probs
+    are summed, as in the paper. Not in TRL. Rewards are the summed log-probs S.
+    """
+
+    paper = "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv:2305.10425"
+    beta: float = 1.0
+    lambda_coef: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "lambda_coef", 0.0, math.inf)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        losses = torch.relu(self.beta - b.policy_chosen + b.policy_rejected) - self.lambda_coef * b.policy_chosen
+        return paired_output(losses, b.policy_chosen, b.policy_rejected)
+
+
+@dataclass
+class SFT(_ReferenceFree):
+    """SFT on the chosen completions: -S(y_w)/|y_w| (the baseline row). Rejected completions are unused.
+
+    Rewards are the summed log-probs S, so the report can still show how far chosen and rejected
+    log-probs move apart without a preference loss.
+    """
+
+    paper = "supervised fine-tuning baseline (negative log-likelihood of the chosen completion)"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        nll = chosen_nll(b)
+        return paired_output(nll, b.policy_chosen, b.policy_rejected, nll=nll.mean())
