@@ -6,7 +6,8 @@ KTO and its reference point z0 (shared/reference/objectives.md §3):
                      KL(pi || ref) that TRL and HALOs use. It never looks at the labels.
   z0 = "batch_mean"  mean_i h(y_i|x_i) over the labelled examples themselves, detached, unclamped:
                      no extra forward, but it tracks the batch's label mix, and at batch size 1 it
-                     equals h, which makes the loss a constant 0.5 with no gradient.
+                     equals h: the loss reads 0.5 whatever h is, and its gradient is a constant
+                     beta/4 that never saturates (z0 is detached).
   z0 = "none"        z0 = 0.
 z0 is averaged over the batch it is given; across data-parallel ranks the trainer passes each
 rank the gathered mismatched log-probs when it wants TRL's all-rank estimate.
