@@ -1,0 +1,262 @@
+"""prefbench's objectives against TRL 1.16's own loss code, in float64, to 1e-6.
+
+TRL computes its losses inside trainer methods that also run the model. The model is the one
+thing replaced here: a stand-in returns per-token log-probs whose completion sums are the batch's
+log-probs, so TRL's real `_compute_loss` (DPO, KTO) and `cpo_loss`/`odds_ratio_loss` (CPO, ORPO)
+run on exactly the numbers prefbench's objectives get. Reference log-probs go in through TRL's
+precomputed-reference path.
+
+Every objective is either in TRL_CASES or in NOT_IN_TRL with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prefbench.objectives import OBJECTIVES, PairedLogps, UnpairedLogps
+from prefbench.objectives.paired import chosen_nll
+
+trl = pytest.importorskip("trl", minversion="1.16.0")
+from trl import DPOTrainer, KTOTrainer  # noqa: E402
+from trl.experimental.cpo import CPOTrainer  # noqa: E402
+from trl.experimental.orpo import ORPOTrainer  # noqa: E402
+
+CPU = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
+
+
+def random_paired(n=7, seed=0, equal_chosen_lengths=False) -> PairedLogps:
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64, generator=g)
+    chosen_tokens = torch.full((n,), 4.0, dtype=torch.float64) if equal_chosen_lengths else torch.randint(1, 9, (n,), generator=g).double()
+    rejected_tokens = torch.randint(1, 9, (n,), generator=g).double()
+    ref_c, ref_r = -chosen_tokens * (1 + 3 * torch.rand(n, **f64)), -rejected_tokens * (1 + 3 * torch.rand(n, **f64))
+    pol_c = (ref_c + 4 * torch.randn(n, **f64)).clamp(max=-0.05)
+    pol_r = (ref_r + 4 * torch.randn(n, **f64)).clamp(max=-0.05)
+    return PairedLogps(pol_c, pol_r, chosen_tokens, rejected_tokens, ref_c, ref_r)
+
+
+def random_unpaired(n=8, seed=1) -> UnpairedLogps:
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64, generator=g)
+    tokens = torch.randint(1, 9, (n,), generator=g).double()
+    ref = -tokens * (1 + 3 * torch.rand(n, **f64))
+    kl_ref = -5 - 20 * torch.rand(n, **f64)
+    return UnpairedLogps(
+        policy=(ref + 4 * torch.randn(n, **f64)).clamp(max=-0.05),
+        tokens=tokens,
+        desirable=torch.tensor([True, False, True, True, False, True, False, False][:n]),
+        ref=ref,
+        kl_policy=kl_ref + 2 + 3 * torch.randn(n, **f64),  # mean difference > 0, so z0 is not clamped
+        kl_ref=kl_ref,
+    )
+
+
+def per_token(sums: torch.Tensor, lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of per-token log-probs (each completion's sum spread evenly) and TRL's completion_mask.
+
+    The mask has one prompt position in front, as TRL's (it shifts the mask by one for the labels).
+    """
+    n = sums.numel()
+    positions = torch.arange(width).expand(n, width)
+    on = positions < lengths.long().unsqueeze(1)
+    logps = torch.where(on, sums.unsqueeze(1) / lengths.unsqueeze(1), torch.zeros((), dtype=sums.dtype))
+    mask = torch.cat([torch.zeros(n, 1, dtype=torch.long), on.long()], dim=1)
+    return logps, mask
+
+
+def stand_in_model(rows_by_input: dict[int, torch.Tensor]):
+    """Answers TRL's `model(..., fused_lm_head=True)` with given per-token log-probs."""
+
+    def model(*, input_ids, **_):
+        logps = rows_by_input[id(input_ids)]
+        zeros = torch.zeros_like(logps)
+        return SimpleNamespace(log_probs=logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+
+    return model
+
+
+def trl_dpo(b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0, discopop_tau=0.05):
+    """TRL's DPOTrainer._compute_loss on this batch: (mean loss, TRL's logged metrics)."""
+    self = DPOTrainer.__new__(DPOTrainer)
+    self.__dict__.update(
+        accelerator=CPU, model=SimpleNamespace(training=True), aux_loss_enabled=False, precompute_ref_logps=True,
+        ld_alpha=None, f_divergence_type="reverse_kl", loss_types=list(loss_types),
+        loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta, label_smoothing=label_smoothing,
+        use_weighting=False, args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0, _tp_size=1,
+    )  # fmt: skip
+    width = int(max(b.chosen_tokens.max(), b.rejected_tokens.max()))
+    logps, mask = per_token(torch.cat([b.policy_chosen, b.policy_rejected]), torch.cat([b.chosen_tokens, b.rejected_tokens]), width)
+    input_ids = torch.zeros_like(mask)
+    inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(mask), completion_mask=mask, ref_chosen_logps=b.ref_chosen, ref_rejected_logps=b.ref_rejected)
+    loss = self._compute_loss(stand_in_model({id(input_ids): logps}), inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in self._metrics["train"].items()}
+
+
+def trl_kto(b: UnpairedLogps, loss_type, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0):
+    self = KTOTrainer.__new__(KTOTrainer)
+    self.__dict__.update(
+        accelerator=CPU, model=SimpleNamespace(training=True), aux_loss_enabled=False, precompute_ref_logps=True,
+        calculate_KL=loss_type == "kto", loss_type=loss_type, beta=beta, desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight, _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+    )  # fmt: skip
+    width = int(b.tokens.max())
+    logps, mask = per_token(b.policy, b.tokens, width)
+    kl_logps, kl_mask = per_token(b.kl_policy, torch.ones_like(b.tokens), width)
+    input_ids, kl_ids = torch.zeros_like(mask), torch.zeros_like(kl_mask)
+    inputs = dict(
+        input_ids=input_ids, attention_mask=torch.ones_like(mask), completion_mask=mask, label=b.desirable,
+        KL_input_ids=kl_ids, KL_attention_mask=torch.ones_like(kl_mask), KL_completion_mask=kl_mask,
+        ref_logps=b.ref, ref_KL_logps=b.kl_ref,
+    )  # fmt: skip
+    loss = self._compute_loss(stand_in_model({id(input_ids): logps, id(kl_ids): kl_logps}), inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in self._metrics["train"].items()}
+
+
+def close(a, b):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def check_dpo_family(name, loss_types, *, batch_coupled=False, **trl_kwargs):
+    """Mean loss and TRL's reward metrics on the whole batch; per-pair losses one pair at a time."""
+    ours = OBJECTIVES[name]()
+    b = random_paired()
+    out = ours.loss(b)
+    loss, metrics = trl_dpo(b, loss_types, beta=ours.beta, **trl_kwargs)
+    close(out.losses.mean(), loss)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        close(out.metrics[key], metrics[key])
+    if not batch_coupled:
+        for i in range(len(b.policy_chosen)):
+            one = PairedLogps(**{k: v[i : i + 1] for k, v in b.__dict__.items()})
+            close(out.losses[i], trl_dpo(one, loss_types, beta=ours.beta, **trl_kwargs)[0])
+
+
+TRL_CASES = {
+    "dpo": lambda: check_dpo_family("dpo", ["sigmoid"]),
+    "ipo": lambda: check_dpo_family("ipo", ["ipo"]),
+    "robust": lambda: check_dpo_family("robust", ["robust"], label_smoothing=0.1),
+    "hinge": lambda: check_dpo_family("hinge", ["hinge"]),
+    "exo_pair": lambda: check_dpo_family("exo_pair", ["exo_pair"], label_smoothing=1e-3),
+    "nca_pair": lambda: check_dpo_family("nca_pair", ["nca_pair"]),
+    "bco_pair": lambda: check_dpo_family("bco_pair", ["bco_pair"]),
+    "sppo_hard": lambda: check_dpo_family("sppo_hard", ["sppo_hard"]),
+    "aot": lambda: check_dpo_family("aot", ["aot"], batch_coupled=True),
+    "aot_unpaired": lambda: check_dpo_family("aot_unpaired", ["aot_unpaired"], batch_coupled=True),
+    "apo_zero": lambda: check_dpo_family("apo_zero", ["apo_zero"]),
+    "apo_down": lambda: check_dpo_family("apo_down", ["apo_down"]),
+    "discopop": lambda: check_dpo_family("discopop", ["discopop"]),
+    "sigmoid_norm": lambda: check_dpo_family("sigmoid_norm", ["sigmoid_norm"]),
+}
+
+
+def check_rpo_and_sft():
+    # TRL's `sft` term is the token mean over the batch, prefbench's the per-sequence token mean:
+    # equal when every chosen completion has the same length, which this batch has.
+    b = random_paired(equal_chosen_lengths=True)
+    rpo = OBJECTIVES["rpo"](alpha=0.7)
+    close(rpo.loss(b).losses.mean(), trl_dpo(b, ["sigmoid", "sft"], [1.0, 0.7])[0])
+    close(OBJECTIVES["sft"]().loss(b).losses.mean(), trl_dpo(b, ["sft"])[0])
+    # ... and differ, as documented, when lengths differ.
+    u = random_paired()
+    assert abs(float(OBJECTIVES["sft"]().loss(u).losses.mean()) - float(trl_dpo(u, ["sft"])[0])) > 1e-3
+
+
+TRL_CASES["rpo"] = check_rpo_and_sft
+TRL_CASES["sft"] = check_rpo_and_sft
+
+
+def check_kto(name, loss_type, **hp):
+    ours = OBJECTIVES[name](**hp)
+    b = random_unpaired()
+    out = ours.loss(b)
+    loss, metrics = trl_kto(b, loss_type, **hp)
+    close(out.losses.mean(), loss)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        close(out.metrics[key], metrics[key])
+    if loss_type == "kto":
+        close(out.metrics["z0"], metrics["kl"])
+
+
+TRL_CASES["kto"] = lambda: check_kto("kto", "kto", desirable_weight=1.3, undesirable_weight=0.8)
+TRL_CASES["apo_zero_unpaired"] = lambda: check_kto("apo_zero_unpaired", "apo_zero_unpaired")
+
+
+def trl_cpo(b: PairedLogps, loss_type, beta, simpo_gamma=0.5, label_smoothing=0.0, average=False):
+    self = SimpleNamespace(alpha=0.0, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma, label_smoothing=label_smoothing, accelerator=CPU)
+    c, r = b.policy_chosen, b.policy_rejected
+    if average:  # CPOTrainer feeds simpo length-averaged log-probs
+        c, r = c / b.chosen_tokens, r / b.rejected_tokens
+    return CPOTrainer.cpo_loss(self, c, r)
+
+
+def check_simpo():
+    ours = OBJECTIVES["simpo"](epsilon=0.1)
+    b = random_paired()
+    out = ours.loss(b)
+    losses, rc, rr = trl_cpo(b, "simpo", ours.beta, simpo_gamma=ours.beta * ours.gamma_beta_ratio, label_smoothing=0.1, average=True)
+    close(out.losses, losses)
+    close(out.rewards_chosen, rc)
+    close(out.rewards_rejected, rr)
+
+
+def check_cpo():
+    # TRL adds cpo_alpha * (token-mean NLL over the batch) outside cpo_loss; compare the preference
+    # term with alpha = 0 here and the NLL convention in check_rpo_and_sft.
+    ours = OBJECTIVES["cpo"](alpha=0.0, epsilon=0.05)
+    b = random_paired()
+    out = ours.loss(b)
+    losses, rc, rr = trl_cpo(b, "sigmoid", ours.beta, label_smoothing=0.05)
+    close(out.losses, losses)
+    close(out.rewards_chosen, rc)
+    close(out.rewards_rejected, rr)
+
+
+def check_orpo():
+    # TRL: loss = NLL - mean(beta * log sigma(log-odds)), its NLL over prompt and completion tokens;
+    # prefbench's NLL covers completion tokens only, so compare the odds-ratio term.
+    ours = OBJECTIVES["orpo"]()
+    b = random_paired()
+    out = ours.loss(b)
+    self = SimpleNamespace(beta=ours.beta, accelerator=CPU)
+    or_losses, rc, rr, _, log_odds = ORPOTrainer.odds_ratio_loss(self, b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens)
+    close(out.losses - chosen_nll(b), -or_losses)
+    close(out.metrics["log_odds"], log_odds)
+    close(out.rewards_chosen, rc)
+    close(out.rewards_rejected, rr)
+
+
+TRL_CASES.update(simpo=check_simpo, cpo=check_cpo, orpo=check_orpo)
+
+NOT_IN_TRL = {
+    "cdpo": "removed from TRL's DPO in v0.29 (label_smoothing dropped from 'sigmoid')",
+    "slic": "HALOs only",
+    "kto_no_z0": "a KTO paper ablation; TRL's KTO always estimates z0",
+    "kto_concave": "a KTO paper ablation",
+    "kto_risk_neutral": "a KTO paper ablation",
+    "kto_no_ref": "a KTO paper ablation",
+    "bco": "TRL's BCOTrainer was removed in 1.16.0 (PR #7136)",
+}
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_agrees_with_trl(name):
+    assert (name in TRL_CASES) != (name in NOT_IN_TRL), f"{name!r}: add a TRL comparison, or the reason there is none, to this file"
+    if name in NOT_IN_TRL:
+        pytest.skip(f"not in TRL 1.16: {NOT_IN_TRL[name]}")
+    TRL_CASES[name]()
+
+
+def test_cdpo_matches_trl_0_28_label_smoothed_sigmoid_formula():
+    """cDPO is TRL <= 0.28's `sigmoid` with label_smoothing; it equals TRL 1.16's `robust` numerator."""
+    b = random_paired()
+    eps = 0.2
+    ours = OBJECTIVES["cdpo"](epsilon=eps).loss(b).losses.mean()
+    dpo, _ = trl_dpo(b, ["sigmoid"])
+    flipped = PairedLogps(b.policy_rejected, b.policy_chosen, b.rejected_tokens, b.chosen_tokens, b.ref_rejected, b.ref_chosen)
+    dpo_flipped, _ = trl_dpo(flipped, ["sigmoid"])
+    close(ours, (1 - eps) * dpo + eps * dpo_flipped)
