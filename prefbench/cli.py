@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 
@@ -24,10 +25,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefbench", description="Train and compare LLM alignment objectives.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("objectives", help="list every objective: data kind, reference need, hyperparameters, paper")
+    run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
+    train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
+    check = sub.add_parser("check", help="validate a recipe and print it resolved, without loading any model")
+    for p in (run, train, check):
+        p.add_argument("recipe")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.lr=1e-5")
+    train.add_argument("--objective", required=True, help="the objective's label in the recipe")
+    train.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "objectives":
         print(objectives_table())
+        return 0
+    from prefbench.errors import PrefbenchError, RecipeError
+    from prefbench.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "check":
+            import yaml
+
+            print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            return 0
+        from prefbench.runner import train_units
+
+        if args.command == "train":
+            if args.seed not in recipe.seeds:
+                raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
+            recipe.objective(args.objective)
+            summaries = train_units(recipe, labels=[args.objective], seeds=[args.seed])
+        else:
+            summaries = train_units(recipe)
+    except (PrefbenchError, KeyError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("PREFBENCH_DEBUG"):
+            raise
+        print(f"prefbench: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    for s in summaries:
+        if s.get("final"):
+            print(f"{s['label']:<20} seed {s['seed']}  loss {s['final']['loss']:.4f}  ({s['steps']} steps)")
     return 0
 
 

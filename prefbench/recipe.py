@@ -16,15 +16,8 @@ from typing import Any
 
 import yaml
 
+from prefbench.errors import RecipeError
 from prefbench.objectives import OBJECTIVES, build
-
-
-class RecipeError(ValueError):
-    """All of a recipe's problems, one per line."""
-
-    def __init__(self, problems: list[str], source: str = "recipe"):
-        self.problems = problems
-        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True)
@@ -151,7 +144,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-            return ()
+            return value
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value))
         if len(value) != len(args):
@@ -274,7 +267,7 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
         problems.append(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if isinstance(d.max_prompt_length, int) and isinstance(d.max_length, int) and d.max_prompt_length >= d.max_length:
         problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be < data.max_length ({d.max_length})")
-    if not r.seeds:
+    if r.seeds == ():
         problems.append("seeds: at least one seed")
     if not d.source:
         problems.append("data.source: required (a local .jsonl/.json/.parquet file or a dataset name)")

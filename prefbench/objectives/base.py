@@ -157,6 +157,11 @@ class Objective:
         if hasattr(self, "beta") and not self.beta > 0:
             raise ValueError(f"{type(self).__name__}: beta must be > 0, got {self.beta}")
 
+    @property
+    def needs_mismatched_pairs(self) -> bool:
+        """Whether the trainer must supply kl_policy/kl_ref (KTO's mismatched-pair z0)."""
+        return False
+
     def loss(self, batch: PairedLogps | UnpairedLogps) -> ObjectiveOutput:
         raise NotImplementedError
 

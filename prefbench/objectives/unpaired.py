@@ -59,6 +59,10 @@ class KTO(Objective):
         require_choice(self, "z0", ("mismatched", "batch_mean", "none"))
         require_choice(self, "value", ("sigmoid", "log_sigmoid", "linear"))
 
+    @property
+    def needs_mismatched_pairs(self) -> bool:
+        return self.z0 == "mismatched"
+
     def logratios(self, b: UnpairedLogps) -> Tensor:
         if not self.needs_reference:
             return b.policy

@@ -1,0 +1,80 @@
+"""`prefbench run` / `prefbench train`: prepare the data once, fill the reference cache once, then train
+every (objective, seed) unit. Each unit is resumable and skipped when already done, so re-running
+the same command after a kill continues where it stopped."""
+
+from __future__ import annotations
+
+import time
+
+import torch.distributed as dist
+from transformers import AutoTokenizer
+
+from prefbench import models
+from prefbench.recipe import Recipe
+from prefbench.results import SCHEMA_VERSION, git_commit, hardware, read_json, run_dir, versions, write_json
+from prefbench.errors import TrainingError
+from prefbench.train import RefLogps, autocast_for, init_distributed, prepare_data, ref_cache_path, reference_keys, train_one
+
+
+def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
+    if not manifest_path.exists():
+        return
+    stored = read_json(manifest_path)["recipe"]
+    mine = _jsonable(recipe.to_dict())
+    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval",) and stored.get(k) != mine.get(k))
+    if differing:
+        raise TrainingError(
+            f"{manifest_path.parent} holds a run of a different recipe (differs in: {', '.join(differing)}); "
+            "use another output_dir or name (--set name=...) to start a new run"
+        )
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+    started = time.time()
+    rank, world, device = init_distributed()
+    root = run_dir(recipe)
+    manifest_path = root / "manifest.json"
+    _check_same_recipe(recipe, manifest_path)
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(recipe.model.name))
+    prepared = prepare_data(recipe, tokenizer)
+    specs = [s for s in recipe.objectives if labels is None or s.label in labels]
+    seeds = list(recipe.seeds if seeds is None else seeds)
+
+    ref = RefLogps(ref_cache_path(recipe, prepared))
+    keys = reference_keys(recipe, prepared, specs, seeds, world)
+    ref_seconds = 0.0
+    if rank == 0:
+        autocast = autocast_for(recipe.train.dtype, device)
+        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast)
+    if world > 1:
+        dist.barrier()
+        ref = RefLogps(ref.path)
+
+    if rank == 0:
+        previous = read_json(manifest_path) if manifest_path.exists() else {}
+        write_json(
+            manifest_path,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "recipe": _jsonable(recipe.to_dict()),
+                "versions": versions(),
+                "git_commit": git_commit(),
+                "hardware": {**hardware(), "world_size": world, "device": str(device)},
+                "model": models.describe(recipe.model.name),
+                "data": {"format": prepared.fmt, "fingerprint": prepared.fingerprint, "train_examples": len(prepared.train), "eval_examples": len(prepared.eval), **prepared.report},
+                "reference_cache": str(ref.path),
+                "timings": {**previous.get("timings", {}), "reference_seconds": previous.get("timings", {}).get("reference_seconds", 0.0) + ref_seconds},
+            },
+        )
+    summaries = [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in seeds]
+    if rank == 0:
+        manifest = read_json(manifest_path)
+        manifest["timings"]["last_invocation_seconds"] = time.time() - started
+        write_json(manifest_path, manifest)
+    return summaries

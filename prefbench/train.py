@@ -1,0 +1,478 @@
+"""prefbench's trainer: one loop, read top to bottom.
+
+    prepare_data    records -> validated, split, transformed, tokenized examples (once per run)
+    schedule        which examples each optimizer step sees: identical for every objective of a seed
+    micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched)
+    RefLogps        reference log-probs, computed once and cached on disk, shared by every objective
+    train_one       one objective, one seed: the loop, checkpoints, resume, metrics
+
+Distributed data parallelism comes from torchrun: each process takes a contiguous slice of every
+step's examples, and losses are scaled so the averaged gradient equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import transformers
+from tqdm.auto import tqdm
+
+from prefbench import models
+from prefbench.data import load, transforms
+from prefbench.data.tokenize import Example, fingerprint, tokenize_records
+from prefbench.errors import TrainingError
+from prefbench.logprobs import SequenceLogps, causal_lm
+from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
+from prefbench.recipe import ObjectiveSpec, Recipe
+from prefbench.results import objective_dir, read_json, write_json
+
+Key = tuple[int, int, int]  # (example giving the prompt, example giving the completion, which completion)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    fmt: str  # "paired" | "unpaired", after transforms
+    train: list[Example]
+    eval: list[Example]
+    report: dict  # loading, validation, split, transforms, tokenization: what happened to the data
+    fingerprint: str
+    one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
+
+
+def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
+    d = recipe.data
+    records = load.load_records(d.source, split=d.split)
+    if d.limit:
+        records = records[: d.limit]
+    records, validation = load.validate(records, d.format, on_bad=d.on_bad)
+    train_records, eval_records = load.train_eval_split(records, d.eval_fraction, d.split_seed)
+    fmt, applied = d.format, []
+    for tr in d.transforms:  # training data only: the held-out set stays as collected
+        if tr.name == "paired_to_unpaired":
+            train_records, info = transforms.paired_to_unpaired(train_records, mode=tr.mode, seed=d.split_seed)
+            eval_records, _ = transforms.paired_to_unpaired(eval_records, mode=tr.mode, seed=d.split_seed)
+            fmt = "unpaired"
+        elif tr.name == "drop_fraction":
+            train_records, info = transforms.drop_fraction(train_records, which=tr.which, fraction=tr.fraction, seed=d.split_seed)
+        elif tr.name == "flip_labels":
+            train_records, info = transforms.flip_labels(train_records, fraction=tr.fraction, seed=d.split_seed)
+        applied.append(info)
+    train, tok_train = tokenize_records(train_records, fmt, tokenizer, d)
+    held_out, tok_eval = tokenize_records(eval_records, fmt, tokenizer, d)
+    if len(train) < recipe.train.batch_size:
+        raise TrainingError(f"data: {len(train)} training examples after preparation, fewer than train.batch_size={recipe.train.batch_size}")
+    coin = torch.Generator().manual_seed(d.split_seed)
+    report = {
+        "records": len(records),
+        "validation": dataclasses.asdict(validation),
+        "split": {"train": len(train_records), "eval": len(eval_records)},
+        "transforms": applied,
+        "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
+        "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
+    }
+    return Prepared(fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist())
+
+
+def schedule(lengths: list[int], batch_size: int, steps: int, seed: int, bucket_batches: int) -> list[list[int]]:
+    """`steps` batches of example indices. Each epoch shuffles (seeded), sorts windows of
+    `bucket_batches` batches by length so a batch holds similar lengths (less padding), and
+    shuffles the batches of each window, so length order does not become training order."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[list[int]] = []
+    window = batch_size * bucket_batches
+    while len(out) < steps:
+        perm = torch.randperm(len(lengths), generator=g).tolist()
+        usable = len(perm) - len(perm) % batch_size  # drop the last partial batch of each epoch
+        for start in range(0, usable, window):
+            chunk = sorted(perm[start : min(start + window, usable)], key=lambda i: lengths[i])
+            batches = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+            out.extend(batches[j] for j in torch.randperm(len(batches), generator=g).tolist())
+    return out[:steps]
+
+
+@dataclass
+class MicroBatch:
+    rows: list[Key]  # sequences of the one policy forward (paired: chosen rows, then rejected rows)
+    labels: list[bool] | None = None  # unpaired: desirable per row
+    kl_rows: list[Key] | None = None  # KTO's mismatched pairs, one per row
+
+
+def view(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str) -> MicroBatch:
+    """The rows one micro-batch of examples gives this objective."""
+    if objective.data == "paired":
+        return MicroBatch([(i, i, 0) for i in indices] + [(i, i, 1) for i in indices])
+    if prepared.fmt == "unpaired":
+        rows, labels = [(i, i, 0) for i in indices], [bool(prepared.train[i].label) for i in indices]
+    elif unpaired_view == "both":  # every pair gives its chosen (desirable) and rejected (undesirable) half
+        rows = [(i, i, 0) for i in indices] + [(i, i, 1) for i in indices]
+        labels = [True] * len(indices) + [False] * len(indices)
+    else:  # one completion per prompt, as in the KTO paper's one-y-per-x ablation
+        rows = [(i, i, prepared.one_per_prompt[i]) for i in indices]
+        labels = [w == 0 for _, _, w in rows]
+    batch = MicroBatch(rows, labels)
+    if objective.needs_mismatched_pairs:
+        batch.kl_rows = [_mismatched(rows, j) for j in range(len(rows))]
+    return batch
+
+
+def _mismatched(rows: list[Key], j: int) -> Key:
+    """Row j's prompt with the completion of the nearest earlier row of another prompt (cyclic):
+    TRL's rotation by one, made safe for batches that hold both halves of a pair."""
+    prompt = rows[j][0]
+    for step in range(1, len(rows)):
+        _, c, w = rows[(j - step) % len(rows)]
+        if c != prompt:
+            return (prompt, c, w)
+    raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
+
+
+def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int) -> list[MicroBatch]:
+    per_rank = len(step) // world
+    mine = step[rank * per_rank : (rank + 1) * per_rank]
+    m = recipe.train.micro_batch_size
+    return [view(objective, prepared, mine[i : i + m], recipe.data.unpaired_view) for i in range(0, len(mine), m)]
+
+
+def collate(rows: list[Key], examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    seqs = [(examples[p].prompt, examples[c].completions[w]) for p, c, w in rows]
+    width = max(len(p) + len(c) for p, c in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, (p, c) in enumerate(seqs):
+        ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+        attention[r, : len(p) + len(c)] = 1
+        completion[r, len(p) : len(p) + len(c)] = 1
+    return ids.to(device), attention.to(device), completion.to(device)
+
+
+# ---- reference log-probs ------------------------------------------------------------------------
+
+
+class RefLogps:
+    """Reference log-probs per sequence key, cached on disk per (model, tokenized data).
+
+    Every objective and seed of a run reads the same cache; a new objective pays only for keys it
+    adds (KTO's mismatched pairs)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[Key, float] = torch.load(path) if path.exists() else {}
+
+    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast) -> float:
+        """Compute missing keys with the reference model; returns the seconds spent."""
+        missing = sorted(keys - self.values.keys(), key=lambda k: len(examples[k[0]].prompt) + len(examples[k[1]].completions[k[2]]))
+        if not missing:
+            return 0.0
+        start = time.perf_counter()
+        lm, _ = models.load(spec)
+        model = SequenceLogps(lm.to(device).eval())
+        with torch.no_grad(), tqdm(total=len(missing), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
+            for i in range(0, len(missing), batch_rows):
+                chunk = missing[i : i + batch_rows]
+                with autocast:
+                    sums, _ = model(*collate(chunk, examples, pad_id, device))
+                self.values.update(zip(chunk, sums.double().tolist()))
+                bar.update(len(chunk))
+        del model, lm
+        if _rank() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            torch.save(self.values, tmp)
+            os.replace(tmp, self.path)
+        return time.perf_counter() - start
+
+    def tensor(self, keys: list[Key]) -> torch.Tensor:
+        return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
+
+
+def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int) -> set[Key]:
+    keys: set[Key] = set()
+    lengths = [ex.length() for ex in prepared.train]
+    for spec in objectives:
+        objective = build(spec.name, **spec.hyperparameters)
+        if not objective.needs_reference:
+            continue
+        for seed in seeds:
+            for step in schedule(lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches):
+                for rank in range(world):
+                    for mb in micro_batches(objective, prepared, step, recipe, rank, world):
+                        keys.update(mb.rows)
+                        keys.update(mb.kl_rows or ())
+    return keys
+
+
+def ref_cache_path(recipe: Recipe, prepared: Prepared) -> Path:
+    model_id = json.dumps(models.describe(recipe.model.name), sort_keys=True, default=str)
+    key = hashlib.sha256((model_id + prepared.fingerprint + recipe.train.dtype).encode()).hexdigest()[:24]
+    return models.cache_dir() / "reflogps" / f"{key}.pt"
+
+
+# ---- distributed --------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return _rank(), world, torch.device("cuda", local)
+    return _rank(), world, torch.device("cpu")
+
+
+def _mean_over_batches(sums: dict[str, tuple[float, int]], world: int) -> dict[str, float]:
+    """Each metric's mean over the micro-batches (of every process) that reported it; a class-mean
+    such as rewards/rejected is absent from a micro-batch without that class."""
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, sums)
+        sums = {}
+        for part in gathered:
+            for k, (total, count) in part.items():
+                t0, c0 = sums.get(k, (0.0, 0))
+                sums[k] = (t0 + total, c0 + count)
+    return {k: total / count for k, (total, count) in sums.items()}
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def autocast_for(dtype: str, device: torch.device):
+    """fp32 on CPU (no fast bf16 there); bf16 autocast on GPU, master weights and optimizer in fp32."""
+    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if (p / "COMPLETE").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / "trainer_state.pt")
+    (tmp / "COMPLETE").touch()  # written last: a checkpoint without it is ignored on resume
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
+    """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary."""
+    rank, world, device = init_distributed()
+    transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
+    out = objective_dir(recipe, spec.label, seed)
+    if (out / "summary.json").exists():
+        return read_json(out / "summary.json")
+    t = recipe.train
+    if t.batch_size % (t.micro_batch_size * world):
+        raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
+    objective = build(spec.name, **spec.hyperparameters)
+    autocast = autocast_for(t.dtype, device)
+
+    torch.manual_seed(seed)
+    resume = latest_checkpoint(out)
+    lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name)
+    if recipe.model.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        lora = recipe.model.lora
+        if resume:
+            lm = PeftModel.from_pretrained(lm, resume, is_trainable=True)
+        else:
+            lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
+    if t.gradient_checkpointing:
+        causal_lm(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.to(device).train()
+    policy = SequenceLogps(lm)
+    if world > 1 and t.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in causal_lm(lm).get_decoder().layers:
+            fully_shard(layer)
+        fully_shard(policy)
+    elif world > 1:
+        policy = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    warmup = int(t.warmup_ratio * t.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
+
+    start_step = 0
+    if resume:
+        state = torch.load(resume / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        objective.load_state_dict(state["objective"])
+        start_step = state["step"]
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if json.loads(line)["step"] <= start_step]
+        metrics_path.write_text("".join(line + "\n" for line in kept))  # a killed run's steps past its checkpoint are redone
+
+    lengths = [ex.length() for ex in prepared.train]
+    plan = schedule(lengths, t.batch_size, t.steps, seed, t.bucket_batches)
+    pad_id = tokenizer.pad_token_id
+    train_seconds, tokens_total = 0.0, 0
+    bar = tqdm(total=t.steps, initial=start_step, desc=f"{spec.label} seed {seed}", unit="step", disable=rank != 0)
+    for step in range(start_step, t.steps):
+        step_start = time.perf_counter()
+        batches = micro_batches(objective, prepared, plan[step], recipe, rank, world)
+        sums: dict[str, tuple[float, int]] = {}
+        tokens = 0
+        for n, mb in enumerate(batches):
+            ids, attention, completion = collate(mb.rows, prepared.train, pad_id, device)
+            tokens += int(attention.sum())
+            sync = nullcontext() if n == len(batches) - 1 or world == 1 or t.fsdp else policy.no_sync()
+            with sync:
+                with autocast:
+                    logps, counts = policy(ids, attention, completion)
+                logps, counts = logps.double(), counts.double()
+                batch, extra = _objective_batch(objective, mb, logps, counts, ref, prepared, pad_id, device, policy, autocast)
+                out_ = objective.loss(batch)
+                # Scaled so that the gradient summed over micro-batches and averaged over processes
+                # is the mean over all of the step's examples (unpaired "both" views count each half).
+                examples_in_step = len(out_.losses) * len(batches) * world
+                (out_.losses.sum() * world / examples_in_step).backward()
+            for k, v in {"loss": out_.losses.mean(), **out_.metrics, **extra}.items():
+                total, count = sums.get(k, (0.0, 0))
+                sums[k] = (total + float(v), count + 1)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        logged = _mean_over_batches(sums, world)
+        if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
+            last = latest_checkpoint(out)
+            raise TrainingError(
+                f"{spec.label} seed {seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
+                f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - step_start
+        train_seconds += seconds
+        tokens_total += tokens
+        record = {
+            "step": step + 1,
+            **logged,
+            "grad_norm": float(grad_norm),
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": tokens * world,
+            "tokens_per_s": tokens * world / seconds,
+            "step_seconds": seconds,
+            "peak_memory_mb": peak_memory_mb(device),
+        }
+        if rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}")
+        done = step + 1
+        if t.save_every and done % t.save_every == 0 and done < t.steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "objective": objective.state_dict(), "step": done}
+            if rank == 0:
+                _save_checkpoint(out / f"checkpoint-{done}", lm, tokenizer, state)
+                for old in out.glob("checkpoint-*"):
+                    if old.name != f"checkpoint-{done}":
+                        shutil.rmtree(old, ignore_errors=True)
+            if world > 1:
+                dist.barrier()
+        if os.environ.get("PREFBENCH_FAULT_KILL_AT_STEP") == str(done):
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests: a real, ungraceful kill
+    bar.close()
+
+    summary = {
+        "objective": spec.name,
+        "label": spec.label,
+        "objective_version": OBJECTIVES[spec.name].version,
+        "hyperparameters": objective.hyperparameters(),
+        "seed": seed,
+        "steps": t.steps,
+        "final": json.loads(metrics_path.read_text().splitlines()[-1]) if rank == 0 else {},
+        "train_seconds_this_process": train_seconds,
+        "tokens_per_s": tokens_total * world / train_seconds if train_seconds else None,
+        "peak_memory_mb": peak_memory_mb(device),
+        "world_size": world,
+        "resumed_from": resume.name if resume else None,
+    }
+    if rank == 0:
+        final = causal_lm(lm.merge_and_unload()) if recipe.model.lora else lm
+        _save_checkpoint(out / "final", final, tokenizer, None)
+        for old in out.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        write_json(out / "summary.json", summary)  # written last: its presence means this unit is done
+    return summary
+
+
+def _objective_batch(objective, mb: MicroBatch, logps, counts, ref, prepared, pad_id, device, policy, autocast):
+    """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
+    ref_values = ref.tensor(mb.rows).to(device) if objective.needs_reference else None
+    if objective.data == "paired":
+        half = len(mb.rows) // 2
+        batch = PairedLogps(
+            policy_chosen=logps[:half], policy_rejected=logps[half:], chosen_tokens=counts[:half], rejected_tokens=counts[half:],
+            ref_chosen=None if ref_values is None else ref_values[:half], ref_rejected=None if ref_values is None else ref_values[half:],
+        )  # fmt: skip
+        extra = {
+            "logps/chosen": logps[:half].mean(),
+            "logps/rejected": logps[half:].mean(),
+            "logps_per_token/chosen": (logps[:half] / counts[:half]).mean(),
+            "logps_per_token/rejected": (logps[half:] / counts[half:]).mean(),
+        }
+        return batch, {k: v.detach() for k, v in extra.items()}
+    desirable = torch.tensor(mb.labels, device=device)
+    kl_policy = kl_ref = None
+    if mb.kl_rows:
+        with torch.no_grad(), autocast:  # z0 gets no gradient: one extra forward without a graph
+            kl_policy, _ = policy(*collate(mb.kl_rows, prepared.train, pad_id, device))
+        kl_policy = kl_policy.double()
+        kl_ref = ref.tensor(mb.kl_rows).to(device) if objective.needs_reference else None
+    batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)
+    extra = {}
+    for name, mask in (("desirable", desirable), ("undesirable", ~desirable)):
+        if mask.any():
+            extra[f"logps/{name}"] = logps[mask].mean().detach()
+            extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
+    return batch, extra
