@@ -377,7 +377,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
                 # is the mean over all of the step's examples (unpaired "both" views count each half).
                 examples_in_step = len(out_.losses) * len(batches) * world
                 (out_.losses.sum() * world / examples_in_step).backward()
-            for k, v in {"loss": out_.losses.mean(), **out_.metrics, **extra}.items():
+            for k, v in {"loss": out_.losses.detach().mean(), **out_.metrics, **extra}.items():
                 total, count = sums.get(k, (0.0, 0))
                 sums[k] = (total + float(v), count + 1)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
