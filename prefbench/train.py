@@ -287,10 +287,22 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
-def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None) -> None:
+def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | None, dict | None]:
+    """Under FSDP2 every process holds a shard: gather full (model, optimizer) state dicts on CPU.
+    A collective, so every rank calls it; only rank 0 gets the tensors. (None, None) when not sharded."""
+    if not sharded:
+        return None, None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model = {k.removeprefix("lm."): v for k, v in get_model_state_dict(policy, options=options).items()}
+    return model, (get_optimizer_state_dict(policy, optimizer, options=options) if optimizer is not None else None)
+
+
+def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None, weights: dict | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp, safe_serialization=True)
+    lm.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, tmp / "trainer_state.pt")
@@ -343,7 +355,12 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     start_step = 0
     if resume:
         state = torch.load(resume / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        if world > 1 and t.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(policy, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(state["objective"])
         start_step = state["step"]
@@ -411,9 +428,10 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         bar.set_postfix(loss=f"{logged['loss']:.4f}")
         done = step + 1
         if t.save_every and done % t.save_every == 0 and done < t.steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "objective": objective.state_dict(), "step": done}
+            weights, optim_state = _full_state(policy, optimizer, sharded=world > 1 and t.fsdp)
+            state = {"optimizer": optim_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(), "objective": objective.state_dict(), "step": done}
             if rank == 0:
-                _save_checkpoint(out / f"checkpoint-{done}", lm, tokenizer, state)
+                _save_checkpoint(out / f"checkpoint-{done}", lm, tokenizer, state, weights)
                 for old in out.glob("checkpoint-*"):
                     if old.name != f"checkpoint-{done}":
                         shutil.rmtree(old, ignore_errors=True)
@@ -437,9 +455,10 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         "world_size": world,
         "resumed_from": resume.name if resume else None,
     }
+    weights, _ = _full_state(policy, sharded=world > 1 and t.fsdp)
     if rank == 0:
         final = causal_lm(lm.merge_and_unload()) if recipe.model.lora else lm
-        _save_checkpoint(out / "final", final, tokenizer, None)
+        _save_checkpoint(out / "final", final, tokenizer, None, weights)
         for old in out.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         write_json(out / "summary.json", summary)  # written last: its presence means this unit is done
