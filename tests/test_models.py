@@ -2,6 +2,8 @@
 
 import concurrent.futures
 import hashlib
+import os
+import pathlib
 import time
 
 import pytest
@@ -15,8 +17,9 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 @pytest.fixture(scope="session")
-def session_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("prefbench-cache")
+def session_cache():
+    """The test session's cache (tests/conftest.py), shared with the training tests: SmolLM2 converts once."""
+    return pathlib.Path(os.environ["PREFBENCH_CACHE"])
 
 
 @pytest.fixture(autouse=True)
