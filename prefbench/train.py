@@ -390,10 +390,9 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
                 logps, counts = logps.double(), counts.double()
                 batch, extra = _objective_batch(objective, mb, logps, counts, ref, prepared, pad_id, device, policy, autocast)
                 out_ = objective.loss(batch)
-                # Scaled so that the gradient summed over micro-batches and averaged over processes
-                # is the mean over all of the step's examples (unpaired "both" views count each half).
-                examples_in_step = len(out_.losses) * len(batches) * world
-                (out_.losses.sum() * world / examples_in_step).backward()
+                # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
+                # the gradient is that of the mean loss over all of the step's examples.
+                (out_.losses.sum() / (len(out_.losses) * len(batches))).backward()
             for k, v in {"loss": out_.losses.detach().mean(), **out_.metrics, **extra}.items():
                 total, count = sums.get(k, (0.0, 0))
                 sums[k] = (total + float(v), count + 1)
