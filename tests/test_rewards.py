@@ -1,0 +1,79 @@
+"""The embedded task's checks on hand-written answers, its anti-hack gate, and its prompt sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefbench.eval.rewards import GATE_FLOOR, REWARDS, TOPICS, Instruction, InstructionReward, TaskPrompt, instruction_score, make_prompts
+
+CASES = [
+    # (instruction, answer, holds?)
+    (Instruction("lowercase"), "the ocean is deep and wide.", True),
+    (Instruction("lowercase"), "The ocean is deep.", False),
+    (Instruction("lowercase"), "123 456", False),  # no letters: not lowercase text
+    (Instruction("uppercase"), "THE OCEAN IS DEEP!", True),
+    (Instruction("uppercase"), "THE OCEAN IS dEEP!", False),
+    (Instruction("include", "bright"), "A Bright morning by the sea.", True),
+    (Instruction("include", "bright"), "Brightness fills the sea.", False),  # whole words only
+    (Instruction("exclude", "and"), "Salt, sand, and waves.", False),
+    (Instruction("exclude", "and"), "Salt, sand, waves.", True),
+    (Instruction("end_with", "!"), 'What a sea!"', True),  # a closing quote does not hide the ending
+    (Instruction("end_with", "?"), "Is the sea blue.", False),
+    (Instruction("max_words", 5), "One two three four five.", True),
+    (Instruction("max_words", 5), "One two three four five six.", False),
+    (Instruction("min_words", 6), "One two three four five six.", True),
+    (Instruction("min_words", 6), "One two three four five.", False),
+    (Instruction("no_commas"), "No commas here.", True),
+    (Instruction("no_commas"), "Commas, here.", False),
+    (Instruction("start_with", "Today"), '"Today the sea is calm."', True),
+    (Instruction("start_with", "Today"), "Yesterday the sea was calm.", False),
+    (Instruction("quotes"), '"The sea is calm."', True),
+    (Instruction("quotes"), "The sea is calm.", False),
+    (Instruction("sentences", 2), "The sea is calm. The sky is blue!", True),
+    (Instruction("sentences", 2), "The sea is calm. The sky is blue. Birds fly.", False),
+    (Instruction("bullets", 2), "- calm water\n- blue sky", True),
+    (Instruction("bullets", 2), "Here:\n- calm water\n- blue sky", False),
+    (Instruction("digits"), "The sea covers 71% of Earth.", True),
+    (Instruction("digits"), "The sea covers most of Earth.", False),
+]
+
+
+@pytest.mark.parametrize("instruction, answer, holds", CASES, ids=[f"{c[0].kind}-{i}" for i, c in enumerate(CASES)])
+def test_each_instruction_check(instruction, answer, holds):
+    assert instruction.check(answer) is holds
+
+
+def test_score_is_the_share_met_times_the_gate():
+    task = TaskPrompt("Describe the ocean briefly. Use only lowercase letters. Do not use any commas.", "the ocean", (Instruction("lowercase"), Instruction("no_commas")))
+    assert instruction_score(task, "the ocean is deep and full of quiet life.") == 1.0
+    assert instruction_score(task, "the ocean is deep, and full of quiet life.") == 0.5  # 1 of 2 met
+    assert instruction_score(task, "The ocean is deep, and full of quiet life.") == 0.0
+    # Hacks that meet both instructions but lose the gate keep only GATE_FLOOR of the score:
+    assert instruction_score(task, "the sea is deep and calm.") == GATE_FLOOR  # off topic (no "ocean")
+    assert instruction_score(task, "ocean ocean ocean ocean ocean ocean") == GATE_FLOOR  # one word repeated
+    assert instruction_score(task, "ocean xq zzkt pfft grr") == GATE_FLOOR  # not words
+    assert instruction_score(task, "the ocean") == GATE_FLOOR  # too short
+
+
+def test_prompt_sets_are_deterministic_disjoint_and_conflict_free():
+    train, held = make_prompts(300, "train"), make_prompts(100, "heldout")
+    assert [p.prompt for p in make_prompts(300, "train")] == [p.prompt for p in train]
+    assert {p.topic for p in train}.isdisjoint({p.topic for p in held})
+    assert {p.topic for p in train} | {p.topic for p in held} <= set(TOPICS)
+    assert len({p.prompt for p in train}) == 300
+    for p in train + held:
+        assert 1 <= len(p.instructions) <= 2 and p.topic in p.prompt
+        assert all(i.text() in p.prompt for i in p.instructions)
+        kinds = {i.kind for i in p.instructions}
+        assert len(kinds) == len(p.instructions) and not {"lowercase", "uppercase"} <= kinds
+        assert p.keyword() in p.prompt.lower()
+    assert len({i.kind for p in train for i in p.instructions}) == 13  # every kind is used
+
+
+def test_registered_reward_looks_prompts_up_and_refuses_unknown_ones():
+    reward = REWARDS["instructions"]()
+    task = make_prompts(1, "heldout")[0]
+    assert 0.0 <= reward(task.prompt, "some answer about nothing") <= 1.0
+    with pytest.raises(KeyError, match="not one of the embedded task's prompts"):
+        reward("Write a poem.", "roses")
+    assert isinstance(reward, InstructionReward) and reward.version >= 1
