@@ -19,6 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 # Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB).
 LOGITS_BLOCK_ELEMENTS = 1 << 23
+# Below this many logits in all (128 MiB in fp32) the head runs in one piece without recomputation:
+# recomputing costs a third more head time (measured +31% step throughput on tiny:head by skipping
+# it) and the memory saved is small at that size.
+LOGITS_RECOMPUTE_ABOVE = 1 << 25
 
 
 def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
@@ -53,11 +57,13 @@ class SequenceLogps(nn.Module):
         rows, cols = predicts.nonzero(as_tuple=True)
         selected = hidden[:, :-1][rows, cols]  # [n_tokens, hidden]
         targets = input_ids[:, 1:][rows, cols]
-        chunk = max(1, LOGITS_BLOCK_ELEMENTS // head.weight.shape[0])
+        vocab = head.weight.shape[0]
+        recompute = torch.is_grad_enabled() and selected.shape[0] * vocab > LOGITS_RECOMPUTE_ABOVE
+        chunk = max(1, LOGITS_BLOCK_ELEMENTS // vocab)
         pieces = []
         for start in range(0, selected.shape[0], chunk):
             args = (selected[start : start + chunk], head.weight, head.bias, targets[start : start + chunk])
-            pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if torch.is_grad_enabled() else _token_logps(*args))
+            pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=dtype)
         sums = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device).index_add(0, rows, token_logps)

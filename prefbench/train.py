@@ -449,7 +449,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         "steps": t.steps,
         "final": json.loads(metrics_path.read_text().splitlines()[-1]) if rank == 0 else {},
         "train_seconds_this_process": train_seconds,
-        "tokens_per_s": tokens_total * world / train_seconds if train_seconds else None,
+        "loop_tokens_per_s": tokens_total * world / train_seconds if train_seconds else None,  # reference pass excluded: see manifest timings
         "peak_memory_mb": peak_memory_mb(device),
         "world_size": world,
         "resumed_from": resume.name if resume else None,
