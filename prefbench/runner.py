@@ -10,9 +10,9 @@ import torch.distributed as dist
 from transformers import AutoTokenizer
 
 from prefbench import models
+from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
 from prefbench.results import SCHEMA_VERSION, git_commit, hardware, read_json, run_dir, versions, write_json
-from prefbench.errors import TrainingError
 from prefbench.train import RefLogps, autocast_for, init_distributed, prepare_data, ref_cache_path, reference_keys, train_one
 
 
@@ -43,6 +43,8 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     _check_same_recipe(recipe, manifest_path)
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(recipe.model.name))
     prepared = prepare_data(recipe, tokenizer)
+    if manifest_path.exists() and read_json(manifest_path)["data"]["fingerprint"] != prepared.fingerprint:
+        raise TrainingError(f"{root}: the training data changed since this run started (token fingerprint differs); start a new run")
     specs = [s for s in recipe.objectives if labels is None or s.label in labels]
     seeds = list(recipe.seeds if seeds is None else seeds)
 

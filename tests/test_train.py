@@ -259,3 +259,16 @@ def test_the_embedded_smollm2_trains(tmp_path):
     assert rows[1]["logps_per_token/chosen"] > -6  # an instruct model finds plain answers likely: a working tokenizer and template
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["model"]["source"] == "embedded" and manifest["model"]["vocab_size"] == 49152
+
+
+def test_a_run_directory_refuses_a_different_recipe_or_changed_data(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(DATA.read_text())
+    d = recipe_dict(tmp_path, [{"name": "dpo"}], steps=1)
+    d["data"]["source"] = str(data)
+    train_units(parse_recipe(d))
+    with pytest.raises(TrainingError, match=r"holds a run of a different recipe \(differs in: train\)"):
+        train_units(parse_recipe({**d, "train": {**d["train"], "lr": 0.5}}))
+    data.write_text(DATA.read_text().replace(".", "!"))  # every completion changes
+    with pytest.raises(TrainingError, match="the training data changed since this run started"):
+        train_units(parse_recipe(d))
