@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Creates .venv in the repo root and installs everything the project needs.
 setup: $(BIN)/prefbench
 
-$(BIN)/prefbench: pyproject.toml
+$(BIN)/prefbench: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
