@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             summaries = train_units(recipe, labels=[args.objective], seeds=[args.seed])
         else:
             summaries = train_units(recipe)
-    except (PrefbenchError, KeyError, FileNotFoundError, ValueError) as e:
+    except (PrefbenchError, KeyError, OSError, RuntimeError, ValueError) as e:
         if os.environ.get("PREFBENCH_DEBUG"):
             raise
         print(f"prefbench: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

@@ -209,11 +209,11 @@ def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
         hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
         name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
         try:
-            build(name, **hp)
+            objective = build(name, **hp)
         except (ValueError, TypeError) as e:
             problems.append(f"{path} ({name}): {e}")
             continue
-        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp))
+        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters={k: getattr(objective, k) for k in hp}))
     labels = [s.label for s in specs]
     for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
         problems.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
@@ -267,6 +267,8 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
         problems.append(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
     if isinstance(d.max_prompt_length, int) and isinstance(d.max_length, int) and d.max_prompt_length >= d.max_length:
         problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be < data.max_length ({d.max_length})")
+    if t.fsdp and r.model.lora:
+        problems.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
     if r.seeds == ():
         problems.append("seeds: at least one seed")
     if not d.source:

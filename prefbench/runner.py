@@ -42,13 +42,15 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     manifest_path = root / "manifest.json"
     _check_same_recipe(recipe, manifest_path)
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(recipe.model.name))
+    if tokenizer.pad_token is None:  # padding positions are masked out, so any token will do
+        tokenizer.pad_token = tokenizer.eos_token
     prepared = prepare_data(recipe, tokenizer)
     if manifest_path.exists() and read_json(manifest_path)["data"]["fingerprint"] != prepared.fingerprint:
         raise TrainingError(f"{root}: the training data changed since this run started (token fingerprint differs); start a new run")
     specs = [s for s in recipe.objectives if labels is None or s.label in labels]
     seeds = list(recipe.seeds if seeds is None else seeds)
 
-    ref = RefLogps(ref_cache_path(recipe, prepared))
+    ref = RefLogps(ref_cache_path(recipe, prepared, device))
     keys = reference_keys(recipe, prepared, specs, seeds, world)
     ref_seconds = 0.0
     if rank == 0:

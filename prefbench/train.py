@@ -13,6 +13,7 @@ step's examples, and losses are scaled so the averaged gradient equals the singl
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ import os
 import resource
 import shutil
 import signal
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import transformers
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from prefbench import models
@@ -127,17 +130,18 @@ def view(objective: Objective, prepared: Prepared, indices: list[int], unpaired_
         labels = [w == 0 for _, _, w in rows]
     batch = MicroBatch(rows, labels)
     if objective.needs_mismatched_pairs:
-        batch.kl_rows = [_mismatched(rows, j) for j in range(len(rows))]
+        batch.kl_rows = [_mismatched(rows, j, prepared.train) for j in range(len(rows))]
     return batch
 
 
-def _mismatched(rows: list[Key], j: int) -> Key:
+def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
     """Row j's prompt with the completion of the nearest earlier row of another prompt (cyclic):
-    TRL's rotation by one, made safe for batches that hold both halves of a pair."""
+    TRL's rotation by one, made safe for batches that hold several completions of one prompt
+    (both halves of a pair, or unpaired data with repeated prompts). Prompts compare by tokens."""
     prompt = rows[j][0]
     for step in range(1, len(rows)):
-        _, c, w = rows[(j - step) % len(rows)]
-        if c != prompt:
+        p, c, w = rows[(j - step) % len(rows)]
+        if examples[p].prompt != examples[prompt].prompt:
             return (prompt, c, w)
     raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
 
@@ -193,9 +197,13 @@ class RefLogps:
         del model, lm
         if _rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            torch.save(self.values, tmp)
-            os.replace(tmp, self.path)
+            with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
+                if self.path.exists():
+                    self.values = {**torch.load(self.path), **self.values}
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+                os.close(fd)
+                torch.save(self.values, tmp)
+                os.replace(tmp, self.path)
         return time.perf_counter() - start
 
     def tensor(self, keys: list[Key]) -> torch.Tensor:
@@ -218,10 +226,14 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
     return keys
 
 
-def ref_cache_path(recipe: Recipe, prepared: Prepared) -> Path:
-    model_id = json.dumps(models.describe(recipe.model.name), sort_keys=True, default=str)
-    key = hashlib.sha256((model_id + prepared.fingerprint + recipe.train.dtype).encode()).hexdigest()[:24]
-    return models.cache_dir() / "reflogps" / f"{key}.pt"
+def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> Path:
+    """Keyed by everything that changes reference log-probs: the model (config, and each weight
+    file's name, size and mtime), the exact token ids, and the precision actually used."""
+    path = models.resolve(recipe.model.name)
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors"))
+    precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
+    identity = json.dumps([models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type], sort_keys=True, default=str)
+    return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
 
 
 # ---- distributed --------------------------------------------------------------------------------
@@ -235,7 +247,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Rank 0 computes the reference log-probs while the others wait: allow hours, not the default minutes.
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=6))
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -260,6 +273,17 @@ def _mean_over_batches(sums: dict[str, tuple[float, int]], world: int) -> dict[s
 # ---- the loop -----------------------------------------------------------------------------------
 
 
+def _disable_dropout(lm: torch.nn.Module) -> None:
+    """The reference log-probs are computed without dropout, so the policy must train without it
+    too: otherwise policy != reference at step 0 (TRL does the same by default). LoRA's own dropout
+    (`model.lora.dropout`) is the exception a recipe opts into."""
+    for name, module in lm.named_modules():
+        if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # HF attention: passed to SDPA
+            module.attention_dropout = 0.0
+
+
 def autocast_for(dtype: str, device: torch.device):
     """fp32 on CPU (no fast bf16 there); bf16 autocast on GPU, master weights and optimizer in fp32."""
     if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
@@ -282,8 +306,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line half-written by a kill counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in out.glob("checkpoint-*") if (p / "COMPLETE").exists()]
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "COMPLETE").exists()]
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
 
 
@@ -338,6 +370,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     if t.gradient_checkpointing:
         causal_lm(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.to(device).train()
+    _disable_dropout(lm)
     policy = SequenceLogps(lm)
     if world > 1 and t.fsdp:
         from torch.distributed.fsdp import fully_shard
@@ -363,11 +396,12 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(state["objective"])
+        torch.set_rng_state(state["rng"])  # LoRA dropout, the one random thing in a step
         start_step = state["step"]
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if json.loads(line)["step"] <= start_step]
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if _step_of(line) <= start_step]
         metrics_path.write_text("".join(line + "\n" for line in kept))  # a killed run's steps past its checkpoint are redone
 
     lengths = [ex.length() for ex in prepared.train]
@@ -404,6 +438,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
                 f"{spec.label} seed {seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
                 f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
             )
+        lr = scheduler.get_last_lr()[0]  # the rate this update uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -414,7 +449,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
             "step": step + 1,
             **logged,
             "grad_norm": float(grad_norm),
-            "lr": scheduler.get_last_lr()[0],
+            "lr": lr,
             "tokens": tokens * world,
             "tokens_per_s": tokens * world / seconds,
             "step_seconds": seconds,
@@ -428,7 +463,10 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         done = step + 1
         if t.save_every and done % t.save_every == 0 and done < t.steps:
             weights, optim_state = _full_state(policy, optimizer, sharded=world > 1 and t.fsdp)
-            state = {"optimizer": optim_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(), "objective": objective.state_dict(), "step": done}
+            state = {
+                "optimizer": optim_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "objective": objective.state_dict(), "step": done, "rng": torch.get_rng_state(),
+            }  # fmt: skip
             if rank == 0:
                 _save_checkpoint(out / f"checkpoint-{done}", lm, tokenizer, state, weights)
                 for old in out.glob("checkpoint-*"):
@@ -458,9 +496,9 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     if rank == 0:
         final = causal_lm(lm.merge_and_unload()) if recipe.model.lora else lm
         _save_checkpoint(out / "final", final, tokenizer, None, weights)
+        write_json(out / "summary.json", summary)  # its presence means this unit is done
         for old in out.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
-        write_json(out / "summary.json", summary)  # written last: its presence means this unit is done
     return summary
 
 

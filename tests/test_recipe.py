@@ -118,3 +118,15 @@ def test_cli_reports_recipe_errors_in_one_line_each(tmp_path, capsys):
 def test_parse_recipe_requires_a_source(tmp_path):
     with pytest.raises(RecipeError, match=r"data.source: required"):
         parse_recipe({"name": "x", "objectives": ["dpo"]})
+
+
+def test_yaml_exponents_without_a_dot_are_numbers_and_fsdp_excludes_lora(tmp_path):
+    path = tmp_path / "r.yaml"
+    body = base(tmp_path, objectives=[{"name": "sppo_hard", "beta": "1e-3"}, {"name": "simpo", "gamma_beta_ratio": "5e-1"}])
+    path.write_text(yaml.safe_dump(body).replace("'1e-3'", "1e-3").replace("'5e-1'", "5e-1"))
+    assert yaml.safe_load(path.read_text())["objectives"][0]["beta"] == "1e-3"  # what YAML 1.1 does
+    r = load_recipe(path)
+    assert r.objectives[0].hyperparameters == {"beta": 0.001} and r.objectives[1].hyperparameters == {"gamma_beta_ratio": 0.5}
+    assert problems(tmp_path, objectives=[{"name": "dpo", "beta": "abc"}]) == ["objectives[0] (dpo): objective 'dpo': beta must be a number, got 'abc'"]
+    out = problems(tmp_path, model={"name": "tiny:small", "lora": {"r": 4}}, train__fsdp=True)
+    assert out == ["train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"]

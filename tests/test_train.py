@@ -272,3 +272,59 @@ def test_a_run_directory_refuses_a_different_recipe_or_changed_data(tmp_path):
     data.write_text(DATA.read_text().replace(".", "!"))  # every completion changes
     with pytest.raises(TrainingError, match="the training data changed since this run started"):
         train_units(parse_recipe(d))
+
+
+def test_mismatched_pairs_never_reuse_the_rows_own_prompt():
+    """Unpaired data with repeated prompts (e.g. after paired_to_unpaired "both"): rows 0 and 1
+    share a prompt, so row 1's mismatched completion must come from row 3's other prompt... cyclically."""
+    from prefbench.data.tokenize import Example
+    from prefbench.train import _mismatched
+
+    examples = [Example((1, 2), ((5,),), True), Example((1, 2), ((6,),), False), Example((3,), ((7,),), True), Example((1, 2), ((8,),), True)]
+    rows = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (3, 3, 0)]
+    assert [_mismatched(rows, j, examples) for j in range(4)] == [(0, 2, 0), (1, 2, 0), (2, 1, 0), (3, 2, 0)]
+    with pytest.raises(TrainingError, match="at least two prompts per micro-batch"):
+        _mismatched(rows[:2], 0, examples)
+
+
+def test_reference_cache_key_follows_the_weights_and_precision(tmp_path):
+    import shutil
+
+    from prefbench import models
+    from prefbench.train import Prepared, latest_checkpoint, ref_cache_path
+
+    local = tmp_path / "model"
+    shutil.copytree(models.resolve("tiny:small"), local)
+    recipe = parse_recipe({**recipe_dict(tmp_path, [{"name": "dpo"}]), "model": {"name": str(local)}})
+    prepared = Prepared("paired", [], [], {}, "f" * 64, [])
+    cpu = torch.device("cpu")
+    before = ref_cache_path(recipe, prepared, cpu)
+    assert ref_cache_path(recipe, prepared, cpu) == before
+    os.utime(local / "model.safetensors", ns=(1, 1))  # rewritten weights, same config
+    assert ref_cache_path(recipe, prepared, cpu) != before
+    bf16 = parse_recipe({**recipe_dict(tmp_path, [{"name": "dpo"}], dtype="bf16"), "model": {"name": str(local)}})
+    assert ref_cache_path(bf16, prepared, cpu) != ref_cache_path(recipe, prepared, cpu)
+    # A checkpoint directory left half-renamed by a kill is never taken for a step number.
+    (tmp_path / "c" / "checkpoint-4.tmp").mkdir(parents=True)
+    (tmp_path / "c" / "checkpoint-4.tmp" / "COMPLETE").touch()
+    (tmp_path / "c" / "checkpoint-2").mkdir()
+    (tmp_path / "c" / "checkpoint-2" / "COMPLETE").touch()
+    assert latest_checkpoint(tmp_path / "c").name == "checkpoint-2"
+
+
+def test_dropout_in_the_model_config_is_off_while_training(tmp_path):
+    """policy = reference at step 1 even for a model whose config asks for attention dropout."""
+    import shutil
+
+    from prefbench import models
+
+    local = tmp_path / "model"
+    shutil.copytree(models.resolve("tiny:small"), local)
+    config = json.loads((local / "config.json").read_text())
+    config["attention_dropout"] = 0.5
+    (local / "config.json").write_text(json.dumps(config))
+    d = recipe_dict(tmp_path, [{"name": "dpo"}], steps=1)
+    d["model"]["name"] = str(local)
+    train_units(parse_recipe(d))
+    row = metrics(tmp_path, "dpo")[0]
+    assert row["loss"] == pytest.approx(math.log(2), abs=1e-6) and row["lr"] == pytest.approx(1e-3)

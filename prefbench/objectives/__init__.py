@@ -89,6 +89,13 @@ def build(name: str, **hyperparameters: object) -> Objective:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"objective {name!r} has no hyperparameter {key!r}{hint}; it has {fields}")
+    floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", float)}
+    for key, value in hyperparameters.items():
+        if key in floats and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                hyperparameters[key] = float(value)
+            except ValueError:
+                raise ValueError(f"objective {name!r}: {key} must be a number, got {value!r}") from None
     return cls(**hyperparameters)
 
 
