@@ -149,6 +149,9 @@ def _publish(target: pathlib.Path, build: Callable[[pathlib.Path], None]) -> pat
             # Building draws random numbers; keep the caller's RNG stream the same whether or not we built.
             with torch.random.fork_rng(devices=[]):
                 build(tmp)
+            if not (tmp / "config.json").is_file() or not any(tmp.glob("*.safetensors")):
+                # e.g. save_pretrained on a non-zero rank of an initialized process group writes no weights
+                raise RuntimeError(f"building {target.name} wrote no config.json or weights; nothing was published")
             # mkdtemp and transformers' safetensors writer make owner-only files; a shared cache or a
             # vLLM server running as another user must be able to read the checkpoint.
             for path in [tmp, *tmp.iterdir()]:

@@ -37,6 +37,9 @@ def _jsonable(value):
 
 def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
     started = time.time()
+    # Build or convert the model before the process group exists: under torchrun, transformers'
+    # save_pretrained writes nothing on ranks other than 0, and any rank may win the build lock.
+    models.resolve(recipe.model.name)
     rank, world, device = init_distributed()
     root = run_dir(recipe)
     manifest_path = root / "manifest.json"
