@@ -91,14 +91,22 @@ def resolve(spec: str) -> pathlib.Path:
     return _download(spec)
 
 
-def load(spec: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for `spec`; the tokenizer always has a pad token (eos when it had none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `spec`, always with a pad token (eos when it has none: padding is masked out)."""
+    from transformers import AutoTokenizer
 
-    path = resolve(spec)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(spec))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(spec: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for `spec`; the tokenizer always has a pad token (eos when it had none)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(spec)
+    tokenizer = load_tokenizer(spec)
     # transformers 5 names the argument `dtype`; `torch_dtype` still works but warns.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     return model, tokenizer

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from prefbench.data.load import is_local_source
 from prefbench.errors import RecipeError
 from prefbench.objectives import OBJECTIVES, build
 
@@ -273,7 +274,7 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
         problems.append("seeds: at least one seed")
     if not d.source:
         problems.append("data.source: required (a local .jsonl/.json/.parquet file or a dataset name)")
-    elif _looks_local(d.source) and not Path(d.source).exists():  # relative to the working directory
+    elif is_local_source(d.source) and not Path(d.source).expanduser().exists():  # relative to the working directory
         problems.append(f"data.source: file not found: {d.source}")
     # The data format after the transforms decides which objectives can train on it.
     fmt = d.format
@@ -296,10 +297,6 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
         if cls.data == "paired" and fmt == "unpaired":
             how = "the transforms make it unpaired" if d.format == "paired" else "data.format is unpaired"
             problems.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
-
-
-def _looks_local(source: str) -> bool:
-    return source.endswith((".jsonl", ".json", ".parquet")) or source.startswith((".", "/"))
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

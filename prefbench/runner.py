@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 
 import torch.distributed as dist
-from transformers import AutoTokenizer
-
 from prefbench import models
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
@@ -44,9 +42,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     root = run_dir(recipe)
     manifest_path = root / "manifest.json"
     _check_same_recipe(recipe, manifest_path)
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(recipe.model.name))
-    if tokenizer.pad_token is None:  # padding positions are masked out, so any token will do
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = models.load_tokenizer(recipe.model.name)
     prepared = prepare_data(recipe, tokenizer)
     if manifest_path.exists() and read_json(manifest_path)["data"]["fingerprint"] != prepared.fingerprint:
         raise TrainingError(f"{root}: the training data changed since this run started (token fingerprint differs); start a new run")

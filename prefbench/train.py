@@ -351,6 +351,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     if (out / "summary.json").exists():
         return read_json(out / "summary.json")
     t = recipe.train
+    sharded = world > 1 and t.fsdp
     if t.batch_size % (t.micro_batch_size * world):
         raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
     objective = build(spec.name, **spec.hyperparameters)
@@ -372,7 +373,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     lm.to(device).train()
     _disable_dropout(lm)
     policy = SequenceLogps(lm)
-    if world > 1 and t.fsdp:
+    if sharded:
         from torch.distributed.fsdp import fully_shard
 
         for layer in causal_lm(lm).get_decoder().layers:
@@ -388,7 +389,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     start_step = 0
     if resume:
         state = torch.load(resume / "trainer_state.pt", weights_only=False)
-        if world > 1 and t.fsdp:
+        if sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(policy, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
@@ -417,7 +418,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         for n, mb in enumerate(batches):
             ids, attention, completion = collate(mb.rows, prepared.train, pad_id, device)
             tokens += int(attention.sum())
-            sync = nullcontext() if n == len(batches) - 1 or world == 1 or t.fsdp else policy.no_sync()
+            sync = nullcontext() if n == len(batches) - 1 or world == 1 or sharded else policy.no_sync()
             with sync:
                 with autocast:
                     logps, counts = policy(ids, attention, completion)
@@ -462,7 +463,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         bar.set_postfix(loss=f"{logged['loss']:.4f}")
         done = step + 1
         if t.save_every and done % t.save_every == 0 and done < t.steps:
-            weights, optim_state = _full_state(policy, optimizer, sharded=world > 1 and t.fsdp)
+            weights, optim_state = _full_state(policy, optimizer, sharded=sharded)
             state = {
                 "optimizer": optim_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "objective": objective.state_dict(), "step": done, "rng": torch.get_rng_state(),
@@ -492,7 +493,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         "world_size": world,
         "resumed_from": resume.name if resume else None,
     }
-    weights, _ = _full_state(policy, sharded=world > 1 and t.fsdp)
+    weights, _ = _full_state(policy, sharded=sharded)
     if rank == 0:
         final = causal_lm(lm.merge_and_unload()) if recipe.model.lora else lm
         _save_checkpoint(out / "final", final, tokenizer, None, weights)

@@ -57,13 +57,7 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
     path = Path(source).expanduser()
     if data_files_format is not None and data_files_format not in _BUILDERS:
         raise ValueError(f"data_files_format must be one of {sorted(_BUILDERS)}, got {data_files_format!r}")
-    looks_local = (
-        data_files_format is not None
-        or path.suffix in _SUFFIXES
-        or path.exists()
-        or source.startswith(("/", "./", "../", "~"))
-    )
-    if not looks_local:
+    if data_files_format is None and not is_local_source(source):
         return _load_dataset_records(source, split=split)
 
     if path.is_dir():
@@ -94,6 +88,12 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
         # {"data": [...]} reads as one row with a "data" column; read the list inside instead.
         records = _load_dataset_records("json", data_files=data_files, split="train", field="data")
     return records
+
+
+def is_local_source(source: str) -> bool:
+    """A local file (by suffix, existence or path form) rather than a hub dataset name."""
+    path = Path(source).expanduser()
+    return path.suffix in _SUFFIXES or path.exists() or source.startswith(("/", "./", "../", "~"))
 
 
 def _load_dataset_records(*args: Any, **kwargs: Any) -> list[dict]:
