@@ -50,13 +50,7 @@ class SequenceLogps(nn.Module):
         completion_mask[b, t] = 1 where token t is a completion token whose log-prob counts; the
         token at t is predicted from position t - 1.
         """
-        lm = causal_lm(self.lm)
-        backbone, head = lm.get_decoder(), lm.get_output_embeddings()
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        predicts = completion_mask[:, 1:].bool()  # position t predicts token t + 1
-        rows, cols = predicts.nonzero(as_tuple=True)
-        selected = hidden[:, :-1][rows, cols]  # [n_tokens, hidden]
-        targets = input_ids[:, 1:][rows, cols]
+        selected, targets, rows, head, dtype = _completion_hidden(self.lm, input_ids, attention_mask, completion_mask)
         vocab = head.weight.shape[0]
         recompute = torch.is_grad_enabled() and selected.shape[0] * vocab > LOGITS_RECOMPUTE_ABOVE
         chunk = max(1, LOGITS_BLOCK_ELEMENTS // vocab)
@@ -64,7 +58,32 @@ class SequenceLogps(nn.Module):
         for start in range(0, selected.shape[0], chunk):
             args = (selected[start : start + chunk], head.weight, head.bias, targets[start : start + chunk])
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
-        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=dtype)
+        token_logps = torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=dtype)
         sums = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device).index_add(0, rows, token_logps)
-        return sums, predicts.sum(1)
+        return sums, completion_mask[:, 1:].bool().sum(1)
+
+
+def _completion_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor):
+    """The backbone's hidden states at the positions that predict a completion token, their targets and rows."""
+    lm = causal_lm(lm)
+    backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    predicts = completion_mask[:, 1:].bool()  # position t predicts token t + 1
+    rows, cols = predicts.nonzero(as_tuple=True)
+    return hidden[:, :-1][rows, cols], input_ids[:, 1:][rows, cols], rows, head, torch.promote_types(hidden.dtype, torch.float32)
+
+
+@torch.no_grad()
+def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: summed completion log-probs, summed per-token entropies of the model's next-token
+    distribution at those positions, and token counts (evaluation only: no gradient)."""
+    selected, targets, rows, head, dtype = _completion_hidden(lm, input_ids, attention_mask, completion_mask)
+    chunk = max(1, LOGITS_BLOCK_ELEMENTS // head.weight.shape[0])
+    logps, entropies = [], []
+    for start in range(0, selected.shape[0], chunk):
+        logits = F.linear(selected[start : start + chunk], head.weight, head.bias).to(dtype).log_softmax(-1)
+        logps.append(logits.gather(1, targets[start : start + chunk, None]).squeeze(1))
+        entropies.append(-(logits.exp() * logits).sum(-1))
+    zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
+    cat = (lambda xs: torch.cat(xs) if xs else selected.new_zeros(0, dtype=dtype))
+    return zeros.index_add(0, rows, cat(logps)), zeros.clone().index_add(0, rows, cat(entropies)), completion_mask[:, 1:].bool().sum(1)

