@@ -1,0 +1,154 @@
+"""Per-checkpoint metrics on held-out prompts, each with its uncertainty.
+
+The unit of resampling is the prompt: a prompt's samples are averaged first, and 95% intervals come
+from a percentile bootstrap over prompts (seeded, so a report is reproducible). Comparisons with the
+reference model are paired on the same prompts.
+
+- reward: mean task reward of the sampled pass (and of the greedy pass), with its CI; win/tie/loss of
+  each prompt's mean reward against the reference's on that prompt; the paired difference with its CI.
+- KL(policy || reference): mean over the policy's own samples of log pi(y|x) - log pi_ref(y|x),
+  both summed over the completion's tokens under transformers. Only an unbiased estimate when the
+  samples are draws from the policy (temperature 1, top_p 1); otherwise it is left out, with the reason.
+  Samples cut at max_tokens are scored as the prefixes they are: the estimate is then the KL between
+  the two models' distributions over at-most-max_tokens continuations.
+- diversity: distinct-1/2 over all sampled answers (unique word n-grams / all word n-grams), mean
+  per-token entropy of the policy's next-token distribution along its samples, self-similarity
+  (mean pairwise Jaccard similarity of the word sets of one prompt's samples); answer length in
+  tokens and words, and the share cut at max_tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prefbench.eval.generate import Completion, Sampling
+from prefbench.eval.rewards import words
+
+N_BOOT = 2000
+LEVEL = 0.95
+
+
+def bootstrap_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def estimate(values) -> dict:
+    """{"mean", "ci": [lo, hi], "n"} of per-prompt values."""
+    x = np.asarray(values, dtype=float)
+    lo, hi = bootstrap_ci(x)
+    return {"mean": float(x.mean()) if x.size else float("nan"), "ci": [lo, hi], "n": int(x.size)}
+
+
+def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> dict:
+    """Per prompt, policy's mean reward vs the reference's: counts, and the win rate (ties count half) with CI."""
+    d = np.asarray(policy, float) - np.asarray(reference, float)
+    win, loss = d > tol, d < -tol
+    score = win + 0.5 * (~win & ~loss)
+    return {"win": int(win.sum()), "tie": int((~win & ~loss).sum()), "loss": int(loss.sum()), "win_rate": estimate(score)}
+
+
+def rewards_of(prompts: list[str], gens: list[list[Completion]], reward) -> np.ndarray:
+    """[prompts, samples] rewards."""
+    return np.array([[reward(p, c.text) for c in comps] for p, comps in zip(prompts, gens)], dtype=float)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(ws[i : i + n]) for ws in map(words, texts) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_similarity(gens: list[list[Completion]]) -> float:
+    """Mean over prompts (with >= 2 samples) of the mean pairwise Jaccard similarity of word sets."""
+    per_prompt = []
+    for comps in gens:
+        sets = [set(words(c.text)) for c in comps]
+        pairs = [len(a & b) / len(a | b) if a | b else 1.0 for a, b in itertools.combinations(sets, 2)]
+        if pairs:
+            per_prompt.append(float(np.mean(pairs)))
+    return float(np.mean(per_prompt)) if per_prompt else float("nan")
+
+
+def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16):
+    """[prompts, samples] arrays: summed log-probs, summed per-token entropies, token counts, under `model`."""
+    from prefbench.data.tokenize import Example
+    from prefbench.logprobs import completion_stats
+    from prefbench.train import collate
+
+    device = next(model.parameters()).device
+    flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
+    examples = [Example(tuple(prompt_ids[i]), (tuple(gens[i][j].token_ids),)) for i, j in flat]
+    order = sorted(range(len(flat)), key=lambda k: examples[k].length())  # similar lengths share a batch
+    shape = (len(gens), max(len(c) for c in gens))
+    logps, ents, counts = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    model.eval()
+    for start in range(0, len(order), batch_rows):
+        batch = order[start : start + batch_rows]
+        ids, attention, completion = collate([(k, k, 0) for k in batch], examples, pad, device)
+        lp, ent, n = completion_stats(model, ids, attention, completion)
+        for k, a, b, c in zip(batch, lp.tolist(), ent.tolist(), n.tolist()):
+            i, j = flat[k]
+            logps[i, j], ents[i, j], counts[i, j] = a, b, c
+    return logps, ents, counts
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+
+
+def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[str], prompt_ids: list[list[int]],
+                        gens: dict[str, list[list[Completion]]], ref_gens: dict[str, list[list[Completion]]],
+                        samplings: list[Sampling], reward, ref_model=None) -> dict:
+    """Metrics of one checkpoint against the reference, from both models' generations on the same prompts.
+
+    gens / ref_gens: {sampling name: [per prompt: completions]}. The reference's own row is this function
+    with policy_path == reference_path (its KL is 0 and is not computed).
+    """
+    by_name = {s.name: s for s in samplings}
+    out: dict = {"prompts": len(prompts)}
+    for name, comps in gens.items():
+        r, r_ref = rewards_of(prompts, comps, reward).mean(1), rewards_of(prompts, ref_gens[name], reward).mean(1)
+        n_tokens = np.array([[len(c.token_ids) for c in cs] for cs in comps], float)
+        n_words = np.array([[len(words(c.text)) for c in cs] for cs in comps], float)
+        out[name] = {
+            "reward": estimate(r),
+            "reward_minus_reference": estimate(r - r_ref),
+            "vs_reference": win_tie_loss(r, r_ref),
+            "length_tokens": estimate(n_tokens.mean(1)),
+            "length_words": estimate(n_words.mean(1)),
+            "truncated_share": float(np.mean([c.finish_reason == "length" for cs in comps for c in cs])),
+        }
+        if by_name[name].n > 1:
+            texts = [c.text for cs in comps for c in cs]
+            out[name]["distinct_1"] = distinct_n(texts, 1)
+            out[name]["distinct_2"] = distinct_n(texts, 2)
+            out[name]["self_similarity"] = self_similarity(comps)
+    sampled = [s for s in samplings if s.n > 1 or s.temperature > 0]
+    if sampled:
+        s = sampled[0]
+        policy = _load(policy_path)
+        lp, ent, cnt = sequence_stats(policy, prompt_ids, gens[s.name])
+        out[s.name]["entropy_per_token"] = estimate((ent.sum(1) / np.maximum(cnt.sum(1), 1)))
+        if Path(policy_path).resolve() == Path(reference_path).resolve():
+            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name}
+        elif s.from_policy:
+            ref = ref_model or _load(reference_path)
+            lp_ref, _, _ = sequence_stats(ref, prompt_ids, gens[s.name])
+            out["kl"] = estimate((lp - lp_ref).mean(1)) | {"sampling": s.name}
+        else:
+            out["kl"] = {"mean": None, "reason": f"sampling {s.name!r} is not the policy's own distribution "
+                                                  f"(temperature {s.temperature}, top_p {s.top_p}); KL needs temperature 1, top_p 1"}
+    return out
