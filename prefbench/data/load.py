@@ -41,6 +41,21 @@ _BUILDERS = {"jsonl": "json", "json": "json", "parquet": "parquet"}
 # ---- loading ----------------------------------------------------------------------------------
 
 
+# The on-policy preference data that ships with prefbench (built by `prefbench generate-data recipes/embedded_data.yaml`).
+EMBEDDED_DATA = Path(__file__).parent / "embedded"
+EMBEDDED_SOURCES = {"embedded:paired": "paired.jsonl", "embedded:unpaired": "unpaired.jsonl"}
+
+
+def resolve_source(source: str) -> str:
+    """`embedded:paired` / `embedded:unpaired` -> the shipped file; anything else unchanged."""
+    source = str(source)
+    if source.startswith("embedded:"):
+        if source not in EMBEDDED_SOURCES:
+            raise ValueError(f"data source {source!r}: the shipped datasets are {sorted(EMBEDDED_SOURCES)}")
+        return str(EMBEDDED_DATA / EMBEDDED_SOURCES[source])
+    return source
+
+
 def load_records(source: str, *, split: str = "train", data_files_format: str | None = None) -> list[dict]:
     """Records from a local .jsonl/.json/.parquet file or a Hugging Face dataset name.
 
@@ -53,7 +68,7 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
     Paired records in the common hub layout (full conversations in chosen/rejected) are
     normalised by `split_shared_prompt`. Nothing is validated here: call `validate`.
     """
-    source = str(source)
+    source = resolve_source(source)
     path = Path(source).expanduser()
     if data_files_format is not None and data_files_format not in _BUILDERS:
         raise ValueError(f"data_files_format must be one of {sorted(_BUILDERS)}, got {data_files_format!r}")

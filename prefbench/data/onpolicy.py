@@ -1,0 +1,109 @@
+"""On-policy preference data: sample K completions per prompt from a model, score them, and build
+paired data (best vs worst; prompts whose samples all score the same are dropped) and unpaired data
+(every sample, desirable when its reward is at least a threshold), with statistics of what was built.
+
+`prefbench generate-data RECIPE` runs it; recipes/embedded_data.yaml regenerates the dataset that
+ships in prefbench/data/embedded/ (SmolLM2-135M-Instruct on the embedded task's train prompts).
+Generation goes through the generation cache, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prefbench.data.load import EMBEDDED_DATA  # noqa: F401  (where the shipped dataset lives)
+from prefbench.recipe import DataGenSpec, PromptSpec
+
+
+def load_prompts(spec: PromptSpec) -> list[str]:
+    if spec.file:
+        prompts = []
+        for i, line in enumerate(Path(spec.file).expanduser().read_text().splitlines()):
+            if line.strip():
+                record = json.loads(line)
+                if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+                    raise ValueError(f"{spec.file}: line {i + 1} has no text 'prompt'")
+                prompts.append(record["prompt"])
+        return prompts[: spec.n]
+    from prefbench.eval.rewards import make_prompts
+
+    return [p.prompt for p in make_prompts(spec.n, spec.split, spec.seed)]
+
+
+def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float):
+    """(paired records, unpaired records, statistics). rewards: [prompts, samples]."""
+    paired, unpaired, ties = [], [], 0
+    for prompt, samples, r in zip(prompts, texts, rewards):
+        for text, value in zip(samples, r):
+            unpaired.append({"prompt": prompt, "completion": text, "label": bool(value >= desirable_at_least), "reward": float(value)})
+        best, worst = int(np.argmax(r)), int(np.argmin(r))  # first of equals: deterministic
+        if r[best] == r[worst]:
+            ties += 1
+            continue
+        paired.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
+                       "reward_chosen": float(r[best]), "reward_rejected": float(r[worst])})
+    values, counts = np.unique(np.round(rewards, 6), return_counts=True)
+    stats = {
+        "prompts": len(prompts),
+        "samples": int(rewards.size),
+        "mean_reward": float(rewards.mean()) if rewards.size else float("nan"),
+        "reward_histogram": {f"{v:g}": int(c) for v, c in zip(values, counts)},
+        "pairs": len(paired),
+        "prompts_dropped_as_ties": ties,
+        "mean_margin": float(np.mean([p["reward_chosen"] - p["reward_rejected"] for p in paired])) if paired else 0.0,
+        "unpaired": len(unpaired),
+        "desirable": sum(u["label"] for u in unpaired),
+        "desirable_share": float(np.mean([u["label"] for u in unpaired])) if unpaired else 0.0,
+        "desirable_at_least": desirable_at_least,
+    }
+    return paired, unpaired, stats
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def generate_data(spec: DataGenSpec) -> dict:
+    """Sample, score, build, write `spec.out`/{paired,unpaired}.jsonl and stats.json; returns the stats."""
+    from prefbench import models
+    from prefbench.eval.generate import Sampling, generate
+    from prefbench.eval.rewards import REWARDS
+    from prefbench.results import versions, write_json
+
+    g = spec.generation
+    prompts = load_prompts(g.prompts)
+    path = models.resolve(spec.model)
+    sp = g.sampling
+    sampling = Sampling("sampled", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed)
+    started = time.perf_counter()
+    results, gen_stats = generate([path], prompts, [sampling], engine=g.engine, max_model_len=g.max_model_len,
+                                  vllm_options={k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size),
+                                                                  ("gpu_memory_utilization", g.gpu_memory_utilization)) if v})
+    completions = results[str(path)]["sampled"]
+    reward = REWARDS[spec.reward]()
+    rewards = np.array([[reward(p, c.text) for c in cs] for p, cs in zip(prompts, completions)], dtype=float)
+    paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least)
+    stats |= {
+        "truncated_share": float(np.mean([c.finish_reason == "length" for cs in completions for c in cs])),
+        "mean_completion_tokens": float(np.mean([len(c.token_ids) for cs in completions for c in cs])),
+        "model": models.describe(spec.model) | {"path": None},  # machine-specific paths stay out of shipped files
+        "reward": {"name": spec.reward, "version": getattr(REWARDS[spec.reward], "version", None)},
+        "recipe": json.loads(json.dumps(spec, default=lambda o: o.__dict__)),
+        "engine": gen_stats.engine,
+        "fallback_reason": gen_stats.fallback_reason,
+        "seconds": round(time.perf_counter() - started, 1),
+        "generate_tokens_per_second": round(gen_stats.tokens_per_second, 1),
+        "versions": versions(),
+    }
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "paired.jsonl", paired)
+    _write_jsonl(out / "unpaired.jsonl", unpaired)
+    write_json(out / "stats.json", stats)
+    return stats
