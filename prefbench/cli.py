@@ -21,6 +21,16 @@ def objectives_table() -> str:
     return "\n".join(lines)
 
 
+def print_evaluation(results: dict[str, dict]) -> None:
+    """One line per unit: sampled-pass reward with its 95% CI, difference vs reference, KL, length."""
+    for name, m in results.items():
+        s = m["sampled"]
+        r, d, kl = s["reward"], s["reward_minus_reference"], m.get("kl", {})
+        kl_text = f"{kl['mean']:.3f} [{kl['ci'][0]:.3f}, {kl['ci'][1]:.3f}]" if kl.get("mean") is not None else "n/a"
+        print(f"{name:<24} reward {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  vs ref {d['mean']:+.3f} "
+              f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  KL {kl_text}  words {s['length_words']['mean']:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefbench", description="Train and compare LLM alignment objectives.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
     train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
     check = sub.add_parser("check", help="validate a recipe and print it resolved, without loading any model")
+    evaluate = sub.add_parser("evaluate", help="generation metrics of the reference and every trained checkpoint of a run (eval.generation)")
     gen = sub.add_parser("generate-data", help="sample from a model, score with a task reward, write paired + unpaired preference data")
-    for p in (run, train, check, gen):
+    for p in (run, train, check, evaluate, gen):
         p.add_argument("recipe")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.lr=1e-5")
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
@@ -58,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
-        from prefbench.runner import train_units
+        from prefbench.runner import evaluate_units, train_units
 
+        if args.command == "evaluate":
+            print_evaluation(evaluate_units(recipe))
+            return 0
         if args.command == "train":
             if args.seed not in recipe.seeds:
                 raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
@@ -67,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             summaries = train_units(recipe, labels=[args.objective], seeds=[args.seed])
         else:
             summaries = train_units(recipe)
+            evaluation = evaluate_units(recipe)
     except (PrefbenchError, KeyError, OSError, RuntimeError, ValueError) as e:
         if os.environ.get("PREFBENCH_DEBUG"):
             raise
@@ -75,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in summaries:
         if s.get("final"):
             print(f"{s['label']:<20} seed {s['seed']}  loss {s['final']['loss']:.4f}  ({s['steps']} steps)")
+    if args.command == "run":
+        print_evaluation(evaluation)
     return 0
 
 

@@ -4,6 +4,8 @@ the same command after a kill continues where it stopped."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import torch.distributed as dist
@@ -81,3 +83,50 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
         manifest["timings"]["last_invocation_seconds"] = time.time() - started
         write_json(manifest_path, manifest)
     return summaries
+
+
+def evaluate_units(recipe: Recipe) -> dict[str, dict]:
+    """Generation metrics for the reference and every trained objective x seed, on the same prompts.
+
+    Writes <run>/reference/eval_generation.json and <run>/<label>/seed<k>/eval_generation.json. A file
+    whose settings match is kept (re-running only re-reads); generations come from the generation cache.
+    """
+    from prefbench.data.onpolicy import load_prompts
+    from prefbench.eval.generate import generate, prompt_ids, standard_samplings
+    from prefbench.eval.metrics import evaluate_checkpoint, load_for_eval
+    from prefbench.eval.rewards import REWARDS
+
+    g = recipe.eval.generation
+    if g is None:
+        return {}
+    root = run_dir(recipe)
+    prompts = load_prompts(g.prompts)
+    sp = g.sampling
+    samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed)
+    reward_cls = REWARDS[recipe.eval.reward]
+    settings = _jsonable({"generation": g, "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
+                          "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
+    reference = models.resolve(recipe.model.name)
+    units = {"reference": (reference, root / "reference")}
+    for spec in recipe.objectives:
+        for seed in recipe.seeds:
+            final = root / spec.label / f"seed{seed}" / "final"
+            if not (final / "config.json").is_file():
+                raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
+            units[f"{spec.label}/seed{seed}"] = (final, final.parent)
+    done = {name: read_json(d / "eval_generation.json") for name, (_, d) in units.items()
+            if (d / "eval_generation.json").is_file() and read_json(d / "eval_generation.json").get("settings") == settings}
+    todo = {name: u for name, u in units.items() if name not in done}
+    if not todo:
+        return done
+    paths = [reference] + [path for name, (path, _) in todo.items() if name != "reference"]
+    vllm_options = {k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size), ("gpu_memory_utilization", g.gpu_memory_utilization)) if v}
+    gens, stats = generate(paths, prompts, samplings, engine=g.engine, max_model_len=g.max_model_len, vllm_options=vllm_options)
+    tokenizer = models.load_tokenizer(recipe.model.name)
+    ids = prompt_ids(tokenizer, prompts)
+    reward, ref_model = reward_cls(), load_for_eval(reference)
+    for name, (path, out) in todo.items():
+        metrics = evaluate_checkpoint(path, reference, prompts, ids, gens[str(path)], gens[str(reference)], samplings, reward, ref_model)
+        done[name] = {"settings": settings, "unit": name, "engine": stats.engine, "fallback_reason": stats.fallback_reason, **metrics}
+        write_json(out / "eval_generation.json", done[name])
+    return done

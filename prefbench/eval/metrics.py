@@ -102,7 +102,7 @@ def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completio
     return logps, ents, counts
 
 
-def _load(path: Path):
+def load_for_eval(path: Path):
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -139,13 +139,13 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[s
     sampled = [s for s in samplings if s.n > 1 or s.temperature > 0]
     if sampled:
         s = sampled[0]
-        policy = _load(policy_path)
+        policy = load_for_eval(policy_path)
         lp, ent, cnt = sequence_stats(policy, prompt_ids, gens[s.name])
         out[s.name]["entropy_per_token"] = estimate((ent.sum(1) / np.maximum(cnt.sum(1), 1)))
         if Path(policy_path).resolve() == Path(reference_path).resolve():
             out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name}
         elif s.from_policy:
-            ref = ref_model or _load(reference_path)
+            ref = ref_model or load_for_eval(reference_path)
             lp_ref, _, _ = sequence_stats(ref, prompt_ids, gens[s.name])
             out["kl"] = estimate((lp - lp_ref).mean(1)) | {"sampling": s.name}
         else:

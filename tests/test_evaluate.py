@@ -1,0 +1,63 @@
+"""`prefbench run` trains and then evaluates every checkpoint and the reference the same way; `prefbench
+evaluate` re-reads finished results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from prefbench.cli import main
+from prefbench import models
+from prefbench.eval.generate import GenerationCache, Sampling, checkpoint_id, prompt_ids
+from prefbench.eval.rewards import InstructionReward, make_prompts
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    overrides = ["--set", f"output_dir={out}", "--set", "eval.generation.engine=hf", "--set", "objectives=[{name: dpo, beta: 0.1}]"]
+    assert main(["run", "recipes/tiny_smoke.yaml", *overrides]) == 0
+    return out / "tiny_smoke", overrides
+
+
+def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
+    root, _ = run
+    ref = json.loads((root / "reference" / "eval_generation.json").read_text())
+    dpo = json.loads((root / "dpo" / "seed0" / "eval_generation.json").read_text())
+    assert ref["kl"]["mean"] == 0.0 and ref["sampled"]["reward_minus_reference"]["mean"] == 0.0
+    assert ref["sampled"]["vs_reference"]["tie"] == 8
+    assert dpo["prompts"] == 8 and dpo["settings"] == ref["settings"] and dpo["engine"].startswith("hf-")
+    # The stored reward is the mean over prompts of the per-prompt mean reward of the cached samples.
+    prompts = [p.prompt for p in make_prompts(8, "heldout")]
+    reward = InstructionReward()
+    ckpt = root / "dpo" / "seed0" / "final"
+    cache = GenerationCache()
+    entries = cache.read(cache.path(checkpoint_id(ckpt), dpo["engine"], Sampling("sampled", 2, 1.0, 1.0, 16, 0)))
+    ids = prompt_ids(models.load_tokenizer("tiny:small"), prompts)
+    per_prompt = [np.mean([reward(p, c.text) for c in entries[cache.prompt_key(i)]]) for p, i in zip(prompts, ids)]
+    assert dpo["sampled"]["reward"]["mean"] == pytest.approx(np.mean(per_prompt), abs=1e-12)
+    lo, hi = dpo["sampled"]["reward"]["ci"]
+    assert lo <= dpo["sampled"]["reward"]["mean"] <= hi
+    d = dpo["sampled"]["reward_minus_reference"]["mean"]
+    assert d == pytest.approx(dpo["sampled"]["reward"]["mean"] - ref["sampled"]["reward"]["mean"], abs=1e-12)
+    w = dpo["sampled"]["vs_reference"]
+    assert w["win"] + w["tie"] + w["loss"] == 8
+    assert np.isfinite(dpo["kl"]["mean"]) and dpo["sampled"]["entropy_per_token"]["mean"] > 0
+    assert all(0 <= dpo["sampled"][k] <= 1 for k in ("distinct_1", "distinct_2", "self_similarity"))
+
+
+def test_evaluate_again_keeps_finished_results(run, capsys):
+    root, overrides = run
+    f = root / "dpo" / "seed0" / "eval_generation.json"
+    before = f.stat().st_mtime_ns
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides]) == 0
+    assert f.stat().st_mtime_ns == before
+    out = capsys.readouterr().out
+    assert "reference" in out and "dpo/seed0" in out and "vs ref" in out
+
+
+def test_evaluate_before_training_names_the_missing_checkpoint(tmp_path, capsys):
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", "--set", f"output_dir={tmp_path}"]) == 2
+    assert "no trained checkpoint to evaluate" in capsys.readouterr().err
