@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from prefbench.cli import main as cli_main
-from prefbench.recipe import RecipeError, load_recipe, parse_recipe
+from prefbench.recipe import RecipeError, load_datagen, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,6 +104,9 @@ def test_every_shipped_recipe_validates():
     assert recipes, "no recipes shipped"
     for path in recipes:
         first = path.read_text().splitlines()[0]
+        if first.startswith("# prefbench generate-data"):
+            load_datagen(path)
+            continue
         assert first.startswith("#") and "prefbench run" in first, f"{path}: the header comment must give its command"
         load_recipe(path)
 
@@ -130,3 +133,19 @@ def test_yaml_exponents_without_a_dot_are_numbers_and_fsdp_excludes_lora(tmp_pat
     assert problems(tmp_path, objectives=[{"name": "dpo", "beta": "abc"}]) == ["objectives[0] (dpo): objective 'dpo': beta must be a number, got 'abc'"]
     out = problems(tmp_path, model={"name": "tiny:small", "lora": {"r": 4}}, train__fsdp=True)
     assert out == ["train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"]
+
+
+def test_eval_section_is_validated(tmp_path):
+    found = problems(tmp_path, eval={"reward": "instruction", "generation": {"engine": "vlm", "prompts": {"split": "test", "n": 0},
+                                                                            "sampling": {"temperature": 0.0, "top_p": 1.5}}})
+    text = "\n".join(found)
+    assert "eval.reward: unknown reward 'instruction'" in text and "did you mean 'instructions'" in text
+    assert "eval.generation.engine: must be one of ['auto', 'vllm', 'hf'], got 'vlm'" in text
+    assert "eval.generation.prompts.split" in text and "eval.generation.prompts.n: must be >= 1, got 0" in text
+    assert "eval.generation.sampling.temperature: must be > 0" in text and "eval.generation.sampling.top_p" in text
+    assert "eval.generation.sampl: unknown key (did you mean 'sampling'?)" in problems(tmp_path, eval={"generation": {"sampl": {}}})
+    assert "eval.generation.prompts.file: file not found: nope.jsonl" in problems(tmp_path, eval={"generation": {"prompts": {"file": "nope.jsonl"}}})
+
+
+def test_shipped_data_sources(tmp_path):
+    assert "data.source: unknown shipped dataset 'embedded:pairs'" in "\n".join(problems(tmp_path, data={"source": "embedded:pairs"}))
