@@ -1,0 +1,86 @@
+"""The on-policy data builder: pairing, labelling and statistics by hand, the generate-data command end to
+end on a tiny model, its recipe's validation, and the dataset that ships with the package."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from prefbench.cli import main
+from prefbench.data.onpolicy import EMBEDDED_DATA, build_preferences, load_prompts
+from prefbench.errors import RecipeError
+from prefbench.eval.rewards import InstructionReward
+from prefbench.recipe import PromptSpec, load_datagen
+
+
+def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
+    prompts = ["p1", "p2", "p3"]
+    texts = [["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"]]
+    rewards = np.array([[0.5, 1.0, 0.0], [0.5, 0.5, 0.5], [0.0, 1.0, 1.0]])
+    paired, unpaired, stats = build_preferences(prompts, texts, rewards, desirable_at_least=0.5)
+    assert paired == [
+        {"prompt": "p1", "chosen": "b", "rejected": "c", "reward_chosen": 1.0, "reward_rejected": 0.0},
+        {"prompt": "p3", "chosen": "h", "rejected": "g", "reward_chosen": 1.0, "reward_rejected": 0.0},  # first of the best
+    ]
+    assert [u["label"] for u in unpaired] == [True, True, False, True, True, True, False, True, True]
+    assert stats["prompts_dropped_as_ties"] == 1 and stats["pairs"] == 2 and stats["desirable"] == 7
+    assert stats["mean_reward"] == pytest.approx(rewards.mean()) and stats["mean_margin"] == 1.0
+    assert stats["reward_histogram"] == {"0": 2, "0.5": 4, "1": 3}
+
+
+def test_prompts_from_a_file_or_the_embedded_task(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "one"}\n\n{"prompt": "two"}\n{"prompt": "three"}\n')
+    assert load_prompts(PromptSpec(file=str(f), n=2)) == ["one", "two"]
+    f.write_text('{"prompt": "one"}\n{"text": "two"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_prompts(PromptSpec(file=str(f), n=5))
+    train = load_prompts(PromptSpec(split="train", n=5))
+    assert len(train) == 5 and train == load_prompts(PromptSpec(split="train", n=5))  # fixed seed
+
+
+def test_a_bad_datagen_recipe_lists_every_problem(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"reward": "instruction", "generation": {"sampling": {"temperature": 0, "top_p": 2}}}))
+    with pytest.raises(RecipeError) as e:
+        load_datagen(f)
+    text = str(e.value)
+    assert "reward: unknown reward 'instruction'" in text and "did you mean 'instructions'" in text
+    assert "sampling.temperature: must be > 0" in text and "sampling.top_p" in text and "out: required" in text
+
+
+def test_generate_data_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    recipe = tmp_path / "data.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": "tiny:small", "reward": "instructions", "desirable_at_least": 0.5, "out": str(tmp_path / "out"),
+        "generation": {"engine": "hf", "prompts": {"split": "train", "n": 6}, "sampling": {"n": 3, "max_tokens": 12}},
+    }))
+    assert main(["generate-data", str(recipe)]) == 0
+    out = tmp_path / "out"
+    stats = json.loads((out / "stats.json").read_text())
+    unpaired = [json.loads(line) for line in (out / "unpaired.jsonl").read_text().splitlines()]
+    paired = [json.loads(line) for line in (out / "paired.jsonl").read_text().splitlines()]
+    assert stats["prompts"] == 6 and stats["samples"] == 18 and len(unpaired) == 18 and len(paired) == stats["pairs"]
+    # The stored rewards are the reward function's values of the stored texts.
+    reward = InstructionReward()
+    for u in unpaired:
+        assert u["reward"] == reward(u["prompt"], u["completion"]) and u["label"] == (u["reward"] >= 0.5)
+    assert "pairs" in capsys.readouterr().out
+    assert stats["model"]["path"] is None and stats["engine"].startswith("hf-")
+
+
+def test_the_shipped_dataset_is_consistent_with_its_rewards_and_recipe():
+    stats = json.loads((EMBEDDED_DATA / "stats.json").read_text())
+    paired = [json.loads(line) for line in (EMBEDDED_DATA / "paired.jsonl").read_text().splitlines()]
+    unpaired = [json.loads(line) for line in (EMBEDDED_DATA / "unpaired.jsonl").read_text().splitlines()]
+    reward = InstructionReward()
+    assert len(paired) == stats["pairs"] > 100 and len(unpaired) == stats["unpaired"] == stats["samples"]
+    for p in paired:
+        assert reward(p["prompt"], p["chosen"]) == p["reward_chosen"] > p["reward_rejected"] == reward(p["prompt"], p["rejected"])
+    threshold = stats["desirable_at_least"]
+    assert all(u["label"] == (reward(u["prompt"], u["completion"]) >= threshold) for u in unpaired)
+    assert 0.05 < stats["desirable_share"] < 0.95  # both classes present: room to learn, room to improve
+    assert stats["model"]["spec"] == load_datagen("recipes/embedded_data.yaml").model
