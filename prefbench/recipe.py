@@ -119,9 +119,49 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class JudgeSpec:
+    """Pairwise LLM judge through an OpenAI-compatible endpoint (prefbench/eval/judge.py)."""
+
+    base_url: str = ""  # e.g. https://api.openai.com/v1 or a vLLM server; "" with local_model: prefbench starts one
+    model: str = ""  # the judge model's name at the endpoint
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable at run time and never written anywhere
+    local_model: str = ""  # a model spec served on 127.0.0.1 by a vLLM server that prefbench starts and stops
+    against: tuple[str, ...] = ("reference",)  # reference | round_robin | dataset_chosen
+    samples_per_prompt: int = 1  # how many sampled answers per prompt and checkpoint are judged
+    max_concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    max_tokens: int = 256
+    budget_usd: float | None = None  # stop before spending more; None: no cap
+    price_per_1k_input: float = 0.0  # USD, for the cost estimate and the budget
+    price_per_1k_output: float = 0.0
+    dry_run: bool = False  # estimate calls, tokens and cost; judge nothing
+
+
+@dataclass(frozen=True)
+class BenchmarkTask:
+    task: str  # an lm-eval task name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...) or a prefbench offline pack
+    num_fewshot: int | None = None
+    limit: int | None = None  # documents per task (None: all)
+    apply_chat_template: bool = False
+
+
+@dataclass(frozen=True)
+class BenchmarksSpec:
+    """lm-eval benchmarks (prefbench/eval/benchmarks.py)."""
+
+    backend: str = "auto"  # auto | vllm | local-completions | hf
+    tasks: tuple[BenchmarkTask, ...] = ()
+    batch_size: int = 8
+    max_model_len: int = 2048
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     reward: str = "instructions"  # a name in prefbench.eval.rewards.REWARDS
     generation: GenerationSpec | None = None  # None: no generation metrics
+    judge: JudgeSpec | None = None  # None: no judge (it judges the generation pass's answers)
+    benchmarks: BenchmarksSpec | None = None  # None: no lm-eval benchmarks
 
 
 @dataclass(frozen=True)
