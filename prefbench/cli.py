@@ -31,6 +31,34 @@ def print_evaluation(results: dict[str, dict]) -> None:
               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  KL {kl_text}  words {s['length_words']['mean']:.1f}")
 
 
+def report_or_compare(args) -> int:
+    from prefbench.errors import PrefbenchError
+
+    try:
+        if args.command == "report":
+            from prefbench.report import write_report
+
+            out = write_report(args.run_dir, args.out)
+            print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+            return 0
+        from prefbench.compare import compare, verdict_table
+
+        thresholds = {}
+        for item in args.threshold:
+            metric, _, value = item.partition("=")
+            thresholds[metric.strip()] = float(value)
+        verdicts = compare(args.baseline, args.candidate, thresholds, args.against)
+    except (PrefbenchError, OSError, ValueError, KeyError) as e:
+        if os.environ.get("PREFBENCH_DEBUG"):
+            raise
+        print(f"prefbench: error: {e}", file=sys.stderr)
+        return 2
+    print(verdict_table(verdicts))
+    regressed = [v for v in verdicts if v.verdict == "regressed"]
+    print(f"\n{len(regressed)} regression(s) in {len(verdicts)} comparison(s)")
+    return 1 if regressed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefbench", description="Train and compare LLM alignment objectives.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
     train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
     check = sub.add_parser("check", help="validate a recipe and print it resolved, without loading any model")
+    report = sub.add_parser("report", help="render reports/<run>/report.md and report.html from a run directory's results")
+    report.add_argument("run_dir")
+    report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
+    compare = sub.add_parser("compare", help="paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
+    compare.add_argument("baseline")
+    compare.add_argument("candidate")
+    compare.add_argument("--threshold", action="append", default=[], metavar="METRIC=VALUE",
+                         help="regression threshold per metric (defaults: reward=0.02, greedy_reward=0.02; kl ungated)")
+    compare.add_argument("--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label")
     evaluate = sub.add_parser("evaluate", help="generation metrics of the reference and every trained checkpoint of a run (eval.generation)")
     gen = sub.add_parser("generate-data", help="sample from a model, score with a task reward, write paired + unpaired preference data")
     for p in (run, train, check, evaluate, gen):
@@ -52,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from prefbench.errors import PrefbenchError, RecipeError
     from prefbench.recipe import load_recipe
+
+    if args.command in ("report", "compare"):
+        return report_or_compare(args)
 
     try:
         if args.command == "generate-data":

