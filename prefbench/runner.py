@@ -4,6 +4,7 @@ the same command after a kill continues where it stopped."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -104,7 +105,7 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     sp = g.sampling
     samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed)
     reward_cls = REWARDS[recipe.eval.reward]
-    settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": g, "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
+    settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(g), "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
                           "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
     reference = models.resolve(recipe.model.name)
     units = {"reference": (reference, root / "reference")}

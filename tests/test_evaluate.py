@@ -61,3 +61,17 @@ def test_evaluate_again_keeps_finished_results(run, capsys):
 def test_evaluate_before_training_names_the_missing_checkpoint(tmp_path, capsys):
     assert main(["evaluate", "recipes/tiny_smoke.yaml", "--set", f"output_dir={tmp_path}"]) == 2
     assert "no trained checkpoint to evaluate" in capsys.readouterr().err
+
+
+def test_report_and_compare_from_the_real_run(run, tmp_path, capsys):
+    """The end of the main path: the run's own results render, and a run compared with itself passes."""
+    from prefbench.report import load_run, unit_table
+
+    root, _ = run
+    assert main(["report", str(root), "--out", str(tmp_path)]) == 0
+    out = tmp_path / "tiny_smoke"
+    assert (out / "report.html").is_file() and (out / "plots" / "reward_vs_kl.png").is_file()
+    table = unit_table(load_run(root))
+    assert list(table.index) == ["reference", "dpo/seed0"]
+    assert main(["compare", str(root), str(root)]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
