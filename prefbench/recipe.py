@@ -177,6 +177,16 @@ class DataGenSpec:
 
 
 @dataclass(frozen=True)
+class ClaimSpec:
+    """A claim from the literature that the run tests: `better` beats `worse` on `metric` (paired, same prompts)."""
+
+    text: str
+    better: str  # objective label
+    worse: str  # objective label, or "reference"
+    metric: str = "reward"  # reward | greedy_reward
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     data: DataSpec = field(default_factory=DataSpec)
@@ -186,6 +196,7 @@ class Recipe:
     seeds: tuple[int, ...] = (0,)
     output_dir: str = "results"
     eval: EvalSpec = field(default_factory=EvalSpec)
+    claims: tuple[ClaimSpec, ...] = ()  # stated in the report with their paired 95% CI
 
     def objective(self, label: str) -> ObjectiveSpec:
         for spec in self.objectives:
@@ -376,6 +387,18 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
             problems.append(f"{key}: must be one of {list(choices)}, got {value!r}")
     if isinstance(r.eval, EvalSpec):
         _generation_checks(r.eval.generation, r.eval.reward, "eval.generation", "eval.reward", problems)
+    labels = [o.label for o in r.objectives]
+    for i, claim in enumerate(r.claims if isinstance(r.claims, tuple) else ()):
+        if not isinstance(claim, ClaimSpec):
+            continue
+        for side in ("better", "worse"):
+            value = getattr(claim, side)
+            if value not in labels and not (side == "worse" and value == "reference"):
+                problems.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
+        if claim.metric not in ("reward", "greedy_reward"):
+            problems.append(f"claims[{i}].metric: must be one of ['reward', 'greedy_reward'], got {claim.metric!r}")
+        if r.eval.generation is None if isinstance(r.eval, EvalSpec) else False:
+            problems.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
     t, d = r.train, r.data
     for key in ("train.steps", "train.batch_size", "train.micro_batch_size", "train.bucket_batches", "data.max_length", "data.max_prompt_length"):
         section, attr = key.split(".")

@@ -155,6 +155,35 @@ def unit_table(run: Run) -> pd.DataFrame:
     return df
 
 
+def claims_table(run: Run) -> pd.DataFrame | None:
+    """Each claim of the recipe: the paired difference better - worse on the same prompts, per seed, and whether it held.
+
+    Held: the 95% interval lies above 0; contradicted: below 0; otherwise not resolved at this size.
+    The interval is a paired bootstrap over the stored per-prompt values (the same statistic as `compare`).
+    """
+    from prefbench.compare import paired_bootstrap
+
+    claims = run.manifest["recipe"].get("claims") or []
+    if not claims:
+        return None
+    units = {u.name: u for u in run.units if u.generation}
+    rows = []
+    for claim in claims:
+        key = "per_prompt_reward"
+        section = "greedy" if claim.get("metric") == "greedy_reward" else "sampled"
+        for seed in run.manifest["recipe"]["seeds"]:
+            better = units.get(f"{claim['better']}/seed{seed}")
+            worse = units.get("reference" if claim["worse"] == "reference" else f"{claim['worse']}/seed{seed}")
+            if better is None or worse is None:
+                rows.append({"claim": claim["text"], "seed": seed, "better - worse": "n/a", "held here?": "not evaluated"})
+                continue
+            diff, (lo, hi), p = paired_bootstrap(worse.generation[section][key], better.generation[section][key])
+            verdict = "held" if lo > 0 else "contradicted" if hi < 0 else "not resolved (CI spans 0)"
+            rows.append({"claim": claim["text"], "seed": seed, "better - worse": f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                         "p": f"{p:.3f}", "held here?": verdict})
+    return pd.DataFrame(rows).set_index("claim")
+
+
 def seed_table(run: Run) -> pd.DataFrame | None:
     """Mean and spread (sample std) across seeds of each objective's point estimates; None with one seed."""
     trained = [u for u in run.units if u.seed is not None and u.generation]
@@ -269,10 +298,13 @@ def provenance(run: Run) -> list[str]:
     return lines
 
 
-def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes]) -> str:
+def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes],
+                    claims: pd.DataFrame | None = None) -> str:
     parts = [f"# prefbench report: {run.name}", "",
              "Estimates are `mean [95% CI]` (percentile bootstrap over held-out prompts); **bold** marks a column's best "
              "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
+    if claims is not None:
+        parts += ["## Claims tested (paired difference on the same prompts, 95% CI)", "", claims.to_markdown(), ""]
     if seeds is not None:
         parts += ["## Across seeds (mean ± sample std of the point estimates)", "", seeds.to_markdown(), ""]
     if images:
@@ -281,7 +313,8 @@ def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, i
     return "\n".join(parts)
 
 
-def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes]) -> str:
+def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes],
+                claims: pd.DataFrame | None = None) -> str:
     def tab(df: pd.DataFrame) -> str:
         bolded = df.map(lambda v: f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v)))
         return bolded.to_html(escape=False, border=0, classes="results")
@@ -291,6 +324,8 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
     body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>",
             "<p>Estimates are mean [95% CI] (percentile bootstrap over held-out prompts); bold marks a column's best only "
             "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
+    if claims is not None:
+        body += ["<h2>Claims tested</h2>", tab(claims)]
     if seeds is not None:
         body += ["<h2>Across seeds</h2>", tab(seeds)]
     body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
@@ -304,12 +339,12 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
 def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
     """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png."""
     run = load_run(run_dir)
-    table, seeds, images = unit_table(run), seed_table(run), plots(run)
+    table, seeds, images, claims = unit_table(run), seed_table(run), plots(run), claims_table(run)
     out = Path(out_root) / run.name
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         (out / "plots" / f"{name}.png").write_bytes(data)
     table.to_csv(out / "results.csv")
-    (out / "report.md").write_text(render_markdown(run, table, seeds, images))
-    (out / "report.html").write_text(render_html(run, table, seeds, images))
+    (out / "report.md").write_text(render_markdown(run, table, seeds, images, claims))
+    (out / "report.html").write_text(render_html(run, table, seeds, images, claims))
     return out

@@ -176,3 +176,22 @@ def test_a_new_variant_is_compared_against_a_baseline_label(tmp_path):
         compare(base, cand)
     verdicts = compare(base, cand, against="dpo")
     assert {(v.unit, v.baseline_unit, v.metric, v.verdict) for v in verdicts if v.metric == "reward"} == {("dpo_v2/seed0", "dpo/seed0", "reward", "no change")}
+
+
+def test_claims_are_stated_with_their_paired_interval(tmp_path):
+    from prefbench.report import claims_table
+
+    root = make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["recipe"]["claims"] = [{"text": "dpo beats kto", "better": "dpo", "worse": "kto", "metric": "reward"},
+                                    {"text": "kto beats the reference", "better": "kto", "worse": "reference", "metric": "reward"},
+                                    {"text": "kto beats dpo", "better": "kto", "worse": "dpo", "metric": "reward"}]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    table = claims_table(load_run(root))
+    diff = np.mean(BETTER) - np.mean(SAME)
+    assert table.loc["dpo beats kto", "held here?"] == "held"
+    assert table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [")
+    assert table.loc["kto beats the reference", "held here?"] == "not resolved (CI spans 0)"  # identical: interval [0, 0]
+    assert table.loc["kto beats dpo", "held here?"] == "contradicted"
+    out = write_report(root, tmp_path / "reports")
+    assert "## Claims tested" in (out / "report.md").read_text()
