@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summaries = train_units(recipe)
             evaluation = evaluate_units(recipe)
+            from prefbench.report import write_report
+            from prefbench.results import run_dir
+
+            report_path = write_report(run_dir(recipe), recipe.report_dir)
     except (PrefbenchError, KeyError, OSError, RuntimeError, ValueError) as e:
         if os.environ.get("PREFBENCH_DEBUG"):
             raise
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['label']:<20} seed {s['seed']}  loss {s['final']['loss']:.4f}  ({s['steps']} steps)")
     if args.command == "run":
         print_evaluation(evaluation)
+        print(f"report: {report_path / 'report.md'} and {report_path / 'report.html'}")
     return 0
 
 

@@ -22,7 +22,7 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         return
     stored = read_json(manifest_path)["recipe"]
     mine = _jsonable(recipe.to_dict())
-    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval", "claims") and stored.get(k) != mine.get(k))
+    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval", "claims", "report_dir") and stored.get(k) != mine.get(k))
     if differing:
         raise TrainingError(
             f"{manifest_path.parent} holds a run of a different recipe (differs in: {', '.join(differing)}); "

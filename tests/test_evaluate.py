@@ -17,7 +17,7 @@ from prefbench.eval.rewards import InstructionReward, make_prompts
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    overrides = ["--set", f"output_dir={out}", "--set", "eval.generation.engine=hf", "--set", "objectives=[{name: dpo, beta: 0.1}]"]
+    overrides = ["--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}", "--set", "eval.generation.engine=hf", "--set", "objectives=[{name: dpo, beta: 0.1}]"]
     assert main(["run", "recipes/tiny_smoke.yaml", *overrides]) == 0
     return out / "tiny_smoke", overrides
 
@@ -68,6 +68,7 @@ def test_report_and_compare_from_the_real_run(run, tmp_path, capsys):
     from prefbench.report import load_run, unit_table
 
     root, _ = run
+    assert (root.parent / "reports" / "tiny_smoke" / "report.html").is_file()  # `prefbench run` rendered it
     assert main(["report", str(root), "--out", str(tmp_path)]) == 0
     out = tmp_path / "tiny_smoke"
     assert (out / "report.html").is_file() and (out / "plots" / "reward_vs_kl.png").is_file()

@@ -31,6 +31,7 @@ def recipe_dict(out: Path, objectives, **train) -> dict:
     return {
         "name": "t",
         "output_dir": str(out),
+        "report_dir": str(out / "reports"),
         "model": {"name": "tiny:small"},
         "data": {"source": str(DATA), "eval_fraction": 0.1, "max_length": 128, "max_prompt_length": 64},
         "objectives": objectives,
