@@ -1,0 +1,296 @@
+"""The pairwise judge: statistics against hand-computed values, the cache and fault handling through a real
+local HTTP server (tests/judge_fault_server.py), and a real vLLM server answering through structured outputs."""
+
+import json
+import math
+import os
+from dataclasses import replace
+
+import pytest
+from judge_fault_server import FaultServer
+from scipy.stats import binomtest
+
+from prefbench.eval import judge
+from prefbench.eval.judge import (
+    Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, clopper_pearson, judge_units, lc_win_rate, pair_stats,
+    parse_verdict,
+)
+from prefbench.eval.metrics import bootstrap_ci
+from prefbench.eval.server import free_port
+from prefbench.recipe import JudgeSpec
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_win_rate_counts_ties_half_and_inconsistent_orders_as_ties():
+    pairs = [
+        PairResult(0, "A", "B", 5, 5),  # X preferred in both orders: win
+        PairResult(1, "B", "A", 5, 5),  # loss
+        PairResult(2, "tie", "tie", 5, 5),  # tie
+        PairResult(3, "A", "A", 5, 5),  # always the first answer: the orders disagree, a tie
+        PairResult(4, None, "A", 5, 5),  # a parse failure: left out
+        PairResult(5, "A", "B", 5, 5),  # win
+    ]
+    s = pair_stats(pairs)
+    assert (s["wins"], s["ties"], s["losses"], s["unscored"], s["prompts"]) == (2, 2, 1, 1, 5)
+    assert s["win_rate"]["mean"] == pytest.approx((2 + 0.5 * 2) / 5)  # 0.6
+    d = s["diagnostics"]
+    assert d["swap_consistency"] == pytest.approx(4 / 5)
+    assert d["tie_rate"] == pytest.approx(2 / 5)
+    assert d["parse_failure_rate"] == pytest.approx(1 / 12)
+    assert d["first_position_rate"] == pytest.approx(6 / 9)  # A in 6 of the 9 verdicts that pick an answer
+    assert s["clopper_pearson"]["rate"] == pytest.approx(2 / 5)
+    assert s["clopper_pearson"]["ci"] == pytest.approx([0.052745, 0.853367], abs=1e-6)
+
+
+@pytest.mark.parametrize("k,n", [(2, 5), (0, 5), (5, 5), (7, 20)])
+def test_clopper_pearson_matches_scipy_exact_interval(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert clopper_pearson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def _length_biased_pairs(equal_lengths: bool) -> list[PairResult]:
+    """X is longer in 8 pairs and wins 6 of them; shorter in 4 and wins 1: plain win rate 7/12."""
+    out = []
+    for i, (longer, win) in enumerate([(True, True)] * 6 + [(True, False)] * 2 + [(False, True)] + [(False, False)] * 3):
+        len_x = 100 if equal_lengths else (200 if longer else 100)
+        len_y = 100 if equal_lengths else (100 if longer else 200)
+        out.append(PairResult(i, *(("A", "B") if win else ("B", "A")), len_x, len_y))
+    return out
+
+
+def test_length_controlled_win_rate():
+    biased = pair_stats(_length_biased_pairs(equal_lengths=False))
+    assert biased["win_rate"]["mean"] == pytest.approx(7 / 12)
+    # The fit is saturated (P(win) = 3/4 at +z, 1/4 at -z, z = tanh(100 / sd) = 0.786 either side), so at
+    # zero difference it is exactly 1/2: the length advantage is taken out.
+    assert biased["lc_win_rate"]["mean"] == pytest.approx(0.5, abs=1e-4)
+    equal = pair_stats(_length_biased_pairs(equal_lengths=True))
+    assert equal["lc_win_rate"]["mean"] == pytest.approx(equal["win_rate"]["mean"], abs=1e-9)
+    lo, hi = biased["lc_win_rate"]["ci"]
+    assert lo < 0.5 < hi
+    assert lc_win_rate([1, 1, 1], [5, -3, 0]) == 1.0  # all wins: no fit needed
+
+
+def test_bootstrap_resamples_a_prompts_samples_together():
+    # 10 prompts, 2 samples each; a prompt's samples agree, so there are 10 independent outcomes, not 20.
+    pairs = [PairResult(i, *(("A", "B") if i < 6 else ("B", "A")), 5, 5) for i in range(10) for _ in range(2)]
+    s = pair_stats(pairs)
+    assert s["win_rate"]["mean"] == pytest.approx(0.6) and s["win_rate"]["n"] == 10
+    lo, hi = s["win_rate"]["ci"]
+    flat_lo, flat_hi = bootstrap_ci([p.score() for p in pairs])
+    assert hi - lo > 1.25 * (flat_hi - flat_lo)  # about sqrt(2) wider
+
+
+def test_reward_agreement():
+    pairs = [
+        PairResult(0, "A", "B", 5, 5, reward_x=1.0, reward_y=0.0),  # judge picks X, X has more reward: agree
+        PairResult(1, "B", "A", 5, 5, reward_x=1.0, reward_y=0.5),  # judge picks Y: disagree
+        PairResult(2, "A", "A", 5, 5, reward_x=0.0, reward_y=1.0),  # inconsistent orders, a tie: half
+        PairResult(3, "A", "B", 5, 5, reward_x=0.5, reward_y=0.5),  # equal rewards: left out
+        PairResult(4, None, "B", 5, 5, reward_x=1.0, reward_y=0.0),  # parse failure: left out
+    ]
+    a = pair_stats(pairs)["reward_agreement"]
+    assert (a["agree"], a["tie"], a["disagree"], a["pairs"]) == (1, 1, 1, 3)
+    assert a["agreement"]["mean"] == pytest.approx(0.5)
+
+
+def test_strict_parsing():
+    assert parse_verdict('{"verdict": "A"}', "json") == "A"
+    assert parse_verdict('{"verdict":"tie"}', "json") == "tie"
+    for bad in ('{"verdict": "a"}', '{"verdict": "A", "why": "x"}', "A", '{"verdict": "A"', "[]"):
+        assert parse_verdict(bad, "json") is None
+    assert parse_verdict("B is shorter.\nVerdict: B", "text") == "B"
+    assert parse_verdict("Verdict: tie\n", "text") == "tie"
+    for bad in ("Verdict: B\nThanks!", "verdict: B", "Verdict: A or B", "**Verdict: A**", ""):
+        assert parse_verdict(bad, "text") is None
+
+
+def test_cache_ignores_a_torn_line_and_keeps_appending(tmp_path):
+    path = tmp_path / "verdicts.jsonl"
+    cache = VerdictCache(path)
+    cache.put({"key": "k1", "verdict": "A"})
+    cache.put({"key": "k2", "verdict": None})
+    with open(path, "ab") as f:
+        f.write(b'{"key": "k3", "verd')  # a kill in the middle of a write
+    cache = VerdictCache(path)
+    assert set(cache.records) == {"k1", "k2"}
+    cache.put({"key": "k4", "verdict": "tie"})
+    assert set(VerdictCache(path).records) == {"k1", "k2", "k4"}
+
+
+# ---------------------------------------------------------------- through a real HTTP server
+
+FAULT_PROMPTS = ["q0 plain", "q1 [429]", "q2 [500]", "q3 [slow]", "q4 [malformed]", "q5 [first]"]
+FAULT_ANSWERS = {
+    "policy": [["GOOD one"], ["GOOD two"], ["three"], ["GOOD four"], ["GOOD five"], ["GOOD six"]],
+    "reference": [["one"], ["two"], ["GOOD three"], ["GOOD 4"], ["five"], ["six"]],
+}
+
+
+def _spec(server: FaultServer, **kw) -> JudgeSpec:
+    return JudgeSpec(**{"base_url": server.base_url, "model": "fault-judge", "api_key_env": "PREFBENCH_TEST_NO_SUCH_KEY",
+                        "max_concurrency": 4, "max_retries": 2, "timeout_s": 5.0, "max_tokens": 16} | kw)
+
+
+def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
+    with FaultServer(slow_s=3.0) as server:  # the slow answer comes after the client's 2 s timeout
+        spec = _spec(server, timeout_s=2.0, price_per_1k_input=0.5, price_per_1k_output=1.0)
+        out = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        # q0, q1 won; q2 lost; q3 a tie (both GOOD); q4 unparseable; q5 a tie (always "A": orders disagree).
+        assert (out["wins"], out["ties"], out["losses"], out["unscored"]) == (2, 2, 1, 1)
+        assert out["win_rate"]["mean"] == pytest.approx(0.6)
+        d = out["diagnostics"]
+        assert d["parse_failure_rate"] == pytest.approx(2 / 12) and d["swap_consistency"] == pytest.approx(4 / 5)
+        assert (d["calls"], d["calls_made"], d["calls_cached"]) == (12, 12, 0)
+        assert d["completion_tokens"] == 12 * 5 and d["prompt_tokens"] > 0
+        assert d["cost_usd"] == pytest.approx((d["prompt_tokens"] * 0.5 + d["completion_tokens"] * 1.0) / 1000)
+        assert d["mean_verdict_prob"] == pytest.approx(0.8)  # from the server's log-probabilities
+        assert out["judge"]["forms"] == ["json"] and out["judge"]["prompt_version"] == judge.JUDGE_PROMPT_VERSION
+        # Every verdict was delivered exactly once; each fault was retried (both orders of its prompt).
+        assert len(server.answered()) == 12 and set(server.answered().values()) == {1}
+        assert (server.count(429), server.count(500), server.count("slow")) == (2, 2, 2)
+        records = VerdictCache(tmp_path / "verdicts.jsonl").records.values()
+        assert len(records) == 12 and sum(r["verdict"] is None for r in records) == 2  # parse failures are cached too
+
+        before = {k: list(v) for k, v in server.requests.items()}
+        again = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        assert server.requests == before  # not one new request
+        assert (again["diagnostics"]["calls_made"], again["diagnostics"]["calls_cached"]) == (0, 12)
+        assert again["win_rate"] == out["win_rate"] and again["diagnostics"]["cost_usd"] == pytest.approx(d["cost_usd"])
+
+
+def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(tmp_path, monkeypatch):
+    secret = "sk-prefbench-test-4f1d9a7c2e"
+    monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", secret)
+    prompts = [f"question {i}" for i in range(4)]
+    answers = {"policy": [[f"GOOD answer {i}"] for i in range(4)], "reference": [[f"answer {i}"] for i in range(4)]}
+    per_call = Call(prompts[0], answers["policy"][0][0], answers["reference"][0][0]).prompt_tokens_estimate() / 1000
+    with FaultServer() as server:
+        # One call at a time, so where the budget stops is deterministic: each call is estimated at its prompt's
+        # characters / 4 (more than the server's usage), and a call goes out only if it fits under the cap.
+        spec = _spec(server, api_key_env="PREFBENCH_TEST_JUDGE_KEY", max_concurrency=1, price_per_1k_input=1.0)
+        with pytest.raises(JudgeBudgetError, match="budget") as err:
+            judge_units(replace(spec, budget_usd=2 * per_call), prompts, answers, cache_dir=tmp_path)
+        first = sum(server.answered().values())
+        assert 0 < first < 8 and f"{first} of 8 calls made" in str(err.value)
+        with open(tmp_path / "verdicts.jsonl", "ab") as f:
+            f.write(b'{"key": "torn')  # and the run was killed while writing
+        out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
+        assert sum(server.answered().values()) == 8 == len(server.answered())  # 4 pairs x 2 orders, none twice
+        assert out["policy vs reference"]["diagnostics"]["calls_made"] == 8 - first
+        assert out["policy vs reference"]["win_rate"]["mean"] == 1.0
+        assert len(VerdictCache(tmp_path / "verdicts.jsonl").records) == 8
+    assert server.authorizations == {f"Bearer {secret}"}  # the key was used ...
+    written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()] + [json.dumps(out), str(err.value)]
+    assert not any(secret in text for text in written)  # ... and written nowhere
+
+
+def test_endpoint_without_structured_outputs_falls_back_to_the_verdict_line(tmp_path):
+    with FaultServer(reject_json=True) as server:
+        out = judge_units(_spec(server), FAULT_PROMPTS[:1] + ["another"], {
+            "policy": [["GOOD"], ["x"]], "reference": [["y"], ["GOOD z"]]}, cache_dir=tmp_path)["policy vs reference"]
+        assert server.count(400) == 2  # the first call tried JSON with and without log-probabilities
+        assert len(server.answered()) == 4 and set(server.answered().values()) == {1}
+    assert out["judge"]["forms"] == ["text"]
+    assert (out["wins"], out["losses"], out["diagnostics"]["parse_failure_rate"]) == (1, 1, 0.0)
+
+
+def test_comparisons_samples_and_identical_answers(tmp_path):
+    prompts = ["p0", "p1"]
+    answers = {  # 3 samples each; samples_per_prompt=2 judges the first two
+        "reference": [["r0", "same", "r2"], ["r3", "r4", "r5"]],
+        "dpo": [["GOOD d0", "same", "x"], ["d3", "GOOD d4", "x"]],
+        "kto": [["k0", "GOOD k1", "x"], ["k3", "k4", "x"]],
+    }
+    rewards = {"dpo": [[1.0, 0.0, 0], [0.0, 1.0, 0]], "chosen": [[0.5], [0.5]]}
+    with FaultServer() as server:
+        spec = _spec(server, against=("reference", "round_robin", "dataset_chosen"), samples_per_prompt=2)
+        out = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)
+        assert list(out) == ["dpo vs reference", "kto vs reference", "dpo vs kto", "reference vs chosen", "dpo vs chosen",
+                             "kto vs chosen"]
+        # "same" vs "same" is a tie without a call: 4 pairs, 3 judged.
+        dpo = out["dpo vs reference"]
+        assert (dpo["pairs"], dpo["diagnostics"]["identical_pairs"], dpo["diagnostics"]["calls"]) == (4, 1, 6)
+        assert (dpo["wins"], dpo["ties"], dpo["losses"]) == (2, 2, 0)
+        chosen = out["dpo vs chosen"]  # GOOD vs GOOD, same vs GOOD, neither, GOOD vs neither
+        assert (chosen["wins"], chosen["ties"], chosen["losses"]) == (1, 2, 1)
+        # dpo's rewards 1, 0 | 0, 1 against the chosen 0.5: agree on the loss and the win, ties count half
+        agreement = chosen["reward_agreement"]
+        assert (agreement["agree"], agreement["tie"], agreement["disagree"]) == (2, 2, 0)
+        assert agreement["agreement"]["mean"] == pytest.approx(0.75)
+        assert "reward_agreement" not in out["kto vs reference"]
+        # 2 x (3 + 5 x 4) = 46 verdicts, 4 of them shared ("same" vs "GOOD c0" in two comparisons, "same" vs
+        # "GOOD k1" in two): asked once each.
+        assert len(server.answered()) == 42 and set(server.answered().values()) == {1}
+
+
+def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
+    events = []
+    with FaultServer() as server:
+        class FakeVLLMServer:  # stands in for the vLLM server prefbench starts (tested in test_evaluate/test_generate)
+            def __init__(self, model, name):
+                self.base_url, self.name = server.base_url, name
+
+            def __enter__(self):
+                events.append(("start", self.name))
+                return self
+
+            def __exit__(self, *exc):
+                events.append(("stop", self.name))
+
+        monkeypatch.setattr(judge, "VLLMServer", FakeVLLMServer)
+        monkeypatch.setattr(judge.models, "resolve", lambda spec: tmp_path / "no-model")
+        spec = JudgeSpec(local_model="smollm2-135m-instruct", max_tokens=16, price_per_1k_input=2.0, price_per_1k_output=4.0)
+        prompts, answers = ["p0", "p1"], {"policy": [["GOOD a"], ["b"]], "reference": [["c"], ["d"]]}
+
+        est = judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]
+        calls = [Call(p, a[0], r[0]) for p, a, r in zip(prompts, answers["policy"], answers["reference"])]
+        calls += [Call(c.question, c.b, c.a) for c in calls]
+        tokens = sum(c.prompt_tokens_estimate() for c in calls)
+        assert (est["calls"], est["cached"], est["to_make"]) == (4, 0, 4)
+        assert est["prompt_tokens_est"] == tokens and est["completion_tokens_max"] == 4 * 16
+        assert est["cost_usd_est"] == pytest.approx((tokens * 2.0 + 4 * 16 * 4.0) / 1000)
+        assert events == [] and server.requests == {}  # a dry run asks nothing and starts nothing
+
+        out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
+        assert events == [("start", "smollm2-135m-instruct"), ("stop", "smollm2-135m-instruct")]
+        assert out["policy vs reference"]["judge"]["model"] == "smollm2-135m-instruct"
+        judge_units(spec, prompts, answers, cache_dir=tmp_path)
+        assert len(events) == 2  # everything cached: no server
+        assert judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]["to_make"] == 0
+
+
+def test_unreachable_endpoint_and_missing_key_are_one_clear_error(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    spec = JudgeSpec(base_url=url, model="m", max_retries=1, timeout_s=1.0)
+    with pytest.raises(JudgeError, match=f"no answer from the judge endpoint {url} after 1 retries"):
+        judge_units(spec, ["p"], {"policy": [["a"]], "reference": [["b"]]}, cache_dir=tmp_path)
+    monkeypatch.delenv("PREFBENCH_TEST_NO_SUCH_KEY", raising=False)
+    remote = JudgeSpec(base_url="https://judge.example.invalid/v1", model="m", api_key_env="PREFBENCH_TEST_NO_SUCH_KEY")
+    with pytest.raises(JudgeError, match="PREFBENCH_TEST_NO_SUCH_KEY is not set"):
+        judge_units(remote, ["p"], {"policy": [["a"]], "reference": [["b"]]}, cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- a real vLLM server
+
+
+@pytest.mark.slow
+def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
+    spec = JudgeSpec(base_url=vllm_server.base_url, model=vllm_server.name, max_tokens=24, max_concurrency=3, timeout_s=120)
+    prompts = ["Write one sentence about the ocean.", "What is the capital of France?", "Name a primary color."]
+    answers = {
+        "policy": [["The ocean covers most of the Earth."], ["Paris."], ["Red."]],
+        "reference": [["ocean ocean ocean"], ["The capital of France is Berlin."], ["I like trains."]],
+    }
+    out = judge_units(spec, prompts, answers, rewards={"policy": [[1.0]] * 3, "reference": [[0.0]] * 3},
+                      cache_dir=tmp_path)["policy vs reference"]
+    d = out["diagnostics"]
+    assert out["judge"]["forms"] == ["json"] and d["parse_failure_rate"] == 0.0 and out["unscored"] == 0
+    assert d["calls"] == d["calls_made"] == 6 and d["prompt_tokens"] > 6 * 100 and d["completion_tokens"] >= 6 * 5
+    assert 1 / 3 <= d["mean_verdict_prob"] <= 1  # log-probabilities of the constrained verdict token
+    assert out["wins"] + out["ties"] + out["losses"] == 3 and 0 <= out["win_rate"]["mean"] <= 1
+    assert set(out) >= {"win_rate", "clopper_pearson", "lc_win_rate", "diagnostics", "reward_agreement", "judge"}
+    assert set(d) >= {"swap_consistency", "tie_rate", "parse_failure_rate", "cost_usd", "calls_cached"}
+    assert not math.isnan(out["reward_agreement"]["agreement"]["mean"])
+    assert os.path.getsize(tmp_path / "verdicts.jsonl") > 0
