@@ -43,6 +43,7 @@ class Run:
     root: Path
     manifest: dict
     units: list[Unit]  # reference first
+    judge: dict | None = None  # eval_judge.json
 
     @property
     def name(self) -> str:
@@ -74,7 +75,8 @@ def load_run(root: str | Path) -> Run:
             groups.setdefault(s, []).append(name)
         raise ReportError(f"{root}: units were evaluated with different settings and cannot share a column: "
                           + " | ".join(", ".join(g) for g in groups.values()))
-    return Run(root, manifest, units)
+    judge = read_json(root / "eval_judge.json") if (root / "eval_judge.json").is_file() else None
+    return Run(root, manifest, units, judge)
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -138,6 +140,10 @@ def unit_table(run: Run) -> pd.DataFrame:
             for key in ("distinct_2", "self_similarity", "truncated_share"):
                 value = _dig(u.generation, ("sampled", key))
                 row[key.replace("_", " ")] = f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+        if run.judge and run.judge.get("comparisons"):
+            c = run.judge["comparisons"].get(f"{u.name} vs reference")
+            row["judge win rate vs ref"] = fmt(c["win_rate"]) if c else ""
+            row["judge LC win rate"] = fmt(c["lc_win_rate"]) if c else ""
         s = u.summary
         row["train s"] = f"{s['train_seconds_this_process']:.0f}" if s else ""
         row["tokens/s"] = f"{s['loop_tokens_per_s']:.0f}" if s else ""
@@ -182,6 +188,26 @@ def claims_table(run: Run) -> pd.DataFrame | None:
             rows.append({"claim": claim["text"], "seed": seed, "better - worse": f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          "p": f"{p:.3f}", "held here?": verdict})
     return pd.DataFrame(rows).set_index("claim")
+
+
+def judge_table(run: Run) -> pd.DataFrame | None:
+    """Every judged comparison with the judge's diagnostics, so a reader sees how far to trust the win rates."""
+    j = run.judge
+    if not j:
+        return None
+    if j.get("stopped"):
+        return pd.DataFrame([{"comparison": "(judging stopped)", "note": j["stopped"]}]).set_index("comparison")
+    rows = []
+    for name, c in (j.get("comparisons") or {}).items():
+        d = c["diagnostics"]
+        agree = c.get("reward_agreement")
+        rows.append({"comparison": name, "win rate": fmt(c["win_rate"]), "LC win rate": fmt(c["lc_win_rate"]),
+                     "Clopper-Pearson": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
+                     "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}", "swap consistency": f"{d['swap_consistency']:.2f}",
+                     "tie rate": f"{d['tie_rate']:.2f}", "parse failures": f"{d['parse_failure_rate']:.2f}",
+                     "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
+                     "tokens": d["prompt_tokens"] + d["completion_tokens"], "cost $": f"{d['cost_usd']:.4f}"})
+    return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
 def seed_table(run: Run) -> pd.DataFrame | None:
@@ -291,6 +317,9 @@ def provenance(run: Run) -> list[str]:
         f"data {m['recipe']['data']['source']}: {m['data']['train_examples']} training examples, token fingerprint {m['data']['fingerprint'][:16]}",
         f"hardware {m['hardware'].get('cpu', m['hardware'])}, world size {m['hardware'].get('world_size')}",
     ]
+    if run.judge and run.judge.get("comparisons"):
+        first = next(iter(run.judge["comparisons"].values()))["judge"]
+        lines.append(f"judge {first['model']}, prompt v{first['prompt_version']}, temperature {first['temperature']}, forms {first['forms']}")
     if gen:
         s = gen["settings"]
         lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}, {gen['prompts']} held-out prompts "
@@ -305,6 +334,9 @@ def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, i
              "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
     if claims is not None:
         parts += ["## Claims tested (paired difference on the same prompts, 95% CI)", "", claims.to_markdown(), ""]
+    judge = judge_table(run)
+    if judge is not None:
+        parts += ["## LLM judge (both answer orders; inconsistent orders count as ties)", "", judge.to_markdown(), ""]
     if seeds is not None:
         parts += ["## Across seeds (mean ± sample std of the point estimates)", "", seeds.to_markdown(), ""]
     if images:
@@ -326,6 +358,9 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
             "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
     if claims is not None:
         body += ["<h2>Claims tested</h2>", tab(claims)]
+    judge = judge_table(run)
+    if judge is not None:
+        body += ["<h2>LLM judge</h2>", tab(judge)]
     if seeds is not None:
         body += ["<h2>Across seeds</h2>", tab(seeds)]
     body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]

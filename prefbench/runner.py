@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import torch.distributed as dist
 from prefbench import models
@@ -118,16 +119,52 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     done = {name: read_json(d / "eval_generation.json") for name, (_, d) in units.items()
             if (d / "eval_generation.json").is_file() and read_json(d / "eval_generation.json").get("settings") == settings}
     todo = {name: u for name, u in units.items() if name not in done}
-    if not todo:
+    if not todo and recipe.eval.judge is None:
         return done
-    paths = [reference] + [path for name, (path, _) in todo.items() if name != "reference"]
+    # Everything the judge needs too; what is cached costs no engine start.
+    paths = [path for path, _ in units.values()] if recipe.eval.judge else [reference] + [p for n, (p, _) in todo.items() if n != "reference"]
     vllm_options = {k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size), ("gpu_memory_utilization", g.gpu_memory_utilization)) if v}
     gens, stats = generate(paths, prompts, samplings, engine=g.engine, max_model_len=g.max_model_len, vllm_options=vllm_options)
-    tokenizer = models.load_tokenizer(recipe.model.name)
-    ids = prompt_ids(tokenizer, prompts)
-    reward, ref_model = reward_cls(), load_for_eval(reference)
-    for name, (path, out) in todo.items():
-        metrics = evaluate_checkpoint(path, reference, prompts, ids, gens[str(path)], gens[str(reference)], samplings, reward, ref_model)
-        done[name] = {"settings": settings, "unit": name, "engine": stats.engine, "fallback_reason": stats.fallback_reason, **metrics}
-        write_json(out / "eval_generation.json", done[name])
+    reward = reward_cls()
+    if todo:
+        ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
+        ref_model = load_for_eval(reference)
+        for name, (path, out) in todo.items():
+            metrics = evaluate_checkpoint(path, reference, prompts, ids, gens[str(path)], gens[str(reference)], samplings, reward, ref_model)
+            done[name] = {"settings": settings, "unit": name, "engine": stats.engine, "fallback_reason": stats.fallback_reason, **metrics}
+            write_json(out / "eval_generation.json", done[name])
+    if recipe.eval.judge is not None:
+        judge_run(recipe, root, prompts, {name: gens[str(path)]["sampled"] for name, (path, _) in units.items()}, reward, settings)
     return done
+
+
+def judge_run(recipe: Recipe, root, prompts: list[str], sampled: dict, reward, generation_settings: dict) -> dict:
+    """Judge the units' sampled answers as recipe.eval.judge asks; writes <run>/eval_judge.json.
+
+    Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
+    recorded in the file (with the comparisons it could not finish left out) rather than failing the run.
+    """
+    from prefbench.eval.judge import JudgeBudgetError, judge_units
+
+    spec = recipe.eval.judge
+    answers = {name: [[c.text for c in comps] for comps in per_prompt] for name, per_prompt in sampled.items()}
+    rewards = None
+    if recipe.eval.reward == "instructions":  # ground truth exists: measure the judge against it
+        rewards = {name: [[reward(p, t) for t in texts] for p, texts in zip(prompts, per_prompt)] for name, per_prompt in answers.items()}
+    chosen = None
+    if recipe.eval.generation.prompts.file:  # prompts from a file may carry the dataset's chosen response
+        records = [json.loads(line) for line in Path(recipe.eval.generation.prompts.file).read_text().splitlines() if line.strip()]
+        chosen = [r.get("chosen") for r in records[: len(prompts)]]
+        chosen = chosen if all(isinstance(c, str) for c in chosen) else None
+    out = {"settings": _jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings})}
+    try:
+        result = judge_units(spec, prompts, answers, "reference", chosen, rewards)
+        out["dry_run" if "dry_run" in result else "comparisons"] = result.get("dry_run", result)
+    except JudgeBudgetError as stop:
+        out["stopped"] = str(stop)
+    if "dry_run" in out:
+        d = out["dry_run"]
+        print(f"judge dry run: {d['to_make']} calls to make ({d['cached']} cached), ~{d['prompt_tokens_est']} prompt tokens, "
+              f"<= {d['completion_tokens_max']} completion tokens, estimated cost ${d['cost_usd_est']:.4f}")
+    write_json(root / "eval_judge.json", out)
+    return out

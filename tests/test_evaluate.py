@@ -76,3 +76,23 @@ def test_report_and_compare_from_the_real_run(run, tmp_path, capsys):
     assert list(table.index) == ["reference", "dpo/seed0"]
     assert main(["compare", str(root), str(root)]) == 0
     assert "0 regression(s)" in capsys.readouterr().out
+
+
+def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run, tmp_path, monkeypatch):
+    """The judge step of the evaluation, against a real local HTTP endpoint (tests/judge_fault_server.py)."""
+    from judge_fault_server import FaultServer
+
+    from prefbench.report import judge_table, load_run
+
+    root, overrides = run
+    monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", "sk-test-never-written")
+    with FaultServer() as server:
+        judge = ["--set", f"eval.judge={{base_url: '{server.base_url}', model: fake-judge, api_key_env: PREFBENCH_TEST_JUDGE_KEY}}"]
+        assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, *judge]) == 0
+        calls = sum(len(v) for v in server.requests.values())
+    result = json.loads((root / "eval_judge.json").read_text())
+    c = result["comparisons"]["dpo/seed0 vs reference"]
+    assert c["wins"] + c["ties"] + c["losses"] + c["unscored"] == 8  # 8 prompts, 1 sample each
+    assert c["diagnostics"]["calls"] == calls <= 16  # both orders of each non-identical pair, nothing twice
+    assert "sk-test-never-written" not in (root / "eval_judge.json").read_text()
+    assert list(judge_table(load_run(root)).index) == ["dpo/seed0 vs reference"]
