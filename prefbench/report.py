@@ -161,6 +161,35 @@ def unit_table(run: Run) -> pd.DataFrame:
     return df
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest p times (m - i), running maximum, capped at 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def benchmark_table(run: Run) -> pd.DataFrame | None:
+    """Per checkpoint and task metric: the score, its paired difference from the reference on the same documents
+    (95% CI) and p-value, Holm-corrected across the whole grid (every checkpoint x task metric)."""
+    cells = []
+    for u in run.units:
+        f = run.root / (u.name if u.name != "reference" else "reference") / "benchmarks" / "vs_reference.json"
+        if u.name != "reference" and f.is_file():
+            cells += [(u.name, key, r) for key, r in read_json(f).items()]
+    if not cells:
+        return None
+    adjusted = holm([r["p_value"] for _, _, r in cells])
+    rows: dict[str, dict] = {}
+    for (unit, key, r), p_holm in zip(cells, adjusted):
+        rows.setdefault("reference", {})[key] = f"{r['mean_b']:.3f}"
+        rows.setdefault(unit, {})[key] = (f"{r['mean_a']:.3f} (Δ {r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}], "
+                                          f"p {r['p_value']:.3f}, Holm {p_holm:.3f}, n {r['n']})")
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def claims_table(run: Run) -> pd.DataFrame | None:
     """Each claim of the recipe: the paired difference better - worse on the same prompts, per seed, and whether it held.
 
@@ -334,6 +363,10 @@ def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, i
              "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
     if claims is not None:
         parts += ["## Claims tested (paired difference on the same prompts, 95% CI)", "", claims.to_markdown(), ""]
+    bench = benchmark_table(run)
+    if bench is not None:
+        parts += ["## Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "",
+                  bench.to_markdown(), ""]
     judge = judge_table(run)
     if judge is not None:
         parts += ["## LLM judge (both answer orders; inconsistent orders count as ties)", "", judge.to_markdown(), ""]
@@ -358,6 +391,9 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
             "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
     if claims is not None:
         body += ["<h2>Claims tested</h2>", tab(claims)]
+    bench = benchmark_table(run)
+    if bench is not None:
+        body += ["<h2>Benchmarks</h2>", tab(bench)]
     judge = judge_table(run)
     if judge is not None:
         body += ["<h2>LLM judge</h2>", tab(judge)]

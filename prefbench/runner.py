@@ -98,10 +98,12 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     from prefbench.eval.metrics import METRICS_VERSION, evaluate_checkpoint, load_for_eval
     from prefbench.eval.rewards import REWARDS
 
+    root = run_dir(recipe)
+    if recipe.eval.benchmarks is not None:
+        benchmark_units(recipe, root)
     g = recipe.eval.generation
     if g is None:
         return {}
-    root = run_dir(recipe)
     prompts = load_prompts(g.prompts)
     sp = g.sampling
     samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed)
@@ -109,13 +111,7 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(g), "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
                           "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
     reference = models.resolve(recipe.model.name)
-    units = {"reference": (reference, root / "reference")}
-    for spec in recipe.objectives:
-        for seed in recipe.seeds:
-            final = root / spec.label / f"seed{seed}" / "final"
-            if not (final / "config.json").is_file():
-                raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
-            units[f"{spec.label}/seed{seed}"] = (final, final.parent)
+    units = _eval_units(recipe, root)
     done = {name: read_json(d / "eval_generation.json") for name, (_, d) in units.items()
             if (d / "eval_generation.json").is_file() and read_json(d / "eval_generation.json").get("settings") == settings}
     todo = {name: u for name, u in units.items() if name not in done}
@@ -136,6 +132,38 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     if recipe.eval.judge is not None:
         judge_run(recipe, root, prompts, {name: gens[str(path)]["sampled"] for name, (path, _) in units.items()}, reward, settings)
     return done
+
+
+def _eval_units(recipe: Recipe, root: Path) -> dict[str, tuple[Path, Path]]:
+    """{"reference" | "<label>/seed<k>": (checkpoint, directory for its evaluation results)}."""
+    units = {"reference": (models.resolve(recipe.model.name), root / "reference")}
+    for spec in recipe.objectives:
+        for seed in recipe.seeds:
+            final = root / spec.label / f"seed{seed}" / "final"
+            if not (final / "config.json").is_file():
+                raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
+            units[f"{spec.label}/seed{seed}"] = (final, final.parent)
+    return units
+
+
+def benchmark_units(recipe: Recipe, root: Path) -> dict[str, dict]:
+    """lm-eval tasks on the reference and every checkpoint (<unit dir>/benchmarks/), then each checkpoint
+    against the reference on the same documents (<unit dir>/benchmarks/vs_reference.json: paired tests)."""
+    from prefbench.eval.benchmarks import compare, doc_metrics, result_name, run_benchmarks
+
+    spec = recipe.eval.benchmarks
+    units = _eval_units(recipe, root)
+    for name, (path, out) in units.items():
+        run_benchmarks(spec, path, out / "benchmarks")
+    ref_dir = units["reference"][1] / "benchmarks"
+    paired = {}
+    for name, (_, out) in units.items():
+        if name == "reference":
+            continue
+        paired[name] = {f"{result_name(t)} {metric}": compare(out / "benchmarks", ref_dir, result_name(t), metric)
+                        for t in spec.tasks for metric in doc_metrics(ref_dir, result_name(t))}
+        write_json(out / "benchmarks" / "vs_reference.json", paired[name])
+    return paired
 
 
 def judge_run(recipe: Recipe, root, prompts: list[str], sampled: dict, reward, generation_settings: dict) -> dict:

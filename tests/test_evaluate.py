@@ -96,3 +96,18 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
     assert c["diagnostics"]["calls"] == calls <= 16  # both orders of each non-identical pair, nothing twice
     assert "sk-test-never-written" not in (root / "eval_judge.json").read_text()
     assert list(judge_table(load_run(root)).index) == ["dpo/seed0 vs reference"]
+
+
+def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
+    from prefbench.report import benchmark_table, load_run
+
+    root, overrides = run
+    bench = ["--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 10}]}"]
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, *bench]) == 0
+    paired = json.loads((root / "dpo" / "seed0" / "benchmarks" / "vs_reference.json").read_text())
+    (key, r), = paired.items()
+    assert key == "prefbench_mc.0shot acc,none" and r["n"] == 10 and r["test"] == "mcnemar_exact"
+    mine = json.loads((root / "dpo" / "seed0" / "benchmarks" / "prefbench_mc.0shot.json").read_text())
+    assert r["mean_a"] == pytest.approx(mine["metrics"]["acc,none"])  # the paired test sees the task's own accuracy
+    table = benchmark_table(load_run(root))
+    assert list(table.index) == ["reference", "dpo/seed0"] and "Holm" in table.loc["dpo/seed0", key]

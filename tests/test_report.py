@@ -195,3 +195,11 @@ def test_claims_are_stated_with_their_paired_interval(tmp_path):
     assert table.loc["kto beats dpo", "held here?"] == "contradicted"
     out = write_report(root, tmp_path / "reports")
     assert "## Claims tested" in (out / "report.md").read_text()
+
+
+def test_holm_by_hand():
+    from prefbench.report import holm
+
+    # sorted p: 0.01, 0.02, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04 (running max); back in input order
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])

@@ -280,12 +280,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ---- paired comparison of two checkpoints on the same documents --------------------------------------
 
 
+def doc_metrics(out_dir: Path, name: str) -> list[str]:
+    """The per-document metrics ("acc,none", "exact_match,strict-match", ...) result `name` logged."""
+    rows = [json.loads(line) for line in (Path(out_dir) / f"{name}.docs.jsonl").read_text().splitlines()]
+    return sorted({k for row in rows for k in row if "," in k})
+
+
 def load_scores(out_dir: Path, name: str, metric: str | None = None) -> tuple[dict[str, float], dict[str, str], dict]:
     """(score by doc id, doc_hash by doc id, result JSON) of one result. `metric` ("acc,none", ...) may be left
     out when the task logs only one."""
     out_dir = Path(out_dir)
     rows = [json.loads(line) for line in (out_dir / f"{name}.docs.jsonl").read_text().splitlines()]
-    metrics = sorted({k for row in rows for k in row if "," in k})
+    metrics = doc_metrics(out_dir, name)
     if metric is None:
         if len(metrics) != 1:
             raise BenchmarkError(f"{out_dir / name}: name the metric to compare, one of {metrics}")
