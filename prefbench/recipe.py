@@ -173,6 +173,7 @@ class DataGenSpec:
     reward: str = "instructions"
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(prompts=PromptSpec(split="train", n=256)))
     desirable_at_least: float = 0.5  # unpaired label: desirable when reward >= this
+    min_chosen_reward: float = 0.0  # pairs whose best answer scores below this are dropped
     out: str = ""  # directory for paired.jsonl, unpaired.jsonl, stats.json
 
 

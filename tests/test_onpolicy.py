@@ -29,6 +29,10 @@ def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
     assert stats["prompts_dropped_as_ties"] == 1 and stats["pairs"] == 2 and stats["desirable"] == 7
     assert stats["mean_reward"] == pytest.approx(rewards.mean()) and stats["mean_margin"] == 1.0
     assert stats["reward_histogram"] == {"0": 2, "0.5": 4, "1": 3}
+    # With a floor on the chosen answer: p1's best (1.0) and p3's best (1.0) pass 1.0; a floor above drops both.
+    assert len(build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=1.0)[0]) == 2
+    kept, _, s2 = build_preferences(prompts, texts, np.array([[0.2, 0.1, 0.0], [0.5, 0.5, 0.5], [0.0, 1.0, 1.0]]), 0.5, 0.5)
+    assert [p["prompt"] for p in kept] == ["p3"] and s2["pairs_dropped_weak_chosen"] == 1
 
 
 def test_prompts_from_a_file_or_the_embedded_task(tmp_path):

@@ -34,15 +34,22 @@ def load_prompts(spec: PromptSpec) -> list[str]:
     return [p.prompt for p in make_prompts(spec.n, spec.split, spec.seed)]
 
 
-def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float):
-    """(paired records, unpaired records, statistics). rewards: [prompts, samples]."""
-    paired, unpaired, ties = [], [], 0
+def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float,
+                      min_chosen_reward: float = 0.0):
+    """(paired records, unpaired records, statistics). rewards: [prompts, samples].
+
+    A pair whose best answer scores below min_chosen_reward is dropped: preferring a bad answer to a worse
+    one teaches what the chosen answer does too (on the embedded task: instructions met off topic)."""
+    paired, unpaired, ties, weak = [], [], 0, 0
     for prompt, samples, r in zip(prompts, texts, rewards):
         for text, value in zip(samples, r):
             unpaired.append({"prompt": prompt, "completion": text, "label": bool(value >= desirable_at_least), "reward": float(value)})
         best, worst = int(np.argmax(r)), int(np.argmin(r))  # first of equals: deterministic
         if r[best] == r[worst]:
             ties += 1
+            continue
+        if r[best] < min_chosen_reward:
+            weak += 1
             continue
         paired.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
                        "reward_chosen": float(r[best]), "reward_rejected": float(r[worst])})
@@ -54,6 +61,8 @@ def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.nd
         "reward_histogram": {f"{v:g}": int(c) for v, c in zip(values, counts)},
         "pairs": len(paired),
         "prompts_dropped_as_ties": ties,
+        "pairs_dropped_weak_chosen": weak,
+        "min_chosen_reward": min_chosen_reward,
         "mean_margin": float(np.mean([p["reward_chosen"] - p["reward_rejected"] for p in paired])) if paired else 0.0,
         "unpaired": len(unpaired),
         "desirable": sum(u["label"] for u in unpaired),
@@ -88,7 +97,8 @@ def generate_data(spec: DataGenSpec) -> dict:
     completions = results[str(path)]["sampled"]
     reward = REWARDS[spec.reward]()
     rewards = np.array([[reward(p, c.text) for c in cs] for p, cs in zip(prompts, completions)], dtype=float)
-    paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least)
+    paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least,
+                                                spec.min_chosen_reward)
     stats |= {
         "truncated_share": float(np.mean([c.finish_reason == "length" for cs in completions for c in cs])),
         "mean_completion_tokens": float(np.mean([len(c.token_ids) for cs in completions for c in cs])),
