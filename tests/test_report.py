@@ -203,3 +203,13 @@ def test_holm_by_hand():
     # sorted p: 0.01, 0.02, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04 (running max); back in input order
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_the_shipped_baseline_and_report_of_the_main_job():
+    """baselines/kto_vs_dpo holds the main job's results (without weights): it loads, renders, and passes against itself."""
+    base = Path(__file__).resolve().parent.parent / "baselines" / "kto_vs_dpo"
+    run = load_run(base)
+    assert [u.name for u in run.units] == ["reference", "dpo/seed0", "kto/seed0", "ipo/seed0", "cdpo/seed0"]
+    assert all(u.generation["prompts"] == 96 for u in run.units)
+    assert {v.verdict for v in compare(base, base)} == {"no change"}
+    assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
