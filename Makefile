@@ -20,6 +20,8 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	# Headless chromium + chromedriver for the report's browser test (Debian packages; skipped if present).
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	# Convert the embedded model once (~20 s) into ~/.cache/prefbench, so the first job does not pay for it.
+	$(BIN)/python -c "from prefbench import models; models.resolve(models.EMBEDDED)"
 	touch $@
 
 test: setup
