@@ -450,8 +450,8 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
             problems.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override (`--set a.b=value`), validate. Raises RecipeError listing every problem."""
+def _read_yaml(path: Path) -> dict:
+    """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"recipe file not found: {path}"], str(path))
@@ -462,7 +462,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(["the recipe must be a YAML mapping"], str(path))
     raw.setdefault("name", path.stem)
-    return parse_recipe(raw, overrides, source=str(path))
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override (`--set a.b=value`), validate. Raises RecipeError listing every problem."""
+    return parse_recipe(_read_yaml(Path(path)), overrides, source=str(path))
 
 
 def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe") -> Recipe:
@@ -486,15 +491,7 @@ def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe"
 def load_datagen(path: str | Path, overrides: list[str] = ()) -> DataGenSpec:
     """A `prefbench generate-data` recipe, validated like a training recipe."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError([f"recipe file not found: {path}"], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError([f"not valid YAML: {e}".replace("\n", " ")], str(path)) from None
-    if not isinstance(raw, dict):
-        raise RecipeError(["the recipe must be a YAML mapping"], str(path))
-    raw.setdefault("name", path.stem)
+    raw = _read_yaml(path)
     problems: list[str] = []
     for assignment in overrides:
         _apply_override(raw, assignment, problems)
