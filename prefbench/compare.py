@@ -27,7 +27,7 @@ import numpy as np
 
 from prefbench.errors import PrefbenchError
 from prefbench.eval.metrics import N_BOOT
-from prefbench.report import Run, load_run
+from prefbench.report import Run, _dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
 # metric -> (path in eval_generation.json to per-prompt values, higher is better)
@@ -127,12 +127,8 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
 
 
 def _values(gen: dict, path: tuple[str, ...]) -> np.ndarray | None:
-    d = gen
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return np.asarray(d, float)
+    found = _dig(gen, path)
+    return None if found is None else np.asarray(found, float)
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:

@@ -176,7 +176,7 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
     (95% CI) and p-value, Holm-corrected across the whole grid (every checkpoint x task metric)."""
     cells = []
     for u in run.units:
-        f = run.root / (u.name if u.name != "reference" else "reference") / "benchmarks" / "vs_reference.json"
+        f = run.root / u.name / "benchmarks" / "vs_reference.json"
         if u.name != "reference" and f.is_file():
             cells += [(u.name, key, r) for key, r in read_json(f).items()]
     if not cells:

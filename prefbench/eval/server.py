@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from prefbench.errors import PrefbenchError
+from prefbench.eval.generate import vllm_cpu_settings
 
 
 class ServerError(PrefbenchError, RuntimeError):
@@ -49,15 +50,14 @@ class VLLMServer:
         gpu = torch.cuda.is_available()
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--served-model-name", self.name,
                "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(self.max_model_len), "--seed", "0"]
-        if not gpu:  # vllm-cpu: fp32, no graphs, a share of CPU memory, whole prefills (see generate.py)
-            cmd += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2", "--no-enable-chunked-prefill",
-                    "--max-num-batched-tokens", str(max(self.max_model_len, 4096))]
+        if not gpu:  # the same vllm-cpu settings as the in-process engine (generate.vllm_cpu_settings)
+            for key, value in vllm_cpu_settings(self.max_model_len).items():
+                flag = "--" + key.replace("_", "-")
+                cmd += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
         return cmd + list(self.extra_args)
 
     def start(self) -> "VLLMServer":
-        env = dict(os.environ)
-        if not torch.cuda.is_available() and (os.cpu_count() or 1) <= 4:
-            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        env = dict(os.environ)  # command() has set vllm-cpu's environment, if any
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
