@@ -329,3 +329,16 @@ def test_dropout_in_the_model_config_is_off_while_training(tmp_path):
     train_units(parse_recipe(d))
     row = metrics(tmp_path, "dpo")[0]
     assert row["loss"] == pytest.approx(math.log(2), abs=1e-6) and row["lr"] == pytest.approx(1e-3)
+
+
+def test_real_tokens_counts_what_collate_attends():
+    """The step's token count is taken on the host (no GPU sync); it must equal the attention mask's sum."""
+    from prefbench.data.tokenize import Example
+    from prefbench.train import collate, real_tokens
+
+    examples = [Example((1, 2, 3), ((4, 5), (6,))), Example((7,), ((8, 9, 10, 11), (12, 13)))]
+    rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0)]  # (prompt of, completion of, which)
+    ids, attention, completion = collate(rows, examples, pad_id=0, device="cpu")
+    assert real_tokens(rows, examples) == int(attention.sum()) == 5 + 5 + 4 + 2 + 7
+    assert ids.shape == (5, 7)  # on CPU the width is the longest row, no rounding
+    assert completion.sum(1).tolist() == [2, 4, 1, 1, 4]
