@@ -106,6 +106,7 @@ def run_prefbench(spec: dict, result: dict, parse_recipe, train_units) -> None:
                 "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
                 "dtype": "fp32",
                 "bucket_batches": spec["bucket_batches"],
+                "max_tokens_per_forward": spec.get("max_tokens_per_forward") or 0,
             },
             "seeds": [spec["seed"]],
         }

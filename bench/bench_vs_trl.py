@@ -20,6 +20,8 @@ Every job is a fresh process (bench/_worker.py), one at a time. Cells per model:
     -- the three above are repeated (--repeats, default 2) in A/B/B/A order; the rest run once --
   prefbench nobucket prefbench with train.bucket_batches = 1 (plain shuffled batches)
   prefbench micro4   prefbench with its own micro_batch_size default (4): 2 x 4 pairs per step, same gradient
+  prefbench budget   micro_batch_size 8 (TRL's forward) with train.max_tokens_per_forward = TOKEN_BUDGET: a step
+                     wider than the budget is cut, in length order, into forwards within it; same gradient
   TRL grouped        TRL with transformers' LengthGroupedSampler (the group_by_length padding policy)
   TRL same-batches   TRL fed prefbench's exact batch sequence (sequential sampler over prefbench's
                      schedule): the parity check, and speed on identical batches
@@ -152,6 +154,8 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
 # ---- one job ------------------------------------------------------------------------------------
 
 
+TOKEN_BUDGET = 1024  # padded tokens per forward for the "prefbench budget" cell
+
 CELLS = {
     # name: (trainer, knobs)
     "prefbench": ("prefbench", {"bucket_batches": 8}),
@@ -161,6 +165,9 @@ CELLS = {
     "TRL same-batches": ("trl", {"order_bucket": 8}),
     # prefbench's own micro_batch_size default (4: two micro-batches of 4 pairs per step, the same gradient).
     "prefbench micro4": ("prefbench", {"bucket_batches": 8, "micro_batch_size": 4}),
+    # TRL's per-forward count (8 pairs) with train.max_tokens_per_forward: only micro-batches wider than the
+    # budget are split (in length order), so the widest batch no longer sets the peak.
+    "prefbench budget": ("prefbench", {"bucket_batches": 8, "max_tokens_per_forward": TOKEN_BUDGET}),
     # Optional (--cells): gradient checkpointing on for prefbench, and TRL's real default (GC on).
     "prefbench gc": ("prefbench", {"bucket_batches": 8, "gradient_checkpointing": True}),
     "TRL gc": ("trl", {"gradient_checkpointing": True}),
@@ -169,7 +176,7 @@ CELLS = {
     "TRL grouped": ("trl", {"group_by_length": True}),
 }
 HEADLINE = ["prefbench", "TRL", "TRL precompute"]  # repeated, A/B/B/A
-ONCE = ["prefbench nobucket", "prefbench micro4", "TRL grouped", "TRL same-batches"]  # attribution and parity cells: once, after repeat 0
+ONCE = ["prefbench nobucket", "prefbench micro4", "prefbench budget", "TRL grouped", "TRL same-batches"]  # attribution and parity cells: once, after repeat 0
 
 
 def run_job(cell: str, config: str, prep: dict, data: Path, work: Path, args, tag: str) -> dict:
@@ -198,6 +205,7 @@ def run_job(cell: str, config: str, prep: dict, data: Path, work: Path, args, ta
         "bucket_batches": knobs.get("bucket_batches", 8),
         "precompute": knobs.get("precompute", False),
         "micro_batch_size": knobs.get("micro_batch_size"),
+        "max_tokens_per_forward": knobs.get("max_tokens_per_forward"),
         "gradient_checkpointing": knobs.get("gradient_checkpointing", False),
         "group_by_length": knobs.get("group_by_length", False),
         "order": prep["plans"][knobs["order_bucket"]] if "order_bucket" in knobs else None,
@@ -468,7 +476,7 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
             tp = cells["TRL precompute"]
             ratios["throughput_prefbench_over_trl_precompute"] = p["job_tokens_per_s"] / tp["job_tokens_per_s"]
             ratios["memory_prefbench_over_trl_precompute"] = p["peak_delta_mb"] / tp["peak_delta_mb"]
-        for extra, key in (("prefbench nobucket", "nobucket"), ("prefbench micro4", "micro4")):
+        for extra, key in (("prefbench nobucket", "nobucket"), ("prefbench micro4", "micro4"), ("prefbench budget", "budget")):
             if extra in cells:
                 ratios[f"throughput_prefbench_{key}_over_trl"] = cells[extra]["job_tokens_per_s"] / t["job_tokens_per_s"]
                 ratios[f"memory_prefbench_{key}_over_trl"] = cells[extra]["peak_delta_mb"] / t["peak_delta_mb"]
@@ -531,6 +539,8 @@ def print_report(rep: dict) -> None:
         ("throughput, prefbench micro4 / TRL", "throughput_prefbench_micro4_over_trl", ""),
         ("peak memory, prefbench nobucket / TRL", "memory_prefbench_nobucket_over_trl", ""),
         ("peak memory, prefbench micro4 / TRL", "memory_prefbench_micro4_over_trl", ""),
+        (f"throughput, prefbench budget {TOKEN_BUDGET} / TRL", "throughput_prefbench_budget_over_trl", ""),
+        (f"peak memory, prefbench budget {TOKEN_BUDGET} / TRL", "memory_prefbench_budget_over_trl", "<=0.7"),
     ]
     for label, key, target in rows:
         vals = [rep["ratios"][c].get(key) for c in rep["ratios"]]

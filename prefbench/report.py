@@ -130,10 +130,12 @@ def unit_table(run: Run) -> pd.DataFrame:
     """One row per unit (reference first): generation estimates as `mean [CI]`, training costs."""
     rows = []
     has_gen = any(u.generation for u in run.units)
+    # a column no unit has (the greedy pass when eval.generation.greedy is false) is left out
+    columns = [c for c in GENERATION_COLUMNS if any(_dig(u.generation, c[1]) is not None for u in run.units)]
     for u in run.units:
         row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
         if has_gen:
-            for col, path, _ in GENERATION_COLUMNS:
+            for col, path, _ in columns:
                 row[col] = fmt(_dig(u.generation, path))
             wtl = _dig(u.generation, ("sampled", "vs_reference"))
             row["win/tie/loss"] = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}" if wtl else "n/a"
@@ -151,7 +153,7 @@ def unit_table(run: Run) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows).set_index("unit")
     if has_gen:
-        for col, path, higher in GENERATION_COLUMNS:
+        for col, path, higher in columns:
             if higher is None:
                 continue
             candidates = {u.name: _dig(u.generation, path) for u in run.units if u.name != "reference" or col == "reward"}
@@ -252,7 +254,8 @@ def seed_table(run: Run) -> pd.DataFrame | None:
         row = {"objective": label, "seeds": len(us)}
         for col, path, _ in GENERATION_COLUMNS[:5]:
             values = pd.Series([_dig(u.generation, path + ("mean",)) for u in us], dtype=float)
-            row[col] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+            if values.notna().any():  # the greedy pass may be off
+                row[col] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
         rows.append(row)
     return pd.DataFrame(rows).set_index("objective")
 

@@ -106,7 +106,7 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
         return {}
     prompts = load_prompts(g.prompts)
     sp = g.sampling
-    samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed)
+    samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed, greedy=g.greedy)
     reward_cls = REWARDS[recipe.eval.reward]
     settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(g), "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
                           "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})

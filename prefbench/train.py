@@ -149,8 +149,43 @@ def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
 def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int) -> list[MicroBatch]:
     per_rank = len(step) // world
     mine = step[rank * per_rank : (rank + 1) * per_rank]
-    m = recipe.train.micro_batch_size
-    return [view(objective, prepared, mine[i : i + m], recipe.data.unpaired_view) for i in range(0, len(mine), m)]
+    m, budget = recipe.train.micro_batch_size, recipe.train.max_tokens_per_forward
+    out = []
+    for i in range(0, len(mine), m):
+        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget) if budget else [mine[i : i + m]]
+        out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
+    return out
+
+
+def padded_tokens(rows: list[Key], examples: list[Example]) -> int:
+    """Tokens of the [rows, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
+    return len(rows) * max(len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows)
+
+
+def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int) -> list[list[int]]:
+    """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
+    `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
+    untouched. A single example over the budget runs alone; KTO's mismatched pairs need two prompts,
+    so for it a run keeps at least two examples."""
+    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train) <= budget
+    if fits(indices):
+        return [indices]
+    least = 2 if objective.needs_mismatched_pairs else 1
+    ordered = sorted(indices, key=lambda i: prepared.train[i].length())
+    runs: list[list[int]] = []
+    for i in ordered:
+        if runs and (len(runs[-1]) < least or fits(runs[-1] + [i])):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    if len(runs) > 1 and len(runs[-1]) < least:
+        runs[-2].extend(runs.pop())
+    return runs
+
+
+def loss_count(objective: Objective, mb: MicroBatch) -> int:
+    """Entries of `objective.loss(...).losses` for this micro-batch: one per pair, or per unpaired row."""
+    return len(mb.rows) // 2 if objective.data == "paired" else len(mb.rows)
 
 
 # On a GPU, batch widths round up to a multiple of this: kernels tuned per shape (cuDNN attention plans,
@@ -376,6 +411,8 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         return read_json(out / "summary.json")
     t = recipe.train
     sharded = world > 1 and t.fsdp
+    if sharded and t.max_tokens_per_forward:
+        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
     if t.batch_size % (t.micro_batch_size * world):
         raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
     objective = build(spec.name, **spec.hyperparameters)
@@ -437,6 +474,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     for step in range(start_step, t.steps):
         step_start = time.perf_counter()
         batches = micro_batches(objective, prepared, plan[step], recipe, rank, world)
+        counts_per_batch = [loss_count(objective, mb) for mb in batches]
         sums: dict[str, tuple[float, int]] = {}
         tokens = 0
         for n, mb in enumerate(batches):
@@ -452,10 +490,11 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
                 # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
                 # the gradient is that of the mean loss over all of the step's examples.
                 with attention_kernels(device):  # gradient checkpointing recomputes attention here
-                    (out_.losses.sum() / (len(out_.losses) * len(batches))).backward()
+                    (out_.losses.sum() / sum(counts_per_batch)).backward()
+            weight = counts_per_batch[n]  # metrics weighted by examples: micro-batches split by the token budget differ in size
             for k, v in {"loss": out_.losses.detach().mean(), **out_.metrics, **extra}.items():
                 total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
-                sums[k] = (total + (v.detach().double() if torch.is_tensor(v) else float(v)), count + 1)
+                sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
         sums = {k: (float(total), count) for k, (total, count) in sums.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         logged = _mean_over_batches(sums, world)

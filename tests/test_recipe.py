@@ -156,3 +156,14 @@ def test_claims_name_labels_of_the_recipe(tmp_path):
     assert "claims[0].worse: 'ipo' is not an objective label of this recipe (['dpo'])" in found
     assert "claims[0].metric: must be one of ['reward', 'greedy_reward'], got 'loss'" in found
     assert "claims[0]: needs eval.generation (claims are tested on held-out task rewards)" in found
+
+
+def test_greedy_pass_can_be_left_out_but_not_under_a_greedy_claim(tmp_path):
+    from prefbench.eval.generate import standard_samplings
+
+    assert [s.name for s in standard_samplings(2, 48)] == ["greedy", "sampled"]
+    assert [(s.name, s.n, s.temperature) for s in standard_samplings(2, 48, greedy=False)] == [("sampled", 2, 1.0)]
+    found = problems(tmp_path, eval={"reward": "instructions", "generation": {"greedy": False}},
+                     claims=[{"text": "x", "better": "dpo", "worse": "reference", "metric": "greedy_reward"}])
+    assert found == ["claims[0].metric: greedy_reward needs eval.generation.greedy: true"]
+    assert "eval.generation.greedy: expected bool" in "\n".join(problems(tmp_path, eval={"generation": {"greedy": "no"}}))

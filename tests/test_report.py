@@ -213,3 +213,15 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
     assert all(u.generation["prompts"] == 96 for u in run.units)
     assert {v.verdict for v in compare(base, base)} == {"no change"}
     assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
+
+
+def test_a_run_without_the_greedy_pass_renders_and_compares(tmp_path):
+    """eval.generation.greedy: false leaves the greedy section out; the report drops its column, compare its metric."""
+    run_dir = make_run(tmp_path / "run", {"dpo": BETTER}, REF)
+    for f in run_dir.rglob("eval_generation.json"):
+        data = json.loads(f.read_text())
+        del data["greedy"]
+        f.write_text(json.dumps(data))
+    table = unit_table(load_run(run_dir))
+    assert "greedy reward" not in table.columns and "reward" in table.columns
+    assert {v.metric for v in compare(run_dir, run_dir)} == {"reward", "kl"}

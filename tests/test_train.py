@@ -342,3 +342,46 @@ def test_real_tokens_counts_what_collate_attends():
     assert real_tokens(rows, examples) == int(attention.sum()) == 5 + 5 + 4 + 2 + 7
     assert ids.shape == (5, 7)  # on CPU the width is the longest row, no rounding
     assert completion.sum(1).tolist() == [2, 4, 1, 1, 4]
+
+
+def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
+    from prefbench.data.tokenize import Example
+    from prefbench.train import Prepared, _within_budget, padded_tokens, view
+
+    # example i: its own prompt of 2 tokens, completions of (i + 1) and 1 tokens -> width i + 3, two rows per pair
+    train = [Example((1, 10 + i), (tuple([2] * (i + 1)), (3,))) for i in range(6)]
+    prepared = Prepared("paired", train, [], {}, "f", [0] * 6)
+    dpo, kto = OBJECTIVES["dpo"](), OBJECTIVES["kto"]()
+    # [5, 0, 3, 1]: widths 8, 3, 6, 4 -> 4 pairs x 2 rows x 8 = 64 padded tokens; within 64 nothing is split
+    assert _within_budget(dpo, prepared, [5, 0, 3, 1], "both", 64) == [[5, 0, 3, 1]]
+    # budget 12, in length order 0 (w3), 1 (w4), 3 (w6), 5 (w8): [0] = 1 x 2 x 3 = 6; [0, 1] = 2 x 2 x 4 = 16 > 12;
+    # [1, 3] = 24 > 12; [3, 5] = 32 > 12: so [0] (6), [1] (8), [3] (12), [5] (16: alone, over the budget)
+    runs = _within_budget(dpo, prepared, [5, 0, 3, 1], "both", 12)
+    assert runs == [[0], [1], [3], [5]]
+    assert [padded_tokens(view(dpo, prepared, r, "both").rows, train) for r in runs] == [6, 8, 12, 16]
+    # budget 16 over [5, 0, 3, 1, 2]: [0, 1] = 16 fits, [0, 1, 2] = 30 does not; [2, 3] = 24; [3, 5] = 32
+    assert _within_budget(dpo, prepared, [5, 0, 3, 1, 2], "both", 16) == [[0, 1], [2], [3], [5]]
+    # KTO (mismatched pairs need two prompts): runs of at least two examples: [0, 1] (forced), [0, 1, 3] = 36 > 12,
+    # then [3] must take 5
+    assert _within_budget(kto, prepared, [5, 0, 3, 1], "both", 12) == [[0, 1], [3, 5]]
+
+
+def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
+    """Splitting micro-batches by a token budget changes which rows share a forward, not the step's
+    gradient: losses and grad norms match the unsplit run; the steps really were split."""
+    train_units(parse_recipe(recipe_dict(tmp_path / "whole", [{"name": "dpo"}], micro_batch_size=4)))
+    train_units(parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=200)))
+    whole, split = metrics(tmp_path / "whole", "dpo"), metrics(tmp_path / "split", "dpo")
+    assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
+    assert [r["grad_norm"] for r in split] == pytest.approx([r["grad_norm"] for r in whole], rel=1e-4)
+    assert [r["tokens"] for r in split] == [r["tokens"] for r in whole]
+
+    from prefbench import models
+    from prefbench.train import micro_batches, padded_tokens, prepare_data, schedule
+
+    recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=200))
+    prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))
+    plan = schedule([e.length() for e in prepared.train], 4, 4, 0, recipe.train.bucket_batches)
+    pieces = [micro_batches(OBJECTIVES["dpo"](), prepared, step, recipe, 0, 1) for step in plan]
+    assert sum(len(p) for p in pieces) > len(plan)  # at least one step was split
+    assert all(padded_tokens(mb.rows, prepared.train) <= 200 or len(mb.rows) == 2 for p in pieces for mb in p)

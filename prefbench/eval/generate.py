@@ -70,9 +70,10 @@ class Sampling:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
-def standard_samplings(n: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[Sampling]:
-    """A greedy pass and a seeded sampled pass of n samples per prompt."""
-    return [Sampling("greedy", 1, 0.0, 1.0, max_tokens, seed), Sampling("sampled", n, temperature, top_p, max_tokens, seed)]
+def standard_samplings(n: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, greedy: bool = True) -> list[Sampling]:
+    """A greedy pass (unless greedy=False) and a seeded sampled pass of n samples per prompt."""
+    sampled = Sampling("sampled", n, temperature, top_p, max_tokens, seed)
+    return [Sampling("greedy", 1, 0.0, 1.0, max_tokens, seed), sampled] if greedy else [sampled]
 
 
 @dataclass(frozen=True)
