@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import torch.distributed as dist
+from tqdm.auto import tqdm
+
 from prefbench import models
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
 from prefbench.results import SCHEMA_VERSION, git_commit, hardware, read_json, run_dir, versions, write_json
-from prefbench.train import RefLogps, autocast_for, init_distributed, prepare_data, ref_cache_path, reference_keys, train_one
+from prefbench.train import RefLogps, autocast_for, check_budget_and_fsdp, init_distributed, prepare_data, ref_cache_path, reference_keys, train_one
 
 
 def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
@@ -43,6 +45,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     # save_pretrained writes nothing on ranks other than 0, and any rank may win the build lock.
     models.resolve(recipe.model.name)
     rank, world, device = init_distributed()
+    check_budget_and_fsdp(recipe, world)  # before the reference pass, which can take long
     root = run_dir(recipe)
     manifest_path = root / "manifest.json"
     _check_same_recipe(recipe, manifest_path)
@@ -108,7 +111,10 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     sp = g.sampling
     samplings = standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed, greedy=g.greedy)
     reward_cls = REWARDS[recipe.eval.reward]
-    settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(g), "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
+    generation = dataclasses.asdict(g)
+    if g.greedy:  # the default, as before the switch existed: earlier results stay comparable
+        del generation["greedy"]
+    settings = _jsonable({"metrics_version": METRICS_VERSION, "generation": generation, "reward": recipe.eval.reward, "reward_version": getattr(reward_cls, "version", None),
                           "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
     reference = models.resolve(recipe.model.name)
     units = _eval_units(recipe, root)
@@ -125,7 +131,8 @@ def evaluate_units(recipe: Recipe) -> dict[str, dict]:
     if todo:
         ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
         ref_model = load_for_eval(reference)
-        for name, (path, out) in todo.items():
+        # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
+        for name, (path, out) in tqdm(todo.items(), desc="KL and entropy", unit="checkpoint"):
             metrics = evaluate_checkpoint(path, reference, prompts, ids, gens[str(path)], gens[str(reference)], samplings, reward, ref_model)
             done[name] = {"settings": settings, "unit": name, "engine": stats.engine, "fallback_reason": stats.fallback_reason, **metrics}
             write_json(out / "eval_generation.json", done[name])

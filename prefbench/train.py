@@ -165,22 +165,28 @@ def padded_tokens(rows: list[Key], examples: list[Example]) -> int:
 def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int) -> list[list[int]]:
     """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
     `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
-    untouched. A single example over the budget runs alone; KTO's mismatched pairs need two prompts,
-    so for it a run keeps at least two examples."""
+    untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
+    prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
+    of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
     fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train) <= budget
     if fits(indices):
         return [indices]
-    least = 2 if objective.needs_mismatched_pairs else 1
+    short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
     ordered = sorted(indices, key=lambda i: prepared.train[i].length())
     runs: list[list[int]] = []
     for i in ordered:
-        if runs and (len(runs[-1]) < least or fits(runs[-1] + [i])):
+        if runs and (short(runs[-1]) or fits(runs[-1] + [i])):
             runs[-1].append(i)
         else:
             runs.append([i])
-    if len(runs) > 1 and len(runs[-1]) < least:
+    if len(runs) > 1 and short(runs[-1]):
         runs[-2].extend(runs.pop())
     return runs
+
+
+def check_budget_and_fsdp(recipe: Recipe, world: int) -> None:
+    if world > 1 and recipe.train.fsdp and recipe.train.max_tokens_per_forward:
+        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
 
 
 def loss_count(objective: Objective, mb: MicroBatch) -> int:
@@ -411,8 +417,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         return read_json(out / "summary.json")
     t = recipe.train
     sharded = world > 1 and t.fsdp
-    if sharded and t.max_tokens_per_forward:
-        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
+    check_budget_and_fsdp(recipe, world)
     if t.batch_size % (t.micro_batch_size * world):
         raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
     objective = build(spec.name, **spec.hyperparameters)
@@ -487,6 +492,8 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
                 logps, counts = logps.double(), counts.double()
                 batch, extra = _objective_batch(objective, mb, logps, counts, ref, prepared, pad_id, device, policy, autocast)
                 out_ = objective.loss(batch)
+                if out_.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
+                    raise TrainingError(f"{spec.name}: {out_.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong")
                 # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
                 # the gradient is that of the mean loss over all of the step's examples.
                 with attention_kernels(device):  # gradient checkpointing recomputes attention here

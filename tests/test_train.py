@@ -364,13 +364,17 @@ def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
     # KTO (mismatched pairs need two prompts): runs of at least two examples: [0, 1] (forced), [0, 1, 3] = 36 > 12,
     # then [3] must take 5
     assert _within_budget(kto, prepared, [5, 0, 3, 1], "both", 12) == [[0, 1], [3, 5]]
+    # ... and two distinct prompts, not two examples: 0 and 1 share a prompt here, so the first run takes 3 as well;
+    # [5] alone has one prompt and merges back into the run before it
+    shared = Prepared("paired", [Example((1, 10 if i < 2 else 10 + i), e.completions) for i, e in enumerate(train)], [], {}, "f", [0] * 6)
+    assert _within_budget(kto, shared, [5, 0, 3, 1], "both", 12) == [[0, 1, 3, 5]]
 
 
 def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     """Splitting micro-batches by a token budget changes which rows share a forward, not the step's
     gradient: losses and grad norms match the unsplit run; the steps really were split."""
     train_units(parse_recipe(recipe_dict(tmp_path / "whole", [{"name": "dpo"}], micro_batch_size=4)))
-    train_units(parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=200)))
+    train_units(parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300)))
     whole, split = metrics(tmp_path / "whole", "dpo"), metrics(tmp_path / "split", "dpo")
     assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
     assert [r["grad_norm"] for r in split] == pytest.approx([r["grad_norm"] for r in whole], rel=1e-4)
@@ -379,9 +383,10 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     from prefbench import models
     from prefbench.train import micro_batches, padded_tokens, prepare_data, schedule
 
-    recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=200))
+    recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300))
     prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))
     plan = schedule([e.length() for e in prepared.train], 4, 4, 0, recipe.train.bucket_batches)
     pieces = [micro_batches(OBJECTIVES["dpo"](), prepared, step, recipe, 0, 1) for step in plan]
     assert sum(len(p) for p in pieces) > len(plan)  # at least one step was split
-    assert all(padded_tokens(mb.rows, prepared.train) <= 200 or len(mb.rows) == 2 for p in pieces for mb in p)
+    assert any(len({len(mb.rows) for mb in p}) > 1 for p in pieces)  # unequal pieces: the old per-batch mean would differ
+    assert all(padded_tokens(mb.rows, prepared.train) <= 300 or len(mb.rows) == 2 for p in pieces for mb in p)
