@@ -120,22 +120,21 @@ def matmul_tflops(device: str) -> float | None:
 def step_flops(recipe, n_body: int, size: str) -> tuple[list[float], list[int], list[int]]:
     """Needed FLOPs, real tokens and padded tokens of each step, replayed from prefbench's own schedule."""
     from prefbench import models
-    from prefbench.train import PAD_MULTIPLE_CUDA, prepare_data, schedule
+    from prefbench.objectives import build
+    from prefbench.train import batch_width, micro_batches, prepare_data, row_length, schedule
 
     hidden, _, layers, _, _ = SIZES[size]
     prepared = prepare_data(recipe, models.load_tokenizer(recipe.model.name))
     t = recipe.train
     plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, recipe.seeds[0], t.bucket_batches)
+    objective, device = build("dpo", beta=0.1), "cuda" if torch.cuda.is_available() else "cpu"
     flops, real, padded = [], [], []
     for indices in plan:
         f = r = p = 0
-        for start in range(0, len(indices), t.micro_batch_size):
-            rows = [(len(ex.prompt), len(c)) for ex in (prepared.train[i] for i in indices[start : start + t.micro_batch_size]) for c in ex.completions]
-            width = max(a + b for a, b in rows)
-            width += -width % PAD_MULTIPLE_CUDA if torch.cuda.is_available() else 0
-            p += width * len(rows)
-            for prompt, completion in rows:
-                s = prompt + completion
+        for mb in micro_batches(objective, prepared, indices, recipe, 0, 1):
+            p += batch_width(mb.rows, prepared.train, device) * len(mb.rows)
+            for key in mb.rows:
+                s, completion = row_length(key, prepared.train), len(prepared.train[key[1]].completions[key[2]])
                 r += s
                 f += 6 * n_body * s + 6 * layers * hidden * s * s + 6 * hidden * 49152 * completion
         flops.append(f)

@@ -157,9 +157,20 @@ def micro_batches(objective: Objective, prepared: Prepared, step: list[int], rec
     return out
 
 
+def row_length(key: Key, examples: list[Example]) -> int:
+    p, c, w = key
+    return len(examples[p].prompt) + len(examples[c].completions[w])
+
+
+def batch_width(rows: list[Key], examples: list[Example], device="cpu") -> int:
+    """Width of the batch `collate` builds: the longest row, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
+    width = max(row_length(k, examples) for k in rows)
+    return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
+
+
 def padded_tokens(rows: list[Key], examples: list[Example]) -> int:
     """Tokens of the [rows, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
-    return len(rows) * max(len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows)
+    return len(rows) * batch_width(rows, examples)
 
 
 def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int) -> list[list[int]]:
@@ -202,9 +213,7 @@ PAD_MULTIPLE_CUDA = 64
 
 def collate(rows: list[Key], examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     seqs = [(examples[p].prompt, examples[c].completions[w]) for p, c, w in rows]
-    width = max(len(p) + len(c) for p, c in seqs)
-    if torch.device(device).type == "cuda":
-        width += -width % PAD_MULTIPLE_CUDA
+    width = batch_width(rows, examples, device)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
     completion = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -226,7 +235,7 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 def real_tokens(rows: list[Key], examples: list[Example]) -> int:
     """Non-padding tokens of the rows `collate` builds, counted on the host."""
-    return sum(len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows)
+    return sum(row_length(k, examples) for k in rows)
 
 
 # ---- reference log-probs ------------------------------------------------------------------------
@@ -416,8 +425,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     if (out / "summary.json").exists():
         return read_json(out / "summary.json")
     t = recipe.train
-    sharded = world > 1 and t.fsdp
-    check_budget_and_fsdp(recipe, world)
+    sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
     if t.batch_size % (t.micro_batch_size * world):
         raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
     objective = build(spec.name, **spec.hyperparameters)
