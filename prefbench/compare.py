@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.eval.metrics import N_BOOT
 from prefbench.report import Run, _dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
@@ -54,15 +54,6 @@ class Verdict:
     ci: tuple[float, float]
     p: float
     verdict: str
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, tuple[float, float], float]:
-    """Mean of b - a, its 95% percentile-bootstrap interval, and a two-sided bootstrap p-value."""
-    d = np.asarray(b, float) - np.asarray(a, float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(N_BOOT, d.size))].mean(1)
-    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
-    return float(d.mean()), (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))), float(p)
 
 
 def comparability_problems(base: Run, cand: Run) -> list[str]:
@@ -109,7 +100,8 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
             a_vals, c_vals = _values(b.generation, path), _values(u.generation, path)
             if a_vals is None or c_vals is None:
                 continue
-            diff, ci, p = paired_bootstrap(a_vals, c_vals)
+            paired = stats.paired_difference(c_vals, a_vals)
+            diff, ci, p = paired["difference"], tuple(paired["ci"]), paired["p_value"]
             signed = diff if higher else -diff  # > 0: better
             lo, hi = (ci if higher else (-ci[1], -ci[0]))
             threshold = thresholds.get(metric)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from prefbench.errors import PrefbenchError
 from prefbench.results import read_json
+from prefbench.stats import holm, paired_difference
 
 
 class ReportError(PrefbenchError, ValueError):
@@ -163,16 +164,6 @@ def unit_table(run: Run) -> pd.DataFrame:
     return df
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment: the i-th smallest p times (m - i), running maximum, capped at 1."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
-
-
 def benchmark_table(run: Run) -> pd.DataFrame | None:
     """Per checkpoint and task metric: the score, its paired difference from the reference on the same documents
     (95% CI) and p-value, Holm-corrected across the whole grid (every checkpoint x task metric)."""
@@ -198,8 +189,6 @@ def claims_table(run: Run) -> pd.DataFrame | None:
     Held: the 95% interval lies above 0; contradicted: below 0; otherwise not resolved at this size.
     The interval is a paired bootstrap over the stored per-prompt values (the same statistic as `compare`).
     """
-    from prefbench.compare import paired_bootstrap
-
     claims = run.manifest["recipe"].get("claims") or []
     if not claims:
         return None
@@ -214,7 +203,8 @@ def claims_table(run: Run) -> pd.DataFrame | None:
             if better is None or worse is None:
                 rows.append({"claim": claim["text"], "seed": seed, "better - worse": "n/a", "held here?": "not evaluated"})
                 continue
-            diff, (lo, hi), p = paired_bootstrap(worse.generation[section][key], better.generation[section][key])
+            paired = paired_difference(better.generation[section][key], worse.generation[section][key])
+            diff, (lo, hi), p = paired["difference"], paired["ci"], paired["p_value"]
             verdict = "held" if lo > 0 else "contradicted" if hi < 0 else "not resolved (CI spans 0)"
             rows.append({"claim": claim["text"], "seed": seed, "better - worse": f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          "p": f"{p:.3f}", "held here?": verdict})

@@ -15,16 +15,6 @@ from prefbench.eval import metrics as M
 from prefbench.eval.generate import Completion, HFEngine, Sampling
 
 
-def test_bootstrap_interval_of_a_mean():
-    assert M.bootstrap_ci([0.5] * 10) == (0.5, 0.5)
-    x = np.random.default_rng(0).normal(1.0, 2.0, size=400)
-    lo, hi = M.bootstrap_ci(x)
-    se = x.std(ddof=1) / math.sqrt(x.size)  # the normal-theory half width is 1.96 se
-    assert lo < x.mean() < hi
-    assert abs((hi - lo) / 2 - 1.96 * se) < 0.1 * 1.96 * se
-    assert M.estimate([1.0, 2.0, 3.0])["mean"] == 2.0 and M.estimate([1.0, 2.0, 3.0])["n"] == 3
-
-
 def test_win_tie_loss_counts_ties_as_half():
     out = M.win_tie_loss(np.array([1.0, 0.5, 0.0, 0.5]), np.array([0.5, 0.5, 0.5, 0.0]))
     assert (out["win"], out["tie"], out["loss"]) == (2, 1, 1)

@@ -43,9 +43,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from prefbench.errors import PrefbenchError
-from prefbench.eval.metrics import LEVEL, N_BOOT, bootstrap_ci
 from prefbench.eval.tasks import packs
 from prefbench.recipe import BenchmarksSpec, BenchmarkTask
+from prefbench import stats
 from prefbench.results import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -312,16 +312,10 @@ def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None) -> d
     return paired_test(scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"])
 
 
-def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None,
-                n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """Checkpoint a against b on the documents both were scored on.
-
-    difference = mean(a - b) with a 95% paired-bootstrap interval (documents resampled, seeded). The p-value
-    is exact McNemar when every score is 0 or 1 (two-sided binomial test of the discordant documents at
-    1/2), else two-sided from the same bootstrap (2 x the smaller share of resampled means on either side
-    of 0, counting the observed sample, capped at 1)."""
-    from scipy.stats import binomtest
-
+def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None) -> dict:
+    """Checkpoint a against b on the documents both were scored on: mean(a - b) with its paired-bootstrap
+    interval (documents resampled), and a p-value that is exact McNemar when every score is 0 or 1, else
+    the bootstrap's (stats.paired_difference)."""
     if version_a != version_b:
         raise ValueError(f"task versions differ: {version_a!r} vs {version_b!r}; their documents cannot be paired")
     ids = sorted(set(scores_a) & set(scores_b))
@@ -329,15 +323,9 @@ def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, versi
         raise ValueError("no document was scored for both checkpoints")
     a = np.array([scores_a[i] for i in ids], dtype=float)
     b = np.array([scores_b[i] for i in ids], dtype=float)
-    d = a - b
-    lo, hi = bootstrap_ci(d, n_boot=n_boot, level=LEVEL, seed=seed)
+    paired = stats.paired_difference(a, b)
     out = {"n": len(ids), "only_a": len(scores_a) - len(ids), "only_b": len(scores_b) - len(ids),
-           "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": float(d.mean()), "ci": [lo, hi]}
+           "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": paired["difference"], "ci": paired["ci"]}
     if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
-        a_only, b_only = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
-        p = binomtest(b_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
-        return {**out, "test": "mcnemar_exact", "a_only": a_only, "b_only": b_only, "p_value": float(p)}
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(1)
-    p = min(1.0, 2 * (min((means <= 0).sum(), (means >= 0).sum()) + 1) / (n_boot + 1))
-    return {**out, "test": "paired_bootstrap", "p_value": float(p)}
+        return {**out, "test": "mcnemar_exact", **stats.mcnemar_exact(a, b)}
+    return {**out, "test": "paired_bootstrap", "p_value": paired["p_value"]}

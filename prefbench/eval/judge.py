@@ -25,7 +25,7 @@ Cache key
 
 Statistics, per comparison "X vs Y"
   - win_rate: ties count half. A prompt's pairs (all its samples, both orders) are averaged first, and the
-    95% CI is a percentile bootstrap over prompts (metrics.estimate).
+    95% CI is a percentile bootstrap over prompts (stats.estimate).
   - clopper_pearson: exact binomial 95% CI of wins / scored pairs, ties counting as non-wins (a binomial
     winrate as the KTO paper reported its GPT-4 judgments). It treats pairs as independent, which samples
     of one prompt are not: prefer win_rate's interval.
@@ -56,14 +56,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 import openai
-from scipy.special import expit
-from scipy.stats import beta
 
 from prefbench import models
 from prefbench.errors import PrefbenchError
-from prefbench.eval.metrics import LEVEL, N_BOOT, estimate
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import JudgeSpec
+from prefbench.stats import binomial_ci, estimate, lc_win_rate, lc_win_rate_ci
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +74,6 @@ LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
 CHOSEN = "chosen"  # the dataset's chosen responses, as a unit
 # Request forms, most structured first: (verdict form, ask for log-probabilities).
 FORMS = (("json", True), ("json", False), ("text", True), ("text", False))
-SLOPE_RIDGE = 1e-3  # keeps the length slope finite when lengths separate the outcomes
 
 SYSTEM = (
     "You are the referee between two answers to the same request. Decide which answer serves the person "
@@ -222,60 +219,6 @@ def verdict_probs(content: str, verdict: str, tokens) -> dict[str, float] | None
     return None
 
 
-def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """Exact binomial interval for k successes in n trials."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    a = (1 - level) / 2
-    lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
-    hi = float(beta.ppf(1 - a, k + 1, n - k)) if k < n else 1.0
-    return lo, hi
-
-
-def _lc_fit(y: np.ndarray, d: np.ndarray, weights: np.ndarray, iters: int = 100) -> np.ndarray:
-    """P(win) at d = 0 from a logistic fit of y on tanh(d / sd(d)), one fit per row of pair weights (Newton's
-    method on all rows at once: a bootstrap replicate is a row of prompt counts). A row whose pairs all
-    score alike needs no fit (its intercept would run off to infinity): it is that score."""
-    lo, hi = np.where(weights > 0, y, np.inf).min(1), np.where(weights > 0, y, -np.inf).max(1)
-    out, fit = lo.copy(), lo < hi
-    w = weights[fit]
-    total = w.sum(1, keepdims=True)
-    sd = np.sqrt((w * (d - (w * d).sum(1, keepdims=True) / total) ** 2).sum(1, keepdims=True) / total)
-    z = np.tanh(np.divide(d, sd, out=np.zeros_like(w), where=sd > 0))
-    b0, b1 = np.zeros(len(w)), np.zeros(len(w))
-    for _ in range(iters):
-        p = expit(b0[:, None] + b1[:, None] * z)
-        r, v = w * (y - p), w * p * (1 - p)
-        g0, g1 = r.sum(1), (r * z).sum(1) - SLOPE_RIDGE * b1
-        h00, h01, h11 = v.sum(1), (v * z).sum(1), (v * z * z).sum(1) + SLOPE_RIDGE
-        det = h00 * h11 - h01**2
-        s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
-        b0, b1 = b0 + s0, b1 + s1
-        if len(w) == 0 or max(np.abs(s0).max(), np.abs(s1).max()) < 1e-10:
-            break
-    out[fit] = expit(b0)
-    return out
-
-
-def lc_win_rate(scores, length_diffs) -> float:
-    """Win rate at equal lengths (module docstring)."""
-    y, d = np.asarray(scores, float), np.asarray(length_diffs, float)
-    return float(_lc_fit(y, d, np.ones((1, y.size)))[0]) if y.size else float("nan")
-
-
-def lc_bootstrap_ci(scores, length_diffs, prompts, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[float]:
-    """Percentile interval of lc_win_rate when prompts are resampled, each with all its pairs."""
-    y, d = np.asarray(scores, float), np.asarray(length_diffs, float)
-    groups, member = np.unique(np.asarray(prompts), return_inverse=True)
-    if len(groups) < 2:
-        return [float("nan"), float("nan")]
-    counts = np.zeros((n_boot, len(groups)))
-    draws = np.random.default_rng(seed).integers(0, len(groups), (n_boot, len(groups)))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
-    values = _lc_fit(y, d, counts[:, member])
-    return [float(np.quantile(values, (1 - level) / 2)), float(np.quantile(values, (1 + level) / 2))]
-
-
 def pair_stats(pairs: list[PairResult]) -> dict:
     """Win rates, CIs and judge diagnostics of one comparison's pairs (module docstring)."""
     scored = [(p, s) for p in pairs if (s := p.score()) is not None]
@@ -298,9 +241,9 @@ def pair_stats(pairs: list[PairResult]) -> dict:
         "losses": losses,
         "unscored": len(pairs) - len(scored),
         "win_rate": estimate(per_prompt),
-        "clopper_pearson": {"rate": wins / len(scored) if scored else float("nan"), "ci": list(clopper_pearson(wins, len(scored))),
+        "clopper_pearson": {"rate": wins / len(scored) if scored else float("nan"), "ci": list(binomial_ci(wins, len(scored))),
                             "wins": wins, "n": len(scored), "counts": "wins / scored pairs; ties count as non-wins"},
-        "lc_win_rate": {"mean": lc_win_rate(scores, diffs), "ci": lc_bootstrap_ci(scores, diffs, prompts),
+        "lc_win_rate": {"mean": lc_win_rate(scores, diffs), "ci": lc_win_rate_ci(scores, diffs, prompts),
                         "length": "characters"},
         "diagnostics": {
             "swap_consistency": _share([a == b for a, b in (p.order_scores() for p in both)]),

@@ -27,28 +27,10 @@ import torch
 
 from prefbench.eval.generate import Completion, Sampling
 from prefbench.eval.rewards import words
+from prefbench.stats import estimate
 
-N_BOOT = 2000
-LEVEL = 0.95
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
 METRICS_VERSION = 1
-
-
-def bootstrap_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
-
-
-def estimate(values) -> dict:
-    """{"mean", "ci": [lo, hi], "n"} of per-prompt values."""
-    x = np.asarray(values, dtype=float)
-    lo, hi = bootstrap_ci(x)
-    return {"mean": float(x.mean()) if x.size else float("nan"), "ci": [lo, hi], "n": int(x.size)}
 
 
 def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> dict:
