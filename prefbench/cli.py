@@ -109,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
-        from prefbench.runner import evaluate_units, train_units
+        from prefbench.eval.run import evaluate
+        from prefbench.runner import train_units
 
         if args.command == "evaluate":
-            print_evaluation(evaluate_units(recipe))
+            print_evaluation(evaluate(recipe))
             return 0
         if args.command == "train":
             if args.seed not in recipe.seeds:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             summaries = train_units(recipe, labels=[args.objective], seeds=[args.seed])
         else:
             summaries = train_units(recipe)
-            evaluation = evaluate_units(recipe)
+            evaluation = evaluate(recipe)
             from prefbench.report import write_report
             from prefbench.results import run_dir
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.report import Run, _dig, load_run
+from prefbench.results import Run, dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
 # metric -> (path in eval_generation.json to per-prompt values, higher is better)
@@ -119,7 +119,7 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
 
 
 def _values(gen: dict, path: tuple[str, ...]) -> np.ndarray | None:
-    found = _dig(gen, path)
+    found = dig(gen, path)
     return None if found is None else np.asarray(found, float)
 
 

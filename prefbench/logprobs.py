@@ -108,3 +108,15 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
     zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
     cat = (lambda xs: torch.cat(xs) if xs else selected.new_zeros(0, dtype=dtype))
     return zeros.index_add(0, rows, cat(logps)), zeros.clone().index_add(0, rows, cat(entropies)), completion_mask[:, 1:].bool().sum(1)
+
+
+@torch.no_grad()
+def token_logps(lm: nn.Module, ids: list[int], start: int) -> Tensor:
+    """Per-token log-probs (fp32 at least, on the CPU) of ids[start:] under `lm`, each given what precedes it:
+    the transformers side of the check that an engine loaded a checkpoint's weights as saved."""
+    device = next(lm.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    completion = torch.zeros_like(input_ids)
+    completion[0, start:] = 1
+    selected, targets, _, head, _ = _completion_hidden(lm, input_ids, torch.ones_like(input_ids), completion)
+    return _token_logps(selected, head.weight, head.bias, targets).cpu()

@@ -101,15 +101,23 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def load_model(spec: str | pathlib.Path, dtype: torch.dtype = torch.float32, device=None) -> PreTrainedModel:
+    """The causal LM of `spec` (a model spec or a checkpoint directory), in eval mode on `device` (CUDA when
+    there is one, else CPU, when not given): the one way prefbench loads a model."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return _from_pretrained(spec, dtype).to(device).eval()
+
+
 def load(spec: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for `spec`; the tokenizer always has a pad token (eos when it had none)."""
+    """(model, tokenizer) for training `spec`, on the CPU; the tokenizer always has a pad token (eos when it had none)."""
+    return _from_pretrained(spec, dtype), load_tokenizer(spec)
+
+
+def _from_pretrained(spec: str | pathlib.Path, dtype: torch.dtype) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    path = resolve(spec)
-    tokenizer = load_tokenizer(spec)
     # transformers 5 names the argument `dtype`; `torch_dtype` still works but warns.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(resolve(str(spec)), dtype=dtype, attn_implementation="sdpa")
 
 
 def describe(spec: str) -> dict:

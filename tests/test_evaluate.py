@@ -65,7 +65,8 @@ def test_evaluate_before_training_names_the_missing_checkpoint(tmp_path, capsys)
 
 def test_report_and_compare_from_the_real_run(run, tmp_path, capsys):
     """The end of the main path: the run's own results render, and a run compared with itself passes."""
-    from prefbench.report import load_run, unit_table
+    from prefbench.report import unit_table
+    from prefbench.results import load_run
 
     root, _ = run
     assert (root.parent / "reports" / "tiny_smoke" / "report.html").is_file()  # `prefbench run` rendered it
@@ -82,7 +83,8 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
     """The judge step of the evaluation, against a real local HTTP endpoint (tests/judge_fault_server.py)."""
     from judge_fault_server import FaultServer
 
-    from prefbench.report import judge_table, load_run
+    from prefbench.report import judge_table
+    from prefbench.results import load_run
 
     root, overrides = run
     monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", "sk-test-never-written")
@@ -99,7 +101,8 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
 
 
 def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
-    from prefbench.report import benchmark_table, load_run
+    from prefbench.report import benchmark_table
+    from prefbench.results import load_run
 
     root, overrides = run
     bench = ["--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 10}]}"]

@@ -13,7 +13,8 @@ import pytest
 from prefbench.cli import main
 from prefbench.compare import NotComparable, compare
 from prefbench.stats import estimate
-from prefbench.report import ReportError, load_run, separated_best, unit_table, write_report
+from prefbench.report import separated_best, unit_table, write_report
+from prefbench.results import ResultsError, load_run
 
 SETTINGS = {"metrics_version": 1, "reward": "instructions", "reward_version": 1, "prompts_sha256": "ab" * 32,
             "generation": {"sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 48, "seed": 0}}}
@@ -91,7 +92,7 @@ def test_units_with_different_settings_are_never_mixed(tmp_path):
     data = json.loads(f.read_text())
     data["settings"] = {**SETTINGS, "reward_version": 2}
     f.write_text(json.dumps(data))
-    with pytest.raises(ReportError, match="different settings"):
+    with pytest.raises(ResultsError, match="different settings"):
         load_run(root)
 
 
@@ -171,17 +172,24 @@ def test_a_new_variant_is_compared_against_a_baseline_label(tmp_path):
     assert {(v.unit, v.baseline_unit, v.metric, v.verdict) for v in verdicts if v.metric == "reward"} == {("dpo_v2/seed0", "dpo/seed0", "reward", "no change")}
 
 
-def test_claims_are_stated_with_their_paired_interval(tmp_path):
+def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(tmp_path):
+    from prefbench.eval.run import claims
+    from prefbench.recipe import parse_recipe
     from prefbench.report import claims_table
 
-    root = make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF)
-    manifest = json.loads((root / "manifest.json").read_text())
-    manifest["recipe"]["claims"] = [{"text": "dpo beats kto", "better": "dpo", "worse": "kto", "metric": "reward"},
-                                    {"text": "kto beats the reference", "better": "kto", "worse": "reference", "metric": "reward"},
-                                    {"text": "kto beats dpo", "better": "kto", "worse": "dpo", "metric": "reward"}]
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    table = claims_table(load_run(root))
-    diff = np.mean(BETTER) - np.mean(SAME)
+    root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
+    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                           "objectives": [{"name": "dpo"}, {"name": "kto"}], "eval": {"generation": {}},
+                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
+                                      {"text": "kto beats the reference", "better": "kto", "worse": "reference"},
+                                      {"text": "kto beats dpo", "better": "kto", "worse": "dpo"}]})
+    stored = claims(recipe)
+    # the paired difference on the same 40 prompts: BETTER - SAME is +0.5 on 35 of them and +0 on the 5 capped at 1.0
+    diff = np.mean(np.subtract(BETTER, SAME))
+    assert diff == pytest.approx(35 * 0.5 / 40)
+    assert stored[0]["difference"] == pytest.approx(diff) and stored[0]["ci"][0] > 0 and stored[0]["p_value"] == pytest.approx(2 / 2001)
+    assert json.loads((root / "eval_claims.json").read_text())["claims"] == json.loads(json.dumps(stored))
+    table = claims_table(load_run(root))  # the report only formats what evaluation stored
     assert table.loc["dpo beats kto", "held here?"] == "held"
     assert table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [")
     assert table.loc["kto beats the reference", "held here?"] == "not resolved (CI spans 0)"  # identical: interval [0, 0]

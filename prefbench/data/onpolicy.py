@@ -20,19 +20,33 @@ from prefbench.recipe import DataGenSpec, PromptSpec
 from prefbench.results import write_jsonl
 
 
-def load_prompts(spec: PromptSpec) -> list[str]:
-    if spec.file:
-        prompts = []
-        for i, line in enumerate(Path(spec.file).expanduser().read_text().splitlines()):
-            if line.strip():
-                record = json.loads(line)
-                if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-                    raise ValueError(f"{spec.file}: line {i + 1} has no text 'prompt'")
-                prompts.append(record["prompt"])
-        return prompts[: spec.n]
-    from prefbench.eval.rewards import make_prompts
+def load_prompt_records(spec: PromptSpec) -> list[dict]:
+    """The first spec.n prompts, as {"prompt"} or {"prompt", "chosen"}: from a JSONL file (each line a text
+    "prompt", optionally the data's text "chosen" answer), else the embedded task's split."""
+    if not spec.file:
+        from prefbench.eval.rewards import make_prompts
 
-    return [p.prompt for p in make_prompts(spec.n, spec.split, spec.seed)]
+        return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
+    records = []
+    for i, line in enumerate(Path(spec.file).expanduser().read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{spec.file}: line {i + 1} is not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise ValueError(f"{spec.file}: line {i + 1} has no text 'prompt'")
+        if "chosen" in record and not isinstance(record["chosen"], str):
+            raise ValueError(f"{spec.file}: line {i + 1}: 'chosen' must be text")
+        records.append({k: record[k] for k in ("prompt", "chosen") if k in record})
+        if len(records) == spec.n:
+            break
+    return records
+
+
+def load_prompts(spec: PromptSpec) -> list[str]:
+    return [r["prompt"] for r in load_prompt_records(spec)]
 
 
 def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float,

@@ -23,8 +23,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import torch
-
+from prefbench import models
 from prefbench.eval.generate import Completion, Sampling
 from prefbench.eval.rewards import words
 from prefbench.stats import estimate
@@ -86,13 +85,6 @@ def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completio
     return logps, ents, counts
 
 
-def load_for_eval(path: Path):
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-
-
 def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[str], prompt_ids: list[list[int]],
                         gens: dict[str, list[list[Completion]]], ref_gens: dict[str, list[list[Completion]]],
                         samplings: list[Sampling], reward, ref_model=None) -> dict:
@@ -124,13 +116,13 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[s
     sampled = [s for s in samplings if s.n > 1 or s.temperature > 0]
     if sampled:
         s = sampled[0]
-        policy = load_for_eval(policy_path)
+        policy = models.load_model(policy_path)
         lp, ent, cnt = sequence_stats(policy, prompt_ids, gens[s.name])
         out[s.name]["entropy_per_token"] = estimate((ent.sum(1) / np.maximum(cnt.sum(1), 1)))
         if Path(policy_path).resolve() == Path(reference_path).resolve():
             out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts)}
         elif s.from_policy:
-            ref = ref_model or load_for_eval(reference_path)
+            ref = ref_model or models.load_model(reference_path)
             lp_ref, _, _ = sequence_stats(ref, prompt_ids, gens[s.name])
             per_prompt_kl = (lp - lp_ref).mean(1)
             out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "per_prompt": [float(v) for v in per_prompt_kl]}

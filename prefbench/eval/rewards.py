@@ -183,6 +183,8 @@ class InstructionReward:
 
     name = "instructions"
     version = TASK_VERSION
+    ground_truth = True  # a verifiable score: the judge's verdicts are checked against it
+    own_prompts = True  # scores only the task's own prompts (eval.generation.prompts.split), no prompts file
 
     def __init__(self, prompts: list[TaskPrompt] | None = None):
         prompts = prompts if prompts is not None else make_prompts(2000, "train") + make_prompts(500, "heldout")

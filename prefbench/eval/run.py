@@ -1,0 +1,226 @@
+"""Evaluation of a run, as stages. Each stage is a function of the recipe that reads the run directory,
+writes its own files there, keeps what is already finished with the same settings, and can run alone;
+`evaluate` runs the ones the recipe asks for, in this order:
+
+  benchmarks  lm-eval tasks on every unit, then each checkpoint against the reference  <unit>/benchmarks/
+  generation  every unit's answers to the evaluation prompts (through the generation cache), then
+              rewards, lengths, diversity, KL and entropy against the reference        <unit>/eval_generation.json
+  judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json
+  claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
+
+A unit is "reference" (the recipe's model) or "<label>/seed<k>" (a trained checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from prefbench import models, stats
+from prefbench.errors import TrainingError
+from prefbench.recipe import Recipe
+from prefbench.results import dig, jsonable, read_json, run_dir, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalUnit:
+    name: str  # "reference" or "<label>/seed<k>"
+    checkpoint: Path  # a Hugging Face checkpoint directory
+    out: Path  # where its evaluation results go
+
+
+def eval_units(recipe: Recipe) -> dict[str, EvalUnit]:
+    """The reference and every trained objective x seed of the recipe; refuses a checkpoint not trained yet."""
+    root = run_dir(recipe)
+    units = {"reference": EvalUnit("reference", models.resolve(recipe.model.name), root / "reference")}
+    for spec in recipe.objectives:
+        for seed in recipe.seeds:
+            final = root / spec.label / f"seed{seed}" / "final"
+            if not (final / "config.json").is_file():
+                raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
+            units[f"{spec.label}/seed{seed}"] = EvalUnit(f"{spec.label}/seed{seed}", final, final.parent)
+    return units
+
+
+def evaluate(recipe: Recipe) -> dict[str, dict]:
+    """Every stage the recipe asks for; returns each unit's generation metrics (empty without eval.generation)."""
+    if recipe.eval.benchmarks is not None:
+        benchmarks(recipe)
+    results = {}
+    if recipe.eval.generation is not None:
+        results = generation(recipe)
+        if recipe.eval.judge is not None:
+            judge(recipe)
+    if recipe.claims:
+        claims(recipe)
+    return results
+
+
+# ---- benchmarks -----------------------------------------------------------------------------------
+
+
+def benchmarks(recipe: Recipe) -> dict[str, dict]:
+    """lm-eval tasks on every unit (<unit>/benchmarks/), then each checkpoint against the reference on the
+    same documents (<unit>/benchmarks/vs_reference.json: paired tests)."""
+    from prefbench.eval.benchmarks import compare, doc_metrics, result_name, run_benchmarks
+
+    spec = recipe.eval.benchmarks
+    units = eval_units(recipe)
+    for u in units.values():
+        run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
+    ref_dir = units["reference"].out / "benchmarks"
+    paired = {}
+    for name, u in units.items():
+        if name == "reference":
+            continue
+        paired[name] = {f"{result_name(t)} {metric}": compare(u.out / "benchmarks", ref_dir, result_name(t), metric)
+                        for t in spec.tasks for metric in doc_metrics(ref_dir, result_name(t))}
+        write_json(u.out / "benchmarks" / "vs_reference.json", paired[name])
+    return paired
+
+
+# ---- generation and its metrics ---------------------------------------------------------------------
+
+
+def prompt_records(recipe: Recipe) -> list[dict]:
+    """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once."""
+    from prefbench.data.onpolicy import load_prompt_records
+
+    return load_prompt_records(recipe.eval.generation.prompts)
+
+
+def samplings(recipe: Recipe):
+    from prefbench.eval.generate import standard_samplings
+
+    g = recipe.eval.generation
+    sp = g.sampling
+    return standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed, greedy=g.greedy)
+
+
+def generation_settings(recipe: Recipe, prompts: list[str]) -> dict:
+    """Everything that decides a unit's generation metrics: finished results with other settings are redone,
+    and reports and `compare` refuse to put results with different settings side by side."""
+    from prefbench.eval.metrics import METRICS_VERSION
+    from prefbench.eval.rewards import REWARDS
+
+    return jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
+                      "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
+                      "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
+
+
+def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
+    """({checkpoint: {sampling: [per prompt: completions]}}, stats) for `units`; cached answers cost no engine."""
+    from prefbench.eval.generate import generate
+
+    g = recipe.eval.generation
+    vllm_options = {k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size), ("gpu_memory_utilization", g.gpu_memory_utilization)) if v}
+    return generate([u.checkpoint for u in units], prompts, samplings(recipe), engine=g.engine, max_model_len=g.max_model_len,
+                    vllm_options=vllm_options)
+
+
+def generation(recipe: Recipe) -> dict[str, dict]:
+    """Generation metrics of every unit against the reference on the same prompts (eval/metrics.py), written to
+    <unit>/eval_generation.json. A file whose settings match is kept: re-running only re-reads."""
+    from prefbench.eval.metrics import evaluate_checkpoint
+    from prefbench.eval.rewards import REWARDS
+    from prefbench.eval.generate import prompt_ids
+
+    prompts = [r["prompt"] for r in prompt_records(recipe)]
+    settings = generation_settings(recipe, prompts)
+    units = eval_units(recipe)
+    done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))}
+    todo = [u for name, u in units.items() if name not in done]
+    if not todo:
+        return done
+    reference = units["reference"]
+    gens, gen_stats = generate_all(recipe, [reference] + [u for u in todo if u.name != "reference"], prompts)
+    ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
+    reward, ref_model = REWARDS[recipe.eval.reward](), models.load_model(reference.checkpoint)
+    # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
+    for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
+        metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
+                                      gens[str(reference.checkpoint)], samplings(recipe), reward, ref_model)
+        done[u.name] = {"settings": settings, "unit": u.name, "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
+        write_json(u.out / "eval_generation.json", done[u.name])
+    return {name: done[name] for name in units}
+
+
+def _finished(path: Path, settings: dict) -> dict | None:
+    if path.is_file() and (result := read_json(path)).get("settings") == settings:
+        return result
+    return None
+
+
+# ---- judge --------------------------------------------------------------------------------------------
+
+
+def judge(recipe: Recipe) -> dict:
+    """Judge the units' sampled answers as recipe.eval.judge asks; writes <run>/eval_judge.json.
+
+    Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
+    recorded in the file (the comparisons it could not finish left out) rather than failing the run."""
+    from prefbench.eval.judge import JudgeBudgetError, judge_units
+    from prefbench.eval.rewards import REWARDS
+
+    spec = recipe.eval.judge
+    records = prompt_records(recipe)
+    prompts = [r["prompt"] for r in records]
+    units = eval_units(recipe)
+    gens, _ = generate_all(recipe, list(units.values()), prompts)
+    answers = {name: [[c.text for c in comps] for comps in gens[str(u.checkpoint)]["sampled"]] for name, u in units.items()}
+    rewards = None
+    reward_cls = REWARDS[recipe.eval.reward]
+    if reward_cls.ground_truth:  # measure the judge against the reward
+        reward = reward_cls()
+        rewards = {name: [[reward(p, t) for t in texts] for p, texts in zip(prompts, per_prompt)] for name, per_prompt in answers.items()}
+    chosen = [r["chosen"] for r in records] if all("chosen" in r for r in records) else None
+    out = {"settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})}
+    try:
+        result = judge_units(spec, prompts, answers, "reference", chosen, rewards)
+        out["dry_run" if "dry_run" in result else "comparisons"] = result.get("dry_run", result)
+    except JudgeBudgetError as stop:
+        out["stopped"] = str(stop)
+    if "dry_run" in out:
+        d = out["dry_run"]
+        log.warning("judge dry run: %d calls to make (%d cached), ~%d prompt tokens, <= %d completion tokens, estimated cost $%.4f",
+                    d["to_make"], d["cached"], d["prompt_tokens_est"], d["completion_tokens_max"], d["cost_usd_est"])
+    write_json(run_dir(recipe) / "eval_judge.json", out)
+    return out
+
+
+# ---- claims ---------------------------------------------------------------------------------------------
+
+
+def claims(recipe: Recipe) -> list[dict]:
+    """Each claim of the recipe, per seed: the paired difference better - worse on the same prompts with its
+    95% interval and p (stats.paired_difference) and whether it held (interval above 0), was contradicted
+    (below 0) or is not resolved at this size. Written to <run>/eval_claims.json for the report."""
+    root = run_dir(recipe)
+    rows = []
+    for claim in recipe.claims:
+        section = "greedy" if claim.metric == "greedy_reward" else "sampled"
+        for seed in recipe.seeds:
+            better = _per_prompt(root / claim.better / f"seed{seed}", section)
+            worse = _per_prompt(root / ("reference" if claim.worse == "reference" else f"{claim.worse}/seed{seed}"), section)
+            row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "seed": seed}
+            if better is None or worse is None:
+                rows.append({**row, "verdict": "not evaluated"})
+                continue
+            paired = stats.paired_difference(better, worse)
+            lo, hi = paired["ci"]
+            verdict = "held" if lo > 0 else "contradicted" if hi < 0 else "not resolved (CI spans 0)"
+            rows.append({**row, **paired, "verdict": verdict})
+    write_json(root / "eval_claims.json", {"claims": rows})
+    return rows
+
+
+def _per_prompt(unit_dir: Path, section: str) -> list[float] | None:
+    f = unit_dir / "eval_generation.json"
+    return dig(read_json(f), (section, "per_prompt_reward")) if f.is_file() else None
