@@ -31,6 +31,17 @@ def print_evaluation(results: dict[str, dict]) -> None:
               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  KL {kl_text}  words {s['length_words']['mean']:.1f}")
 
 
+def check_recipe(path: str, overrides: list[str]) -> None:
+    """Validate every section of a training or generate-data recipe, looking benchmark task names up in
+    lm-eval's index and the judge's key variable up in the environment (seconds; no model loads, no engine
+    starts), and print it resolved. Raises RecipeError with every problem, one line each."""
+    import yaml
+
+    from prefbench.recipe import load_any
+
+    print(yaml.safe_dump(load_any(path, overrides, lookups=True).to_dict(), sort_keys=False))
+
+
 def report_or_compare(args) -> int:
     from prefbench.errors import PrefbenchError
 
@@ -65,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("objectives", help="list every objective: data kind, reference need, hyperparameters, paper")
     run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
     train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
-    check = sub.add_parser("check", help="validate a recipe and print it resolved, without loading any model")
+    check = sub.add_parser("check", help="validate every section of a recipe (benchmark task names and the judge's endpoint "
+                                         "included) and print it resolved, without loading any model")
     report = sub.add_parser("report", help="render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
@@ -103,12 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
                   f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable")
             return 0
-        recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "check":
-            import yaml
-
-            print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            check_recipe(args.recipe, args.overrides)
             return 0
+        recipe = load_recipe(args.recipe, args.overrides, lookups=args.command in ("run", "evaluate"))  # a train unit needs no lookups
         from prefbench.eval.run import evaluate
         from prefbench.runner import train_units
 

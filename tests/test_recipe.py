@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -99,16 +104,20 @@ def test_all_problems_are_reported_together(tmp_path):
     assert "train.warmup_ratio: must be in [0, 1), got 2.0" in out
 
 
-def test_every_shipped_recipe_validates():
-    recipes = sorted((REPO / "recipes").rglob("*.yaml"))
-    assert recipes, "no recipes shipped"
-    for path in recipes:
-        first = path.read_text().splitlines()[0]
-        if first.startswith("# prefbench generate-data"):
-            load_datagen(path)
-            continue
-        assert first.startswith("#") and "prefbench run" in first, f"{path}: the header comment must give its command"
-        load_recipe(path)
+SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_are_shipped():
+    assert SHIPPED, "no recipes shipped"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_shipped_recipe_passes_check(path, capsys):
+    first = path.read_text().splitlines()[0]
+    command = "prefbench generate-data" if "out" in yaml.safe_load(path.read_text()) else "prefbench run"
+    assert first.startswith("#") and command in first, f"{path}: the header comment must give its command"
+    assert cli_main(["check", str(path)]) == 0, capsys.readouterr().err
+    (load_datagen if command == "prefbench generate-data" else load_recipe)(path)
 
 
 def test_cli_reports_recipe_errors_in_one_line_each(tmp_path, capsys):
@@ -167,3 +176,117 @@ def test_greedy_pass_can_be_left_out_but_not_under_a_greedy_claim(tmp_path):
                      claims=[{"text": "x", "better": "dpo", "worse": "reference", "metric": "greedy_reward"}])
     assert found == ["claims[0].metric: greedy_reward needs eval.generation.greedy: true"]
     assert "eval.generation.greedy: expected bool" in "\n".join(problems(tmp_path, eval={"generation": {"greedy": "no"}}))
+
+
+def test_a_wrong_type_is_one_problem_and_the_field_keeps_its_default(tmp_path, capsys):
+    assert problems(tmp_path, train__lr="fast") == ["train.lr: expected float, got str 'fast'"]
+    # the refused value never reaches a check that expects a number (no follow-on problem, no traceback)
+    assert sorted(problems(tmp_path, train__lr="fast", train__warmup_ratio=[0.1], data__eval_fraction={"a": 1})) == [
+        "data.eval_fraction: expected float, got dict {'a': 1}", "train.lr: expected float, got str 'fast'",
+        "train.warmup_ratio: expected float, got list [0.1]"]
+    assert cli_main(["check", str(write(tmp_path, base(tmp_path, train__lr="fast")))]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("  - ")] == [
+        "  - train.lr: expected float, got str 'fast'"]
+    # a list with one refused item is refused whole (and later checks keep their indices)
+    assert problems(tmp_path, claims=[{"text": "x", "better": "dpo", "worse": "reference"}, {"text": "y", "better": 3}]) == [
+        "claims[1].better: expected str, got int 3", "claims[1].worse: required"]
+
+
+def test_choices_are_read_from_their_declarations(tmp_path, monkeypatch):
+    from prefbench import recipe
+    from prefbench.eval import rewards
+
+    assert recipe.ENGINES == typing.get_args(recipe.Engine) and "vllm" in recipe.ENGINES
+    assert problems(tmp_path, train__dtype="fp16") == [f"train.dtype: must be one of {list(recipe.DTYPES)}, got 'fp16' (did you mean 'bf16'?)"]
+    assert problems(tmp_path, data__transforms=[{"name": "drop_fraction", "which": "both"}], objectives=["kto"], data__format="unpaired") == [
+        "data.transforms[0].which: must be one of ['desirable', 'undesirable'], got 'both'"]
+    # reward names are the registry's: a newly registered reward is accepted without touching recipe.py
+    monkeypatch.setitem(rewards.REWARDS, "length", object)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "p"}\n')
+    load_recipe(write(tmp_path, base(tmp_path, eval={"reward": "length", "generation": {"prompts": {"file": str(prompts)}}})))
+
+
+JUDGE = {"local_model": "tiny:small"}
+
+
+def test_judge_section_is_validated(tmp_path, monkeypatch):
+    def judge_problems(judge: dict, generation: dict | None = None, lookups: bool = False) -> list[str]:
+        body = base(tmp_path, eval={"generation": generation or {}, "judge": judge})
+        with pytest.raises(RecipeError) as e:
+            load_recipe(write(tmp_path, body), lookups=lookups)
+        return e.value.problems
+
+    assert judge_problems({**JUDGE, "against": ["refrence", "round_robin"]}) == [
+        "eval.judge.against[0]: must be one of ['reference', 'round_robin', 'dataset_chosen'], got 'refrence' (did you mean 'reference'?)"]
+    assert judge_problems({}) == ["eval.judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"]
+    assert judge_problems({"base_url": "api.openai.com/v1", "model": "m"}) == [
+        "eval.judge.base_url: not an http(s) URL with a host (such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"]
+    assert judge_problems({"base_url": "https://api.openai.com/v1"}) == [
+        "eval.judge.model: required with base_url (the judge model's name at the endpoint)"]
+    secret = "sk-proj-abc123SECRET"
+    found = judge_problems({"base_url": f"https://user:{secret}@api.openai.com/v1", "model": "m", "api_key_env": secret})
+    assert len(found) == 2 and secret not in "\n".join(found), found
+    found = judge_problems({**JUDGE, "api_key_env": secret})  # even where no key is needed: results record the recipe
+    assert found == ["eval.judge.api_key_env: must be the NAME of an environment variable (letters, digits, _), not a key; its value is not shown"]
+    # cross-section: the judge compares the generation pass's samples
+    body = base(tmp_path, eval={"judge": JUDGE})
+    with pytest.raises(RecipeError, match="eval.judge: needs eval.generation"):
+        load_recipe(write(tmp_path, body))
+    assert judge_problems({**JUDGE, "against": ["dataset_chosen"], "samples_per_prompt": 3}, {"sampling": {"n": 2}}) == [
+        "eval.judge.against[0]: dataset_chosen needs eval.generation.prompts.file (JSONL records with a 'chosen' response)",
+        "eval.judge.samples_per_prompt: 3 is more than eval.generation.sampling.n 2"]
+    # the key's variable is looked up (by name only) when the recipe calls a remote endpoint for real
+    remote = {"base_url": "https://api.example.com/v1", "model": "m", "api_key_env": "PREFBENCH_TEST_JUDGE_KEY"}
+    monkeypatch.delenv("PREFBENCH_TEST_JUDGE_KEY", raising=False)
+    assert judge_problems(remote, lookups=True) == [
+        "eval.judge.api_key_env: the environment variable PREFBENCH_TEST_JUDGE_KEY is not set; it must hold the API key for https://api.example.com/v1"]
+    load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": remote})))  # without lookups: fine
+    load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": {**remote, "dry_run": True}})), lookups=True)
+    monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", secret)
+    load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": remote})), lookups=True)
+
+
+def test_benchmarks_section_is_validated(tmp_path):
+    body = base(tmp_path, eval={"benchmarks": {"backend": "gpu", "tasks": [{"task": "prefbench_mc", "limit": 0}, {"task": "prefbench_mc"}]}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, body))
+    assert e.value.problems == [
+        "eval.benchmarks.backend: must be one of ['auto', 'vllm', 'local-completions', 'hf'], got 'gpu'",
+        "eval.benchmarks.tasks[0].limit: must be >= 1, got 0",
+        "eval.benchmarks.tasks: 'prefbench_mc' appears twice (same task, shots and chat template)"]
+    # the offline packs are known without lm-eval's index
+    load_recipe(write(tmp_path, base(tmp_path, eval={"benchmarks": {"tasks": [{"task": "prefbench_bool"}]}})), lookups=True)
+
+
+def test_check_fails_fast_on_a_judge_typo_and_an_unknown_task_without_loading_a_model(tmp_path):
+    body = base(tmp_path, eval={"generation": {"sampling": {"n": 2}}, "judge": {**JUDGE, "against": ["refrence"]},
+                                "benchmarks": {"backend": "hf", "tasks": [{"task": "mmlu_nope"}, {"task": "prefbench_mc"}]}})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFBENCH_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "prefbench.cli", "check", str(write(tmp_path, body))], env=env,
+                          capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert [line for line in lines if line.startswith("  - ")] == [
+        "  - eval.judge.against[0]: must be one of ['reference', 'round_robin', 'dataset_chosen'], got 'refrence' (did you mean 'reference'?)",
+        "  - eval.benchmarks.tasks[0].task: 'mmlu_nope' is neither an lm-eval 0.4.13 task, group or tag nor a prefbench offline pack "
+        "(prefbench_mc, prefbench_arith, prefbench_bool) (did you mean 'm_mmlu_ne'?)"]
+    assert seconds < 30, f"prefbench check took {seconds:.1f} s"
+    assert list(cache.iterdir()) == [], "check wrote to the model cache"  # no model built, no pack materialised
+    assert not (tmp_path / "hf").exists()  # nothing fetched from the hub either
+
+
+@pytest.mark.slow
+def test_the_task_index_of_check_is_lm_evals_own():
+    """benchmarks.lm_eval_task_names() builds TaskManager's index in half the time; it must name the same tasks."""
+    from lm_eval.tasks import TaskManager
+
+    from prefbench.eval.benchmarks import lm_eval_task_names
+
+    assert lm_eval_task_names() == set(TaskManager(include_defaults=True).all_tasks)
