@@ -416,7 +416,7 @@ class BenchmarksSpec:
 
     def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
         """Task names that are neither an offline pack nor in lm-eval's task index (indexed, nothing loaded)."""
-        from prefbench.eval.benchmarks import task_problems
+        from prefbench.eval.tasks import task_problems
 
         return task_problems([t.task for t in self.tasks], f"{at}.tasks")
 

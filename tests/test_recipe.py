@@ -284,9 +284,9 @@ def test_check_fails_fast_on_a_judge_typo_and_an_unknown_task_without_loading_a_
 
 @pytest.mark.slow
 def test_the_task_index_of_check_is_lm_evals_own():
-    """benchmarks.lm_eval_task_names() builds TaskManager's index in half the time; it must name the same tasks."""
+    """tasks.lm_eval_task_names() builds TaskManager's index in half the time; it must name the same tasks."""
     from lm_eval.tasks import TaskManager
 
-    from prefbench.eval.benchmarks import lm_eval_task_names
+    from prefbench.eval.tasks import lm_eval_task_names
 
     assert lm_eval_task_names() == set(TaskManager(include_defaults=True).all_tasks)

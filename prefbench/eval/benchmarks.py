@@ -30,12 +30,10 @@ two independent error bars suggest.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import importlib.metadata
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,7 +41,7 @@ import numpy as np
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.eval.tasks import packs
+from prefbench.eval.tasks import lm_eval_version, not_a_task, packs
 from prefbench.recipe import BACKENDS, BenchmarksSpec, BenchmarkTask
 from prefbench.results import read_json, write_json, write_jsonl
 
@@ -61,61 +59,8 @@ def result_name(task: BenchmarkTask) -> str:
 
 def problems(spec: BenchmarksSpec) -> list[str]:
     """What is wrong with `spec` before anything loads, one line each (BenchmarksSpec.problems; task names
-    are checked against lm-eval's index by task_problems, and by load_task before a model loads)."""
+    are checked against lm-eval's index by tasks.task_problems, and by load_task before a model loads)."""
     return spec.problems("benchmarks")
-
-
-def task_problems(names: list[str], at: str = "benchmarks.tasks") -> list[str]:
-    """One line per name that is neither a prefbench offline pack nor a task, group or tag lm-eval knows.
-    Reads lm-eval's task index only (nothing is materialised, loaded or downloaded)."""
-    unknown = [(i, name) for i, name in enumerate(names) if name not in packs.PACKS]
-    if not unknown:
-        return []
-    known = lm_eval_task_names()
-    return [f"{at}[{i}].task: {name!r} is {_not_a_task(name, known)}" for i, name in unknown if name not in known]
-
-
-def _not_a_task(name: str, known) -> str:
-    close = difflib.get_close_matches(name, [*known, *packs.PACKS], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return (f"neither an lm-eval {_lm_eval_version()} task, group or tag nor a prefbench offline pack "
-            f"({', '.join(packs.PACKS)}){hint}")
-
-
-@functools.lru_cache(maxsize=1)
-def lm_eval_task_names() -> frozenset[str]:
-    """The task, group and tag names of lm-eval's own task directory: TaskManager(include_defaults=True)'s
-    index, built the same way (lm-eval's YAML loader and TaskIndex.process_cfg) in about half the time,
-    because each included template is parsed once instead of once per file that includes it (~5 s instead
-    of ~10 s for ~15k YAML files on a 2-core machine). tests/test_recipe.py checks it against TaskManager."""
-    import lm_eval.tasks
-    from lm_eval.tasks._index import _IGNORE_DIRS, TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    @functools.cache
-    def parsed(path: Path) -> dict:
-        return load_yaml(path, resolve_func=False, recursive=False)
-
-    def merged(path: Path) -> dict:  # lm_eval's load_yaml(recursive=True): includes first, local keys win
-        path = path.resolve()
-        cfg = dict(parsed(path))
-        includes = cfg.pop("include", None)
-        if includes is None:
-            return cfg
-        out: dict = {}
-        for inc in includes if isinstance(includes, list) else [includes]:
-            out |= {k: v for k, v in merged(path.parent / inc).items() if k != "task_list"}
-        return out | cfg
-
-    index: dict = {}
-    root = Path(lm_eval.tasks.__file__).parent
-    for path in sorted(root.glob("**/*.yaml"), key=lambda p: p.as_posix()):
-        if _IGNORE_DIRS.isdisjoint(path.parts):
-            try:
-                TaskIndex.process_cfg(merged(path), path, index)
-            except Exception:  # lm-eval skips a file it cannot read in the same way
-                continue
-    return frozenset(index)
 
 
 def resolve_backend(backend: str) -> str:
@@ -195,7 +140,7 @@ def load_task(manager, name: str) -> dict:
     """lm-eval's {"tasks": {name: Task}, "groups": {name: Group}, ...} for the task, group or tag `name`, with
     one-line errors for the two usual failures: an unknown name and unreachable data."""
     if name not in manager.all_tasks:
-        raise BenchmarkError(f"benchmark task {name!r}: {_not_a_task(name, manager.all_tasks)}")
+        raise BenchmarkError(f"benchmark task {name!r}: {not_a_task(name, manager.all_tasks)}")
     try:
         return manager.load([name])
     except OSError as error:  # ConnectionError, FileNotFoundError (DatasetNotFoundError), ...
@@ -244,15 +189,11 @@ def _top_level(name: str, loaded: dict) -> list:
     return list(loaded["tasks"].values())
 
 
-def _lm_eval_version() -> str:
-    return importlib.metadata.version("lm-eval")
-
-
 def _settings(task: BenchmarkTask, backend: str, checkpoint: Path, max_model_len: int) -> dict:
     """Everything that decides a task's scores; a stored result is reused only when all of it matches."""
     return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
             "apply_chat_template": task.apply_chat_template, "backend": backend, "checkpoint": str(checkpoint),
-            "max_model_len": max_model_len, "lm_eval": _lm_eval_version(),
+            "max_model_len": max_model_len, "lm_eval": lm_eval_version(),
             # an offline pack's items are fixed by its generator's sources (the materialised directory's name)
             "pack": packs.materialise().name if task.task in packs.PACKS else None}
 
@@ -293,7 +234,7 @@ def _write(stem: Path, task: str, loaded: dict, out: dict, backend: str, setting
         "subtasks": {leaf: _metrics(out["results"][leaf]) for leaf in leaves} if len(leaves) > 1 else {},
         "n_docs": len(rows),
         "backend": backend,
-        "lm_eval": _lm_eval_version(),
+        "lm_eval": lm_eval_version(),
         "settings": settings,
     }
     write_json(stem.with_name(stem.name + ".json"), result)
