@@ -121,7 +121,8 @@ def step_flops(recipe, n_body: int, size: str) -> tuple[list[float], list[int], 
     """Needed FLOPs, real tokens and padded tokens of each step, replayed from prefbench's own schedule."""
     from prefbench import models
     from prefbench.objectives import build
-    from prefbench.train import batch_width, micro_batches, prepare_data, row_length, schedule
+    from prefbench.data.batches import batch_width, micro_batches, row_length, schedule
+    from prefbench.train import prepare_data
 
     hidden, _, layers, _, _ = SIZES[size]
     prepared = prepare_data(recipe, models.load_tokenizer(recipe.model.name))

@@ -103,7 +103,8 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
 
     from prefbench import models
     from prefbench.recipe import parse_recipe
-    from prefbench.train import prepare_data, schedule
+    from prefbench.data.batches import schedule
+    from prefbench.train import prepare_data
 
     import datasets
 

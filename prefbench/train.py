@@ -1,10 +1,10 @@
 """prefbench's trainer: one loop, read top to bottom.
 
     prepare_data    records -> validated, split, transformed, tokenized examples (once per run)
-    schedule        which examples each optimizer step sees: identical for every objective of a seed
-    micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched)
     RefLogps        reference log-probs, computed once and cached on disk, shared by every objective
-    train_one       one objective, one seed: the loop, checkpoints, resume, metrics
+    train_one       one objective, one seed: set_up, restore, train_loop, save_final
+
+Which examples a step sees, and the rows and tensors they become, is prefbench.data.batches.
 
 Distributed data parallelism comes from torchrun: each process takes a contiguous slice of every
 step's examples, and losses are scaled so the averaged gradient equals the single-process one.
@@ -35,15 +35,13 @@ from tqdm.auto import tqdm
 
 from prefbench import models
 from prefbench.data import load, transforms
+from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, real_tokens, schedule, to_device
 from prefbench.data.tokenize import Example, fingerprint, tokenize_records
 from prefbench.errors import TrainingError
 from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe
 from prefbench.results import objective_dir, read_json, write_json
-
-Key = tuple[int, int, int]  # (example giving the prompt, example giving the completion, which completion)
-
 
 # ---- data ---------------------------------------------------------------------------------------
 
@@ -90,152 +88,6 @@ def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
         "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
     }
     return Prepared(fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist())
-
-
-def schedule(lengths: list[int], batch_size: int, steps: int, seed: int, bucket_batches: int) -> list[list[int]]:
-    """`steps` batches of example indices. Each epoch shuffles (seeded), sorts windows of
-    `bucket_batches` batches by length so a batch holds similar lengths (less padding), and
-    shuffles the batches of each window, so length order does not become training order."""
-    g = torch.Generator().manual_seed(seed)
-    out: list[list[int]] = []
-    window = batch_size * bucket_batches
-    while len(out) < steps:
-        perm = torch.randperm(len(lengths), generator=g).tolist()
-        usable = len(perm) - len(perm) % batch_size  # drop the last partial batch of each epoch
-        for start in range(0, usable, window):
-            chunk = sorted(perm[start : min(start + window, usable)], key=lambda i: lengths[i])
-            batches = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-            out.extend(batches[j] for j in torch.randperm(len(batches), generator=g).tolist())
-    return out[:steps]
-
-
-@dataclass
-class MicroBatch:
-    rows: list[Key]  # sequences of the one policy forward (paired: chosen rows, then rejected rows)
-    labels: list[bool] | None = None  # unpaired: desirable per row
-    kl_rows: list[Key] | None = None  # KTO's mismatched pairs, one per row
-
-
-def view(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str) -> MicroBatch:
-    """The rows one micro-batch of examples gives this objective."""
-    if objective.data == "paired":
-        return MicroBatch([(i, i, 0) for i in indices] + [(i, i, 1) for i in indices])
-    if prepared.fmt == "unpaired":
-        rows, labels = [(i, i, 0) for i in indices], [bool(prepared.train[i].label) for i in indices]
-    elif unpaired_view == "both":  # every pair gives its chosen (desirable) and rejected (undesirable) half
-        rows = [(i, i, 0) for i in indices] + [(i, i, 1) for i in indices]
-        labels = [True] * len(indices) + [False] * len(indices)
-    else:  # one completion per prompt, as in the KTO paper's one-y-per-x ablation
-        rows = [(i, i, prepared.one_per_prompt[i]) for i in indices]
-        labels = [w == 0 for _, _, w in rows]
-    batch = MicroBatch(rows, labels)
-    if objective.needs_mismatched_pairs:
-        batch.kl_rows = [_mismatched(rows, j, prepared.train) for j in range(len(rows))]
-    return batch
-
-
-def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
-    """Row j's prompt with the completion of the nearest earlier row of another prompt (cyclic):
-    TRL's rotation by one, made safe for batches that hold several completions of one prompt
-    (both halves of a pair, or unpaired data with repeated prompts). Prompts compare by tokens."""
-    prompt = rows[j][0]
-    for step in range(1, len(rows)):
-        p, c, w = rows[(j - step) % len(rows)]
-        if examples[p].prompt != examples[prompt].prompt:
-            return (prompt, c, w)
-    raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
-
-
-def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int) -> list[MicroBatch]:
-    per_rank = len(step) // world
-    mine = step[rank * per_rank : (rank + 1) * per_rank]
-    m, budget = recipe.train.micro_batch_size, recipe.train.max_tokens_per_forward
-    out = []
-    for i in range(0, len(mine), m):
-        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget) if budget else [mine[i : i + m]]
-        out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
-    return out
-
-
-def row_length(key: Key, examples: list[Example]) -> int:
-    p, c, w = key
-    return len(examples[p].prompt) + len(examples[c].completions[w])
-
-
-def batch_width(rows: list[Key], examples: list[Example], device="cpu") -> int:
-    """Width of the batch `collate` builds: the longest row, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    width = max(row_length(k, examples) for k in rows)
-    return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
-
-
-def padded_tokens(rows: list[Key], examples: list[Example]) -> int:
-    """Tokens of the [rows, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
-    return len(rows) * batch_width(rows, examples)
-
-
-def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int) -> list[list[int]]:
-    """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
-    `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
-    untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
-    prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
-    of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
-    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train) <= budget
-    if fits(indices):
-        return [indices]
-    short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
-    ordered = sorted(indices, key=lambda i: prepared.train[i].length())
-    runs: list[list[int]] = []
-    for i in ordered:
-        if runs and (short(runs[-1]) or fits(runs[-1] + [i])):
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    if len(runs) > 1 and short(runs[-1]):
-        runs[-2].extend(runs.pop())
-    return runs
-
-
-def check_budget_and_fsdp(recipe: Recipe, world: int) -> None:
-    if world > 1 and recipe.train.fsdp and recipe.train.max_tokens_per_forward:
-        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
-
-
-def loss_count(objective: Objective, mb: MicroBatch) -> int:
-    """Entries of `objective.loss(...).losses` for this micro-batch: one per pair, or per unpaired row."""
-    return len(mb.rows) // 2 if objective.data == "paired" else len(mb.rows)
-
-
-# On a GPU, batch widths round up to a multiple of this: kernels tuned per shape (cuDNN attention plans,
-# GEMM heuristics) are then reused instead of rebuilt for nearly every batch. Measured on an H100 with a
-# 1.7B model, 4 pairs per forward: 8.5k -> 19.2k tokens/s.
-PAD_MULTIPLE_CUDA = 64
-
-
-def collate(rows: list[Key], examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    seqs = [(examples[p].prompt, examples[c].completions[w]) for p, c, w in rows]
-    width = batch_width(rows, examples, device)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    completion = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (p, c) in enumerate(seqs):
-        ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-        attention[r, : len(p) + len(c)] = 1
-        completion[r, len(p) : len(p) + len(c)] = 1
-    return to_device(ids, device), to_device(attention, device), to_device(completion, device)
-
-
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A host tensor on `device`. To a GPU through pinned memory without waiting: a plain copy
-    synchronises with the GPU, so a loop that copies each micro-batch's inputs would stall the GPU
-    while the host queues the next kernels (measured: most of a 1.7B step's time on an H100)."""
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def real_tokens(rows: list[Key], examples: list[Example]) -> int:
-    """Non-padding tokens of the rows `collate` builds, counted on the host."""
-    return sum(row_length(k, examples) for k in rows)
 
 
 # ---- reference log-probs ------------------------------------------------------------------------
@@ -344,7 +196,345 @@ def _mean_over_batches(sums: dict[str, tuple[float, int]], world: int) -> dict[s
     return {k: total / count for k, (total, count) in sums.items()}
 
 
-# ---- the loop -----------------------------------------------------------------------------------
+def check_budget_and_fsdp(recipe: Recipe, world: int) -> None:
+    if world > 1 and recipe.train.fsdp and recipe.train.max_tokens_per_forward:
+        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
+
+
+# ---- the loop: set-up, restore, steps, save ------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    """One objective and one seed in this process: what set_up builds and the rest works on."""
+
+    spec: ObjectiveSpec
+    seed: int
+    out: Path  # <run>/<label>/seed<k>
+    rank: int
+    world: int
+    device: torch.device
+    sharded: bool  # FSDP2: each process holds a shard of the weights and optimizer state
+    autocast: object
+    objective: Objective
+    lm: torch.nn.Module  # the Hugging Face model (PEFT-wrapped with LoRA): what checkpoints save
+    tokenizer: object
+    policy: torch.nn.Module  # SequenceLogps over lm; DDP-wrapped or sharded under torchrun
+    params: list[torch.nn.Parameter]  # the trainable ones
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+
+def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
+    """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary."""
+    rank, world, device = init_distributed()
+    transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
+    out = objective_dir(recipe, spec.label, seed)
+    if (out / "summary.json").exists():
+        return read_json(out / "summary.json")
+    t = recipe.train
+    if t.batch_size % (t.micro_batch_size * world):
+        raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
+    resume = latest_checkpoint(out)
+    u = set_up(recipe, spec, seed, out, resume, rank, world, device)
+    start_step = restore(u, resume)
+    train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step)
+    summary = _summary(u, recipe, resume, train_seconds, tokens)
+    save_final(u, recipe, summary)
+    return summary
+
+
+# ---- set-up
+
+
+def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Path | None, rank: int, world: int, device: torch.device) -> Unit:
+    """The objective, the model (its weights from `resume` when given), the FSDP2/DDP wrap, AdamW and its schedule."""
+    t = recipe.train
+    sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
+    objective = build(spec.name, **spec.hyperparameters)
+    autocast = autocast_for(t.dtype, device)
+    torch.manual_seed(seed)
+    lm, tokenizer = _load_model(recipe, resume, device)
+    policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    warmup = int(t.warmup_ratio * t.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
+    return Unit(spec, seed, out, rank, world, device, sharded, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
+
+
+def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
+    """(model, tokenizer), training on `device`: the checkpoint's weights when resuming (with LoRA, the
+    base model and the checkpoint's adapters), else recipe.model's, with LoRA adapters added if asked."""
+    lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name)
+    if recipe.model.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        lora = recipe.model.lora
+        if resume:
+            lm = PeftModel.from_pretrained(lm, resume, is_trainable=True)
+        else:
+            lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
+    if recipe.train.gradient_checkpointing:
+        causal_lm(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.to(device).train()
+    _disable_dropout(lm)
+    return lm, tokenizer
+
+
+def _distribute(policy: SequenceLogps, lm, sharded: bool, world: int, device: torch.device) -> torch.nn.Module:
+    """Under torchrun, FSDP2 (each decoder layer, then the rest) or DDP; in one process, the policy as is."""
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in causal_lm(lm).get_decoder().layers:
+            fully_shard(layer)
+        fully_shard(policy)
+    elif world > 1:
+        policy = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+    return policy
+
+
+# ---- restore
+
+
+def restore(u: Unit, resume: Path | None) -> int:
+    """The step to start from. When resuming: optimizer, schedule, objective state and RNG from the
+    checkpoint (set_up loaded its weights). metrics.jsonl keeps only the lines up to that step."""
+    start_step = 0
+    if resume:
+        state = torch.load(resume / "trainer_state.pt", weights_only=False)
+        if u.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(u.policy, u.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            u.optimizer.load_state_dict(state["optimizer"])
+        u.scheduler.load_state_dict(state["scheduler"])
+        u.objective.load_state_dict(state["objective"])
+        torch.set_rng_state(state["rng"])  # LoRA dropout, the one random thing in a step
+        start_step = state["step"]
+    if u.rank == 0:
+        u.out.mkdir(parents=True, exist_ok=True)
+        path = u.metrics_path
+        kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if _step_of(line) <= start_step]
+        path.write_text("".join(line + "\n" for line in kept))  # a killed run's steps past its checkpoint are redone
+    return start_step
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "COMPLETE").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line half-written by a kill counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return math.inf
+
+
+# ---- the steps
+
+
+def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None, start_step: int) -> tuple[float, int]:
+    """Steps start_step+1 .. train.steps: one update and one metrics.jsonl line each, a checkpoint every
+    train.save_every steps. Returns this process's seconds in steps and real tokens."""
+    t = recipe.train
+    plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, u.seed, t.bucket_batches)
+    train_seconds, tokens_total = 0.0, 0
+    bar = tqdm(total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0)
+    for step in range(start_step, t.steps):
+        step_start = time.perf_counter()
+        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world)
+        sums, tokens = _forward_backward(u, batches, prepared, ref)
+        grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        logged = _mean_over_batches(sums, u.world)
+        if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
+            last = latest_checkpoint(u.out)
+            raise TrainingError(
+                f"{u.spec.label} seed {u.seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
+                f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
+            )
+        lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
+        u.optimizer.step()
+        u.scheduler.step()
+        u.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - step_start
+        train_seconds += seconds
+        tokens_total += tokens
+        record = {
+            "step": step + 1,
+            **logged,
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+            "tokens": tokens * u.world,
+            "tokens_per_s": tokens * u.world / seconds,
+            "step_seconds": seconds,
+            "peak_memory_mb": peak_memory_mb(u.device),
+        }
+        if u.rank == 0:
+            with u.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}")
+        done = step + 1
+        if t.save_every and done % t.save_every == 0 and done < t.steps:
+            save_periodic(u, done)
+        _fault_injection(done)
+    bar.close()
+    return train_seconds, tokens_total
+
+
+def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None) -> tuple[dict[str, tuple[float, int]], int]:
+    """One step's forwards and backwards over this process's micro-batches, gradients accumulating.
+    Returns each metric's (example-weighted sum, examples) and the real tokens seen."""
+    pad_id = u.tokenizer.pad_token_id
+    counts_per_batch = [loss_count(u.objective, mb) for mb in batches]
+    sums: dict[str, tuple[float, int]] = {}
+    tokens = 0
+    for n, mb in enumerate(batches):
+        ids, attention, completion = collate(mb.rows, prepared.train, pad_id, u.device)
+        tokens += real_tokens(mb.rows, prepared.train)
+        sync = nullcontext() if n == len(batches) - 1 or u.world == 1 or u.sharded else u.policy.no_sync()
+        with sync:
+            with u.autocast:
+                logps, counts = u.policy(ids, attention, completion)
+            logps, counts = logps.double(), counts.double()
+            batch, extra = _objective_batch(u.objective, mb, logps, counts, ref, prepared, pad_id, u.device, u.policy, u.autocast)
+            out = u.objective.loss(batch)
+            if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
+                raise TrainingError(f"{u.spec.name}: {out.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong")
+            # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
+            # the gradient is that of the mean loss over all of the step's examples.
+            with attention_kernels(u.device):  # gradient checkpointing recomputes attention here
+                (out.losses.sum() / sum(counts_per_batch)).backward()
+        weight = counts_per_batch[n]  # metrics weighted by examples: micro-batches split by the token budget differ in size
+        for k, v in {"loss": out.losses.detach().mean(), **out.metrics, **extra}.items():
+            total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
+            sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
+    return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
+
+
+def _objective_batch(objective, mb: MicroBatch, logps, counts, ref, prepared, pad_id, device, policy, autocast):
+    """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
+    ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
+    if objective.data == "paired":
+        half = len(mb.rows) // 2
+        batch = PairedLogps(
+            policy_chosen=logps[:half], policy_rejected=logps[half:], chosen_tokens=counts[:half], rejected_tokens=counts[half:],
+            ref_chosen=None if ref_values is None else ref_values[:half], ref_rejected=None if ref_values is None else ref_values[half:],
+        )  # fmt: skip
+        extra = {
+            "logps/chosen": logps[:half].mean(),
+            "logps/rejected": logps[half:].mean(),
+            "logps_per_token/chosen": (logps[:half] / counts[:half]).mean(),
+            "logps_per_token/rejected": (logps[half:] / counts[half:]).mean(),
+        }
+        return batch, {k: v.detach() for k, v in extra.items()}
+    desirable = to_device(torch.tensor(mb.labels), device)
+    kl_policy = kl_ref = None
+    if mb.kl_rows:
+        with torch.no_grad(), autocast:  # z0 gets no gradient: one extra forward without a graph
+            kl_policy, _ = policy(*collate(mb.kl_rows, prepared.train, pad_id, device))
+        kl_policy = kl_policy.double()
+        kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
+    batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)
+    extra = {}
+    for name, mask, present in (("desirable", desirable, any(mb.labels)), ("undesirable", ~desirable, not all(mb.labels))):
+        if present:
+            extra[f"logps/{name}"] = logps[mask].mean().detach()
+            extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
+    return batch, extra
+
+
+def _fault_injection(step: int) -> None:
+    """The resume tests' hook, called after each step is logged and saved: PREFBENCH_FAULT_KILL_AT_STEP=N
+    kills this process after step N with SIGKILL, a real, ungraceful kill."""
+    if os.environ.get("PREFBENCH_FAULT_KILL_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- save
+
+
+def save_periodic(u: Unit, step: int) -> None:
+    """checkpoint-<step>, with what restore reads; the older checkpoint goes once it is complete.
+    Every process calls it (FSDP2 gathers the shards)."""
+    weights, optim_state = _full_state(u.policy, u.optimizer, sharded=u.sharded)
+    state = {
+        "optimizer": optim_state or u.optimizer.state_dict(), "scheduler": u.scheduler.state_dict(),
+        "objective": u.objective.state_dict(), "step": step, "rng": torch.get_rng_state(),
+    }  # fmt: skip
+    if u.rank == 0:
+        _save_checkpoint(u.out / f"checkpoint-{step}", u.lm, u.tokenizer, state, weights)
+        for old in u.out.glob("checkpoint-*"):
+            if old.name != f"checkpoint-{step}":
+                shutil.rmtree(old, ignore_errors=True)
+    if u.world > 1:
+        dist.barrier()
+
+
+def _summary(u: Unit, recipe: Recipe, resume: Path | None, train_seconds: float, tokens: int) -> dict:
+    """summary.json: what was trained, the last metrics line, and this process's loop timings."""
+    return {
+        "objective": u.spec.name,
+        "label": u.spec.label,
+        "objective_version": OBJECTIVES[u.spec.name].version,
+        "hyperparameters": u.objective.hyperparameters(),
+        "seed": u.seed,
+        "steps": recipe.train.steps,
+        "final": json.loads(u.metrics_path.read_text().splitlines()[-1]) if u.rank == 0 else {},
+        "train_seconds_this_process": train_seconds,
+        "loop_tokens_per_s": tokens * u.world / train_seconds if train_seconds else None,  # reference pass excluded: see manifest timings
+        "peak_memory_mb": peak_memory_mb(u.device),
+        "world_size": u.world,
+        "resumed_from": resume.name if resume else None,
+    }
+
+
+def save_final(u: Unit, recipe: Recipe, summary: dict) -> None:
+    """final/, a plain Hugging Face checkpoint (LoRA merged in), then summary.json; the periodic
+    checkpoints go. Every process calls it (FSDP2 gathers the shards)."""
+    weights, _ = _full_state(u.policy, sharded=u.sharded)
+    if u.rank == 0:
+        final = causal_lm(u.lm.merge_and_unload()) if recipe.model.lora else u.lm
+        _save_checkpoint(u.out / "final", final, u.tokenizer, None, weights)
+        write_json(u.out / "summary.json", summary)  # its presence means this unit is done
+        for old in u.out.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | None, dict | None]:
+    """Under FSDP2 every process holds a shard: gather full (model, optimizer) state dicts on CPU.
+    A collective, so every rank calls it; only rank 0 gets the tensors. (None, None) when not sharded."""
+    if not sharded:
+        return None, None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model = {k.removeprefix("lm."): v for k, v in get_model_state_dict(policy, options=options).items()}
+    return model, (get_optimizer_state_dict(policy, optimizer, options=options) if optimizer is not None else None)
+
+
+def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None, weights: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, tmp / "trainer_state.pt")
+    (tmp / "COMPLETE").touch()  # written last: a checkpoint without it is ignored on resume
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+# ---- small pieces
 
 
 def _disable_dropout(lm: torch.nn.Module) -> None:
@@ -378,238 +568,3 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics line; a line half-written by a kill counts as past every checkpoint."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError):
-        return math.inf
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "COMPLETE").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
-
-
-def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | None, dict | None]:
-    """Under FSDP2 every process holds a shard: gather full (model, optimizer) state dicts on CPU.
-    A collective, so every rank calls it; only rank 0 gets the tensors. (None, None) when not sharded."""
-    if not sharded:
-        return None, None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model = {k.removeprefix("lm."): v for k, v in get_model_state_dict(policy, options=options).items()}
-    return model, (get_optimizer_state_dict(policy, optimizer, options=options) if optimizer is not None else None)
-
-
-def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None, weights: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-    tokenizer.save_pretrained(tmp)
-    if state is not None:
-        torch.save(state, tmp / "trainer_state.pt")
-    (tmp / "COMPLETE").touch()  # written last: a checkpoint without it is ignored on resume
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
-    """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary."""
-    rank, world, device = init_distributed()
-    transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
-    out = objective_dir(recipe, spec.label, seed)
-    if (out / "summary.json").exists():
-        return read_json(out / "summary.json")
-    t = recipe.train
-    sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
-    if t.batch_size % (t.micro_batch_size * world):
-        raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
-    objective = build(spec.name, **spec.hyperparameters)
-    autocast = autocast_for(t.dtype, device)
-
-    torch.manual_seed(seed)
-    resume = latest_checkpoint(out)
-    lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name)
-    if recipe.model.lora:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        lora = recipe.model.lora
-        if resume:
-            lm = PeftModel.from_pretrained(lm, resume, is_trainable=True)
-        else:
-            lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
-    if t.gradient_checkpointing:
-        causal_lm(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm.to(device).train()
-    _disable_dropout(lm)
-    policy = SequenceLogps(lm)
-    if sharded:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in causal_lm(lm).get_decoder().layers:
-            fully_shard(layer)
-        fully_shard(policy)
-    elif world > 1:
-        policy = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
-    warmup = int(t.warmup_ratio * t.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
-
-    start_step = 0
-    if resume:
-        state = torch.load(resume / "trainer_state.pt", weights_only=False)
-        if sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(policy, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        objective.load_state_dict(state["objective"])
-        torch.set_rng_state(state["rng"])  # LoRA dropout, the one random thing in a step
-        start_step = state["step"]
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else []) if _step_of(line) <= start_step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))  # a killed run's steps past its checkpoint are redone
-
-    lengths = [ex.length() for ex in prepared.train]
-    plan = schedule(lengths, t.batch_size, t.steps, seed, t.bucket_batches)
-    pad_id = tokenizer.pad_token_id
-    train_seconds, tokens_total = 0.0, 0
-    bar = tqdm(total=t.steps, initial=start_step, desc=f"{spec.label} seed {seed}", unit="step", disable=rank != 0)
-    for step in range(start_step, t.steps):
-        step_start = time.perf_counter()
-        batches = micro_batches(objective, prepared, plan[step], recipe, rank, world)
-        counts_per_batch = [loss_count(objective, mb) for mb in batches]
-        sums: dict[str, tuple[float, int]] = {}
-        tokens = 0
-        for n, mb in enumerate(batches):
-            ids, attention, completion = collate(mb.rows, prepared.train, pad_id, device)
-            tokens += real_tokens(mb.rows, prepared.train)
-            sync = nullcontext() if n == len(batches) - 1 or world == 1 or sharded else policy.no_sync()
-            with sync:
-                with autocast:
-                    logps, counts = policy(ids, attention, completion)
-                logps, counts = logps.double(), counts.double()
-                batch, extra = _objective_batch(objective, mb, logps, counts, ref, prepared, pad_id, device, policy, autocast)
-                out_ = objective.loss(batch)
-                if out_.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
-                    raise TrainingError(f"{spec.name}: {out_.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong")
-                # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
-                # the gradient is that of the mean loss over all of the step's examples.
-                with attention_kernels(device):  # gradient checkpointing recomputes attention here
-                    (out_.losses.sum() / sum(counts_per_batch)).backward()
-            weight = counts_per_batch[n]  # metrics weighted by examples: micro-batches split by the token budget differ in size
-            for k, v in {"loss": out_.losses.detach().mean(), **out_.metrics, **extra}.items():
-                total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
-                sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
-        sums = {k: (float(total), count) for k, (total, count) in sums.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        logged = _mean_over_batches(sums, world)
-        if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
-            last = latest_checkpoint(out)
-            raise TrainingError(
-                f"{spec.label} seed {seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
-                f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
-            )
-        lr = scheduler.get_last_lr()[0]  # the rate this update uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - step_start
-        train_seconds += seconds
-        tokens_total += tokens
-        record = {
-            "step": step + 1,
-            **logged,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "tokens": tokens * world,
-            "tokens_per_s": tokens * world / seconds,
-            "step_seconds": seconds,
-            "peak_memory_mb": peak_memory_mb(device),
-        }
-        if rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{logged['loss']:.4f}")
-        done = step + 1
-        if t.save_every and done % t.save_every == 0 and done < t.steps:
-            weights, optim_state = _full_state(policy, optimizer, sharded=sharded)
-            state = {
-                "optimizer": optim_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "objective": objective.state_dict(), "step": done, "rng": torch.get_rng_state(),
-            }  # fmt: skip
-            if rank == 0:
-                _save_checkpoint(out / f"checkpoint-{done}", lm, tokenizer, state, weights)
-                for old in out.glob("checkpoint-*"):
-                    if old.name != f"checkpoint-{done}":
-                        shutil.rmtree(old, ignore_errors=True)
-            if world > 1:
-                dist.barrier()
-        if os.environ.get("PREFBENCH_FAULT_KILL_AT_STEP") == str(done):
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests: a real, ungraceful kill
-    bar.close()
-
-    summary = {
-        "objective": spec.name,
-        "label": spec.label,
-        "objective_version": OBJECTIVES[spec.name].version,
-        "hyperparameters": objective.hyperparameters(),
-        "seed": seed,
-        "steps": t.steps,
-        "final": json.loads(metrics_path.read_text().splitlines()[-1]) if rank == 0 else {},
-        "train_seconds_this_process": train_seconds,
-        "loop_tokens_per_s": tokens_total * world / train_seconds if train_seconds else None,  # reference pass excluded: see manifest timings
-        "peak_memory_mb": peak_memory_mb(device),
-        "world_size": world,
-        "resumed_from": resume.name if resume else None,
-    }
-    weights, _ = _full_state(policy, sharded=sharded)
-    if rank == 0:
-        final = causal_lm(lm.merge_and_unload()) if recipe.model.lora else lm
-        _save_checkpoint(out / "final", final, tokenizer, None, weights)
-        write_json(out / "summary.json", summary)  # its presence means this unit is done
-        for old in out.glob("checkpoint-*"):
-            shutil.rmtree(old, ignore_errors=True)
-    return summary
-
-
-def _objective_batch(objective, mb: MicroBatch, logps, counts, ref, prepared, pad_id, device, policy, autocast):
-    """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
-    ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
-    if objective.data == "paired":
-        half = len(mb.rows) // 2
-        batch = PairedLogps(
-            policy_chosen=logps[:half], policy_rejected=logps[half:], chosen_tokens=counts[:half], rejected_tokens=counts[half:],
-            ref_chosen=None if ref_values is None else ref_values[:half], ref_rejected=None if ref_values is None else ref_values[half:],
-        )  # fmt: skip
-        extra = {
-            "logps/chosen": logps[:half].mean(),
-            "logps/rejected": logps[half:].mean(),
-            "logps_per_token/chosen": (logps[:half] / counts[:half]).mean(),
-            "logps_per_token/rejected": (logps[half:] / counts[half:]).mean(),
-        }
-        return batch, {k: v.detach() for k, v in extra.items()}
-    desirable = to_device(torch.tensor(mb.labels), device)
-    kl_policy = kl_ref = None
-    if mb.kl_rows:
-        with torch.no_grad(), autocast:  # z0 gets no gradient: one extra forward without a graph
-            kl_policy, _ = policy(*collate(mb.kl_rows, prepared.train, pad_id, device))
-        kl_policy = kl_policy.double()
-        kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
-    batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)
-    extra = {}
-    for name, mask, present in (("desirable", desirable, any(mb.labels)), ("undesirable", ~desirable, not all(mb.labels))):
-        if present:
-            extra[f"logps/{name}"] = logps[mask].mean().detach()
-            extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
-    return batch, extra

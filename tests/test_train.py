@@ -279,7 +279,7 @@ def test_mismatched_pairs_never_reuse_the_rows_own_prompt():
     """Unpaired data with repeated prompts (e.g. after paired_to_unpaired "both"): rows 0 and 1
     share a prompt, so row 1's mismatched completion must come from row 3's other prompt... cyclically."""
     from prefbench.data.tokenize import Example
-    from prefbench.train import _mismatched
+    from prefbench.data.batches import _mismatched
 
     examples = [Example((1, 2), ((5,),), True), Example((1, 2), ((6,),), False), Example((3,), ((7,),), True), Example((1, 2), ((8,),), True)]
     rows = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (3, 3, 0)]
@@ -334,7 +334,7 @@ def test_dropout_in_the_model_config_is_off_while_training(tmp_path):
 def test_real_tokens_counts_what_collate_attends():
     """The step's token count is taken on the host (no GPU sync); it must equal the attention mask's sum."""
     from prefbench.data.tokenize import Example
-    from prefbench.train import collate, real_tokens
+    from prefbench.data.batches import collate, real_tokens
 
     examples = [Example((1, 2, 3), ((4, 5), (6,))), Example((7,), ((8, 9, 10, 11), (12, 13)))]
     rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0)]  # (prompt of, completion of, which)
@@ -346,7 +346,8 @@ def test_real_tokens_counts_what_collate_attends():
 
 def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
     from prefbench.data.tokenize import Example
-    from prefbench.train import Prepared, _within_budget, padded_tokens, view
+    from prefbench.data.batches import _within_budget, padded_tokens, view
+    from prefbench.train import Prepared
 
     # example i: its own prompt of 2 tokens, completions of (i + 1) and 1 tokens -> width i + 3, two rows per pair
     train = [Example((1, 10 + i), (tuple([2] * (i + 1)), (3,))) for i in range(6)]
@@ -381,7 +382,8 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     assert [r["tokens"] for r in split] == [r["tokens"] for r in whole]
 
     from prefbench import models
-    from prefbench.train import micro_batches, padded_tokens, prepare_data, schedule
+    from prefbench.data.batches import micro_batches, padded_tokens, schedule
+    from prefbench.train import prepare_data
 
     recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300))
     prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))

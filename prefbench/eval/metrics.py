@@ -65,7 +65,7 @@ def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completio
     """[prompts, samples] arrays: summed log-probs, summed per-token entropies, token counts, under `model`."""
     from prefbench.data.tokenize import Example
     from prefbench.logprobs import completion_stats
-    from prefbench.train import collate
+    from prefbench.data.batches import collate
 
     device = next(model.parameters()).device
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
