@@ -122,7 +122,7 @@ def step_flops(recipe, n_body: int, size: str) -> tuple[list[float], list[int], 
     from prefbench import models
     from prefbench.objectives import build
     from prefbench.data.batches import batch_width, micro_batches, row_length, schedule
-    from prefbench.train import prepare_data
+    from prefbench.data.prepare import prepare_data
 
     hidden, _, layers, _, _ = SIZES[size]
     prepared = prepare_data(recipe, models.load_tokenizer(recipe.model.name))

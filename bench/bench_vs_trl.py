@@ -104,7 +104,7 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
     from prefbench import models
     from prefbench.recipe import parse_recipe
     from prefbench.data.batches import schedule
-    from prefbench.train import prepare_data
+    from prefbench.data.prepare import prepare_data
 
     import datasets
 

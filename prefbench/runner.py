@@ -12,7 +12,8 @@ from prefbench import models
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
 from prefbench.results import SCHEMA_VERSION, git_commit, hardware, jsonable, read_json, run_dir, versions, write_json
-from prefbench.train import RefLogps, autocast_for, check_budget_and_fsdp, init_distributed, prepare_data, ref_cache_path, reference_keys, train_one
+from prefbench.data.prepare import prepare_data
+from prefbench.train import RefLogps, autocast_for, check_budget_and_fsdp, init_distributed, ref_cache_path, reference_keys, train_one
 
 
 def _check_same_recipe(recipe: Recipe, manifest_path) -> None:

@@ -1,10 +1,10 @@
 """prefbench's trainer: one loop, read top to bottom.
 
-    prepare_data    records -> validated, split, transformed, tokenized examples (once per run)
     RefLogps        reference log-probs, computed once and cached on disk, shared by every objective
     train_one       one objective, one seed: set_up, restore, train_loop, save_final
 
-Which examples a step sees, and the rows and tensors they become, is prefbench.data.batches.
+The data trained on is prefbench.data.prepare (once per run); which examples a step sees, and the rows
+and tensors they become, is prefbench.data.batches.
 
 Distributed data parallelism comes from torchrun: each process takes a contiguous slice of every
 step's examples, and losses are scaled so the averaged gradient equals the single-process one.
@@ -12,7 +12,6 @@ step's examples, and losses are scaled so the averaged gradient equals the singl
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -21,7 +20,6 @@ import os
 import resource
 import shutil
 import signal
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,61 +32,14 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from prefbench import models
-from prefbench.data import load, transforms
 from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, real_tokens, schedule, to_device
-from prefbench.data.tokenize import Example, fingerprint, tokenize_records
+from prefbench.data.prepare import Prepared
+from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
 from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe
-from prefbench.results import objective_dir, read_json, write_json
-
-# ---- data ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prepared:
-    fmt: str  # "paired" | "unpaired", after transforms
-    train: list[Example]
-    eval: list[Example]
-    report: dict  # loading, validation, split, transforms, tokenization: what happened to the data
-    fingerprint: str
-    one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
-
-
-def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
-    d = recipe.data
-    records = load.load_records(d.source, split=d.split)
-    if d.limit:
-        records = records[: d.limit]
-    records, validation = load.validate(records, d.format, on_bad=d.on_bad)
-    train_records, eval_records = load.train_eval_split(records, d.eval_fraction, d.split_seed)
-    fmt, applied = d.format, []
-    for tr in d.transforms:  # training data only: the held-out set stays as collected
-        if tr.name == "paired_to_unpaired":
-            train_records, info = transforms.paired_to_unpaired(train_records, mode=tr.mode, seed=d.split_seed)
-            eval_records, _ = transforms.paired_to_unpaired(eval_records, mode=tr.mode, seed=d.split_seed)
-            fmt = "unpaired"
-        elif tr.name == "drop_fraction":
-            train_records, info = transforms.drop_fraction(train_records, which=tr.which, fraction=tr.fraction, seed=d.split_seed)
-        elif tr.name == "flip_labels":
-            train_records, info = transforms.flip_labels(train_records, fraction=tr.fraction, seed=d.split_seed)
-        applied.append(info)
-    train, tok_train = tokenize_records(train_records, fmt, tokenizer, d)
-    held_out, tok_eval = tokenize_records(eval_records, fmt, tokenizer, d)
-    if len(train) < recipe.train.batch_size:
-        raise TrainingError(f"data: {len(train)} training examples after preparation, fewer than train.batch_size={recipe.train.batch_size}")
-    coin = torch.Generator().manual_seed(d.split_seed)
-    report = {
-        "records": len(records),
-        "validation": dataclasses.asdict(validation),
-        "split": {"train": len(train_records), "eval": len(eval_records)},
-        "transforms": applied,
-        "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
-        "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
-    }
-    return Prepared(fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist())
-
+from prefbench.results import AppendLog, atomic, objective_dir, read_json, write_json
 
 # ---- reference log-probs ------------------------------------------------------------------------
 
@@ -122,14 +73,11 @@ class RefLogps:
         self.values.update(zip(missing, torch.cat(computed).tolist()))
         del model, lm
         if _rank() == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
                 if self.path.exists():
                     self.values = {**torch.load(self.path), **self.values}
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-                os.close(fd)
-                torch.save(self.values, tmp)
-                os.replace(tmp, self.path)
+                with atomic(self.path) as tmp:
+                    torch.save(self.values, tmp)
         return time.perf_counter() - start
 
     def tensor(self, keys: list[Key]) -> torch.Tensor:
@@ -322,7 +270,8 @@ def restore(u: Unit, resume: Path | None) -> int:
         u.out.mkdir(parents=True, exist_ok=True)
         path = u.metrics_path
         kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if _step_of(line) <= start_step]
-        path.write_text("".join(line + "\n" for line in kept))  # a killed run's steps past its checkpoint are redone
+        with atomic(path) as tmp:  # a killed run's steps past its checkpoint are redone
+            tmp.write_text("".join(line + "\n" for line in kept))
     return start_step
 
 
@@ -379,8 +328,7 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
             "peak_memory_mb": peak_memory_mb(u.device),
         }
         if u.rank == 0:
-            with u.metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            AppendLog(u.metrics_path).append([record])
         bar.update(1)
         bar.set_postfix(loss=f"{logged['loss']:.4f}")
         done = step + 1
@@ -523,15 +471,12 @@ def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | N
 
 
 def _save_checkpoint(path: Path, lm, tokenizer, state: dict | None, weights: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-    tokenizer.save_pretrained(tmp)
-    if state is not None:
-        torch.save(state, tmp / "trainer_state.pt")
-    (tmp / "COMPLETE").touch()  # written last: a checkpoint without it is ignored on resume
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic(path, directory=True) as tmp:
+        lm.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "COMPLETE").touch()  # a checkpoint without it is ignored on resume
 
 
 # ---- small pieces

@@ -292,7 +292,8 @@ def test_reference_cache_key_follows_the_weights_and_precision(tmp_path):
     import shutil
 
     from prefbench import models
-    from prefbench.train import Prepared, latest_checkpoint, ref_cache_path
+    from prefbench.data.prepare import Prepared
+    from prefbench.train import latest_checkpoint, ref_cache_path
 
     local = tmp_path / "model"
     shutil.copytree(models.resolve("tiny:small"), local)
@@ -347,7 +348,7 @@ def test_real_tokens_counts_what_collate_attends():
 def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
     from prefbench.data.tokenize import Example
     from prefbench.data.batches import _within_budget, padded_tokens, view
-    from prefbench.train import Prepared
+    from prefbench.data.prepare import Prepared
 
     # example i: its own prompt of 2 tokens, completions of (i + 1) and 1 tokens -> width i + 3, two rows per pair
     train = [Example((1, 10 + i), (tuple([2] * (i + 1)), (3,))) for i in range(6)]
@@ -383,7 +384,7 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
 
     from prefbench import models
     from prefbench.data.batches import micro_batches, padded_tokens, schedule
-    from prefbench.train import prepare_data
+    from prefbench.data.prepare import prepare_data
 
     recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300))
     prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))

@@ -16,10 +16,10 @@ import torch
 from prefbench.errors import TrainingError
 
 if TYPE_CHECKING:  # annotations only
+    from prefbench.data.prepare import Prepared
     from prefbench.data.tokenize import Example
     from prefbench.objectives import Objective
     from prefbench.recipe import Recipe
-    from prefbench.train import Prepared
 
 Key = tuple[int, int, int]  # (example giving the prompt, example giving the completion, which completion)
 

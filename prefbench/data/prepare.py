@@ -1,0 +1,61 @@
+"""Records -> the validated, split, transformed and tokenized examples a run trains on, once per run, with a
+report of what happened to the data and the fingerprint of the exact token ids (the run's manifest keeps both)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from prefbench.data import load, transforms
+from prefbench.data.tokenize import Example, fingerprint, tokenize_records
+from prefbench.errors import TrainingError
+
+if TYPE_CHECKING:
+    from prefbench.recipe import Recipe
+
+
+@dataclass
+class Prepared:
+    fmt: str  # "paired" | "unpaired", after transforms
+    train: list[Example]
+    eval: list[Example]
+    report: dict  # loading, validation, split, transforms, tokenization: what happened to the data
+    fingerprint: str
+    one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
+
+
+def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
+    d = recipe.data
+    records = load.load_records(d.source, split=d.split)
+    if d.limit:
+        records = records[: d.limit]
+    records, validation = load.validate(records, d.format, on_bad=d.on_bad)
+    train_records, eval_records = load.train_eval_split(records, d.eval_fraction, d.split_seed)
+    fmt, applied = d.format, []
+    for tr in d.transforms:  # training data only: the held-out set stays as collected
+        if tr.name == "paired_to_unpaired":
+            train_records, info = transforms.paired_to_unpaired(train_records, mode=tr.mode, seed=d.split_seed)
+            eval_records, _ = transforms.paired_to_unpaired(eval_records, mode=tr.mode, seed=d.split_seed)
+            fmt = "unpaired"
+        elif tr.name == "drop_fraction":
+            train_records, info = transforms.drop_fraction(train_records, which=tr.which, fraction=tr.fraction, seed=d.split_seed)
+        elif tr.name == "flip_labels":
+            train_records, info = transforms.flip_labels(train_records, fraction=tr.fraction, seed=d.split_seed)
+        applied.append(info)
+    train, tok_train = tokenize_records(train_records, fmt, tokenizer, d)
+    held_out, tok_eval = tokenize_records(eval_records, fmt, tokenizer, d)
+    if len(train) < recipe.train.batch_size:
+        raise TrainingError(f"data: {len(train)} training examples after preparation, fewer than train.batch_size={recipe.train.batch_size}")
+    coin = torch.Generator().manual_seed(d.split_seed)
+    report = {
+        "records": len(records),
+        "validation": dataclasses.asdict(validation),
+        "split": {"train": len(train_records), "eval": len(eval_records)},
+        "transforms": applied,
+        "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
+        "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
+    }
+    return Prepared(fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist())
