@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefbench.errors import PrefbenchError
+from prefbench.results import AppendLog
 
 log = logging.getLogger("prefbench.generate")
 
@@ -327,8 +328,8 @@ def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -
 class GenerationCache:
     """JSONL files under cache_dir()/generations, one per (checkpoint, engine, sampling); one line per prompt.
 
-    Lines are appended and flushed batch by batch, so a killed run keeps what it generated; a torn
-    last line is ignored on read.
+    Lines are appended and fsynced batch by batch (results.AppendLog), so a killed run keeps what it
+    generated; a line torn by the kill is skipped on read.
     """
 
     def __init__(self, root: Path | None = None):
@@ -345,23 +346,11 @@ class GenerationCache:
         return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:24]
 
     def read(self, path: Path) -> dict[str, list[Completion]]:
-        found = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                found[entry["prompt"]] = [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
-        return found
+        return {entry["prompt"]: [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
+                for entry in AppendLog(path).read()}
 
     def append(self, path: Path, entries: dict[str, list[Completion]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for key, comps in entries.items():
-                f.write(json.dumps({"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        AppendLog(path).append([{"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]} for key, comps in entries.items()])
 
 
 @dataclass

@@ -22,7 +22,6 @@ Verdict cache
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, JUDGE_PROMPT_VE
 from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import JudgeSpec
+from prefbench.results import AppendLog
 
 LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
 
@@ -51,22 +51,13 @@ class JudgeBudgetError(JudgeError):
 
 
 class VerdictCache:
-    """Append-only JSONL of verdicts by content key; each verdict is fsynced before the next is counted."""
+    """Verdicts by content key, kept in an append-only JSONL (results.AppendLog): each verdict is fsynced
+    before the next is counted, and a line torn by a kill is skipped."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = path.read_bytes() if path.exists() else b""
-        for line in data.splitlines():
-            try:
-                record = json.loads(line)
-                self.records[record["key"]] = record
-            except (ValueError, KeyError, TypeError):
-                continue  # a line torn by a kill
-        if data and not data.endswith(b"\n"):
-            self._append(b"\n")  # end the torn line, so the next verdict starts a line of its own
+        self.path = Path(path)
+        self._log = AppendLog(self.path)
+        self.records: dict[str, dict] = {r["key"]: r for r in self._log.read() if isinstance(r, dict) and "key" in r}
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -76,15 +67,8 @@ class VerdictCache:
         return next((r for form in ("json", "text") if (r := self.get(call.key(model, form, max_tokens)))), None)
 
     def put(self, record: dict) -> None:
-        with self._lock:
-            self._append(json.dumps(record).encode() + b"\n")
-            self.records[record["key"]] = record
-
-    def _append(self, data: bytes) -> None:
-        with open(self.path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        self._log.append([record])
+        self.records[record["key"]] = record
 
 
 def cost(spec: JudgeSpec, prompt_tokens: float, completion_tokens: float) -> float:
