@@ -325,7 +325,7 @@ def _reward_problems(reward: str, generation: GenerationSpec | None, at_reward: 
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """Pairwise LLM judge through an OpenAI-compatible endpoint (prefbench/eval/judge.py)."""
+    """Pairwise LLM judge through an OpenAI-compatible endpoint (prefbench/eval/judge/)."""
 
     base_url: str = ""  # e.g. https://api.openai.com/v1 or a vLLM server; "" with local_model: prefbench starts one
     model: str = ""  # the judge model's name at the endpoint

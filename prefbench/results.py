@@ -128,7 +128,9 @@ class AppendLog:
         return records
 
     def append(self, records: list[dict]) -> None:
-        self._write(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records))
+        # ASCII JSON (non-ASCII as \u escapes), the bytes the verdict and generation caches have always been
+        # written in; a line then holds no character that a text reader's splitlines() breaks at (U+2028, U+0085).
+        self._write(b"".join(json.dumps(r).encode() + b"\n" for r in records))
 
     def _write(self, data: bytes) -> None:
         with self._lock:

@@ -232,7 +232,7 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
             def __exit__(self, *exc):
                 events.append(("stop", self.name))
 
-        monkeypatch.setattr(judge, "VLLMServer", FakeVLLMServer)
+        monkeypatch.setattr(judge.client, "VLLMServer", FakeVLLMServer)
         monkeypatch.setattr(judge.models, "resolve", lambda spec: tmp_path / "no-model")
         spec = JudgeSpec(local_model="smollm2-135m-instruct", max_tokens=16, price_per_1k_input=2.0, price_per_1k_output=4.0)
         prompts, answers = ["p0", "p1"], {"policy": [["GOOD a"], ["b"]], "reference": [["c"], ["d"]]}

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefbench.errors import PrefbenchError
+from prefbench.results import AppendLog
 
 log = logging.getLogger("prefbench.generate")
 
@@ -292,17 +293,23 @@ def vllm_unavailable() -> str | None:
     return None
 
 
-def open_engine(kind: str, base: Path, **vllm_options):
-    """kind: "vllm", "hf", or "auto" (vLLM where it imports, else transformers, with the reason logged)."""
+def resolve_engine(kind: str) -> tuple[str, str | None]:
+    """("vllm" | "hf", why vLLM was not used or None). The one place "auto" is decided: vLLM where it
+    imports, else transformers, with the reason logged."""
     if kind not in ("auto", "vllm", "hf"):
         raise ValueError(f"engine {kind!r}: expected auto, vllm or hf")
-    if kind == "auto":
-        reason = vllm_unavailable()
-        if reason:
-            log.warning("generation falls back to transformers generate: %s", reason)
-            kind = "hf"
-        else:
-            kind = "vllm"
+    if kind != "auto":
+        return kind, None
+    reason = vllm_unavailable()
+    if reason:
+        log.warning("generation falls back to transformers generate: %s", reason)
+        return "hf", reason
+    return "vllm", None
+
+
+def open_engine(kind: str, base: Path, **vllm_options):
+    """kind: "vllm", "hf", or "auto" (resolve_engine)."""
+    kind, _ = resolve_engine(kind)
     if kind == "vllm":
         return VLLMEngine(base, **vllm_options)
     return HFEngine("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
@@ -327,8 +334,8 @@ def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -
 class GenerationCache:
     """JSONL files under cache_dir()/generations, one per (checkpoint, engine, sampling); one line per prompt.
 
-    Lines are appended and flushed batch by batch, so a killed run keeps what it generated; a torn
-    last line is ignored on read.
+    Lines are appended and fsynced batch by batch (results.AppendLog), so a killed run keeps what it
+    generated; a line torn by the kill is skipped on read.
     """
 
     def __init__(self, root: Path | None = None):
@@ -345,23 +352,11 @@ class GenerationCache:
         return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:24]
 
     def read(self, path: Path) -> dict[str, list[Completion]]:
-        found = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                found[entry["prompt"]] = [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
-        return found
+        return {entry["prompt"]: [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
+                for entry in AppendLog(path).read()}
 
     def append(self, path: Path, entries: dict[str, list[Completion]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for key, comps in entries.items():
-                f.write(json.dumps({"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        AppendLog(path).append([{"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]} for key, comps in entries.items()])
 
 
 @dataclass
@@ -390,74 +385,111 @@ def generate(checkpoints: list[str | Path], prompts: list[str], samplings: list[
     Checkpoints are directories of one tokenizer (the first one's is used). The engine starts only if
     something is missing from the cache, once, and is reused while the architecture stays the same.
     """
-    from transformers import AutoTokenizer
-
-    paths = [Path(c) for c in checkpoints]
-    for p in paths:
-        if not (p / "config.json").is_file():
-            raise GenerationError(f"{p}: not a Hugging Face checkpoint directory (no config.json)")
-    cache = cache or GenerationCache()
-    tokenizer = AutoTokenizer.from_pretrained(paths[0])
-    ids = prompt_ids(tokenizer, prompts, chat_template)
-    stops = stop_ids(paths[0], tokenizer)
-    stats = GenerationStats()
-    if engine == "auto" and (reason := vllm_unavailable()):
-        stats.fallback_reason = reason
-        log.warning("generation falls back to transformers generate: %s", reason)
-        engine = "hf"
-    engine_name = _engine_name(engine, vllm_options or {})
-    stats.engine = engine_name
-    running, verified = None, None
+    paths = _checkpoint_paths(checkpoints)
+    kind, reason = resolve_engine(engine)
+    vllm_options = vllm_options or {}
+    stats = GenerationStats(engine=_engine_name(kind, vllm_options), fallback_reason=reason)
+    run = _Generation(paths[0], prompts, chat_template, cache or GenerationCache(), stats, batch_prompts)
+    engines = _Engines(kind, run.tokenizer, stats, {"max_model_len": max_model_len, **vllm_options})
     results: dict[str, dict[str, list[list[Completion]]]] = {}
     try:
         for path in tqdm(paths, desc="generate", unit="checkpoint", disable=len(paths) < 2):
             ckpt = checkpoint_id(path)
-            results[str(path)] = {}
-            for sampling in samplings:
-                file = cache.path(ckpt, engine_name, sampling)
-                have = cache.read(file)
-                keys = [cache.prompt_key(i) for i in ids]
-                missing = [j for j, k in enumerate(keys) if k not in have]
-                stats.cached += len(ids) - len(missing)
-                if missing:
-                    if running is None or (running.kind == "vllm" and not running.can_load(path)):
-                        if running is not None:
-                            running.close()
-                        started = time.perf_counter()
-                        running = open_engine(engine, path, max_model_len=max_model_len, **(vllm_options or {}))
-                        stats.engine_starts += 1
-                        stats.engine_start_seconds += time.perf_counter() - started
-                        verified = None
-                    if running.path != path:
-                        stats.reloads += running.path is not None
-                        running.load(path)
-                    if verified != path:
-                        stats.probe_max_diff = max(stats.probe_max_diff, verify_load(running, path, tokenizer))
-                        verified = path
-                    bar = tqdm(total=len(missing), desc=f"{path.name} {sampling.name}", unit="prompt", leave=False)
-                    for start in range(0, len(missing), batch_prompts):
-                        chunk = missing[start : start + batch_prompts]
-                        t0 = time.perf_counter()
-                        out = running.generate([ids[j] for j in chunk], sampling, tokenizer, stops)
-                        stats.generate_seconds += time.perf_counter() - t0
-                        stats.new_tokens += sum(len(c.token_ids) for comps in out for c in comps)
-                        new = {keys[j]: comps for j, comps in zip(chunk, out)}
-                        cache.append(file, new)
-                        have.update(new)
-                        stats.generated += len(chunk)
-                        bar.update(len(chunk))
-                    bar.close()
-                results[str(path)][sampling.name] = [have[k] for k in keys]
+            results[str(path)] = {sampling.name: run.sampling(engines, path, ckpt, sampling) for sampling in samplings}
     finally:
-        if running is not None:
-            running.close()
+        engines.close()
     return results, stats
 
 
+def _checkpoint_paths(checkpoints: list[str | Path]) -> list[Path]:
+    paths = [Path(c) for c in checkpoints]
+    for p in paths:
+        if not (p / "config.json").is_file():
+            raise GenerationError(f"{p}: not a Hugging Face checkpoint directory (no config.json)")
+    return paths
+
+
+class _Engines:
+    """The engine of one generate call: started for the first checkpoint with work missing, restarted only
+    for a checkpoint vLLM cannot reload in place, and every loaded checkpoint verified before it generates."""
+
+    def __init__(self, kind: str, tokenizer, stats: GenerationStats, options: dict):
+        self.kind, self.tokenizer, self.stats, self.options = kind, tokenizer, stats, options
+        self.running, self.verified = None, None
+
+    def ready(self, path: Path):
+        """The engine with path's weights loaded and checked."""
+        if self.running is None or (self.running.kind == "vllm" and not self.running.can_load(path)):
+            self._start(path)
+        if self.running.path != path:
+            self.stats.reloads += self.running.path is not None
+            self.running.load(path)
+        if self.verified != path:
+            self.stats.probe_max_diff = max(self.stats.probe_max_diff, verify_load(self.running, path, self.tokenizer))
+            self.verified = path
+        return self.running
+
+    def _start(self, path: Path) -> None:
+        self.close()
+        started = time.perf_counter()
+        self.running = open_engine(self.kind, path, **self.options)
+        self.stats.engine_starts += 1
+        self.stats.engine_start_seconds += time.perf_counter() - started
+        self.verified = None
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.running.close()
+            self.running = None
+
+
+class _Generation:
+    """The prompts of one generate call as every engine sees them (token ids, stop tokens), and their cache."""
+
+    def __init__(self, first: Path, prompts: list[str], chat_template: bool, cache: GenerationCache, stats: GenerationStats,
+                 batch_prompts: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(first)
+        self.ids = prompt_ids(self.tokenizer, prompts, chat_template)
+        self.keys = [cache.prompt_key(i) for i in self.ids]
+        self.stops = stop_ids(first, self.tokenizer)
+        self.cache, self.stats, self.batch_prompts = cache, stats, batch_prompts
+
+    def sampling(self, engines: _Engines, path: Path, ckpt: str, sampling: Sampling) -> list[list[Completion]]:
+        """One checkpoint's completions of every prompt: from the cache, the missing ones generated now."""
+        file = self.cache.path(ckpt, self.stats.engine, sampling)  # the engine as reported is the key's engine part
+        have = self.cache.read(file)
+        missing = [j for j, k in enumerate(self.keys) if k not in have]
+        self.stats.cached += len(self.keys) - len(missing)
+        if missing:
+            have.update(self._generate(engines.ready(path), path, sampling, missing, file))
+        return [have[k] for k in self.keys]
+
+    def _generate(self, engine, path: Path, sampling: Sampling, missing: list[int], file: Path) -> dict[str, list[Completion]]:
+        """The missing prompts' completions, batch by batch, each batch appended to the cache as it is done."""
+        new: dict[str, list[Completion]] = {}
+        bar = tqdm(total=len(missing), desc=f"{path.name} {sampling.name}", unit="prompt", leave=False)
+        for start in range(0, len(missing), self.batch_prompts):
+            chunk = missing[start : start + self.batch_prompts]
+            t0 = time.perf_counter()
+            out = engine.generate([self.ids[j] for j in chunk], sampling, self.tokenizer, self.stops)
+            self.stats.generate_seconds += time.perf_counter() - t0
+            self.stats.new_tokens += sum(len(c.token_ids) for comps in out for c in comps)
+            batch = {self.keys[j]: comps for j, comps in zip(chunk, out)}
+            self.cache.append(file, batch)
+            new.update(batch)
+            self.stats.generated += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return new
+
+
 def _engine_name(kind: str, vllm_options: dict) -> str:
-    """The engine part of a cache key: kind, version, device and dtype, known before any engine starts."""
+    """The engine part of a cache key: kind ("vllm" or "hf", resolved), version, device and dtype, known
+    before any engine starts."""
     gpu = torch.cuda.is_available()
-    if kind in ("vllm", "auto"):
+    if kind == "vllm":
         import vllm
 
         dtype = vllm_options.get("dtype") or ("bfloat16" if gpu else "float32")

@@ -1,0 +1,146 @@
+"""Pairwise LLM judge: each checkpoint's answers against another unit's (the reference model, another
+objective, the dataset's chosen response), in both answer orders, through any OpenAI-compatible endpoint.
+
+  prompts.py   what is asked: the versioned prompt text, the request forms, a request's cache key
+  verdicts.py  what a reply means: strict verdict parsing, verdict probabilities, pair scores, statistics
+  client.py    how it is asked: endpoint and API key, retries, concurrency, budget, the verdict cache
+  here         what is judged: the comparisons and pairs (judge_units), and each comparison's result
+
+Pairs
+  spec.against names the comparisons: each unit against the reference, every two objectives (round_robin),
+  each unit against the dataset's chosen response (dataset_chosen). A pair is (prompt, sample j of unit X,
+  sample j of unit Y) for the first samples_per_prompt samples, judged twice: X shown as A, and X shown as
+  B. Identical answers are a tie without a call; a request shared by two comparisons is asked once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from prefbench import models
+from prefbench.eval.judge.client import JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
+from prefbench.eval.judge.prompts import JUDGE_PROMPT_VERSION, TEMPERATURE, Call
+from prefbench.eval.judge.verdicts import PairResult, pair_stats, parse_verdict, verdict_probs
+from prefbench.recipe import JudgeSpec
+
+__all__ = ["CHOSEN", "JUDGE_PROMPT_VERSION", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "VerdictCache",
+           "judge_model", "judge_units", "pair_stats", "parse_verdict", "verdict_probs"]
+
+log = logging.getLogger(__name__)
+
+CHOSEN = "chosen"  # the dataset's chosen responses, as a unit
+
+# A pair to judge: (prompt index, X's answer, Y's answer, X's reward, Y's reward).
+Pair = tuple[int, str, str, float | None, float | None]
+
+
+def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str = "reference",
+                chosen: list[str] | None = None, rewards: dict[str, list[list[float]]] | None = None,
+                cache_dir: Path | None = None) -> dict[str, dict]:
+    """Judge each comparison that spec.against asks for; {"X vs Y": statistics (verdicts.py)}.
+
+    answers[unit][i]: the unit's sampled answers to prompts[i] (the first spec.samples_per_prompt are judged,
+    sample j against sample j). chosen[i]: the dataset's chosen response, the unit "chosen". rewards: the same
+    shape as answers (rewards["chosen"][i] may hold one value), for the judge's agreement with them.
+    With spec.dry_run: {"dry_run": the calls not in the cache, their estimated tokens and cost}; nothing is asked.
+    Raises JudgeBudgetError when the budget stops the run (what was judged stays cached), JudgeError otherwise.
+    """
+    _check(spec)
+    model = judge_model(spec)
+    cache = VerdictCache(Path(cache_dir or models.cache_dir() / "judge") / "verdicts.jsonl")
+    plan = _plan(spec, prompts, answers, reference, chosen, rewards)
+    calls = {Call(prompts[i], a, b): None for pairs in plan.values() for i, ax, ay, _, _ in pairs if ax != ay
+             for a, b in ((ax, ay), (ay, ax))}
+    needed = [c for c in calls if cache.find(c, model, spec.max_tokens) is None]
+    log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
+    if spec.dry_run:
+        return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
+    made = judge_calls(spec, needed, cache) if needed else set()
+    return {f"{x} vs {y}": _comparison(spec, cache, made, prompts, x, y, pairs) for (x, y), pairs in plan.items()}
+
+
+def _check(spec: JudgeSpec) -> None:
+    if not spec.base_url and not spec.local_model:
+        raise JudgeError("judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)")
+    if spec.base_url and not spec.model:
+        raise JudgeError(f"judge.model: the judge model's name at {spec.base_url} is required")
+
+
+def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool) -> list[tuple[str, str]]:
+    others = [u for u in units if u not in (reference, CHOSEN)]
+    out: list[tuple[str, str]] = []
+    for kind in spec.against:
+        if kind == "reference":
+            if reference not in units:
+                raise JudgeError(f"judge.against has reference, but there are no answers of {reference!r}")
+            out += [(u, reference) for u in others]
+        elif kind == "round_robin":
+            out += list(itertools.combinations(others, 2))
+        elif kind == "dataset_chosen":
+            if not chosen:
+                raise JudgeError("judge.against has dataset_chosen, but the data has no chosen responses")
+            out += [(u, CHOSEN) for u in units if u != CHOSEN]
+        else:
+            raise JudgeError(f"judge.against: unknown {kind!r}; one of reference, round_robin, dataset_chosen")
+    return list(dict.fromkeys(out))
+
+
+def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str,
+          chosen: list[str] | None, rewards: dict[str, list[list[float]]] | None) -> dict[tuple[str, str], list[Pair]]:
+    """The pairs of each comparison: sample j of X against sample j of Y, for the first samples_per_prompt."""
+    k = spec.samples_per_prompt
+    answers = dict(answers) | ({CHOSEN: [[c] * k for c in chosen]} if chosen is not None else {})
+    rewards = dict(rewards or {})
+    if CHOSEN in rewards:
+        rewards[CHOSEN] = [list(r) * k if len(r) == 1 else list(r) for r in rewards[CHOSEN]]
+    for unit, per_prompt in answers.items():
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"answers[{unit!r}] has {len(per_prompt)} prompts, not {len(prompts)}")
+    return {
+        (x, y): [(i, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
+                 for i in range(len(prompts)) for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))]
+        for x, y in _comparisons(spec, list(answers), reference, chosen is not None)
+    }
+
+
+def _dry_run(spec: JudgeSpec, plan: dict[tuple[str, str], list[Pair]], calls: int, needed: list[Call]) -> dict:
+    """What judging would ask: the calls not in the cache, their estimated tokens and cost."""
+    prompt_tokens, completion_tokens = sum(c.prompt_tokens_estimate() for c in needed), len(needed) * spec.max_tokens
+    return {
+        "judge": judge_model(spec), "comparisons": [f"{x} vs {y}" for x, y in plan],
+        "calls": calls, "cached": calls - len(needed), "to_make": len(needed),
+        "prompt_tokens_est": prompt_tokens, "completion_tokens_max": completion_tokens,
+        "cost_usd_est": cost(spec, prompt_tokens, completion_tokens),
+        "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)"}
+
+
+def _comparison(spec: JudgeSpec, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
+                pairs: list[Pair]) -> dict:
+    """One comparison's result: its pairs' statistics, and the calls, tokens and cost of its verdicts."""
+    model = judge_model(spec)
+    records, results = [], []
+    for i, ax, ay, rx, ry in pairs:
+        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay), model, spec.max_tokens),
+                                                       cache.find(Call(prompts[i], ay, ax), model, spec.max_tokens))
+        records += [r for r in (first, second) if r]
+        results.append(PairResult(i, first and first["verdict"], second and second["verdict"], len(ax), len(ay), rx, ry,
+                                  identical=ax == ay))
+    stats = pair_stats(results)
+    probs = [r["probs"][r["verdict"]] for r in records if r["probs"]]
+    stats["diagnostics"] |= {
+        "calls": len(records),
+        "calls_made": sum(r["key"] in made for r in records),
+        "calls_cached": sum(r["key"] not in made for r in records),
+        "rejected": sum(r["error"] is not None for r in records),  # 400s after the first call, counted as parse failures
+        "mean_verdict_prob": float(np.mean(probs)) if probs else float("nan"),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "cost_usd": sum(r["cost_usd"] for r in records),
+    }
+    return {"unit": x, "opponent": y, "judge": {
+        "model": model, "prompt_version": JUDGE_PROMPT_VERSION, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
+        "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt}} | stats

@@ -1,0 +1,197 @@
+"""Asking the judge: the endpoint and its API key, the openai client's retries, bounded concurrency, the
+budget, and the verdict cache every answer goes to.
+
+Endpoint
+  judge.base_url names any OpenAI-compatible endpoint; its API key is read from the environment variable
+  judge.api_key_env at run time, used only in the request header and scrubbed from every error message.
+  With judge.local_model instead, prefbench serves that model on 127.0.0.1 with vLLM while the calls run.
+
+Calls
+  The first call goes alone and settles the request form (prompts.FORMS); the rest go out max_concurrency
+  at a time. The openai client retries 429, 5xx and timeouts with backoff; a 400 after the first call is
+  the judge's answer to that input (e.g. too long) and is cached as a failed verdict. Before a call goes
+  out its cost is reserved at an upper bound (prompt characters / 4, max_tokens out); a call that would
+  pass judge.budget_usd is not made, and the run stops with JudgeBudgetError.
+
+Verdict cache
+  Every verdict, parse failures and rejected requests included, is appended to <cache>/verdicts.jsonl
+  under its key (prompts.Call.key) and fsynced as it arrives: a killed run resumes with every verdict it
+  received and asks for none twice (a line torn by the kill is ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import openai
+
+from prefbench import models
+from prefbench.errors import PrefbenchError
+from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, JUDGE_PROMPT_VERSION, TEMPERATURE, Call, request_options
+from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
+from prefbench.eval.server import VLLMServer
+from prefbench.recipe import JudgeSpec
+from prefbench.results import AppendLog
+
+LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
+
+
+class JudgeError(PrefbenchError, RuntimeError):
+    pass
+
+
+class JudgeBudgetError(JudgeError):
+    pass
+
+
+class VerdictCache:
+    """Verdicts by content key, kept in an append-only JSONL (results.AppendLog): each verdict is fsynced
+    before the next is counted, and a line torn by a kill is skipped."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._log = AppendLog(self.path)
+        self.records: dict[str, dict] = {r["key"]: r for r in self._log.read() if isinstance(r, dict) and "key" in r}
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def find(self, call: Call, model: str, max_tokens: int) -> dict | None:
+        """The call's verdict in whichever verdict form it was asked, or None."""
+        return next((r for form in ("json", "text") if (r := self.get(call.key(model, form, max_tokens)))), None)
+
+    def put(self, record: dict) -> None:
+        self._log.append([record])
+        self.records[record["key"]] = record
+
+
+def cost(spec: JudgeSpec, prompt_tokens: float, completion_tokens: float) -> float:
+    return (prompt_tokens * spec.price_per_1k_input + completion_tokens * spec.price_per_1k_output) / 1000
+
+
+def judge_model(spec: JudgeSpec) -> str:
+    """The judge's name in cache keys and at the endpoint (a local server serves it under this name)."""
+    return spec.model or spec.local_model
+
+
+def _api_key(spec: JudgeSpec) -> str:
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    if key:
+        return key
+    if urlparse(spec.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+        return LOCAL_KEY
+    raise JudgeError(f"judge: the environment variable {spec.api_key_env or '(judge.api_key_env is empty)'} is not set; "
+                     f"it must hold the API key for {spec.base_url}")
+
+
+@contextlib.contextmanager
+def _endpoint(spec: JudgeSpec) -> Iterator[tuple[str, str]]:
+    """(base_url, API key); a local judge is served by a vLLM server on 127.0.0.1 while the calls run."""
+    if spec.base_url:
+        yield spec.base_url, _api_key(spec)
+        return
+    with VLLMServer(models.resolve(spec.local_model), name=judge_model(spec)) as server:
+        yield server.base_url, LOCAL_KEY
+
+
+def judge_calls(spec: JudgeSpec, calls: list[Call], cache: VerdictCache) -> set[str]:
+    """Ask the judge for each call (none of them cached); the cache keys of the verdicts it gave."""
+    with _endpoint(spec) as (base_url, api_key), \
+            openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=spec.max_retries, timeout=spec.timeout_s) as client:
+        judge = _Judge(spec, client, judge_model(spec), base_url, api_key, cache)
+        judge.run(calls)
+        return judge.made
+
+
+class _Judge:
+    """Makes the calls: bounded concurrency, the budget, the request form; every verdict goes to the cache."""
+
+    def __init__(self, spec: JudgeSpec, client: openai.OpenAI, model: str, base_url: str, api_key: str, cache: VerdictCache):
+        self.spec, self.client, self.model, self.base_url, self.api_key, self.cache = spec, client, model, base_url, api_key, cache
+        self.form: tuple[str, bool] | None = None
+        self.lock = threading.Lock()
+        self.spent = self.reserved = 0.0
+        self.made: set[str] = set()
+        self.over_budget = self.failed = False
+
+    def run(self, calls: list[Call]) -> None:
+        """Judge every call; the first alone, to settle the request form."""
+        self.one(calls[0], probe=True)
+        with ThreadPoolExecutor(max_workers=max(1, self.spec.max_concurrency)) as pool:
+            list(pool.map(self.one, calls[1:]))
+        if self.over_budget:
+            raise JudgeBudgetError(
+                f"judge budget of ${self.spec.budget_usd:.4f} reached: {len(self.made)} of {len(calls)} calls made "
+                f"(${self.spent:.4f} spent); their verdicts are kept in {self.cache.path}. Raise judge.budget_usd "
+                f"and run again to judge the other {len(calls) - len(self.made)}.")
+
+    def one(self, call: Call, probe: bool = False) -> None:
+        estimated = cost(self.spec, call.prompt_tokens_estimate(), self.spec.max_tokens)  # an upper bound on the output
+        with self.lock:
+            if self.failed or self.over_budget:
+                return
+            if self.spec.budget_usd is not None and self.spent + self.reserved + estimated > self.spec.budget_usd:
+                self.over_budget = True
+                return
+            self.reserved += estimated
+        try:
+            record = self.request(call, probe)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            with self.lock:
+                self.reserved -= estimated
+        self.cache.put(record)
+        with self.lock:
+            self.spent += record["cost_usd"]
+            self.made.add(record["key"])
+
+    def request(self, call: Call, probe: bool) -> dict:
+        """One verdict record; the probe tries each request form until the endpoint accepts one (module docstring)."""
+        forms = FORMS if probe else (self.form,)
+        for i, (form, logprobs) in enumerate(forms):
+            try:
+                response = self.client.chat.completions.create(model=self.model, messages=call.messages(form), temperature=TEMPERATURE,
+                                                               max_tokens=self.spec.max_tokens, **request_options(form, logprobs))
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+                if probe and i + 1 < len(forms):
+                    continue
+                if probe:
+                    raise JudgeError(f"the judge endpoint {self.base_url} rejected every request form (structured outputs, "
+                                     f"log-probabilities, plain text) for model {self.model!r}: {self.scrub(err.message)}") from None
+                return self.record(call, form, error=self.scrub(err.message))
+            except openai.APIConnectionError as err:  # timeouts included
+                raise JudgeError(f"no answer from the judge endpoint {self.base_url} after {self.spec.max_retries} retries: "
+                                 f"{self.scrub(str(err))}") from None
+            except openai.APIStatusError as err:
+                raise JudgeError(f"the judge endpoint {self.base_url} answered HTTP {err.status_code} for model {self.model!r}: "
+                                 f"{self.scrub(err.message)}") from None
+            self.form = (form, logprobs)
+            return self.record(call, form, response)
+
+    def record(self, call: Call, form: str, response=None, error: str | None = None) -> dict:
+        content, verdict, probs, finish = None, None, None, None
+        prompt_tokens, completion_tokens = 0, 0
+        if response is not None:
+            choice = response.choices[0]
+            content, finish = choice.message.content or "", choice.finish_reason
+            verdict = parse_verdict(content, form)
+            if verdict and choice.logprobs and choice.logprobs.content:
+                probs = verdict_probs(content, verdict, choice.logprobs.content)
+            usage = response.usage
+            prompt_tokens = usage.prompt_tokens if usage else call.prompt_tokens_estimate(form)
+            completion_tokens = usage.completion_tokens if usage else len(content) // CHARS_PER_TOKEN
+        return {"key": call.key(self.model, form, self.spec.max_tokens), "model": self.model, "prompt_version": JUDGE_PROMPT_VERSION,
+                "form": form, "verdict": verdict, "probs": probs, "content": content, "finish_reason": finish, "error": error,
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "cost_usd": cost(self.spec, prompt_tokens, completion_tokens)}
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text

@@ -1,0 +1,163 @@
+"""What the judge's replies mean: a verdict read from a reply, its probability, a pair's score, and the
+statistics of a comparison's pairs (every interval and test through prefbench.stats).
+
+Reading a reply
+  A JSON reply must parse as exactly {"verdict": "A" | "B" | "tie"}; a text reply's last line must be
+  exactly `Verdict: A`, `Verdict: B` or `Verdict: tie`. Anything else is a parse failure: counted and
+  cached, never guessed. Where the reply carries log-probabilities, the probabilities of A / B / tie at
+  the verdict's token are kept with the verdict.
+
+Scoring a pair (judged twice: X shown as A, and X shown as B)
+  X wins when both orders prefer X and loses when both prefer Y; when both parse but the orders disagree,
+  or both say tie, the pair is a tie. A pair with a parse failure in either order is left out of the
+  scores (and counted). Identical answers are a tie without a call.
+
+Statistics, per comparison "X vs Y"
+  - win_rate: ties count half. A prompt's pairs (all its samples, both orders) are averaged first, and the
+    95% CI is a percentile bootstrap over prompts (stats.estimate).
+  - clopper_pearson: exact binomial 95% CI of wins / scored pairs, ties counting as non-wins (a binomial
+    winrate as the KTO paper reported its GPT-4 judgments). It treats pairs as independent, which samples
+    of one prompt are not: prefer win_rate's interval.
+  - lc_win_rate: a logistic fit of the pair score (ties as 0.5) on tanh(d / sd(d)), d = X's answer
+    length minus Y's in characters, read at d = 0; its CI is a bootstrap over prompts.
+  - diagnostics: swap consistency, tie rate, parse-failure rate, position bias (here); verdict
+    probability, calls made and from cache, tokens and cost of the comparison's verdicts (judge_units).
+  - reward_agreement (with ground-truth rewards): among pairs whose rewards differ, the share where the
+    judge prefers the higher-reward answer, ties half, with a bootstrap CI over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from prefbench.eval.judge.prompts import VERDICTS
+from prefbench.stats import binomial_ci, estimate, lc_win_rate, lc_win_rate_ci
+
+
+def parse_verdict(content: str, form: str) -> str | None:
+    """The verdict in a reply of the given form, or None: nothing is guessed."""
+    if form == "json":
+        try:
+            obj = json.loads(content)
+        except ValueError:
+            return None
+        ok = isinstance(obj, dict) and obj.keys() == {"verdict"} and obj["verdict"] in VERDICTS
+        return obj["verdict"] if ok else None
+    lines = content.strip().splitlines()
+    match = re.fullmatch(r"Verdict: (A|B|tie)", lines[-1].strip()) if lines else None
+    return match.group(1) if match else None
+
+
+def verdict_probs(content: str, verdict: str, tokens) -> dict[str, float] | None:
+    """P(A), P(B), P(tie) at the verdict's token, from its top log-probabilities (normalized over the three).
+
+    The verdict is the last thing in either form, so its first character is content.rfind(verdict);
+    alternatives are read from that character on (a token may start before it, e.g. ` "A`).
+    """
+    pos, start = content.rfind(verdict), 0
+    for token in tokens:
+        end = start + len(token.token)
+        if start <= pos < end:
+            cut, probs = pos - start, dict.fromkeys(VERDICTS, 0.0)
+            for alt in token.top_logprobs or []:
+                rest = alt.token[cut:] if alt.token[:cut] == token.token[:cut] else ""
+                label = next((v for v in VERDICTS if rest and v.startswith(rest[:1])), None)
+                if label:
+                    probs[label] += math.exp(alt.logprob)
+            total = sum(probs.values())
+            return {v: p / total for v, p in probs.items()} if total > 0 else None
+        start = end
+    return None
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One pair's two verdicts, as the judge gave them (first: X shown as A; second: X shown as B)."""
+
+    prompt: int
+    first: str | None
+    second: str | None
+    len_x: int
+    len_y: int
+    reward_x: float | None = None
+    reward_y: float | None = None
+    identical: bool = False
+
+    def order_scores(self) -> tuple[float, float] | None:
+        """X's score (1 win, 0.5 tie, 0 loss) in each order; None when a verdict failed to parse."""
+        if self.first is None or self.second is None:
+            return None
+        return {"A": 1.0, "B": 0.0, "tie": 0.5}[self.first], {"A": 0.0, "B": 1.0, "tie": 0.5}[self.second]
+
+    def score(self) -> float | None:
+        """X's score for the pair: the orders' common score, a tie where they disagree."""
+        if self.identical:
+            return 0.5
+        orders = self.order_scores()
+        return None if orders is None else orders[0] if orders[0] == orders[1] else 0.5
+
+
+def pair_stats(pairs: list[PairResult]) -> dict:
+    """Win rates, CIs and judge diagnostics of one comparison's pairs (module docstring)."""
+    scored = [(p, s) for p in pairs if (s := p.score()) is not None]
+    scores = np.array([s for _, s in scored])
+    prompts = np.array([p.prompt for p, _ in scored])
+    per_prompt = [scores[prompts == g].mean() for g in np.unique(prompts)]
+    wins, losses = int((scores == 1).sum()), int((scores == 0).sum())
+    diffs = np.array([p.len_x - p.len_y for p, _ in scored], float)
+    out = {
+        "prompts": len(per_prompt),
+        "pairs": len(pairs),
+        "wins": wins,
+        "ties": len(scored) - wins - losses,
+        "losses": losses,
+        "unscored": len(pairs) - len(scored),
+        "win_rate": estimate(per_prompt),
+        "clopper_pearson": {"rate": wins / len(scored) if scored else float("nan"), "ci": list(binomial_ci(wins, len(scored))),
+                            "wins": wins, "n": len(scored), "counts": "wins / scored pairs; ties count as non-wins"},
+        "lc_win_rate": {"mean": lc_win_rate(scores, diffs), "ci": lc_win_rate_ci(scores, diffs, prompts),
+                        "length": "characters"},
+        "diagnostics": _diagnostics(pairs),
+    }
+    agreement = _reward_agreement(scored)
+    if agreement is not None:
+        out["reward_agreement"] = agreement
+    return out
+
+
+def _diagnostics(pairs: list[PairResult]) -> dict:
+    """How the judge behaved on the pairs it was asked about (identical answers are not asked)."""
+    judged = [p for p in pairs if not p.identical]
+    both = [p for p in judged if p.first is not None and p.second is not None]
+    verdicts = [v for p in judged for v in (p.first, p.second)]
+    decided = [v for v in verdicts if v in ("A", "B")]
+    return {
+        "swap_consistency": _share([a == b for a, b in (p.order_scores() for p in both)]),
+        "tie_rate": _share([p.score() == 0.5 for p in both]),
+        "parse_failure_rate": _share([v is None for v in verdicts]),
+        "first_position_rate": _share([v == "A" for v in decided]),  # 0.5: no position bias
+        "identical_pairs": len(pairs) - len(judged),
+    }
+
+
+def _reward_agreement(scored: list[tuple[PairResult, float]]) -> dict | None:
+    """The judge against ground-truth rewards, over the scored pairs whose rewards differ; None without any."""
+    rated = [(p, s) for p, s in scored if p.reward_x is not None and p.reward_y is not None and abs(p.reward_x - p.reward_y) > 1e-9]
+    if not rated:
+        return None
+    agree = np.array([0.5 if s == 0.5 else float((s == 1) == (p.reward_x > p.reward_y)) for p, s in rated])
+    groups = np.array([p.prompt for p, _ in rated])
+    return {
+        "agreement": estimate([agree[groups == g].mean() for g in np.unique(groups)]),
+        "agree": int((agree == 1).sum()), "tie": int((agree == 0.5).sum()), "disagree": int((agree == 0).sum()),
+        "pairs": len(rated), "counts": "pairs whose rewards differ; a judge tie counts half",
+    }
+
+
+def _share(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if flags else float("nan")
