@@ -31,7 +31,21 @@ def print_evaluation(results: dict[str, dict]) -> None:
               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  KL {kl_text}  words {s['length_words']['mean']:.1f}")
 
 
-def check_recipe(path: str, overrides: list[str]) -> None:
+def print_training(summaries: list[dict]) -> None:
+    for s in summaries:
+        if s.get("final"):
+            print(f"{s['label']:<20} seed {s['seed']}  loss {s['final']['loss']:.4f}  ({s['steps']} steps)")
+
+
+# ---- one function per command: each returns the exit status --------------------------------------
+
+
+def cmd_objectives(args) -> int:
+    print(objectives_table())
+    return 0
+
+
+def cmd_check(args) -> int:
     """Validate every section of a training or generate-data recipe, looking benchmark task names up in
     lm-eval's index and the judge's key variable up in the environment (seconds; no model loads, no engine
     starts), and print it resolved. Raises RecipeError with every problem, one line each."""
@@ -39,116 +53,125 @@ def check_recipe(path: str, overrides: list[str]) -> None:
 
     from prefbench.recipe import load_any
 
-    print(yaml.safe_dump(load_any(path, overrides, lookups=True).to_dict(), sort_keys=False))
+    print(yaml.safe_dump(load_any(args.recipe, args.overrides, lookups=True).to_dict(), sort_keys=False))
+    return 0
 
 
-def report_or_compare(args) -> int:
-    from prefbench.errors import PrefbenchError
+def cmd_run(args) -> int:
+    from prefbench.eval.run import evaluate
+    from prefbench.recipe import load_recipe
+    from prefbench.report import write_report
+    from prefbench.results import run_dir
+    from prefbench.runner import train_units
 
-    try:
-        if args.command == "report":
-            from prefbench.report import write_report
+    recipe = load_recipe(args.recipe, args.overrides, lookups=True)
+    print_training(train_units(recipe))
+    print_evaluation(evaluate(recipe))
+    out = write_report(run_dir(recipe), recipe.report_dir)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
 
-            out = write_report(args.run_dir, args.out)
-            print(f"report: {out / 'report.md'} and {out / 'report.html'}")
-            return 0
-        from prefbench.compare import compare, verdict_table
 
-        thresholds = {}
-        for item in args.threshold:
-            metric, _, value = item.partition("=")
-            thresholds[metric.strip()] = float(value)
-        verdicts = compare(args.baseline, args.candidate, thresholds, args.against)
-    except (PrefbenchError, OSError, ValueError, KeyError) as e:
-        if os.environ.get("PREFBENCH_DEBUG"):
-            raise
-        print(f"prefbench: error: {e}", file=sys.stderr)
-        return 2
+def cmd_train(args) -> int:
+    from prefbench.errors import RecipeError
+    from prefbench.recipe import load_recipe
+    from prefbench.runner import train_units
+
+    recipe = load_recipe(args.recipe, args.overrides)  # a train unit needs no lookups
+    if args.seed not in recipe.seeds:
+        raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
+    recipe.objective(args.objective)
+    print_training(train_units(recipe, labels=[args.objective], seeds=[args.seed]))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from prefbench.eval.run import evaluate
+    from prefbench.recipe import load_recipe
+
+    print_evaluation(evaluate(load_recipe(args.recipe, args.overrides, lookups=True)))
+    return 0
+
+
+def cmd_generate_data(args) -> int:
+    from prefbench.data.onpolicy import generate_data
+    from prefbench.recipe import load_datagen
+
+    stats = generate_data(load_datagen(args.recipe, args.overrides))
+    print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
+          f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
+          f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from prefbench.report import write_report
+
+    out = write_report(args.run_dir, args.out)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Exit 1 on a regression, so a CI job can act on the verdict."""
+    from prefbench.compare import compare, verdict_table
+
+    thresholds = {}
+    for item in args.threshold:
+        metric, _, value = item.partition("=")
+        thresholds[metric.strip()] = float(value)
+    verdicts = compare(args.baseline, args.candidate, thresholds, args.against)
     print(verdict_table(verdicts))
     regressed = [v for v in verdicts if v.verdict == "regressed"]
     print(f"\n{len(regressed)} regression(s) in {len(verdicts)} comparison(s)")
     return 1 if regressed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="prefbench", description="Train and compare LLM alignment objectives.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("objectives", help="list every objective: data kind, reference need, hyperparameters, paper")
-    run = sub.add_parser("run", help="train every objective x seed of a recipe (resumable: re-run after a kill)")
-    train = sub.add_parser("train", help="train one objective with one seed (the unit torchrun or a scheduler runs)")
-    check = sub.add_parser("check", help="validate every section of a recipe (benchmark task names and the judge's endpoint "
-                                         "included) and print it resolved, without loading any model")
-    report = sub.add_parser("report", help="render reports/<run>/report.md and report.html from a run directory's results")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefbench", description="Train and compare LLM alignment objectives.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help: str, recipe: bool = False) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.set_defaults(handler=handler)
+        if recipe:
+            c.add_argument("recipe")
+            c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a recipe value, e.g. train.lr=1e-5")
+        return c
+
+    command("objectives", cmd_objectives, "list every objective: data kind, reference need, hyperparameters, paper")
+    command("run", cmd_run, "train every objective x seed of a recipe, evaluate, report (resumable: re-run after a kill)", recipe=True)
+    train = command("train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True)
+    train.add_argument("--objective", required=True, help="the objective's label in the recipe")
+    train.add_argument("--seed", type=int, required=True)
+    command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
+    command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
+    command("generate-data", cmd_generate_data, "sample from a model, score with a task reward, write paired + unpaired preference data", recipe=True)
+    report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
-    compare = sub.add_parser("compare", help="paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
+    compare = command("compare", cmd_compare, "paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
     compare.add_argument("baseline")
     compare.add_argument("candidate")
     compare.add_argument("--threshold", action="append", default=[], metavar="METRIC=VALUE",
                          help="regression threshold per metric (defaults: reward=0.02, greedy_reward=0.02; kl ungated)")
     compare.add_argument("--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label")
-    evaluate = sub.add_parser("evaluate", help="generation metrics of the reference and every trained checkpoint of a run (eval.generation)")
-    gen = sub.add_parser("generate-data", help="sample from a model, score with a task reward, write paired + unpaired preference data")
-    for p in (run, train, check, evaluate, gen):
-        p.add_argument("recipe")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.lr=1e-5")
-    train.add_argument("--objective", required=True, help="the objective's label in the recipe")
-    train.add_argument("--seed", type=int, required=True)
-    args = parser.parse_args(argv)
+    return p
 
-    if args.command == "objectives":
-        print(objectives_table())
-        return 0
-    from prefbench.errors import PrefbenchError, RecipeError
-    from prefbench.recipe import load_recipe
 
-    if args.command in ("report", "compare"):
-        return report_or_compare(args)
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 a regression (compare), 2 bad input or a failure, named in one line."""
+    args = parser().parse_args(argv)
+    from prefbench.errors import PrefbenchError
 
     try:
-        if args.command == "generate-data":
-            from prefbench.data.onpolicy import generate_data
-            from prefbench.recipe import load_datagen
-
-            stats = generate_data(load_datagen(args.recipe, args.overrides))
-            print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
-                  f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
-                  f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable")
-            return 0
-        if args.command == "check":
-            check_recipe(args.recipe, args.overrides)
-            return 0
-        recipe = load_recipe(args.recipe, args.overrides, lookups=args.command in ("run", "evaluate"))  # a train unit needs no lookups
-        from prefbench.eval.run import evaluate
-        from prefbench.runner import train_units
-
-        if args.command == "evaluate":
-            print_evaluation(evaluate(recipe))
-            return 0
-        if args.command == "train":
-            if args.seed not in recipe.seeds:
-                raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
-            recipe.objective(args.objective)
-            summaries = train_units(recipe, labels=[args.objective], seeds=[args.seed])
-        else:
-            summaries = train_units(recipe)
-            evaluation = evaluate(recipe)
-            from prefbench.report import write_report
-            from prefbench.results import run_dir
-
-            report_path = write_report(run_dir(recipe), recipe.report_dir)
+        return args.handler(args)
     except (PrefbenchError, KeyError, OSError, RuntimeError, ValueError) as e:
         if os.environ.get("PREFBENCH_DEBUG"):
             raise
         print(f"prefbench: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    for s in summaries:
-        if s.get("final"):
-            print(f"{s['label']:<20} seed {s['seed']}  loss {s['final']['loss']:.4f}  ({s['steps']} steps)")
-    if args.command == "run":
-        print_evaluation(evaluation)
-        print(f"report: {report_path / 'report.md'} and {report_path / 'report.html'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 import yaml
 
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
+from prefbench.data.transforms import DropWhich, UnpairedView
 from prefbench.errors import RecipeError
 from prefbench.eval.rewards import REWARDS, InstructionReward
 from prefbench.objectives import OBJECTIVES, build
@@ -42,8 +43,6 @@ from prefbench.objectives import OBJECTIVES, build
 Format = Literal["paired", "unpaired"]  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
 Truncation = Literal["truncate", "drop"]  # too-long records: cut, or drop (counted as bad)
 OnBad = Literal["fail", "drop"]  # bad records are always reported by index
-UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
-DropWhich = Literal["desirable", "undesirable"]
 Schedule = Literal["cosine", "linear", "constant"]  # after warmup
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers

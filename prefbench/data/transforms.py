@@ -12,8 +12,12 @@ Records are expected to have passed `prefbench.data.validate`.
 from __future__ import annotations
 
 import random
+from typing import Literal, get_args
 
 from prefbench.data.load import detect_format, prompt_key
+
+UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
+DropWhich = Literal["desirable", "undesirable"]  # drop_fraction: which class loses examples
 
 
 def _class_counts(records: list[dict]) -> dict[str, int]:
@@ -47,8 +51,8 @@ def paired_to_unpaired(records: list[dict], mode: str = "both", seed: int = 0) -
     does not also change the class balance. When a prompt has several pairs, one of them is
     drawn with the seed. Output follows the prompts' first appearance in the input.
     """
-    if mode not in ("both", "one_per_prompt"):
-        raise ValueError(f"paired_to_unpaired: mode must be 'both' or 'one_per_prompt', got {mode!r}")
+    if mode not in get_args(UnpairedView):
+        raise ValueError(f"paired_to_unpaired: mode must be one of {list(get_args(UnpairedView))}, got {mode!r}")
     if records and detect_format(records) != "paired":
         raise ValueError("paired_to_unpaired needs paired records (prompt, chosen, rejected)")
 
@@ -92,8 +96,8 @@ def drop_fraction(records: list[dict], which: str, fraction: float, seed: int = 
     the KTO paper's imbalance experiment (e.g. drop 90% of the desirable examples). `round` is
     Python's (halves go to the even number: 0.5 * 5 = 2.5 -> 2).
     """
-    if which not in ("desirable", "undesirable"):
-        raise ValueError(f"drop_fraction: which must be 'desirable' or 'undesirable', got {which!r}")
+    if which not in get_args(DropWhich):
+        raise ValueError(f"drop_fraction: which must be one of {list(get_args(DropWhich))}, got {which!r}")
     _check_fraction("drop_fraction", fraction)
     _require_unpaired("drop_fraction", records)
     wanted = which == "desirable"

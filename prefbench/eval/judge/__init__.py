@@ -80,12 +80,10 @@ def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool
             out += [(u, reference) for u in others]
         elif kind == "round_robin":
             out += list(itertools.combinations(others, 2))
-        elif kind == "dataset_chosen":
+        else:  # dataset_chosen (recipe.JudgeAgainst: the recipe check refuses anything else)
             if not chosen:
                 raise JudgeError("judge.against has dataset_chosen, but the data has no chosen responses")
             out += [(u, CHOSEN) for u in units if u != CHOSEN]
-        else:
-            raise JudgeError(f"judge.against: unknown {kind!r}; one of reference, round_robin, dataset_chosen")
     return list(dict.fromkeys(out))
 
 

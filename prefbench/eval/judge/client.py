@@ -36,7 +36,7 @@ from prefbench.errors import PrefbenchError
 from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, JUDGE_PROMPT_VERSION, TEMPERATURE, Call, request_options
 from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
 from prefbench.eval.server import VLLMServer
-from prefbench.recipe import JudgeSpec
+from prefbench.recipe import LOCAL_HOSTS, JudgeSpec
 from prefbench.results import AppendLog
 
 LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
@@ -84,7 +84,7 @@ def _api_key(spec: JudgeSpec) -> str:
     key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
     if key:
         return key
-    if urlparse(spec.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+    if urlparse(spec.base_url).hostname in LOCAL_HOSTS:
         return LOCAL_KEY
     raise JudgeError(f"judge: the environment variable {spec.api_key_env or '(judge.api_key_env is empty)'} is not set; "
                      f"it must hold the API key for {spec.base_url}")
