@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> int:
     from prefbench.eval.run import evaluate
     from prefbench.recipe import load_recipe
 
-    print_evaluation(evaluate(load_recipe(args.recipe, args.overrides, lookups=True)))
+    print_evaluation(evaluate(load_recipe(args.recipe, args.overrides, lookups=True), args.stage))
     return 0
 
 
@@ -146,7 +146,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
     train.add_argument("--seed", type=int, required=True)
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
-    command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
+    evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
+    evaluate.add_argument("--stage", action="append", metavar="STAGE",
+                          help="run only this stage (repeatable; benchmarks, generation, judge, seeds, claims); default: every stage the recipe asks for")
     command("generate-data", cmd_generate_data, "sample from a model, score with a task reward, write paired + unpaired preference data", recipe=True)
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 from prefbench.results import Run, Unit, dig, load_run
-from prefbench.stats import holm
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -100,19 +99,16 @@ def unit_table(run: Run) -> pd.DataFrame:
 
 def benchmark_table(run: Run) -> pd.DataFrame | None:
     """Per checkpoint and task metric: the score, its paired difference from the reference on the same documents
-    (95% CI) and p-value, Holm-corrected across the whole grid (every checkpoint x task metric)."""
-    cells = []
-    for u in run.units:
-        cells += [(u.name, key, r) for key, r in (u.benchmarks or {}).items()]
-    if not cells:
-        return None
-    adjusted = holm([r["p_value"] for _, _, r in cells])
+    (95% CI) and p-value, and the p-value Holm-corrected across the whole grid (every checkpoint x task metric),
+    as evaluation stored them."""
     rows: dict[str, dict] = {}
-    for (unit, key, r), p_holm in zip(cells, adjusted):
-        rows.setdefault("reference", {})[key] = f"{r['mean_b']:.3f}"
-        rows.setdefault(unit, {})[key] = (f"{r['mean_a']:.3f} (Δ {r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}], "
-                                          f"p {r['p_value']:.3f}, Holm {p_holm:.3f}, n {r['n']})")
-    return pd.DataFrame.from_dict(rows, orient="index")
+    for u in run.units:
+        for key, r in (u.benchmarks or {}).items():
+            holm = f"{r['p_holm']:.3f}" if "p_holm" in r else "n/a"
+            rows.setdefault("reference", {})[key] = f"{r['mean_b']:.3f}"
+            rows.setdefault(u.name, {})[key] = (f"{r['mean_a']:.3f} (Δ {r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}], "
+                                                f"p {r['p_value']:.3f}, Holm {holm}, n {r['n']})")
+    return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
 
 def claims_table(run: Run) -> pd.DataFrame | None:
@@ -148,21 +144,18 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
+SEED_COLUMNS = {"reward": "reward", "reward_minus_reference": "reward - ref", "win_rate": "win rate vs ref",
+                "greedy_reward": "greedy reward", "kl": "KL to ref"}
+
+
 def seed_table(run: Run) -> pd.DataFrame | None:
-    """Mean and spread (sample std) across seeds of each objective's point estimates; None with one seed."""
-    trained = [u for u in run.units if u.seed is not None and u.generation]
-    by_label: dict[str, list[Unit]] = {}
-    for u in trained:
-        by_label.setdefault(u.label, []).append(u)
-    if not by_label or max(len(v) for v in by_label.values()) < 2:
+    """Mean ± sample std across seeds of each objective's point estimates (eval/run.py: seeds); None with one seed."""
+    if not run.seeds:
         return None
     rows = []
-    for label, us in by_label.items():
-        row = {"objective": label, "seeds": len(us)}
-        for col, path, _ in GENERATION_COLUMNS[:5]:
-            values = pd.Series([dig(u.generation, path + ("mean",)) for u in us], dtype=float)
-            if values.notna().any():  # the greedy pass may be off
-                row[col] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    for label, summary in run.seeds.items():
+        row = {"objective": label, "seeds": summary["seeds"]}
+        row.update({col: f"{summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}" for key, col in SEED_COLUMNS.items() if key in summary})
         rows.append(row)
     return pd.DataFrame(rows).set_index("objective")
 

@@ -10,6 +10,7 @@ results/<run>/
   <unit>/eval_generation.json   rewards, lengths, diversity, KL of the unit's answers (unit: reference or <label>/seed<k>)
   <unit>/benchmarks/            lm-eval results per task, per-document scores, vs_reference.json (paired tests)
   eval_judge.json               the judge's comparisons
+  eval_seeds.json               per objective, its point estimates across seeds (2 or more seeds)
   eval_claims.json              the recipe's claims, tested
 """
 
@@ -211,6 +212,7 @@ class Run:
     units: list[Unit]  # reference first
     judge: dict | None = None  # eval_judge.json
     claims: list[dict] | None = None  # eval_claims.json
+    seeds: dict | None = None  # eval_seeds.json: per objective, point estimates across seeds
 
     @property
     def name(self) -> str:
@@ -244,8 +246,9 @@ def load_run(root: str | Path) -> Run:
             groups.setdefault(s, []).append(name)
         raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
                            + " | ".join(", ".join(g) for g in groups.values()))
-    claims = _optional(root / "eval_claims.json")
-    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None)
+    claims, seeds = _optional(root / "eval_claims.json"), _optional(root / "eval_seeds.json")
+    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None,
+               seeds["objectives"] if seeds else None)
 
 
 def dig(d: Any, path: tuple[str, ...]) -> Any:

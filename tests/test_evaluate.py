@@ -58,6 +58,16 @@ def test_evaluate_again_keeps_finished_results(run, capsys):
     assert "reference" in out and "dpo/seed0" in out and "vs ref" in out
 
 
+def test_one_stage_runs_alone_and_a_stage_the_recipe_lacks_is_refused(run, capsys):
+    root, overrides = run
+    f = root / "dpo" / "seed0" / "eval_generation.json"
+    before = f.stat().st_mtime_ns
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "generation"]) == 0
+    assert f.stat().st_mtime_ns == before and "dpo/seed0" in capsys.readouterr().out
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "judge"]) == 2
+    assert "--stage judge: not a stage this recipe asks for; it has generation" in capsys.readouterr().err
+
+
 def test_evaluate_before_training_names_the_missing_checkpoint(tmp_path, capsys):
     assert main(["evaluate", "recipes/tiny_smoke.yaml", "--set", f"output_dir={tmp_path}"]) == 2
     assert "no trained checkpoint to evaluate" in capsys.readouterr().err
@@ -113,4 +123,5 @@ def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
     mine = json.loads((root / "dpo" / "seed0" / "benchmarks" / "prefbench_mc.0shot.json").read_text())
     assert r["mean_a"] == pytest.approx(mine["metrics"]["acc,none"])  # the paired test sees the task's own accuracy
     table = benchmark_table(load_run(root))
-    assert list(table.index) == ["reference", "dpo/seed0"] and "Holm" in table.loc["dpo/seed0", key]
+    assert r["p_holm"] == r["p_value"]  # Holm over a family of one test (one checkpoint x one task metric)
+    assert list(table.index) == ["reference", "dpo/seed0"] and f"Holm {r['p_holm']:.3f}" in table.loc["dpo/seed0", key]

@@ -218,3 +218,29 @@ def test_a_run_without_the_greedy_pass_renders_and_compares(tmp_path):
     table = unit_table(load_run(run_dir))
     assert "greedy reward" not in table.columns and "reward" in table.columns
     assert {v.metric for v in compare(run_dir, run_dir)} == {"reward", "kl"}
+
+
+def test_spread_across_seeds_is_computed_at_evaluation_and_only_formatted_by_the_report(tmp_path):
+    from prefbench.eval.run import seeds
+    from prefbench.recipe import parse_recipe
+    from prefbench.report import seed_table
+
+    root = make_run(tmp_path / "fixture", {"dpo": BETTER}, REF)
+    (root / "dpo" / "seed1").mkdir()
+    (root / "dpo" / "seed1" / "eval_generation.json").write_text(json.dumps(_gen(SAME, REF, np.full(len(REF), 0.5))))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["recipe"]["seeds"] = [0, 1]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                           "objectives": [{"name": "dpo"}], "seeds": [0, 1], "eval": {"generation": {}}})
+    summary = seeds(recipe)["dpo"]
+    # two seeds' mean rewards a and b: mean (a + b) / 2, sample std |a - b| / sqrt(2)
+    a, b = np.mean(BETTER), np.mean(SAME)
+    assert summary["seeds"] == 2 and summary["reward"]["mean"] == pytest.approx((a + b) / 2)
+    assert summary["reward"]["std"] == pytest.approx(abs(a - b) / np.sqrt(2))
+    assert summary["kl"]["std"] == 0.0
+    (root / "dpo" / "seed1" / "summary.json").write_text((root / "dpo" / "seed0" / "summary.json").read_text())
+    (root / "dpo" / "seed1" / "metrics.jsonl").write_text((root / "dpo" / "seed0" / "metrics.jsonl").read_text())
+    table = seed_table(load_run(root))
+    assert table.loc["dpo", "reward"] == f"{(a + b) / 2:.3f} ± {abs(a - b) / np.sqrt(2):.3f}"
+    assert seed_table(load_run(make_run(tmp_path / "one_seed", {"dpo": BETTER}, REF))) is None

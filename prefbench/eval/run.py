@@ -3,9 +3,11 @@ writes its own files there, keeps what is already finished with the same setting
 `evaluate` runs the ones the recipe asks for, in this order:
 
   benchmarks  lm-eval tasks on every unit, then each checkpoint against the reference  <unit>/benchmarks/
+              (paired tests, Holm-corrected across every checkpoint x task metric)
   generation  every unit's answers to the evaluation prompts (through the generation cache), then
               rewards, lengths, diversity, KL and entropy against the reference        <unit>/eval_generation.json
   judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json
+  seeds       each objective's point estimates across seeds (2 or more seeds)           <run>/eval_seeds.json
   claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
 
 A unit is "reference" (the recipe's model) or "<label>/seed<k>" (a trained checkpoint).
@@ -19,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from prefbench import models, stats
@@ -49,17 +52,24 @@ def eval_units(recipe: Recipe) -> dict[str, EvalUnit]:
     return units
 
 
-def evaluate(recipe: Recipe) -> dict[str, dict]:
-    """Every stage the recipe asks for; returns each unit's generation metrics (empty without eval.generation)."""
-    if recipe.eval.benchmarks is not None:
-        benchmarks(recipe)
+def stages(recipe: Recipe) -> list[str]:
+    """The stages the recipe asks for, in the order they run."""
+    asked = {"benchmarks": recipe.eval.benchmarks is not None, "generation": recipe.eval.generation is not None,
+             "judge": recipe.eval.judge is not None, "seeds": recipe.eval.generation is not None and len(recipe.seeds) > 1,
+             "claims": bool(recipe.claims)}
+    return [name for name, wanted in asked.items() if wanted]
+
+
+def evaluate(recipe: Recipe, only: list[str] | None = None) -> dict[str, dict]:
+    """The stages the recipe asks for (or the `only` ones of them); returns each unit's generation metrics
+    (empty when the generation stage did not run)."""
+    wanted = stages(recipe)
+    if unknown := [s for s in only or [] if s not in wanted]:
+        raise TrainingError(f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}")
     results = {}
-    if recipe.eval.generation is not None:
-        results = generation(recipe)
-        if recipe.eval.judge is not None:
-            judge(recipe)
-    if recipe.claims:
-        claims(recipe)
+    for name in only or wanted:
+        out = STAGES[name](recipe)
+        results = out if name == "generation" else results
     return results
 
 
@@ -76,13 +86,15 @@ def benchmarks(recipe: Recipe) -> dict[str, dict]:
     for u in units.values():
         run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
     ref_dir = units["reference"].out / "benchmarks"
-    paired = {}
-    for name, u in units.items():
-        if name == "reference":
-            continue
-        paired[name] = {f"{result_name(t)} {metric}": compare(u.out / "benchmarks", ref_dir, result_name(t), metric)
-                        for t in spec.tasks for metric in doc_metrics(ref_dir, result_name(t))}
-        write_json(u.out / "benchmarks" / "vs_reference.json", paired[name])
+    paired = {name: {f"{result_name(t)} {metric}": compare(u.out / "benchmarks", ref_dir, result_name(t), metric)
+                     for t in spec.tasks for metric in doc_metrics(ref_dir, result_name(t))}
+              for name, u in units.items() if name != "reference"}
+    # Holm across the whole grid (every checkpoint x task metric): one family of tests against the reference
+    cells = [r for per_unit in paired.values() for r in per_unit.values()]
+    for r, p_holm in zip(cells, stats.holm([r["p_value"] for r in cells])):
+        r["p_holm"] = p_holm
+    for name, per_unit in paired.items():
+        write_json(units[name].out / "benchmarks" / "vs_reference.json", per_unit)
     return paired
 
 
@@ -195,6 +207,35 @@ def judge(recipe: Recipe) -> dict:
     return out
 
 
+# ---- across seeds -----------------------------------------------------------------------------------
+
+# The point estimates summarised across seeds: name -> path into eval_generation.json.
+SEED_METRICS = {
+    "reward": ("sampled", "reward"),
+    "reward_minus_reference": ("sampled", "reward_minus_reference"),
+    "win_rate": ("sampled", "vs_reference", "win_rate"),
+    "greedy_reward": ("greedy", "reward"),
+    "kl": ("kl",),
+}
+
+
+def seeds(recipe: Recipe) -> dict[str, dict]:
+    """Per objective, the mean and sample standard deviation across seeds of each point estimate: how far
+    single training runs spread (a description, not an interval). Written to <run>/eval_seeds.json."""
+    root = run_dir(recipe)
+    out = {}
+    for spec in recipe.objectives:
+        files = [root / spec.label / f"seed{seed}" / "eval_generation.json" for seed in recipe.seeds]
+        gens = [read_json(f) for f in files if f.is_file()]
+        out[spec.label] = {"seeds": len(gens)}
+        for name, path in SEED_METRICS.items():
+            values = [v for g in gens if (v := dig(g, path + ("mean",))) is not None]
+            if len(values) >= 2:  # the greedy pass may be off
+                out[spec.label][name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "n": len(values)}
+    write_json(root / "eval_seeds.json", {"objectives": out})
+    return out
+
+
 # ---- claims ---------------------------------------------------------------------------------------------
 
 
@@ -224,3 +265,6 @@ def claims(recipe: Recipe) -> list[dict]:
 def _per_prompt(unit_dir: Path, section: str) -> list[float] | None:
     f = unit_dir / "eval_generation.json"
     return dig(read_json(f), (section, "per_prompt_reward")) if f.is_file() else None
+
+
+STAGES = {"benchmarks": benchmarks, "generation": generation, "judge": judge, "seeds": seeds, "claims": claims}
