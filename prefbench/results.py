@@ -43,6 +43,11 @@ def atomic(path: Path, directory: bool = False) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
+        # A directory left by a writer killed mid-build is removed first: every directory written through here
+        # has one writer at a time (rank 0's checkpoints, or publish's lock), so no live build is touched.
+        for stale in path.parent.glob(f".{path.name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     else:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
