@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
     evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
     evaluate.add_argument("--stage", action="append", metavar="STAGE",
-                          help="run only this stage (repeatable; benchmarks, generation, judge, seeds, claims); default: every stage the recipe asks for")
+                          help="run only this stage (repeatable; benchmarks, preference, generation, judge, seeds, claims); default: every stage the recipe asks for")
     command("generate-data", cmd_generate_data, "sample from a model, score with a task reward, write paired + unpaired preference data", recipe=True)
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")

@@ -111,6 +111,28 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
 
+def preference_table(run: Run) -> pd.DataFrame | None:
+    """Held-out preference metrics per unit (eval/run.py: preference), with the paired differences from the reference."""
+    rows = []
+    for u in run.units:
+        p = u.preference
+        if not p:
+            continue
+        row = {"unit": u.name}
+        if p["data"] == "paired":
+            row.update({"pairs": p["pairs"], "accuracy": fmt(p["accuracy"]), "margin (nats)": fmt(p["margin"]),
+                        "chosen logp/token": fmt(p["logp_per_token"]["chosen"]), "rejected logp/token": fmt(p["logp_per_token"]["rejected"])})
+            for key, col in (("accuracy", "accuracy - ref"), ("chosen_logp_per_token", "chosen logp/token - ref")):
+                d = p.get("vs_reference", {}).get(key)
+                row[col] = f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else ""
+        else:
+            for label in ("desirable", "undesirable"):
+                row.update({f"{label} n": p[label]["n"], f"{label} log-ratio": fmt(p[label]["log_ratio"]),
+                            f"{label} logp/token": fmt(p[label]["logp_per_token"])})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("unit") if rows else None
+
+
 def claims_table(run: Run) -> pd.DataFrame | None:
     """Each claim of the recipe, per seed, as evaluation tested it (eval/run.py: claims)."""
     if not run.claims:
@@ -282,22 +304,24 @@ def provenance(run: Run) -> list[str]:
     return lines
 
 
+def sections(run: Run, seeds: pd.DataFrame | None, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
+    """The report's tables after the main one, in order: (Markdown heading, HTML heading, table); empty ones left out."""
+    out = [("Claims tested (paired difference on the same prompts, 95% CI)", "Claims tested", claims),
+           ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
+            "Held-out preferences", preference_table(run)),
+           ("Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "Benchmarks", benchmark_table(run)),
+           ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run)),
+           ("Across seeds (mean ± sample std of the point estimates)", "Across seeds", seeds)]
+    return [(md, h, df) for md, h, df in out if df is not None]
+
+
 def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes],
                     claims: pd.DataFrame | None = None) -> str:
     parts = [f"# prefbench report: {run.name}", "",
              "Estimates are `mean [95% CI]` (percentile bootstrap over held-out prompts); **bold** marks a column's best "
              "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
-    if claims is not None:
-        parts += ["## Claims tested (paired difference on the same prompts, 95% CI)", "", claims.to_markdown(), ""]
-    bench = benchmark_table(run)
-    if bench is not None:
-        parts += ["## Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "",
-                  bench.to_markdown(), ""]
-    judge = judge_table(run)
-    if judge is not None:
-        parts += ["## LLM judge (both answer orders; inconsistent orders count as ties)", "", judge.to_markdown(), ""]
-    if seeds is not None:
-        parts += ["## Across seeds (mean ± sample std of the point estimates)", "", seeds.to_markdown(), ""]
+    for heading, _, df in sections(run, seeds, claims):
+        parts += [f"## {heading}", "", df.to_markdown(), ""]
     if images:
         parts += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in images] + [""]
     parts += ["## Provenance", ""] + [f"- {line}" for line in provenance(run)] + [""]
@@ -315,16 +339,8 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
     body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>",
             "<p>Estimates are mean [95% CI] (percentile bootstrap over held-out prompts); bold marks a column's best only "
             "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
-    if claims is not None:
-        body += ["<h2>Claims tested</h2>", tab(claims)]
-    bench = benchmark_table(run)
-    if bench is not None:
-        body += ["<h2>Benchmarks</h2>", tab(bench)]
-    judge = judge_table(run)
-    if judge is not None:
-        body += ["<h2>LLM judge</h2>", tab(judge)]
-    if seeds is not None:
-        body += ["<h2>Across seeds</h2>", tab(seeds)]
+    for _, heading, df in sections(run, seeds, claims):
+        body += [f"<h2>{heading}</h2>", tab(df)]
     body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
              "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"

@@ -7,7 +7,9 @@ results/<run>/
   <label>/seed<k>/checkpoint-<step>/   resumable: HF weights + trainer_state.pt + COMPLETE
   <label>/seed<k>/final/        plain Hugging Face checkpoint (safetensors + config + tokenizer)
   <label>/seed<k>/summary.json  final metrics, timings, throughput, peak memory
+  <unit>/eval_preference.json   held-out preference metrics on the data's own held-out split (no generation)
   <unit>/eval_generation.json   rewards, lengths, diversity, KL of the unit's answers (unit: reference or <label>/seed<k>)
+  <unit>/answers.jsonl          every generated answer: prompt, sampling pass, sample, text, tokens, finish reason, reward
   <unit>/benchmarks/            lm-eval results per task, per-document scores, vs_reference.json (paired tests)
   eval_judge.json               the judge's comparisons
   eval_seeds.json               per objective, its point estimates across seeds (2 or more seeds)
@@ -208,6 +210,7 @@ class Unit:
     curves: list[dict] = field(default_factory=list)  # metrics.jsonl
     generation: dict | None = None  # eval_generation.json
     benchmarks: dict | None = None  # benchmarks/vs_reference.json
+    preference: dict | None = None  # eval_preference.json
 
 
 @dataclass
@@ -234,7 +237,8 @@ def load_run(root: str | Path) -> Run:
     if not (root / "manifest.json").is_file():
         raise ResultsError(f"{root}: not a run directory (no manifest.json)")
     manifest = read_json(root / "manifest.json")
-    units = [Unit("reference", "reference", None, "reference", None, generation=_optional(root / "reference" / "eval_generation.json"))]
+    units = [Unit("reference", "reference", None, "reference", None, generation=_optional(root / "reference" / "eval_generation.json"),
+                  preference=_optional(root / "reference" / "eval_preference.json"))]
     for entry in manifest["recipe"]["objectives"]:
         for seed in manifest["recipe"]["seeds"]:
             d = root / entry["label"] / f"seed{seed}"
@@ -243,7 +247,7 @@ def load_run(root: str | Path) -> Run:
             summary = read_json(d / "summary.json")
             units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
                               summary, read_jsonl(d / "metrics.jsonl"), _optional(d / "eval_generation.json"),
-                              _optional(d / "benchmarks" / "vs_reference.json")))
+                              _optional(d / "benchmarks" / "vs_reference.json"), _optional(d / "eval_preference.json")))
     settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
     if len(set(settings.values())) > 1:
         groups: dict[str, list[str]] = {}

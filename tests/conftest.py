@@ -21,3 +21,9 @@ def vllm_server():
 
     with VLLMServer(models.resolve(models.EMBEDDED), name="smollm2", max_model_len=2048) as server:
         yield server
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that share the session's vLLM server run last, one after another: an idle vLLM server
+    busy-loops on a CPU core (shared/ENVIRONMENT.md), so it must not live while the other tests run."""
+    items.sort(key=lambda item: "vllm_server" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise

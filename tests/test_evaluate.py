@@ -46,6 +46,13 @@ def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
     assert w["win"] + w["tie"] + w["loss"] == 8
     assert np.isfinite(dpo["kl"]["mean"]) and dpo["sampled"]["entropy_per_token"]["mean"] > 0
     assert all(0 <= dpo["sampled"][k] <= 1 for k in ("distinct_1", "distinct_2", "self_similarity"))
+    # every answer is in the run directory, readable without prefbench, and its rewards make up the stored ones
+    lines = [json.loads(line) for line in (root / "dpo" / "seed0" / "answers.jsonl").read_text().splitlines()]
+    answers = [a for a in lines if a["sampling"] == "sampled"]
+    assert len(lines) == 8 * (1 + 2) and len(answers) == 8 * 2 and {a["finish_reason"] for a in answers} <= {"stop", "length"}
+    by_prompt = [np.mean([a["reward"] for a in answers if a["prompt_index"] == i]) for i in range(8)]
+    assert by_prompt == pytest.approx(dpo["sampled"]["per_prompt_reward"], abs=1e-12)
+    assert [a["prompt"] for a in answers[::2]] == prompts and all(a["tokens"] <= 16 for a in answers)
 
 
 def test_evaluate_again_keeps_finished_results(run, capsys):
@@ -65,7 +72,37 @@ def test_one_stage_runs_alone_and_a_stage_the_recipe_lacks_is_refused(run, capsy
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "generation"]) == 0
     assert f.stat().st_mtime_ns == before and "dpo/seed0" in capsys.readouterr().out
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "judge"]) == 2
-    assert "--stage judge: not a stage this recipe asks for; it has generation" in capsys.readouterr().err
+    assert "--stage judge: not a stage this recipe asks for; it has preference, generation" in capsys.readouterr().err
+
+
+def test_held_out_preferences_on_the_data_own_split(run):
+    """The preference stage, recomputed by hand with the trainer's own log-prob code on the same held-out pairs."""
+    import torch
+
+    from prefbench.data.batches import collate
+    from prefbench.data.prepare import prepare_data
+    from prefbench.logprobs import SequenceLogps
+    from prefbench.recipe import load_recipe
+
+    root, overrides = run
+    ref = json.loads((root / "reference" / "eval_preference.json").read_text())
+    dpo = json.loads((root / "dpo" / "seed0" / "eval_preference.json").read_text())
+    # the reference against itself: every margin 0, every pair a tie
+    assert ref["accuracy"]["mean"] == 0.5 and ref["margin"]["mean"] == 0.0 and ref["pairs"] == dpo["pairs"] > 0
+    recipe = load_recipe("recipes/tiny_smoke.yaml", overrides[1::2])
+    examples = prepare_data(recipe, models.load_tokenizer("tiny:small")).eval
+    rows = [(i, i, 0) for i in range(len(examples))] + [(i, i, 1) for i in range(len(examples))]
+
+    def sums(path):
+        with torch.no_grad():
+            return SequenceLogps(models.load_model(path))(*collate(rows, examples, 0, "cpu"))[0].double().numpy().reshape(2, -1)
+
+    (pc, pr), (rc, rr) = sums(root / "dpo" / "seed0" / "final"), sums(models.resolve("tiny:small"))
+    margin = (pc - rc) - (pr - rr)
+    assert dpo["per_pair"]["margin"] == pytest.approx(margin.tolist(), abs=1e-4)
+    accuracy = np.mean((margin > 0) + 0.5 * (margin == 0))
+    assert dpo["accuracy"]["mean"] == pytest.approx(accuracy)
+    assert dpo["vs_reference"]["accuracy"]["difference"] == pytest.approx(accuracy - 0.5)
 
 
 def test_evaluate_before_training_names_the_missing_checkpoint(tmp_path, capsys):

@@ -61,28 +61,38 @@ def self_similarity(gens: list[list[Completion]]) -> float:
     return float(np.mean(per_prompt)) if per_prompt else float("nan")
 
 
-def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16):
-    """[prompts, samples] arrays: summed log-probs, summed per-token entropies, token counts, under `model`."""
-    from prefbench.data.tokenize import Example
-    from prefbench.logprobs import completion_stats
+def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int = 16):
+    """Per row (prompt example, completion example, which completion): summed log-probs, summed per-token
+    entropies and token counts of the completion under `model`, as three arrays in row order."""
     from prefbench.data.batches import collate
+    from prefbench.logprobs import completion_stats
 
     device = next(model.parameters()).device
-    flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
-    examples = [Example(tuple(prompt_ids[i]), (tuple(gens[i][j].token_ids),)) for i, j in flat]
-    order = sorted(range(len(flat)), key=lambda k: examples[k].length())  # similar lengths share a batch
-    shape = (len(gens), max(len(c) for c in gens))
-    logps, ents, counts = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    length = [len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows]
+    order = sorted(range(len(rows)), key=lambda k: length[k])  # similar lengths share a batch
+    logps, ents, counts = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows))
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
     for start in range(0, len(order), batch_rows):
         batch = order[start : start + batch_rows]
-        ids, attention, completion = collate([(k, k, 0) for k in batch], examples, pad, device)
-        lp, ent, n = completion_stats(model, ids, attention, completion)
-        for k, a, b, c in zip(batch, lp.tolist(), ent.tolist(), n.tolist()):
-            i, j = flat[k]
-            logps[i, j], ents[i, j], counts[i, j] = a, b, c
+        lp, ent, n = completion_stats(model, *collate([rows[k] for k in batch], examples, pad, device))
+        logps[batch], ents[batch], counts[batch] = lp.tolist(), ent.tolist(), n.tolist()
     return logps, ents, counts
+
+
+def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16):
+    """[prompts, samples] arrays: summed log-probs, summed per-token entropies, token counts, under `model`."""
+    from prefbench.data.tokenize import Example
+
+    flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
+    examples = [Example(tuple(prompt_ids[i]), (tuple(gens[i][j].token_ids),)) for i, j in flat]
+    stats = row_stats(model, examples, [(k, k, 0) for k in range(len(flat))], batch_rows)
+    shape = (len(gens), max(len(c) for c in gens))
+    out = [np.zeros(shape) for _ in stats]
+    for k, (i, j) in enumerate(flat):
+        for array, values in zip(out, stats):
+            array[i, j] = values[k]
+    return tuple(out)
 
 
 def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[str], prompt_ids: list[list[int]],
@@ -129,4 +139,29 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[s
         else:
             out["kl"] = {"mean": None, "reason": f"sampling {s.name!r} is not the policy's own distribution "
                                                   f"(temperature {s.temperature}, top_p {s.top_p}); KL needs temperature 1, top_p 1"}
+    return out
+
+
+def preference_metrics(examples: list, policy: np.ndarray, reference: np.ndarray, counts: np.ndarray) -> dict:
+    """Held-out preference metrics of a checkpoint from the summed log-probs of each held-out example's
+    completions under it (`policy`) and under the reference, [examples, completions] (paired: chosen,
+    rejected; unpaired: the one completion), and their token counts. Needs no generation.
+
+    Paired: the implicit-reward margin of each pair, (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected), in
+    nats (beta times it is the DPO reward margin, so its sign does not depend on beta); accuracy, the share of
+    pairs whose margin is above 0 (a tie counts half: the reference itself scores 0.5); chosen and rejected
+    log-likelihood per token. Unpaired: per label (desirable, undesirable) the log-ratio per example and the
+    log-likelihood per token. Every estimate with its bootstrap interval over held-out examples."""
+    ratio = policy - reference
+    per_token = policy / np.maximum(counts, 1)
+    if policy.shape[1] == 2:
+        margin = ratio[:, 0] - ratio[:, 1]
+        accuracy = (margin > 0) + 0.5 * (margin == 0)
+        return {"data": "paired", "pairs": len(margin), "accuracy": estimate(accuracy), "margin": estimate(margin),
+                "logp_per_token": {"chosen": estimate(per_token[:, 0]), "rejected": estimate(per_token[:, 1])},
+                "per_pair": {"accuracy": accuracy.tolist(), "margin": margin.tolist(), "chosen_logp_per_token": per_token[:, 0].tolist()}}
+    labels = np.array([bool(e.label) for e in examples])
+    out: dict = {"data": "unpaired", "examples": len(labels)}
+    for name, mask in (("desirable", labels), ("undesirable", ~labels)):
+        out[name] = {"n": int(mask.sum()), "log_ratio": estimate(ratio[mask, 0]), "logp_per_token": estimate(per_token[mask, 0])}
     return out

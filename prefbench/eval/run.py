@@ -4,8 +4,11 @@ writes its own files there, keeps what is already finished with the same setting
 
   benchmarks  lm-eval tasks on every unit, then each checkpoint against the reference  <unit>/benchmarks/
               (paired tests, Holm-corrected across every checkpoint x task metric)
+  preference  on the held-out split of the recipe's own data, no generation: implicit-reward accuracy,
+              margin, log-likelihood per token, against the reference            <unit>/eval_preference.json
   generation  every unit's answers to the evaluation prompts (through the generation cache), then
-              rewards, lengths, diversity, KL and entropy against the reference        <unit>/eval_generation.json
+              rewards, lengths, diversity, KL and entropy against the reference        <unit>/eval_generation.json,
+                                                                                       <unit>/answers.jsonl
   judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json
   seeds       each objective's point estimates across seeds (2 or more seeds)           <run>/eval_seeds.json
   claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import dig, jsonable, read_json, run_dir, write_json
+from prefbench.results import dig, jsonable, read_json, run_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,8 @@ def eval_units(recipe: Recipe) -> dict[str, EvalUnit]:
 
 def stages(recipe: Recipe) -> list[str]:
     """The stages the recipe asks for, in the order they run."""
-    asked = {"benchmarks": recipe.eval.benchmarks is not None, "generation": recipe.eval.generation is not None,
+    asked = {"benchmarks": recipe.eval.benchmarks is not None, "preference": recipe.data.eval_fraction > 0,
+             "generation": recipe.eval.generation is not None,
              "judge": recipe.eval.judge is not None, "seeds": recipe.eval.generation is not None and len(recipe.seeds) > 1,
              "claims": bool(recipe.claims)}
     return [name for name, wanted in asked.items() if wanted]
@@ -96,6 +100,46 @@ def benchmarks(recipe: Recipe) -> dict[str, dict]:
     for name, per_unit in paired.items():
         write_json(units[name].out / "benchmarks" / "vs_reference.json", per_unit)
     return paired
+
+
+# ---- held-out preferences ------------------------------------------------------------------------------
+
+
+def preference(recipe: Recipe) -> dict[str, dict]:
+    """Held-out preference metrics (metrics.preference_metrics) of every unit on the held-out examples of the
+    recipe's own data (the split the trainer made, data.eval_fraction), paired against the reference's on the
+    same examples; <unit>/eval_preference.json. One forward of each checkpoint over the held-out set."""
+    from prefbench.data.prepare import prepare_data
+    from prefbench.data.tokenize import fingerprint
+    from prefbench.eval.metrics import METRICS_VERSION, preference_metrics, row_stats
+
+    examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
+    if not examples:
+        log.warning("preference: the held-out split is empty (data.eval_fraction %s); nothing to measure", recipe.data.eval_fraction)
+        return {}
+    settings = {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples)}
+    units = eval_units(recipe)
+    done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_preference.json", settings))}
+    todo = [u for name, u in units.items() if name not in done]
+    if not todo:
+        return done
+    rows = [(i, i, j) for i, e in enumerate(examples) for j in range(len(e.completions))]
+    width = len(examples[0].completions)
+
+    def logps(checkpoint: Path) -> tuple[np.ndarray, np.ndarray]:
+        lp, _, n = row_stats(models.load_model(checkpoint), examples, rows)
+        return lp.reshape(-1, width), n.reshape(-1, width)
+
+    ref, counts = logps(units["reference"].checkpoint)
+    ref_metrics = preference_metrics(examples, ref, ref, counts)
+    for u in tqdm(todo, desc="held-out preferences", unit="checkpoint"):
+        result = preference_metrics(examples, ref if u.name == "reference" else logps(u.checkpoint)[0], ref, counts)
+        if result["data"] == "paired":
+            result["vs_reference"] = {key: stats.paired_difference(result["per_pair"][key], ref_metrics["per_pair"][key])
+                                      for key in ("accuracy", "chosen_logp_per_token")}
+        done[u.name] = {"settings": settings, "unit": u.name, **result}
+        write_json(u.out / "eval_preference.json", done[u.name])
+    return {name: done[name] for name in units}
 
 
 # ---- generation and its metrics ---------------------------------------------------------------------
@@ -160,8 +204,18 @@ def generation(recipe: Recipe) -> dict[str, dict]:
         metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
                                       gens[str(reference.checkpoint)], samplings(recipe), reward, ref_model)
         done[u.name] = {"settings": settings, "unit": u.name, "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
+        write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], reward)
         write_json(u.out / "eval_generation.json", done[u.name])
     return {name: done[name] for name in units}
+
+
+def write_answers(path: Path, prompts: list[str], gens: dict, reward) -> None:
+    """A unit's generated answers, one line per answer, readable without prefbench: prompt, sampling pass,
+    sample number, answer text, token count, finish reason ("stop", or "length": cut at max_tokens), reward."""
+    write_jsonl(path, [{"prompt_index": i, "prompt": prompt, "sampling": name, "sample": j, "answer": c.text,
+                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason, "reward": reward(prompt, c.text)}
+                       for name, per_prompt in gens.items() for i, (prompt, comps) in enumerate(zip(prompts, per_prompt))
+                       for j, c in enumerate(comps)])
 
 
 def _finished(path: Path, settings: dict) -> dict | None:
@@ -267,4 +321,4 @@ def _per_prompt(unit_dir: Path, section: str) -> list[float] | None:
     return dig(read_json(f), (section, "per_prompt_reward")) if f.is_file() else None
 
 
-STAGES = {"benchmarks": benchmarks, "generation": generation, "judge": judge, "seeds": seeds, "claims": claims}
+STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "seeds": seeds, "claims": claims}
