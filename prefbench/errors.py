@@ -1,5 +1,14 @@
 """The errors prefbench reports to users as one message each (the CLI prints them without a traceback)."""
 
+import difflib
+from typing import Any, Iterable
+
+
+def did_you_mean(value: Any, known: Iterable) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or '': the hint every unknown-name message carries."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class PrefbenchError(Exception):
     pass

@@ -19,7 +19,6 @@ come from their registries (prefbench.eval.rewards.REWARDS, prefbench.objectives
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import os
 import re
@@ -34,7 +33,7 @@ import yaml
 
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.data.transforms import DropWhich, UnpairedView
-from prefbench.errors import RecipeError
+from prefbench.errors import RecipeError, did_you_mean
 from prefbench.eval.rewards import REWARDS, InstructionReward
 from prefbench.objectives import OBJECTIVES, build
 
@@ -68,21 +67,16 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # ---- messages ------------------------------------------------------------------------------------
 
 
-def _hint(value: Any, known: typing.Iterable) -> str:
-    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _not_one_of(path: str, value: Any, choices: tuple) -> str:
-    return f"{path}: must be one of {list(choices)}, got {value!r}{_hint(value, choices)}"
+    return f"{path}: must be one of {list(choices)}, got {value!r}{did_you_mean(value, choices)}"
 
 
 def _unknown(path: str, what: str, value: Any, known: typing.Iterable) -> str:
-    return f"{path}: unknown {what} {value!r}{_hint(value, known)}; known: {', '.join(map(str, known))}"
+    return f"{path}: unknown {what} {value!r}{did_you_mean(value, known)}; known: {', '.join(map(str, known))}"
 
 
 def _unknown_key(path: str, key: str, known: list[str]) -> str:
-    return f"{path}{key}: unknown key{_hint(key, known)}"
+    return f"{path}{key}: unknown key{did_you_mean(key, known)}"
 
 
 def _at_least(path: str, value: float | None, low: float, note: str = "") -> list[str]:

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.metadata
 from pathlib import Path
 
+from prefbench.errors import did_you_mean
 from prefbench.eval.tasks import packs
 
 
@@ -26,10 +26,8 @@ def task_problems(names: list[str], at: str = "benchmarks.tasks") -> list[str]:
 
 
 def not_a_task(name: str, known) -> str:
-    close = difflib.get_close_matches(name, [*known, *packs.PACKS], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (f"neither an lm-eval {lm_eval_version()} task, group or tag nor a prefbench offline pack "
-            f"({', '.join(packs.PACKS)}){hint}")
+            f"({', '.join(packs.PACKS)}){did_you_mean(name, [*known, *packs.PACKS])}")
 
 
 @functools.lru_cache(maxsize=1)
