@@ -129,8 +129,9 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
 
     model = _tiny(0)
     model.save_pretrained(tmp_path / "m")
-    out = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "m", prompts, [[1, 2]] * 3, {"sampled": pol}, {"sampled": ref},
-                                [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)], reward)
+    out = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "m", prompts, [[1, 2]] * 3, {"sampled": pol},
+                                {"sampled": M.rewards_of(prompts, pol, reward)}, {"sampled": M.rewards_of(prompts, ref, reward)},
+                                [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)])
     assert out["sampled"]["reward"]["mean"] == pytest.approx((0.75 + 0 + 0.5) / 3)
     assert out["sampled"]["reward_minus_reference"]["mean"] == pytest.approx((0.25 - 0.5 + 0) / 3)
     assert out["sampled"]["truncated_share"] == 0.0 and out["kl"]["mean"] == 0.0

@@ -96,17 +96,19 @@ def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completio
 
 
 def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[str], prompt_ids: list[list[int]],
-                        gens: dict[str, list[list[Completion]]], ref_gens: dict[str, list[list[Completion]]],
-                        samplings: list[Sampling], reward, ref_model=None) -> dict:
-    """Metrics of one checkpoint against the reference, from both models' generations on the same prompts.
+                        gens: dict[str, list[list[Completion]]], rewards: dict[str, np.ndarray], ref_rewards: dict[str, np.ndarray],
+                        samplings: list[Sampling], ref_model=None) -> dict:
+    """Metrics of one checkpoint against the reference, from its generations and both models' rewards on the
+    same prompts.
 
-    gens / ref_gens: {sampling name: [per prompt: completions]}. The reference's own row is this function
-    with policy_path == reference_path (its KL is 0 and is not computed).
+    gens: {sampling name: [per prompt: completions]}; rewards / ref_rewards: {sampling name: [prompts, samples]
+    rewards (rewards_of)} of this checkpoint's and the reference's answers, scored once by the caller. The
+    reference's own row is this function with policy_path == reference_path (its KL is 0 and is not computed).
     """
     by_name = {s.name: s for s in samplings}
     out: dict = {"prompts": len(prompts)}
     for name, comps in gens.items():
-        r, r_ref = rewards_of(prompts, comps, reward).mean(1), rewards_of(prompts, ref_gens[name], reward).mean(1)
+        r, r_ref = rewards[name].mean(1), ref_rewards[name].mean(1)
         n_tokens = np.array([[len(c.token_ids) for c in cs] for cs in comps], float)
         n_words = np.array([[len(words(c.text)) for c in cs] for cs in comps], float)
         out[name] = {

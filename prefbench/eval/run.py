@@ -70,11 +70,8 @@ def evaluate(recipe: Recipe, only: list[str] | None = None) -> dict[str, dict]:
     wanted = stages(recipe)
     if unknown := [s for s in only or [] if s not in wanted]:
         raise TrainingError(f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}")
-    results = {}
-    for name in only or wanted:
-        out = STAGES[name](recipe)
-        results = out if name == "generation" else results
-    return results
+    outputs = {name: STAGES[name](recipe) for name in only or wanted}
+    return outputs.get("generation", {})
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------
@@ -184,9 +181,9 @@ def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
 def generation(recipe: Recipe) -> dict[str, dict]:
     """Generation metrics of every unit against the reference on the same prompts (eval/metrics.py), written to
     <unit>/eval_generation.json. A file whose settings match is kept: re-running only re-reads."""
-    from prefbench.eval.metrics import evaluate_checkpoint
-    from prefbench.eval.rewards import REWARDS
     from prefbench.eval.generate import prompt_ids
+    from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
+    from prefbench.eval.rewards import REWARDS
 
     prompts = [r["prompt"] for r in prompt_records(recipe)]
     settings = generation_settings(recipe, prompts)
@@ -196,24 +193,28 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     if not todo:
         return done
     reference = units["reference"]
-    gens, gen_stats = generate_all(recipe, [reference] + [u for u in todo if u.name != "reference"], prompts)
+    generated = [reference] + [u for u in todo if u.name != "reference"]
+    gens, gen_stats = generate_all(recipe, generated, prompts)
+    reward = REWARDS[recipe.eval.reward]()
+    # every answer scored once: the metrics and answers.jsonl read the same scores
+    scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()} for u in generated}
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
-    reward, ref_model = REWARDS[recipe.eval.reward](), models.load_model(reference.checkpoint)
+    passes, ref_model = samplings(recipe), models.load_model(reference.checkpoint)
     # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
     for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
         metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
-                                      gens[str(reference.checkpoint)], samplings(recipe), reward, ref_model)
+                                      scores[u.name], scores["reference"], passes, ref_model)
         done[u.name] = {"settings": settings, "unit": u.name, "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
-        write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], reward)
+        write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
     return {name: done[name] for name in units}
 
 
-def write_answers(path: Path, prompts: list[str], gens: dict, reward) -> None:
+def write_answers(path: Path, prompts: list[str], gens: dict, scores: dict[str, np.ndarray]) -> None:
     """A unit's generated answers, one line per answer, readable without prefbench: prompt, sampling pass,
     sample number, answer text, token count, finish reason ("stop", or "length": cut at max_tokens), reward."""
     write_jsonl(path, [{"prompt_index": i, "prompt": prompt, "sampling": name, "sample": j, "answer": c.text,
-                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason, "reward": reward(prompt, c.text)}
+                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason, "reward": float(scores[name][i, j])}
                        for name, per_prompt in gens.items() for i, (prompt, comps) in enumerate(zip(prompts, per_prompt))
                        for j, c in enumerate(comps)])
 
