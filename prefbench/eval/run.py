@@ -80,15 +80,15 @@ def evaluate(recipe: Recipe, only: list[str] | None = None) -> dict[str, dict]:
 def benchmarks(recipe: Recipe) -> dict[str, dict]:
     """lm-eval tasks on every unit (<unit>/benchmarks/), then each checkpoint against the reference on the
     same documents (<unit>/benchmarks/vs_reference.json: paired tests)."""
-    from prefbench.eval.benchmarks import compare, doc_metrics, result_name, run_benchmarks
+    from prefbench.eval.benchmarks import compare, doc_metrics, run_benchmarks
 
     spec = recipe.eval.benchmarks
     units = eval_units(recipe)
     for u in units.values():
         run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
     ref_dir = units["reference"].out / "benchmarks"
-    paired = {name: {f"{result_name(t)} {metric}": compare(u.out / "benchmarks", ref_dir, result_name(t), metric)
-                     for t in spec.tasks for metric in doc_metrics(ref_dir, result_name(t))}
+    paired = {name: {f"{t.result_name()} {metric}": compare(u.out / "benchmarks", ref_dir, t.result_name(), metric)
+                     for t in spec.tasks for metric in doc_metrics(ref_dir, t.result_name())}
               for name, u in units.items() if name != "reference"}
     # Holm across the whole grid (every checkpoint x task metric): one family of tests against the reference
     cells = [r for per_unit in paired.values() for r in per_unit.values()]
