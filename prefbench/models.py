@@ -81,14 +81,23 @@ def resolve(spec: str) -> pathlib.Path:
         return _publish(cache_dir() / "models" / f"tiny-{spec.removeprefix('tiny:')}-{_tiny_hash(preset)}",
                         lambda out: _build_tiny(preset, out))
     if source == "local":
-        path = pathlib.Path(spec).expanduser().resolve()
-        if not path.is_dir():
-            offline = ", ".join(OFFLINE_SPECS[:-1])
-            raise FileNotFoundError(f"model {spec!r}: no such directory {path} (nor an offline spec: {offline})")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model {spec!r}: no config.json in {path} (not a Hugging Face checkpoint)")
-        return path
+        if problem := local_problem(spec):
+            raise FileNotFoundError(f"model {spec!r}: {problem}")
+        return pathlib.Path(spec).expanduser().resolve()
     return _download(spec)
+
+
+def local_problem(spec: str) -> str | None:
+    """What is wrong with `spec` where it names a local directory (nothing is loaded); None when it is a
+    checkpoint directory or not a local spec at all (hub ids are only known at the hub)."""
+    if _source(spec) != "local":
+        return None
+    path = pathlib.Path(spec).expanduser().resolve()
+    if not path.is_dir():
+        return f"no such directory {path} (nor an offline spec: {', '.join(OFFLINE_SPECS[:-1])})"
+    if not (path / "config.json").is_file():
+        return f"no config.json in {path} (not a Hugging Face checkpoint)"
+    return None
 
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:

@@ -46,12 +46,14 @@ Schedule = Literal["cosine", "linear", "constant"]  # after warmup
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
 PromptSplit = Literal["train", "heldout"]  # the embedded task's disjoint prompt sets
+PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
 ClaimMetric = Literal["reward", "greedy_reward"]
 
 FORMATS, SCHEDULES, DTYPES = get_args(Format), get_args(Schedule), get_args(Dtype)
 ENGINES, PROMPT_SPLITS, JUDGE_AGAINST = get_args(Engine), get_args(PromptSplit), get_args(JudgeAgainst)
+PROMPT_SOURCES = get_args(PromptSource)
 BACKENDS, CLAIM_METRICS = get_args(Backend), get_args(ClaimMetric)
 TRANSFORMS = {
     # name -> (format it needs, format it produces); None = either, unchanged
@@ -254,18 +256,26 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """Prompts to generate from: the embedded task's (by split) or a JSONL file with a "prompt" field."""
+    """Prompts to generate from: the embedded task's (by split), the held-out prompts of the recipe's own data
+    (source: data; with the data's chosen answer, for judge.against: dataset_chosen), or a JSONL file."""
 
-    split: PromptSplit = "heldout"
-    n: int = 64
+    source: PromptSource = "task"
+    split: PromptSplit = "heldout"  # source task: which of the task's disjoint prompt sets
+    n: int = 64  # the first n prompts (held-out data: distinct prompts, in the data's order)
     seed: int = 0
-    file: str = ""  # instead of the embedded task: a .jsonl of {"prompt": ...} (first n lines)
+    file: str = ""  # instead: a .jsonl of {"prompt": ..., "chosen"?: ...} (first n lines)
 
     def problems(self, at: str = "eval.generation.prompts") -> list[str]:
         out = _choice_problems(self, at) + _at_least(f"{at}.n", self.n, 1)
         if self.file and not Path(self.file).expanduser().is_file():
             out.append(f"{at}.file: file not found: {self.file}")
+        if self.file and self.source != "task":
+            out.append(f"{at}: set either file or source: {self.source}, not both")
         return out
+
+    def has_chosen(self) -> bool:
+        """Whether the prompts can carry the data's chosen answer (judge.against: dataset_chosen)."""
+        return bool(self.file) or self.source == "data"
 
 
 @dataclass(frozen=True)
@@ -306,14 +316,34 @@ class GenerationSpec:
         return out
 
 
-def _reward_problems(reward: str, generation: GenerationSpec | None, at_reward: str, at_generation: str) -> list[str]:
-    """The reward is a registered one, and a generation pass has prompts the reward can score: a reward that
-    brings no prompts of its own (own_prompts false) needs a prompts file."""
+@dataclass(frozen=True)
+class RewardModelSpec:
+    """A sequence-classification reward model (eval.reward: reward_model; prefbench.eval.rewards.RewardModel),
+    loaded the way RewardBench and TRL load them: the conversation through its chat template, one score each."""
+
+    model: str = ""  # a hub id or a local checkpoint directory
+    batch_size: int = 8
+    max_length: int = 2048  # tokens of prompt + answer; longer ones keep their end (the answer)
+    trust_remote_code: bool = False  # for reward models with their own modelling code (e.g. ArmoRM)
+
+    def problems(self, at: str = "eval.reward_model") -> list[str]:
+        from prefbench.models import local_problem
+
+        out = _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_length", self.max_length, 1)
+        if not self.model:
+            return out + [f"{at}.model: required (a hub id or a local directory of a sequence-classification model)"]
+        return out + ([f"{at}.model: {problem}"] if (problem := local_problem(self.model)) else [])
+
+
+def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: str) -> list[str]:
+    """The reward is a registered one, with its model where it needs one (prefix: "eval." or "" for generate-data)."""
     if reward not in REWARDS:
-        return [_unknown(at_reward, "reward", reward, REWARDS)]
-    if generation is not None and not generation.prompts.file and not REWARDS[reward].own_prompts:
-        return [f"{at_generation}.prompts.file: required with reward {reward!r} (it brings no prompts of its own)"]
-    return []
+        return [_unknown(f"{prefix}reward", "reward", reward, REWARDS)]
+    if reward == "reward_model" and reward_model is None:
+        return [f"{prefix}reward_model: required with {prefix}reward: reward_model ({{model: a hub id or a local directory}})"]
+    if reward != "reward_model" and reward_model is not None:
+        return [f"{prefix}reward_model: set, but {prefix}reward is {reward!r}; set {prefix}reward: reward_model to use it"]
+    return reward_model.problems(f"{prefix}reward_model") if reward_model else []
 
 
 @dataclass(frozen=True)
@@ -416,13 +446,14 @@ class BenchmarksSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    reward: str = EMBEDDED_REWARD  # a name in prefbench.eval.rewards.REWARDS
+    reward: str = EMBEDDED_REWARD  # a name in prefbench.eval.rewards.REWARDS: instructions, reward_model, none
+    reward_model: RewardModelSpec | None = None  # with reward: reward_model
     generation: GenerationSpec | None = None  # None: no generation metrics
     judge: JudgeSpec | None = None  # None: no judge (it judges the generation pass's answers)
     benchmarks: BenchmarksSpec | None = None  # None: no lm-eval benchmarks
 
     def problems(self, at: str = "eval") -> list[str]:
-        out = _reward_problems(self.reward, self.generation, f"{at}.reward", f"{at}.generation")
+        out = _reward_problems(self.reward, self.reward_model, f"{at}.")
         for key in ("generation", "judge", "benchmarks"):
             spec = getattr(self, key)
             out += spec.problems(f"{at}.{key}") if spec is not None else []
@@ -440,6 +471,7 @@ class DataGenSpec:
     name: str = ""
     model: str = "smollm2-135m-instruct"
     reward: str = EMBEDDED_REWARD
+    reward_model: RewardModelSpec | None = None  # with reward: reward_model
     generation: GenerationSpec = field(default_factory=lambda: GenerationSpec(prompts=PromptSpec(split="train", n=256)))
     desirable_at_least: float = 0.5  # unpaired label: desirable when reward >= this
     min_chosen_reward: float = 0.0  # pairs whose best answer scores below this are dropped
@@ -449,7 +481,11 @@ class DataGenSpec:
         return dataclasses.asdict(self)
 
     def problems(self) -> list[str]:
-        out = _reward_problems(self.reward, self.generation, "reward", "generation") + self.generation.problems("generation")
+        out = _reward_problems(self.reward, self.reward_model, "") + self.generation.problems("generation")
+        if self.reward == "none":
+            out.append("reward: generate-data ranks answers by their reward; 'none' gives it nothing to rank by")
+        if self.generation.prompts.source == "data":
+            out.append("generation.prompts.source: data needs a training recipe's data section; use file or the task's prompts")
         if not self.out:
             out.append("out: required (the directory to write paired.jsonl, unpaired.jsonl and stats.json to)")
         return out
@@ -502,6 +538,9 @@ class Recipe:
         if self.train.fsdp and self.model.lora:
             out.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
         out += self._claim_problems() + self._judge_problems()
+        generation = self.eval.generation
+        if generation and generation.prompts.source == "data" and not generation.prompts.file and self.data.eval_fraction == 0:
+            out.append("eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)")
         return out + (self.eval.lookup_problems("eval") if lookups else [])
 
     def _objective_problems(self) -> list[str]:
@@ -526,6 +565,8 @@ class Recipe:
                     out.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
             if generation is None:
                 out.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
+            elif self.eval.reward == "none":
+                out.append(f"claims[{i}]: needs a reward (claims are tested on rewards; eval.reward is none)")
             elif claim.metric == "greedy_reward" and not generation.greedy:
                 out.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
         return out
@@ -538,9 +579,10 @@ class Recipe:
         if generation is None:
             return ["eval.judge: needs eval.generation (the judge compares the generation pass's sampled answers)"]
         out = []
-        if "dataset_chosen" in judge.against and not generation.prompts.file:
+        if "dataset_chosen" in judge.against and not generation.prompts.has_chosen():
             i = judge.against.index("dataset_chosen")
-            out.append(f"eval.judge.against[{i}]: dataset_chosen needs eval.generation.prompts.file (JSONL records with a 'chosen' response)")
+            out.append(f"eval.judge.against[{i}]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
+                       "or prompts.file (JSONL records with a 'chosen' response)")
         if judge.samples_per_prompt > generation.sampling.n:
             out.append(f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}")
         return out

@@ -229,6 +229,12 @@ def training_curves(trained: list[Unit]) -> bytes:
     return _png(fig)
 
 
+def reward_label(gen: list[Unit]) -> str:
+    """The reward axis's name: the embedded task's reward, or the reward the recipe named."""
+    name = gen[0].generation["settings"]["reward"]
+    return "held-out task reward" if name == "instructions" else f"held-out reward ({name})"
+
+
 def reward_vs_kl(gen: list[Unit]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     for u in gen:
@@ -236,7 +242,7 @@ def reward_vs_kl(gen: list[Unit]) -> bytes:
         if kl.get("mean") is not None:
             _errorbar(ax, kl, r, label=u.name)
     ax.set_xlabel("KL(policy || reference), nats per answer")
-    ax.set_ylabel("held-out task reward")
+    ax.set_ylabel(reward_label(gen))
     ax.set_title("reward vs KL (95% CIs)")
     ax.legend(fontsize=7)
     return _png(fig)
@@ -248,7 +254,7 @@ def reward_delta(trained_gen: list[Unit]) -> bytes:
         _errorbar(ax, u.generation["sampled"]["reward_minus_reference"], i)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(trained_gen)), [u.name for u in trained_gen])
-    ax.set_xlabel("task reward minus reference's (paired, 95% CI)")
+    ax.set_xlabel(f"{reward_label(trained_gen).removeprefix('held-out ')} minus reference's (paired, 95% CI)")
     return _png(fig)
 
 
@@ -259,7 +265,7 @@ def diversity_vs_reward(gen: list[Unit]) -> bytes:
         if "distinct_2" in s:
             ax.scatter(s["distinct_2"], s["reward"]["mean"], label=u.name)
     ax.set_xlabel("distinct-2 of sampled answers")
-    ax.set_ylabel("held-out task reward")
+    ax.set_ylabel(reward_label(gen))
     ax.set_title("diversity vs reward")
     ax.legend(fontsize=7)
     return _png(fig)
@@ -270,7 +276,7 @@ def plots(run: Run) -> dict[str, bytes]:
     trained = [u for u in run.units if u.curves]
     if trained:
         out["training_curves"] = training_curves(trained)
-    gen = [u for u in run.units if u.generation]
+    gen = [u for u in run.units if dig(u.generation, ("sampled", "reward"))]  # none with eval.reward: none
     trained_gen = [u for u in gen if u.name != "reference"]
     if gen:
         out["reward_vs_kl"] = reward_vs_kl(gen)

@@ -27,3 +27,59 @@ def pytest_collection_modifyitems(items):
     """The tests that share the session's vLLM server run last, one after another: an idle vLLM server
     busy-loops on a CPU core (shared/ENVIRONMENT.md), so it must not live while the other tests run."""
     items.sort(key=lambda item: "vllm_server" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+
+
+TOY_RM_TRAIN_PAIRS = 130  # of the embedded task's 182 pairs; the rest stay unseen
+
+
+@pytest.fixture(scope="session")
+def toy_reward_model():
+    """A small sequence-classification reward model that prefbench builds: tiny:small with a score head,
+    trained for 80 Bradley-Terry steps on pairs the embedded task's reward ranks, so its scores mean something:
+    the first TOY_RM_TRAIN_PAIRS pairs of the shipped data (chosen vs rejected), and each of their chosen
+    answers against its own characters shuffled (which the task's quality gate ranks lower). Built once per
+    test session (about 20 s), in the test cache. Its directory is a plain Hugging Face checkpoint."""
+    from prefbench import models
+    from prefbench.results import publish
+
+    return publish(models.cache_dir() / "models" / "toy-reward-model", _train_toy_reward_model)
+
+
+def _train_toy_reward_model(out, steps: int = 80, batch: int = 16, lr: float = 3e-3) -> None:
+    import random
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from prefbench import models
+    from prefbench.data.load import load_records
+    from prefbench.eval.rewards import RewardModel
+    from prefbench.recipe import RewardModelSpec
+
+    base = models.resolve("tiny:small")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    rm = RewardModel(RewardModelSpec(model=str(out)))  # its text() formats training pairs exactly as it scores them
+    rm.model.train()
+    from prefbench.eval.rewards import InstructionReward
+
+    pairs, rng, task_reward = load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS], random.Random(0), InstructionReward()
+    for p in list(pairs):
+        shuffled = "".join(rng.sample(p["chosen"], len(p["chosen"])))
+        if task_reward(p["prompt"], shuffled) < task_reward(p["prompt"], p["chosen"]):
+            pairs.append({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": shuffled})
+    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=lr)
+    for _ in range(steps):
+        chosen_rejected = rng.sample(pairs, batch)
+        texts = [rm.text(p["prompt"], p[side]) for side in ("chosen", "rejected") for p in chosen_rejected]
+        enc = rm.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        scores = rm.model(**enc).logits[:, 0]
+        loss = -F.logsigmoid(scores[:batch] - scores[batch:]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    rm.model.save_pretrained(out)

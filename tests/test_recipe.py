@@ -235,7 +235,8 @@ def test_judge_section_is_validated(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="eval.judge: needs eval.generation"):
         load_recipe(write(tmp_path, body))
     assert judge_problems({**JUDGE, "against": ["dataset_chosen"], "samples_per_prompt": 3}, {"sampling": {"n": 2}}) == [
-        "eval.judge.against[0]: dataset_chosen needs eval.generation.prompts.file (JSONL records with a 'chosen' response)",
+        "eval.judge.against[0]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
+        "or prompts.file (JSONL records with a 'chosen' response)",
         "eval.judge.samples_per_prompt: 3 is more than eval.generation.sampling.n 2"]
     # the key's variable is looked up (by name only) when the recipe calls a remote endpoint for real
     remote = {"base_url": "https://api.example.com/v1", "model": "m", "api_key_env": "PREFBENCH_TEST_JUDGE_KEY"}

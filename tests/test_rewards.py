@@ -1,10 +1,18 @@
-"""The embedded task's checks on hand-written answers, its anti-hack gate, and its prompt sets."""
+"""The embedded task's checks on hand-written answers, its anti-hack gate, and its prompt sets; the reward-model scorer."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 
-from prefbench.eval.rewards import GATE_FLOOR, REWARDS, TOPICS, Instruction, InstructionReward, TaskPrompt, instruction_score, make_prompts
+from conftest import TOY_RM_TRAIN_PAIRS
+from prefbench.data.load import load_records
+from prefbench.eval.rewards import (GATE_FLOOR, REWARDS, TOPICS, Instruction, InstructionReward, RewardModel, TaskPrompt,
+                                    instruction_score, make_prompts, make_reward, score_all)
+from prefbench.recipe import RewardModelSpec
+from prefbench.stats import paired_difference
 
 CASES = [
     # (instruction, answer, holds?)
@@ -77,3 +85,39 @@ def test_registered_reward_looks_prompts_up_and_refuses_unknown_ones():
     with pytest.raises(KeyError, match="not one of the embedded task's prompts"):
         reward("Write a poem.", "roses")
     assert isinstance(reward, InstructionReward) and reward.version >= 1
+    with pytest.raises(ValueError, match="1 of 2 are not .*use eval.reward: reward_model or none"):
+        reward.check_prompts([task.prompt, "Write a poem."])
+    assert reward.score([task.prompt] * 2, ["x", "y"]).tolist() == [reward(task.prompt, "x"), reward(task.prompt, "y")]
+
+
+def test_reward_model_scores_in_batches_what_the_model_scores_one_at_a_time(toy_reward_model):
+    """Batching (sorted by length, right padding) changes no score: each equals the model's logit on the
+    conversation alone, rendered through the chat template."""
+    import torch
+
+    rm = RewardModel(RewardModelSpec(model=str(toy_reward_model), batch_size=3))
+    pairs = load_records("embedded:paired")[TOY_RM_TRAIN_PAIRS:][:7]
+    prompts, answers = [p["prompt"] for p in pairs], [p["chosen"] if i % 2 else p["rejected"] + " more words" * i for i, p in enumerate(pairs)]
+    conversation = rm.text(prompts[0], answers[0])
+    assert conversation.startswith("<|user|>" + prompts[0]) and conversation.endswith("<|assistant|>" + answers[0] + "<|eos|>\n")
+    with torch.inference_mode():
+        alone = [rm.model(**rm.tokenizer(rm.text(p, a), add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
+                 for p, a in zip(prompts, answers)]
+    assert rm.score(prompts, answers) == pytest.approx(alone, abs=1e-4)
+    assert score_all(rm, prompts[:2], [answers[:3], answers[3:6]]).shape == (2, 3)
+
+
+def test_a_trained_reward_model_prefers_the_policys_answers_to_random_strings(toy_reward_model):
+    """The toy reward model (trained on the embedded task's labels: its first pairs, and chosen answers against
+    their own shuffled characters) ranks the pairs it was trained on, and on the prompts it never saw scores
+    the policy's own answers (the data's chosen samples of SmolLM2) above uniformly random strings of letters
+    of the same length, by a paired difference whose 95% interval is above 0."""
+    rm = make_reward("reward_model", RewardModelSpec(model=str(toy_reward_model)))
+    seen, unseen = load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS], load_records("embedded:paired")[TOY_RM_TRAIN_PAIRS:]
+    accuracy = np.mean(rm.score(*zip(*[(p["prompt"], p["chosen"]) for p in seen])) > rm.score(*zip(*[(p["prompt"], p["rejected"]) for p in seen])))
+    assert accuracy > 0.8
+    rng = random.Random(0)
+    junk = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(len(p["chosen"]))) for p in unseen]
+    prompts = [p["prompt"] for p in unseen]
+    difference = paired_difference(rm.score(prompts, [p["chosen"] for p in unseen]), rm.score(prompts, junk))
+    assert difference["ci"][0] > 0, difference

@@ -16,17 +16,41 @@ from pathlib import Path
 import numpy as np
 
 from prefbench.data.load import EMBEDDED_DATA  # noqa: F401  (where the shipped dataset lives)
-from prefbench.recipe import DataGenSpec, PromptSpec
+from prefbench.recipe import DataGenSpec, DataSpec, PromptSpec
 from prefbench.results import write_jsonl
 
 
-def load_prompt_records(spec: PromptSpec) -> list[dict]:
+def load_prompt_records(spec: PromptSpec, data: DataSpec | None = None) -> list[dict]:
     """The first spec.n prompts, as {"prompt"} or {"prompt", "chosen"}: from a JSONL file (each line a text
-    "prompt", optionally the data's text "chosen" answer), else the embedded task's split."""
-    if not spec.file:
-        from prefbench.eval.rewards import make_prompts
+    "prompt", optionally the data's text "chosen" answer), the held-out split of `data` (source: data), or
+    the embedded task's split."""
+    if spec.file:
+        return _file_prompt_records(spec)
+    if spec.source == "data":
+        return held_out_prompt_records(data, spec.n)
+    from prefbench.eval.rewards import make_prompts
 
-        return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
+    return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
+
+
+def held_out_prompt_records(data: DataSpec, n: int) -> list[dict]:
+    """The first n distinct prompts of the data's held-out split (the one the trainer makes, by prompt), each
+    with the data's chosen answer: a pair's chosen completion, or (unpaired) the first desirable completion,
+    when the prompt has one. Prompts keep their form (text, or chat messages)."""
+    from prefbench.data.load import prompt_key
+    from prefbench.data.prepare import split_records
+    from prefbench.data.tokenize import _text
+
+    by_prompt: dict[str, dict] = {}
+    for r in split_records(data)[3]:
+        record = by_prompt.setdefault(prompt_key(r["prompt"]), {"prompt": r["prompt"]})
+        answer = r.get("chosen", r.get("completion") if r.get("label") else None)
+        if answer is not None and "chosen" not in record:
+            record["chosen"] = _text(answer)
+    return list(by_prompt.values())[:n]
+
+
+def _file_prompt_records(spec: PromptSpec) -> list[dict]:
     records = []
     for i, line in enumerate(Path(spec.file).expanduser().read_text().splitlines()):
         if not line.strip():
@@ -45,8 +69,18 @@ def load_prompt_records(spec: PromptSpec) -> list[dict]:
     return records
 
 
-def load_prompts(spec: PromptSpec) -> list[str]:
-    return [r["prompt"] for r in load_prompt_records(spec)]
+def prompt_text(prompt) -> str:
+    """A prompt as one text, for readers that take text (the judge, exported answers): a text prompt as is,
+    a single user message as its content, a conversation as "role: content" paragraphs."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def load_prompts(spec: PromptSpec, data: DataSpec | None = None) -> list:
+    return [r["prompt"] for r in load_prompt_records(spec, data)]
 
 
 def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float,
@@ -91,11 +125,14 @@ def generate_data(spec: DataGenSpec) -> dict:
     """Sample, score, build, write `spec.out`/{paired,unpaired}.jsonl and stats.json; returns the stats."""
     from prefbench import models
     from prefbench.eval.generate import Sampling, generate
-    from prefbench.eval.rewards import REWARDS
+    from prefbench.eval.rewards import REWARDS, make_reward, score_all
     from prefbench.results import versions, write_json
 
     g = spec.generation
     prompts = load_prompts(g.prompts)
+    reward = make_reward(spec.reward, spec.reward_model)
+    if hasattr(reward, "check_prompts"):
+        reward.check_prompts(prompts)
     path = models.resolve(spec.model)
     sp = g.sampling
     sampling = Sampling("sampled", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed)
@@ -104,8 +141,7 @@ def generate_data(spec: DataGenSpec) -> dict:
                                   vllm_options={k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size),
                                                                   ("gpu_memory_utilization", g.gpu_memory_utilization)) if v})
     completions = results[str(path)]["sampled"]
-    reward = REWARDS[spec.reward]()
-    rewards = np.array([[reward(p, c.text) for c in cs] for p, cs in zip(prompts, completions)], dtype=float)
+    rewards = score_all(reward, prompts, [[c.text for c in cs] for cs in completions])
     paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least,
                                                 spec.min_chosen_reward)
     stats |= {

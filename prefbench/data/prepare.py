@@ -14,7 +14,7 @@ from prefbench.data.tokenize import Example, fingerprint, tokenize_records
 from prefbench.errors import TrainingError
 
 if TYPE_CHECKING:
-    from prefbench.recipe import Recipe
+    from prefbench.recipe import DataSpec, Recipe
 
 
 @dataclass
@@ -27,13 +27,19 @@ class Prepared:
     one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
 
 
-def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
-    d = recipe.data
+def split_records(d: DataSpec) -> tuple[list[dict], load.DataReport, list[dict], list[dict]]:
+    """(valid records, validation report, train records, held-out records) of the data section, before
+    transforms: the held-out side is what training never sees, by prompt."""
     records = load.load_records(d.source, split=d.split)
     if d.limit:
         records = records[: d.limit]
     records, validation = load.validate(records, d.format, on_bad=d.on_bad)
-    train_records, eval_records = load.train_eval_split(records, d.eval_fraction, d.split_seed)
+    return records, validation, *load.train_eval_split(records, d.eval_fraction, d.split_seed)
+
+
+def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
+    d = recipe.data
+    records, validation, train_records, eval_records = split_records(d)
     fmt, applied = d.format, []
     for tr in d.transforms:  # training data only: the held-out set stays as collected
         if tr.name == "paired_to_unpaired":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from prefbench import models
 from prefbench.eval.generate import Completion, Sampling
-from prefbench.eval.rewards import words
+from prefbench.eval.rewards import score_all, words
 from prefbench.stats import estimate
 
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
@@ -40,9 +40,9 @@ def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -
     return {"win": int(win.sum()), "tie": int((~win & ~loss).sum()), "loss": int(loss.sum()), "win_rate": estimate(score)}
 
 
-def rewards_of(prompts: list[str], gens: list[list[Completion]], reward) -> np.ndarray:
-    """[prompts, samples] rewards."""
-    return np.array([[reward(p, c.text) for c in comps] for p, comps in zip(prompts, gens)], dtype=float)
+def rewards_of(prompts: list, gens: list[list[Completion]], reward) -> np.ndarray:
+    """[prompts, samples] rewards of the generated answers (rewards.score_all)."""
+    return score_all(reward, prompts, [[c.text for c in comps] for comps in gens])
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -95,31 +95,35 @@ def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completio
     return tuple(out)
 
 
-def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list[str], prompt_ids: list[list[int]],
-                        gens: dict[str, list[list[Completion]]], rewards: dict[str, np.ndarray], ref_rewards: dict[str, np.ndarray],
+def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, prompt_ids: list[list[int]],
+                        gens: dict[str, list[list[Completion]]], rewards: dict[str, np.ndarray] | None, ref_rewards: dict[str, np.ndarray] | None,
                         samplings: list[Sampling], ref_model=None) -> dict:
     """Metrics of one checkpoint against the reference, from its generations and both models' rewards on the
     same prompts.
 
     gens: {sampling name: [per prompt: completions]}; rewards / ref_rewards: {sampling name: [prompts, samples]
-    rewards (rewards_of)} of this checkpoint's and the reference's answers, scored once by the caller. The
+    rewards (rewards_of)} of this checkpoint's and the reference's answers, scored once by the caller, or None
+    (no reward: the reward fields are left out). The
     reference's own row is this function with policy_path == reference_path (its KL is 0 and is not computed).
     """
     by_name = {s.name: s for s in samplings}
     out: dict = {"prompts": len(prompts)}
     for name, comps in gens.items():
-        r, r_ref = rewards[name].mean(1), ref_rewards[name].mean(1)
         n_tokens = np.array([[len(c.token_ids) for c in cs] for cs in comps], float)
         n_words = np.array([[len(words(c.text)) for c in cs] for cs in comps], float)
         out[name] = {
-            "reward": estimate(r),
-            "reward_minus_reference": estimate(r - r_ref),
-            "vs_reference": win_tie_loss(r, r_ref),
             "length_tokens": estimate(n_tokens.mean(1)),
             "length_words": estimate(n_words.mean(1)),
             "truncated_share": float(np.mean([c.finish_reason == "length" for cs in comps for c in cs])),
-            "per_prompt_reward": [float(v) for v in r],  # for paired comparisons between runs (prefbench compare)
         }
+        if rewards is not None:  # eval.reward: none leaves every reward field out
+            r, r_ref = rewards[name].mean(1), ref_rewards[name].mean(1)
+            out[name] |= {
+                "reward": estimate(r),
+                "reward_minus_reference": estimate(r - r_ref),
+                "vs_reference": win_tie_loss(r, r_ref),
+                "per_prompt_reward": [float(v) for v in r],  # for paired comparisons between runs (prefbench compare)
+            }
         if by_name[name].n > 1:
             texts = [c.text for cs in comps for c in cs]
             out[name]["distinct_1"] = distinct_n(texts, 1)

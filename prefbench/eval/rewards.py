@@ -1,6 +1,12 @@
-"""Task rewards, and the embedded task: short answers with verifiable instructions.
+"""Rewards, and the embedded task: short answers with verifiable instructions.
 
-A reward maps (prompt, response) to a score in [0, 1]; `REWARDS` is the registry recipes name.
+`REWARDS` is the registry recipes name (eval.reward); `make_reward` builds one. A reward scores a batch of
+(prompt, answer) pairs at once, `score(prompts, answers) -> array`, and declares `ground_truth` (a verifiable
+score: the judge's verdicts are checked against it). Three are built in:
+
+  instructions   the embedded task's checker, a score in [0, 1]; only for the task's own prompts
+  reward_model   a sequence-classification reward model's score (RewardModel), for any prompts
+  none           no reward: runs judged by the LLM judge and benchmarks only (metrics leave reward out)
 
 The embedded task asks for a short text about a topic under one or two instructions that a
 program can check (letter case, a required or forbidden word, the ending, word and sentence
@@ -16,9 +22,16 @@ that met the instructions (shared/ENVIRONMENT.md): the gate makes those hacks lo
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from prefbench.recipe import RewardModelSpec
 
 TASK_VERSION = 1
 MIN_WORDS = 4
@@ -184,7 +197,6 @@ class InstructionReward:
     name = "instructions"
     version = TASK_VERSION
     ground_truth = True  # a verifiable score: the judge's verdicts are checked against it
-    own_prompts = True  # scores only the task's own prompts (eval.generation.prompts.split), no prompts file
 
     def __init__(self, prompts: list[TaskPrompt] | None = None):
         prompts = prompts if prompts is not None else make_prompts(2000, "train") + make_prompts(500, "heldout")
@@ -196,5 +208,97 @@ class InstructionReward:
             raise KeyError(f"prompt is not one of the embedded task's prompts: {prompt[:80]!r}")
         return instruction_score(task, response)
 
+    def score(self, prompts: list, answers: list[str]) -> np.ndarray:
+        return np.array([self(p, a) for p, a in zip(prompts, answers)], dtype=float)
 
-REWARDS = {"instructions": InstructionReward}
+    def check_prompts(self, prompts: list) -> None:
+        """Refuses prompts it cannot score, before any answer is generated for them."""
+        foreign = [p for p in prompts if not isinstance(p, str) or p not in self.by_prompt]
+        if foreign:
+            raise ValueError(f"eval.reward: instructions scores only the embedded task's prompts; {len(foreign)} of {len(prompts)} "
+                             f"are not (first: {str(foreign[0])[:60]!r}); use eval.reward: reward_model or none")
+
+
+class RewardModel:
+    """A sequence-classification reward model: each (prompt, answer) conversation through the model's chat
+    template (plain "prompt\n\nanswer" without one), scored in batches of similar length; bf16 on a GPU,
+    fp32 on a CPU. The score is the single logit (num_labels 1), or the `score` output of models that have
+    one (ArmoRM-style custom heads, with trust_remote_code). Too-long conversations keep their end."""
+
+    name = "reward_model"
+    version = 1
+    ground_truth = False
+
+    def __init__(self, spec: RewardModelSpec):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from prefbench import models
+
+        self.spec, self.path = spec, models.resolve(spec.model)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        options = {"trust_remote_code": spec.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, truncation_side="left", **options)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype, **options).to(self.device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if getattr(self.model.config, "num_labels", 1) != 1 and not hasattr(self.model, "score"):
+            raise ValueError(f"eval.reward_model.model: {spec.model} has {self.model.config.num_labels} labels; a reward model has one")
+
+    def text(self, prompt, answer: str) -> str:
+        from prefbench.data.tokenize import render
+
+        prompt_text, completion = render(self.tokenizer, prompt, answer, use_chat_template=True)
+        if getattr(self.tokenizer, "chat_template", None):
+            return prompt_text + completion
+        return f"{prompt_text}\n\n{answer}"
+
+    def score(self, prompts: list, answers: list[str]) -> np.ndarray:
+        import torch
+
+        texts = [self.text(p, a) for p, a in zip(prompts, answers)]
+        templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes its own special tokens
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros(len(texts))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.spec.batch_size):
+                batch = order[start : start + self.spec.batch_size]
+                enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.spec.max_length,
+                                     add_special_tokens=not templated, return_tensors="pt").to(self.device)
+                result = self.model(**enc)
+                values = result.score if hasattr(result, "score") and result.score is not None else result.logits[:, 0]
+                out[batch] = values.float().flatten().cpu().numpy()
+        return out
+
+    def identity(self) -> dict:
+        """What decides its scores, for the results' settings: the spec and the checkpoint's content hash."""
+        from prefbench.eval.generate import checkpoint_id
+
+        return {**dataclasses.asdict(self.spec), "checkpoint": checkpoint_id(self.path)}
+
+
+class NoReward:
+    """No reward: generation metrics keep lengths, diversity and KL; the judge and benchmarks do the rest."""
+
+    name = "none"
+    version = 1
+    ground_truth = False
+
+
+REWARDS = {"instructions": InstructionReward, "reward_model": RewardModel, "none": NoReward}
+
+
+def score_all(reward, prompts: list, answers: list[list[str]]) -> np.ndarray:
+    """[prompts, answers per prompt] scores of every prompt's answers, in one batched call of the reward."""
+    flat = reward.score([p for p, texts in zip(prompts, answers) for _ in texts], [t for texts in answers for t in texts])
+    return flat.reshape(len(prompts), -1) if len(prompts) else flat
+
+
+def make_reward(name: str, reward_model: RewardModelSpec | None = None):
+    """The reward a recipe names, ready to score; None for `none`."""
+    if name == "none":
+        return None
+    return RewardModel(reward_model) if name == "reward_model" else REWARDS[name]()

@@ -143,10 +143,11 @@ def preference(recipe: Recipe) -> dict[str, dict]:
 
 
 def prompt_records(recipe: Recipe) -> list[dict]:
-    """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once."""
+    """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once: the embedded
+    task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source)."""
     from prefbench.data.onpolicy import load_prompt_records
 
-    return load_prompt_records(recipe.eval.generation.prompts)
+    return load_prompt_records(recipe.eval.generation.prompts, recipe.data)
 
 
 def samplings(recipe: Recipe):
@@ -157,15 +158,30 @@ def samplings(recipe: Recipe):
     return standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed, greedy=g.greedy)
 
 
-def generation_settings(recipe: Recipe, prompts: list[str]) -> dict:
+def generation_settings(recipe: Recipe, prompts: list) -> dict:
     """Everything that decides a unit's generation metrics: finished results with other settings are redone,
-    and reports and `compare` refuse to put results with different settings side by side."""
+    and reports and `compare` refuse to put results with different settings side by side. A reward model
+    counts by its checkpoint's content hash as well as its name."""
+    from prefbench.eval.generate import checkpoint_id
     from prefbench.eval.metrics import METRICS_VERSION
     from prefbench.eval.rewards import REWARDS
 
-    return jsonable({"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
-                      "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
-                      "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
+    settings = {"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
+                "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
+                "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()}
+    if spec := recipe.eval.reward_model:
+        settings["reward_model"] = {**dataclasses.asdict(spec), "checkpoint": checkpoint_id(models.resolve(spec.model))}
+    return jsonable(settings)
+
+
+def load_reward(recipe: Recipe, prompts: list):
+    """The recipe's reward (None for `none`), having checked that it can score these prompts."""
+    from prefbench.eval.rewards import make_reward
+
+    reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
+    if hasattr(reward, "check_prompts"):
+        reward.check_prompts(prompts)
+    return reward
 
 
 def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
@@ -183,9 +199,9 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     <unit>/eval_generation.json. A file whose settings match is kept: re-running only re-reads."""
     from prefbench.eval.generate import prompt_ids
     from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
-    from prefbench.eval.rewards import REWARDS
 
     prompts = [r["prompt"] for r in prompt_records(recipe)]
+    reward = load_reward(recipe, prompts)
     settings = generation_settings(recipe, prompts)
     units = eval_units(recipe)
     done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))}
@@ -195,26 +211,28 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     reference = units["reference"]
     generated = [reference] + [u for u in todo if u.name != "reference"]
     gens, gen_stats = generate_all(recipe, generated, prompts)
-    reward = REWARDS[recipe.eval.reward]()
     # every answer scored once: the metrics and answers.jsonl read the same scores
-    scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()} for u in generated}
+    scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()}
+              for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint", disable=reward is None)} if reward else None
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
     passes, ref_model = samplings(recipe), models.load_model(reference.checkpoint)
     # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
     for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
         metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
-                                      scores[u.name], scores["reference"], passes, ref_model)
+                                      scores and scores[u.name], scores and scores["reference"], passes, ref_model)
         done[u.name] = {"settings": settings, "unit": u.name, "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
-        write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores[u.name])
+        write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
     return {name: done[name] for name in units}
 
 
-def write_answers(path: Path, prompts: list[str], gens: dict, scores: dict[str, np.ndarray]) -> None:
-    """A unit's generated answers, one line per answer, readable without prefbench: prompt, sampling pass,
-    sample number, answer text, token count, finish reason ("stop", or "length": cut at max_tokens), reward."""
+def write_answers(path: Path, prompts: list, gens: dict, scores: dict[str, np.ndarray] | None) -> None:
+    """A unit's generated answers, one line per answer, readable without prefbench: prompt (text, or chat
+    messages), sampling pass, sample number, answer text, token count, finish reason ("stop", or "length": cut
+    at max_tokens), reward (null with eval.reward: none)."""
     write_jsonl(path, [{"prompt_index": i, "prompt": prompt, "sampling": name, "sample": j, "answer": c.text,
-                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason, "reward": float(scores[name][i, j])}
+                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                        "reward": float(scores[name][i, j]) if scores else None}
                        for name, per_prompt in gens.items() for i, (prompt, comps) in enumerate(zip(prompts, per_prompt))
                        for j, c in enumerate(comps)])
 
@@ -233,8 +251,9 @@ def judge(recipe: Recipe) -> dict:
 
     Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
     recorded in the file (the comparisons it could not finish left out) rather than failing the run."""
+    from prefbench.data.onpolicy import prompt_text
     from prefbench.eval.judge import JudgeBudgetError, judge_units
-    from prefbench.eval.rewards import REWARDS
+    from prefbench.eval.rewards import REWARDS, make_reward, score_all
 
     spec = recipe.eval.judge
     records = prompt_records(recipe)
@@ -243,14 +262,13 @@ def judge(recipe: Recipe) -> dict:
     gens, _ = generate_all(recipe, list(units.values()), prompts)
     answers = {name: [[c.text for c in comps] for comps in gens[str(u.checkpoint)]["sampled"]] for name, u in units.items()}
     rewards = None
-    reward_cls = REWARDS[recipe.eval.reward]
-    if reward_cls.ground_truth:  # measure the judge against the reward
-        reward = reward_cls()
-        rewards = {name: [[reward(p, t) for t in texts] for p, texts in zip(prompts, per_prompt)] for name, per_prompt in answers.items()}
+    if REWARDS[recipe.eval.reward].ground_truth:  # measure the judge against the reward
+        reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
+        rewards = {name: score_all(reward, prompts, per_prompt).tolist() for name, per_prompt in answers.items()}
     chosen = [r["chosen"] for r in records] if all("chosen" in r for r in records) else None
     out = {"settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})}
     try:
-        result = judge_units(spec, prompts, answers, "reference", chosen, rewards)
+        result = judge_units(spec, [prompt_text(p) for p in prompts], answers, "reference", chosen, rewards)
         out["dry_run" if "dry_run" in result else "comparisons"] = result.get("dry_run", result)
     except JudgeBudgetError as stop:
         out["stopped"] = str(stop)
