@@ -1,6 +1,7 @@
 """The pairwise judge: statistics against hand-computed values, the cache and fault handling through a real
 local HTTP server (tests/judge_fault_server.py), and a real vLLM server answering through structured outputs."""
 
+import hashlib
 import json
 import math
 import os
@@ -11,7 +12,7 @@ from judge_fault_server import FaultServer
 
 from prefbench.eval import judge
 from prefbench.eval.judge import (
-    Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, pair_stats,
+    Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, load_template, pair_stats,
     parse_verdict,
 )
 from prefbench.eval.server import free_port
@@ -112,6 +113,38 @@ def test_cache_ignores_a_torn_line_and_keeps_appending(tmp_path):
     assert set(VerdictCache(path).records) == {"k1", "k2", "k4"}
 
 
+# ---------------------------------------------------------------- prompt templates
+
+
+def test_the_built_in_template_renders_the_judge_messages():
+    """The text the judge has been asked since the prompt lived in Python strings, to the byte."""
+    system = ("You are the referee between two answers to the same request. Decide which answer serves the person who made "
+              "the request better: it does what was asked, follows every explicit instruction (format, length, wording), and "
+              "is correct and clear. Extra length earns nothing by itself, and the order in which the answers appear says "
+              "nothing about their quality. Call it a tie only when neither answer is better.")
+    user = "<request>\nName a {{ color }}.\n</request>\n\n<answer_a>\n Red.\n</answer_a>\n\n<answer_b>\n\n</answer_b>\n\n"
+    asks = {"json": 'Reply with the JSON object {"verdict": "A"}, {"verdict": "B"} or {"verdict": "tie"}.',
+            "text": 'You may reason briefly first. Your last line must be exactly "Verdict: A", "Verdict: B" or "Verdict: tie".'}
+    for form, ask in asks.items():  # answers are inserted as they are: Jinja syntax and whitespace included
+        assert load_template().messages("Name a {{ color }}.", " Red.", "", form) == [
+            {"role": "system", "content": system}, {"role": "user", "content": user + ask}]
+
+
+def test_a_template_file_splits_at_the_user_line_and_its_hash_is_its_version(tmp_path):
+    path = tmp_path / "mine.jinja"
+    path.write_text("Be strict.\n{# user #}\n\nQ: {{ question }}\nA: {{ answer_a }}\nB: {{ answer_b }}\n"
+                    "{% if form == 'text' %}End with Verdict: A, B or tie.{% endif %}\n")
+    mine = load_template(str(path))
+    assert mine.messages("q", "x", "y", "text") == [{"role": "system", "content": "Be strict."},
+                                                     {"role": "user", "content": "Q: q\nA: x\nB: y\nEnd with Verdict: A, B or tie."}]
+    assert mine.messages("q", "x", "y", "json")[1]["content"] == "Q: q\nA: x\nB: y"
+    path.write_text("{{ question }}|{{ answer_a }}|{{ answer_b }}")  # no {# user #} line: no system message
+    assert load_template(str(path)).messages("q", "x", "y", "json") == [{"role": "user", "content": "q|x|y"}]
+    assert mine.sha256 == hashlib.sha256(mine.text.encode()).hexdigest() != load_template().sha256
+    call = Call("q", "x", "y", mine)
+    assert call.key("m", "json", 16) != replace(call, template=load_template()).key("m", "json", 16)
+
+
 # ---------------------------------------------------------------- through a real HTTP server
 
 FAULT_PROMPTS = ["q0 plain", "q1 [429]", "q2 [500]", "q3 [slow]", "q4 [malformed]", "q5 [first]"]
@@ -139,7 +172,7 @@ def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
         assert d["completion_tokens"] == 12 * 5 and d["prompt_tokens"] > 0
         assert d["cost_usd"] == pytest.approx((d["prompt_tokens"] * 0.5 + d["completion_tokens"] * 1.0) / 1000)
         assert d["mean_verdict_prob"] == pytest.approx(0.8)  # from the server's log-probabilities
-        assert out["judge"]["forms"] == ["json"] and out["judge"]["prompt_version"] == judge.JUDGE_PROMPT_VERSION
+        assert out["judge"]["forms"] == ["json"] and out["judge"]["template_sha256"] == load_template().sha256
         # Every verdict was delivered exactly once; each fault was retried (both orders of its prompt).
         assert len(server.answered()) == 12 and set(server.answered().values()) == {1}
         assert (server.count(429), server.count(500), server.count("slow")) == (2, 2, 2)
@@ -158,7 +191,7 @@ def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(t
     monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", secret)
     prompts = [f"question {i}" for i in range(4)]
     answers = {"policy": [[f"GOOD answer {i}"] for i in range(4)], "reference": [[f"answer {i}"] for i in range(4)]}
-    per_call = Call(prompts[0], answers["policy"][0][0], answers["reference"][0][0]).prompt_tokens_estimate() / 1000
+    per_call = Call(prompts[0], answers["policy"][0][0], answers["reference"][0][0], load_template()).prompt_tokens_estimate() / 1000
     with FaultServer() as server:
         # One call at a time, so where the budget stops is deterministic: each call is estimated at its prompt's
         # characters / 4 (more than the server's usage), and a call goes out only if it fits under the cap.
@@ -177,6 +210,29 @@ def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(t
     assert server.authorizations == {f"Bearer {secret}"}  # the key was used ...
     written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()] + [json.dumps(out), str(err.value)]
     assert not any(secret in text for text in written)  # ... and written nowhere
+
+
+def test_a_template_text_of_its_own_is_asked_anew_and_the_old_verdicts_stay_cached(tmp_path):
+    prompts, answers = FAULT_PROMPTS[:2], {unit: per_prompt[:2] for unit, per_prompt in FAULT_ANSWERS.items()}
+    path = tmp_path / "mine.jinja"
+    path.write_text("Judge the substance.\n{# user #}\n<answer_a>\n{{ answer_a }}\n</answer_a>\n<answer_b>\n{{ answer_b }}\n</answer_b>\n"
+                    "Both answer: {{ question }}\n")
+    with FaultServer() as server:
+        spec = _spec(server)
+        default = judge_units(spec, prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        assert default["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 4
+        out = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        assert out["judge"]["template_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != default["judge"]["template_sha256"]
+        assert out["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 8  # 4 new requests: the new text
+        assert out["wins"] == default["wins"] == 2  # the server's judge reads only the answers
+        again = judge_units(spec, prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        assert again["diagnostics"]["calls_cached"] == 4 and len(server.answered()) == 8
+        path.write_text(path.read_text().replace("substance", "facts"))  # edited in place: a new version
+        edited = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        assert edited["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 12
+        path.write_text("{{ question }} {{ answer_a }}")
+        with pytest.raises(JudgeError, match="^judge.template: must use answer_b"):
+            judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)
 
 
 def test_endpoint_without_structured_outputs_falls_back_to_the_verdict_line(tmp_path):
@@ -238,8 +294,8 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
         prompts, answers = ["p0", "p1"], {"policy": [["GOOD a"], ["b"]], "reference": [["c"], ["d"]]}
 
         est = judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]
-        calls = [Call(p, a[0], r[0]) for p, a, r in zip(prompts, answers["policy"], answers["reference"])]
-        calls += [Call(c.question, c.b, c.a) for c in calls]
+        calls = [Call(p, a[0], r[0], load_template()) for p, a, r in zip(prompts, answers["policy"], answers["reference"])]
+        calls += [Call(c.question, c.b, c.a, c.template) for c in calls]
         tokens = sum(c.prompt_tokens_estimate() for c in calls)
         assert (est["calls"], est["cached"], est["to_make"]) == (4, 0, 4)
         assert est["prompt_tokens_est"] == tokens and est["completion_tokens_max"] == 4 * 16

@@ -1,7 +1,7 @@
 """Pairwise LLM judge: each checkpoint's answers against another unit's (the reference model, another
 objective, the dataset's chosen response), in both answer orders, through any OpenAI-compatible endpoint.
 
-  prompts.py   what is asked: the versioned prompt text, the request forms, a request's cache key
+  prompts.py   what is asked: the prompt template and its version, the request forms, a request's cache key
   verdicts.py  what a reply means: strict verdict parsing, verdict probabilities, pair scores, statistics
   client.py    how it is asked: endpoint and API key, retries, concurrency, budget, the verdict cache
   here         what is judged: the comparisons and pairs (judge_units), and each comparison's result
@@ -23,12 +23,12 @@ import numpy as np
 
 from prefbench import models
 from prefbench.eval.judge.client import JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
-from prefbench.eval.judge.prompts import JUDGE_PROMPT_VERSION, TEMPERATURE, Call
+from prefbench.eval.judge.prompts import TEMPERATURE, Call, Template, load_template, template_problems
 from prefbench.eval.judge.verdicts import PairResult, pair_stats, parse_verdict, verdict_probs
 from prefbench.recipe import JudgeSpec
 
-__all__ = ["CHOSEN", "JUDGE_PROMPT_VERSION", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "VerdictCache",
-           "judge_model", "judge_units", "pair_stats", "parse_verdict", "verdict_probs"]
+__all__ = ["CHOSEN", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "Template", "VerdictCache", "judge_model",
+           "judge_units", "load_template", "pair_stats", "parse_verdict", "verdict_probs"]
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,18 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
     Raises JudgeBudgetError when the budget stops the run (what was judged stays cached), JudgeError otherwise.
     """
     _check(spec)
+    template = load_template(spec.template)
     model = judge_model(spec)
     cache = VerdictCache(Path(cache_dir or models.cache_dir() / "judge") / "verdicts.jsonl")
     plan = _plan(spec, prompts, answers, reference, chosen, rewards)
-    calls = {Call(prompts[i], a, b): None for pairs in plan.values() for i, ax, ay, _, _ in pairs if ax != ay
+    calls = {Call(prompts[i], a, b, template): None for pairs in plan.values() for i, ax, ay, _, _ in pairs if ax != ay
              for a, b in ((ax, ay), (ay, ax))}
     needed = [c for c in calls if cache.find(c, model, spec.max_tokens) is None]
     log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
     if spec.dry_run:
         return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
     made = judge_calls(spec, needed, cache) if needed else set()
-    return {f"{x} vs {y}": _comparison(spec, cache, made, prompts, x, y, pairs) for (x, y), pairs in plan.items()}
+    return {f"{x} vs {y}": _comparison(spec, template, cache, made, prompts, x, y, pairs) for (x, y), pairs in plan.items()}
 
 
 def _check(spec: JudgeSpec) -> None:
@@ -68,6 +69,8 @@ def _check(spec: JudgeSpec) -> None:
         raise JudgeError("judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)")
     if spec.base_url and not spec.model:
         raise JudgeError(f"judge.model: the judge model's name at {spec.base_url} is required")
+    if spec.template and (problems := template_problems(spec.template, "judge.template")):
+        raise JudgeError(problems[0])
 
 
 def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool) -> list[tuple[str, str]]:
@@ -116,14 +119,14 @@ def _dry_run(spec: JudgeSpec, plan: dict[tuple[str, str], list[Pair]], calls: in
         "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)"}
 
 
-def _comparison(spec: JudgeSpec, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
+def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
                 pairs: list[Pair]) -> dict:
     """One comparison's result: its pairs' statistics, and the calls, tokens and cost of its verdicts."""
     model = judge_model(spec)
     records, results = [], []
     for i, ax, ay, rx, ry in pairs:
-        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay), model, spec.max_tokens),
-                                                       cache.find(Call(prompts[i], ay, ax), model, spec.max_tokens))
+        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay, template), model, spec.max_tokens),
+                                                       cache.find(Call(prompts[i], ay, ax, template), model, spec.max_tokens))
         records += [r for r in (first, second) if r]
         results.append(PairResult(i, first and first["verdict"], second and second["verdict"], len(ax), len(ay), rx, ry,
                                   identical=ax == ay))
@@ -140,5 +143,5 @@ def _comparison(spec: JudgeSpec, cache: VerdictCache, made: set[str], prompts: l
         "cost_usd": sum(r["cost_usd"] for r in records),
     }
     return {"unit": x, "opponent": y, "judge": {
-        "model": model, "prompt_version": JUDGE_PROMPT_VERSION, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
+        "model": model, "template_sha256": template.sha256, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
         "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt}} | stats
