@@ -1,6 +1,7 @@
 """The pairwise judge: statistics against hand-computed values, the cache and fault handling through a real
 local HTTP server (tests/judge_fault_server.py), and a real vLLM server answering through structured outputs."""
 
+import collections
 import hashlib
 import json
 import math
@@ -154,6 +155,20 @@ FAULT_ANSWERS = {
 }
 
 
+def _counts(lines: list[dict], comparison: str) -> tuple[int, int, int, int]:
+    """(wins, ties, losses, unscored) of a comparison's judged pairs, from its verdict lines alone, as a reader
+    without prefbench would count them: a win when both orders prefer the unit, a tie when they disagree."""
+    unit, opponent = comparison.split(" vs ")
+    winners = collections.defaultdict(list)
+    for line in lines:
+        if line["comparison"] == comparison:
+            winners[line["prompt_index"], line["sample"]].append(line["winner"])
+    pairs = list(winners.values())
+    assert all(len(p) == 2 for p in pairs)  # both orders of every pair
+    wins, losses, unscored = pairs.count([unit, unit]), pairs.count([opponent, opponent]), sum(None in p for p in pairs)
+    return wins, len(pairs) - wins - losses - unscored, losses, unscored
+
+
 def _spec(server: FaultServer, **kw) -> JudgeSpec:
     return JudgeSpec(**{"base_url": server.base_url, "model": "fault-judge", "api_key_env": "PREFBENCH_TEST_NO_SUCH_KEY",
                         "max_concurrency": 4, "max_retries": 2, "timeout_s": 5.0, "max_tokens": 16} | kw)
@@ -162,7 +177,8 @@ def _spec(server: FaultServer, **kw) -> JudgeSpec:
 def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
     with FaultServer(slow_s=3.0) as server:  # the slow answer comes after the client's 2 s timeout
         spec = _spec(server, timeout_s=2.0, price_per_1k_input=0.5, price_per_1k_output=1.0)
-        out = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        result = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)
+        out, lines = result["comparisons"]["policy vs reference"], result["verdicts"]
         # q0, q1 won; q2 lost; q3 a tie (both GOOD); q4 unparseable; q5 a tie (always "A": orders disagree).
         assert (out["wins"], out["ties"], out["losses"], out["unscored"]) == (2, 2, 1, 1)
         assert out["win_rate"]["mean"] == pytest.approx(0.6)
@@ -178,10 +194,23 @@ def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
         assert (server.count(429), server.count(500), server.count("slow")) == (2, 2, 2)
         records = VerdictCache(tmp_path / "verdicts.jsonl").records.values()
         assert len(records) == 12 and sum(r["verdict"] is None for r in records) == 2  # parse failures are cached too
+        # one verdict line per call, and they alone give the comparison's counts
+        assert len(lines) == 12 and _counts(lines, "policy vs reference") == (2, 2, 1, 1)
+        assert lines[0] == {  # q0, the policy's answer shown as A
+            "comparison": "policy vs reference", "prompt_index": 0, "sample": 0, "prompt": "q0 plain",
+            "unit_a": "policy", "unit_b": "reference", "answer_a": "GOOD one", "answer_b": "one",
+            "judge": "fault-judge", "template_sha256": load_template().sha256, "form": "json", "output": '{"verdict": "A"}',
+            "verdict": "A", "winner": "policy", "verdict_probs": pytest.approx({"A": 0.8, "B": 0.15, "tie": 0.05}),
+            "finish_reason": "stop", "error": None, "cached": False}
+        assert (lines[1]["unit_a"], lines[1]["answer_a"], lines[1]["verdict"], lines[1]["winner"]) == ("reference", "one", "B", "policy")
+        assert [(x["output"], x["verdict"], x["winner"], x["verdict_probs"]) for x in lines if x["prompt_index"] == 4] == [
+            ("The first answer, I think.", None, None, None)] * 2  # q4: no verdict, kept as the judge wrote it
 
         before = {k: list(v) for k, v in server.requests.items()}
-        again = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        result = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)
+        again = result["comparisons"]["policy vs reference"]
         assert server.requests == before  # not one new request
+        assert [line | {"cached": False} for line in result["verdicts"] if line["cached"]] == lines  # every line, from the cache
         assert (again["diagnostics"]["calls_made"], again["diagnostics"]["calls_cached"]) == (0, 12)
         assert again["win_rate"] == out["win_rate"] and again["diagnostics"]["cost_usd"] == pytest.approx(d["cost_usd"])
 
@@ -204,8 +233,8 @@ def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(t
             f.write(b'{"key": "torn')  # and the run was killed while writing
         out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert sum(server.answered().values()) == 8 == len(server.answered())  # 4 pairs x 2 orders, none twice
-        assert out["policy vs reference"]["diagnostics"]["calls_made"] == 8 - first
-        assert out["policy vs reference"]["win_rate"]["mean"] == 1.0
+        assert out["comparisons"]["policy vs reference"]["diagnostics"]["calls_made"] == 8 - first
+        assert out["comparisons"]["policy vs reference"]["win_rate"]["mean"] == 1.0
         assert len(VerdictCache(tmp_path / "verdicts.jsonl").records) == 8
     assert server.authorizations == {f"Bearer {secret}"}  # the key was used ...
     written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()] + [json.dumps(out), str(err.value)]
@@ -219,17 +248,19 @@ def test_a_template_text_of_its_own_is_asked_anew_and_the_old_verdicts_stay_cach
                     "Both answer: {{ question }}\n")
     with FaultServer() as server:
         spec = _spec(server)
-        default = judge_units(spec, prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        default = judge_units(spec, prompts, answers, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
         assert default["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 4
-        out = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["policy vs reference"]
-        assert out["judge"]["template_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != default["judge"]["template_sha256"]
+        result = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)
+        out, sha256 = result["comparisons"]["policy vs reference"], hashlib.sha256(path.read_bytes()).hexdigest()
+        assert out["judge"]["template_sha256"] == sha256 != default["judge"]["template_sha256"]
+        assert [(line["template_sha256"], line["cached"]) for line in result["verdicts"]] == [(sha256, False)] * 4
         assert out["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 8  # 4 new requests: the new text
         assert out["wins"] == default["wins"] == 2  # the server's judge reads only the answers
-        again = judge_units(spec, prompts, answers, cache_dir=tmp_path)["policy vs reference"]
+        again = judge_units(spec, prompts, answers, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
         assert again["diagnostics"]["calls_cached"] == 4 and len(server.answered()) == 8
         path.write_text(path.read_text().replace("substance", "facts"))  # edited in place: a new version
-        edited = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["policy vs reference"]
-        assert edited["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 12
+        edited = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["comparisons"]
+        assert edited["policy vs reference"]["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 12
         path.write_text("{{ question }} {{ answer_a }}")
         with pytest.raises(JudgeError, match="^judge.template: must use answer_b"):
             judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)
@@ -238,7 +269,7 @@ def test_a_template_text_of_its_own_is_asked_anew_and_the_old_verdicts_stay_cach
 def test_endpoint_without_structured_outputs_falls_back_to_the_verdict_line(tmp_path):
     with FaultServer(reject_json=True) as server:
         out = judge_units(_spec(server), FAULT_PROMPTS[:1] + ["another"], {
-            "policy": [["GOOD"], ["x"]], "reference": [["y"], ["GOOD z"]]}, cache_dir=tmp_path)["policy vs reference"]
+            "policy": [["GOOD"], ["x"]], "reference": [["y"], ["GOOD z"]]}, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
         assert server.count(400) == 2  # the first call tried JSON with and without log-probabilities
         assert len(server.answered()) == 4 and set(server.answered().values()) == {1}
     assert out["judge"]["forms"] == ["text"]
@@ -255,7 +286,8 @@ def test_comparisons_samples_and_identical_answers(tmp_path):
     rewards = {"dpo": [[1.0, 0.0, 0], [0.0, 1.0, 0]], "chosen": [[0.5], [0.5]]}
     with FaultServer() as server:
         spec = _spec(server, against=("reference", "round_robin", "dataset_chosen"), samples_per_prompt=2)
-        out = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)
+        result = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)
+        out, lines = result["comparisons"], result["verdicts"]
         assert list(out) == ["dpo vs reference", "kto vs reference", "dpo vs kto", "reference vs chosen", "dpo vs chosen",
                              "kto vs chosen"]
         # "same" vs "same" is a tie without a call: 4 pairs, 3 judged.
@@ -272,6 +304,15 @@ def test_comparisons_samples_and_identical_answers(tmp_path):
         # 2 x (3 + 5 x 4) = 46 verdicts, 4 of them shared ("same" vs "GOOD c0" in two comparisons, "same" vs
         # "GOOD k1" in two): asked once each.
         assert len(server.answered()) == 42 and set(server.answered().values()) == {1}
+    # a line per verdict of each comparison (identical answers have none); they alone give every comparison's counts
+    assert len(lines) == sum(c["diagnostics"]["calls"] for c in out.values()) == 46
+    for name, c in out.items():
+        assert _counts(lines, name) == (c["wins"], c["ties"] - c["diagnostics"]["identical_pairs"], c["losses"], c["unscored"]), name
+    # the request two comparisons share: asked once, a line in each, each naming the units it showed
+    shared = [(x["comparison"], x["prompt_index"], x["sample"], x["unit_a"], x["winner"]) for x in lines
+              if {x["answer_a"], x["answer_b"]} == {"same", "GOOD c0"}]
+    assert sorted(shared) == [("dpo vs chosen", 0, 1, "chosen", "chosen"), ("dpo vs chosen", 0, 1, "dpo", "chosen"),
+                              ("reference vs chosen", 0, 1, "chosen", "chosen"), ("reference vs chosen", 0, 1, "reference", "chosen")]
 
 
 def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
@@ -304,7 +345,7 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
 
         out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert events == [("start", "smollm2-135m-instruct"), ("stop", "smollm2-135m-instruct")]
-        assert out["policy vs reference"]["judge"]["model"] == "smollm2-135m-instruct"
+        assert out["comparisons"]["policy vs reference"]["judge"]["model"] == "smollm2-135m-instruct"
         judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert len(events) == 2  # everything cached: no server
         assert judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]["to_make"] == 0
@@ -333,7 +374,7 @@ def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
         "reference": [["ocean ocean ocean"], ["The capital of France is Berlin."], ["I like trains."]],
     }
     out = judge_units(spec, prompts, answers, rewards={"policy": [[1.0]] * 3, "reference": [[0.0]] * 3},
-                      cache_dir=tmp_path)["policy vs reference"]
+                      cache_dir=tmp_path)["comparisons"]["policy vs reference"]
     d = out["diagnostics"]
     assert out["judge"]["forms"] == ["json"] and d["parse_failure_rate"] == 0.0 and out["unscored"] == 0
     assert d["calls"] == d["calls_made"] == 6 and d["prompt_tokens"] > 6 * 100 and d["completion_tokens"] >= 6 * 5
