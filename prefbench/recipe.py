@@ -364,6 +364,7 @@ class JudgeSpec:
     price_per_1k_input: float = 0.0  # USD, for the cost estimate and the budget
     price_per_1k_output: float = 0.0
     dry_run: bool = False  # estimate calls, tokens and cost; judge nothing
+    template: str = ""  # a Jinja2 prompt template file (prefbench/eval/judge/prompts.py); "": the built-in one
 
     def problems(self, at: str = "eval.judge") -> list[str]:
         out = _choice_problems(self, at) + ([] if self.against else [f"{at}.against: at least one comparison ({', '.join(JUDGE_AGAINST)})"])
@@ -376,6 +377,10 @@ class JudgeSpec:
             out += _at_least(f"{at}.{key}", getattr(self, key), 0)
         if not self.timeout_s > 0:
             out.append(f"{at}.timeout_s: must be > 0, got {self.timeout_s}")
+        if self.template:
+            from prefbench.eval.judge.prompts import template_problems  # not at the top: the judge package imports this module
+
+            out += template_problems(self.template, f"{at}.template")
         return out
 
     def needs_key(self) -> bool:

@@ -302,7 +302,7 @@ def provenance(run: Run) -> list[str]:
     ]
     if run.judge and run.judge.get("comparisons"):
         first = next(iter(run.judge["comparisons"].values()))["judge"]
-        lines.append(f"judge {first['model']}, prompt v{first['prompt_version']}, temperature {first['temperature']}, forms {first['forms']}")
+        lines.append(f"judge {first['model']}, template sha256 {first['template_sha256'][:12]}, temperature {first['temperature']}, forms {first['forms']}")
     if gen:
         s = gen["settings"]
         lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}, {gen['prompts']} held-out prompts "

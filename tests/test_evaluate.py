@@ -145,6 +145,17 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
     assert c["diagnostics"]["calls"] == calls <= 16  # both orders of each non-identical pair, nothing twice
     assert "sk-test-never-written" not in (root / "eval_judge.json").read_text()
     assert list(judge_table(load_run(root)).index) == ["dpo/seed0 vs reference"]
+    # every verdict is in the run directory, one line per call, and the lines give the comparison's counts
+    lines = [json.loads(line) for line in (root / "judge" / "verdicts.jsonl").read_text().splitlines()]
+    assert len(lines) == calls and {x["comparison"] for x in lines} == {"dpo/seed0 vs reference"}
+    assert {x["template_sha256"] for x in lines} == {c["judge"]["template_sha256"]} and {x["judge"] for x in lines} == {"fake-judge"}
+    winners = {}
+    for x in lines:
+        winners.setdefault(x["prompt_index"], []).append(x["winner"])
+    pairs = list(winners.values())  # judged pairs; identical answers are ties without a call
+    wins, losses, unscored = pairs.count(["dpo/seed0"] * 2), pairs.count(["reference"] * 2), sum(None in w for w in pairs)
+    ties = len(pairs) - wins - losses - unscored + c["diagnostics"]["identical_pairs"]
+    assert all(len(w) == 2 for w in pairs) and (wins, ties, losses, unscored) == (c["wins"], c["ties"], c["losses"], c["unscored"])
 
 
 def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):

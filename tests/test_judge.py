@@ -1,6 +1,8 @@
 """The pairwise judge: statistics against hand-computed values, the cache and fault handling through a real
 local HTTP server (tests/judge_fault_server.py), and a real vLLM server answering through structured outputs."""
 
+import collections
+import hashlib
 import json
 import math
 import os
@@ -11,7 +13,7 @@ from judge_fault_server import FaultServer
 
 from prefbench.eval import judge
 from prefbench.eval.judge import (
-    Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, pair_stats,
+    Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, load_template, pair_stats,
     parse_verdict,
 )
 from prefbench.eval.server import free_port
@@ -112,6 +114,38 @@ def test_cache_ignores_a_torn_line_and_keeps_appending(tmp_path):
     assert set(VerdictCache(path).records) == {"k1", "k2", "k4"}
 
 
+# ---------------------------------------------------------------- prompt templates
+
+
+def test_the_built_in_template_renders_the_judge_messages():
+    """The text the judge has been asked since the prompt lived in Python strings, to the byte."""
+    system = ("You are the referee between two answers to the same request. Decide which answer serves the person who made "
+              "the request better: it does what was asked, follows every explicit instruction (format, length, wording), and "
+              "is correct and clear. Extra length earns nothing by itself, and the order in which the answers appear says "
+              "nothing about their quality. Call it a tie only when neither answer is better.")
+    user = "<request>\nName a {{ color }}.\n</request>\n\n<answer_a>\n Red.\n</answer_a>\n\n<answer_b>\n\n</answer_b>\n\n"
+    asks = {"json": 'Reply with the JSON object {"verdict": "A"}, {"verdict": "B"} or {"verdict": "tie"}.',
+            "text": 'You may reason briefly first. Your last line must be exactly "Verdict: A", "Verdict: B" or "Verdict: tie".'}
+    for form, ask in asks.items():  # answers are inserted as they are: Jinja syntax and whitespace included
+        assert load_template().messages("Name a {{ color }}.", " Red.", "", form) == [
+            {"role": "system", "content": system}, {"role": "user", "content": user + ask}]
+
+
+def test_a_template_file_splits_at_the_user_line_and_its_hash_is_its_version(tmp_path):
+    path = tmp_path / "mine.jinja"
+    path.write_text("Be strict.\n{# user #}\n\nQ: {{ question }}\nA: {{ answer_a }}\nB: {{ answer_b }}\n"
+                    "{% if form == 'text' %}End with Verdict: A, B or tie.{% endif %}\n")
+    mine = load_template(str(path))
+    assert mine.messages("q", "x", "y", "text") == [{"role": "system", "content": "Be strict."},
+                                                     {"role": "user", "content": "Q: q\nA: x\nB: y\nEnd with Verdict: A, B or tie."}]
+    assert mine.messages("q", "x", "y", "json")[1]["content"] == "Q: q\nA: x\nB: y"
+    path.write_text("{{ question }}|{{ answer_a }}|{{ answer_b }}")  # no {# user #} line: no system message
+    assert load_template(str(path)).messages("q", "x", "y", "json") == [{"role": "user", "content": "q|x|y"}]
+    assert mine.sha256 == hashlib.sha256(mine.text.encode()).hexdigest() != load_template().sha256
+    call = Call("q", "x", "y", mine)
+    assert call.key("m", "json", 16) != replace(call, template=load_template()).key("m", "json", 16)
+
+
 # ---------------------------------------------------------------- through a real HTTP server
 
 FAULT_PROMPTS = ["q0 plain", "q1 [429]", "q2 [500]", "q3 [slow]", "q4 [malformed]", "q5 [first]"]
@@ -119,6 +153,20 @@ FAULT_ANSWERS = {
     "policy": [["GOOD one"], ["GOOD two"], ["three"], ["GOOD four"], ["GOOD five"], ["GOOD six"]],
     "reference": [["one"], ["two"], ["GOOD three"], ["GOOD 4"], ["five"], ["six"]],
 }
+
+
+def _counts(lines: list[dict], comparison: str) -> tuple[int, int, int, int]:
+    """(wins, ties, losses, unscored) of a comparison's judged pairs, from its verdict lines alone, as a reader
+    without prefbench would count them: a win when both orders prefer the unit, a tie when they disagree."""
+    unit, opponent = comparison.split(" vs ")
+    winners = collections.defaultdict(list)
+    for line in lines:
+        if line["comparison"] == comparison:
+            winners[line["prompt_index"], line["sample"]].append(line["winner"])
+    pairs = list(winners.values())
+    assert all(len(p) == 2 for p in pairs)  # both orders of every pair
+    wins, losses, unscored = pairs.count([unit, unit]), pairs.count([opponent, opponent]), sum(None in p for p in pairs)
+    return wins, len(pairs) - wins - losses - unscored, losses, unscored
 
 
 def _spec(server: FaultServer, **kw) -> JudgeSpec:
@@ -129,7 +177,8 @@ def _spec(server: FaultServer, **kw) -> JudgeSpec:
 def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
     with FaultServer(slow_s=3.0) as server:  # the slow answer comes after the client's 2 s timeout
         spec = _spec(server, timeout_s=2.0, price_per_1k_input=0.5, price_per_1k_output=1.0)
-        out = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        result = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)
+        out, lines = result["comparisons"]["policy vs reference"], result["verdicts"]
         # q0, q1 won; q2 lost; q3 a tie (both GOOD); q4 unparseable; q5 a tie (always "A": orders disagree).
         assert (out["wins"], out["ties"], out["losses"], out["unscored"]) == (2, 2, 1, 1)
         assert out["win_rate"]["mean"] == pytest.approx(0.6)
@@ -139,16 +188,29 @@ def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
         assert d["completion_tokens"] == 12 * 5 and d["prompt_tokens"] > 0
         assert d["cost_usd"] == pytest.approx((d["prompt_tokens"] * 0.5 + d["completion_tokens"] * 1.0) / 1000)
         assert d["mean_verdict_prob"] == pytest.approx(0.8)  # from the server's log-probabilities
-        assert out["judge"]["forms"] == ["json"] and out["judge"]["prompt_version"] == judge.JUDGE_PROMPT_VERSION
+        assert out["judge"]["forms"] == ["json"] and out["judge"]["template_sha256"] == load_template().sha256
         # Every verdict was delivered exactly once; each fault was retried (both orders of its prompt).
         assert len(server.answered()) == 12 and set(server.answered().values()) == {1}
         assert (server.count(429), server.count(500), server.count("slow")) == (2, 2, 2)
         records = VerdictCache(tmp_path / "verdicts.jsonl").records.values()
         assert len(records) == 12 and sum(r["verdict"] is None for r in records) == 2  # parse failures are cached too
+        # one verdict line per call, and they alone give the comparison's counts
+        assert len(lines) == 12 and _counts(lines, "policy vs reference") == (2, 2, 1, 1)
+        assert lines[0] == {  # q0, the policy's answer shown as A
+            "comparison": "policy vs reference", "prompt_index": 0, "sample": 0, "prompt": "q0 plain",
+            "unit_a": "policy", "unit_b": "reference", "answer_a": "GOOD one", "answer_b": "one",
+            "judge": "fault-judge", "template_sha256": load_template().sha256, "form": "json", "output": '{"verdict": "A"}',
+            "verdict": "A", "winner": "policy", "verdict_probs": pytest.approx({"A": 0.8, "B": 0.15, "tie": 0.05}),
+            "finish_reason": "stop", "error": None, "cached": False}
+        assert (lines[1]["unit_a"], lines[1]["answer_a"], lines[1]["verdict"], lines[1]["winner"]) == ("reference", "one", "B", "policy")
+        assert [(x["output"], x["verdict"], x["winner"], x["verdict_probs"]) for x in lines if x["prompt_index"] == 4] == [
+            ("The first answer, I think.", None, None, None)] * 2  # q4: no verdict, kept as the judge wrote it
 
         before = {k: list(v) for k, v in server.requests.items()}
-        again = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)["policy vs reference"]
+        result = judge_units(spec, FAULT_PROMPTS, FAULT_ANSWERS, cache_dir=tmp_path)
+        again = result["comparisons"]["policy vs reference"]
         assert server.requests == before  # not one new request
+        assert [line | {"cached": False} for line in result["verdicts"] if line["cached"]] == lines  # every line, from the cache
         assert (again["diagnostics"]["calls_made"], again["diagnostics"]["calls_cached"]) == (0, 12)
         assert again["win_rate"] == out["win_rate"] and again["diagnostics"]["cost_usd"] == pytest.approx(d["cost_usd"])
 
@@ -158,7 +220,7 @@ def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(t
     monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", secret)
     prompts = [f"question {i}" for i in range(4)]
     answers = {"policy": [[f"GOOD answer {i}"] for i in range(4)], "reference": [[f"answer {i}"] for i in range(4)]}
-    per_call = Call(prompts[0], answers["policy"][0][0], answers["reference"][0][0]).prompt_tokens_estimate() / 1000
+    per_call = Call(prompts[0], answers["policy"][0][0], answers["reference"][0][0], load_template()).prompt_tokens_estimate() / 1000
     with FaultServer() as server:
         # One call at a time, so where the budget stops is deterministic: each call is estimated at its prompt's
         # characters / 4 (more than the server's usage), and a call goes out only if it fits under the cap.
@@ -171,18 +233,43 @@ def test_budget_stop_then_resume_judges_nothing_twice_and_never_writes_the_key(t
             f.write(b'{"key": "torn')  # and the run was killed while writing
         out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert sum(server.answered().values()) == 8 == len(server.answered())  # 4 pairs x 2 orders, none twice
-        assert out["policy vs reference"]["diagnostics"]["calls_made"] == 8 - first
-        assert out["policy vs reference"]["win_rate"]["mean"] == 1.0
+        assert out["comparisons"]["policy vs reference"]["diagnostics"]["calls_made"] == 8 - first
+        assert out["comparisons"]["policy vs reference"]["win_rate"]["mean"] == 1.0
         assert len(VerdictCache(tmp_path / "verdicts.jsonl").records) == 8
     assert server.authorizations == {f"Bearer {secret}"}  # the key was used ...
     written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()] + [json.dumps(out), str(err.value)]
     assert not any(secret in text for text in written)  # ... and written nowhere
 
 
+def test_a_template_text_of_its_own_is_asked_anew_and_the_old_verdicts_stay_cached(tmp_path):
+    prompts, answers = FAULT_PROMPTS[:2], {unit: per_prompt[:2] for unit, per_prompt in FAULT_ANSWERS.items()}
+    path = tmp_path / "mine.jinja"
+    path.write_text("Judge the substance.\n{# user #}\n<answer_a>\n{{ answer_a }}\n</answer_a>\n<answer_b>\n{{ answer_b }}\n</answer_b>\n"
+                    "Both answer: {{ question }}\n")
+    with FaultServer() as server:
+        spec = _spec(server)
+        default = judge_units(spec, prompts, answers, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
+        assert default["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 4
+        result = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)
+        out, sha256 = result["comparisons"]["policy vs reference"], hashlib.sha256(path.read_bytes()).hexdigest()
+        assert out["judge"]["template_sha256"] == sha256 != default["judge"]["template_sha256"]
+        assert [(line["template_sha256"], line["cached"]) for line in result["verdicts"]] == [(sha256, False)] * 4
+        assert out["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 8  # 4 new requests: the new text
+        assert out["wins"] == default["wins"] == 2  # the server's judge reads only the answers
+        again = judge_units(spec, prompts, answers, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
+        assert again["diagnostics"]["calls_cached"] == 4 and len(server.answered()) == 8
+        path.write_text(path.read_text().replace("substance", "facts"))  # edited in place: a new version
+        edited = judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)["comparisons"]
+        assert edited["policy vs reference"]["diagnostics"]["calls_made"] == 4 and len(server.answered()) == 12
+        path.write_text("{{ question }} {{ answer_a }}")
+        with pytest.raises(JudgeError, match="^judge.template: must use answer_b"):
+            judge_units(replace(spec, template=str(path)), prompts, answers, cache_dir=tmp_path)
+
+
 def test_endpoint_without_structured_outputs_falls_back_to_the_verdict_line(tmp_path):
     with FaultServer(reject_json=True) as server:
         out = judge_units(_spec(server), FAULT_PROMPTS[:1] + ["another"], {
-            "policy": [["GOOD"], ["x"]], "reference": [["y"], ["GOOD z"]]}, cache_dir=tmp_path)["policy vs reference"]
+            "policy": [["GOOD"], ["x"]], "reference": [["y"], ["GOOD z"]]}, cache_dir=tmp_path)["comparisons"]["policy vs reference"]
         assert server.count(400) == 2  # the first call tried JSON with and without log-probabilities
         assert len(server.answered()) == 4 and set(server.answered().values()) == {1}
     assert out["judge"]["forms"] == ["text"]
@@ -199,7 +286,8 @@ def test_comparisons_samples_and_identical_answers(tmp_path):
     rewards = {"dpo": [[1.0, 0.0, 0], [0.0, 1.0, 0]], "chosen": [[0.5], [0.5]]}
     with FaultServer() as server:
         spec = _spec(server, against=("reference", "round_robin", "dataset_chosen"), samples_per_prompt=2)
-        out = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)
+        result = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)
+        out, lines = result["comparisons"], result["verdicts"]
         assert list(out) == ["dpo vs reference", "kto vs reference", "dpo vs kto", "reference vs chosen", "dpo vs chosen",
                              "kto vs chosen"]
         # "same" vs "same" is a tie without a call: 4 pairs, 3 judged.
@@ -216,6 +304,15 @@ def test_comparisons_samples_and_identical_answers(tmp_path):
         # 2 x (3 + 5 x 4) = 46 verdicts, 4 of them shared ("same" vs "GOOD c0" in two comparisons, "same" vs
         # "GOOD k1" in two): asked once each.
         assert len(server.answered()) == 42 and set(server.answered().values()) == {1}
+    # a line per verdict of each comparison (identical answers have none); they alone give every comparison's counts
+    assert len(lines) == sum(c["diagnostics"]["calls"] for c in out.values()) == 46
+    for name, c in out.items():
+        assert _counts(lines, name) == (c["wins"], c["ties"] - c["diagnostics"]["identical_pairs"], c["losses"], c["unscored"]), name
+    # the request two comparisons share: asked once, a line in each, each naming the units it showed
+    shared = [(x["comparison"], x["prompt_index"], x["sample"], x["unit_a"], x["winner"]) for x in lines
+              if {x["answer_a"], x["answer_b"]} == {"same", "GOOD c0"}]
+    assert sorted(shared) == [("dpo vs chosen", 0, 1, "chosen", "chosen"), ("dpo vs chosen", 0, 1, "dpo", "chosen"),
+                              ("reference vs chosen", 0, 1, "chosen", "chosen"), ("reference vs chosen", 0, 1, "reference", "chosen")]
 
 
 def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
@@ -238,8 +335,8 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
         prompts, answers = ["p0", "p1"], {"policy": [["GOOD a"], ["b"]], "reference": [["c"], ["d"]]}
 
         est = judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]
-        calls = [Call(p, a[0], r[0]) for p, a, r in zip(prompts, answers["policy"], answers["reference"])]
-        calls += [Call(c.question, c.b, c.a) for c in calls]
+        calls = [Call(p, a[0], r[0], load_template()) for p, a, r in zip(prompts, answers["policy"], answers["reference"])]
+        calls += [Call(c.question, c.b, c.a, c.template) for c in calls]
         tokens = sum(c.prompt_tokens_estimate() for c in calls)
         assert (est["calls"], est["cached"], est["to_make"]) == (4, 0, 4)
         assert est["prompt_tokens_est"] == tokens and est["completion_tokens_max"] == 4 * 16
@@ -248,7 +345,7 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
 
         out = judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert events == [("start", "smollm2-135m-instruct"), ("stop", "smollm2-135m-instruct")]
-        assert out["policy vs reference"]["judge"]["model"] == "smollm2-135m-instruct"
+        assert out["comparisons"]["policy vs reference"]["judge"]["model"] == "smollm2-135m-instruct"
         judge_units(spec, prompts, answers, cache_dir=tmp_path)
         assert len(events) == 2  # everything cached: no server
         assert judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]["to_make"] == 0
@@ -277,7 +374,7 @@ def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
         "reference": [["ocean ocean ocean"], ["The capital of France is Berlin."], ["I like trains."]],
     }
     out = judge_units(spec, prompts, answers, rewards={"policy": [[1.0]] * 3, "reference": [[0.0]] * 3},
-                      cache_dir=tmp_path)["policy vs reference"]
+                      cache_dir=tmp_path)["comparisons"]["policy vs reference"]
     d = out["diagnostics"]
     assert out["judge"]["forms"] == ["json"] and d["parse_failure_rate"] == 0.0 and out["unscored"] == 0
     assert d["calls"] == d["calls_made"] == 6 and d["prompt_tokens"] > 6 * 100 and d["completion_tokens"] >= 6 * 5

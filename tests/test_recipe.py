@@ -249,6 +249,37 @@ def test_judge_section_is_validated(tmp_path, monkeypatch):
     load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": remote})), lookups=True)
 
 
+def test_judge_template_is_checked_without_asking_anything(tmp_path):
+    def template_problems(text: str | bytes | None) -> list[str]:
+        path = tmp_path / "judge.jinja"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(RecipeError) as e:
+            load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": {**JUDGE, "template": str(path)}})))
+        return e.value.problems
+
+    at = "eval.judge.template"
+    assert template_problems(None) == [f"{at}: file not found: {tmp_path / 'judge.jinja'}"]
+    assert template_problems("{{ question }} {{ answer_a }}\n{% if form == 'text' %}\n{{ answer_b }}\n") == [
+        f"{at}: not a valid Jinja2 template: Unexpected end of template. Jinja was looking for the following tags: 'elif' or 'else' "
+        "or 'endif'. The innermost block that needs to be closed is 'if'. (line 3)"]
+    assert template_problems("Which answer is better?\n{{ question }}") == [
+        f"{at}: must use answer_a, answer_b: the judge has to see the request (question) and both answers (answer_a, answer_b)"]
+    assert template_problems("{{ question }} {{ answer_a }} {{ answr_b }} {{ rubric }}") == [
+        f"{at}: unknown variable 'answr_b' (did you mean 'answer_b'?); known: question, answer_a, answer_b, form",
+        f"{at}: unknown variable 'rubric'; known: question, answer_a, answer_b, form",
+        f"{at}: must use answer_b: the judge has to see the request (question) and both answers (answer_a, answer_b)"]
+    assert template_problems("{% if form == 'json' %}Be brief.\n{# user #}\n{{ question }} {{ answer_a }} {{ answer_b }}{% endif %}") == [
+        f"{at}: a Jinja2 tag spans the {{# user #}} line, which splits the system and user messages: Unexpected end of template. "
+        "Jinja was looking for the following tags: 'elif' or 'else' or 'endif'. The innermost block that needs to be closed is 'if'."]
+    assert template_problems(b"\xff{{ question }}") == [f"{at}: not UTF-8 text: {tmp_path / 'judge.jinja'}"]
+    good = "Be fair.\n{# user #}\n{% for x in range(1) %}{{ question }}{% endfor %} {{ answer_a }} {{ answer_b }}\n"
+    (tmp_path / "judge.jinja").write_text(good)
+    recipe = load_recipe(write(tmp_path, base(tmp_path, eval={"generation": {}, "judge": {**JUDGE, "template": str(tmp_path / "judge.jinja")}})))
+    assert recipe.eval.judge.template == str(tmp_path / "judge.jinja")
+
+
 def test_benchmarks_section_is_validated(tmp_path):
     body = base(tmp_path, eval={"benchmarks": {"backend": "gpu", "tasks": [{"task": "prefbench_mc", "limit": 0}, {"task": "prefbench_mc"}]}})
     with pytest.raises(RecipeError) as e:

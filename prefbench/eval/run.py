@@ -247,10 +247,12 @@ def _finished(path: Path, settings: dict) -> dict | None:
 
 
 def judge(recipe: Recipe) -> dict:
-    """Judge the units' sampled answers as recipe.eval.judge asks; writes <run>/eval_judge.json.
+    """Judge the units' sampled answers as recipe.eval.judge asks; writes <run>/eval_judge.json and every
+    verdict to <run>/judge/verdicts.jsonl (prefbench.eval.judge: verdict lines).
 
     Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
-    recorded in the file (the comparisons it could not finish left out) rather than failing the run."""
+    recorded in the file (the comparisons it could not finish left out) rather than failing the run; it and
+    a dry run leave verdicts.jsonl empty."""
     from prefbench.data.onpolicy import prompt_text
     from prefbench.eval.judge import JudgeBudgetError, judge_units
     from prefbench.eval.rewards import REWARDS, make_reward, score_all
@@ -267,9 +269,11 @@ def judge(recipe: Recipe) -> dict:
         rewards = {name: score_all(reward, prompts, per_prompt).tolist() for name, per_prompt in answers.items()}
     chosen = [r["chosen"] for r in records] if all("chosen" in r for r in records) else None
     out = {"settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})}
+    verdicts = []
     try:
         result = judge_units(spec, [prompt_text(p) for p in prompts], answers, "reference", chosen, rewards)
-        out["dry_run" if "dry_run" in result else "comparisons"] = result.get("dry_run", result)
+        verdicts = result.pop("verdicts", [])
+        out |= result
     except JudgeBudgetError as stop:
         out["stopped"] = str(stop)
     if "dry_run" in out:
@@ -277,6 +281,7 @@ def judge(recipe: Recipe) -> dict:
         log.warning("judge dry run: %d calls to make (%d cached), ~%d prompt tokens, <= %d completion tokens, estimated cost $%.4f",
                     d["to_make"], d["cached"], d["prompt_tokens_est"], d["completion_tokens_max"], d["cost_usd_est"])
     write_json(run_dir(recipe) / "eval_judge.json", out)
+    write_jsonl(run_dir(recipe) / "judge" / "verdicts.jsonl", verdicts)
     return out
 
 

@@ -1,7 +1,7 @@
 """Pairwise LLM judge: each checkpoint's answers against another unit's (the reference model, another
 objective, the dataset's chosen response), in both answer orders, through any OpenAI-compatible endpoint.
 
-  prompts.py   what is asked: the versioned prompt text, the request forms, a request's cache key
+  prompts.py   what is asked: the prompt template and its version, the request forms, a request's cache key
   verdicts.py  what a reply means: strict verdict parsing, verdict probabilities, pair scores, statistics
   client.py    how it is asked: endpoint and API key, retries, concurrency, budget, the verdict cache
   here         what is judged: the comparisons and pairs (judge_units), and each comparison's result
@@ -11,6 +11,12 @@ Pairs
   each unit against the dataset's chosen response (dataset_chosen). A pair is (prompt, sample j of unit X,
   sample j of unit Y) for the first samples_per_prompt samples, judged twice: X shown as A, and X shown as
   B. Identical answers are a tie without a call; a request shared by two comparisons is asked once.
+
+Verdict lines
+  judge_units also returns one line per call of each comparison, cached or not, for <run>/judge/verdicts.jsonl:
+  the prompt, the units and answers shown as A and B, the judge, template and request form, the raw reply, the
+  parsed verdict and the unit it prefers, the verdict probabilities (fields: docs/evaluation.md), so that every
+  verdict can be audited and exported without prefbench.
 """
 
 from __future__ import annotations
@@ -23,25 +29,26 @@ import numpy as np
 
 from prefbench import models
 from prefbench.eval.judge.client import JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
-from prefbench.eval.judge.prompts import JUDGE_PROMPT_VERSION, TEMPERATURE, Call
+from prefbench.eval.judge.prompts import TEMPERATURE, Call, Template, load_template, template_problems
 from prefbench.eval.judge.verdicts import PairResult, pair_stats, parse_verdict, verdict_probs
 from prefbench.recipe import JudgeSpec
 
-__all__ = ["CHOSEN", "JUDGE_PROMPT_VERSION", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "VerdictCache",
-           "judge_model", "judge_units", "pair_stats", "parse_verdict", "verdict_probs"]
+__all__ = ["CHOSEN", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "Template", "VerdictCache", "judge_model",
+           "judge_units", "load_template", "pair_stats", "parse_verdict", "verdict_probs"]
 
 log = logging.getLogger(__name__)
 
 CHOSEN = "chosen"  # the dataset's chosen responses, as a unit
 
-# A pair to judge: (prompt index, X's answer, Y's answer, X's reward, Y's reward).
-Pair = tuple[int, str, str, float | None, float | None]
+# A pair to judge: (prompt index, sample index, X's answer, Y's answer, X's reward, Y's reward).
+Pair = tuple[int, int, str, str, float | None, float | None]
 
 
 def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str = "reference",
                 chosen: list[str] | None = None, rewards: dict[str, list[list[float]]] | None = None,
-                cache_dir: Path | None = None) -> dict[str, dict]:
-    """Judge each comparison that spec.against asks for; {"X vs Y": statistics (verdicts.py)}.
+                cache_dir: Path | None = None) -> dict:
+    """Judge each comparison that spec.against asks for: {"comparisons": {"X vs Y": statistics (verdicts.py)},
+    "verdicts": the verdict lines (module docstring)}.
 
     answers[unit][i]: the unit's sampled answers to prompts[i] (the first spec.samples_per_prompt are judged,
     sample j against sample j). chosen[i]: the dataset's chosen response, the unit "chosen". rewards: the same
@@ -50,17 +57,22 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
     Raises JudgeBudgetError when the budget stops the run (what was judged stays cached), JudgeError otherwise.
     """
     _check(spec)
+    template = load_template(spec.template)
     model = judge_model(spec)
     cache = VerdictCache(Path(cache_dir or models.cache_dir() / "judge") / "verdicts.jsonl")
     plan = _plan(spec, prompts, answers, reference, chosen, rewards)
-    calls = {Call(prompts[i], a, b): None for pairs in plan.values() for i, ax, ay, _, _ in pairs if ax != ay
+    calls = {Call(prompts[i], a, b, template): None for pairs in plan.values() for i, _, ax, ay, _, _ in pairs if ax != ay
              for a, b in ((ax, ay), (ay, ax))}
     needed = [c for c in calls if cache.find(c, model, spec.max_tokens) is None]
     log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
     if spec.dry_run:
         return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
     made = judge_calls(spec, needed, cache) if needed else set()
-    return {f"{x} vs {y}": _comparison(spec, cache, made, prompts, x, y, pairs) for (x, y), pairs in plan.items()}
+    out: dict = {"comparisons": {}, "verdicts": []}
+    for (x, y), pairs in plan.items():
+        out["comparisons"][f"{x} vs {y}"], lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
+        out["verdicts"] += lines
+    return out
 
 
 def _check(spec: JudgeSpec) -> None:
@@ -68,6 +80,8 @@ def _check(spec: JudgeSpec) -> None:
         raise JudgeError("judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)")
     if spec.base_url and not spec.model:
         raise JudgeError(f"judge.model: the judge model's name at {spec.base_url} is required")
+    if spec.template and (problems := template_problems(spec.template, "judge.template")):
+        raise JudgeError(problems[0])
 
 
 def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool) -> list[tuple[str, str]]:
@@ -99,7 +113,7 @@ def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]
         if len(per_prompt) != len(prompts):
             raise ValueError(f"answers[{unit!r}] has {len(per_prompt)} prompts, not {len(prompts)}")
     return {
-        (x, y): [(i, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
+        (x, y): [(i, j, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
                  for i in range(len(prompts)) for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))]
         for x, y in _comparisons(spec, list(answers), reference, chosen is not None)
     }
@@ -116,17 +130,19 @@ def _dry_run(spec: JudgeSpec, plan: dict[tuple[str, str], list[Pair]], calls: in
         "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)"}
 
 
-def _comparison(spec: JudgeSpec, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
-                pairs: list[Pair]) -> dict:
-    """One comparison's result: its pairs' statistics, and the calls, tokens and cost of its verdicts."""
-    model = judge_model(spec)
-    records, results = [], []
-    for i, ax, ay, rx, ry in pairs:
-        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay), model, spec.max_tokens),
-                                                       cache.find(Call(prompts[i], ay, ax), model, spec.max_tokens))
+def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
+                pairs: list[Pair]) -> tuple[dict, list[dict]]:
+    """One comparison's result (its pairs' statistics; the calls, tokens and cost of its verdicts) and its verdict lines."""
+    model, name = judge_model(spec), f"{x} vs {y}"
+    records, results, lines = [], [], []
+    for i, j, ax, ay, rx, ry in pairs:
+        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay, template), model, spec.max_tokens),
+                                                       cache.find(Call(prompts[i], ay, ax, template), model, spec.max_tokens))
         records += [r for r in (first, second) if r]
         results.append(PairResult(i, first and first["verdict"], second and second["verdict"], len(ax), len(ay), rx, ry,
                                   identical=ax == ay))
+        shown = (((x, ax), (y, ay), first), ((y, ay), (x, ax), second))  # X as A, then X as B
+        lines += [_line(name, i, j, prompts[i], a, b, record, made) for a, b, record in shown if record]
     stats = pair_stats(results)
     probs = [r["probs"][r["verdict"]] for r in records if r["probs"]]
     stats["diagnostics"] |= {
@@ -139,6 +155,20 @@ def _comparison(spec: JudgeSpec, cache: VerdictCache, made: set[str], prompts: l
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "cost_usd": sum(r["cost_usd"] for r in records),
     }
-    return {"unit": x, "opponent": y, "judge": {
-        "model": model, "prompt_version": JUDGE_PROMPT_VERSION, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
+    result = {"unit": x, "opponent": y, "judge": {
+        "model": model, "template_sha256": template.sha256, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
         "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt}} | stats
+    return result, lines
+
+
+def _line(comparison: str, i: int, j: int, prompt: str, a: tuple[str, str], b: tuple[str, str], record: dict,
+          made: set[str]) -> dict:
+    """One call's verdict line; a, b: (unit, answer) shown as A and as B."""
+    (unit_a, answer_a), (unit_b, answer_b) = a, b
+    return {"comparison": comparison, "prompt_index": i, "sample": j, "prompt": prompt,
+            "unit_a": unit_a, "unit_b": unit_b, "answer_a": answer_a, "answer_b": answer_b,
+            "judge": record["model"], "template_sha256": record["template_sha256"], "form": record["form"],
+            "output": record["content"], "verdict": record["verdict"],
+            "winner": {"A": unit_a, "B": unit_b, "tie": "tie"}.get(record["verdict"]),
+            "verdict_probs": record["probs"], "finish_reason": record["finish_reason"], "error": record["error"],
+            "cached": record["key"] not in made}

@@ -33,7 +33,7 @@ import openai
 
 from prefbench import models
 from prefbench.errors import PrefbenchError
-from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, JUDGE_PROMPT_VERSION, TEMPERATURE, Call, request_options
+from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, TEMPERATURE, Call, request_options
 from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import LOCAL_HOSTS, JudgeSpec
@@ -188,7 +188,7 @@ class _Judge:
             usage = response.usage
             prompt_tokens = usage.prompt_tokens if usage else call.prompt_tokens_estimate(form)
             completion_tokens = usage.completion_tokens if usage else len(content) // CHARS_PER_TOKEN
-        return {"key": call.key(self.model, form, self.spec.max_tokens), "model": self.model, "prompt_version": JUDGE_PROMPT_VERSION,
+        return {"key": call.key(self.model, form, self.spec.max_tokens), "model": self.model, "template_sha256": call.template.sha256,
                 "form": form, "verdict": verdict, "probs": probs, "content": content, "finish_reason": finish, "error": error,
                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "cost_usd": cost(self.spec, prompt_tokens, completion_tokens)}

@@ -1,27 +1,46 @@
-"""What the judge is asked: the versioned prompt text, the request forms, and the cache key of a request.
+"""What the judge is asked: the prompt template, the request forms, and the cache key of a request.
 
-Verdict format (JUDGE_PROMPT_VERSION)
-  A system message states the criteria; the user message holds the request and the two answers in
-  <answer_a> / <answer_b> tags. Where the endpoint offers structured outputs, the reply is forced to the
-  JSON object {"verdict": "A" | "B" | "tie"} (response_format json_schema, strict); otherwise the reply's
-  last line must be `Verdict: A`, `Verdict: B` or `Verdict: tie` (verdicts.py reads both, strictly).
-  Where the endpoint offers log-probabilities, the top alternatives at each token are asked for too.
-  The first call of a run settles the request form: an endpoint that answers 400 gets the next one of
-  FORMS (JSON with log-probabilities, JSON, text with log-probabilities, text).
+Template
+  The prompt is a Jinja2 template file: the built-in templates/pairwise.jinja, or the recipe's own
+  (eval.judge.template). A line that reads `{# user #}` (a Jinja2 comment) splits it: the text above is
+  the system message, the text below the user message; without that line the whole text is the user
+  message and no system message is sent. Each part is rendered on its own (no Jinja2 tag may span the
+  line; an undefined variable is an error) and stripped of leading and trailing whitespace. Its variables:
+    question   the request both answers reply to (required)
+    answer_a   the answer shown first (required)
+    answer_b   the answer shown second (required)
+    form       "json" or "text": the verdict form this request asks for (below)
+  A template is versioned by the sha256 of its text, stored with every verdict and result.
+
+Verdict format
+  Where the endpoint offers structured outputs, the reply is forced to the JSON object
+  {"verdict": "A" | "B" | "tie"} (response_format json_schema, strict); otherwise the reply's last line
+  must be `Verdict: A`, `Verdict: B` or `Verdict: tie` (verdicts.py reads both, strictly), and the
+  template has to ask for that line when form is "text", as the built-in one does. Where the endpoint
+  offers log-probabilities, the top alternatives at each token are asked for too. The first call of a
+  run settles the request form: an endpoint that answers 400 gets the next one of FORMS (JSON with
+  log-probabilities, JSON, text with log-probabilities, text).
 
 Cache key
-  sha256 of (judge model, prompt version, question, answer shown as A, answer shown as B, decoding
-  settings: temperature, max_tokens, verdict form). Changing any text here changes what the judge is
-  asked: bump JUDGE_PROMPT_VERSION, so that no cached verdict of the old text is reused.
+  sha256 of (judge model, template sha256, question, answer shown as A, answer shown as B, decoding
+  settings: temperature, max_tokens, verdict form). Editing a template changes its sha256, so no cached
+  verdict of the old text is reused.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-JUDGE_PROMPT_VERSION = 1
+import jinja2
+from jinja2 import meta
+
+from prefbench.errors import did_you_mean
+
 VERDICTS = ("A", "B", "tie")
 TEMPERATURE = 0.0
 TOP_LOGPROBS = 5
@@ -29,23 +48,69 @@ CHARS_PER_TOKEN = 4  # prompt-token estimate for dry runs and the budget: charac
 # Request forms, most structured first: (verdict form, ask for log-probabilities).
 FORMS = (("json", True), ("json", False), ("text", True), ("text", False))
 
-SYSTEM = (
-    "You are the referee between two answers to the same request. Decide which answer serves the person "
-    "who made the request better: it does what was asked, follows every explicit instruction (format, length, "
-    "wording), and is correct and clear. Extra length earns nothing by itself, and the order in which the "
-    "answers appear says nothing about their quality. Call it a tie only when neither answer is better."
-)
-USER = "<request>\n{question}\n</request>\n\n<answer_a>\n{a}\n</answer_a>\n\n<answer_b>\n{b}\n</answer_b>\n\n{ask}"
-ASK = {
-    "json": 'Reply with the JSON object {"verdict": "A"}, {"verdict": "B"} or {"verdict": "tie"}.',
-    "text": 'You may reason briefly first. Your last line must be exactly "Verdict: A", "Verdict: B" or "Verdict: tie".',
-}
+BUILTIN_TEMPLATE = Path(__file__).parent / "templates" / "pairwise.jinja"
+VARIABLES = ("question", "answer_a", "answer_b", "form")
+REQUIRED = ("question", "answer_a", "answer_b")
+USER_LINE = re.compile(r"^\{#\s*user\s*#\}[ \t]*$", re.M)
+JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined)
 VERDICT_SCHEMA = {
     "type": "object",
     "properties": {"verdict": {"type": "string", "enum": list(VERDICTS)}},
     "required": ["verdict"],
     "additionalProperties": False,
 }
+
+
+@dataclass(frozen=True)
+class Template:
+    """A judge prompt template's text (module docstring); its sha256 is its version."""
+
+    text: str
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @functools.cached_property
+    def parts(self) -> list[jinja2.Template]:
+        """The system part (when there is one) and the user part, compiled."""
+        return [JINJA.from_string(part) for part in USER_LINE.split(self.text, maxsplit=1)]
+
+    def messages(self, question: str, a: str, b: str, form: str) -> list[dict]:
+        values = {"question": question, "answer_a": a, "answer_b": b, "form": form}
+        roles = ("system", "user")[-len(self.parts):]
+        return [{"role": role, "content": part.render(values).strip()} for role, part in zip(roles, self.parts)]
+
+
+def load_template(path: str = "") -> Template:
+    """The template in the file at path (relative to the working directory); "": the built-in one."""
+    return Template((Path(path).expanduser() if path else BUILTIN_TEMPLATE).read_text(encoding="utf-8"))
+
+
+def template_problems(path: str, at: str) -> list[str]:
+    """What is wrong with a template file, one line each, before anything is asked."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return [f"{at}: file not found: {path}"]
+    try:
+        text = file.read_text(encoding="utf-8")
+        JINJA.parse(text)  # the whole file first, for the line number of a syntax error
+    except UnicodeDecodeError:
+        return [f"{at}: not UTF-8 text: {path}"]
+    except jinja2.TemplateSyntaxError as err:
+        return [f"{at}: not a valid Jinja2 template: {err.message} (line {err.lineno})"]
+    try:
+        parts = [JINJA.parse(part) for part in USER_LINE.split(text, maxsplit=1)]
+    except jinja2.TemplateSyntaxError as err:
+        return [f"{at}: a Jinja2 tag spans the {{# user #}} line, which splits the system and user messages: {err.message}"]
+    used = set().union(*map(meta.find_undeclared_variables, parts)) - set(JINJA.globals)
+    out = [f"{at}: unknown variable {name!r}{did_you_mean(name, VARIABLES)}; known: {', '.join(VARIABLES)}"
+           for name in sorted(used - set(VARIABLES))]
+    missing = [name for name in REQUIRED if name not in used]
+    if missing:
+        out.append(f"{at}: must use {', '.join(missing)}: the judge has to see the request (question) and both answers "
+                   "(answer_a, answer_b)")
+    return out
 
 
 def request_options(form: str, logprobs: bool) -> dict:
@@ -59,20 +124,20 @@ def request_options(form: str, logprobs: bool) -> dict:
 
 @dataclass(frozen=True)
 class Call:
-    """One judge request: the question and the answers as shown."""
+    """One judge request: the question and the answers as shown, in a template."""
 
     question: str
     a: str
     b: str
+    template: Template
 
     def messages(self, form: str) -> list[dict]:
-        user = USER.format(question=self.question, a=self.a, b=self.b, ask=ASK[form])
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        return self.template.messages(self.question, self.a, self.b, form)
 
     def prompt_tokens_estimate(self, form: str = "json") -> int:
         return sum(len(m["content"]) for m in self.messages(form)) // CHARS_PER_TOKEN
 
     def key(self, model: str, form: str, max_tokens: int) -> str:
         decoding = {"temperature": TEMPERATURE, "max_tokens": max_tokens, "form": form}
-        blob = json.dumps([model, JUDGE_PROMPT_VERSION, self.question, self.a, self.b, decoding], sort_keys=True)
+        blob = json.dumps([model, self.template.sha256, self.question, self.a, self.b, decoding], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
