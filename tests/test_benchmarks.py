@@ -1,11 +1,12 @@
 """lm-eval benchmarks: the offline packs (content, answers, lm-eval runs with hf and local-completions),
-the user's own task directory, per-document scores, resuming, clear errors, and the paired comparison
-against hand-computed values."""
+the user's own task directory, per-document scores, resuming (stored results and lm-eval's request cache),
+clear errors, and the paired comparison against hand-computed values."""
 
 import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,7 @@ def test_bad_specs_and_task_names(tmp_path, monkeypatch):
         benchmarks.load_task(manager, "mmlu")
 
 
-# ---- the user's own tasks (benchmarks.include_path) ---------------------------------------------------------
+# ---- the user's own tasks (benchmarks.include_path) and lm-eval's request cache ----------------------------
 
 CAPITALS = [("France", ["Paris", "Rome", "Madrid"], 0), ("Italy", ["Paris", "Rome", "Madrid"], 1),
             ("Spain", ["Paris", "Rome", "Madrid"], 2), ("Japan", ["Tokyo", "Seoul", "Lima"], 0),
@@ -211,6 +212,20 @@ def _capitals_by_hand(checkpoint: Path, data: Path) -> list[float]:
                   for c in doc["choices"]]
         out.append(float(int(np.argmax(scores)) == doc["answer"]))
     return out
+
+
+def _count_model_requests(monkeypatch) -> dict[str, int]:
+    """Requests that reach the hf model itself, by type; the ones lm-eval's request cache answers never do."""
+    from lm_eval.models.huggingface import HFLM
+
+    counts = {"loglikelihood": 0, "generate_until": 0}
+    for kind in counts:
+        def counted(self, requests, *args, _kind=kind, _method=getattr(HFLM, kind), **kwargs):
+            counts[_kind] += len(requests)
+            return _method(self, requests, *args, **kwargs)
+
+        monkeypatch.setattr(HFLM, kind, counted)
+    return counts
 
 
 def test_user_task_directory_through_lm_eval(tmp_path):
@@ -246,6 +261,38 @@ def test_include_fingerprint_follows_the_tasks_and_their_data(tmp_path):
     (tasks / "capitals.yaml").write_text(yaml_text)
     data.write_text(data.read_text().replace("Chile", "Peru"))
     assert include_fingerprint(str(tasks)) == before
+
+
+def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch):
+    tasks, _ = _user_tasks(tmp_path)
+    checkpoint, out = tmp_path / "checkpoint", tmp_path / "out"
+    shutil.copytree(models.resolve("tiny:small"), checkpoint)
+    spec = BenchmarksSpec(backend="hf", include_path=str(tasks),
+                          tasks=(BenchmarkTask("my_capitals", num_fewshot=0), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3)))
+    counts = _count_model_requests(monkeypatch)
+    first = run_benchmarks(spec, checkpoint, out)
+    # 5 documents x 3 choices; 3 generations
+    assert counts == {"loglikelihood": 15, "generate_until": 3}
+    assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 1
+    docs = {p.name: p.read_text() for p in out.glob("*.docs.jsonl")}
+
+    # Killed after every request was answered, before the results were written: nothing goes to the model again.
+    for path in out.glob("*.json*"):
+        path.unlink()
+    counts.update(loglikelihood=0, generate_until=0)
+    assert json.loads(json.dumps(run_benchmarks(spec, checkpoint, out))) == json.loads(json.dumps(first))
+    assert counts == {"loglikelihood": 0, "generate_until": 0}
+    assert {p.name: p.read_text() for p in out.glob("*.docs.jsonl")} == docs
+
+    # Retrained in place (other weights, same path): it re-runs, and its answers come from the model, not the cache.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v * 1.5 for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    retrained = run_benchmarks(spec, checkpoint, out)
+    assert counts == {"loglikelihood": 15, "generate_until": 3}
+    assert retrained["my_capitals.0shot"]["settings"]["checkpoint_id"] != first["my_capitals.0shot"]["settings"]["checkpoint_id"]
+    assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 2
 
 
 @pytest.mark.slow

@@ -23,6 +23,9 @@ Per result name (`BenchmarkTask.result_name()`: task, shots, chat template) `out
                     lm-eval version, and the settings that produced it (a re-run with the same settings skips it)
   <name>.docs.jsonl one line per (sub)task document: id "<task>/<doc_id>", lm-eval's doc_hash, and each
                     per-document metric ("acc,none", "exact_match,final-number", ...)
+and every answer the model gave goes into lm-eval's request cache, cache/lm_eval-<key>_rank0.db (sqlite, written
+as each answer comes), so a killed task resumes where it stopped; <key> names the checkpoint's contents, so
+another or a retrained checkpoint never reads these answers.
 `compare` pairs two such results on their common documents (`paired_test`: exact McNemar for 0/1 scores,
 else a paired bootstrap), because two checkpoints scored on the same items differ far less noisily than
 two independent error bars suggest.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -159,11 +163,17 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
     from lm_eval import simple_evaluate
 
+    from prefbench.eval.generate import checkpoint_id
+
     if spec_problems := problems(spec):
         raise BenchmarkError("; ".join(spec_problems))
     checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
     backend = resolve_backend(spec.backend)
-    model = {"backend": backend, "checkpoint": str(checkpoint), "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
+    # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
+    # every task name is checked
+    ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
+    model = {"backend": backend, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
+             "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
     user = include_fingerprint(spec.include_path) if spec.include_path else None
     settings = {t.result_name(): _settings(t, model, user) for t in spec.tasks}
     results = {name: read_json(out_dir / f"{name}.json") for name, s in settings.items() if _done(out_dir, name, s)}
@@ -173,14 +183,20 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
     manager = task_manager([t.task for t in todo], spec.include_path)
     # every bad name fails here, before a model loads
     loaded = {t.result_name(): load_task(manager, t.task, spec.include_path) for t in todo}
+    # The request cache answers a request it has seen for this model: what decides an answer is the model
+    # (the checkpoint's contents, backend, context length, lm-eval), not the task, whose requests carry their text.
+    key = hashlib.sha256(json.dumps({k: v for k, v in model.items() if k != "checkpoint"}, sort_keys=True).encode())
+    cache = out_dir / "cache" / f"lm_eval-{key.hexdigest()[:16]}"
     calls: dict[tuple, list[BenchmarkTask]] = {}
     for t in todo:
         calls.setdefault((t.num_fewshot, t.apply_chat_template, t.limit), []).append(t)
     with open_model(backend, checkpoint, spec, server, log_dir=out_dir) as lm:
         for (shots, chat, limit), group in calls.items():
             objects = [obj for t in group for obj in _top_level(t.task, loaded[t.result_name()])]
+            # use_cache: lm-eval wraps `lm` in its CachingLM, which answers from the sqlite file what is there and
+            # hooks every new answer into it as the backend returns it (LM.cache_hook.add_partial)
             out = simple_evaluate(model=lm, tasks=objects, num_fewshot=shots, limit=limit, apply_chat_template=chat,
-                                  log_samples=True, task_manager=manager)
+                                  log_samples=True, task_manager=manager, use_cache=str(cache))
             for t in group:
                 name = t.result_name()
                 results[name] = _write(out_dir / name, t.task, loaded[name], out, backend, settings[name])
@@ -198,7 +214,7 @@ def _top_level(name: str, loaded: dict) -> list:
 
 def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:
     """Everything that decides a task's scores; a stored result is reused only when all of it matches. `model`:
-    backend, checkpoint path, context length, lm-eval version; `user`: include_fingerprint of
+    backend, checkpoint path and contents id, context length, lm-eval version; `user`: include_fingerprint of
     the user's task directory (it may redefine any name but a pack's)."""
     pack = task.task in packs.PACKS
     return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
