@@ -263,17 +263,39 @@ def test_include_fingerprint_follows_the_tasks_and_their_data(tmp_path):
     assert include_fingerprint(str(tasks)) == before
 
 
+class Killed(Exception):
+    """Stands in for the process being killed."""
+
+
 def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch):
-    tasks, _ = _user_tasks(tmp_path)
+    from lm_eval.api.model import CacheHook
+
+    tasks, data = _user_tasks(tmp_path)
     checkpoint, out = tmp_path / "checkpoint", tmp_path / "out"
     shutil.copytree(models.resolve("tiny:small"), checkpoint)
     spec = BenchmarksSpec(backend="hf", include_path=str(tasks),
                           tasks=(BenchmarkTask("my_capitals", num_fewshot=0), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3)))
     counts = _count_model_requests(monkeypatch)
+
+    # Killed half-way through my_capitals' 15 requests (5 documents x 3 choices), once 7 answers are on disk.
+    answered, add_partial = [], CacheHook.add_partial
+
+    def killed_after_seven(self, attr, request, answer):
+        add_partial(self, attr, request, answer)
+        answered.append(request)
+        if len(answered) == 7:
+            self.dbdict.commit(blocking=True)  # sqlitedict writes in a thread: a real kill may lose the last few
+            raise Killed
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(CacheHook, "add_partial", killed_after_seven)
+        run_benchmarks(spec, checkpoint, out)
+    assert not list(out.glob("*.json")) and len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 1
+    counts.update(loglikelihood=0, generate_until=0)
     first = run_benchmarks(spec, checkpoint, out)
-    # 5 documents x 3 choices; 3 generations
-    assert counts == {"loglikelihood": 15, "generate_until": 3}
-    assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 1
+    assert counts == {"loglikelihood": 15 - 7, "generate_until": 3}  # the 7 cached answers are not asked again
+    rows = [json.loads(line) for line in (out / "my_capitals.0shot.docs.jsonl").read_text().splitlines()]
+    assert [r["acc,none"] for r in rows] == _capitals_by_hand(checkpoint, data)
     docs = {p.name: p.read_text() for p in out.glob("*.docs.jsonl")}
 
     # Killed after every request was answered, before the results were written: nothing goes to the model again.
