@@ -412,7 +412,7 @@ class JudgeSpec:
 
 @dataclass(frozen=True)
 class BenchmarkTask:
-    task: str  # an lm-eval task name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...) or a prefbench offline pack
+    task: str  # an lm-eval task name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...), a prefbench offline pack, or one of include_path
     num_fewshot: int | None = None
     limit: int | None = None  # documents per task (None: all)
     apply_chat_template: bool = False
@@ -432,10 +432,15 @@ class BenchmarksSpec:
     tasks: tuple[BenchmarkTask, ...] = ()
     batch_size: int = 8
     max_model_len: int = 2048
+    include_path: str = ""  # a directory of the user's own lm-eval task YAML files (lm-eval's TaskManager(include_path=...))
 
     def problems(self, at: str = "eval.benchmarks") -> list[str]:
         """What is wrong before anything loads; task names need lm-eval's index (lookup_problems)."""
         out = _choice_problems(self, at) + _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_model_len", self.max_model_len, 1)
+        if self.include_path:
+            from prefbench.eval.tasks import include_problems  # lm-eval's YAML loader reads the user's files
+
+            out += include_problems(self.include_path, f"{at}.include_path")
         for i, task in enumerate(self.tasks):
             out += _at_least(f"{at}.tasks[{i}].num_fewshot", task.num_fewshot, 0) + _at_least(f"{at}.tasks[{i}].limit", task.limit, 1)
         names = [t.result_name() for t in self.tasks]
@@ -443,10 +448,11 @@ class BenchmarksSpec:
         return out
 
     def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
-        """Task names that are neither an offline pack nor in lm-eval's task index (indexed, nothing loaded)."""
+        """Task names that are neither an offline pack, nor the user's (include_path), nor in lm-eval's task index
+        (indexed, nothing loaded)."""
         from prefbench.eval.tasks import task_problems
 
-        return task_problems([t.task for t in self.tasks], f"{at}.tasks")
+        return task_problems([t.task for t in self.tasks], f"{at}.tasks", self.include_path)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """lm-eval benchmarks: the offline packs (content, answers, lm-eval runs with hf and local-completions),
-per-document scores, resuming, clear errors, and the paired comparison against hand-computed values."""
+the user's own task directory, per-document scores, resuming (stored results and lm-eval's request cache),
+clear errors, and the paired comparison against hand-computed values."""
 
 import hashlib
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ from scipy.stats import norm
 from prefbench import models
 from prefbench.eval import benchmarks
 from prefbench.eval.benchmarks import BenchmarkError, compare, load_scores, paired_test, run_benchmarks
-from prefbench.eval.tasks import packs
+from prefbench.eval.tasks import include_fingerprint, packs
+from prefbench.logprobs import token_logps
 from prefbench.recipe import BenchmarksSpec, BenchmarkTask
 
 METRIC = {"prefbench_mc": "acc,none", "prefbench_arith": "exact_match,final-number", "prefbench_bool": "exact_match,first-bool"}
@@ -174,6 +177,144 @@ def test_bad_specs_and_task_names(tmp_path, monkeypatch):
     manager = benchmarks.task_manager(["mmlu"])
     with pytest.raises(BenchmarkError, match=r"^benchmark task 'mmlu': its data is not reachable .*run prefbench's 'prefbench_mc' pack"):
         benchmarks.load_task(manager, "mmlu")
+
+
+# ---- the user's own tasks (benchmarks.include_path) and lm-eval's request cache ----------------------------
+
+CAPITALS = [("France", ["Paris", "Rome", "Madrid"], 0), ("Italy", ["Paris", "Rome", "Madrid"], 1),
+            ("Spain", ["Paris", "Rome", "Madrid"], 2), ("Japan", ["Tokyo", "Seoul", "Lima"], 0),
+            ("Peru", ["Tokyo", "Seoul", "Lima"], 2)]
+
+
+def _user_tasks(tmp_path: Path) -> tuple[Path, Path]:
+    """(task directory, data file): one multiple-choice task over a JSONL file kept outside the directory
+    (absolute path: lm-eval reads data_files relative to the working directory)."""
+    data, tasks = tmp_path / "data" / "capitals.jsonl", tmp_path / "my_tasks"
+    data.parent.mkdir()
+    tasks.mkdir()
+    data.write_text("".join(json.dumps({"country": c, "choices": ch, "answer": a}) + "\n" for c, ch, a in CAPITALS))
+    (tasks / "capitals.yaml").write_text(yaml.safe_dump({
+        "task": "my_capitals", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "hf-datasets")},
+        "doc_to_text": "Q: What is the capital of {{country}}?\nA:", "doc_to_choice": "{{choices}}", "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}], "metadata": {"version": 1}}))
+    return tasks, data
+
+
+def _capitals_by_hand(checkpoint: Path, data: Path) -> list[float]:
+    """acc per document without lm-eval: right when the answer's " <choice>" has the highest summed log-prob
+    after the question, its tokens split off those of the whole text as lm-eval's hf backend does."""
+    model, tokenizer = models.load(str(checkpoint))
+    out = []
+    for doc in map(json.loads, data.read_text().splitlines()):
+        context = tokenizer.encode(f"Q: What is the capital of {doc['country']}?\nA:")
+        scores = [token_logps(model, tokenizer.encode(f"Q: What is the capital of {doc['country']}?\nA: {c}"), len(context)).sum().item()
+                  for c in doc["choices"]]
+        out.append(float(int(np.argmax(scores)) == doc["answer"]))
+    return out
+
+
+def _count_model_requests(monkeypatch) -> dict[str, int]:
+    """Requests that reach the hf model itself, by type; the ones lm-eval's request cache answers never do."""
+    from lm_eval.models.huggingface import HFLM
+
+    counts = {"loglikelihood": 0, "generate_until": 0}
+    for kind in counts:
+        def counted(self, requests, *args, _kind=kind, _method=getattr(HFLM, kind), **kwargs):
+            counts[_kind] += len(requests)
+            return _method(self, requests, *args, **kwargs)
+
+        monkeypatch.setattr(HFLM, kind, counted)
+    return counts
+
+
+def test_user_task_directory_through_lm_eval(tmp_path):
+    tasks, data = _user_tasks(tmp_path)
+    checkpoint = models.resolve("tiny:small")
+    spec = BenchmarksSpec(backend="hf", tasks=(BenchmarkTask("my_capitals", num_fewshot=0),), include_path=str(tasks))
+    result = run_benchmarks(spec, checkpoint, tmp_path / "out")["my_capitals.0shot"]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "my_capitals.0shot.docs.jsonl").read_text().splitlines()]
+    assert result["n_docs"] == 5 and [r["id"] for r in rows] == [f"my_capitals/{i}" for i in range(5)]
+    assert result["versions"] == {"my_capitals": 1} and not result["offline_pack"]
+    by_hand = _capitals_by_hand(checkpoint, data)
+    assert [r["acc,none"] for r in rows] == by_hand
+    assert result["metrics"]["acc,none"] == pytest.approx(sum(by_hand) / 5)
+    assert result["settings"]["include_path_sha256"] == include_fingerprint(str(tasks))
+
+    # A sixth document in the data file changes the task's settings: it re-runs on all six.
+    with data.open("a") as f:
+        f.write(json.dumps({"country": "Chile", "choices": ["Lima", "Santiago", "Quito"], "answer": 1}) + "\n")
+    assert run_benchmarks(spec, checkpoint, tmp_path / "out")["my_capitals.0shot"]["n_docs"] == 6
+
+
+def test_include_fingerprint_follows_the_tasks_and_their_data(tmp_path):
+    tasks, data = _user_tasks(tmp_path)
+    before = include_fingerprint(str(tasks))
+    (tasks / "__pycache__").mkdir()
+    (tasks / "__pycache__" / "utils.cpython-311.pyc").write_bytes(b"\0")  # rewritten by every Python version
+    assert include_fingerprint(str(tasks)) == before
+    yaml_text = (tasks / "capitals.yaml").read_text()
+    (tasks / "capitals.yaml").write_text(yaml_text.replace("What is the capital", "Name the capital"))
+    edited = include_fingerprint(str(tasks))
+    data.write_text(data.read_text().replace("Peru", "Chile"))  # outside the directory, named by data_files
+    assert len({before, edited, include_fingerprint(str(tasks))}) == 3
+    (tasks / "capitals.yaml").write_text(yaml_text)
+    data.write_text(data.read_text().replace("Chile", "Peru"))
+    assert include_fingerprint(str(tasks)) == before
+
+
+class Killed(Exception):
+    """Stands in for the process being killed."""
+
+
+def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch):
+    from lm_eval.api.model import CacheHook
+
+    tasks, data = _user_tasks(tmp_path)
+    checkpoint, out = tmp_path / "checkpoint", tmp_path / "out"
+    shutil.copytree(models.resolve("tiny:small"), checkpoint)
+    spec = BenchmarksSpec(backend="hf", include_path=str(tasks),
+                          tasks=(BenchmarkTask("my_capitals", num_fewshot=0), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3)))
+    counts = _count_model_requests(monkeypatch)
+
+    # Killed half-way through my_capitals' 15 requests (5 documents x 3 choices), once 7 answers are on disk.
+    answered, add_partial = [], CacheHook.add_partial
+
+    def killed_after_seven(self, attr, request, answer):
+        add_partial(self, attr, request, answer)
+        answered.append(request)
+        if len(answered) == 7:
+            self.dbdict.commit(blocking=True)  # sqlitedict writes in a thread: a real kill may lose the last few
+            raise Killed
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(CacheHook, "add_partial", killed_after_seven)
+        run_benchmarks(spec, checkpoint, out)
+    assert not list(out.glob("*.json")) and len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 1
+    counts.update(loglikelihood=0, generate_until=0)
+    first = run_benchmarks(spec, checkpoint, out)
+    assert counts == {"loglikelihood": 15 - 7, "generate_until": 3}  # the 7 cached answers are not asked again
+    rows = [json.loads(line) for line in (out / "my_capitals.0shot.docs.jsonl").read_text().splitlines()]
+    assert [r["acc,none"] for r in rows] == _capitals_by_hand(checkpoint, data)
+    docs = {p.name: p.read_text() for p in out.glob("*.docs.jsonl")}
+
+    # Killed after every request was answered, before the results were written: nothing goes to the model again.
+    for path in out.glob("*.json*"):
+        path.unlink()
+    counts.update(loglikelihood=0, generate_until=0)
+    assert json.loads(json.dumps(run_benchmarks(spec, checkpoint, out))) == json.loads(json.dumps(first))
+    assert counts == {"loglikelihood": 0, "generate_until": 0}
+    assert {p.name: p.read_text() for p in out.glob("*.docs.jsonl")} == docs
+
+    # Retrained in place (other weights, same path): it re-runs, and its answers come from the model, not the cache.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v * 1.5 for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    retrained = run_benchmarks(spec, checkpoint, out)
+    assert counts == {"loglikelihood": 15, "generate_until": 3}
+    assert retrained["my_capitals.0shot"]["settings"]["checkpoint_id"] != first["my_capitals.0shot"]["settings"]["checkpoint_id"]
+    assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 2
 
 
 @pytest.mark.slow

@@ -292,6 +292,34 @@ def test_benchmarks_section_is_validated(tmp_path):
     load_recipe(write(tmp_path, base(tmp_path, eval={"benchmarks": {"tasks": [{"task": "prefbench_bool"}]}})), lookups=True)
 
 
+def test_benchmarks_include_path(tmp_path):
+    def benchmark_problems(include_path: Path, task: str = "prefbench_mc", lookups: bool = False) -> list[str]:
+        body = base(tmp_path, eval={"benchmarks": {"include_path": str(include_path), "tasks": [{"task": task}]}})
+        try:
+            load_recipe(write(tmp_path, body), lookups=lookups)
+        except RecipeError as e:
+            return e.problems
+        return []
+
+    tasks = tmp_path / "my_tasks"
+    assert benchmark_problems(tasks) == [f"eval.benchmarks.include_path: not a directory: {tasks}"]
+    (tasks / "sub").mkdir(parents=True)
+    (tasks / "common.yaml").write_text("output_type: multiple_choice\n")  # a template: no task of its own
+    (tasks / "sub" / "qa.yml").write_text("task: my_qa\ndataset_path: json\n")
+    assert benchmark_problems(tasks) == [
+        f"eval.benchmarks.include_path: no lm-eval task YAML (a *.yaml file with `task:` or `group:`) under {tasks}; "
+        "lm-eval reads *.yaml files only, not *.yml"]
+    # lm-eval's own loader reads the directory: `include:` and `!function` as lm-eval reads them, anywhere under it
+    (tasks / "sub" / "qa.yml").rename(tasks / "sub" / "qa.yaml")
+    (tasks / "sub" / "qa.yaml").write_text("include: ../common.yaml\ntask: my_qa\ntag: my_suite\nprocess_docs: !function utils.docs\n")
+    (tasks / "group.yaml").write_text("group: my_group\ntask: [my_qa]\n")
+    for name in ("my_qa", "my_suite", "my_group"):
+        assert benchmark_problems(tasks, name, lookups=True) == []
+    assert benchmark_problems(tasks, "my_qaa", lookups=True) == [
+        f"eval.benchmarks.tasks[0].task: 'my_qaa' is neither an lm-eval 0.4.13 task, group or tag, one in include_path {tasks}, "
+        "nor a prefbench offline pack (prefbench_mc, prefbench_arith, prefbench_bool) (did you mean 'my_qa'?)"]
+
+
 def test_check_fails_fast_on_a_judge_typo_and_an_unknown_task_without_loading_a_model(tmp_path):
     body = base(tmp_path, eval={"generation": {"sampling": {"n": 2}}, "judge": {**JUDGE, "against": ["refrence"]},
                                 "benchmarks": {"backend": "hf", "tasks": [{"task": "mmlu_nope"}, {"task": "prefbench_mc"}]}})

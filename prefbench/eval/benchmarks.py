@@ -1,8 +1,9 @@
 """lm-eval benchmarks of a checkpoint, with per-document scores so two checkpoints are compared pairwise.
 
 `run_benchmarks(spec, checkpoint, out_dir)` runs the recipe's tasks through `lm_eval.simple_evaluate`:
-real lm-eval tasks by name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...) wherever their data is reachable, and
-prefbench's offline packs (prefbench_mc, prefbench_arith, prefbench_bool; see tasks/packs.py) anywhere.
+real lm-eval tasks by name (mmlu, gsm8k_cot, bbh_cot_fewshot, ...) wherever their data is reachable,
+prefbench's offline packs (prefbench_mc, prefbench_arith, prefbench_bool; see tasks/packs.py) anywhere, and the
+user's own task YAML files (`benchmarks.include_path`, lm-eval's TaskManager(include_path=...)).
 lm-eval applies `num_fewshot`, `limit` and `apply_chat_template` to every task of a call, so there is one
 call per distinct (num_fewshot, apply_chat_template, limit) and one model for all calls.
 
@@ -22,6 +23,9 @@ Per result name (`BenchmarkTask.result_name()`: task, shots, chat template) `out
                     lm-eval version, and the settings that produced it (a re-run with the same settings skips it)
   <name>.docs.jsonl one line per (sub)task document: id "<task>/<doc_id>", lm-eval's doc_hash, and each
                     per-document metric ("acc,none", "exact_match,final-number", ...)
+and every answer the model gave goes into lm-eval's request cache, cache/lm_eval-<key>_rank0.db (sqlite, written
+as each answer comes), so a killed task resumes where it stopped; <key> names the checkpoint's contents, so
+another or a retrained checkpoint never reads these answers.
 `compare` pairs two such results on their common documents (`paired_test`: exact McNemar for 0/1 scores,
 else a paired bootstrap), because two checkpoints scored on the same items differ far less noisily than
 two independent error bars suggest.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -41,7 +46,7 @@ import numpy as np
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.eval.tasks import lm_eval_version, not_a_task, packs
+from prefbench.eval.tasks import include_fingerprint, include_index, lm_eval_version, not_a_task, packs
 from prefbench.recipe import BACKENDS, BenchmarksSpec, BenchmarkTask
 from prefbench.results import read_json, write_json, write_jsonl
 
@@ -118,24 +123,32 @@ def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None
         raise BenchmarkError(f"benchmarks.backend: must be one of {list(BACKENDS)}, got {backend!r}")
 
 
-def task_manager(names: list[str]):
-    """lm-eval's TaskManager with the offline packs. Indexing lm-eval's own ~15k tasks takes about 10 s,
-    so that happens only when a task is not a pack, and once per process."""
-    return _task_manager(str(packs.materialise()), include_defaults=not set(names) <= set(packs.PACKS))
+def task_manager(names: list[str], include_path: str = ""):
+    """lm-eval's TaskManager with the user's task directory and the offline packs (later paths win in lm-eval,
+    so a pack's name always means prefbench's pack). Indexing lm-eval's own ~15k tasks takes about 10 s, so
+    that happens only when a name is neither a pack nor a user's task or tag (a user's group may name lm-eval's
+    tasks), and once per process for the same user directory's contents."""
+    from lm_eval.tasks._index import Kind
+
+    user = {name for name, entry in include_index(include_path).items() if entry.kind is not Kind.GROUP}
+    paths = (str(Path(include_path).expanduser().resolve()),) if include_path else ()
+    return _task_manager((*paths, str(packs.materialise())), not set(names) <= {*packs.PACKS, *user},
+                         include_fingerprint(include_path) if include_path else "")
 
 
-@functools.lru_cache(maxsize=2)
-def _task_manager(include_path: str, include_defaults: bool):
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool, user_fingerprint: str):
+    """`user_fingerprint` only keys the cache: the index keeps each parsed YAML, so an edited task needs a new one."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+    return TaskManager(include_path=list(include_paths), include_defaults=include_defaults)
 
 
-def load_task(manager, name: str) -> dict:
+def load_task(manager, name: str, include_path: str = "") -> dict:
     """lm-eval's {"tasks": {name: Task}, "groups": {name: Group}, ...} for the task, group or tag `name`, with
     one-line errors for the two usual failures: an unknown name and unreachable data."""
     if name not in manager.all_tasks:
-        raise BenchmarkError(f"benchmark task {name!r}: {not_a_task(name, manager.all_tasks)}")
+        raise BenchmarkError(f"benchmark task {name!r}: {not_a_task(name, manager.all_tasks, include_path)}")
     try:
         return manager.load([name])
     except OSError as error:  # ConnectionError, FileNotFoundError (DatasetNotFoundError), ...
@@ -150,25 +163,40 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
     from lm_eval import simple_evaluate
 
+    from prefbench.eval.generate import checkpoint_id
+
     if spec_problems := problems(spec):
         raise BenchmarkError("; ".join(spec_problems))
     checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
     backend = resolve_backend(spec.backend)
-    settings = {t.result_name(): _settings(t, backend, checkpoint, spec.max_model_len) for t in spec.tasks}
+    # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
+    # every task name is checked
+    ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
+    model = {"backend": backend, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
+             "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
+    user = include_fingerprint(spec.include_path) if spec.include_path else None
+    settings = {t.result_name(): _settings(t, model, user) for t in spec.tasks}
     results = {name: read_json(out_dir / f"{name}.json") for name, s in settings.items() if _done(out_dir, name, s)}
     todo = [t for t in spec.tasks if t.result_name() not in results]
     if not todo:
         return results
-    manager = task_manager([t.task for t in todo])
-    loaded = {t.result_name(): load_task(manager, t.task) for t in todo}  # every bad name fails here, before a model loads
+    manager = task_manager([t.task for t in todo], spec.include_path)
+    # every bad name fails here, before a model loads
+    loaded = {t.result_name(): load_task(manager, t.task, spec.include_path) for t in todo}
+    # The request cache answers a request it has seen for this model: what decides an answer is the model
+    # (the checkpoint's contents, backend, context length, lm-eval), not the task, whose requests carry their text.
+    key = hashlib.sha256(json.dumps({k: v for k, v in model.items() if k != "checkpoint"}, sort_keys=True).encode())
+    cache = out_dir / "cache" / f"lm_eval-{key.hexdigest()[:16]}"
     calls: dict[tuple, list[BenchmarkTask]] = {}
     for t in todo:
         calls.setdefault((t.num_fewshot, t.apply_chat_template, t.limit), []).append(t)
     with open_model(backend, checkpoint, spec, server, log_dir=out_dir) as lm:
         for (shots, chat, limit), group in calls.items():
             objects = [obj for t in group for obj in _top_level(t.task, loaded[t.result_name()])]
+            # use_cache: lm-eval wraps `lm` in its CachingLM, which answers from the sqlite file what is there and
+            # hooks every new answer into it as the backend returns it (LM.cache_hook.add_partial)
             out = simple_evaluate(model=lm, tasks=objects, num_fewshot=shots, limit=limit, apply_chat_template=chat,
-                                  log_samples=True, task_manager=manager)
+                                  log_samples=True, task_manager=manager, use_cache=str(cache))
             for t in group:
                 name = t.result_name()
                 results[name] = _write(out_dir / name, t.task, loaded[name], out, backend, settings[name])
@@ -184,13 +212,15 @@ def _top_level(name: str, loaded: dict) -> list:
     return list(loaded["tasks"].values())
 
 
-def _settings(task: BenchmarkTask, backend: str, checkpoint: Path, max_model_len: int) -> dict:
-    """Everything that decides a task's scores; a stored result is reused only when all of it matches."""
+def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:
+    """Everything that decides a task's scores; a stored result is reused only when all of it matches. `model`:
+    backend, checkpoint path and contents id, context length, lm-eval version; `user`: include_fingerprint of
+    the user's task directory (it may redefine any name but a pack's)."""
+    pack = task.task in packs.PACKS
     return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
-            "apply_chat_template": task.apply_chat_template, "backend": backend, "checkpoint": str(checkpoint),
-            "max_model_len": max_model_len, "lm_eval": lm_eval_version(),
+            "apply_chat_template": task.apply_chat_template, **model,
             # an offline pack's items are fixed by its generator's sources (the materialised directory's name)
-            "pack": packs.materialise().name if task.task in packs.PACKS else None}
+            "pack": packs.materialise().name if pack else None, "include_path_sha256": None if pack else user}
 
 
 def _done(out_dir: Path, name: str, settings: dict) -> bool:
