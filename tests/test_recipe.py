@@ -156,6 +156,31 @@ def test_eval_section_is_validated(tmp_path):
     assert "eval.generation.prompts.file: file not found: nope.jsonl" in problems(tmp_path, eval={"generation": {"prompts": {"file": "nope.jsonl"}}})
 
 
+def test_rewards_and_prompt_sources_are_checked_before_anything_loads(tmp_path, toy_reward_model):
+    """An unknown reward, a reward model that is not there, a reward model without `reward: reward_model`, claims
+    without a reward and held-out prompts from data with nothing held out: one line each, at check time."""
+    assert problems(tmp_path, eval={"reward": "reward-model"}) == [
+        "eval.reward: unknown reward 'reward-model' (did you mean 'reward_model'?); known: instructions, reward_model, none"]
+    missing = tmp_path / "no-such-rm"
+    assert problems(tmp_path, eval={"reward": "reward_model", "reward_model": {"model": str(missing)}}) == [
+        f"eval.reward_model.model: no such directory {missing} (nor an offline spec: smollm2-135m-instruct, tiny:head, tiny:body, tiny:small)"]
+    assert problems(tmp_path, eval={"reward": "reward_model"}) == [
+        "eval.reward_model: required with eval.reward: reward_model ({model: a hub id or a local directory})"]
+    assert problems(tmp_path, eval={"reward_model": {"model": str(toy_reward_model)}}) == [
+        "eval.reward_model: set, but eval.reward is 'instructions'; set eval.reward: reward_model to use it"]
+    assert problems(tmp_path, eval={"reward": "none", "generation": {}}, claims=[{"text": "t", "better": "dpo", "worse": "reference"}]) == [
+        "claims[0]: needs a reward (claims are tested on rewards; eval.reward is none)"]
+    assert problems(tmp_path, data__eval_fraction=0.0, eval={"generation": {"prompts": {"source": "data"}}}) == [
+        "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "p"}\n')
+    assert problems(tmp_path, eval={"generation": {"prompts": {"source": "data", "file": str(prompts)}}}) == [
+        "eval.generation.prompts: set either file or source: data, not both"]
+    good = load_recipe(write(tmp_path, base(tmp_path, eval={"reward": "reward_model", "reward_model": {"model": str(toy_reward_model)},
+                                                             "generation": {"prompts": {"source": "data"}}, "judge": {**JUDGE, "against": ["dataset_chosen"]}})))
+    assert good.eval.reward_model.model == str(toy_reward_model) and good.eval.generation.prompts.has_chosen()
+
+
 def test_shipped_data_sources(tmp_path):
     assert "data.source: unknown shipped dataset 'embedded:pairs'" in "\n".join(problems(tmp_path, data={"source": "embedded:pairs"}))
 
