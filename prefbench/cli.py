@@ -112,6 +112,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from prefbench.export import export
+
+    m = export(args.run_dir, args.format, args.out, args.sampling, args.sample)
+    print(f"{m['format']}: {len(m['units'])} unit(s) x {m['prompts']} prompts, {m['sampling']} pass, sample {m['sample']} "
+          f"-> {args.out}/{m['format']}/ (export.json says what was taken)")
+    if m["units_without_answers"]:
+        print(f"not exported (no answers.jsonl): {', '.join(m['units_without_answers'])}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     """Exit 1 on a regression, so a CI job can act on the verdict."""
     from prefbench.compare import compare, verdict_table
@@ -153,6 +164,12 @@ def parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
+    export = command("export", cmd_export, "write a run's answers in the layout AlpacaEval or Arena-Hard reads, one answer per prompt per unit")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, choices=["alpaca_eval", "arena_hard"])
+    export.add_argument("--out", required=True, help="directory the <format>/ folder is written in")
+    export.add_argument("--sampling", choices=["sampled", "greedy"], help="default: greedy where every unit has it, else sampled")
+    export.add_argument("--sample", type=int, help="which sample of the pass (default 0; alone, it picks the sampled pass)")
     compare = command("compare", cmd_compare, "paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
     compare.add_argument("baseline")
     compare.add_argument("candidate")
