@@ -63,7 +63,8 @@ def test_the_whole_flow_on_a_users_own_preference_file(vllm_server, toy_reward_m
 
     # the prompts are the data's own held-out split, by prompt, with the data's chosen answers
     _, held_out = train_eval_split(load_records(str(DATA)), EVAL_FRACTION, 0)
-    assert len(held_out) == 6
+    prompts = list(dict.fromkeys(r["prompt"] for r in held_out))
+    assert (len(held_out), len(prompts)) == (6, 5)  # one held-out prompt has two pairs
 
     # held-out preference metrics on the same 6 pairs; the reference ranks every pair as a tie (0.5)
     for name, unit in units.items():
@@ -77,17 +78,18 @@ def test_the_whole_flow_on_a_users_own_preference_file(vllm_server, toy_reward_m
         gen = json.loads((unit / "eval_generation.json").read_text())
         assert gen["settings"]["reward"] == "reward_model" and gen["settings"]["reward_model"]["checkpoint"]
         answers = [json.loads(line) for line in (unit / "answers.jsonl").read_text().splitlines()]
-        assert [a["prompt"] for a in answers[::2]] == [r["prompt"] for r in held_out]
+        assert [a["prompt"] for a in answers[::2]] == prompts
         assert np.allclose([a["reward"] for a in answers], rm.score([a["prompt"] for a in answers], [a["answer"] for a in answers]), atol=1e-4)
-        per_prompt = np.array([a["reward"] for a in answers]).reshape(6, 2).mean(1)
+        per_prompt = np.array([a["reward"] for a in answers]).reshape(len(prompts), 2).mean(1)
         assert gen["sampled"]["reward"]["mean"] == pytest.approx(per_prompt.mean())
 
     # the judge compared each checkpoint with the reference, and every unit with the data's chosen answers
     judge = json.loads((root / "eval_judge.json").read_text())["comparisons"]
     assert set(judge) == {"dpo/seed0 vs reference", "kto/seed0 vs reference", "reference vs chosen", "dpo/seed0 vs chosen", "kto/seed0 vs chosen"}
     verdicts = [json.loads(line) for line in (root / "judge" / "verdicts.jsonl").read_text().splitlines()]
-    chosen_texts = {r["chosen"] for r in held_out}
-    assert {v["answer_b"] if v["unit_b"] == "chosen" else v["answer_a"] for v in verdicts if "chosen" in (v["unit_a"], v["unit_b"])} <= chosen_texts
+    first_chosen = {p: next(r["chosen"] for r in held_out if r["prompt"] == p) for p in prompts}
+    shown = {(v["prompt"], v["answer_b"] if v["unit_b"] == "chosen" else v["answer_a"]) for v in verdicts if "chosen" in (v["unit_a"], v["unit_b"])}
+    assert shown == set(first_chosen.items())  # each prompt's first chosen answer in the data
     assert sum(c["diagnostics"]["calls"] for c in judge.values()) >= len({(v["comparison"], v["prompt_index"], v["unit_a"]) for v in verdicts})
 
     # the user's own benchmark ran on every unit and was paired with the reference
@@ -95,7 +97,7 @@ def test_the_whole_flow_on_a_users_own_preference_file(vllm_server, toy_reward_m
         assert json.loads((unit / "benchmarks" / "my_sums.0shot.json").read_text())["n_docs"] == len(ARITHMETIC)
 
     vs_reference = json.loads((units["dpo/seed0"] / "benchmarks" / "vs_reference.json").read_text())
-    assert list(vs_reference) == ["my_sums.0shot acc"] and vs_reference["my_sums.0shot acc"]["n"] == len(ARITHMETIC)
+    assert list(vs_reference) == ["my_sums.0shot acc,none"] and vs_reference["my_sums.0shot acc,none"]["n"] == len(ARITHMETIC)
 
     # the report shows every section, and the reward by its name
     reports = tmp_path / "reports" / "own_data"
@@ -103,3 +105,16 @@ def test_the_whole_flow_on_a_users_own_preference_file(vllm_server, toy_reward_m
     for section in ("## Results", "## Held-out preferences", "## Benchmarks", "## LLM judge", "reward reward_model"):
         assert section in report, section
     assert {"reward_vs_kl.png", "reward_delta.png"} <= {p.name for p in (reports / "plots").iterdir()}
+
+    # the answers in AlpacaEval's and Arena-Hard's input layouts, read back with plain pandas
+    exported = tmp_path / "export"
+    assert main(["export", str(root), "--format", "alpaca_eval", "--out", str(exported)]) == 0
+    assert main(["export", str(root), "--format", "arena_hard", "--out", str(exported)]) == 0
+    dpo_answers = [json.loads(line)["answer"] for line in (units["dpo/seed0"] / "answers.jsonl").read_text().splitlines()][::2]
+    outputs = pd.read_json(exported / "alpaca_eval" / "own_data-dpo-seed0" / "model_outputs.json")
+    assert set(outputs.columns) == {"instruction", "output", "generator", "dataset"}
+    assert outputs["instruction"].tolist() == prompts and outputs["output"].tolist() == dpo_answers  # sample 0 (no greedy pass)
+    questions = pd.read_json(exported / "arena_hard" / "own_data" / "question.jsonl", lines=True)
+    answers = pd.read_json(exported / "arena_hard" / "own_data" / "model_answer" / "own_data-dpo-seed0.jsonl", lines=True)
+    assert questions["prompt"].tolist() == prompts and answers["uid"].tolist() == questions["uid"].tolist()
+    assert [m[-1]["content"]["answer"] for m in answers["messages"]] == dpo_answers
