@@ -22,13 +22,16 @@ def objectives_table() -> str:
 
 
 def print_evaluation(results: dict[str, dict]) -> None:
-    """One line per unit: sampled-pass reward with its 95% CI, difference vs reference, KL, length."""
+    """One line per unit: sampled-pass reward with its 95% CI and difference vs reference (where there is a
+    reward), KL, length."""
     for name, m in results.items():
-        s = m["sampled"]
-        r, d, kl = s["reward"], s["reward_minus_reference"], m.get("kl", {})
+        s, kl = m["sampled"], m.get("kl", {})
         kl_text = f"{kl['mean']:.3f} [{kl['ci'][0]:.3f}, {kl['ci'][1]:.3f}]" if kl.get("mean") is not None else "n/a"
-        print(f"{name:<24} reward {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  vs ref {d['mean']:+.3f} "
-              f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  KL {kl_text}  words {s['length_words']['mean']:.1f}")
+        reward = ""
+        if "reward" in s:
+            r, d = s["reward"], s["reward_minus_reference"]
+            reward = f"reward {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  vs ref {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  "
+        print(f"{name:<24} {reward}KL {kl_text}  words {s['length_words']['mean']:.1f}")
 
 
 def print_training(summaries: list[dict]) -> None:

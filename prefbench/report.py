@@ -305,7 +305,8 @@ def provenance(run: Run) -> list[str]:
         lines.append(f"judge {first['model']}, template sha256 {first['template_sha256'][:12]}, temperature {first['temperature']}, forms {first['forms']}")
     if gen:
         s = gen["settings"]
-        lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}, {gen['prompts']} held-out prompts "
+        model = f" ({s['reward_model']['model']}, weights sha256 {s['reward_model']['checkpoint'][:12]})" if "reward_model" in s else ""
+        lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}{model}, {gen['prompts']} held-out prompts "
                      f"(sha256 {s['prompts_sha256'][:12]}), sampling {json.dumps(s['generation']['sampling'], sort_keys=True)}, engine {gen['engine']}")
     return lines
 

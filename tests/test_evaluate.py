@@ -173,3 +173,28 @@ def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
     table = benchmark_table(load_run(root))
     assert r["p_holm"] == r["p_value"]  # Holm over a family of one test (one checkpoint x one task metric)
     assert list(table.index) == ["reference", "dpo/seed0"] and f"Holm {r['p_holm']:.3f}" in table.loc["dpo/seed0", key]
+
+
+def test_a_run_without_a_reward_keeps_every_other_metric(run, tmp_path, capsys):
+    """eval.reward: none: the generation metrics leave every reward field out and keep lengths, diversity and
+    KL (the same values as with a reward: the answers come from the cache); answers.jsonl has null rewards;
+    the report and the CLI show the rest."""
+    import shutil
+
+    from prefbench.report import write_report
+
+    root, overrides = run
+    copy = tmp_path / "tiny_smoke"
+    shutil.copytree(root, copy)
+    mine = [*overrides, "--set", f"output_dir={tmp_path}", "--set", "eval.reward=none"]
+    assert main(["evaluate", "recipes/tiny_smoke.yaml", *mine, "--stage", "generation"]) == 0
+    assert "reward" not in capsys.readouterr().out.split("\n")[-2]
+    with_reward = json.loads((root / "dpo" / "seed0" / "eval_generation.json").read_text())
+    without = json.loads((copy / "dpo" / "seed0" / "eval_generation.json").read_text())
+    assert without["settings"]["reward"] == "none"
+    assert not {"reward", "reward_minus_reference", "vs_reference", "per_prompt_reward"} & set(without["sampled"])
+    assert without["kl"] == with_reward["kl"] and without["sampled"]["distinct_2"] == with_reward["sampled"]["distinct_2"]
+    answers = [json.loads(line) for line in (copy / "dpo" / "seed0" / "answers.jsonl").read_text().splitlines()]
+    assert answers and all(a["reward"] is None for a in answers)
+    report = (write_report(copy, tmp_path / "reports") / "report.md").read_text()
+    assert "KL to ref" in report and "| reward " not in report and "reward none" in report

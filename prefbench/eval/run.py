@@ -6,10 +6,11 @@ writes its own files there, keeps what is already finished with the same setting
               (paired tests, Holm-corrected across every checkpoint x task metric)
   preference  on the held-out split of the recipe's own data, no generation: implicit-reward accuracy,
               margin, log-likelihood per token, against the reference            <unit>/eval_preference.json
-  generation  every unit's answers to the evaluation prompts (through the generation cache), then
-              rewards, lengths, diversity, KL and entropy against the reference        <unit>/eval_generation.json,
-                                                                                       <unit>/answers.jsonl
-  judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json
+  generation  every unit's answers to the evaluation prompts (the task's, a file's, or the data's own
+              held-out prompts; through the generation cache), then rewards, lengths,    <unit>/eval_generation.json,
+              diversity, KL and entropy against the reference                           <unit>/answers.jsonl
+  judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json,
+                                                                                       <run>/judge/verdicts.jsonl
   seeds       each objective's point estimates across seeds (2 or more seeds)           <run>/eval_seeds.json
   claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
 
