@@ -163,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
     evaluate.add_argument("--stage", action="append", metavar="STAGE",
                           help="run only this stage (repeatable; benchmarks, preference, generation, judge, seeds, claims); default: every stage the recipe asks for")
-    command("generate-data", cmd_generate_data, "sample from a model, score with a task reward, write paired + unpaired preference data", recipe=True)
+    command("generate-data", cmd_generate_data, "sample from a model, score with a reward, write paired + unpaired preference data", recipe=True)
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")

@@ -13,13 +13,12 @@ prompt repeated in the evaluation set is exported once, its first occurrence.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import re
 from collections import Counter
 from pathlib import Path
 
 from prefbench.data.onpolicy import prompt_text
-from prefbench.results import ResultsError, Run, load_run, read_jsonl, write_json, write_jsonl
+from prefbench.results import ResultsError, Run, load_run, read_jsonl, versions, write_json, write_jsonl
 
 
 def pick_answers(run: Run, sampling: str | None = None, sample: int | None = None) -> tuple[str, int, dict, list[str]]:
@@ -45,6 +44,8 @@ def pick_answers(run: Run, sampling: str | None = None, sample: int | None = Non
             if r["sample"] == sample:
                 first.setdefault(prompt_text(r["prompt"]), r)
         answers[name] = first
+    if len({frozenset(first) for first in answers.values()}) > 1:  # the judges pair answers by prompt
+        raise ResultsError(f"{run.root}: the units' answers are to different prompts; re-run `prefbench evaluate` so that they share them")
     return sampling, sample, answers, [u.name for u in run.units if u.name not in lines]
 
 
@@ -99,7 +100,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, sampling: str | None 
     files = FORMATS[fmt](run, answers, out)
     manifest = {"run": run.name, "run_dir": str(Path(run_dir).resolve()), "format": fmt, "units": list(answers),
                 "units_without_answers": skipped, "sampling": sampling, "sample": sample,
-                "prompts": len(next(iter(answers.values()))), "prefbench": importlib.metadata.version("prefbench"),
+                "prompts": len(next(iter(answers.values()))), "prefbench": versions().get("prefbench"),
                 "files": [str(f.relative_to(out)) for f in files]}
     write_json(out / "export.json", manifest)
     return manifest

@@ -117,6 +117,16 @@ def load_model(spec: str | pathlib.Path, dtype: torch.dtype = torch.float32, dev
     return _from_pretrained(spec, dtype).to(device).eval()
 
 
+def free_accelerator_memory() -> None:
+    """Give the memory of models no longer referenced back to the GPU, for the next one (vLLM reserves a
+    share of what is free when it starts); nothing to do on a CPU."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load(spec: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for training `spec`, on the CPU; the tokenizer always has a pad token (eos when it had none)."""
     return _from_pretrained(spec, dtype), load_tokenizer(spec)
@@ -271,8 +281,9 @@ def _download(spec: str) -> pathlib.Path:
     from huggingface_hub import snapshot_download
 
     try:
-        # Weights as safetensors plus configs and tokenizer files; skips .bin/.gguf/onnx duplicates.
-        path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"])
+        # Weights as safetensors plus configs, tokenizer files and modelling code (run only with trust_remote_code,
+        # e.g. a reward model's own head); skips .bin/.gguf/onnx duplicates.
+        path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"])
     except Exception as error:
         raise RuntimeError(f"model {spec!r}: not found on the Hugging Face hub or the hub is unreachable "
                            f"({type(error).__name__}); offline specs: {', '.join(OFFLINE_SPECS)}") from None

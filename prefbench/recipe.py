@@ -34,7 +34,7 @@ import yaml
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.data.transforms import DropWhich, UnpairedView
 from prefbench.errors import RecipeError, did_you_mean
-from prefbench.eval.rewards import REWARDS, InstructionReward
+from prefbench.eval.rewards import REWARDS, InstructionReward, architecture_problem
 from prefbench.objectives import OBJECTIVES, build
 
 # ---- choices, each declared once ---------------------------------------------------------------
@@ -332,7 +332,11 @@ class RewardModelSpec:
         out = _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_length", self.max_length, 1)
         if not self.model:
             return out + [f"{at}.model: required (a hub id or a local directory of a sequence-classification model)"]
-        return out + ([f"{at}.model: {problem}"] if (problem := local_problem(self.model)) else [])
+        if problem := local_problem(self.model):
+            return out + [f"{at}.model: {problem}"]
+        if Path(self.model).expanduser().is_dir() and (problem := architecture_problem(Path(self.model).expanduser(), self.trust_remote_code)):
+            return out + [f"{at}.model: {problem}"]
+        return out
 
 
 def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: str) -> list[str]:
@@ -549,9 +553,7 @@ class Recipe:
         if self.train.fsdp and self.model.lora:
             out.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
         out += self._claim_problems() + self._judge_problems()
-        generation = self.eval.generation
-        if generation and generation.prompts.source == "data" and not generation.prompts.file and self.data.eval_fraction == 0:
-            out.append("eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)")
+        out += self._prompt_problems()
         return out + (self.eval.lookup_problems("eval") if lookups else [])
 
     def _objective_problems(self) -> list[str]:
@@ -581,6 +583,18 @@ class Recipe:
             elif claim.metric == "greedy_reward" and not generation.greedy:
                 out.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
         return out
+
+    def _prompt_problems(self) -> list[str]:
+        """Held-out prompts from the data need a held-out split, and a reward that can score them."""
+        generation = self.eval.generation
+        if generation is None or generation.prompts.source != "data":
+            return []
+        if self.data.eval_fraction == 0:
+            return ["eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"]
+        if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
+            return [f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source}; "
+                    "use eval.reward: reward_model or none"]
+        return []
 
     def _judge_problems(self) -> list[str]:
         """The judge compares the generation pass's sampled answers, so it needs that pass and its samples."""

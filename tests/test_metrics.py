@@ -115,7 +115,11 @@ def test_kl_estimate_from_samples_matches_the_exact_kl(tmp_path):
 
 def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
     """rewards_of, the paired difference and win/tie/loss, on generations chosen by hand."""
-    reward = lambda prompt, text: float(text.count("x")) / 2  # noqa: E731
+    class CountX:  # a reward: half the number of x's in the answer
+        def score(self, prompts, texts):
+            return np.array([t.count("x") / 2 for t in texts])
+
+    reward = CountX()
     prompts = ["p1", "p2", "p3"]
     pol = [[Completion("xx", (5, 0), "stop"), Completion("x", (5, 0), "stop")], [Completion("", (0,), "stop")] * 2,
            [Completion("x", (5, 0), "stop")] * 2]

@@ -88,3 +88,40 @@ def test_the_shipped_dataset_is_consistent_with_its_rewards_and_recipe():
     assert all(u["label"] == (reward(u["prompt"], u["completion"]) >= threshold) for u in unpaired)
     assert 0.05 < stats["desirable_share"] < 0.95  # both classes present: room to learn, room to improve
     assert stats["model"]["spec"] == load_datagen("recipes/embedded_data.yaml").model
+
+
+def test_held_out_prompts_of_the_recipes_own_data(tmp_path, toy_reward_model):
+    """prompts.source: data takes the distinct prompts of the split the trainer holds out, in the data's order,
+    in their own form (chat messages here), each with its first desirable completion as the chosen answer;
+    with need_chosen, a prompt with only undesirable completions is left out. The reward model and the judge's
+    text form take such prompts."""
+    from prefbench.data.load import load_records, prompt_key, train_eval_split
+    from prefbench.data.onpolicy import load_prompt_records, prompt_text
+    from prefbench.eval.rewards import RewardModel
+    from prefbench.recipe import DataSpec, RewardModelSpec
+
+    rows = []
+    for i in range(20):
+        prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Name a colour, {i}."}]
+        rows += [{"prompt": prompt, "completion": "Red.", "label": i % 3 != 0}, {"prompt": prompt, "completion": f"Blue {i}.", "label": True}
+                 if i % 2 else {"prompt": prompt, "completion": "No.", "label": False}]
+    source = tmp_path / "u.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataSpec(source=str(source), format="unpaired", eval_fraction=0.5, split_seed=3)
+    _, held_out = train_eval_split(load_records(str(source)), 0.5, 3)
+    keys = list(dict.fromkeys(prompt_key(r["prompt"]) for r in held_out))
+    expected_chosen = {k: next((r["completion"] for r in held_out if prompt_key(r["prompt"]) == k and r["label"]), None) for k in keys}
+
+    records = load_prompt_records(PromptSpec(source="data", n=100), data)
+    assert [prompt_key(r["prompt"]) for r in records] == keys and len(keys) == 10
+    assert [r.get("chosen") for r in records] == [expected_chosen[k] for k in keys]
+    assert None in expected_chosen.values()  # some held-out prompt has no desirable completion
+    kept = load_prompt_records(PromptSpec(source="data", n=100), data, need_chosen=True)
+    assert [prompt_key(r["prompt"]) for r in kept] == [k for k in keys if expected_chosen[k] is not None]
+    assert len(load_prompt_records(PromptSpec(source="data", n=3), data)) == 3
+
+    first = records[0]["prompt"]
+    assert prompt_text(first) == "system: Be brief.\n\nuser: " + first[1]["content"] and prompt_text(first[1:]) == first[1]["content"]
+    rm = RewardModel(RewardModelSpec(model=str(toy_reward_model)))
+    assert rm.text(first, "Red.").startswith("<|system|>Be brief.")
+    assert np.isfinite(rm.score([r["prompt"] for r in records], ["Red."] * len(records))).all()

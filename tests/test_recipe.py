@@ -157,8 +157,11 @@ def test_eval_section_is_validated(tmp_path):
 
 
 def test_rewards_and_prompt_sources_are_checked_before_anything_loads(tmp_path, toy_reward_model):
-    """An unknown reward, a reward model that is not there, a reward model without `reward: reward_model`, claims
-    without a reward and held-out prompts from data with nothing held out: one line each, at check time."""
+    """An unknown reward, a reward model that is not there or is not a reward model, a reward model without
+    `reward: reward_model`, claims without a reward, held-out prompts from data with nothing held out or for the
+    embedded task's reward: one line each, at check time."""
+    from prefbench import models
+
     assert problems(tmp_path, eval={"reward": "reward-model"}) == [
         "eval.reward: unknown reward 'reward-model' (did you mean 'reward_model'?); known: instructions, reward_model, none"]
     missing = tmp_path / "no-such-rm"
@@ -174,8 +177,13 @@ def test_rewards_and_prompt_sources_are_checked_before_anything_loads(tmp_path, 
         "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "p"}\n')
-    assert problems(tmp_path, eval={"generation": {"prompts": {"source": "data", "file": str(prompts)}}}) == [
+    assert problems(tmp_path, eval={"reward": "none", "generation": {"prompts": {"source": "data", "file": str(prompts)}}}) == [
         "eval.generation.prompts: set either file or source: data, not both"]
+    assert problems(tmp_path, eval={"generation": {"prompts": {"source": "data"}}}) == [
+        f"eval.reward: instructions scores only the embedded task's prompts, not those of {tmp_path / 'd.jsonl'}; use eval.reward: reward_model or none"]
+    causal = models.resolve("tiny:small")  # a causal LM, not a reward model
+    assert problems(tmp_path, eval={"reward": "reward_model", "reward_model": {"model": str(causal)}}) == [
+        "eval.reward_model.model: not a sequence-classification model (architectures: LlamaForCausalLM)"]
     good = load_recipe(write(tmp_path, base(tmp_path, eval={"reward": "reward_model", "reward_model": {"model": str(toy_reward_model)},
                                                              "generation": {"prompts": {"source": "data"}}, "judge": {**JUDGE, "against": ["dataset_chosen"]}})))
     assert good.eval.reward_model.model == str(toy_reward_model) and good.eval.generation.prompts.has_chosen()

@@ -85,8 +85,11 @@ def test_registered_reward_looks_prompts_up_and_refuses_unknown_ones():
     with pytest.raises(KeyError, match="not one of the embedded task's prompts"):
         reward("Write a poem.", "roses")
     assert isinstance(reward, InstructionReward) and reward.version >= 1
-    with pytest.raises(ValueError, match="1 of 2 are not .*use eval.reward: reward_model or none"):
+    with pytest.raises(ValueError, match="^eval.reward: instructions scores only the embedded task's prompts; 1 of 2 are not .*use reward_model or none"):
         reward.check_prompts([task.prompt, "Write a poem."])
+    with pytest.raises(ValueError, match="^reward: instructions"):  # a generate-data recipe's key
+        InstructionReward.check_prompts([[{"role": "user", "content": task.prompt}]], at="reward")
+    InstructionReward.check_prompts([task.prompt])
     assert reward.score([task.prompt] * 2, ["x", "y"]).tolist() == [reward(task.prompt, "x"), reward(task.prompt, "y")]
 
 

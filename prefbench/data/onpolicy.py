@@ -20,23 +20,24 @@ from prefbench.recipe import DataGenSpec, DataSpec, PromptSpec
 from prefbench.results import write_jsonl
 
 
-def load_prompt_records(spec: PromptSpec, data: DataSpec | None = None) -> list[dict]:
+def load_prompt_records(spec: PromptSpec, data: DataSpec | None = None, need_chosen: bool = False) -> list[dict]:
     """The first spec.n prompts, as {"prompt"} or {"prompt", "chosen"}: from a JSONL file (each line a text
-    "prompt", optionally the data's text "chosen" answer), the held-out split of `data` (source: data), or
-    the embedded task's split."""
+    "prompt", optionally the data's text "chosen" answer), the held-out split of `data` (source: data; with
+    `need_chosen`, only prompts that have a chosen answer), or the embedded task's split."""
     if spec.file:
         return _file_prompt_records(spec)
     if spec.source == "data":
-        return held_out_prompt_records(data, spec.n)
+        return held_out_prompt_records(data, spec.n, need_chosen)
     from prefbench.eval.rewards import make_prompts
 
     return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
 
 
-def held_out_prompt_records(data: DataSpec, n: int) -> list[dict]:
+def held_out_prompt_records(data: DataSpec, n: int, need_chosen: bool = False) -> list[dict]:
     """The first n distinct prompts of the data's held-out split (the one the trainer makes, by prompt), each
     with the data's chosen answer: a pair's chosen completion, or (unpaired) the first desirable completion,
-    when the prompt has one. Prompts keep their form (text, or chat messages)."""
+    when the prompt has one; with `need_chosen`, prompts without one (unpaired: only undesirable completions)
+    are left out. Prompts keep their form (text, or chat messages)."""
     from prefbench.data.load import prompt_key
     from prefbench.data.prepare import split_records
     from prefbench.data.tokenize import _text
@@ -47,7 +48,7 @@ def held_out_prompt_records(data: DataSpec, n: int) -> list[dict]:
         answer = r.get("chosen", r.get("completion") if r.get("label") else None)
         if answer is not None and "chosen" not in record:
             record["chosen"] = _text(answer)
-    return list(by_prompt.values())[:n]
+    return [r for r in by_prompt.values() if "chosen" in r or not need_chosen][:n]
 
 
 def _file_prompt_records(spec: PromptSpec) -> list[dict]:
@@ -125,14 +126,12 @@ def generate_data(spec: DataGenSpec) -> dict:
     """Sample, score, build, write `spec.out`/{paired,unpaired}.jsonl and stats.json; returns the stats."""
     from prefbench import models
     from prefbench.eval.generate import Sampling, generate
-    from prefbench.eval.rewards import REWARDS, make_reward, score_all
+    from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
     from prefbench.results import versions, write_json
 
     g = spec.generation
     prompts = load_prompts(g.prompts)
-    reward = make_reward(spec.reward, spec.reward_model)
-    if hasattr(reward, "check_prompts"):
-        reward.check_prompts(prompts)
+    REWARDS[spec.reward].check_prompts(prompts, at="reward")
     path = models.resolve(spec.model)
     sp = g.sampling
     sampling = Sampling("sampled", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed)
@@ -141,14 +140,15 @@ def generate_data(spec: DataGenSpec) -> dict:
                                   vllm_options={k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size),
                                                                   ("gpu_memory_utilization", g.gpu_memory_utilization)) if v})
     completions = results[str(path)]["sampled"]
-    rewards = score_all(reward, prompts, [[c.text for c in cs] for cs in completions])
+    rewards = score_all(make_reward(spec.reward, spec.reward_model), prompts, [[c.text for c in cs] for cs in completions])
     paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least,
                                                 spec.min_chosen_reward)
     stats |= {
         "truncated_share": float(np.mean([c.finish_reason == "length" for cs in completions for c in cs])),
         "mean_completion_tokens": float(np.mean([len(c.token_ids) for cs in completions for c in cs])),
         "model": models.describe(spec.model) | {"path": None},  # machine-specific paths stay out of shipped files
-        "reward": {"name": spec.reward, "version": getattr(REWARDS[spec.reward], "version", None)},
+        "reward": {"name": spec.reward, "version": REWARDS[spec.reward].version}
+                  | ({"checkpoint": RewardModel.identity(spec.reward_model)["checkpoint"]} if spec.reward_model else {}),  # no local paths
         "recipe": json.loads(json.dumps(spec, default=lambda o: o.__dict__)),
         "engine": gen_stats.engine,
         "fallback_reason": gen_stats.fallback_reason,

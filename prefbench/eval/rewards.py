@@ -22,7 +22,7 @@ that met the instructions (shared/ENVIRONMENT.md): the gate makes those hacks lo
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -211,19 +211,25 @@ class InstructionReward:
     def score(self, prompts: list, answers: list[str]) -> np.ndarray:
         return np.array([self(p, a) for p, a in zip(prompts, answers)], dtype=float)
 
-    def check_prompts(self, prompts: list) -> None:
-        """Refuses prompts it cannot score, before any answer is generated for them."""
-        foreign = [p for p in prompts if not isinstance(p, str) or p not in self.by_prompt]
+    @classmethod
+    def check_prompts(cls, prompts: list, at: str = "eval.reward") -> None:
+        """Refuses prompts it cannot score, before any answer is generated for them (at: the recipe key)."""
+        known = cls().by_prompt
+        foreign = [p for p in prompts if not isinstance(p, str) or p not in known]
         if foreign:
-            raise ValueError(f"eval.reward: instructions scores only the embedded task's prompts; {len(foreign)} of {len(prompts)} "
-                             f"are not (first: {str(foreign[0])[:60]!r}); use eval.reward: reward_model or none")
+            raise ValueError(f"{at}: instructions scores only the embedded task's prompts; {len(foreign)} of {len(prompts)} "
+                             f"are not (first: {str(foreign[0])[:60]!r}); use reward_model or none")
 
 
 class RewardModel:
     """A sequence-classification reward model: each (prompt, answer) conversation through the model's chat
-    template (plain "prompt\n\nanswer" without one), scored in batches of similar length; bf16 on a GPU,
-    fp32 on a CPU. The score is the single logit (num_labels 1), or the `score` output of models that have
-    one (ArmoRM-style custom heads, with trust_remote_code). Too-long conversations keep their end."""
+    template (plain "prompt\n\nanswer" without one), scored in right-padded batches of similar length; bf16
+    on a GPU, fp32 on a CPU. The score is the single logit (num_labels 1), or the `score` output of models
+    with their own head (ArmoRM, with trust_remote_code). Too-long conversations keep their end.
+
+    transformers reads the score at the last token that is not padding; a tokenizer without a pad token
+    pads with eos, so where a chat template ends the answer with eos, the score is read one token earlier
+    (the same way for every answer)."""
 
     name = "reward_model"
     version = 1
@@ -236,17 +242,30 @@ class RewardModel:
         from prefbench import models
 
         self.spec, self.path = spec, models.resolve(spec.model)
+        if problem := architecture_problem(self.path, spec.trust_remote_code):
+            raise ValueError(f"eval.reward_model.model: {spec.model}: {problem}")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         options = {"trust_remote_code": spec.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, truncation_side="left", **options)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, truncation_side="left", padding_side="right", **options)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype, **options).to(self.device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        if getattr(self.model.config, "num_labels", 1) != 1 and not hasattr(self.model, "score"):
-            raise ValueError(f"eval.reward_model.model: {spec.model} has {self.model.config.num_labels} labels; a reward model has one")
+
+    @classmethod
+    def check_prompts(cls, prompts: list, at: str = "eval.reward") -> None:
+        """A reward model scores any prompt."""
+
+    @staticmethod
+    def identity(spec: RewardModelSpec) -> dict:
+        """What decides its scores, for the results' settings: the model, how much of each conversation it
+        sees, and the checkpoint's content hash (hashed once per process: a reward model's weights are GBs)."""
+        from prefbench import models
+
+        return {"model": spec.model, "max_length": spec.max_length, "trust_remote_code": spec.trust_remote_code,
+                "checkpoint": _checkpoint_id(models.resolve(spec.model))}
 
     def text(self, prompt, answer: str) -> str:
         from prefbench.data.tokenize import render
@@ -269,23 +288,46 @@ class RewardModel:
                 enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.spec.max_length,
                                      add_special_tokens=not templated, return_tensors="pt").to(self.device)
                 result = self.model(**enc)
-                values = result.score if hasattr(result, "score") and result.score is not None else result.logits[:, 0]
+                values = result.score if getattr(result, "score", None) is not None else result.logits[:, 0]
                 out[batch] = values.float().flatten().cpu().numpy()
         return out
 
-    def identity(self) -> dict:
-        """What decides its scores, for the results' settings: the spec and the checkpoint's content hash."""
-        from prefbench.eval.generate import checkpoint_id
 
-        return {**dataclasses.asdict(self.spec), "checkpoint": checkpoint_id(self.path)}
+def architecture_problem(path, trust_remote_code: bool) -> str | None:
+    """Why the checkpoint at `path` is not a one-score reward model, from its config.json alone (nothing
+    loads): a causal LM would get a random head, a many-label classifier would be read at its first label.
+    Models with their own modelling code (trust_remote_code) are taken at their word."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    if trust_remote_code:
+        return None
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return f"not a sequence-classification model (architectures: {', '.join(architectures) or 'none'})"
+    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)  # transformers' default: 2
+    return None if labels == 1 else f"has {labels} labels; a reward model has one score"
+
+
+@functools.cache
+def _checkpoint_id(path) -> str:
+    from prefbench.eval.generate import checkpoint_id
+
+    return checkpoint_id(path)
 
 
 class NoReward:
-    """No reward: generation metrics keep lengths, diversity and KL; the judge and benchmarks do the rest."""
+    """No reward (eval.reward: none): the registry's entry, never built (make_reward gives None); generation
+    metrics keep lengths, diversity and KL, and the judge and benchmarks do the rest."""
 
     name = "none"
     version = 1
     ground_truth = False
+
+    @classmethod
+    def check_prompts(cls, prompts: list, at: str = "eval.reward") -> None:
+        """Nothing to score."""
 
 
 REWARDS = {"instructions": InstructionReward, "reward_model": RewardModel, "none": NoReward}

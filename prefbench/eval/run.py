@@ -145,10 +145,12 @@ def preference(recipe: Recipe) -> dict[str, dict]:
 
 def prompt_records(recipe: Recipe) -> list[dict]:
     """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once: the embedded
-    task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source)."""
+    task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source; those
+    with a chosen answer when the judge compares with the data's chosen answers)."""
     from prefbench.data.onpolicy import load_prompt_records
 
-    return load_prompt_records(recipe.eval.generation.prompts, recipe.data)
+    judge = recipe.eval.judge
+    return load_prompt_records(recipe.eval.generation.prompts, recipe.data, need_chosen=bool(judge and "dataset_chosen" in judge.against))
 
 
 def samplings(recipe: Recipe):
@@ -163,26 +165,15 @@ def generation_settings(recipe: Recipe, prompts: list) -> dict:
     """Everything that decides a unit's generation metrics: finished results with other settings are redone,
     and reports and `compare` refuse to put results with different settings side by side. A reward model
     counts by its checkpoint's content hash as well as its name."""
-    from prefbench.eval.generate import checkpoint_id
     from prefbench.eval.metrics import METRICS_VERSION
-    from prefbench.eval.rewards import REWARDS
+    from prefbench.eval.rewards import REWARDS, RewardModel
 
     settings = {"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
                 "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
                 "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()}
     if spec := recipe.eval.reward_model:
-        settings["reward_model"] = {**dataclasses.asdict(spec), "checkpoint": checkpoint_id(models.resolve(spec.model))}
+        settings["reward_model"] = RewardModel.identity(spec)
     return jsonable(settings)
-
-
-def load_reward(recipe: Recipe, prompts: list):
-    """The recipe's reward (None for `none`), having checked that it can score these prompts."""
-    from prefbench.eval.rewards import make_reward
-
-    reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
-    if hasattr(reward, "check_prompts"):
-        reward.check_prompts(prompts)
-    return reward
 
 
 def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
@@ -200,9 +191,10 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     <unit>/eval_generation.json. A file whose settings match is kept: re-running only re-reads."""
     from prefbench.eval.generate import prompt_ids
     from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
+    from prefbench.eval.rewards import REWARDS, make_reward
 
     prompts = [r["prompt"] for r in prompt_records(recipe)]
-    reward = load_reward(recipe, prompts)
+    REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
     units = eval_units(recipe)
     done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))}
@@ -212,9 +204,13 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     reference = units["reference"]
     generated = [reference] + [u for u in todo if u.name != "reference"]
     gens, gen_stats = generate_all(recipe, generated, prompts)
-    # every answer scored once: the metrics and answers.jsonl read the same scores
+    # every answer scored once: the metrics and answers.jsonl read the same scores. A reward model loads only
+    # now, after the generation engine is gone (both want the GPU), and goes before the KL pass.
+    reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
     scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()}
-              for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint", disable=reward is None)} if reward else None
+              for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint")} if reward else None
+    del reward
+    models.free_accelerator_memory()
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
     passes, ref_model = samplings(recipe), models.load_model(reference.checkpoint)
     # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
