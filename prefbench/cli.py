@@ -62,12 +62,11 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from prefbench.eval.run import evaluate
-    from prefbench.recipe import load_recipe
     from prefbench.report import write_report
     from prefbench.results import run_dir
     from prefbench.runner import train_units
 
-    recipe = load_recipe(args.recipe, args.overrides, lookups=True)
+    recipe = evaluation_recipe(args)
     print_training(train_units(recipe))
     print_evaluation(evaluate(recipe))
     out = write_report(run_dir(recipe), recipe.report_dir)
@@ -90,10 +89,24 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from prefbench.eval.run import evaluate
+
+    print_evaluation(evaluate(evaluation_recipe(args), args.stage))
+    return 0
+
+
+def evaluation_recipe(args):
+    """The recipe of `run` and `evaluate`, checked in full; --retry-failed turns on judge.retry_failed."""
+    import dataclasses
+
+    from prefbench.errors import RecipeError
     from prefbench.recipe import load_recipe
 
-    print_evaluation(evaluate(load_recipe(args.recipe, args.overrides, lookups=True), args.stage))
-    return 0
+    recipe = load_recipe(args.recipe, args.overrides, lookups=True)
+    if args.retry_failed:
+        if recipe.eval.judge is None:
+            raise RecipeError(["--retry-failed: the recipe has no eval.judge whose parse failures could be asked again"], args.recipe)
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, judge=dataclasses.replace(recipe.eval.judge, retry_failed=True)))
+    return recipe
 
 
 def cmd_generate_data(args) -> int:
@@ -155,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     command("objectives", cmd_objectives, "list every objective: data kind, reference need, hyperparameters, paper")
-    command("run", cmd_run, "train every objective x seed of a recipe, evaluate, report (resumable: re-run after a kill)", recipe=True)
+    run = command("run", cmd_run, "train every objective x seed of a recipe, evaluate, report (resumable: re-run after a kill)", recipe=True)
     train = command("train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True)
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
     train.add_argument("--seed", type=int, required=True)
@@ -163,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
     evaluate.add_argument("--stage", action="append", metavar="STAGE",
                           help="run only this stage (repeatable; benchmarks, preference, generation, judge, seeds, claims); default: every stage the recipe asks for")
+    for c in (run, evaluate):
+        c.add_argument("--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures")
     command("generate-data", cmd_generate_data, "sample from a model, score with a reward, write paired + unpaired preference data", recipe=True)
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")

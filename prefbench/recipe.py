@@ -368,6 +368,7 @@ class JudgeSpec:
     price_per_1k_input: float = 0.0  # USD, for the cost estimate and the budget
     price_per_1k_output: float = 0.0
     dry_run: bool = False  # estimate calls, tokens and cost; judge nothing
+    retry_failed: bool = False  # ask cached parse failures again (`prefbench evaluate --retry-failed`)
     template: str = ""  # a Jinja2 prompt template file (prefbench/eval/judge/prompts.py); "": the built-in one
 
     def problems(self, at: str = "eval.judge") -> list[str]:

@@ -72,6 +72,30 @@ def atomic(path: Path, directory: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+class BusyError(PrefbenchError, RuntimeError):
+    """Another process holds the lock of the work asked for."""
+
+
+@contextlib.contextmanager
+def exclusive(root: Path, name: str, what: str) -> Iterator[None]:
+    """Hold the run directory's lock `name` (<root>/.locks/<name>.lock) while `what` happens: a second process
+    asking for it gets one line at once instead of doing the same work beside the first and racing on its
+    files. The operating system drops the lock with its process, so a killed run leaves none behind."""
+    from filelock import FileLock, Timeout  # a dependency of huggingface_hub
+
+    path = Path(root) / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BusyError(f"{root}: another prefbench process is {what} (it holds {path}); wait for it to end, or stop it") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def publish(target: Path, build: Callable[[Path], None]) -> Path:
     """Build a directory once: `build(tmp)` fills a temporary directory that is then renamed to `target`. A
     file lock makes a racing process wait for the first build instead of repeating it (caches shared by the

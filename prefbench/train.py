@@ -12,6 +12,8 @@ step's examples, and losses are scaled so the averaged gradient equals the singl
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import hashlib
 import json
@@ -39,7 +41,7 @@ from prefbench.errors import TrainingError
 from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe
-from prefbench.results import AppendLog, atomic, objective_dir, read_json, write_json
+from prefbench.results import AppendLog, atomic, exclusive, objective_dir, read_json, run_dir, write_json
 
 # ---- reference log-probs ------------------------------------------------------------------------
 
@@ -52,7 +54,7 @@ class RefLogps:
 
     def __init__(self, path: Path):
         self.path = path
-        self.values: dict[Key, float] = torch.load(path) if path.exists() else {}
+        self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
 
     def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast) -> float:
         """Compute missing keys with the reference model; returns the seconds spent."""
@@ -75,7 +77,7 @@ class RefLogps:
         if _rank() == 0:
             with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
                 if self.path.exists():
-                    self.values = {**torch.load(self.path), **self.values}
+                    self.values = {**torch.load(self.path, weights_only=True), **self.values}
                 with atomic(self.path) as tmp:
                     torch.save(self.values, tmp)
         return time.perf_counter() - start
@@ -178,22 +180,25 @@ class Unit:
 
 
 def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
-    """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary."""
+    """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary.
+    Rank 0 holds the unit's lock, so a second `prefbench run` or `train` of the unit stops at once."""
     rank, world, device = init_distributed()
     transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
     out = objective_dir(recipe, spec.label, seed)
-    if (out / "summary.json").exists():
-        return read_json(out / "summary.json")
-    t = recipe.train
-    if t.batch_size % (t.micro_batch_size * world):
-        raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
-    resume = latest_checkpoint(out)
-    u = set_up(recipe, spec, seed, out, resume, rank, world, device)
-    start_step = restore(u, resume)
-    train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step)
-    summary = _summary(u, recipe, resume, train_seconds, tokens)
-    save_final(u, recipe, summary)
-    return summary
+    held = exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}") if rank == 0 else contextlib.nullcontext()
+    with held:
+        if (out / "summary.json").exists():
+            return read_json(out / "summary.json")
+        t = recipe.train
+        if t.batch_size % (t.micro_batch_size * world):
+            raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
+        resume = latest_checkpoint(out)
+        u = set_up(recipe, spec, seed, out, resume, rank, world, device)
+        start_step = restore(u, resume)
+        train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step)
+        summary = _summary(u, recipe, resume, train_seconds, tokens)
+        save_final(u, recipe, summary)
+        return summary
 
 
 # ---- set-up
@@ -255,7 +260,8 @@ def restore(u: Unit, resume: Path | None) -> int:
     checkpoint (set_up loaded its weights). metrics.jsonl keeps only the lines up to that step."""
     start_step = 0
     if resume:
-        state = torch.load(resume / "trainer_state.pt", weights_only=False)
+        # tensors and plain containers only: a run directory may come from anyone, and a pickle can run code
+        state = torch.load(resume / "trainer_state.pt", weights_only=True)
         if u.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

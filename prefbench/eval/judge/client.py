@@ -8,10 +8,21 @@ Endpoint
 
 Calls
   The first call goes alone and settles the request form (prompts.FORMS); the rest go out max_concurrency
-  at a time. The openai client retries 429, 5xx and timeouts with backoff; a 400 after the first call is
-  the judge's answer to that input (e.g. too long) and is cached as a failed verdict. Before a call goes
-  out its cost is reserved at an upper bound (prompt characters / 4, max_tokens out); a call that would
-  pass judge.budget_usd is not made, and the run stops with JudgeBudgetError.
+  at a time, with a progress bar (calls, rate, time left, cost so far). A 400 after the first call is the
+  judge's answer to that input (e.g. too long) and is cached as a failed verdict. Before a call goes out
+  its cost is reserved at an upper bound (prompt characters / 4, max_tokens out); a call that would pass
+  judge.budget_usd is not made, and the run stops with JudgeBudgetError.
+
+Transport faults
+  prefbench retries, not the openai client (its retries stop at the HTTP status, and a body cut in half
+  or without choices reached the caller as a JSON error): 429 (after the endpoint's retry-after), 408,
+  409, 5xx, timeouts, dropped connections, a body that is not JSON or has no answer are each retried with
+  capped exponential backoff, up to judge.max_retries times for one call, and counted by kind (the run's
+  `transport` record). When a call's retries run out, the run stops with one line naming the endpoint,
+  the calls done and the last error; every verdict received stays cached.
+  An answer that parses to no verdict is asked again, up to PARSE_ATTEMPTS times in all (a judge at
+  temperature 0 repeats its answer; a glitch does not), then cached as a parse failure. Parse failures
+  are counted in the results, and `--retry-failed` asks them again.
 
 Verdict cache
   Every verdict, parse failures and rejected requests included, is appended to <cache>/verdicts.jsonl
@@ -22,14 +33,19 @@ Verdict cache
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import threading
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
 import openai
+from tqdm.auto import tqdm
 
 from prefbench import models
 from prefbench.errors import PrefbenchError
@@ -40,6 +56,13 @@ from prefbench.recipe import LOCAL_HOSTS, JudgeSpec
 from prefbench.results import AppendLog
 
 LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
+PARSE_ATTEMPTS = 3  # asks of one call whose answers parse to no verdict, before that is its verdict
+BACKOFF_S, BACKOFF_CAP_S, RETRY_AFTER_CAP_S = 0.5, 8.0, 60.0  # first wait, longest wait, longest retry-after obeyed
+RETRIED_STATUS = (408, 409, 429)  # and every 5xx
+
+
+class MalformedResponse(Exception):
+    """A 200 whose body has no answer in it (no choices, no message)."""
 
 
 class JudgeError(PrefbenchError, RuntimeError):
@@ -100,17 +123,20 @@ def _endpoint(spec: JudgeSpec) -> Iterator[tuple[str, str]]:
         yield server.base_url, LOCAL_KEY
 
 
-def judge_calls(spec: JudgeSpec, calls: list[Call], cache: VerdictCache) -> set[str]:
-    """Ask the judge for each call (none of them cached); the cache keys of the verdicts it gave."""
+def judge_calls(spec: JudgeSpec, calls: list[Call], cache: VerdictCache) -> tuple[set[str], dict]:
+    """Ask the judge for each call (none of them cached): (the cache keys of the verdicts it gave, the transport
+    record: faults by kind, retries, parse re-asks)."""
     with _endpoint(spec) as (base_url, api_key), \
-            openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=spec.max_retries, timeout=spec.timeout_s) as client:
+            openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s) as client:
         judge = _Judge(spec, client, judge_model(spec), base_url, api_key, cache)
-        judge.run(calls)
-        return judge.made
+        with tqdm(total=len(calls), desc=f"judge {judge.model}", unit="call") as judge.progress:
+            judge.run(calls)
+        return judge.made, {"faults": dict(judge.faults), "retries": sum(judge.faults.values()), "reasked": judge.reasked}
 
 
 class _Judge:
-    """Makes the calls: bounded concurrency, the budget, the request form; every verdict goes to the cache."""
+    """Makes the calls: bounded concurrency, the budget, the request form, transport retries; every verdict goes
+    to the cache."""
 
     def __init__(self, spec: JudgeSpec, client: openai.OpenAI, model: str, base_url: str, api_key: str, cache: VerdictCache):
         self.spec, self.client, self.model, self.base_url, self.api_key, self.cache = spec, client, model, base_url, api_key, cache
@@ -119,6 +145,9 @@ class _Judge:
         self.spent = self.reserved = 0.0
         self.made: set[str] = set()
         self.over_budget = self.failed = False
+        self.faults: Counter = Counter()  # transport faults retried, by kind
+        self.reasked = 0  # answers that parsed to no verdict and were asked again
+        self.progress = None
 
     def run(self, calls: list[Call]) -> None:
         """Judge every call; the first alone, to settle the request form."""
@@ -141,7 +170,7 @@ class _Judge:
                 return
             self.reserved += estimated
         try:
-            record = self.request(call, probe)
+            record = self.ask(call, probe)
         except BaseException:
             self.failed = True
             raise
@@ -152,14 +181,28 @@ class _Judge:
         with self.lock:
             self.spent += record["cost_usd"]
             self.made.add(record["key"])
+            if self.progress is not None:
+                self.progress.update()
+                self.progress.set_postfix_str(f"${self.spent:.4f}", refresh=False)
+
+    def ask(self, call: Call, probe: bool) -> dict:
+        """The call's verdict record: an answer that parses to no verdict is asked again (PARSE_ATTEMPTS in all);
+        the record's tokens and cost are those of every ask."""
+        paid = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        for attempt in range(PARSE_ATTEMPTS):
+            record = self.request(call, probe and attempt == 0)
+            paid = {k: paid[k] + record[k] for k in paid}
+            if record["verdict"] is not None or record["error"] is not None or attempt + 1 == PARSE_ATTEMPTS:
+                return record | paid | {"attempts": attempt + 1}
+            with self.lock:
+                self.reasked += 1
 
     def request(self, call: Call, probe: bool) -> dict:
         """One verdict record; the probe tries each request form until the endpoint accepts one (module docstring)."""
         forms = FORMS if probe else (self.form,)
         for i, (form, logprobs) in enumerate(forms):
             try:
-                response = self.client.chat.completions.create(model=self.model, messages=call.messages(form), temperature=TEMPERATURE,
-                                                               max_tokens=self.spec.max_tokens, **request_options(form, logprobs))
+                response = self.send(call, form, logprobs)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
                 if probe and i + 1 < len(forms):
                     continue
@@ -167,14 +210,38 @@ class _Judge:
                     raise JudgeError(f"the judge endpoint {self.base_url} rejected every request form (structured outputs, "
                                      f"log-probabilities, plain text) for model {self.model!r}: {self.scrub(err.message)}") from None
                 return self.record(call, form, error=self.scrub(err.message))
-            except openai.APIConnectionError as err:  # timeouts included
-                raise JudgeError(f"no answer from the judge endpoint {self.base_url} after {self.spec.max_retries} retries: "
-                                 f"{self.scrub(str(err))}") from None
-            except openai.APIStatusError as err:
-                raise JudgeError(f"the judge endpoint {self.base_url} answered HTTP {err.status_code} for model {self.model!r}: "
-                                 f"{self.scrub(err.message)}") from None
             self.form = (form, logprobs)
             return self.record(call, form, response)
+
+    def send(self, call: Call, form: str, logprobs: bool):
+        """One chat completion with a usable answer, through transport faults (module docstring)."""
+        for attempt in range(self.spec.max_retries + 1):
+            try:
+                response = self.client.chat.completions.create(model=self.model, messages=call.messages(form), temperature=TEMPERATURE,
+                                                               max_tokens=self.spec.max_tokens, **request_options(form, logprobs))
+                if not response.choices or response.choices[0].message is None:
+                    raise MalformedResponse("a 200 without an answer (no choices)")
+                return response
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
+                raise
+            except openai.APIStatusError as err:
+                if err.status_code not in RETRIED_STATUS and err.status_code < 500:
+                    raise JudgeError(f"the judge endpoint {self.base_url} answered HTTP {err.status_code} for model {self.model!r}: "
+                                     f"{self.scrub(err.message)}") from None
+                kind, error, wait = f"http {err.status_code}", err, _retry_after(err.response)
+            except openai.APITimeoutError as err:
+                kind, error, wait = "timeout", err, None
+            except openai.APIConnectionError as err:
+                kind, error, wait = "connection", err, None
+            except (json.JSONDecodeError, openai.APIResponseValidationError, MalformedResponse) as err:
+                kind, error, wait = "malformed body", err, None
+            with self.lock:
+                self.faults[kind] += 1
+            if attempt == self.spec.max_retries:
+                break
+            time.sleep(wait if wait is not None else min(BACKOFF_S * 2**attempt, BACKOFF_CAP_S) * random.uniform(0.5, 1.0))
+        raise JudgeError(f"the judge endpoint {self.base_url} failed one call {self.spec.max_retries + 1} times ({len(self.made)} calls "
+                         f"done, their verdicts kept in {self.cache.path}); last error: {kind}: {self.scrub(str(error))[:200]}")
 
     def record(self, call: Call, form: str, response=None, error: str | None = None) -> dict:
         content, verdict, probs, finish = None, None, None, None
@@ -195,3 +262,14 @@ class _Judge:
 
     def scrub(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text
+
+
+def _retry_after(response) -> float | None:
+    """The wait an endpoint asks for (retry-after-ms, or retry-after in seconds), capped; None when it asks none."""
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return min(float(headers[name]) * scale, RETRY_AFTER_CAP_S)
+        except (KeyError, ValueError, TypeError):
+            continue
+    return None
