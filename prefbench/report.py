@@ -134,14 +134,18 @@ def preference_table(run: Run) -> pd.DataFrame | None:
 
 
 def claims_table(run: Run) -> pd.DataFrame | None:
-    """Each claim of the recipe, per seed, as evaluation tested it (eval/run.py: claims)."""
+    """Each claim of the recipe at objective level, as evaluation tested it (eval/run.py: claims): over how many
+    seeds, the difference with its interval, p and Holm's p across the claims, and the verdict in words."""
     if not run.claims:
         return None
     rows = []
     for c in run.claims:
-        row = {"claim": c["claim"], "seed": c["seed"], "better - worse": "n/a", "p": "", "held here?": c["verdict"]}
+        row = {"claim": c["claim"], "seeds": c["n_seeds"], "better - worse": "n/a", "p": "", "Holm p": "", "verdict": c["verdict"]}
         if "difference" in c:
-            row.update({"better - worse": f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]", "p": f"{c['p_value']:.3f}"})
+            row.update({"better - worse": f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]", "p": f"{c['p_value']:.3g}",
+                        "Holm p": f"{c['p_holm']:.3g}"})
+            if not c["seed_variance"]:
+                row["verdict"] += " (one seed: this training run only)"
         rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
 
@@ -313,7 +317,7 @@ def provenance(run: Run) -> list[str]:
 
 def sections(run: Run, seeds: pd.DataFrame | None, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
     """The report's tables after the main one, in order: (Markdown heading, HTML heading, table); empty ones left out."""
-    out = [("Claims tested (paired difference on the same prompts, 95% CI)", "Claims tested", claims),
+    out = [("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
            ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
             "Held-out preferences", preference_table(run)),
            ("Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "Benchmarks", benchmark_table(run)),

@@ -12,6 +12,7 @@ import pytest
 
 from prefbench.cli import main
 from prefbench.compare import NotComparable, compare
+from prefbench.stats import holm
 from prefbench.stats import estimate
 from prefbench.report import separated_best, unit_table, write_report
 from prefbench.results import ResultsError, load_run
@@ -154,6 +155,41 @@ def test_compare_a_change_within_noise_or_threshold_passes(tmp_path):
     assert main(["compare", str(base), str(cand2), "--threshold", "reward=0.005"]) == 1
 
 
+def test_compare_calls_a_kl_drop_a_change_and_says_what_it_could_have_detected(tmp_path, capsys):
+    base = make_run(tmp_path / "base", {"dpo": SAME}, REF)
+    cand = make_run(tmp_path / "cand", {"dpo": SAME}, REF)
+    f = cand / "dpo" / "seed0" / "eval_generation.json"
+    data = json.loads(f.read_text())
+    data["kl"]["per_prompt"] = [0.1] * len(REF)  # from 0.5: KL fell on every prompt
+    f.write_text(json.dumps(data))
+    verdicts = {v.metric: v for v in compare(base, cand)}
+    assert verdicts["kl"].verdict == "lower" and verdicts["reward"].verdict == "no change"
+    assert [v.p_holm for v in verdicts.values()] == holm([v.p for v in verdicts.values()])
+    assert main(["compare", str(base), str(cand)]) == 0
+    out = capsys.readouterr().out
+    assert " lower" in out and "improved" not in out
+    noisy = make_run(tmp_path / "noisy", {"dpo": [r + (0.05 if i % 2 else -0.05) for i, r in enumerate(REF)]}, REF)
+    (v,) = [v for v in compare(base, noisy) if v.metric == "reward"]
+    assert v.verdict == "no change" and v.detectable == pytest.approx(2.8 * (v.ci[1] - v.ci[0]) / (2 * 1.959964))
+    assert main(["compare", str(base), str(noisy)]) == 0 and f"could detect ±{v.detectable:.3f}" in capsys.readouterr().out
+
+
+def test_compare_keeps_its_family_wise_false_alarm_rate(tmp_path):
+    """Null simulation: 8 units whose candidate rewards are the baseline's plus symmetric noise (the same
+    checkpoints evaluated again), gate at any significant drop (threshold 0). Over 200 simulated comparisons
+    the share that exits 1 stays at or under 5% within simulation error; without Holm, 8 one-sided tests would
+    fail about 1 - 0.975^8 = 18% of them."""
+    rng = np.random.default_rng(3)
+    alarms = 0
+    for sim in range(200):
+        base_rewards = {f"u{k}": rng.uniform(0, 1, 40).tolist() for k in range(8)}
+        cand_rewards = {k: (np.asarray(v) + rng.normal(0, 0.1, 40)).tolist() for k, v in base_rewards.items()}
+        base = make_run(tmp_path / f"b{sim}", base_rewards, REF)
+        cand = make_run(tmp_path / f"c{sim}", cand_rewards, REF)
+        alarms += any(v.verdict == "regressed" for v in compare(base, cand, {"reward": 0.0, "greedy_reward": 0.0}))
+    assert alarms / 200 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200)
+
+
 def test_compare_refuses_runs_that_are_not_comparable(tmp_path, capsys):
     base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
     other = make_run(tmp_path / "other", {"dpo": BETTER}, REF, fingerprint="0" * 64)
@@ -173,9 +209,12 @@ def test_a_new_variant_is_compared_against_a_baseline_label(tmp_path):
 
 
 def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(tmp_path):
+    """One seed: each claim's paired difference on the same prompts (the prompt bootstrap, for this training run
+    only), Holm across the recipe's three claims, the verdict in words."""
     from prefbench.eval.run import claims
     from prefbench.recipe import parse_recipe
     from prefbench.report import claims_table
+    from prefbench.stats import holm
 
     root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
     recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
@@ -188,14 +227,40 @@ def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(t
     diff = np.mean(np.subtract(BETTER, SAME))
     assert diff == pytest.approx(35 * 0.5 / 40)
     assert stored[0]["difference"] == pytest.approx(diff) and stored[0]["ci"][0] > 0 and stored[0]["p_value"] == pytest.approx(2 / 2001)
+    assert [r["p_holm"] for r in stored] == holm([r["p_value"] for r in stored]) and stored[0]["p_holm"] == pytest.approx(3 * 2 / 2001)
+    assert [(r["n_seeds"], r["seed_variance"]) for r in stored] == [(1, False)] * 3
     assert json.loads((root / "eval_claims.json").read_text())["claims"] == json.loads(json.dumps(stored))
     table = claims_table(load_run(root))  # the report only formats what evaluation stored
-    assert table.loc["dpo beats kto", "held here?"] == "held"
-    assert table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [")
-    assert table.loc["kto beats the reference", "held here?"] == "not resolved (CI spans 0)"  # identical: interval [0, 0]
-    assert table.loc["kto beats dpo", "held here?"] == "contradicted"
+    assert table.loc["dpo beats kto", "verdict"] == "held (one seed: this training run only)"
+    assert table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [") and table.loc["dpo beats kto", "seeds"] == 1
+    assert table.loc["kto beats the reference", "verdict"].startswith("not resolved")  # identical: p = 1
+    assert table.loc["kto beats dpo", "verdict"].startswith("contradicted")
     out = write_report(root, tmp_path / "reports")
     assert "## Claims tested" in (out / "report.md").read_text()
+
+
+def test_claims_across_seeds_carry_seed_variance(tmp_path):
+    """Three seeds: the claim's difference is over seeds and prompts (stats.across_seeds on the seeds x prompts
+    table of paired differences); a difference that one seed shows and the others do not is not resolved."""
+    from prefbench.eval.run import claims
+    from prefbench.recipe import parse_recipe
+    from prefbench.stats import across_seeds
+
+    root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
+    for seed, (dpo, kto) in {1: (SAME, SAME), 2: (np.add(SAME, 0.01), SAME)}.items():
+        for label, values in (("dpo", dpo), ("kto", kto)):
+            (root / label / f"seed{seed}").mkdir()
+            (root / label / f"seed{seed}" / "eval_generation.json").write_text(json.dumps(_gen(values, REF, np.zeros(len(REF)))))
+    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                           "objectives": [{"name": "dpo"}, {"name": "kto"}], "seeds": [0, 1, 2], "eval": {"generation": {}},
+                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"}]})
+    (row,) = claims(recipe)
+    table = np.array([np.subtract(BETTER, SAME), np.zeros(len(SAME)), np.add(SAME, 0.01) - np.asarray(SAME)])
+    expected = across_seeds(table)
+    assert (row["n_seeds"], row["seed_variance"], row["df"]) == (3, True, pytest.approx(expected["df"]))
+    assert row["difference"] == pytest.approx(table.mean()) and row["ci"] == pytest.approx(expected["ci"])
+    assert [s["seed"] for s in row["per_seed"]] == [0, 1, 2] and row["per_seed"][0]["ci"][0] > 0  # seed 0 alone: "held"
+    assert row["ci"][0] < 0 < row["ci"][1] and row["verdict"] == "not resolved"  # across seeds: not
 
 
 def test_the_shipped_baseline_and_report_of_the_main_job():

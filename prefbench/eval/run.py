@@ -316,24 +316,31 @@ def seeds(recipe: Recipe) -> dict[str, dict]:
 
 
 def claims(recipe: Recipe) -> list[dict]:
-    """Each claim of the recipe, per seed: the paired difference better - worse on the same prompts with its
-    95% interval and p (stats.paired_difference) and whether it held (interval above 0), was contradicted
-    (below 0) or is not resolved at this size. Written to <run>/eval_claims.json for the report."""
+    """Each claim of the recipe at objective level: the difference better - worse on the same prompts over every
+    seed both sides were evaluated with (stats.across_seeds: seed and prompt variance, so it speaks for new
+    training runs; with one seed, for this training run only), its p Holm-adjusted across the recipe's claims,
+    and the verdict: held (Holm p < 0.05, better above), contradicted (Holm p < 0.05, below), or not resolved.
+    Each seed's own paired difference is kept as detail. Written to <run>/eval_claims.json for the report."""
     root = run_dir(recipe)
     rows = []
     for claim in recipe.claims:
         section = "greedy" if claim.metric == "greedy_reward" else "sampled"
+        table, per_seed = [], []
         for seed in recipe.seeds:
             better = _per_prompt(root / claim.better / f"seed{seed}", section)
             worse = _per_prompt(root / ("reference" if claim.worse == "reference" else f"{claim.worse}/seed{seed}"), section)
-            row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "seed": seed}
-            if better is None or worse is None:
-                rows.append({**row, "verdict": "not evaluated"})
-                continue
-            paired = stats.paired_difference(better, worse)
-            lo, hi = paired["ci"]
-            verdict = "held" if lo > 0 else "contradicted" if hi < 0 else "not resolved (CI spans 0)"
-            rows.append({**row, **paired, "verdict": verdict})
+            if better is not None and worse is not None:
+                table.append(np.subtract(better, worse))
+                per_seed.append({"seed": seed, **stats.paired_difference(better, worse)})
+        row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
+        rows.append(row | (stats.across_seeds(np.array(table)) if table else {"n_seeds": 0}))
+    tested = [r for r in rows if "p_value" in r]
+    for r, p_holm in zip(tested, stats.holm([r["p_value"] for r in tested])):
+        r["p_holm"] = p_holm
+    for r in rows:
+        resolved = r.get("p_holm", 1.0) < 1 - stats.LEVEL
+        r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if resolved
+                        else "not resolved")
     write_json(root / "eval_claims.json", {"claims": rows})
     return rows
 
