@@ -18,23 +18,31 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
 POLL_S = 0.5
 GRACE_S = 5.0
 
-_started: dict[int, subprocess.Popen] = {}  # pid of the guarded process -> its watchdog
+_started: dict[int, int] = {}  # pid of the guarded process -> its watchdog's
 
 
 def guard() -> None:
-    """Make sure this process has a watchdog (once per process; a forked child gets its own)."""
+    """Make sure this process has a watchdog (once per process; a forked child gets its own). Spawned without a
+    Popen object: nothing here waits for it, since it outlives this process by design."""
     pid = os.getpid()
-    if pid in _started and _started[pid].poll() is None:
+    if pid in _started and _alive(_started[pid]):
         return
-    _started[pid] = subprocess.Popen([sys.executable, "-m", "prefbench.watchdog", str(pid)], start_new_session=True,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    _started[pid] = os.posix_spawn(sys.executable, [sys.executable, "-m", "prefbench.watchdog", str(pid)], os.environ,
+                                   file_actions=quiet, setsid=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)  # not exited (and reaped if it has)
+    except ChildProcessError:
+        return False
 
 
 def watch(parent: int) -> None:
