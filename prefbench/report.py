@@ -138,6 +138,9 @@ def claims_table(run: Run) -> pd.DataFrame | None:
     seeds, the difference with its interval, p and Holm's p across the claims, and the verdict in words."""
     if not run.claims:
         return None
+    if any("n_seeds" not in c for c in run.claims):  # written before claims were tested across seeds
+        return pd.DataFrame([{"claim": c["claim"], "verdict": "re-run `prefbench evaluate RECIPE --stage claims`"} for c in run.claims]
+                            ).drop_duplicates().set_index("claim")
     rows = []
     for c in run.claims:
         row = {"claim": c["claim"], "seeds": c["n_seeds"], "better - worse": "n/a", "p": "", "Holm p": "", "verdict": c["verdict"]}

@@ -90,6 +90,8 @@ def across_seeds(table, level: float = LEVEL) -> dict:
     x = np.asarray(table, dtype=float)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"expected a [seeds, prompts] table, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("the [seeds, prompts] table holds NaN or infinite values")
     n_seeds, n_prompts = x.shape
     if n_seeds == 1:
         single = paired_difference(x[0], np.zeros(n_prompts), level=level)
@@ -105,7 +107,7 @@ def across_seeds(table, level: float = LEVEL) -> dict:
     spread = sum(ms**2 / d for ms, d in ((ms_seeds, n_seeds - 1), (ms_prompts, n_prompts - 1), (ms_resid, df_resid)) if d > 0)
     df = unbiased**2 / spread if n_seeds > 2 and spread > 0 else float(n_seeds - 1)
     half = float(st.t.ppf((1 + level) / 2, df)) * se
-    p = float(2 * st.t.sf(abs(grand) / se, df)) if se > 0 else (1.0 if grand == 0 else 0.0)
+    p = float(2 * st.t.sf(abs(grand) / se, df)) if se > 0 else (1.0 if grand == 0 else 0.0)  # se 0: every value equal
     return {"difference": float(grand), "ci": [float(grand - half), float(grand + half)], "p_value": max(p, np.finfo(float).tiny),
             "n_seeds": n_seeds, "n_prompts": n_prompts, "df": float(df), "seed_variance": True}
 

@@ -41,7 +41,7 @@ from prefbench.errors import TrainingError
 from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe
-from prefbench.results import AppendLog, atomic, exclusive, objective_dir, read_json, run_dir, write_json
+from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, run_dir, write_json
 
 # ---- reference log-probs ------------------------------------------------------------------------
 
@@ -185,8 +185,17 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
     rank, world, device = init_distributed()
     transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
     out = objective_dir(recipe, spec.label, seed)
-    held = exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}") if rank == 0 else contextlib.nullcontext()
-    with held:
+    with contextlib.ExitStack() as held:
+        busy = [None]
+        if rank == 0:
+            try:
+                held.enter_context(exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}"))
+            except BusyError as err:
+                busy = [str(err)]
+        if world > 1:  # every rank stops, not only rank 0 (the others would wait in its collectives)
+            dist.broadcast_object_list(busy, src=0)
+        if busy[0]:
+            raise BusyError(busy[0])
         if (out / "summary.json").exists():
             return read_json(out / "summary.json")
         t = recipe.train

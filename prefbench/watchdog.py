@@ -6,12 +6,14 @@ A parent killed with SIGKILL or SIGTERM cannot stop them, and the operating syst
 handed to init and keep running, an idle vLLM busy-looping on a CPU core and holding GPU memory, so that
 the re-run does not fit. Linux's parent-death signal cannot be set on processes vLLM starts itself.
 
-So the first time a process is about to start such children it calls `guard()`, which starts one watchdog
-process per prefbench process: `python -m prefbench.watchdog PID`, in a session of its own (a kill of the
-run's process group leaves it standing). Every POLL_S it notes the descendants of PID; once PID is gone, it
-sends SIGTERM to each noted process and its process group, waits up to GRACE_S, sends SIGKILL to what is
-left, and exits. It holds no resources, and exits with its parent's death or when its parent is gone at start.
-psutil finds descendants across sessions (by parent id), which process groups cannot.
+So the first time a process is about to start such children it calls `guard()`, which marks the process's
+environment (MARKER=pid, inherited by every child it starts from then on) and starts one watchdog process:
+`python -m prefbench.watchdog PID`, in a session of its own (a kill of the run's process group leaves it
+standing). The watchdog is PID's direct child: once its parent id is no longer PID, PID is gone; every POLL_S
+it also notes PID's descendants. Then it sends SIGTERM to every process it noted or that carries the marker,
+with their process groups, waits up to GRACE_S, sends SIGKILL to what is left, and exits. The marker finds
+children started just before the end or before the watchdog's first look; psutil finds descendants across
+sessions (by parent id), which process groups cannot.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 
 POLL_S = 0.5
 GRACE_S = 5.0
+MARKER = "PREFBENCH_WATCHED_BY"  # environment variable: the pid of the prefbench process that started this one
 
 _started: dict[int, int] = {}  # pid of the guarded process -> its watchdog's
 
@@ -33,6 +36,7 @@ def guard() -> None:
     pid = os.getpid()
     if pid in _started and _alive(_started[pid]):
         return
+    os.environ[MARKER] = str(pid)  # inherited by every child started from here on
     quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     _started[pid] = os.posix_spawn(sys.executable, [sys.executable, "-m", "prefbench.watchdog", str(pid)], os.environ,
                                    file_actions=quiet, setsid=True)
@@ -50,18 +54,28 @@ def watch(parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the run: the run's children go with the run
     me = os.getpid()
-    try:
-        guarded = psutil.Process(parent)
-    except psutil.NoSuchProcess:
-        return
     noted: dict[int, psutil.Process] = {}
-    while guarded.is_running() and guarded.status() != psutil.STATUS_ZOMBIE:
+    while os.getppid() == parent:  # reparented once the parent is gone (also if it was gone before this started)
         try:
-            noted |= {p.pid: p for p in guarded.children(recursive=True) if p.pid != me}
-        except psutil.NoSuchProcess:
-            break
+            noted |= {p.pid: p for p in psutil.Process(parent).children(recursive=True) if p.pid != me}
+        except psutil.Error:
+            pass
         time.sleep(POLL_S)
-    stop(list(noted.values()))
+    stop([*noted.values(), *_marked(parent, me)])
+
+
+def _marked(parent: int, me: int) -> list:
+    """Running processes whose environment says `parent` started them (MARKER); readable for the same user."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != me and p.environ().get(MARKER) == str(parent):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
 
 
 def stop(processes: list) -> None:

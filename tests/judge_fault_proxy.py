@@ -10,8 +10,10 @@ real endpoints produce, in turn:
   garbage    the endpoint's real answer with its content replaced by text that is no verdict
 
 Which call is faulted is decided by a hash of the request body and how often it was seen (so a retry is a new
-draw, and one request is faulted at most `max_faults` times in a row): the same requests meet the same faults
-in every run. Counts: `injected[kind]`, `upstream[body hash]` (calls that reached the endpoint).
+draw), and one request is faulted at most `max_faults` times (2: fewer than the judge's 3 asks of a no-verdict
+answer, so a faulted request always ends in the endpoint's own answer); the kinds come in turn, so with one
+call at a time the same requests meet the same faults in every run. Counts: `injected[kind]`,
+`upstream_calls[body hash]` (calls that reached the endpoint).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ GARBAGE = "I cannot decide. ~~~"
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, rate: float = 0.3, stall_s: float = 0.3, max_faults: int = 3, seed: int = 0):
+    def __init__(self, upstream: str, rate: float = 0.3, stall_s: float = 0.3, max_faults: int = 2, seed: int = 0):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")  # the endpoint's root; paths are forwarded as they come
         self.rate, self.stall_s, self.max_faults, self.seed = rate, stall_s, max_faults, seed
         self.lock = threading.Lock()

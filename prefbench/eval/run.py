@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
+from prefbench.results import ResultsError, dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,8 @@ def claims(recipe: Recipe) -> list[dict]:
             if better is not None and worse is not None:
                 table.append(np.subtract(better, worse))
                 per_seed.append({"seed": seed, **stats.paired_difference(better, worse)})
+        if len({len(t) for t in table}) > 1:
+            raise ResultsError(f"claim {claim.text!r}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
         row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
         rows.append(row | (stats.across_seeds(np.array(table)) if table else {"n_seeds": 0}))
     tested = [r for r in rows if "p_value" in r]

@@ -45,6 +45,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 import openai
+from openai.types.chat import ChatCompletion
 from tqdm.auto import tqdm
 
 from prefbench import models
@@ -215,12 +216,13 @@ class _Judge:
 
     def send(self, call: Call, form: str, logprobs: bool):
         """One chat completion with a usable answer, through transport faults (module docstring)."""
-        for attempt in range(self.spec.max_retries + 1):
+        kind, error = "none", None
+        for attempt in range(max(0, self.spec.max_retries) + 1):
             try:
                 response = self.client.chat.completions.create(model=self.model, messages=call.messages(form), temperature=TEMPERATURE,
                                                                max_tokens=self.spec.max_tokens, **request_options(form, logprobs))
-                if not response.choices or response.choices[0].message is None:
-                    raise MalformedResponse("a 200 without an answer (no choices)")
+                if not isinstance(response, ChatCompletion) or not response.choices or response.choices[0].message is None:
+                    raise MalformedResponse("a 200 without an answer (not a chat completion, or no choices)")
                 return response
             except (openai.BadRequestError, openai.UnprocessableEntityError):
                 raise
