@@ -110,7 +110,6 @@ def test_across_seeds_by_hand():
     grand = x.mean()
     ms_seeds = 3 * sum((row.mean() - grand) ** 2 for row in x) / 1
     ms_prompts = 2 * sum((col.mean() - grand) ** 2 for col in x.T) / 2
-    ms_resid = sum((x[s, p] - x[s].mean() - x[:, p].mean() + grand) ** 2 for s in range(2) for p in range(3)) / 2
     var = (ms_seeds + ms_prompts) / 6  # the residual's share kept (stats.across_seeds' docstring)
     df = 1  # two seeds: the seeds' one degree of freedom
     out = S.across_seeds(x)
