@@ -157,6 +157,19 @@ def describe(spec: str) -> dict:
     }
 
 
+def checkpoint_id(path: str | pathlib.Path) -> str:
+    """sha256 of the config and weight files' contents: equal ids mean identical models."""
+    path = pathlib.Path(path)
+    files = sorted([path / "config.json"] + list(path.glob("*.safetensors")))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _source(spec: str) -> str:
     if spec == EMBEDDED:
         return "embedded"

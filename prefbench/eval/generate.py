@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prefbench import models, watchdog
+from prefbench.models import checkpoint_id
 from prefbench.errors import PrefbenchError
 from prefbench.logprobs import token_logps
 from prefbench.recipe import ENGINES
@@ -109,19 +110,6 @@ def stop_ids(path: Path, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
-
-
-def checkpoint_id(path: str | Path) -> str:
-    """sha256 of the config and weight files' contents: equal ids mean identical models."""
-    path = Path(path)
-    files = sorted([path / "config.json"] + list(path.glob("*.safetensors")))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _same_architecture(a: Path, b: Path) -> bool:

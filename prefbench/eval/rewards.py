@@ -26,12 +26,8 @@ import functools
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from prefbench.recipe import RewardModelSpec
 
 TASK_VERSION = 1
 MIN_WORDS = 4
@@ -235,7 +231,7 @@ class RewardModel:
     version = 1
     ground_truth = False
 
-    def __init__(self, spec: RewardModelSpec):
+    def __init__(self, spec):  # a recipe.RewardModelSpec (recipe imports this module, not the reverse)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -259,7 +255,7 @@ class RewardModel:
         """A reward model scores any prompt."""
 
     @staticmethod
-    def identity(spec: RewardModelSpec) -> dict:
+    def identity(spec) -> dict:
         """What decides its scores, for the results' settings: the model, how much of each conversation it
         sees, and the checkpoint's content hash (hashed once per process: a reward model's weights are GBs)."""
         from prefbench import models
@@ -268,12 +264,12 @@ class RewardModel:
                 "checkpoint": _checkpoint_id(models.resolve(spec.model))}
 
     def text(self, prompt, answer: str) -> str:
-        from prefbench.data.tokenize import render
-
-        prompt_text, completion = render(self.tokenizer, prompt, answer, use_chat_template=True)
+        """The conversation the model scores: the prompt's messages (a text prompt as one user message) and the
+        answer as the assistant's turn, through the chat template."""
+        messages = (list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
         if getattr(self.tokenizer, "chat_template", None):
-            return prompt_text + completion
-        return f"{prompt_text}\n\n{answer}"
+            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+        return "\n".join(m["content"] for m in messages) + f"\n\n{answer}"
 
     def score(self, prompts: list, answers: list[str]) -> np.ndarray:
         import torch
@@ -312,7 +308,7 @@ def architecture_problem(path, trust_remote_code: bool) -> str | None:
 
 @functools.cache
 def _checkpoint_id(path) -> str:
-    from prefbench.eval.generate import checkpoint_id
+    from prefbench.models import checkpoint_id
 
     return checkpoint_id(path)
 
@@ -339,7 +335,7 @@ def score_all(reward, prompts: list, answers: list[list[str]]) -> np.ndarray:
     return flat.reshape(len(prompts), -1) if len(prompts) else flat
 
 
-def make_reward(name: str, reward_model: RewardModelSpec | None = None):
+def make_reward(name: str, reward_model=None):
     """The reward a recipe names, ready to score; None for `none`."""
     if name == "none":
         return None

