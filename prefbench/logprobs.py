@@ -95,19 +95,32 @@ def _completion_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor,
 
 
 @torch.no_grad()
-def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: summed completion log-probs, summed per-token entropies of the model's next-token
-    distribution at those positions, and token counts (evaluation only: no gradient)."""
+def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
+                     reference: nn.Module | None = None) -> dict[str, Tensor]:
+    """Per row (evaluation only: no gradient): "logp" the summed completion log-probs, "entropy" the summed
+    per-token entropies of the model's next-token distribution at those positions, "tokens" their count; with
+    a `reference` model also "ref_logp" and "kl", the summed per-token KL(lm || reference) between the two
+    next-token distributions along the row (exact at each position: summed over the whole vocabulary)."""
     selected, targets, rows, head, dtype = _completion_hidden(lm, input_ids, attention_mask, completion_mask)
+    if reference is not None:
+        ref_selected, _, _, ref_head, _ = _completion_hidden(reference, input_ids, attention_mask, completion_mask)
     chunk = max(1, block_elements(selected.device) // head.weight.shape[0])
-    logps, entropies = [], []
+    pieces: dict[str, list[Tensor]] = {"logp": [], "entropy": [], "ref_logp": [], "kl": []}
     for start in range(0, selected.shape[0], chunk):
-        logits = F.linear(selected[start : start + chunk], head.weight, head.bias).to(dtype).log_softmax(-1)
-        logps.append(logits.gather(1, targets[start : start + chunk, None]).squeeze(1))
-        entropies.append(-(logits.exp() * logits).sum(-1))
+        block, target = slice(start, start + chunk), targets[start : start + chunk, None]
+        logits = F.linear(selected[block], head.weight, head.bias).to(dtype).log_softmax(-1)
+        pieces["logp"].append(logits.gather(1, target).squeeze(1))
+        pieces["entropy"].append(-(logits.exp() * logits).sum(-1))
+        if reference is not None:
+            ref_logits = F.linear(ref_selected[block], ref_head.weight, ref_head.bias).to(dtype).log_softmax(-1)
+            pieces["ref_logp"].append(ref_logits.gather(1, target).squeeze(1))
+            pieces["kl"].append((logits.exp() * (logits - ref_logits)).sum(-1))
     zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
-    cat = (lambda xs: torch.cat(xs) if xs else selected.new_zeros(0, dtype=dtype))
-    return zeros.index_add(0, rows, cat(logps)), zeros.clone().index_add(0, rows, cat(entropies)), completion_mask[:, 1:].bool().sum(1)
+    out = {"tokens": completion_mask[:, 1:].bool().sum(1)}
+    for name, values in pieces.items():
+        if values or name in ("logp", "entropy") or reference is not None:
+            out[name] = zeros.clone().index_add(0, rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
+    return out
 
 
 @torch.no_grad()

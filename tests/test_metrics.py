@@ -92,25 +92,37 @@ def test_kl_estimate_from_samples_matches_the_exact_kl(tmp_path):
     engine.load(tmp_path / "policy")
     sampling = Sampling("sampled", n=3000, temperature=1.0, max_tokens=MAX_TOKENS, seed=0)
     gens = engine.generate(prompts, sampling, _Ids(), [EOS])
-    lp, ent, counts = M.sequence_stats(policy, prompts, gens, batch_rows=512)
-    lq, _, _ = M.sequence_stats(reference, prompts, gens, batch_rows=512)
+    stats = M.sequence_stats(policy, prompts, gens, batch_rows=512, reference=reference)
+    lp, lq, ent, counts = stats["logp"], stats["ref_logp"], stats["entropy"], stats["tokens"]
 
-    # Sequence log-probs are the exact ones of each sampled continuation.
+    # Sequence log-probs are the exact ones of each sampled continuation, under both models.
     for i in (0, 1):
         y = gens[0][i].token_ids
         assert lp[0, i] == pytest.approx(_exact_logp(policy, prompts[0], y), abs=1e-5)
+        assert lq[0, i] == pytest.approx(_exact_logp(reference, prompts[0], y), abs=1e-5)
         assert counts[0, i] == len(y)
-    # Monte Carlo: per prompt within 4 standard errors of the exact KL.
+    # The per-token KL of one sample, by hand: KL of the two next-token distributions at each of its positions.
+    y = gens[2][0].token_ids
+    with torch.no_grad():
+        p_log = policy(torch.tensor([prompts[2] + list(y)])).logits[0, len(prompts[2]) - 1 : -1].log_softmax(-1)
+        q_log = reference(torch.tensor([prompts[2] + list(y)])).logits[0, len(prompts[2]) - 1 : -1].log_softmax(-1)
+    assert stats["kl"][2, 0] == pytest.approx(float((p_log.exp() * (p_log - q_log)).sum()), abs=1e-5)
+    # Both estimators are unbiased: per prompt within 4 standard errors of the exact KL. (The per-token one
+    # need not have the smaller variance: on this 6-token vocabulary it has it on some prompts, not all.)
     for k, prompt in enumerate(prompts):
-        d = lp[k] - lq[k]
-        se = d.std(ddof=1) / math.sqrt(d.size)
-        assert abs(d.mean() - exact[k]) < 4 * se, (k, d.mean(), exact[k], se)
         assert exact[k] > 0.05  # a KL worth estimating
+        monte_carlo, per_token = lp[k] - lq[k], stats["kl"][k]
+        for d in (monte_carlo, per_token):
+            se = d.std(ddof=1) / math.sqrt(d.size)
+            assert abs(d.mean() - exact[k]) < 4 * se, (k, d.mean(), exact[k], se)
+        assert (per_token >= -1e-6).all()  # each term is a KL: never negative, unlike log pi - log pi_ref
     # Entropy: the first sample's per-token entropies, summed, from the full distributions.
     y = gens[1][0].token_ids
     with torch.no_grad():
         logits = policy(torch.tensor([prompts[1] + list(y)])).logits[0, len(prompts[1]) - 1 : -1].log_softmax(-1)
     assert ent[1, 0] == pytest.approx(float(-(logits.exp() * logits).sum()), abs=1e-5)
+    # Without a reference, no KL fields.
+    assert set(M.sequence_stats(policy, prompts[:1], gens[:1], batch_rows=512)) == {"logp", "entropy", "tokens"}
 
 
 def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
@@ -138,5 +150,6 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
                                 [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)])
     assert out["sampled"]["reward"]["mean"] == pytest.approx((0.75 + 0 + 0.5) / 3)
     assert out["sampled"]["reward_minus_reference"]["mean"] == pytest.approx((0.25 - 0.5 + 0) / 3)
+    assert out["sampled"]["per_sample_reward"] == [[1.0, 0.5], [0.0, 0.0], [0.5, 0.5]]
     assert out["sampled"]["truncated_share"] == 0.0 and out["kl"]["mean"] == 0.0
     assert out["sampled"]["length_tokens"]["mean"] == pytest.approx((2 + 1 + 2) / 3)

@@ -6,11 +6,14 @@ reference model are paired on the same prompts.
 
 - reward: mean task reward of the sampled pass (and of the greedy pass), with its CI; win/tie/loss of
   each prompt's mean reward against the reference's on that prompt; the paired difference with its CI.
-- KL(policy || reference): mean over the policy's own samples of log pi(y|x) - log pi_ref(y|x),
-  both summed over the completion's tokens under transformers. Only an unbiased estimate when the
-  samples are draws from the policy (temperature 1, top_p 1); otherwise it is left out, with the reason.
-  Samples cut at max_tokens are scored as the prefixes they are: the estimate is then the KL between
-  the two models' distributions over at-most-max_tokens continuations.
+- KL(policy || reference): mean over the policy's own samples y of sum_t KL(pi(.|x, y<t) || pi_ref(.|x, y<t)),
+  the exact KL between the two next-token distributions (over the whole vocabulary) at each position of
+  the sample, under transformers. By the chain rule its expectation over y ~ pi is the sequence KL, the
+  same as the plain Monte Carlo log pi(y|x) - log pi_ref(y|x), with a smaller variance (only the path is
+  sampled, not each token). Only unbiased when the samples are draws from the policy (temperature 1,
+  top_p 1); otherwise it is left out, with the reason. Samples cut at max_tokens are scored as the
+  prefixes they are: the estimate is then the KL between the two models' distributions over
+  at-most-max_tokens continuations.
 - diversity: distinct-1/2 over all sampled answers (unique word n-grams / all word n-grams), mean
   per-token entropy of the policy's next-token distribution along its samples, self-similarity
   (mean pairwise Jaccard similarity of the word sets of one prompt's samples); answer length in
@@ -29,7 +32,9 @@ from prefbench.eval.rewards import score_all, words
 from prefbench.stats import estimate
 
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
-METRICS_VERSION = 1
+# 2: KL as the summed exact per-token KL along the samples; per-sample rewards stored.
+METRICS_VERSION = 2
+KL_ESTIMATOR = "per-token exact KL summed along the policy's own samples"
 
 
 def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> dict:
@@ -61,38 +66,43 @@ def self_similarity(gens: list[list[Completion]]) -> float:
     return float(np.mean(per_prompt)) if per_prompt else float("nan")
 
 
-def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int = 16):
-    """Per row (prompt example, completion example, which completion): summed log-probs, summed per-token
-    entropies and token counts of the completion under `model`, as three arrays in row order."""
+def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int = 16, reference=None) -> dict[str, np.ndarray]:
+    """Per row (prompt example, completion example, which completion), in row order: the completion's summed
+    log-probs ("logp"), summed per-token entropies ("entropy") and token count ("tokens") under `model`; with a
+    `reference` model also its summed log-probs ("ref_logp") and the summed per-token KL ("kl",
+    logprobs.completion_stats)."""
     from prefbench.data.batches import collate
     from prefbench.logprobs import completion_stats
 
     device = next(model.parameters()).device
     length = [len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows]
     order = sorted(range(len(rows)), key=lambda k: length[k])  # similar lengths share a batch
-    logps, ents, counts = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows))
+    out: dict[str, np.ndarray] = {}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
+    if reference is not None:
+        reference.eval()
     for start in range(0, len(order), batch_rows):
         batch = order[start : start + batch_rows]
-        lp, ent, n = completion_stats(model, *collate([rows[k] for k in batch], examples, pad, device))
-        logps[batch], ents[batch], counts[batch] = lp.tolist(), ent.tolist(), n.tolist()
-    return logps, ents, counts
+        stats = completion_stats(model, *collate([rows[k] for k in batch], examples, pad, device), reference=reference)
+        for name, values in stats.items():
+            out.setdefault(name, np.zeros(len(rows)))[batch] = values.tolist()
+    return out
 
 
-def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16):
-    """[prompts, samples] arrays: summed log-probs, summed per-token entropies, token counts, under `model`."""
+def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16, reference=None) -> dict[str, np.ndarray]:
+    """row_stats of each generated completion after its prompt, as [prompts, samples] arrays."""
     from prefbench.data.tokenize import Example
 
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
     examples = [Example(tuple(prompt_ids[i]), (tuple(gens[i][j].token_ids),)) for i, j in flat]
-    stats = row_stats(model, examples, [(k, k, 0) for k in range(len(flat))], batch_rows)
+    stats = row_stats(model, examples, [(k, k, 0) for k in range(len(flat))], batch_rows, reference)
     shape = (len(gens), max(len(c) for c in gens))
-    out = [np.zeros(shape) for _ in stats]
+    out = {name: np.zeros(shape) for name in stats}
     for k, (i, j) in enumerate(flat):
-        for array, values in zip(out, stats):
-            array[i, j] = values[k]
-    return tuple(out)
+        for name, values in stats.items():
+            out[name][i, j] = values[k]
+    return out
 
 
 def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, prompt_ids: list[list[int]],
@@ -123,6 +133,7 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, 
                 "reward_minus_reference": estimate(r - r_ref),
                 "vs_reference": win_tie_loss(r, r_ref),
                 "per_prompt_reward": [float(v) for v in r],  # for paired comparisons between runs (prefbench compare)
+                "per_sample_reward": rewards[name].tolist(),  # [prompts][samples]
             }
         if by_name[name].n > 1:
             texts = [c.text for cs in comps for c in cs]
@@ -133,15 +144,15 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, 
     if sampled:
         s = sampled[0]
         policy = models.load_model(policy_path)
-        lp, ent, cnt = sequence_stats(policy, prompt_ids, gens[s.name])
-        out[s.name]["entropy_per_token"] = estimate((ent.sum(1) / np.maximum(cnt.sum(1), 1)))
-        if Path(policy_path).resolve() == Path(reference_path).resolve():
+        itself = Path(policy_path).resolve() == Path(reference_path).resolve()
+        with_kl = not itself and s.from_policy
+        stats = sequence_stats(policy, prompt_ids, gens[s.name], reference=(ref_model or models.load_model(reference_path)) if with_kl else None)
+        out[s.name]["entropy_per_token"] = estimate(stats["entropy"].sum(1) / np.maximum(stats["tokens"].sum(1), 1))
+        if itself:
             out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts)}
-        elif s.from_policy:
-            ref = ref_model or models.load_model(reference_path)
-            lp_ref, _, _ = sequence_stats(ref, prompt_ids, gens[s.name])
-            per_prompt_kl = (lp - lp_ref).mean(1)
-            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "per_prompt": [float(v) for v in per_prompt_kl]}
+        elif with_kl:
+            per_prompt_kl = stats["kl"].mean(1)
+            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "estimator": KL_ESTIMATOR, "per_prompt": [float(v) for v in per_prompt_kl]}
         else:
             out["kl"] = {"mean": None, "reason": f"sampling {s.name!r} is not the policy's own distribution "
                                                   f"(temperature {s.temperature}, top_p {s.top_p}); KL needs temperature 1, top_p 1"}

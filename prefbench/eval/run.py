@@ -126,8 +126,8 @@ def preference(recipe: Recipe) -> dict[str, dict]:
     width = len(examples[0].completions)
 
     def logps(checkpoint: Path) -> tuple[np.ndarray, np.ndarray]:
-        lp, _, n = row_stats(models.load_model(checkpoint), examples, rows)
-        return lp.reshape(-1, width), n.reshape(-1, width)
+        stats = row_stats(models.load_model(checkpoint), examples, rows)
+        return stats["logp"].reshape(-1, width), stats["tokens"].reshape(-1, width)
 
     ref, counts = logps(units["reference"].checkpoint)
     ref_metrics = preference_metrics(examples, ref, ref, counts)
