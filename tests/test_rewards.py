@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import TOY_RM_TRAIN_PAIRS
 from prefbench.data.load import load_records
-from prefbench.eval.rewards import (GATE_FLOOR, REWARDS, TOPICS, Instruction, InstructionReward, RewardModel, TaskPrompt,
+from prefbench.eval.rewards import (GATE_FLOOR, REWARDS, TOPICS, VALIDATION_TOPICS, Instruction, InstructionReward, RewardModel, TaskPrompt,
                                     instruction_score, make_prompts, make_reward, score_all)
 from prefbench.recipe import RewardModelSpec
 from prefbench.stats import paired_difference
@@ -64,12 +65,16 @@ def test_score_is_the_share_met_times_the_gate():
 
 
 def test_prompt_sets_are_deterministic_disjoint_and_conflict_free():
-    train, held = make_prompts(300, "train"), make_prompts(100, "heldout")
+    train, held, valid = make_prompts(300, "train"), make_prompts(100, "heldout"), make_prompts(100, "validation")
     assert [p.prompt for p in make_prompts(300, "train")] == [p.prompt for p in train]
-    assert {p.topic for p in train}.isdisjoint({p.topic for p in held})
-    assert {p.topic for p in train} | {p.topic for p in held} <= set(TOPICS)
+    topics = [{p.topic for p in split} for split in (train, held, valid)]
+    assert all(a.isdisjoint(b) for a, b in itertools.combinations(topics, 2))
+    assert topics[0] | topics[1] <= set(TOPICS) and topics[2] <= set(VALIDATION_TOPICS)
     assert len({p.prompt for p in train}) == 300
-    for p in train + held:
+    # A validation answer that names its topic passes the gate's topic check (the keyword is in it).
+    assert all(p.keyword() in f"I like {p.topic} a lot" for p in valid)
+    assert all(InstructionReward()(p.prompt, "x") == instruction_score(p, "x") for p in valid[:5])  # scored like the others
+    for p in train + held + valid:
         assert 1 <= len(p.instructions) <= 2 and p.topic in p.prompt
         assert all(i.text() in p.prompt for i in p.instructions)
         kinds = {i.kind for i in p.instructions}

@@ -11,7 +11,7 @@ score: the judge's verdicts are checked against it). Three are built in:
 The embedded task asks for a short text about a topic under one or two instructions that a
 program can check (letter case, a required or forbidden word, the ending, word and sentence
 counts, commas, the first word, quotes, bullets, digits). Prompts come from templates with a
-fixed seed; train and held-out prompts use disjoint topics.
+fixed seed; train, validation and held-out (test) prompts use disjoint topics.
 
 The score is the share of instructions met, times a quality gate: the answer must mention the
 topic, have at least MIN_WORDS words, and read as words (mostly alphabetic tokens with vowels,
@@ -43,6 +43,13 @@ TOPICS = [
     "waterfalls", "umbrellas", "bees", "the desert wind", "farms", "violins", "comets", "foxes", "mushrooms", "harbors",
     "tulips", "sharks", "museums", "blankets", "parrots", "puzzles", "lakes", "kangaroos", "gardens", "stars",
     "chocolate", "helicopters", "frogs", "oranges", "schools", "turtles", "storms", "pyramids", "rice", "horses",
+]  # fmt: skip
+
+# Validation topics: neither train nor held-out (test) ones, for tuning (a keyword is the last word's first
+# five letters less a plural s, so each is chosen to appear in an answer that names the topic).
+VALIDATION_TOPICS = [
+    "volleyball", "sunflowers", "canoes", "bakers", "zebras", "telescopes", "orchards", "tents", "meadows",
+    "canals", "koalas", "quilts", "beaches", "squirrels", "carnivals", "lemons", "airplanes", "seashells",
 ]  # fmt: skip
 
 WORDS = ["bright", "quiet", "happy", "small", "green", "cold", "ancient", "gentle", "fast", "golden"]
@@ -154,8 +161,10 @@ class TaskPrompt:
 
 
 def make_prompts(n: int, split: str, seed: int = 0) -> list[TaskPrompt]:
-    """n prompts for `split` ("train" or "heldout"); held-out topics are never train topics."""
-    topics = TOPICS[: int(len(TOPICS) * 0.8)] if split == "train" else TOPICS[int(len(TOPICS) * 0.8) :]
+    """n prompts for `split`: "train", "validation" (for tuning) or "heldout" (the test prompts reported
+    figures come from); the three splits' topics are disjoint."""
+    cut = int(len(TOPICS) * 0.8)
+    topics = {"train": TOPICS[:cut], "heldout": TOPICS[cut:], "validation": VALIDATION_TOPICS}[split]
     rng = random.Random(f"{split}-{seed}-{TASK_VERSION}")
     out, seen = [], set()
     while len(out) < n:
@@ -195,7 +204,7 @@ class InstructionReward:
     ground_truth = True  # a verifiable score: the judge's verdicts are checked against it
 
     def __init__(self, prompts: list[TaskPrompt] | None = None):
-        prompts = prompts if prompts is not None else make_prompts(2000, "train") + make_prompts(500, "heldout")
+        prompts = prompts if prompts is not None else make_prompts(2000, "train") + make_prompts(500, "heldout") + make_prompts(500, "validation")
         self.by_prompt = {p.prompt: p for p in prompts}
 
     def __call__(self, prompt: str, response: str) -> float:
