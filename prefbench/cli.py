@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
     evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
     evaluate.add_argument("--stage", action="append", metavar="STAGE",
-                          help="run only this stage (repeatable; benchmarks, preference, generation, judge, seeds, claims); default: every stage the recipe asks for")
+                          help="run only this stage (repeatable; benchmarks, preference, generation, judge, objectives, claims); default: every stage the recipe asks for")
     for c in (run, evaluate):
         c.add_argument("--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures")
     command("generate-data", cmd_generate_data, "sample from a model, score with a reward, write paired + unpaired preference data", recipe=True)

@@ -2,9 +2,8 @@
 
 The report reads a run through results.load_run (the run directory's files, as evaluation wrote them); it
 only formats: every estimate, interval, test and claim verdict was computed and stored at evaluation time
-(eval/run.py, with stats.py), and no log is parsed. Estimates are shown as
-`mean [95% CI]`. A column's best value is marked (bold) only where its interval separates it from
-every other row's. Units evaluated with different settings (prompts, sampling, reward version) are
+(eval/run.py, with stats.py), and no log is parsed. Estimates are shown as `mean [95% CI]`. Only an
+objective-level leader is bold, where its Holm-corrected contrasts with every other objective hold. Units evaluated with different settings (prompts, sampling, reward version) are
 never put in one column: the report refuses and names them.
 """
 
@@ -23,15 +22,15 @@ from prefbench.results import Run, Unit, dig, load_run
 
 # ---- tables -------------------------------------------------------------------------------------
 
-# (column, path into eval_generation.json, higher is better?) ; None: no "best" marking
+# (column, path into eval_generation.json): one checkpoint's estimates, over prompts
 GENERATION_COLUMNS = [
-    ("reward", ("sampled", "reward"), True),
-    ("reward - ref", ("sampled", "reward_minus_reference"), True),
-    ("win rate vs ref", ("sampled", "vs_reference", "win_rate"), True),
-    ("greedy reward", ("greedy", "reward"), True),
-    ("KL to ref", ("kl",), None),
-    ("entropy/token", ("sampled", "entropy_per_token"), None),
-    ("words", ("sampled", "length_words"), None),
+    ("reward", ("sampled", "reward")),
+    ("reward - ref", ("sampled", "reward_minus_reference")),
+    ("win rate vs ref", ("sampled", "vs_reference", "win_rate")),
+    ("greedy reward", ("greedy", "reward")),
+    ("KL to ref", ("kl",)),
+    ("entropy/token", ("sampled", "entropy_per_token")),
+    ("words", ("sampled", "length_words")),
 ]
 
 
@@ -44,24 +43,9 @@ def fmt(est, digits: int = 3) -> str:
     return f"{est['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def separated_best(estimates: dict[str, dict], higher: bool) -> str | None:
-    """The row whose interval lies entirely beyond every other row's interval, or None."""
-    rows = {k: e for k, e in estimates.items() if isinstance(e, dict) and e.get("mean") is not None and e.get("ci")}
-    if len(rows) < 2:
-        return None
-    sign = 1 if higher else -1
-    best = max(rows, key=lambda k: sign * rows[k]["mean"])
-    lo, hi = rows[best]["ci"]
-    others = [e["ci"] for k, e in rows.items() if k != best]
-    if higher and all(lo > o_hi for _, o_hi in others):
-        return best
-    if not higher and all(hi < o_lo for o_lo, _ in others):
-        return best
-    return None
-
-
 def unit_table(run: Run) -> pd.DataFrame:
-    """One row per unit (reference first): generation estimates as `mean [CI]`, training costs."""
+    """One row per unit (reference first): generation estimates as `mean [CI]` over prompts, training costs. No
+    row is marked best here: which objective leads is an objective-level question (objective_table)."""
     rows = []
     has_gen = any(u.generation for u in run.units)
     # a column no unit has (the greedy pass when eval.generation.greedy is false) is left out
@@ -69,7 +53,7 @@ def unit_table(run: Run) -> pd.DataFrame:
     for u in run.units:
         row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
         if has_gen:
-            for col, path, _ in columns:
+            for col, path in columns:
                 row[col] = fmt(dig(u.generation, path))
             wtl = dig(u.generation, ("sampled", "vs_reference"))
             row["win/tie/loss"] = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}" if wtl else "n/a"
@@ -85,16 +69,7 @@ def unit_table(run: Run) -> pd.DataFrame:
         row["tokens/s"] = f"{s['loop_tokens_per_s']:.0f}" if s else ""
         row["peak MB"] = f"{s['peak_memory_mb']:.0f}" if s else ""
         rows.append(row)
-    df = pd.DataFrame(rows).set_index("unit")
-    if has_gen:
-        for col, path, higher in columns:
-            if higher is None:
-                continue
-            candidates = {u.name: dig(u.generation, path) for u in run.units if u.name != "reference" or col == "reward"}
-            best = separated_best(candidates, higher)
-            if best is not None:
-                df.loc[best, col] = f"**{df.loc[best, col]}**"
-    return df
+    return pd.DataFrame(rows).set_index("unit")
 
 
 def benchmark_table(run: Run) -> pd.DataFrame | None:
@@ -173,20 +148,65 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
-SEED_COLUMNS = {"reward": "reward", "reward_minus_reference": "reward - ref", "win_rate": "win rate vs ref",
-                "greedy_reward": "greedy reward", "kl": "KL to ref"}
+OBJECTIVE_COLUMNS = {"reward": "reward", "greedy_reward": "greedy reward", "kl": "KL to ref"}
 
 
-def seed_table(run: Run) -> pd.DataFrame | None:
-    """Mean ± sample std across seeds of each objective's point estimates (eval/run.py: seeds); None with one seed."""
-    if not run.seeds:
+def _diff(c: dict) -> str:
+    return f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+
+def objective_table(run: Run) -> pd.DataFrame | None:
+    """One row per objective, as evaluation stored it (eval/run.py: objectives): each metric across seeds and
+    prompts, its difference from the reference with Holm's p across the objectives; bold marks the leader only
+    where its contrast with every other objective is resolved after Holm."""
+    if not run.objectives or not run.objectives["metrics"]:
+        return None
+    rows: dict[str, dict] = {}
+    for metric, entry in run.objectives["metrics"].items():
+        col = OBJECTIVE_COLUMNS[metric]
+        for label, est in entry["objectives"].items():
+            row = rows.setdefault(label, {"objective": label, "seeds": est["n_seeds"]})
+            row[col] = f"**{fmt(est)}**" if entry.get("best") == label else fmt(est)
+        for c in entry.get("vs_reference", []):
+            rows[c["objective"]][f"{col} - ref"] = f"{_diff(c)}, Holm p {c['p_holm']:.3g}"
+    return pd.DataFrame(list(rows.values())).set_index("objective")
+
+
+def contrast_table(run: Run) -> pd.DataFrame | None:
+    """Every pair of objectives on each ranked metric: the difference on the same seeds and prompts, its interval,
+    p and Holm's p across the pairs, and what it says in words."""
+    if not run.objectives:
         return None
     rows = []
-    for label, summary in run.seeds.items():
-        row = {"objective": label, "seeds": summary["seeds"]}
-        row.update({col: f"{summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}" for key, col in SEED_COLUMNS.items() if key in summary})
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("objective")
+    for metric, entry in run.objectives["metrics"].items():
+        for c in entry.get("pairs", []):
+            higher = c["a"] if c["difference"] > 0 else c["b"]
+            rows.append({"metric": OBJECTIVE_COLUMNS[metric], "contrast": f"{c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
+                         "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
+                         "reading": f"{higher} higher" if c["resolved"] else "not resolved"})
+    return pd.DataFrame(rows).set_index(["metric", "contrast"]) if rows else None
+
+
+def objectives_in_words(run: Run) -> str:
+    """What the objective-level statistics support, in words: the leader of each ranked metric and whether it is
+    resolved, and how far the intervals reach (one seed: this training run only)."""
+    if not run.objectives or not run.objectives["metrics"]:
+        return ""
+    seeds = len(run.objectives["seeds"])
+    scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals hold for a new training run of the recipe."
+             if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
+             "a new training run of the same recipe could order them differently (add seeds to tell).")
+    said = []
+    for metric, entry in run.objectives["metrics"].items():
+        if entry.get("higher_is_better") is None or not entry.get("pairs"):
+            continue
+        leader, name = entry["leader"], OBJECTIVE_COLUMNS[metric]
+        if entry["best"]:
+            said.append(f"{leader} leads on {name}, and its difference from every other objective holds after Holm.")
+        else:
+            unresolved = [c["b"] if c["a"] == leader else c["a"] for c in entry["pairs"] if leader in (c["a"], c["b"]) and not c["resolved"]]
+            said.append(f"{leader} has the highest {name}, but its difference from {', '.join(unresolved)} is not resolved after Holm.")
+    return " ".join([scope] + said)
 
 
 # ---- plots ----------------------------------------------------------------------------------------
@@ -318,23 +338,30 @@ def provenance(run: Run) -> list[str]:
     return lines
 
 
-def sections(run: Run, seeds: pd.DataFrame | None, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
+def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
     """The report's tables after the main one, in order: (Markdown heading, HTML heading, table); empty ones left out."""
-    out = [("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
+    out = [("Objectives (across seeds and prompts, 95% CI; bold: the leader, where every contrast below holds after Holm)",
+            "Objectives", objective_table(run)),
+           ("Objectives contrasted (same seeds and prompts; Holm across the pairs of each metric)", "Objectives contrasted", contrast_table(run)),
+           ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
            ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
             "Held-out preferences", preference_table(run)),
            ("Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "Benchmarks", benchmark_table(run)),
-           ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run)),
-           ("Across seeds (mean ± sample std of the point estimates)", "Across seeds", seeds)]
+           ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run))]
     return [(md, h, df) for md, h, df in out if df is not None]
 
 
-def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes],
-                    claims: pd.DataFrame | None = None) -> str:
-    parts = [f"# prefbench report: {run.name}", "",
-             "Estimates are `mean [95% CI]` (percentile bootstrap over held-out prompts); **bold** marks a column's best "
-             "only where its interval separates it from every other row.", "", "## Results", "", table.to_markdown(), ""]
-    for heading, _, df in sections(run, seeds, claims):
+INTRO = ("The results table shows each checkpoint: `mean [95% CI]` from a percentile bootstrap over held-out prompts, no row "
+         "marked best. Which objective leads is answered at objective level (seeds and prompts pooled, contrasts paired on "
+         "both, Holm-corrected); **bold** marks a leader only where those contrasts support it.")
+
+
+def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
+    parts = [f"# prefbench report: {run.name}", ""]
+    if words := objectives_in_words(run):
+        parts += [words, ""]
+    parts += [INTRO, "", "## Results", "", table.to_markdown(), ""]
+    for heading, _, df in sections(run, claims):
         parts += [f"## {heading}", "", df.to_markdown(), ""]
     if images:
         parts += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in images] + [""]
@@ -342,23 +369,23 @@ def render_markdown(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, i
     return "\n".join(parts)
 
 
-def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, images: dict[str, bytes],
-                claims: pd.DataFrame | None = None) -> str:
+def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
     def tab(df: pd.DataFrame) -> str:
         bolded = df.map(lambda v: f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v)))
         return bolded.to_html(escape=False, border=0, classes="results")
 
     imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
                    for n, b in images.items())
-    body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>",
-            "<p>Estimates are mean [95% CI] (percentile bootstrap over held-out prompts); bold marks a column's best only "
-            "where its interval separates it from every other row.</p>", "<h2>Results</h2>", tab(table)]
-    for _, heading, df in sections(run, seeds, claims):
+    body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>"]
+    if words := objectives_in_words(run):
+        body.append(f"<p class='headline'>{html.escape(words)}</p>")
+    body += [f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>", "<h2>Results</h2>", tab(table)]
+    for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]
     body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
              "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "img{max-width:100%}figure{display:inline-block;margin:0.5em}")
+             "img{max-width:100%}figure{display:inline-block;margin:0.5em}p.headline{font-size:16px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench report: {html.escape(run.name)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
@@ -366,12 +393,12 @@ def render_html(run: Run, table: pd.DataFrame, seeds: pd.DataFrame | None, image
 def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
     """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png."""
     run = load_run(run_dir)
-    table, seeds, images, claims = unit_table(run), seed_table(run), plots(run), claims_table(run)
+    table, images, claims = unit_table(run), plots(run), claims_table(run)
     out = Path(out_root) / run.name
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for name, data in images.items():
         (out / "plots" / f"{name}.png").write_bytes(data)
     table.to_csv(out / "results.csv")
-    (out / "report.md").write_text(render_markdown(run, table, seeds, images, claims))
-    (out / "report.html").write_text(render_html(run, table, seeds, images, claims))
+    (out / "report.md").write_text(render_markdown(run, table, images, claims))
+    (out / "report.html").write_text(render_html(run, table, images, claims))
     return out

@@ -12,7 +12,7 @@ results/<run>/
   <unit>/answers.jsonl          every generated answer: prompt, sampling pass, sample, text, tokens, finish reason, reward
   <unit>/benchmarks/            lm-eval results per task, per-document scores, vs_reference.json (paired tests)
   eval_judge.json               the judge's comparisons
-  eval_seeds.json               per objective, its point estimates across seeds (2 or more seeds)
+  eval_objectives.json          each metric per objective across seeds and prompts, and the objectives' contrasts
   eval_claims.json              the recipe's claims, tested
 """
 
@@ -244,7 +244,7 @@ class Run:
     units: list[Unit]  # reference first
     judge: dict | None = None  # eval_judge.json
     claims: list[dict] | None = None  # eval_claims.json
-    seeds: dict | None = None  # eval_seeds.json: per objective, point estimates across seeds
+    objectives: dict | None = None  # eval_objectives.json: objective-level estimates and contrasts
 
     @property
     def name(self) -> str:
@@ -279,9 +279,9 @@ def load_run(root: str | Path) -> Run:
             groups.setdefault(s, []).append(name)
         raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
                            + " | ".join(", ".join(g) for g in groups.values()))
-    claims, seeds = _optional(root / "eval_claims.json"), _optional(root / "eval_seeds.json")
+    claims = _optional(root / "eval_claims.json")
     return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None,
-               seeds["objectives"] if seeds else None)
+               _optional(root / "eval_objectives.json"))
 
 
 def dig(d: Any, path: tuple[str, ...]) -> Any:

@@ -14,7 +14,7 @@ from prefbench.cli import main
 from prefbench.compare import NotComparable, compare
 from prefbench.stats import holm
 from prefbench.stats import estimate
-from prefbench.report import separated_best, unit_table, write_report
+from prefbench.report import unit_table, write_report
 from prefbench.results import ResultsError, load_run
 
 SETTINGS = {"metrics_version": 1, "reward": "instructions", "reward_version": 1, "prompts_sha256": "ab" * 32,
@@ -71,20 +71,13 @@ def test_unit_table_shows_estimates_with_intervals_and_costs(tmp_path):
     table = unit_table(run)
     assert list(table.index) == ["reference", "dpo/seed0", "kto/seed0"]
     e = estimate(BETTER)
-    # dpo is the only unit whose reward interval clears every other's: bold
-    assert table.loc["dpo/seed0", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**"
+    # one checkpoint's estimate over prompts; no unit is marked best (that is an objective-level question)
+    assert table.loc["dpo/seed0", "reward"] == f"{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
     assert table.loc["kto/seed0", "reward - ref"] == "0.000 [0.000, 0.000]"
     assert table.loc["dpo/seed0", "win/tie/loss"] == "35/5/0"  # 5 prompts were already at 1.0
     assert table.loc["kto/seed0", "win/tie/loss"] == "0/40/0"
     assert table.loc["dpo/seed0", "train s"] == "12" and table.loc["dpo/seed0", "peak MB"] == "678"
     assert table.loc["reference", "KL to ref"] == "0.000 [0.000, 0.000]"
-
-
-def test_best_is_marked_only_where_intervals_separate():
-    a = {"mean": 0.6, "ci": [0.5, 0.7]}
-    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.45]}}, higher=True) == "a"
-    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.55]}}, higher=True) is None  # overlap
-    assert separated_best({"a": a, "b": {"mean": 0.4, "ci": [0.3, 0.45]}}, higher=False) == "b"
 
 
 def test_units_with_different_settings_are_never_mixed(tmp_path):
@@ -288,27 +281,57 @@ def test_a_run_without_the_greedy_pass_renders_and_compares(tmp_path):
     assert {v.metric for v in compare(run_dir, run_dir)} == {"reward", "kl"}
 
 
-def test_spread_across_seeds_is_computed_at_evaluation_and_only_formatted_by_the_report(tmp_path):
-    from prefbench.eval.run import seeds
-    from prefbench.recipe import parse_recipe
-    from prefbench.report import seed_table
-
-    root = make_run(tmp_path / "fixture", {"dpo": BETTER}, REF)
-    (root / "dpo" / "seed1").mkdir()
-    (root / "dpo" / "seed1" / "eval_generation.json").write_text(json.dumps(_gen(SAME, REF, np.full(len(REF), 0.5))))
+def _add_seeds(root: Path, values: dict[str, list]) -> None:
+    """Seeds 1.. of each label: per-prompt rewards given per seed; the manifest lists every seed."""
+    for label, per_seed in values.items():
+        for seed, rewards in enumerate(per_seed, start=1):
+            d = root / label / f"seed{seed}"
+            d.mkdir()
+            (d / "eval_generation.json").write_text(json.dumps(_gen(rewards, REF, np.full(len(REF), 0.5))))
+            for name in ("summary.json", "metrics.jsonl"):
+                (d / name).write_text((root / label / "seed0" / name).read_text())
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["recipe"]["seeds"] = [0, 1]
+    manifest["recipe"]["seeds"] = list(range(1 + len(next(iter(values.values())))))
     (root / "manifest.json").write_text(json.dumps(manifest))
-    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                           "objectives": [{"name": "dpo"}], "seeds": [0, 1], "eval": {"generation": {}}})
-    summary = seeds(recipe)["dpo"]
-    # two seeds' mean rewards a and b: mean (a + b) / 2, sample std |a - b| / sqrt(2)
-    a, b = np.mean(BETTER), np.mean(SAME)
-    assert summary["seeds"] == 2 and summary["reward"]["mean"] == pytest.approx((a + b) / 2)
-    assert summary["reward"]["std"] == pytest.approx(abs(a - b) / np.sqrt(2))
-    assert summary["kl"]["std"] == 0.0
-    (root / "dpo" / "seed1" / "summary.json").write_text((root / "dpo" / "seed0" / "summary.json").read_text())
-    (root / "dpo" / "seed1" / "metrics.jsonl").write_text((root / "dpo" / "seed0" / "metrics.jsonl").read_text())
-    table = seed_table(load_run(root))
-    assert table.loc["dpo", "reward"] == f"{(a + b) / 2:.3f} ± {abs(a - b) / np.sqrt(2):.3f}"
-    assert seed_table(load_run(make_run(tmp_path / "one_seed", {"dpo": BETTER}, REF))) is None
+
+
+def _recipe(tmp_path, labels, seeds):
+    from prefbench.recipe import parse_recipe
+
+    return parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                         "objectives": [{"name": lab} for lab in labels], "seeds": seeds, "eval": {"generation": {}}})
+
+
+def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_formatted_by_the_report(tmp_path):
+    """Three seeds of dpo (clearly ahead of kto on each) and kto: each objective's estimate, its difference from the
+    reference and the pair, all from stats.objective_level on the [seeds, prompts] tables; dpo is bold only because
+    its contrast holds after Holm, and the words say so."""
+    from prefbench.eval.run import objectives
+    from prefbench.report import contrast_table, objective_table, objectives_in_words
+    from prefbench.stats import objective_level
+
+    root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
+    dpo = [np.add(BETTER, -0.02).tolist(), np.add(BETTER, 0.01).tolist()]
+    kto = [np.add(SAME, 0.01).tolist(), np.add(SAME, -0.01).tolist()]
+    _add_seeds(root, {"dpo": dpo, "kto": kto})
+    stored = objectives(_recipe(tmp_path, ["dpo", "kto"], [0, 1, 2]))
+    tables = {"dpo": np.array([BETTER] + dpo), "kto": np.array([SAME] + kto)}
+    expected = objective_level(tables, np.array(REF), higher=True)
+    reward = stored["metrics"]["reward"]
+    assert reward["objectives"]["dpo"]["mean"] == pytest.approx(tables["dpo"].mean())
+    assert reward["pairs"][0]["ci"] == pytest.approx(expected["pairs"][0]["ci"]) and reward["pairs"][0]["df"] == 2
+    assert reward["leader"] == "dpo" and reward["best"] == "dpo"
+    assert set(stored["metrics"]) == {"reward", "greedy_reward", "kl"} and "pairs" not in stored["metrics"]["kl"]  # KL: no ranking
+    run = load_run(root)
+    table = objective_table(run)
+    e = reward["objectives"]["dpo"]
+    assert table.loc["dpo", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**" and table.loc["dpo", "seeds"] == 3
+    assert not table.loc["kto", "reward"].startswith("**") and table.loc["kto", "reward - ref"].endswith("Holm p 1")
+    assert contrast_table(run).loc[("reward", "dpo - kto"), "reading"] == "dpo higher"
+    words = objectives_in_words(run)
+    assert "pool 3 seeds" in words and "dpo leads on reward" in words
+    # One seed: the report says objective differences describe this training run only.
+    one = make_run(tmp_path / "one" / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
+    objectives(_recipe(tmp_path / "one", ["dpo", "kto"], [0]))
+    assert "describe this training run only" in objectives_in_words(load_run(one))
+    assert "describe this training run only" in (write_report(one, tmp_path / "reports") / "report.md").read_text()

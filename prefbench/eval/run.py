@@ -11,7 +11,8 @@ writes its own files there, keeps what is already finished with the same setting
               diversity, KL and entropy against the reference                           <unit>/answers.jsonl
   judge       pairwise verdicts on the sampled answers                                 <run>/eval_judge.json,
                                                                                        <run>/judge/verdicts.jsonl
-  seeds       each objective's point estimates across seeds (2 or more seeds)           <run>/eval_seeds.json
+  objectives  each metric per objective across seeds and prompts, objectives contrasted   <run>/eval_objectives.json
+              with each other and with the reference (Holm within each family)
   claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
 
 A unit is "reference" (the recipe's model) or "<label>/seed<k>" (a trained checkpoint).
@@ -60,7 +61,7 @@ def stages(recipe: Recipe) -> list[str]:
     """The stages the recipe asks for, in the order they run."""
     asked = {"benchmarks": recipe.eval.benchmarks is not None, "preference": recipe.data.eval_fraction > 0,
              "generation": recipe.eval.generation is not None,
-             "judge": recipe.eval.judge is not None, "seeds": recipe.eval.generation is not None and len(recipe.seeds) > 1,
+             "judge": recipe.eval.judge is not None, "objectives": recipe.eval.generation is not None,
              "claims": bool(recipe.claims)}
     return [name for name, wanted in asked.items() if wanted]
 
@@ -283,33 +284,49 @@ def judge(recipe: Recipe) -> dict:
     return out
 
 
-# ---- across seeds -----------------------------------------------------------------------------------
+# ---- objectives ------------------------------------------------------------------------------------
 
-# The point estimates summarised across seeds: name -> path into eval_generation.json.
-SEED_METRICS = {
-    "reward": ("sampled", "reward"),
-    "reward_minus_reference": ("sampled", "reward_minus_reference"),
-    "win_rate": ("sampled", "vs_reference", "win_rate"),
-    "greedy_reward": ("greedy", "reward"),
-    "kl": ("kl",),
+# Metrics compared at objective level: name -> (path to the per-prompt values in eval_generation.json, higher
+# is better; None: no direction, estimated but never ranked). Distinct-n and self-similarity have no per-prompt
+# values and stay out; so does anything without an interval.
+OBJECTIVE_METRICS = {
+    "reward": (("sampled", "per_prompt_reward"), True),
+    "greedy_reward": (("greedy", "per_prompt_reward"), True),
+    "kl": (("kl", "per_prompt"), None),
 }
 
 
-def seeds(recipe: Recipe) -> dict[str, dict]:
-    """Per objective, the mean and sample standard deviation across seeds of each point estimate: how far
-    single training runs spread (a description, not an interval). Written to <run>/eval_seeds.json."""
+def objectives(recipe: Recipe) -> dict:
+    """Each metric of OBJECTIVE_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
+    seed, that training run only): each objective's estimate, its difference from the reference, every pair of
+    objectives contrasted, the leader and whether it is best. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
-    out = {}
+    reference = root / "reference" / "eval_generation.json"
+    out: dict = {"seeds": list(recipe.seeds), "metrics": {}}
+    for metric, (path, higher) in OBJECTIVE_METRICS.items():
+        tables = _objective_tables(root, recipe, path)
+        if not tables:
+            continue  # e.g. no greedy pass
+        ref = dig(read_json(reference), path) if reference.is_file() else None
+        out["metrics"][metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), higher)
+    write_json(root / "eval_objectives.json", out)
+    return out
+
+
+def _objective_tables(root: Path, recipe: Recipe, path: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per objective evaluated with every seed, its [seeds, prompts] table of per-prompt values at `path`."""
+    tables = {}
     for spec in recipe.objectives:
         files = [root / spec.label / f"seed{seed}" / "eval_generation.json" for seed in recipe.seeds]
-        gens = [read_json(f) for f in files if f.is_file()]
-        out[spec.label] = {"seeds": len(gens)}
-        for name, path in SEED_METRICS.items():
-            values = [v for g in gens if (v := dig(g, path + ("mean",))) is not None]
-            if len(values) >= 2:  # the greedy pass may be off
-                out[spec.label][name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "n": len(values)}
-    write_json(root / "eval_seeds.json", {"objectives": out})
-    return out
+        rows = [dig(read_json(f), path) if f.is_file() else None for f in files]
+        if any(r is None for r in rows):
+            continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
+        if len({len(r) for r in rows}) > 1:
+            raise ResultsError(f"{spec.label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+        tables[spec.label] = np.array(rows, dtype=float)
+    if len({t.shape[1] for t in tables.values()}) > 1:
+        raise ResultsError("the objectives were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+    return tables
 
 
 # ---- claims ---------------------------------------------------------------------------------------------
@@ -340,7 +357,7 @@ def claims(recipe: Recipe) -> list[dict]:
     for r, p_holm in zip(tested, stats.holm([r["p_value"] for r in tested])):
         r["p_holm"] = p_holm
     for r in rows:
-        resolved = r.get("p_holm", 1.0) < 1 - stats.LEVEL
+        resolved = "p_holm" in r and r["p_holm"] < 1 - stats.LEVEL
         r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if resolved
                         else "not resolved")
     write_json(root / "eval_claims.json", {"claims": rows})
@@ -352,4 +369,4 @@ def _per_prompt(unit_dir: Path, section: str) -> list[float] | None:
     return dig(read_json(f), (section, "per_prompt_reward")) if f.is_file() else None
 
 
-STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "seeds": seeds, "claims": claims}
+STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "objectives": objectives, "claims": claims}
