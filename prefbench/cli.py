@@ -140,18 +140,19 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Exit 1 on a regression, so a CI job can act on the verdict."""
-    from prefbench.compare import compare, verdict_table
+    """Exit 1 on a regression (or, with --margin, a metric not shown non-inferior), so a CI job can act on it."""
+    from prefbench.compare import FAILING, compare, verdict_table
 
     thresholds = {}
     for item in args.threshold:
         metric, _, value = item.partition("=")
         thresholds[metric.strip()] = float(value)
-    verdicts = compare(args.baseline, args.candidate, thresholds, args.against)
+    verdicts = compare(args.baseline, args.candidate, thresholds, args.against, args.margin)
     print(verdict_table(verdicts))
-    regressed = [v for v in verdicts if v.verdict == "regressed"]
-    print(f"\n{len(regressed)} regression(s) in {len(verdicts)} comparison(s)")
-    return 1 if regressed else 0
+    failed = [v for v in verdicts if v.verdict in FAILING]
+    kind = "not shown non-inferior" if args.margin is not None else "regression(s)"
+    print(f"\n{len(failed)} {kind} in {len(verdicts)} comparison(s)")
+    return 1 if failed else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -194,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", action="append", default=[], metavar="METRIC=VALUE",
                          help="regression threshold per metric (defaults: reward=0.02, greedy_reward=0.02; kl ungated)")
     compare.add_argument("--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label")
+    compare.add_argument("--margin", type=float, metavar="M",
+                         help="non-inferiority: fail a gated metric whose 95%% interval reaches further than M on the worse side")
     return p
 
 

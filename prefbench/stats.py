@@ -112,6 +112,44 @@ def across_seeds(table, level: float = LEVEL) -> dict:
             "n_seeds": n_seeds, "n_prompts": n_prompts, "df": df, "seed_variance": True}
 
 
+def across_seed_groups(a, b, level: float = LEVEL) -> dict:
+    """mean(a) - mean(b) for two [seeds, prompts] tables on the same prompts whose seeds are not paired (a candidate
+    trained with other seeds, or with one seed, against a stored baseline's), with seed variance in the interval.
+
+    Model as in across_seeds, each side with its own seed effects: Var = v_run (1 / S_a + 1 / S_b) + the
+    prompt-level part, where v_run, the variance of one training run's mean over these prompts, is the seeds'
+    mean square pooled over both tables divided by P (S_a + S_b - 2 degrees of freedom), and the prompt-level
+    part is the variance over prompts of the per-prompt difference of seed means less its residual share,
+    floored at 0, over P (prompt main effects cancel: the prompts are shared). t on the pooled seed degrees
+    of freedom, as in across_seeds. Needs 2 seeds on at least one side."""
+    from scipy import stats as st
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2:
+        raise ValueError(f"expected two [seeds, prompts] tables on the same prompts, got {a.shape} and {b.shape}")
+    df_seeds = a.shape[0] + b.shape[0] - 2
+    if df_seeds < 1:
+        raise ValueError("one seed on each side: seed variance cannot be estimated")
+    n_prompts = a.shape[1]
+
+    def sums(x):  # the seeds' and the residual's sums of squares of one table
+        seed_means, prompt_means, grand = x.mean(1), x.mean(0), x.mean()
+        return n_prompts * ((seed_means - grand) ** 2).sum(), ((x - seed_means[:, None] - prompt_means[None, :] + grand) ** 2).sum()
+
+    (ss_a, res_a), (ss_b, res_b) = sums(a), sums(b)
+    v_run = (ss_a + ss_b) / df_seeds / n_prompts
+    df_resid = (a.shape[0] - 1 + b.shape[0] - 1) * (n_prompts - 1)
+    ms_resid = (res_a + res_b) / df_resid if df_resid else 0.0
+    inverse = 1 / a.shape[0] + 1 / b.shape[0]
+    per_prompt = a.mean(0) - b.mean(0)
+    se = float(np.sqrt(v_run * inverse + max(per_prompt.var(ddof=1) - ms_resid * inverse, 0.0) / n_prompts))
+    diff, df = float(per_prompt.mean()), float(df_seeds)
+    half = float(st.t.ppf((1 + level) / 2, df)) * se
+    p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return {"difference": diff, "ci": [diff - half, diff + half], "p_value": max(p, np.finfo(float).tiny),
+            "n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts, "df": df, "seed_variance": True}
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjustment: the i-th smallest p times (m - i), running maximum, capped at 1."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])

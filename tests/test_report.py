@@ -335,3 +335,111 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     objectives(_recipe(tmp_path / "one", ["dpo", "kto"], [0]))
     assert "describe this training run only" in objectives_in_words(load_run(one))
     assert "describe this training run only" in (write_report(one, tmp_path / "reports") / "report.md").read_text()
+
+
+def make_grid(root: Path, tables: dict[str, np.ndarray], ref: list[float], sha: str | None = None) -> Path:
+    """A run with every label's seeds 0..S-1 (per-prompt rewards from its [seeds, prompts] table); each checkpoint's
+    weight hash `sha`-label-seed when given (equal strings: the same checkpoints)."""
+    labels = list(tables)
+    make_run(root, {label: tables[label][0].tolist() for label in labels}, ref)
+    _add_seeds(root, {label: tables[label][1:].tolist() for label in labels})
+    if sha is not None:
+        for label in labels:
+            for seed in range(len(tables[label])):
+                f = root / label / f"seed{seed}" / "eval_generation.json"
+                data = json.loads(f.read_text())
+                data["checkpoint_sha256"] = f"{sha}-{label}-{seed}"
+                f.write_text(json.dumps(data))
+    return root
+
+
+def _seeded(rng, shift: float = 0.0, seeds: int = 3, prompts: int = 40, seed_sd: float = 0.1) -> np.ndarray:
+    """One objective's [seeds, prompts] rewards: fixed prompt difficulty (REF's), a training run's own shift per
+    seed, noise."""
+    return np.asarray(REF[:prompts]) + shift + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, 0.1, (seeds, prompts))
+
+
+def test_compare_a_retrained_candidate_with_seed_variance_in_the_null(tmp_path, capsys):
+    """Different checkpoints, 3 seeds a side: one test per objective over the shared seeds' [seeds, prompts]
+    table of differences (stats.across_seeds), so run-to-run variation is in the null: a retrain with no true
+    change passes where the seed-by-seed prompt bootstrap flags a regression. The same checkpoints evaluated
+    again fall back to seed by seed."""
+    from prefbench.stats import across_seeds
+
+    rng = np.random.default_rng(5)
+    base_t, cand_t = _seeded(rng), _seeded(rng)
+    base, cand = make_grid(tmp_path / "base", {"dpo": base_t}, REF, sha="b"), make_grid(tmp_path / "cand", {"dpo": cand_t}, REF, sha="c")
+    verdicts = {v.metric: v for v in compare(base, cand)}
+    r = verdicts["reward"]
+    expected = across_seeds(cand_t - base_t)
+    assert (r.unit, r.null, r.n_seeds) == ("dpo", "new training run", 3) and r.ci == pytest.approx(tuple(expected["ci"]))
+    assert r.verdict == "no change"
+    # the same tables read seed by seed (prompts only) call some seed's run-to-run shift a change
+    per_seed = [stats_paired(cand_t[s], base_t[s]) for s in range(3)]
+    assert any(p < 0.05 for p in per_seed), per_seed
+    # a real drop of 0.4 on every seed is a regression, and the CLI says which null it used
+    worse = make_grid(tmp_path / "worse", {"dpo": cand_t - 0.4}, REF, sha="w")
+    assert {v.metric: v.verdict for v in compare(base, worse)}["reward"] == "regressed"
+    assert main(["compare", str(base), str(worse)]) == 1 and "run-to-run variation in the null" in capsys.readouterr().out
+    # the same weights evaluated again: seed by seed, the regeneration null
+    again = make_grid(tmp_path / "again", {"dpo": base_t}, REF, sha="b")
+    assert {(v.unit, v.null) for v in compare(base, again) if v.metric == "reward"} == {(f"dpo/seed{s}", "regeneration") for s in range(3)}
+
+
+def stats_paired(a, b) -> float:
+    from prefbench.stats import paired_difference
+
+    return paired_difference(a, b)["p_value"]
+
+
+def test_compare_one_seed_candidate_against_a_seeded_baseline_keeps_its_false_alarm_rate(tmp_path):
+    """Null simulation: a baseline with 3 seeds, a retrained candidate with one seed from the same distribution
+    (seed sd 0.1 against prompt noise 0.1 over 40 prompts), gated at any drop (threshold 0). Over 200 simulated
+    comparisons, stats.across_seed_groups keeps the share that exits 1 at or under 5% (+3 se); the prompt-only
+    bootstrap of the same seed-0 pairs flags several times more."""
+    from prefbench.stats import across_seed_groups, paired_difference
+
+    rng = np.random.default_rng(9)
+    alarms, naive = 0, 0
+    for sim in range(200):
+        base_t, cand_t = _seeded(rng), _seeded(rng, seeds=1)
+        r = across_seed_groups(cand_t, base_t)
+        alarms += r["p_value"] < 0.05 and r["difference"] < 0
+        naive += paired_difference(cand_t[0], base_t[0])["p_value"] < 0.05 and cand_t[0].mean() < base_t[0].mean()
+    print(f"one-seed candidate: false alarms {alarms / 200:.3f}, prompt-only {naive / 200:.3f}")
+    assert alarms / 200 <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 200) and naive > 3 * max(alarms, 1)
+    # and through compare, end to end: the candidate's one seed against the baseline's three
+    base = make_grid(tmp_path / "base", {"dpo": _seeded(rng)}, REF, sha="b")
+    cand = make_grid(tmp_path / "cand", {"dpo": _seeded(rng, seeds=1)}, REF, sha="c")
+    (r,) = [v for v in compare(base, cand) if v.metric == "reward"]
+    assert (r.null, r.n_seeds, r.unit) == ("new training run", 4, "dpo")
+
+
+def test_across_seed_groups_by_hand():
+    a, b = np.array([[1.0, 2.0, 3.0]]), np.array([[0.5, 1.0, 3.5], [1.5, 2.5, 2.5]])
+    ss_b = 3 * sum((row.mean() - b.mean()) ** 2 for row in b)
+    res_b = sum((b[s, p] - b[s].mean() - b[:, p].mean() + b.mean()) ** 2 for s in range(2) for p in range(3))
+    v_run, ms_resid, inverse = ss_b / 1 / 3, res_b / 2, 1 / 1 + 1 / 2
+    d = a.mean(0) - b.mean(0)
+    se = np.sqrt(v_run * inverse + max(d.var(ddof=1) - ms_resid * inverse, 0) / 3)
+    from prefbench.stats import across_seed_groups
+    from scipy.stats import t
+
+    r = across_seed_groups(a, b)
+    assert r["difference"] == pytest.approx(d.mean()) and r["df"] == 1
+    assert r["ci"] == pytest.approx([d.mean() - t.ppf(0.975, 1) * se, d.mean() + t.ppf(0.975, 1) * se])
+    with pytest.raises(ValueError, match="one seed on each side"):
+        across_seed_groups(a, a)
+
+
+def test_compare_non_inferiority_margin(tmp_path, capsys):
+    """--margin M: pass when the interval's worse-side bound is within M, else fail with 'not shown non-inferior'."""
+    base = make_run(tmp_path / "base", {"dpo": BETTER}, REF)
+    small = make_run(tmp_path / "small", {"dpo": [r - 0.01 for r in BETTER]}, REF)  # 0.01 worse on every prompt
+    verdicts = {v.metric: v for v in compare(base, small, margin=0.05)}
+    assert verdicts["reward"].verdict == "non-inferior" and verdicts["reward"].ci[0] > -0.05
+    assert verdicts["kl"].verdict == "no change"  # ungated: not part of the non-inferiority gate
+    assert main(["compare", str(base), str(small), "--margin", "0.05"]) == 0
+    assert {v.metric: v.verdict for v in compare(base, small, margin=0.005)}["reward"] == "not shown non-inferior"
+    assert main(["compare", str(base), str(small), "--margin", "0.005"]) == 1
+    assert "NOT SHOWN NON-INFERIOR" in capsys.readouterr().out

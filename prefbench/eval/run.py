@@ -219,7 +219,8 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
         metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
                                       scores and scores[u.name], scores and scores["reference"], passes, ref_model)
-        done[u.name] = {"settings": settings, "unit": u.name, "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
+        done[u.name] = {"settings": settings, "unit": u.name, "checkpoint_sha256": models.checkpoint_id(u.checkpoint),  # compare: same weights?
+                        "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
     return {name: done[name] for name in units}
