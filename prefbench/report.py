@@ -63,7 +63,7 @@ def unit_table(run: Run) -> pd.DataFrame:
         if run.judge and run.judge.get("comparisons"):
             c = run.judge["comparisons"].get(f"{u.name} vs reference")
             row["judge win rate vs ref"] = fmt(c["win_rate"]) if c else ""
-            row["judge LC win rate"] = fmt(c["lc_win_rate"]) if c else ""
+            row["judge length-adjusted win rate"] = _length_adjusted(c) if c else ""
         s = u.summary
         row["train s"] = f"{s['train_seconds_this_process']:.0f}" if s else ""
         row["tokens/s"] = f"{s['loop_tokens_per_s']:.0f}" if s else ""
@@ -128,6 +128,17 @@ def claims_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("claim")
 
 
+def _length_adjusted(c: dict) -> str:
+    """The length-adjusted win rate with what qualifies it: soft labels, a fit that did not converge. Results from
+    before it was renamed (lc_win_rate) show under the new name with its old meaning noted."""
+    la = c.get("length_adjusted_win_rate")
+    if la is None:
+        return f"{fmt(c['lc_win_rate'])} (hard labels, pairs weighted)" if "lc_win_rate" in c else "n/a"
+    notes = [n for n, on in (("soft labels", la.get("labels") == "soft"), ("fit did not converge", not la.get("converged", True)),
+                             (f"{la.get('bootstrap_converged', 1):.0%} of bootstrap fits converged", la.get("bootstrap_converged", 1) < 0.99)) if on]
+    return fmt(la) + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def judge_table(run: Run) -> pd.DataFrame | None:
     """Every judged comparison with the judge's diagnostics, so a reader sees how far to trust the win rates."""
     j = run.judge
@@ -139,8 +150,8 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     for name, c in (j.get("comparisons") or {}).items():
         d = c["diagnostics"]
         agree = c.get("reward_agreement")
-        rows.append({"comparison": name, "win rate": fmt(c["win_rate"]), "LC win rate": fmt(c["lc_win_rate"]),
-                     "Clopper-Pearson": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
+        rows.append({"comparison": name, "win rate": fmt(c["win_rate"]), "length-adjusted win rate": _length_adjusted(c),
+                     "binomial (pairs as if independent)": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
                      "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}", "swap consistency": f"{d['swap_consistency']:.2f}",
                      "tie rate": f"{d['tie_rate']:.2f}", "parse failures": f"{d['parse_failure_rate']:.2f}",
                      "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",

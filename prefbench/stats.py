@@ -1,5 +1,5 @@
 """Every interval and test prefbench reports: one bootstrap, one p-value rule, objective-level intervals across
-seeds and prompts and the objectives' contrasts, Holm, exact binomial intervals, McNemar, and the length-controlled win rate. Evaluation stores what these return; reports only format it.
+seeds and prompts and the objectives' contrasts, Holm, exact binomial intervals, McNemar, and the length-adjusted win rate. Evaluation stores what these return; reports only format it.
 
 The unit of resampling is whatever the caller passes one value per: a held-out prompt (its samples averaged
 first), a benchmark document, or a judged prompt with all its pairs. Draws are seeded, so a stored result
@@ -210,20 +210,24 @@ def mcnemar_exact(a, b) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p_value": float(p)}
 
 
-def _lc_fit(y: np.ndarray, d: np.ndarray, weights: np.ndarray, iters: int = 100) -> np.ndarray:
-    """P(win) at d = 0 from a logistic fit of y on tanh(d / sd(d)), one fit per row of pair weights.
+def _length_fit(y: np.ndarray, d: np.ndarray, weights: np.ndarray, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """P(win) at d = 0 from a logistic fit of y (a score in [0, 1]: soft labels are fine) on tanh(d / sd(d)),
+    one fit per row of pair weights; and whether each row's fit converged.
 
     Written by hand because the bootstrap needs 2000 small weighted fits at once: Newton's method on all
     rows together (a replicate is a row of prompt counts) takes milliseconds, a loop of scipy/statsmodels
     fits takes minutes. A row whose pairs all score alike needs no fit (its intercept would run off to
-    infinity): it is that score. The slope carries a small ridge (SLOPE_RIDGE)."""
+    infinity): it is that score. The slope carries a small ridge (SLOPE_RIDGE). A row has converged when
+    Newton's last step moved neither coefficient by more than 1e-8 within `iters` steps."""
     lo, hi = np.where(weights > 0, y, np.inf).min(1), np.where(weights > 0, y, -np.inf).max(1)
     out, fit = lo.copy(), lo < hi
+    converged = np.ones(len(weights), dtype=bool)
     w = weights[fit]
     total = w.sum(1, keepdims=True)
     sd = np.sqrt((w * (d - (w * d).sum(1, keepdims=True) / total) ** 2).sum(1, keepdims=True) / total)
     z = np.tanh(np.divide(d, sd, out=np.zeros_like(w), where=sd > 0))
     b0, b1 = np.zeros(len(w)), np.zeros(len(w))
+    step = np.full(len(w), np.inf)
     for _ in range(iters):
         p = expit(b0[:, None] + b1[:, None] * z)
         r, v = w * (y - p), w * p * (1 - p)
@@ -232,25 +236,35 @@ def _lc_fit(y: np.ndarray, d: np.ndarray, weights: np.ndarray, iters: int = 100)
         det = h00 * h11 - h01**2
         s0, s1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
         b0, b1 = b0 + s0, b1 + s1
-        if len(w) == 0 or max(np.abs(s0).max(), np.abs(s1).max()) < 1e-10:
+        step = np.maximum(np.abs(s0), np.abs(s1))
+        if len(w) == 0 or step.max() < 1e-10:
             break
     out[fit] = expit(b0)
-    return out
+    converged[fit] = (step < 1e-8) & np.isfinite(b0)
+    return out, converged
 
 
-def lc_win_rate(scores, length_diffs) -> float:
-    """Length-controlled win rate: a logistic fit of the pair score (ties 0.5) on tanh(d / sd(d)), d the
-    length difference of the two answers, read at d = 0."""
+def length_adjusted_win_rate(scores, length_diffs, groups, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+    """Length-adjusted win rate: a logistic fit of the pair score (ties 0.5; verdict probabilities where the
+    judge gave them) on tanh(d / sd(d)), d the two answers' length difference, read at d = 0. Each prompt weighs
+    1, its pairs sharing that weight, as in the win rate; the interval resamples prompts, each with all its
+    pairs. Not AlpacaEval's length-controlled win rate: that fit has an instruction term and model terms over
+    a leaderboard; this one has only the length term of one comparison.
+
+    Returns {"mean", "ci", "converged": the point fit converged, "bootstrap_converged": the share of replicate
+    fits that did, "weighting"}."""
     y, d = np.asarray(scores, float), np.asarray(length_diffs, float)
-    return float(_lc_fit(y, d, np.ones((1, y.size)))[0]) if y.size else float("nan")
-
-
-def lc_win_rate_ci(scores, length_diffs, groups, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> list[float]:
-    """Percentile interval of lc_win_rate when groups (prompts) are resampled, each with all its pairs."""
-    y, d = np.asarray(scores, float), np.asarray(length_diffs, float)
-    names, member = np.unique(np.asarray(groups), return_inverse=True)
-    if len(names) < 2:
-        return [float("nan"), float("nan")]
-    counts = np.zeros((n_boot, len(names)))
-    np.add.at(counts, (np.arange(n_boot)[:, None], resample(len(names), n_boot, seed)), 1)
-    return list(_percentile(_lc_fit(y, d, counts[:, member]), level))
+    names, member, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    if y.size == 0:
+        return {"mean": float("nan"), "ci": [float("nan"), float("nan")], "converged": False, "bootstrap_converged": float("nan"),
+                "weighting": "each prompt weighs 1"}
+    per_pair = 1.0 / sizes[member]
+    point, point_ok = _length_fit(y, d, per_pair[None, :])
+    ci, share = [float("nan"), float("nan")], float("nan")
+    if len(names) >= 2:
+        counts = np.zeros((n_boot, len(names)))
+        np.add.at(counts, (np.arange(n_boot)[:, None], resample(len(names), n_boot, seed)), 1)
+        replicates, ok = _length_fit(y, d, counts[:, member] * per_pair[None, :])
+        ci, share = list(_percentile(replicates, level)), float(ok.mean())
+    return {"mean": float(point[0]), "ci": ci, "converged": bool(point_ok[0]), "bootstrap_converged": share,
+            "weighting": "each prompt weighs 1"}

@@ -22,7 +22,7 @@ from prefbench.eval.judge import (
 )
 from prefbench.eval.server import free_port
 from prefbench.recipe import JudgeSpec
-from prefbench.stats import bootstrap_ci, lc_win_rate
+from prefbench.stats import bootstrap_ci, length_adjusted_win_rate
 
 # ---------------------------------------------------------------- statistics
 
@@ -58,17 +58,33 @@ def _length_biased_pairs(equal_lengths: bool) -> list[PairResult]:
     return out
 
 
-def test_length_controlled_win_rate():
+def test_length_adjusted_win_rate():
     biased = pair_stats(_length_biased_pairs(equal_lengths=False))
     assert biased["win_rate"]["mean"] == pytest.approx(7 / 12)
     # The fit is saturated (P(win) = 3/4 at +z, 1/4 at -z, z = tanh(100 / sd) = 0.786 either side), so at
     # zero difference it is exactly 1/2: the length advantage is taken out.
-    assert biased["lc_win_rate"]["mean"] == pytest.approx(0.5, abs=1e-4)
+    la = biased["length_adjusted_win_rate"]
+    assert la["mean"] == pytest.approx(0.5, abs=1e-4) and la["converged"] and la["labels"] == "hard"
     equal = pair_stats(_length_biased_pairs(equal_lengths=True))
-    assert equal["lc_win_rate"]["mean"] == pytest.approx(equal["win_rate"]["mean"], abs=1e-9)
-    lo, hi = biased["lc_win_rate"]["ci"]
+    assert equal["length_adjusted_win_rate"]["mean"] == pytest.approx(equal["win_rate"]["mean"], abs=1e-9)
+    lo, hi = la["ci"]
     assert lo < 0.5 < hi
-    assert lc_win_rate([1, 1, 1], [5, -3, 0]) == 1.0  # all wins: no fit needed
+    assert length_adjusted_win_rate([1, 1, 1], [5, -3, 0], [0, 1, 2])["mean"] == 1.0  # all wins: no fit needed
+
+
+def test_length_adjusted_win_rate_weighs_prompts_like_the_win_rate_and_reads_soft_labels():
+    """Prompt 0 has three pairs (all wins), prompts 1 and 2 one each (losses); lengths equal, so the fit is the
+    weighted mean: each prompt weighs 1 (1/3), not each pair (3/5). Verdict probabilities make the score soft."""
+    pairs = [PairResult(0, "A", "B", 50, 50)] * 3 + [PairResult(1, "B", "A", 50, 50), PairResult(2, "B", "A", 50, 50)]
+    s = pair_stats(pairs)
+    assert s["win_rate"]["mean"] == pytest.approx(1 / 3)
+    assert s["length_adjusted_win_rate"]["mean"] == pytest.approx(1 / 3, abs=1e-6)
+    # soft: X shown as A, P(A) 0.8, P(tie) 0.2 -> 0.9; X shown as B, P(B) 0.6, P(tie) 0 -> 0.6; the pair's score (0.9 + 0.6) / 2
+    soft = PairResult(0, "A", "B", 50, 50, probs_first={"A": 0.8, "B": 0.0, "tie": 0.2}, probs_second={"A": 0.4, "B": 0.6, "tie": 0.0})
+    assert soft.score() == 1.0 and soft.soft_score() == pytest.approx(0.75)
+    s = pair_stats([soft, PairResult(1, "B", "A", 50, 50)])
+    assert s["length_adjusted_win_rate"]["labels"] == "soft" and s["length_adjusted_win_rate"]["mean"] == pytest.approx(0.75 / 2, abs=1e-6)
+    assert s["win_rate"]["mean"] == pytest.approx(0.5)  # the win rate keeps hard labels
 
 
 def test_bootstrap_resamples_a_prompts_samples_together():
@@ -446,7 +462,7 @@ def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
     assert d["calls"] == d["calls_made"] == 6 and d["prompt_tokens"] > 6 * 100 and d["completion_tokens"] >= 6 * 5
     assert 1 / 3 <= d["mean_verdict_prob"] <= 1  # log-probabilities of the constrained verdict token
     assert out["wins"] + out["ties"] + out["losses"] == 3 and 0 <= out["win_rate"]["mean"] <= 1
-    assert set(out) >= {"win_rate", "clopper_pearson", "lc_win_rate", "diagnostics", "reward_agreement", "judge"}
+    assert set(out) >= {"win_rate", "clopper_pearson", "length_adjusted_win_rate", "diagnostics", "reward_agreement", "judge"}
     assert set(d) >= {"swap_consistency", "tie_rate", "parse_failure_rate", "cost_usd", "calls_cached"}
     assert not math.isnan(out["reward_agreement"]["agreement"]["mean"])
     assert os.path.getsize(tmp_path / "verdicts.jsonl") > 0

@@ -86,7 +86,7 @@ def test_mcnemar_exact_by_hand():
     assert S.mcnemar_exact(b, b)["p_value"] == 1.0
 
 
-def test_lc_win_rate_matches_an_unpenalised_logistic_fit():
+def test_length_adjusted_win_rate_matches_an_unpenalised_logistic_fit():
     # A non-saturated case: the hand-written Newton fit agrees with scipy's optimiser on the same likelihood
     # (the small ridge on the slope moves it by less than 1e-3).
     rng = np.random.default_rng(3)
@@ -99,9 +99,13 @@ def test_lc_win_rate_matches_an_unpenalised_logistic_fit():
         return -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum()
 
     b = __import__("scipy.optimize", fromlist=["minimize"]).minimize(nll, [0.0, 0.0]).x
-    assert S.lc_win_rate(y, d) == pytest.approx(1 / (1 + math.exp(-b[0])), abs=1e-3)
-    lo, hi = S.lc_win_rate_ci(y, d, np.arange(200))
-    assert lo < S.lc_win_rate(y, d) < hi
+    out = S.length_adjusted_win_rate(y, d, np.arange(200))  # one pair per prompt: every pair weighs the same
+    assert out["mean"] == pytest.approx(1 / (1 + math.exp(-b[0])), abs=1e-3)
+    assert out["ci"][0] < out["mean"] < out["ci"][1] and out["converged"] and out["bootstrap_converged"] == 1.0
+    # Outcomes that the lengths separate perfectly: the slope runs off (held back only by the small ridge), and
+    # Newton's steps do not settle within a few iterations: the fit says so.
+    sep = S._length_fit(np.array([0.0, 0.0, 1.0, 1.0]), np.array([-2.0, -1.0, 1.0, 2.0]), np.ones((1, 4)), iters=3)
+    assert not sep[1][0]
 
 
 def test_across_seeds_by_hand():

@@ -146,7 +146,7 @@ def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: 
                                                        cache.find(Call(prompts[i], ay, ax, template), model, spec.max_tokens))
         records += [r for r in (first, second) if r]
         results.append(PairResult(i, first and first["verdict"], second and second["verdict"], len(ax), len(ay), rx, ry,
-                                  identical=ax == ay))
+                                  identical=ax == ay, probs_first=first and first["probs"], probs_second=second and second["probs"]))
         shown = (((x, ax), (y, ay), first), ((y, ay), (x, ax), second))  # X as A, then X as B
         lines += [_line(name, i, j, prompts[i], a, b, record, made) for a, b, record in shown if record]
     stats = pair_stats(results)

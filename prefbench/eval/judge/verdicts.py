@@ -16,10 +16,12 @@ Statistics, per comparison "X vs Y"
   - win_rate: ties count half. A prompt's pairs (all its samples, both orders) are averaged first, and the
     95% CI is a percentile bootstrap over prompts (stats.estimate).
   - clopper_pearson: exact binomial 95% CI of wins / scored pairs, ties counting as non-wins (a binomial
-    winrate as the KTO paper reported its GPT-4 judgments). It treats pairs as independent, which samples
-    of one prompt are not: prefer win_rate's interval.
-  - lc_win_rate: a logistic fit of the pair score (ties as 0.5) on tanh(d / sd(d)), d = X's answer
-    length minus Y's in characters, read at d = 0; its CI is a bootstrap over prompts.
+    winrate as the KTO paper reported its GPT-4 judgments). An approximation that treats pairs as
+    independent, which a prompt's samples are not (stored and shown with that label): prefer win_rate's.
+  - length_adjusted_win_rate: a logistic fit of the pair score on tanh(d / sd(d)), d = X's answer length
+    minus Y's in characters, read at d = 0 (stats.length_adjusted_win_rate: prompts weigh 1 each, as in the
+    win rate; a convergence flag). The score is soft where both orders carry verdict probabilities
+    (PairResult.soft_score), else the hard score (ties 0.5). Not AlpacaEval's length-controlled win rate.
   - diagnostics: swap consistency, tie rate, parse-failure rate, position bias (here); verdict
     probability, calls made and from cache, tokens and cost of the comparison's verdicts (judge_units).
   - reward_agreement (with ground-truth rewards): among pairs whose rewards differ, the share where the
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prefbench.eval.judge.prompts import VERDICTS
-from prefbench.stats import binomial_ci, estimate, lc_win_rate, lc_win_rate_ci
+from prefbench.stats import binomial_ci, estimate, length_adjusted_win_rate
 
 
 def parse_verdict(content: str, form: str) -> str | None:
@@ -87,6 +89,8 @@ class PairResult:
     reward_x: float | None = None
     reward_y: float | None = None
     identical: bool = False
+    probs_first: dict | None = None  # P(A), P(B), P(tie) of each order's verdict, where the judge gave them
+    probs_second: dict | None = None
 
     def order_scores(self) -> tuple[float, float] | None:
         """X's score (1 win, 0.5 tie, 0 loss) in each order; None when a verdict failed to parse."""
@@ -101,6 +105,15 @@ class PairResult:
         orders = self.order_scores()
         return None if orders is None else orders[0] if orders[0] == orders[1] else 0.5
 
+    def soft_score(self) -> float | None:
+        """X's expected score over both orders from the verdict probabilities (P(X preferred) + P(tie) / 2, averaged
+        over the orders) where both orders have them; otherwise score()."""
+        if self.identical or self.score() is None or not (self.probs_first and self.probs_second):
+            return self.score()
+        first = self.probs_first["A"] + 0.5 * self.probs_first["tie"]
+        second = self.probs_second["B"] + 0.5 * self.probs_second["tie"]
+        return (first + second) / 2
+
 
 def pair_stats(pairs: list[PairResult]) -> dict:
     """Win rates, CIs and judge diagnostics of one comparison's pairs (module docstring)."""
@@ -110,6 +123,7 @@ def pair_stats(pairs: list[PairResult]) -> dict:
     per_prompt = [scores[prompts == g].mean() for g in np.unique(prompts)]
     wins, losses = int((scores == 1).sum()), int((scores == 0).sum())
     diffs = np.array([p.len_x - p.len_y for p, _ in scored], float)
+    soft = np.array([p.soft_score() for p, _ in scored])
     out = {
         "prompts": len(per_prompt),
         "pairs": len(pairs),
@@ -119,9 +133,10 @@ def pair_stats(pairs: list[PairResult]) -> dict:
         "unscored": len(pairs) - len(scored),
         "win_rate": estimate(per_prompt),
         "clopper_pearson": {"rate": wins / len(scored) if scored else float("nan"), "ci": list(binomial_ci(wins, len(scored))),
-                            "wins": wins, "n": len(scored), "counts": "wins / scored pairs; ties count as non-wins"},
-        "lc_win_rate": {"mean": lc_win_rate(scores, diffs), "ci": lc_win_rate_ci(scores, diffs, prompts),
-                        "length": "characters"},
+                            "wins": wins, "n": len(scored), "counts": "wins / scored pairs; ties count as non-wins",
+                            "assumes": "pairs independent (a prompt's samples are not): an approximation"},
+        "length_adjusted_win_rate": length_adjusted_win_rate(soft, diffs, prompts) | {
+            "length": "characters", "labels": "soft" if any(p.probs_first and p.probs_second for p, _ in scored) else "hard"},
         "diagnostics": _diagnostics(pairs),
     }
     agreement = _reward_agreement(scored)
