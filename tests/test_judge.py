@@ -15,7 +15,7 @@ from judge_fault_server import FaultServer
 
 from prefbench.eval import judge
 from prefbench.eval.judge import client
-from prefbench.eval.judge.client import PARSE_ATTEMPTS
+from prefbench.eval.judge.client import PARSE_ATTEMPTS, cost
 from prefbench.eval.judge import (
     Call, JudgeBudgetError, JudgeError, PairResult, VerdictCache, judge_units, load_template, pair_stats,
     parse_verdict,
@@ -486,3 +486,28 @@ def test_a_real_vllm_judge_behind_a_faulty_proxy_gives_a_clean_runs_verdicts(vll
     assert sum(proxy.injected.values()) >= len(KINDS) and set(proxy.injected) == set(KINDS)
     _transport_matches(proxy, faulty["transport"])
     assert _by_call(faulty["verdicts"]) == _by_call(clean["verdicts"]) and len(clean["verdicts"]) == 20
+
+
+def test_a_re_ask_never_passes_the_budget(tmp_path):
+    """[malformed] never gives a verdict, so each call would be asked PARSE_ATTEMPTS times. Priced so that an ask
+    costs close to its estimate (output tokens dominate, and the server's 5 are max_tokens), one call's three asks
+    would cost more than a budget of 1.1 estimates; re-asks reserve their estimate like first asks, so only the
+    first goes out, what is spent stays under the budget, and its parse failure is the record. A larger budget
+    (4.5 estimates) also stays under."""
+    prompts, answers = ["q [malformed]", "r [malformed]"], {"policy": [["GOOD a"], ["GOOD c"]], "reference": [["b"], ["d"]]}
+    for asks in (1.1, 4.5):
+        with FaultServer() as server:
+            spec = _spec(server, max_concurrency=1, price_per_1k_input=1.0, price_per_1k_output=100.0, max_tokens=5)
+            per_ask = max(cost(spec, Call(p, a[0], b[0], load_template()).prompt_tokens_estimate(), spec.max_tokens)
+                          for p, a, b in zip(prompts, answers["policy"], answers["reference"]))
+            spec = replace(spec, budget_usd=asks * per_ask)
+            with pytest.raises(JudgeBudgetError, match="budget"):
+                judge_units(spec, prompts, answers, cache_dir=tmp_path / str(asks))
+            records = list(VerdictCache(tmp_path / str(asks) / "verdicts.jsonl").records.values())
+            paid = sum(r["cost_usd"] for r in records)
+            assert paid <= spec.budget_usd
+            assert sum(r["attempts"] for r in records) == server.count(200) < 2 * PARSE_ATTEMPTS
+            assert all(r["verdict"] is None for r in records)
+            if asks == 1.1:  # one call's three asks would have cost more than this budget
+                assert server.count(200) == 1 and [r["attempts"] for r in records] == [1]
+                assert PARSE_ATTEMPTS * records[0]["cost_usd"] > spec.budget_usd

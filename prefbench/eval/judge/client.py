@@ -162,41 +162,55 @@ class _Judge:
                 f"and run again to judge the other {len(calls) - len(self.made)}.")
 
     def one(self, call: Call, probe: bool = False) -> None:
-        estimated = cost(self.spec, call.prompt_tokens_estimate(), self.spec.max_tokens)  # an upper bound on the output
-        with self.lock:
-            if self.failed or self.over_budget:
-                return
-            if self.spec.budget_usd is not None and self.spent + self.reserved + estimated > self.spec.budget_usd:
-                self.over_budget = True
-                return
-            self.reserved += estimated
         try:
             record = self.ask(call, probe)
         except BaseException:
             self.failed = True
             raise
-        finally:
-            with self.lock:
-                self.reserved -= estimated
+        if record is None:  # stopped by the budget (or another call's failure) before its first ask
+            return
         self.cache.put(record)
         with self.lock:
-            self.spent += record["cost_usd"]
             self.made.add(record["key"])
             if self.progress is not None:
                 self.progress.update()
                 self.progress.set_postfix_str(f"${self.spent:.4f}", refresh=False)
 
-    def ask(self, call: Call, probe: bool) -> dict:
+    def ask(self, call: Call, probe: bool) -> dict | None:
         """The call's verdict record: an answer that parses to no verdict is asked again (PARSE_ATTEMPTS in all);
-        the record's tokens and cost are those of every ask."""
+        the record's tokens and cost are those of every ask. Each ask first reserves its estimated cost against
+        the budget, so neither a call nor a re-ask can pass it; a re-ask the budget stops leaves the parse
+        failure as the record, and None means the budget stopped the first ask."""
+        estimated = cost(self.spec, call.prompt_tokens_estimate(), self.spec.max_tokens)  # an upper bound on the output
         paid = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
-        for attempt in range(PARSE_ATTEMPTS):
-            record = self.request(call, probe and attempt == 0)
+        record, attempts = None, 0
+        while attempts < PARSE_ATTEMPTS and self.reserve(estimated):
+            try:
+                record = self.request(call, probe and attempts == 0)
+            finally:
+                with self.lock:
+                    self.reserved -= estimated
+            attempts += 1
             paid = {k: paid[k] + record[k] for k in paid}
-            if record["verdict"] is not None or record["error"] is not None or attempt + 1 == PARSE_ATTEMPTS:
-                return record | paid | {"attempts": attempt + 1}
+            with self.lock:
+                self.spent += record["cost_usd"]
+            if record["verdict"] is not None or record["error"] is not None or attempts == PARSE_ATTEMPTS:
+                break
             with self.lock:
                 self.reasked += 1
+        return None if record is None else record | paid | {"attempts": attempts}
+
+    def reserve(self, estimated: float) -> bool:
+        """Hold `estimated` dollars of the budget for one ask; False (and the budget marked reached) when it does
+        not fit beside what is spent and held, or when another call has failed."""
+        with self.lock:
+            if self.failed or self.over_budget:
+                return False
+            if self.spec.budget_usd is not None and self.spent + self.reserved + estimated > self.spec.budget_usd:
+                self.over_budget = True
+                return False
+            self.reserved += estimated
+            return True
 
     def request(self, call: Call, probe: bool) -> dict:
         """One verdict record; the probe tries each request form until the endpoint accepts one (module docstring)."""
