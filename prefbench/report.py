@@ -198,6 +198,22 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index(["metric", "contrast"]) if rows else None
 
 
+def matched_kl_table(run: Run) -> pd.DataFrame | None:
+    """Swept objectives at matched KL (eval/run.py: objectives, stats.matched_kl): per target KL, each objective's
+    interpolated reward and each pair's difference with Holm's p across every pair at every target."""
+    matched = dig(run.objectives, ("frontier", "matched_kl"))
+    if not matched or not matched["targets"]:
+        return None
+    rows = []
+    for t in matched["targets"]:
+        row = {"KL": f"{t['kl']:.3f}"}
+        row.update({f"{name} reward": fmt(est) for name, est in t["objectives"].items()})
+        row.update({f"{c['a']} - {c['b']}": f"{_diff(c)}, Holm p {c['p_holm']:.3g}" + ("" if c["resolved"] else " (not resolved)")
+                    for c in t["pairs"]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("KL")
+
+
 def objectives_in_words(run: Run) -> str:
     """What the objective-level statistics support, in words: the leader of each ranked metric and whether it is
     resolved, and how far the intervals reach (one seed: this training run only)."""
@@ -217,6 +233,14 @@ def objectives_in_words(run: Run) -> str:
         else:
             unresolved = [c["b"] if c["a"] == leader else c["a"] for c in entry["pairs"] if leader in (c["a"], c["b"]) and not c["resolved"]]
             said.append(f"{leader} has the highest {name}, but its difference from {', '.join(unresolved)} is not resolved after Holm.")
+    matched = dig(run.objectives, ("frontier", "matched_kl"))
+    if matched and matched["range"] is None:
+        said.append(f"No comparison at matched KL: {matched['reason']}.")
+    elif matched:
+        held = [f"{c['a'] if c['difference'] > 0 else c['b']} ahead at KL {t['kl']:.2f} ({_diff(c)})"
+                for t in matched["targets"] for c in t["pairs"] if c["resolved"]]
+        levels = ", ".join(f"{t['kl']:.2f}" for t in matched["targets"])
+        said.append("At matched KL: " + ("; ".join(held) + "." if held else f"no difference between the swept objectives is resolved (KL {levels})."))
     return " ".join([scope] + said)
 
 
@@ -309,8 +333,31 @@ def diversity_vs_reward(gen: list[Unit]) -> bytes:
     return _png(fig)
 
 
+def frontier_plot(frontier: dict) -> bytes:
+    """Each swept objective's reward against KL, a point per knob value (objective-level 95% CIs, seeds and
+    prompts), joined in KL order; dashed lines where matched-KL comparisons are read."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4.2))
+    for name, sweep in frontier["objectives"].items():
+        pts = sorted(sweep["points"], key=lambda p: p["kl"]["mean"])
+        line = ax.plot([p["kl"]["mean"] for p in pts], [p["reward"]["mean"] for p in pts], "-", alpha=0.6)[0]
+        for p in pts:
+            _errorbar(ax, p["kl"], p["reward"], color=line.get_color())
+            ax.annotate(f"{sweep['knob']}={p['value']:g}", (p["kl"]["mean"], p["reward"]["mean"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        line.set_label(name)
+    for t in dig(frontier, ("matched_kl", "targets")) or []:
+        ax.axvline(t["kl"], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("KL(policy || reference), nats per answer")
+    ax.set_ylabel("held-out reward")
+    ax.set_title("reward-KL frontier per objective (95% CIs over seeds and prompts)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def plots(run: Run) -> dict[str, bytes]:
     out = {}
+    if frontier := dig(run.objectives, ("frontier",)):
+        out["frontier"] = frontier_plot(frontier)
     trained = [u for u in run.units if u.curves]
     if trained:
         out["training_curves"] = training_curves(trained)
@@ -354,6 +401,8 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
     out = [("Objectives (across seeds and prompts, 95% CI; bold: the leader, where every contrast below holds after Holm)",
             "Objectives", objective_table(run)),
            ("Objectives contrasted (same seeds and prompts; Holm across the pairs of each metric)", "Objectives contrasted", contrast_table(run)),
+           ("Matched KL (each swept objective's reward interpolated along its frontier, per seed; Holm across every pair and KL)",
+            "Matched KL", matched_kl_table(run)),
            ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
            ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
             "Held-out preferences", preference_table(run)),

@@ -193,6 +193,55 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     return out
 
 
+def matched_kl(sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]], n_targets: int = 3, level: float = LEVEL) -> dict:
+    """Objectives compared at matched KL (the DPO paper's reward-KL frontier, read at the same KL): `sweeps` gives,
+    per objective, its sweep points (e.g. one per beta), each as ([seeds, prompts] KL table, [seeds, prompts]
+    reward table), seeds shared across every point and objective.
+
+    Per seed, an objective's frontier is its points' (mean KL, per-prompt reward) sorted by KL; its reward at a
+    target KL is interpolated linearly between the two points around it, prompt by prompt, with that seed's own
+    KL means, so seed-to-seed movement of the frontier enters the interval. Targets: n_targets evenly inside
+    the KL range every seed of every objective covers (no extrapolation), at 1/4, 1/2, 3/4 of it for three.
+    At each target, each objective's interpolated [seeds, prompts] table goes through across_seeds, and every
+    pair of objectives is contrasted on the same seeds and prompts, Holm across all pairs at all targets.
+
+    Returns {"range": [lo, hi] or None (with "reason"), "targets": [{"kl", "objectives": {name: estimate},
+    "pairs": [...]}]}."""
+    import itertools
+
+    def frontier_means(points):  # per seed: KL means of each point, [points, seeds]
+        return np.array([kl.mean(1) for kl, _ in points])
+
+    lo = max(frontier_means(points).min(0).max() for points in sweeps.values())
+    hi = min(frontier_means(points).max(0).min() for points in sweeps.values())
+    if not lo < hi:
+        return {"range": None, "targets": [], "reason": f"the objectives' KL ranges do not overlap on every seed ({lo:.3f} >= {hi:.3f})"}
+    targets = [lo + (hi - lo) * (k + 1) / (n_targets + 1) for k in range(n_targets)]
+
+    def at(points, target: float) -> np.ndarray:  # [seeds, prompts] rewards interpolated at `target` KL
+        kl_means, rewards = frontier_means(points), np.array([r for _, r in points])  # [points, seeds], [points, seeds, prompts]
+        out = np.empty(rewards.shape[1:])
+        for s in range(rewards.shape[1]):
+            order = np.argsort(kl_means[:, s])
+            x, y = kl_means[order, s], rewards[order, s]
+            j = min(max(int(np.searchsorted(x, target)) - 1, 0), len(x) - 2)
+            w = (target - x[j]) / (x[j + 1] - x[j]) if x[j + 1] > x[j] else 0.0
+            out[s] = (1 - w) * y[j] + w * y[j + 1]
+        return out
+
+    out: dict = {"range": [float(lo), float(hi)], "targets": []}
+    for target in targets:
+        tables = {name: at(points, target) for name, points in sweeps.items()}
+        own = {name: across_seeds(t, level) for name, t in tables.items()}
+        out["targets"].append({"kl": float(target),
+                               "objectives": {name: {"mean": r["difference"], "ci": r["ci"], "n_seeds": r["n_seeds"]} for name, r in own.items()},
+                               "pairs": [{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level)} for a, b in itertools.combinations(tables, 2)]})
+    tests = [c for t in out["targets"] for c in t["pairs"]]
+    for c, p_holm in zip(tests, holm([c["p_value"] for c in tests])):
+        c["p_holm"], c["resolved"] = p_holm, p_holm < 1 - level
+    return out
+
+
 def binomial_ci(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval for k successes in n trials; NaN when n is 0."""
     if n == 0:

@@ -443,3 +443,50 @@ def test_compare_non_inferiority_margin(tmp_path, capsys):
     assert {v.metric: v.verdict for v in compare(base, small, margin=0.005)}["reward"] == "not shown non-inferior"
     assert main(["compare", str(base), str(small), "--margin", "0.005"]) == 1
     assert "NOT SHOWN NON-INFERIOR" in capsys.readouterr().out
+
+
+def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path):
+    """dpo and ipo each at two betas, 3 seeds: the objectives stage finds the sweeps (one varying hyperparameter per
+    objective name), stores each frontier point's objective-level KL and reward, compares the two at matched KL
+    (stats.matched_kl on the same tables), and the report draws the frontier and tabulates the matched KLs."""
+    from prefbench.eval.run import objectives, strength_sweeps
+    from prefbench.recipe import parse_recipe
+    from prefbench.report import matched_kl_table, objectives_in_words
+    from prefbench.stats import matched_kl
+
+    rng = np.random.default_rng(2)
+    points = {"dpo_lo": ("dpo", 0.3, 1.0), "dpo_hi": ("dpo", 0.05, 3.0), "ipo_lo": ("ipo", 0.5, 1.5), "ipo_hi": ("ipo", 0.1, 4.0)}
+    root = make_run(tmp_path / "sweep", {label: REF for label in points}, REF)
+    tables = {}
+    for label, (_, _, kl) in points.items():
+        kl_t = kl + rng.normal(0, 0.2, (3, len(REF)))
+        reward_t = np.asarray(REF) + 0.05 * kl + rng.normal(0, 0.1, (3, len(REF)))
+        tables[label] = (kl_t, reward_t)
+        for seed in range(3):
+            d = root / label / f"seed{seed}"
+            d.mkdir(exist_ok=True)
+            (d / "eval_generation.json").write_text(json.dumps(_gen(reward_t[seed], REF, kl_t[seed])))
+            for name in ("summary.json", "metrics.jsonl"):
+                if seed:
+                    (d / name).write_text((root / label / "seed0" / name).read_text())
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["recipe"]["seeds"] = [0, 1, 2]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    recipe = parse_recipe({"name": "sweep", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                           "objectives": [{"name": n, "beta": b, "label": label} for label, (n, b, _) in points.items()],
+                           "seeds": [0, 1, 2], "eval": {"generation": {}}})
+    assert {name: (knob, [s.label for s in specs]) for name, (knob, specs) in strength_sweeps(recipe).items()} == {
+        "dpo": ("beta", ["dpo_lo", "dpo_hi"]), "ipo": ("beta", ["ipo_lo", "ipo_hi"])}
+    frontier = objectives(recipe)["frontier"]
+    assert [p["value"] for p in frontier["objectives"]["dpo"]["points"]] == [0.3, 0.05]
+    assert frontier["objectives"]["ipo"]["points"][1]["kl"]["mean"] == pytest.approx(tables["ipo_hi"][0].mean())
+    expected = matched_kl({"dpo": [tables["dpo_lo"], tables["dpo_hi"]], "ipo": [tables["ipo_lo"], tables["ipo_hi"]]})
+    assert frontier["matched_kl"]["range"] == pytest.approx(expected["range"])
+    assert frontier["matched_kl"]["targets"][1]["pairs"][0]["ci"] == pytest.approx(expected["targets"][1]["pairs"][0]["ci"])
+    run = load_run(root)
+    table = matched_kl_table(run)
+    assert len(table) == 3 and "dpo - ipo" in table.columns and table.iloc[1]["dpo reward"].startswith(
+        f"{expected['targets'][1]['objectives']['dpo']['mean']:.3f} [")
+    assert "At matched KL" in objectives_in_words(run)
+    out = write_report(root, tmp_path / "reports")
+    assert (out / "plots" / "frontier.png").is_file() and "## Matched KL" in (out / "report.md").read_text()

@@ -310,7 +310,44 @@ def objectives(recipe: Recipe) -> dict:
             continue  # e.g. no greedy pass
         ref = dig(read_json(reference), path) if reference.is_file() else None
         out["metrics"][metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), higher)
+    if (sweeps := strength_sweeps(recipe)) and {"kl", "reward"} <= set(out["metrics"]):
+        out["frontier"] = _frontier(root, recipe, sweeps, out["metrics"])
     write_json(root / "eval_objectives.json", out)
+    return out
+
+
+def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
+    """Objectives the recipe trains at several values of one hyperparameter (a strength knob such as beta): per
+    objective name, (the knob, its specs in the recipe's order). Entries of one name that differ in more than
+    one hyperparameter are not a sweep."""
+    by_name: dict[str, list] = {}
+    for spec in recipe.objectives:
+        by_name.setdefault(spec.name, []).append(spec)
+    out = {}
+    for name, specs in by_name.items():
+        keys = {k for spec in specs for k in spec.hyperparameters}
+        varying = [k for k in sorted(keys) if len({repr(spec.hyperparameters.get(k)) for spec in specs}) > 1]
+        if len(specs) >= 2 and len(varying) == 1:
+            out[name] = (varying[0], specs)
+    return out
+
+
+def _frontier(root: Path, recipe: Recipe, sweeps: dict[str, tuple[str, list]], metrics: dict) -> dict:
+    """Each swept objective's reward-KL frontier (its points' objective-level estimates, by knob value) and, with
+    two or more swept objectives, their comparison at matched KL (stats.matched_kl)."""
+    kl_tables = _objective_tables(root, recipe, OBJECTIVE_METRICS["kl"][0])
+    reward_tables = _objective_tables(root, recipe, OBJECTIVE_METRICS["reward"][0])
+    out: dict = {"objectives": {}}
+    points = {}
+    for name, (knob, specs) in sweeps.items():
+        evaluated = [spec for spec in specs if spec.label in kl_tables and spec.label in reward_tables]
+        out["objectives"][name] = {"knob": knob, "points": [
+            {"label": spec.label, "value": spec.hyperparameters[knob], "kl": metrics["kl"]["objectives"][spec.label],
+             "reward": metrics["reward"]["objectives"][spec.label]} for spec in evaluated]}
+        if len(evaluated) >= 2:
+            points[name] = [(kl_tables[spec.label], reward_tables[spec.label]) for spec in evaluated]
+    if len(points) >= 2:
+        out["matched_kl"] = stats.matched_kl(points)
     return out
 
 
