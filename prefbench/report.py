@@ -173,7 +173,7 @@ def objective_table(run: Run) -> pd.DataFrame | None:
     if not run.objectives or not run.objectives["metrics"]:
         return None
     rows: dict[str, dict] = {}
-    for metric, entry in run.objectives["metrics"].items():
+    for metric, entry in _metrics(run):
         col = OBJECTIVE_COLUMNS[metric]
         for label, est in entry["objectives"].items():
             row = rows.setdefault(label, {"objective": label, "seeds": est["n_seeds"]})
@@ -189,13 +189,19 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
     if not run.objectives:
         return None
     rows = []
-    for metric, entry in run.objectives["metrics"].items():
+    for metric, entry in _metrics(run):
         for c in entry.get("pairs", []):
             higher = c["a"] if c["difference"] > 0 else c["b"]
-            rows.append({"metric": OBJECTIVE_COLUMNS[metric], "contrast": f"{c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
+            rows.append({"contrast": f"{OBJECTIVE_COLUMNS[metric]}: {c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
                          "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
                          "reading": f"{higher} higher" if c["resolved"] else "not resolved"})
-    return pd.DataFrame(rows).set_index(["metric", "contrast"]) if rows else None
+    return pd.DataFrame(rows).set_index("contrast") if rows else None
+
+
+def _metrics(run: Run) -> list[tuple[str, dict]]:
+    """The objective-level metrics in the report's column order (the stored file's keys are sorted)."""
+    stored = run.objectives["metrics"]
+    return [(metric, stored[metric]) for metric in OBJECTIVE_COLUMNS if metric in stored]
 
 
 def matched_kl_table(run: Run) -> pd.DataFrame | None:
@@ -224,7 +230,7 @@ def objectives_in_words(run: Run) -> str:
              if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
              "a new training run of the same recipe could order them differently (add seeds to tell).")
     said = []
-    for metric, entry in run.objectives["metrics"].items():
+    for metric, entry in _metrics(run):
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
         leader, name = entry["leader"], OBJECTIVE_COLUMNS[metric]

@@ -327,7 +327,7 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     e = reward["objectives"]["dpo"]
     assert table.loc["dpo", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**" and table.loc["dpo", "seeds"] == 3
     assert not table.loc["kto", "reward"].startswith("**") and table.loc["kto", "reward - ref"].endswith("Holm p 1")
-    assert contrast_table(run).loc[("reward", "dpo - kto"), "reading"] == "dpo higher"
+    assert contrast_table(run).loc["reward: dpo - kto", "reading"] == "dpo higher"
     words = objectives_in_words(run)
     assert "pool 3 seeds" in words and "dpo leads on reward" in words
     # One seed: the report says objective differences describe this training run only.
@@ -477,6 +477,8 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
                            "seeds": [0, 1, 2], "eval": {"generation": {}}})
     assert {name: (knob, [s.label for s in specs]) for name, (knob, specs) in strength_sweeps(recipe).items()} == {
         "dpo": ("beta", ["dpo_lo", "dpo_hi"]), "ipo": ("beta", ["ipo_lo", "ipo_hi"])}
+    variant = parse_recipe({**recipe.to_dict(), "objectives": [{"name": "kto", "label": "kto"}, {"name": "kto", "desirable_weight": 2.0, "label": "w"}]})
+    assert strength_sweeps(variant) == {}  # a variant that leaves the knob at its default is not a sweep
     frontier = objectives(recipe)["frontier"]
     assert [p["value"] for p in frontier["objectives"]["dpo"]["points"]] == [0.3, 0.05]
     assert frontier["objectives"]["ipo"]["points"][1]["kl"]["mean"] == pytest.approx(tables["ipo_hi"][0].mean())

@@ -318,16 +318,17 @@ def objectives(recipe: Recipe) -> dict:
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
     """Objectives the recipe trains at several values of one hyperparameter (a strength knob such as beta): per
-    objective name, (the knob, its specs in the recipe's order). Entries of one name that differ in more than
-    one hyperparameter are not a sweep."""
+    objective name, (the knob, its specs in the recipe's order). Every entry must set the same hyperparameters
+    and differ in exactly one of them: entries that differ in more, or where one leaves a value at its default
+    (a variant such as KTO re-weighted against plain KTO), are not a sweep."""
     by_name: dict[str, list] = {}
     for spec in recipe.objectives:
         by_name.setdefault(spec.name, []).append(spec)
     out = {}
     for name, specs in by_name.items():
-        keys = {k for spec in specs for k in spec.hyperparameters}
-        varying = [k for k in sorted(keys) if len({repr(spec.hyperparameters.get(k)) for spec in specs}) > 1]
-        if len(specs) >= 2 and len(varying) == 1:
+        keys = [set(spec.hyperparameters) for spec in specs]
+        varying = [k for k in sorted(keys[0]) if len({repr(spec.hyperparameters[k]) for spec in specs}) > 1]
+        if len(specs) >= 2 and all(k == keys[0] for k in keys) and len(varying) == 1:  # every entry names the knob
             out[name] = (varying[0], specs)
     return out
 
