@@ -62,14 +62,16 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from prefbench.eval.run import evaluate
-    from prefbench.report import write_report
-    from prefbench.results import run_dir
+    from prefbench.report import objectives_in_words, write_report
+    from prefbench.results import load_run, run_dir
     from prefbench.runner import train_units
 
     recipe = evaluation_recipe(args)
     print_training(train_units(recipe))
     print_evaluation(evaluate(recipe))
     out = write_report(run_dir(recipe), recipe.report_dir)
+    if words := objectives_in_words(load_run(run_dir(recipe))):
+        print(f"\n{words}")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 

@@ -53,6 +53,11 @@ def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
     by_prompt = [np.mean([a["reward"] for a in answers if a["prompt_index"] == i]) for i in range(8)]
     assert by_prompt == pytest.approx(dpo["sampled"]["per_prompt_reward"], abs=1e-12)
     assert [a["prompt"] for a in answers[::2]] == prompts and all(a["tokens"] <= 16 for a in answers)
+    assert dpo["checkpoint_sha256"] == checkpoint_id(ckpt)  # compare tells a re-evaluation from a retrain by it
+    assert np.mean(dpo["sampled"]["per_sample_reward"], axis=1) == pytest.approx(dpo["sampled"]["per_prompt_reward"], abs=1e-12)
+    objectives = json.loads((root / "eval_objectives.json").read_text())  # the objective level, even with one seed
+    assert objectives["metrics"]["reward"]["objectives"]["dpo"]["mean"] == pytest.approx(dpo["sampled"]["reward"]["mean"])
+    assert objectives["metrics"]["reward"]["objectives"]["dpo"]["seed_variance"] is False
 
 
 def test_evaluate_again_keeps_finished_results(run, capsys):
@@ -72,7 +77,7 @@ def test_one_stage_runs_alone_and_a_stage_the_recipe_lacks_is_refused(run, capsy
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "generation"]) == 0
     assert f.stat().st_mtime_ns == before and "dpo/seed0" in capsys.readouterr().out
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "judge"]) == 2
-    assert "--stage judge: not a stage this recipe asks for; it has preference, generation" in capsys.readouterr().err
+    assert "--stage judge: not a stage this recipe asks for; it has preference, generation, objectives" in capsys.readouterr().err
 
 
 def test_held_out_preferences_on_the_data_own_split(run):
@@ -123,6 +128,8 @@ def test_report_and_compare_from_the_real_run(run, tmp_path, capsys):
     table = unit_table(load_run(root))
     assert list(table.index) == ["reference", "dpo/seed0"]
     assert main(["compare", str(root), str(root)]) == 0
+    assert "one seed per side" not in capsys.readouterr().out  # the same weights: the regeneration null, nothing to warn of
+    assert "describe this training run only" in (out / "report.md").read_text()
     assert "0 regression(s)" in capsys.readouterr().out
 
 
