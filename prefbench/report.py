@@ -170,7 +170,7 @@ def objective_table(run: Run) -> pd.DataFrame | None:
     """One row per objective, as evaluation stored it (eval/run.py: objectives): each metric across seeds and
     prompts, its difference from the reference with Holm's p across the objectives; bold marks the leader only
     where its contrast with every other objective is resolved after Holm."""
-    if not run.objectives or not run.objectives["metrics"]:
+    if not run.objectives or not run.objectives.get("metrics"):
         return None
     rows: dict[str, dict] = {}
     for metric, entry in _metrics(run):
@@ -186,7 +186,7 @@ def objective_table(run: Run) -> pd.DataFrame | None:
 def contrast_table(run: Run) -> pd.DataFrame | None:
     """Every pair of objectives on each ranked metric: the difference on the same seeds and prompts, its interval,
     p and Holm's p across the pairs, and what it says in words."""
-    if not run.objectives:
+    if not run.objectives or not run.objectives.get("metrics"):
         return None
     rows = []
     for metric, entry in _metrics(run):
@@ -223,7 +223,9 @@ def matched_kl_table(run: Run) -> pd.DataFrame | None:
 def objectives_in_words(run: Run) -> str:
     """What the objective-level statistics support, in words: the leader of each ranked metric and whether it is
     resolved, and how far the intervals reach (one seed: this training run only)."""
-    if not run.objectives or not run.objectives["metrics"]:
+    if run.objectives and "stale" in run.objectives:
+        return f"The objective-level statistics were {run.objectives['stale']}."
+    if not run.objectives or not run.objectives.get("metrics"):
         return ""
     seeds = len(run.objectives["seeds"])
     scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals hold for a new training run of the recipe."

@@ -279,9 +279,10 @@ def load_run(root: str | Path) -> Run:
             groups.setdefault(s, []).append(name)
         raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
                            + " | ".join(", ".join(g) for g in groups.values()))
-    claims = _optional(root / "eval_claims.json")
-    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None,
-               _optional(root / "eval_objectives.json"))
+    claims, objectives = _optional(root / "eval_claims.json"), _optional(root / "eval_objectives.json")
+    if objectives is not None and settings and json.dumps(objectives.get("settings"), sort_keys=True) not in settings.values():
+        objectives = {"stale": "computed from other evaluation settings than the units': run `prefbench evaluate RECIPE --stage objectives`"}
+    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives)
 
 
 def dig(d: Any, path: tuple[str, ...]) -> Any:

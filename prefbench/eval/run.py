@@ -303,7 +303,9 @@ def objectives(recipe: Recipe) -> dict:
     objectives contrasted, the leader and whether it is best. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
     reference = root / "reference" / "eval_generation.json"
-    out: dict = {"seeds": list(recipe.seeds), "metrics": {}}
+    # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
+    settings = read_json(reference).get("settings") if reference.is_file() else None
+    out: dict = {"seeds": list(recipe.seeds), "settings": settings, "metrics": {}}
     for metric, (path, higher) in OBJECTIVE_METRICS.items():
         tables = _objective_tables(root, recipe, path)
         if not tables:
