@@ -39,7 +39,6 @@ package versions that differ (torch, transformers, vllm) are refused too, since 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,8 +122,7 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
         raise ValueError(f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant")
     gated = [i for i, t in enumerate(tests) if thresholds.get(t[2]) is not None]  # the family that can fail CI
     m = max(1, len(gated))
-    # Holm's strictest level is ALPHA / m; bootstrap p-values are multiples of 1 / (B + 1), so B grows with m
-    n_boot = max(stats.N_BOOT, math.ceil(40 * m / ALPHA))
+    n_boot = stats.family_n_boot(m)
     verdicts = []
     for unit, base_unit, metric, null, values in tests:
         r = (stats.paired_difference(values[0], values[1], n_boot=n_boot) if null != "new training run" else
@@ -161,32 +159,37 @@ def _groups(base: Run, cand: Run, against: str | None):
 def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, Unit]):
     """(unit, baseline unit, metric, null, values) per test. The null is chosen from what the runs hold:
 
-    regeneration       the same checkpoints (equal weight hashes) evaluated again: per seed, a paired bootstrap
-                       over prompts; values (candidate, baseline) per-prompt arrays
-    new training run   different checkpoints and 2+ seeds on a side: per objective, seed variance in the interval;
-                       values a [seeds, prompts] table of candidate - baseline on shared seeds (2+ of them), else
-                       (candidate table, baseline table) with unpaired seeds (stats.across_seed_groups)
+    regeneration       every unit the same checkpoint on both sides (equal weight hashes) evaluated again: per seed,
+                       a paired bootstrap over prompts; values (candidate, baseline) per-prompt arrays
+    new training run   retrained (seeds whose weights match on both sides left out: they show no run-to-run
+                       variation) with 2+ seeds on a side, for this metric: per objective, seed variance in the
+                       interval; values a [seeds, prompts] table of candidate - baseline on shared seeds (2+ of
+                       them), else (candidate table, baseline table) with unpaired seeds (stats.across_seed_groups)
     one seed           one seed per side and no way to know run-to-run variation: per seed, the prompt bootstrap,
                        flagged (the verdict speaks for these two checkpoints only)"""
-    shared = sorted(set(cand) & set(base))
-    same = shared and all(cand[s].generation.get("checkpoint_sha256") is not None and
-                          cand[s].generation.get("checkpoint_sha256") == base[s].generation.get("checkpoint_sha256") for s in shared)
-    seeds_known = not same and max(len(cand), len(base)) >= 2
+    sha = lambda u: u.generation.get("checkpoint_sha256")  # noqa: E731
+    identical = {s for s in set(cand) & set(base) if sha(cand[s]) is not None and sha(cand[s]) == sha(base[s])}
     for metric, (path, _, _) in METRICS.items():
         c_vals = {s: v for s, u in cand.items() if (v := _values(u.generation, path)) is not None}
         b_vals = {s: v for s, u in base.items() if (v := _values(u.generation, path)) is not None}
         if not c_vals or not b_vals:
             continue
-        both = sorted(set(c_vals) & set(b_vals))
-        if seeds_known and len(both) >= 2:
-            yield label, base_label, metric, "new training run", np.array([c_vals[s] - b_vals[s] for s in both])
-        elif seeds_known:
-            yield label, base_label, metric, "new training run", (np.array(list(c_vals.values())), np.array(list(b_vals.values())))
-        else:
-            null = "regeneration" if same else "one seed"
+        if identical and identical >= set(c_vals) | set(b_vals):  # every unit the same weights: evaluated again
+            for s in sorted(identical):
+                yield f"{label}/seed{s}", f"{base_label}/seed{s}", metric, "regeneration", (c_vals[s], b_vals[s])
+            continue
+        # retrained: seeds whose weights are the same on both sides say nothing of run-to-run variation
+        c_new = {s: v for s, v in c_vals.items() if s not in identical}
+        b_new = {s: v for s, v in b_vals.items() if s not in identical}
+        both, prompts = sorted(set(c_new) & set(b_new)), len(next(iter(c_vals.values())))
+        if len(both) >= 2:
+            yield label, base_label, metric, "new training run", np.array([c_new[s] - b_new[s] for s in both])
+        elif c_new and b_new and max(len(c_new), len(b_new)) >= 2 and prompts >= 2:
+            yield label, base_label, metric, "new training run", (np.array(list(c_new.values())), np.array(list(b_new.values())))
+        else:  # one seed a side: seed by seed, flagged
             one_each = [(next(iter(c_vals)), next(iter(b_vals)))] if len(c_vals) == len(b_vals) == 1 else []
-            for cs, bs in [(s, s) for s in both] or one_each:  # seed by seed; a variant's one seed against the baseline's
-                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, null, (c_vals[cs], b_vals[bs])
+            for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or one_each:
+                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, "one seed", (c_vals[cs], b_vals[bs])
 
 
 def _means(values) -> tuple[float, float]:

@@ -104,17 +104,19 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
     selected, targets, rows, head, dtype = _completion_hidden(lm, input_ids, attention_mask, completion_mask)
     if reference is not None:
         ref_selected, _, _, ref_head, _ = _completion_hidden(reference, input_ids, attention_mask, completion_mask)
-    chunk = max(1, block_elements(selected.device) // head.weight.shape[0])
+    # with a reference, both models' [chunk, vocab] blocks and their products are alive at once: half the rows
+    chunk = max(1, block_elements(selected.device) // head.weight.shape[0] // (2 if reference is not None else 1))
     pieces: dict[str, list[Tensor]] = {"logp": [], "entropy": [], "ref_logp": [], "kl": []}
     for start in range(0, selected.shape[0], chunk):
         block, target = slice(start, start + chunk), targets[start : start + chunk, None]
         logits = F.linear(selected[block], head.weight, head.bias).to(dtype).log_softmax(-1)
         pieces["logp"].append(logits.gather(1, target).squeeze(1))
-        pieces["entropy"].append(-(logits.exp() * logits).sum(-1))
+        p = logits.exp()  # terms where p is 0 are 0 (not 0 * -inf: a token masked out of the vocabulary)
+        pieces["entropy"].append(-torch.where(p > 0, p * logits, 0.0).sum(-1))
         if reference is not None:
             ref_logits = F.linear(ref_selected[block], ref_head.weight, ref_head.bias).to(dtype).log_softmax(-1)
             pieces["ref_logp"].append(ref_logits.gather(1, target).squeeze(1))
-            pieces["kl"].append((logits.exp() * (logits - ref_logits)).sum(-1))
+            pieces["kl"].append(torch.where(p > 0, p * (logits - ref_logits), 0.0).sum(-1))
     zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
     out = {"tokens": completion_mask[:, 1:].bool().sum(1)}
     for name, values in pieces.items():

@@ -14,6 +14,8 @@ that the two agree within Monte Carlo error. Holm is written here because scipy 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import expit
 from scipy.stats import binomtest
@@ -65,7 +67,13 @@ def paired_difference(x, y, n_boot: int = N_BOOT, level: float = LEVEL, seed: in
     return {"difference": float(d.mean()), "ci": [lo, hi], "p_value": bootstrap_p(means), "n": int(d.size)}
 
 
-def across_seeds(table, level: float = LEVEL) -> dict:
+def family_n_boot(m: int, level: float = LEVEL) -> int:
+    """Bootstrap replicates for a family of m tests: bootstrap p-values are multiples of 1 / (B + 1), so Holm's
+    strictest level (1 - level) / m needs B to grow with m (40 replicates' worth below that level)."""
+    return max(N_BOOT, math.ceil(40 * m / (1 - level)))
+
+
+def across_seeds(table, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
     """The mean of a [seeds, prompts] table (one objective's values, or a contrast between two objectives paired
     on seed and prompt: seeds are shared, so seed k of both saw the same examples in the same order), with an
     interval that holds for a new training run, not only for these checkpoints.
@@ -96,7 +104,7 @@ def across_seeds(table, level: float = LEVEL) -> dict:
         raise ValueError("the [seeds, prompts] table holds NaN or infinite values")
     n_seeds, n_prompts = x.shape
     if n_seeds == 1:
-        single = paired_difference(x[0], np.zeros(n_prompts), level=level)
+        single = paired_difference(x[0], np.zeros(n_prompts), n_boot=n_boot, level=level)
         return single | {"n_seeds": 1, "n_prompts": n_prompts, "df": None, "seed_variance": False}
     grand, seed_means, prompt_means = x.mean(), x.mean(1), x.mean(0)
     ms_seeds = n_prompts * ((seed_means - grand) ** 2).sum() / (n_seeds - 1)
@@ -107,7 +115,8 @@ def across_seeds(table, level: float = LEVEL) -> dict:
     se = float(np.sqrt((ms_seeds + max(ms_prompts - ms_resid, 0.0)) / (n_seeds * n_prompts)))
     df = float(n_seeds - 1)
     half = float(st.t.ppf((1 + level) / 2, df)) * se
-    p = float(2 * st.t.sf(abs(grand) / se, df)) if se > 0 else (1.0 if grand == 0 else 0.0)  # se 0: every value equal
+    # se 0: every value is the same; a nonzero constant is a difference no seed or prompt varies (resolved)
+    p = float(2 * st.t.sf(abs(grand) / se, df)) if se > 0 else (1.0 if grand == 0 else 0.0)
     return {"difference": float(grand), "ci": [float(grand - half), float(grand + half)], "p_value": max(p, np.finfo(float).tiny),
             "n_seeds": n_seeds, "n_prompts": n_prompts, "df": df, "seed_variance": True}
 
@@ -177,6 +186,8 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
             result["p_holm"], result["resolved"] = p_holm, p_holm < 1 - level
         return tests
 
+    k = len(tables)
+    n_boot = family_n_boot(max(k, k * (k - 1) // 2), level)  # one seed: the bootstrap fine enough for Holm's levels
     own = {label: across_seeds(t, level) for label, t in tables.items()}
     out: dict = {"higher_is_better": higher,
                  "objectives": {label: {"mean": r["difference"], "ci": r["ci"], "n_seeds": r["n_seeds"], "n_prompts": r["n_prompts"],
@@ -184,8 +195,8 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     if higher is None:
         return out
     if reference is not None:
-        out["vs_reference"] = family([{"objective": label, **across_seeds(t - reference[None, :], level)} for label, t in tables.items()])
-    out["pairs"] = family([{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level)} for a, b in itertools.combinations(tables, 2)])
+        out["vs_reference"] = family([{"objective": label, **across_seeds(t - reference[None, :], level, n_boot)} for label, t in tables.items()])
+    out["pairs"] = family([{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)} for a, b in itertools.combinations(tables, 2)])
     out["leader"] = leader = max(tables, key=lambda label: own[label]["difference"] * (1 if higher else -1))
     theirs = [c for c in out["pairs"] if leader in (c["a"], c["b"])]
     wins = [c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs]  # resolved, for the leader
@@ -230,12 +241,14 @@ def matched_kl(sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]], n_targets
         return out
 
     out: dict = {"range": [float(lo), float(hi)], "targets": []}
+    n_boot = family_n_boot(n_targets * len(sweeps) * (len(sweeps) - 1) // 2, level)
     for target in targets:
         tables = {name: at(points, target) for name, points in sweeps.items()}
         own = {name: across_seeds(t, level) for name, t in tables.items()}
         out["targets"].append({"kl": float(target),
                                "objectives": {name: {"mean": r["difference"], "ci": r["ci"], "n_seeds": r["n_seeds"]} for name, r in own.items()},
-                               "pairs": [{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level)} for a, b in itertools.combinations(tables, 2)]})
+                               "pairs": [{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)}
+                                         for a, b in itertools.combinations(tables, 2)]})
     tests = [c for t in out["targets"] for c in t["pairs"]]
     for c, p_holm in zip(tests, holm([c["p_value"] for c in tests])):
         c["p_holm"], c["resolved"] = p_holm, p_holm < 1 - level

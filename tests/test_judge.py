@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -488,26 +489,27 @@ def test_a_real_vllm_judge_behind_a_faulty_proxy_gives_a_clean_runs_verdicts(vll
     assert _by_call(faulty["verdicts"]) == _by_call(clean["verdicts"]) and len(clean["verdicts"]) == 20
 
 
-def test_a_re_ask_never_passes_the_budget(tmp_path):
+def test_a_re_ask_reserves_its_estimate_and_a_stopped_call_is_asked_afresh(tmp_path):
     """[malformed] never gives a verdict, so each call would be asked PARSE_ATTEMPTS times. Priced so that an ask
     costs close to its estimate (output tokens dominate, and the server's 5 are max_tokens), one call's three asks
     would cost more than a budget of 1.1 estimates; re-asks reserve their estimate like first asks, so only the
-    first goes out, what is spent stays under the budget, and its parse failure is the record. A larger budget
-    (4.5 estimates) also stays under."""
+    first goes out and what is spent stays under the budget. The call the budget stopped is not cached as a parse
+    failure: the next run, with room, asks it afresh. A larger budget (4.5 estimates) also stays under."""
     prompts, answers = ["q [malformed]", "r [malformed]"], {"policy": [["GOOD a"], ["GOOD c"]], "reference": [["b"], ["d"]]}
     for asks in (1.1, 4.5):
         with FaultServer() as server:
             spec = _spec(server, max_concurrency=1, price_per_1k_input=1.0, price_per_1k_output=100.0, max_tokens=5)
             per_ask = max(cost(spec, Call(p, a[0], b[0], load_template()).prompt_tokens_estimate(), spec.max_tokens)
                           for p, a, b in zip(prompts, answers["policy"], answers["reference"]))
-            spec = replace(spec, budget_usd=asks * per_ask)
-            with pytest.raises(JudgeBudgetError, match="budget"):
-                judge_units(spec, prompts, answers, cache_dir=tmp_path / str(asks))
+            with pytest.raises(JudgeBudgetError, match="budget") as err:
+                judge_units(replace(spec, budget_usd=asks * per_ask), prompts, answers, cache_dir=tmp_path / str(asks))
             records = list(VerdictCache(tmp_path / str(asks) / "verdicts.jsonl").records.values())
-            paid = sum(r["cost_usd"] for r in records)
-            assert paid <= spec.budget_usd
-            assert sum(r["attempts"] for r in records) == server.count(200) < 2 * PARSE_ATTEMPTS
-            assert all(r["verdict"] is None for r in records)
-            if asks == 1.1:  # one call's three asks would have cost more than this budget
-                assert server.count(200) == 1 and [r["attempts"] for r in records] == [1]
-                assert PARSE_ATTEMPTS * records[0]["cost_usd"] > spec.budget_usd
+            assert all(r["attempts"] == PARSE_ATTEMPTS for r in records)  # only calls asked in full are cached
+            spent = float(re.search(r"\(\$([0-9.]+) spent\)", str(err.value)).group(1))
+            assert spent <= asks * per_ask and server.count(200) < 4 * PARSE_ATTEMPTS
+            if asks == 1.1:  # room for one ask: the first call's re-asks are not sent, and nothing is cached
+                assert server.count(200) == 1 and records == [] and "0 of 4 calls made" in str(err.value)
+                judge_units(spec, prompts, answers, cache_dir=tmp_path / str(asks))  # no budget: asked afresh, in full
+                assert server.count(200) == 1 + 4 * PARSE_ATTEMPTS
+                one_ask = spent  # what the single ask cost: three of them would have passed the budget
+                assert PARSE_ATTEMPTS * one_ask > asks * per_ask

@@ -384,6 +384,13 @@ def test_compare_a_retrained_candidate_with_seed_variance_in_the_null(tmp_path, 
     # the same weights evaluated again: seed by seed, the regeneration null
     again = make_grid(tmp_path / "again", {"dpo": base_t}, REF, sha="b")
     assert {(v.unit, v.null) for v in compare(base, again) if v.metric == "reward"} == {(f"dpo/seed{s}", "regeneration") for s in range(3)}
+    # seed 0 the same weights, seeds 1 and 2 retrained: seed 0 (a difference of 0) says nothing of retraining
+    mixed_t = np.vstack([base_t[:1], cand_t[1:]])
+    mixed = make_grid(tmp_path / "mixed", {"dpo": mixed_t}, REF, sha="c")
+    f = mixed / "dpo" / "seed0" / "eval_generation.json"
+    f.write_text(f.read_text().replace('"c-dpo-0"', '"b-dpo-0"'))
+    (r,) = [v for v in compare(base, mixed) if v.metric == "reward"]
+    assert (r.null, r.n_seeds) == ("new training run", 2) and r.ci == pytest.approx(tuple(across_seeds(cand_t[1:] - base_t[1:])["ci"]))
 
 
 def stats_paired(a, b) -> float:

@@ -179,26 +179,28 @@ class _Judge:
     def ask(self, call: Call, probe: bool) -> dict | None:
         """The call's verdict record: an answer that parses to no verdict is asked again (PARSE_ATTEMPTS in all);
         the record's tokens and cost are those of every ask. Each ask first reserves its estimated cost against
-        the budget, so neither a call nor a re-ask can pass it; a re-ask the budget stops leaves the parse
-        failure as the record, and None means the budget stopped the first ask."""
+        the budget (prompt characters / 4 and max_tokens: an estimate, not a bound); None when the budget (or
+        another call's failure) stops an ask, a re-ask included, so the call is asked afresh next run rather
+        than cached as a parse failure (what its asks cost is counted as spent)."""
         estimated = cost(self.spec, call.prompt_tokens_estimate(), self.spec.max_tokens)  # an upper bound on the output
         paid = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
-        record, attempts = None, 0
-        while attempts < PARSE_ATTEMPTS and self.reserve(estimated):
+        for attempt in range(PARSE_ATTEMPTS):
+            if not self.reserve(estimated):
+                return None
             try:
-                record = self.request(call, probe and attempts == 0)
-            finally:
+                record = self.request(call, probe and attempt == 0)
+            except BaseException:
                 with self.lock:
                     self.reserved -= estimated
-            attempts += 1
-            paid = {k: paid[k] + record[k] for k in paid}
-            with self.lock:
+                raise
+            with self.lock:  # one step: another thread never sees the ask neither held nor spent
+                self.reserved -= estimated
                 self.spent += record["cost_usd"]
-            if record["verdict"] is not None or record["error"] is not None or attempts == PARSE_ATTEMPTS:
-                break
+            paid = {k: paid[k] + record[k] for k in paid}
+            if record["verdict"] is not None or record["error"] is not None or attempt + 1 == PARSE_ATTEMPTS:
+                return record | paid | {"attempts": attempt + 1}
             with self.lock:
                 self.reasked += 1
-        return None if record is None else record | paid | {"attempts": attempts}
 
     def reserve(self, estimated: float) -> bool:
         """Hold `estimated` dollars of the budget for one ask; False (and the budget marked reached) when it does
