@@ -287,20 +287,21 @@ def load_scores(out_dir: Path, name: str, metric: str | None = None) -> tuple[di
     return ({r["id"]: r[metric] for r in rows}, {r["id"]: r["doc_hash"] for r in rows}, read_json(out_dir / f"{name}.json"))
 
 
-def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None) -> dict:
+def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None, n_boot: int = stats.N_BOOT) -> dict:
     """paired_test of result `name` of two checkpoints (a - b), refusing different task versions or items."""
     scores_a, hashes_a, result_a = load_scores(dir_a, name, metric)
     scores_b, hashes_b, result_b = load_scores(dir_b, name, metric)
     changed = sorted(i for i in set(hashes_a) & set(hashes_b) if hashes_a[i] != hashes_b[i])
     if changed:
         raise BenchmarkError(f"{name}: {len(changed)} documents differ between {dir_a} and {dir_b} (e.g. {changed[0]})")
-    return paired_test(scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"])
+    return paired_test(scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"], n_boot=n_boot)
 
 
-def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None) -> dict:
+def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None,
+                n_boot: int = stats.N_BOOT) -> dict:
     """Checkpoint a against b on the documents both were scored on: mean(a - b) with its paired-bootstrap
     interval (documents resampled), and a p-value that is exact McNemar when every score is 0 or 1, else
-    the bootstrap's (stats.paired_difference)."""
+    the bootstrap's (stats.paired_difference, with n_boot replicates: stats.family_n_boot for a Holm family)."""
     if version_a != version_b:
         raise ValueError(f"task versions differ: {version_a!r} vs {version_b!r}; their documents cannot be paired")
     ids = sorted(set(scores_a) & set(scores_b))
@@ -308,7 +309,7 @@ def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, versi
         raise ValueError("no document was scored for both checkpoints")
     a = np.array([scores_a[i] for i in ids], dtype=float)
     b = np.array([scores_b[i] for i in ids], dtype=float)
-    paired = stats.paired_difference(a, b)
+    paired = stats.paired_difference(a, b, n_boot=n_boot)
     out = {"n": len(ids), "only_a": len(scores_a) - len(ids), "only_b": len(scores_b) - len(ids),
            "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": paired["difference"], "ci": paired["ci"]}
     if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():

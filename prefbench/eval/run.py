@@ -90,7 +90,9 @@ def benchmarks(recipe: Recipe) -> dict[str, dict]:
     for u in units.values():
         run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
     ref_dir = units["reference"].out / "benchmarks"
-    paired = {name: {f"{t.result_name()} {metric}": compare(u.out / "benchmarks", ref_dir, t.result_name(), metric)
+    cells = sum(len(doc_metrics(ref_dir, t.result_name())) for t in spec.tasks) * (len(units) - 1)
+    n_boot = stats.family_n_boot(cells)  # bootstrap p-values fine enough for Holm over the grid
+    paired = {name: {f"{t.result_name()} {metric}": compare(u.out / "benchmarks", ref_dir, t.result_name(), metric, n_boot)
                      for t in spec.tasks for metric in doc_metrics(ref_dir, t.result_name())}
               for name, u in units.items() if name != "reference"}
     # Holm across the whole grid (every checkpoint x task metric): one family of tests against the reference
