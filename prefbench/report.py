@@ -180,7 +180,9 @@ def objective_table(run: Run) -> pd.DataFrame | None:
             row[col] = f"**{fmt(est)}**" if entry.get("best") == label else fmt(est)
         for c in entry.get("vs_reference", []):
             rows[c["objective"]][f"{col} - ref"] = f"{_diff(c)}, Holm p {c['p_holm']:.3g}"
-    return pd.DataFrame(list(rows.values())).set_index("objective")
+    order = [e["label"] for e in run.manifest["recipe"]["objectives"]]  # the recipe's order, not the file's sorted keys
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: order.index(r["objective"]) if r["objective"] in order else len(order))
+                        ).set_index("objective")
 
 
 def contrast_table(run: Run) -> pd.DataFrame | None:
