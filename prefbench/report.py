@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prefbench.results import Run, Unit, dig, load_run
+from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -159,7 +159,11 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
-OBJECTIVE_COLUMNS = {"reward": "reward", "greedy_reward": "greedy reward", "kl": "KL to ref"}
+OBJECTIVE_COLUMNS = {"kl": "KL to ref"}  # a metric's column name where it is not its key with spaces
+
+
+def _column(metric: str) -> str:
+    return OBJECTIVE_COLUMNS.get(metric, metric.replace("_", " "))
 
 
 def _diff(c: dict) -> str:
@@ -174,7 +178,7 @@ def objective_table(run: Run) -> pd.DataFrame | None:
         return None
     rows: dict[str, dict] = {}
     for metric, entry in _metrics(run):
-        col = OBJECTIVE_COLUMNS[metric]
+        col = _column(metric)
         for label, est in entry["objectives"].items():
             row = rows.setdefault(label, {"objective": label, "seeds": est["n_seeds"]})
             row[col] = f"**{fmt(est)}**" if entry.get("best") == label else fmt(est)
@@ -194,7 +198,7 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
     for metric, entry in _metrics(run):
         for c in entry.get("pairs", []):
             higher = c["a"] if c["difference"] > 0 else c["b"]
-            rows.append({"contrast": f"{OBJECTIVE_COLUMNS[metric]}: {c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
+            rows.append({"contrast": f"{_column(metric)}: {c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
                          "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
                          "reading": f"{higher} higher" if c["resolved"] else "not resolved"})
     return pd.DataFrame(rows).set_index("contrast") if rows else None
@@ -203,7 +207,7 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
 def _metrics(run: Run) -> list[tuple[str, dict]]:
     """The objective-level metrics in the report's column order (the stored file's keys are sorted)."""
     stored = run.objectives["metrics"]
-    return [(metric, stored[metric]) for metric in OBJECTIVE_COLUMNS if metric in stored]
+    return [(metric, stored[metric]) for metric in PER_PROMPT_METRICS if metric in stored]
 
 
 def matched_kl_table(run: Run) -> pd.DataFrame | None:
@@ -237,7 +241,7 @@ def objectives_in_words(run: Run) -> str:
     for metric, entry in _metrics(run):
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
-        leader, name = entry["leader"], OBJECTIVE_COLUMNS[metric]
+        leader, name = entry["leader"], _column(metric)
         if entry["best"]:
             said.append(f"{leader} leads on {name}, and its difference from every other objective holds after Holm.")
         else:

@@ -285,6 +285,17 @@ def load_run(root: str | Path) -> Run:
     return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives)
 
 
+# The metrics compared across checkpoints, at objective level (eval/run.py: objectives) and between runs
+# (prefbench compare): name -> (path to its per-prompt values in eval_generation.json, higher is better; None:
+# no direction, so it is estimated and reported as higher / lower, never ranked or called an improvement).
+# Distinct-n and self-similarity have no per-prompt values and stay out.
+PER_PROMPT_METRICS = {
+    "reward": (("sampled", "per_prompt_reward"), True),
+    "greedy_reward": (("greedy", "per_prompt_reward"), True),
+    "kl": (("kl", "per_prompt"), None),
+}
+
+
 def dig(d: Any, path: tuple[str, ...]) -> Any:
     """d[path[0]][path[1]]..., or None where a key is missing."""
     for key in path:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import ResultsError, dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
+from prefbench.results import PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -289,18 +289,8 @@ def judge(recipe: Recipe) -> dict:
 
 # ---- objectives ------------------------------------------------------------------------------------
 
-# Metrics compared at objective level: name -> (path to the per-prompt values in eval_generation.json, higher
-# is better; None: no direction, estimated but never ranked). Distinct-n and self-similarity have no per-prompt
-# values and stay out; so does anything without an interval.
-OBJECTIVE_METRICS = {
-    "reward": (("sampled", "per_prompt_reward"), True),
-    "greedy_reward": (("greedy", "per_prompt_reward"), True),
-    "kl": (("kl", "per_prompt"), None),
-}
-
-
 def objectives(recipe: Recipe) -> dict:
-    """Each metric of OBJECTIVE_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
+    """Each metric of results.PER_PROMPT_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
     seed, that training run only): each objective's estimate, its difference from the reference, every pair of
     objectives contrasted, the leader and whether it is best. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
@@ -308,7 +298,7 @@ def objectives(recipe: Recipe) -> dict:
     # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
     settings = read_json(reference).get("settings") if reference.is_file() else None
     out: dict = {"seeds": list(recipe.seeds), "settings": settings, "metrics": {}}
-    for metric, (path, higher) in OBJECTIVE_METRICS.items():
+    for metric, (path, higher) in PER_PROMPT_METRICS.items():
         tables = _objective_tables(root, recipe, path)
         if not tables:
             continue  # e.g. no greedy pass
@@ -340,8 +330,8 @@ def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
 def _frontier(root: Path, recipe: Recipe, sweeps: dict[str, tuple[str, list]], metrics: dict) -> dict:
     """Each swept objective's reward-KL frontier (its points' objective-level estimates, by knob value) and, with
     two or more swept objectives, their comparison at matched KL (stats.matched_kl)."""
-    kl_tables = _objective_tables(root, recipe, OBJECTIVE_METRICS["kl"][0])
-    reward_tables = _objective_tables(root, recipe, OBJECTIVE_METRICS["reward"][0])
+    kl_tables = _objective_tables(root, recipe, PER_PROMPT_METRICS["kl"][0])
+    reward_tables = _objective_tables(root, recipe, PER_PROMPT_METRICS["reward"][0])
     out: dict = {"objectives": {}}
     points = {}
     for name, (knob, specs) in sweeps.items():
