@@ -120,8 +120,11 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     n_boot = stats.family_n_boot(m)
     verdicts = []
     for unit, base_unit, metric, null, values in tests:
-        r = (stats.paired_difference(values[0], values[1], n_boot=n_boot) if null != "new training run" else
-             stats.across_seeds(values) if isinstance(values, np.ndarray) else stats.across_seed_groups(*values))
+        if null != "new training run":
+            r = stats.paired_difference(values[0], values[1], n_boot=n_boot)
+        else:  # seeds shared by both sides are paired (same examples, same order); otherwise two groups of runs
+            c_table, b_table, paired = values
+            r = stats.across_seeds(c_table - b_table) if paired else stats.across_seed_groups(c_table, b_table)
         df = r.get("df")  # None: a bootstrap over prompts, read with normal quantiles
         quantile = (lambda q: float(t_dist.ppf(q, df))) if df else (lambda q: float(norm.ppf(q)))
         se = (r["ci"][1] - r["ci"][0]) / (2 * quantile(1 - ALPHA / 2))
@@ -158,8 +161,8 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
                        a paired bootstrap over prompts; values (candidate, baseline) per-prompt arrays
     new training run   retrained (seeds whose weights match on both sides left out: they show no run-to-run
                        variation) with 2+ seeds on a side, for this metric: per objective, seed variance in the
-                       interval; values a [seeds, prompts] table of candidate - baseline on shared seeds (2+ of
-                       them), else (candidate table, baseline table) with unpaired seeds (stats.across_seed_groups)
+                       interval; values (candidate table, baseline table, paired): [seeds, prompts] tables of the
+                       shared seeds, paired (2+ of them), else of every seed, unpaired (stats.across_seed_groups)
     one seed           one seed per side and no way to know run-to-run variation: per seed, the prompt bootstrap,
                        flagged (the verdict speaks for these two checkpoints only)"""
     sha = lambda u: u.generation.get("checkpoint_sha256")  # noqa: E731
@@ -178,19 +181,18 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
         b_new = {s: v for s, v in b_vals.items() if s not in identical}
         both, prompts = sorted(set(c_new) & set(b_new)), len(next(iter(c_vals.values())))
         if len(both) >= 2:
-            yield label, base_label, metric, "new training run", np.array([c_new[s] - b_new[s] for s in both])
+            yield label, base_label, metric, "new training run", (np.array([c_new[s] for s in both]), np.array([b_new[s] for s in both]), True)
         elif c_new and b_new and max(len(c_new), len(b_new)) >= 2 and prompts >= 2:
-            yield label, base_label, metric, "new training run", (np.array(list(c_new.values())), np.array(list(b_new.values())))
-        else:  # one seed a side: seed by seed, flagged
+            yield label, base_label, metric, "new training run", (np.array(list(c_new.values())), np.array(list(b_new.values())), False)
+        else:  # one seed a side: seed by seed, flagged (unless that seed's weights are the same: evaluated again)
             one_each = [(next(iter(c_vals)), next(iter(b_vals)))] if len(c_vals) == len(b_vals) == 1 else []
             for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or one_each:
-                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, "one seed", (c_vals[cs], b_vals[bs])
+                null = "regeneration" if cs == bs and cs in identical else "one seed"
+                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, null, (c_vals[cs], b_vals[bs])
 
 
 def _means(values) -> tuple[float, float]:
-    """(baseline mean, candidate mean) of a test's values; a table of differences has no separate means."""
-    if isinstance(values, np.ndarray):
-        return float("nan"), float("nan")
+    """(baseline mean, candidate mean) of a test's values (per-prompt arrays or [seeds, prompts] tables)."""
     return float(np.mean(values[1])), float(np.mean(values[0]))
 
 
@@ -227,8 +229,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
         said = v.verdict.upper() if v.verdict in FAILING else v.verdict
         if v.verdict == "no change" and v.detectable == v.detectable:
             said += f" (could detect ±{v.detectable:.3f})"
-        means = "" if v.baseline != v.baseline else f"{v.baseline:>9.3f}{v.candidate:>10.3f}"
-        lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{means or ' ' * 19}{v.diff:>+9.3f}  "
+        lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{v.baseline:>9.3f}{v.candidate:>10.3f}{v.diff:>+9.3f}  "
                      f"[{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]  {v.p:>6.3f}{v.p_holm:>8.3f}  {said}")
     nulls = {v.null for v in verdicts}
     if "one seed" in nulls:
