@@ -106,7 +106,7 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
         ref_selected, _, _, ref_head, _ = _completion_hidden(reference, input_ids, attention_mask, completion_mask)
     # with a reference, both models' [chunk, vocab] blocks and their products are alive at once: half the rows
     chunk = max(1, block_elements(selected.device) // head.weight.shape[0] // (2 if reference is not None else 1))
-    pieces: dict[str, list[Tensor]] = {"logp": [], "entropy": [], "ref_logp": [], "kl": []}
+    pieces: dict[str, list[Tensor]] = {name: [] for name in ("logp", "entropy") + (("ref_logp", "kl") if reference is not None else ())}
     for start in range(0, selected.shape[0], chunk):
         block, target = slice(start, start + chunk), targets[start : start + chunk, None]
         logits = F.linear(selected[block], head.weight, head.bias).to(dtype).log_softmax(-1)
@@ -120,8 +120,7 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
     zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
     out = {"tokens": completion_mask[:, 1:].bool().sum(1)}
     for name, values in pieces.items():
-        if values or name in ("logp", "entropy") or reference is not None:
-            out[name] = zeros.clone().index_add(0, rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
+        out[name] = zeros.clone().index_add(0, rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
     return out
 
 

@@ -43,6 +43,11 @@ def fmt(est, digits: int = 3) -> str:
     return f"{est['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _diff(c: dict) -> str:
+    """A paired difference as `+d [+lo, +hi]`."""
+    return f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+
+
 def unit_table(run: Run) -> pd.DataFrame:
     """One row per unit (reference first): generation estimates as `mean [CI]` over prompts, training costs. No
     row is marked best here: which objective leads is an objective-level question (objective_table)."""
@@ -81,7 +86,7 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
         for key, r in (u.benchmarks or {}).items():
             holm = f"{r['p_holm']:.3f}" if "p_holm" in r else "n/a"
             rows.setdefault("reference", {})[key] = f"{r['mean_b']:.3f}"
-            rows.setdefault(u.name, {})[key] = (f"{r['mean_a']:.3f} (Δ {r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}], "
+            rows.setdefault(u.name, {})[key] = (f"{r['mean_a']:.3f} (Δ {_diff(r)}, "
                                                 f"p {r['p_value']:.3f}, Holm {holm}, n {r['n']})")
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
@@ -99,7 +104,7 @@ def preference_table(run: Run) -> pd.DataFrame | None:
                         "chosen logp/token": fmt(p["logp_per_token"]["chosen"]), "rejected logp/token": fmt(p["logp_per_token"]["rejected"])})
             for key, col in (("accuracy", "accuracy - ref"), ("chosen_logp_per_token", "chosen logp/token - ref")):
                 d = p.get("vs_reference", {}).get(key)
-                row[col] = f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else ""
+                row[col] = _diff(d) if d else ""
         else:
             for label in ("desirable", "undesirable"):
                 row.update({f"{label} n": p[label]["n"], f"{label} log-ratio": fmt(p[label]["log_ratio"]),
@@ -120,7 +125,7 @@ def claims_table(run: Run) -> pd.DataFrame | None:
     for c in run.claims:
         row = {"claim": c["claim"], "seeds": c["n_seeds"], "better - worse": "n/a", "p": "", "Holm p": "", "verdict": c["verdict"]}
         if "difference" in c:
-            row.update({"better - worse": f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]", "p": f"{c['p_value']:.3g}",
+            row.update({"better - worse": _diff(c), "p": f"{c['p_value']:.3g}",
                         "Holm p": f"{c['p_holm']:.3g}"})
             if not c["seed_variance"]:
                 row["verdict"] += " (one seed: this training run only)"
@@ -166,18 +171,21 @@ def _column(metric: str) -> str:
     return OBJECTIVE_COLUMNS.get(metric, metric.replace("_", " "))
 
 
-def _diff(c: dict) -> str:
-    return f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+def _metrics(run: Run) -> list[tuple[str, dict]]:
+    """The objective-level metrics in the report's column order (the stored file's keys are sorted); none when
+    the run has no objective-level file, or a stale one."""
+    stored = (run.objectives or {}).get("metrics") or {}
+    return [(metric, stored[metric]) for metric in PER_PROMPT_METRICS if metric in stored]
 
 
 def objective_table(run: Run) -> pd.DataFrame | None:
     """One row per objective, as evaluation stored it (eval/run.py: objectives): each metric across seeds and
     prompts, its difference from the reference with Holm's p across the objectives; bold marks the leader only
     where its contrast with every other objective is resolved after Holm."""
-    if not run.objectives or not run.objectives.get("metrics"):
+    if not (metrics := _metrics(run)):
         return None
     rows: dict[str, dict] = {}
-    for metric, entry in _metrics(run):
+    for metric, entry in metrics:
         col = _column(metric)
         for label, est in entry["objectives"].items():
             row = rows.setdefault(label, {"objective": label, "seeds": est["n_seeds"]})
@@ -192,8 +200,6 @@ def objective_table(run: Run) -> pd.DataFrame | None:
 def contrast_table(run: Run) -> pd.DataFrame | None:
     """Every pair of objectives on each ranked metric: the difference on the same seeds and prompts, its interval,
     p and Holm's p across the pairs, and what it says in words."""
-    if not run.objectives or not run.objectives.get("metrics"):
-        return None
     rows = []
     for metric, entry in _metrics(run):
         for c in entry.get("pairs", []):
@@ -202,12 +208,6 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
                          "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
                          "reading": f"{higher} higher" if c["resolved"] else "not resolved"})
     return pd.DataFrame(rows).set_index("contrast") if rows else None
-
-
-def _metrics(run: Run) -> list[tuple[str, dict]]:
-    """The objective-level metrics in the report's column order (the stored file's keys are sorted)."""
-    stored = run.objectives["metrics"]
-    return [(metric, stored[metric]) for metric in PER_PROMPT_METRICS if metric in stored]
 
 
 def matched_kl_table(run: Run) -> pd.DataFrame | None:
@@ -231,14 +231,14 @@ def objectives_in_words(run: Run) -> str:
     resolved, and how far the intervals reach (one seed: this training run only)."""
     if run.objectives and "stale" in run.objectives:
         return f"The objective-level statistics were {run.objectives['stale']}."
-    if not run.objectives or not run.objectives.get("metrics"):
+    if not (metrics := _metrics(run)):
         return ""
     seeds = len(run.objectives["seeds"])
     scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals hold for a new training run of the recipe."
              if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
              "a new training run of the same recipe could order them differently (add seeds to tell).")
     said = []
-    for metric, entry in _metrics(run):
+    for metric, entry in metrics:
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
         leader, name = entry["leader"], _column(metric)

@@ -251,7 +251,8 @@ class Run:
         return self.manifest.get("recipe", {}).get("name", self.root.name)
 
 
-def _optional(path: Path) -> Any:
+def read_optional(path: Path) -> Any:
+    """A JSON file's content, or None when there is no such file."""
     return read_json(path) if path.is_file() else None
 
 
@@ -261,8 +262,8 @@ def load_run(root: str | Path) -> Run:
     if not (root / "manifest.json").is_file():
         raise ResultsError(f"{root}: not a run directory (no manifest.json)")
     manifest = read_json(root / "manifest.json")
-    units = [Unit("reference", "reference", None, "reference", None, generation=_optional(root / "reference" / "eval_generation.json"),
-                  preference=_optional(root / "reference" / "eval_preference.json"))]
+    units = [Unit("reference", "reference", None, "reference", None, generation=read_optional(root / "reference" / "eval_generation.json"),
+                  preference=read_optional(root / "reference" / "eval_preference.json"))]
     for entry in manifest["recipe"]["objectives"]:
         for seed in manifest["recipe"]["seeds"]:
             d = root / entry["label"] / f"seed{seed}"
@@ -270,8 +271,8 @@ def load_run(root: str | Path) -> Run:
                 continue  # not trained (yet): reports show what exists
             summary = read_json(d / "summary.json")
             units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
-                              summary, read_jsonl(d / "metrics.jsonl"), _optional(d / "eval_generation.json"),
-                              _optional(d / "benchmarks" / "vs_reference.json"), _optional(d / "eval_preference.json")))
+                              summary, read_jsonl(d / "metrics.jsonl"), read_optional(d / "eval_generation.json"),
+                              read_optional(d / "benchmarks" / "vs_reference.json"), read_optional(d / "eval_preference.json")))
     settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
     if len(set(settings.values())) > 1:
         groups: dict[str, list[str]] = {}
@@ -279,10 +280,10 @@ def load_run(root: str | Path) -> Run:
             groups.setdefault(s, []).append(name)
         raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
                            + " | ".join(", ".join(g) for g in groups.values()))
-    claims, objectives = _optional(root / "eval_claims.json"), _optional(root / "eval_objectives.json")
+    claims, objectives = read_optional(root / "eval_claims.json"), read_optional(root / "eval_objectives.json")
     if objectives is not None and settings and json.dumps(objectives.get("settings"), sort_keys=True) not in settings.values():
         objectives = {"stale": "computed from other evaluation settings than the units': run `prefbench evaluate RECIPE --stage objectives`"}
-    return Run(root, manifest, units, _optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives)
+    return Run(root, manifest, units, read_optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives)
 
 
 # The metrics compared across checkpoints, at objective level (eval/run.py: objectives) and between runs

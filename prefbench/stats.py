@@ -14,6 +14,7 @@ that the two agree within Monte Carlo error. Holm is written here because scipy 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -95,8 +96,6 @@ def across_seeds(table, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
 
     Returns {"difference", "ci", "p_value", "n_seeds", "n_prompts", "df", "seed_variance"}; p is the t test's,
     floored at the smallest positive float (never 0)."""
-    from scipy import stats as st
-
     x = np.asarray(table, dtype=float)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"expected a [seeds, prompts] table, got shape {x.shape}")
@@ -113,12 +112,18 @@ def across_seeds(table, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
     df_resid = (n_seeds - 1) * (n_prompts - 1)
     ms_resid = (resid**2).sum() / df_resid if df_resid else 0.0
     se = float(np.sqrt((ms_seeds + max(ms_prompts - ms_resid, 0.0)) / (n_seeds * n_prompts)))
-    df = float(n_seeds - 1)
+    return _t_test(float(grand), se, float(n_seeds - 1), level) | {"n_seeds": n_seeds, "n_prompts": n_prompts}
+
+
+def _t_test(diff: float, se: float, df: float, level: float) -> dict:
+    """{"difference", "ci", "p_value", "df", "seed_variance"} of a t test of `diff` against 0: the interval and
+    p on df degrees of freedom, p floored at the smallest positive float (never 0). se 0: every value is the
+    same; a nonzero constant is a difference no seed or prompt varies (resolved)."""
+    from scipy import stats as st
+
     half = float(st.t.ppf((1 + level) / 2, df)) * se
-    # se 0: every value is the same; a nonzero constant is a difference no seed or prompt varies (resolved)
-    p = float(2 * st.t.sf(abs(grand) / se, df)) if se > 0 else (1.0 if grand == 0 else 0.0)
-    return {"difference": float(grand), "ci": [float(grand - half), float(grand + half)], "p_value": max(p, np.finfo(float).tiny),
-            "n_seeds": n_seeds, "n_prompts": n_prompts, "df": df, "seed_variance": True}
+    p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return {"difference": diff, "ci": [diff - half, diff + half], "p_value": max(p, np.finfo(float).tiny), "df": df, "seed_variance": True}
 
 
 def across_seed_groups(a, b, level: float = LEVEL) -> dict:
@@ -131,8 +136,6 @@ def across_seed_groups(a, b, level: float = LEVEL) -> dict:
     part is the variance over prompts of the per-prompt difference of seed means less its residual share,
     floored at 0, over P (prompt main effects cancel: the prompts are shared). t on the pooled seed degrees
     of freedom, as in across_seeds. Needs 2 seeds on at least one side."""
-    from scipy import stats as st
-
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2:
         raise ValueError(f"expected two [seeds, prompts] tables on the same prompts, got {a.shape} and {b.shape}")
@@ -152,11 +155,7 @@ def across_seed_groups(a, b, level: float = LEVEL) -> dict:
     inverse = 1 / a.shape[0] + 1 / b.shape[0]
     per_prompt = a.mean(0) - b.mean(0)
     se = float(np.sqrt(v_run * inverse + max(per_prompt.var(ddof=1) - ms_resid * inverse, 0.0) / n_prompts))
-    diff, df = float(per_prompt.mean()), float(df_seeds)
-    half = float(st.t.ppf((1 + level) / 2, df)) * se
-    p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
-    return {"difference": diff, "ci": [diff - half, diff + half], "p_value": max(p, np.finfo(float).tiny),
-            "n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts, "df": df, "seed_variance": True}
+    return _t_test(float(per_prompt.mean()), se, float(df_seeds), level) | {"n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts}
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -169,6 +168,20 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
+def holm_family(tests: list[dict], level: float = LEVEL) -> list[dict]:
+    """Marks each test (a dict with "p_value") with "p_holm", Holm-adjusted across the list as one family, and
+    "resolved" (p_holm < 1 - level); returns the list."""
+    for result, p_holm in zip(tests, holm([r["p_value"] for r in tests])):
+        result["p_holm"], result["resolved"] = p_holm, p_holm < 1 - level
+    return tests
+
+
+def _estimate_of(result: dict) -> dict:
+    """across_seeds of one objective's own values as an estimate: mean and interval (a p against 0 means nothing here)."""
+    return {"mean": result["difference"], "ci": result["ci"], "n_seeds": result["n_seeds"], "n_prompts": result["n_prompts"],
+            "seed_variance": result["seed_variance"]}
+
+
 def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL) -> dict:
     """One metric at objective level from each objective's [seeds, prompts] table (seeds shared across objectives,
     prompts shared with the reference's per-prompt values): each objective's estimate (across_seeds); with a
@@ -179,24 +192,17 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     Why every pair and not only the leader's contrasts: the leader is chosen by the same data, and the
     leader-against-last contrast is the range of k means, which a Holm family of k - 1 leader contrasts does not
     cover; Holm over all k (k - 1) / 2 pairs does (the null simulations in tests/test_stats.py)."""
-    import itertools
-
-    def family(tests: list[dict]) -> list[dict]:
-        for result, p_holm in zip(tests, holm([r["p_value"] for r in tests])):
-            result["p_holm"], result["resolved"] = p_holm, p_holm < 1 - level
-        return tests
-
     k = len(tables)
     n_boot = family_n_boot(max(k, k * (k - 1) // 2), level)  # one seed: the bootstrap fine enough for Holm's levels
     own = {label: across_seeds(t, level) for label, t in tables.items()}
-    out: dict = {"higher_is_better": higher,
-                 "objectives": {label: {"mean": r["difference"], "ci": r["ci"], "n_seeds": r["n_seeds"], "n_prompts": r["n_prompts"],
-                                        "seed_variance": r["seed_variance"]} for label, r in own.items()}}
+    out: dict = {"higher_is_better": higher, "objectives": {label: _estimate_of(r) for label, r in own.items()}}
     if higher is None:
         return out
     if reference is not None:
-        out["vs_reference"] = family([{"objective": label, **across_seeds(t - reference[None, :], level, n_boot)} for label, t in tables.items()])
-    out["pairs"] = family([{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)} for a, b in itertools.combinations(tables, 2)])
+        out["vs_reference"] = holm_family([{"objective": label, **across_seeds(t - reference[None, :], level, n_boot)}
+                                           for label, t in tables.items()], level)
+    out["pairs"] = holm_family([{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)}
+                                for a, b in itertools.combinations(tables, 2)], level)
     out["leader"] = leader = max(tables, key=lambda label: own[label]["difference"] * (1 if higher else -1))
     theirs = [c for c in out["pairs"] if leader in (c["a"], c["b"])]
     wins = [c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs]  # resolved, for the leader
@@ -218,8 +224,6 @@ def matched_kl(sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]], n_targets
 
     Returns {"range": [lo, hi] or None (with "reason"), "targets": [{"kl", "objectives": {name: estimate},
     "pairs": [...]}]}."""
-    import itertools
-
     def frontier_means(points):  # per seed: KL means of each point, [points, seeds]
         return np.array([kl.mean(1) for kl, _ in points])
 
@@ -244,14 +248,10 @@ def matched_kl(sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]], n_targets
     n_boot = family_n_boot(n_targets * len(sweeps) * (len(sweeps) - 1) // 2, level)
     for target in targets:
         tables = {name: at(points, target) for name, points in sweeps.items()}
-        own = {name: across_seeds(t, level) for name, t in tables.items()}
-        out["targets"].append({"kl": float(target),
-                               "objectives": {name: {"mean": r["difference"], "ci": r["ci"], "n_seeds": r["n_seeds"]} for name, r in own.items()},
+        out["targets"].append({"kl": float(target), "objectives": {name: _estimate_of(across_seeds(t, level)) for name, t in tables.items()},
                                "pairs": [{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)}
                                          for a, b in itertools.combinations(tables, 2)]})
-    tests = [c for t in out["targets"] for c in t["pairs"]]
-    for c, p_holm in zip(tests, holm([c["p_value"] for c in tests])):
-        c["p_holm"], c["resolved"] = p_holm, p_holm < 1 - level
+    holm_family([c for t in out["targets"] for c in t["pairs"]], level)  # one family: every pair at every target
     return out
 
 

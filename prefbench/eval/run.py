@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, run_dir, write_json, write_jsonl
+from prefbench.results import (PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, read_optional, run_dir, write_json,
+                               write_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -294,20 +295,22 @@ def objectives(recipe: Recipe) -> dict:
     seed, that training run only): each objective's estimate, its difference from the reference, every pair of
     objectives contrasted, the leader and whether it is best. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
-    reference = root / "reference" / "eval_generation.json"
+    reference = read_optional(root / "reference" / "eval_generation.json")
+    gens = {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
+            for spec in recipe.objectives}  # each file read once, for every metric
     # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
-    settings = read_json(reference).get("settings") if reference.is_file() else None
-    out: dict = {"seeds": list(recipe.seeds), "settings": settings, "metrics": {}}
+    out: dict = {"seeds": list(recipe.seeds), "settings": reference and reference.get("settings"), "metrics": {}}
+    tables = {metric: _objective_tables(gens, path) for metric, (path, _) in PER_PROMPT_METRICS.items()}
     for metric, (path, higher) in PER_PROMPT_METRICS.items():
-        tables = _objective_tables(root, recipe, path)
-        if not tables:
+        if not tables[metric]:
             continue  # e.g. no greedy pass
-        ref = dig(read_json(reference), path) if reference.is_file() else None
-        out["metrics"][metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), higher)
+        ref = dig(reference, path)
+        out["metrics"][metric] = stats.objective_level(tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher)
     if (sweeps := strength_sweeps(recipe)) and {"kl", "reward"} <= set(out["metrics"]):
-        out["frontier"] = _frontier(root, recipe, sweeps, out["metrics"])
+        out["frontier"] = _frontier(sweeps, tables["kl"], tables["reward"], out["metrics"])
     write_json(root / "eval_objectives.json", out)
     return out
+
 
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
@@ -327,11 +330,10 @@ def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
     return out
 
 
-def _frontier(root: Path, recipe: Recipe, sweeps: dict[str, tuple[str, list]], metrics: dict) -> dict:
+def _frontier(sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray], reward_tables: dict[str, np.ndarray],
+              metrics: dict) -> dict:
     """Each swept objective's reward-KL frontier (its points' objective-level estimates, by knob value) and, with
     two or more swept objectives, their comparison at matched KL (stats.matched_kl)."""
-    kl_tables = _objective_tables(root, recipe, PER_PROMPT_METRICS["kl"][0])
-    reward_tables = _objective_tables(root, recipe, PER_PROMPT_METRICS["reward"][0])
     out: dict = {"objectives": {}}
     points = {}
     for name, (knob, specs) in sweeps.items():
@@ -346,17 +348,17 @@ def _frontier(root: Path, recipe: Recipe, sweeps: dict[str, tuple[str, list]], m
     return out
 
 
-def _objective_tables(root: Path, recipe: Recipe, path: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per objective evaluated with every seed, its [seeds, prompts] table of per-prompt values at `path`."""
+def _objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per objective evaluated with every seed (gens: label -> each seed's eval_generation.json or None), its
+    [seeds, prompts] table of per-prompt values at `path`."""
     tables = {}
-    for spec in recipe.objectives:
-        files = [root / spec.label / f"seed{seed}" / "eval_generation.json" for seed in recipe.seeds]
-        rows = [dig(read_json(f), path) if f.is_file() else None for f in files]
+    for label, per_seed in gens.items():
+        rows = [dig(g, path) for g in per_seed]
         if any(r is None for r in rows):
             continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
         if len({len(r) for r in rows}) > 1:
-            raise ResultsError(f"{spec.label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
-        tables[spec.label] = np.array(rows, dtype=float)
+            raise ResultsError(f"{label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+        tables[label] = np.array(rows, dtype=float)
     if len({t.shape[1] for t in tables.values()}) > 1:
         raise ResultsError("the objectives were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
     return tables
@@ -386,12 +388,9 @@ def claims(recipe: Recipe) -> list[dict]:
             raise ResultsError(f"claim {claim.text!r}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
         row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
         rows.append(row | (stats.across_seeds(np.array(table)) if table else {"n_seeds": 0}))
-    tested = [r for r in rows if "p_value" in r]
-    for r, p_holm in zip(tested, stats.holm([r["p_value"] for r in tested])):
-        r["p_holm"] = p_holm
+    stats.holm_family([r for r in rows if "p_value" in r])
     for r in rows:
-        resolved = "p_holm" in r and r["p_holm"] < 1 - stats.LEVEL
-        r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if resolved
+        r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if r.get("resolved")
                         else "not resolved")
     write_json(root / "eval_claims.json", {"claims": rows})
     return rows
