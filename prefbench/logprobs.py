@@ -6,6 +6,9 @@ states are gathered at the positions that predict a completion token (prompt and
 never reach the LM head), and those rows go through the head in chunks, each checkpointed so that
 backward recomputes one [chunk, vocab] block at a time instead of keeping all of them.
 
+Its input is a `data.batches.Forward`: each row its own sequence, or rows of one prompt sharing it
+(the prompt run once, each completion after it under a mask that keeps completions apart).
+
 It is an nn.Module so that DDP and FSDP2 wrap it whole: calling the backbone through the wrapper
 keeps their gradient hooks in the path.
 """
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+
+from prefbench.data.batches import Forward
 
 # Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB). On a GPU
 # a block of that size is ~170 rows of a 49k vocabulary: the head becomes hundreds of small launches
@@ -59,56 +64,65 @@ def causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
+def shares_prompts(model: nn.Module) -> bool:
+    """Whether `model` computes a shared-prompt forward (`data.batches.collate(share=True)`) exactly: its
+    attention is SDPA or eager, which apply a custom 4-D mask as given, and every layer attends to the whole
+    context (a sliding window would be replaced by the mask). Other implementations (flash-attention's
+    kernels take no such mask) run each completion with its own copy of the prompt."""
+    config = causal_lm(model).config
+    full = getattr(config, "sliding_window", None) is None and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ())
+    return full and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
 class SequenceLogps(nn.Module):
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Summed completion log-probs [rows] and completion token counts [rows].
-
-        completion_mask[b, t] = 1 where token t is a completion token whose log-prob counts; the
-        token at t is predicted from position t - 1.
-        """
-        selected, targets, rows, head, dtype = _completion_hidden(self.lm, input_ids, attention_mask, completion_mask)
+    def forward(self, *batch) -> tuple[Tensor, Tensor]:
+        """Summed completion log-probs [rows] and completion token counts [rows] of a `Forward` (passed as
+        its fields, so that DDP and FSDP see plain tensors)."""
+        fwd = Forward(*batch)
+        selected, head, dtype = _completion_hidden(self.lm, fwd)
         vocab = head.weight.shape[0]
         recompute = torch.is_grad_enabled() and selected.shape[0] * vocab > LOGITS_RECOMPUTE_ABOVE
         chunk = max(1, block_elements(selected.device) // vocab)
         pieces = []
         for start in range(0, selected.shape[0], chunk):
-            args = (selected[start : start + chunk], head.weight, head.bias, targets[start : start + chunk])
+            args = (selected[start : start + chunk], head.weight, head.bias, fwd.targets[start : start + chunk])
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
         token_logps = torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=dtype)
-        sums = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device).index_add(0, rows, token_logps)
-        return sums, completion_mask[:, 1:].bool().sum(1)
+        sums = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device).index_add(0, fwd.rows, token_logps)
+        return sums, torch.bincount(fwd.rows, minlength=fwd.n_rows)
 
 
-def _completion_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor):
-    """The backbone's hidden states at the positions that predict a completion token, their targets and rows."""
+def _completion_hidden(lm: nn.Module, fwd: Forward):
+    """The backbone's hidden states at the positions that predict a completion token, the LM head, and the
+    log-prob dtype (fp32 at least)."""
     lm = causal_lm(lm)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
-    with attention_kernels(input_ids.device):
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    predicts = completion_mask[:, 1:].bool()  # position t predicts token t + 1
-    rows, cols = predicts.nonzero(as_tuple=True)
-    return hidden[:, :-1][rows, cols], input_ids[:, 1:][rows, cols], rows, head, torch.promote_types(hidden.dtype, torch.float32)
+    mask = fwd.attention_mask
+    if mask.dim() == 4 and lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=lm.dtype, device=mask.device).masked_fill(~mask, torch.finfo(lm.dtype).min)
+    with attention_kernels(fwd.input_ids.device):
+        hidden = backbone(input_ids=fwd.input_ids, attention_mask=mask, position_ids=fwd.position_ids, use_cache=False).last_hidden_state
+    return hidden.flatten(0, 1)[fwd.predict_at], head, torch.promote_types(hidden.dtype, torch.float32)
 
 
 @torch.no_grad()
-def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
-                     reference: nn.Module | None = None) -> dict[str, Tensor]:
+def completion_stats(lm: nn.Module, fwd: Forward, reference: nn.Module | None = None) -> dict[str, Tensor]:
     """Per row (evaluation only: no gradient): "logp" the summed completion log-probs, "entropy" the summed
     per-token entropies of the model's next-token distribution at those positions, "tokens" their count; with
     a `reference` model also "ref_logp" and "kl", the summed per-token KL(lm || reference) between the two
     next-token distributions along the row (exact at each position: summed over the whole vocabulary)."""
-    selected, targets, rows, head, dtype = _completion_hidden(lm, input_ids, attention_mask, completion_mask)
+    selected, head, dtype = _completion_hidden(lm, fwd)
     if reference is not None:
-        ref_selected, _, _, ref_head, _ = _completion_hidden(reference, input_ids, attention_mask, completion_mask)
+        ref_selected, ref_head, _ = _completion_hidden(reference, fwd)
     # with a reference, both models' [chunk, vocab] blocks and their products are alive at once: half the rows
     chunk = max(1, block_elements(selected.device) // head.weight.shape[0] // (2 if reference is not None else 1))
     pieces: dict[str, list[Tensor]] = {name: [] for name in ("logp", "entropy") + (("ref_logp", "kl") if reference is not None else ())}
     for start in range(0, selected.shape[0], chunk):
-        block, target = slice(start, start + chunk), targets[start : start + chunk, None]
+        block, target = slice(start, start + chunk), fwd.targets[start : start + chunk, None]
         logits = F.linear(selected[block], head.weight, head.bias).to(dtype).log_softmax(-1)
         pieces["logp"].append(logits.gather(1, target).squeeze(1))
         p = logits.exp()  # terms where p is 0 are 0 (not 0 * -inf: a token masked out of the vocabulary)
@@ -117,10 +131,10 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
             ref_logits = F.linear(ref_selected[block], ref_head.weight, ref_head.bias).to(dtype).log_softmax(-1)
             pieces["ref_logp"].append(ref_logits.gather(1, target).squeeze(1))
             pieces["kl"].append(torch.where(p > 0, p * (logits - ref_logits), 0.0).sum(-1))
-    zeros = torch.zeros(input_ids.shape[0], dtype=dtype, device=input_ids.device)
-    out = {"tokens": completion_mask[:, 1:].bool().sum(1)}
+    zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
+    out = {"tokens": torch.bincount(fwd.rows, minlength=fwd.n_rows)}
     for name, values in pieces.items():
-        out[name] = zeros.clone().index_add(0, rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
+        out[name] = zeros.clone().index_add(0, fwd.rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
     return out
 
 
@@ -128,9 +142,9 @@ def completion_stats(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, c
 def token_logps(lm: nn.Module, ids: list[int], start: int) -> Tensor:
     """Per-token log-probs (fp32 at least, on the CPU) of ids[start:] under `lm`, each given what precedes it:
     the transformers side of the check that an engine loaded a checkpoint's weights as saved."""
-    device = next(lm.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    completion = torch.zeros_like(input_ids)
-    completion[0, start:] = 1
-    selected, targets, _, head, _ = _completion_hidden(lm, input_ids, torch.ones_like(input_ids), completion)
-    return _token_logps(selected, head.weight, head.bias, targets).cpu()
+    from prefbench.data.batches import collate
+    from prefbench.data.tokenize import Example
+
+    fwd = collate([(0, 0, 0)], [Example(tuple(ids[:start]), (tuple(ids[start:]),))], 0, next(lm.parameters()).device)
+    selected, head, _ = _completion_hidden(lm, fwd)
+    return _token_logps(selected, head.weight, head.bias, fwd.targets).cpu()

@@ -240,6 +240,9 @@ class TrainSpec:
     dtype: Dtype = "auto"
     fsdp: bool = False  # shard with FSDP2 under torchrun (models that do not fit one device)
     bucket_batches: int = 8  # length-bucketing window, in batches (1 = no bucketing)
+    # Rows of one prompt in one sequence, the prompt computed once (where the model's attention takes the
+    # mask that makes it exact: logprobs.shares_prompts); false: each completion with its own copy of it.
+    share_prompts: bool = True
 
     def problems(self, at: str = "train") -> list[str]:
         out = _choice_problems(self, at)

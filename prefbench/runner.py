@@ -51,7 +51,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     ref_seconds = 0.0
     if rank == 0:
         autocast = autocast_for(recipe.train.dtype, device)
-        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast)
+        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast, recipe.train.share_prompts)
     if world > 1:
         dist.barrier()
         ref = RefLogps(ref.path)

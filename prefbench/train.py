@@ -38,7 +38,7 @@ from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_b
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
-from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm
+from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, shares_prompts
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe
 from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, run_dir, write_json
@@ -56,20 +56,26 @@ class RefLogps:
         self.path = path
         self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
 
-    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast) -> float:
-        """Compute missing keys with the reference model; returns the seconds spent."""
-        missing = sorted(keys - self.values.keys(), key=lambda k: len(examples[k[0]].prompt) + len(examples[k[1]].completions[k[2]]))
+    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast, share: bool = True) -> float:
+        """Compute missing keys with the reference model (prompts shared where `share` and the model allow);
+        returns the seconds spent."""
+        row_length = lambda k: len(examples[k[0]].prompt) + len(examples[k[1]].completions[k[2]])
+        prompt_length = {}  # rows of one prompt next to each other, prompts in length order: less padding
+        for k in keys - self.values.keys():
+            prompt_length[examples[k[0]].prompt] = prompt_length.get(examples[k[0]].prompt, 0) + row_length(k)
+        missing = sorted(keys - self.values.keys(), key=lambda k: (prompt_length[examples[k[0]].prompt], k))
         if not missing:
             return 0.0
         start = time.perf_counter()
         lm, _ = models.load(spec)
+        share = share and shares_prompts(lm)
         model = SequenceLogps(lm.to(device).eval())
         computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
         with torch.no_grad(), tqdm(total=len(missing), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
             for i in range(0, len(missing), batch_rows):
                 chunk = missing[i : i + batch_rows]
                 with autocast:
-                    sums, _ = model(*collate(chunk, examples, pad_id, device))
+                    sums, _ = model(*collate(chunk, examples, pad_id, device, share))
                 computed.append(sums.double())
                 bar.update(len(chunk))
         self.values.update(zip(missing, torch.cat(computed).tolist()))
@@ -108,7 +114,9 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     path = models.resolve(recipe.model.name)
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors"))
     precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
-    identity = json.dumps([models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type], sort_keys=True, default=str)
+    # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
+    layout = "shared-prompts" if recipe.train.share_prompts else "own-prompts"
+    identity = json.dumps([models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, layout], sort_keys=True, default=str)
     return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
 
 
@@ -165,6 +173,7 @@ class Unit:
     world: int
     device: torch.device
     sharded: bool  # FSDP2: each process holds a shard of the weights and optimizer state
+    share: bool  # forwards share each prompt between its rows (train.share_prompts, where the model allows it)
     autocast: object
     objective: Objective
     lm: torch.nn.Module  # the Hugging Face model (PEFT-wrapped with LoRA): what checkpoints save
@@ -221,12 +230,13 @@ def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Pa
     autocast = autocast_for(t.dtype, device)
     torch.manual_seed(seed)
     lm, tokenizer = _load_model(recipe, resume, device)
+    share = t.share_prompts and shares_prompts(lm)
     policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
-    return Unit(spec, seed, out, rank, world, device, sharded, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
+    return Unit(spec, seed, out, rank, world, device, sharded, share, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
 
 
 def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
@@ -315,7 +325,7 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
     bar = tqdm(total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0)
     for step in range(start_step, t.steps):
         step_start = time.perf_counter()
-        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world)
+        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.share)
         sums, tokens = _forward_backward(u, batches, prepared, ref)
         grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         logged = _mean_over_batches(sums, u.world)
@@ -362,14 +372,14 @@ def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, re
     sums: dict[str, tuple[float, int]] = {}
     tokens = 0
     for n, mb in enumerate(batches):
-        ids, attention, completion = collate(mb.rows, prepared.train, pad_id, u.device)
+        fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.share)
         tokens += real_tokens(mb.rows, prepared.train)
         sync = nullcontext() if n == len(batches) - 1 or u.world == 1 or u.sharded else u.policy.no_sync()
         with sync:
             with u.autocast:
-                logps, counts = u.policy(ids, attention, completion)
+                logps, counts = u.policy(*fwd)
             logps, counts = logps.double(), counts.double()
-            batch, extra = _objective_batch(u.objective, mb, logps, counts, ref, prepared, pad_id, u.device, u.policy, u.autocast)
+            batch, extra = _objective_batch(u, mb, logps, counts, ref, prepared)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
                 raise TrainingError(f"{u.spec.name}: {out.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong")
@@ -384,8 +394,9 @@ def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, re
     return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
 
 
-def _objective_batch(objective, mb: MicroBatch, logps, counts, ref, prepared, pad_id, device, policy, autocast):
+def _objective_batch(u: Unit, mb: MicroBatch, logps, counts, ref, prepared):
     """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
+    objective, device = u.objective, u.device
     ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
     if objective.data == "paired":
         half = len(mb.rows) // 2
@@ -403,8 +414,8 @@ def _objective_batch(objective, mb: MicroBatch, logps, counts, ref, prepared, pa
     desirable = to_device(torch.tensor(mb.labels), device)
     kl_policy = kl_ref = None
     if mb.kl_rows:
-        with torch.no_grad(), autocast:  # z0 gets no gradient: one extra forward without a graph
-            kl_policy, _ = policy(*collate(mb.kl_rows, prepared.train, pad_id, device))
+        with torch.no_grad(), u.autocast:  # z0 gets no gradient: one extra forward without a graph
+            kl_policy, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, device, u.share))
         kl_policy = kl_policy.double()
         kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
     batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)

@@ -1,11 +1,21 @@
-"""SequenceLogps against the plain full-logits computation: values and gradients, on both head paths."""
+"""SequenceLogps against the plain full-logits computation: values and gradients, on both head paths; and the
+shared-prompt forward (each prompt once, its completions after it) against each row run on its own."""
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import prefbench.logprobs as logprobs
-from prefbench.logprobs import SequenceLogps
+from prefbench.data.batches import collate, sequences
+from prefbench.data.tokenize import Example
+from prefbench.logprobs import SequenceLogps, shares_prompts
+
+
+def tiny_llama(attention: str = "sdpa", dtype=torch.float64):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128)
+    config._attn_implementation = attention
+    return LlamaForCausalLM(config).to(dtype)
 
 
 def full_logits_reference(model, ids, attention, completion):
@@ -14,26 +24,101 @@ def full_logits_reference(model, ids, attention, completion):
     return (token * completion[:, 1:]).sum(1)
 
 
+def gradients(model, sums, weights):
+    model.zero_grad()
+    (sums * weights).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 @pytest.mark.parametrize("path", ["one_piece", "chunked_recomputed"])
 def test_sequence_logps_match_full_logits(monkeypatch, path):
     if path == "chunked_recomputed":  # 2 rows per block, and recompute from the first logit
         monkeypatch.setattr(logprobs, "LOGITS_BLOCK_ELEMENTS", 2 * 300)
         monkeypatch.setattr(logprobs, "LOGITS_RECOMPUTE_ABOVE", 0)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128)
-    model = LlamaForCausalLM(config).double()
+    model = tiny_llama()
     ids = torch.randint(0, 300, (3, 10))
+    # row 0: prompt 4, completion 6; row 1: prompt 2, completion 4, then 4 unscored tokens; row 2: 5 + 2, padded to 10
+    examples = [Example(tuple(ids[0, :4].tolist()), (tuple(ids[0, 4:].tolist()),)), Example(tuple(ids[1, :2].tolist()), (tuple(ids[1, 2:6].tolist()),)),
+                Example(tuple(ids[2, :5].tolist()), (tuple(ids[2, 5:7].tolist()),))]  # fmt: skip
+    rows = [(0, 0, 0), (1, 1, 0), (2, 2, 0)]
+    sums, counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))
+    assert counts.tolist() == [6, 4, 2]
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    ours = gradients(model, sums, weights)
     attention = torch.ones_like(ids)
-    attention[2, 7:] = 0  # right padding
+    attention[1, 6:], attention[2, 7:] = 0, 0
     completion = torch.zeros_like(ids)
     completion[0, 4:], completion[1, 2:6], completion[2, 5:7] = 1, 1, 1
-    sums, counts = SequenceLogps(model)(ids, attention, completion)
-    assert counts.tolist() == [6, 4, 2]
-    (sums * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).sum().backward()
-    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    expected = full_logits_reference(model, ids, attention, completion)
+    expected = full_logits_reference(model, ids * attention, attention, completion)
     torch.testing.assert_close(sums, expected, rtol=0, atol=1e-10)
-    (expected * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).sum().backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(ours[name], p.grad, rtol=0, atol=1e-10, msg=name)
+    theirs = gradients(model, expected, weights)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-10, msg=name)
+
+
+def shared_prompt_rows():
+    """Two pairs, one with a longer prompt; an unpaired row repeating pair 0's prompt (shared too); a row whose
+    prompt is another example's (KTO's mismatched pairs); rows out of prompt order."""
+    g = torch.Generator().manual_seed(1)
+    tokens = lambda n: tuple(torch.randint(1, 300, (n,), generator=g).tolist())
+    p0, p1 = tokens(5), tokens(9)
+    examples = [Example(p0, (tokens(4), tokens(7))), Example(p1, (tokens(3), tokens(1))), Example(p0, (tokens(6),))]
+    rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 1, 1), (2, 2, 0), (1, 0, 1)]
+    return examples, rows
+
+
+def test_shared_prompts_layout():
+    examples, rows = shared_prompt_rows()
+    seqs = sequences(rows, examples, share=True)
+    assert [indices for _, _, indices in seqs] == [[0, 2, 4], [1, 3, 5]]  # by prompt tokens, rows in order
+    fwd = collate(rows, examples, 0, "cpu", share=True)
+    assert fwd.input_ids.shape == (2, 5 + 4 + 7 + 6) and fwd.attention_mask.shape == (2, 1, 22, 22)
+    # pair 1's sequence: prompt 9, then completions of 3, 1 and (mismatched) 7 tokens; 2 padding
+    mask = fwd.attention_mask[1, 0]
+    assert mask[9:12, :9].all() and mask[12, 9:12].sum() == 0 and mask[13:20, 9:13].sum() == 0 and mask[20:, :20].sum() == 0
+    assert fwd.position_ids[1, :20].tolist() == list(range(9)) + [9, 10, 11] + [9] + list(range(9, 16))
+    # the first token of each completion is read from the prompt's last position (8), the others from the one before
+    first = fwd.predict_at[fwd.rows == 3]
+    assert first.tolist() == [1 * 22 + 8]
+    assert fwd.predict_at[fwd.rows == 1].tolist() == [22 + 8, 22 + 9, 22 + 10]
+    # without sharing: one sequence per row, a 2-D padding mask, no position ids
+    plain = collate(rows, examples, 0, "cpu")
+    assert plain.input_ids.shape == (6, 9 + 7) and plain.attention_mask.shape == (6, 16) and plain.position_ids is None
+    # nothing to share: the plain layout
+    assert collate([(0, 0, 0), (1, 1, 0)], examples, 0, "cpu", share=True).attention_mask.dim() == 2
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention):
+    """fp32, both attention implementations that take the mask: the shared-prompt forward gives the plain one's
+    log-probs to 1e-5 and its gradients to 1e-5 of each tensor's largest entry (summation order differs: the
+    prompt's gradient arrives once, summed over its completions, instead of once per row)."""
+    model = tiny_llama(attention, torch.float32)
+    assert shares_prompts(model)
+    examples, rows = shared_prompt_rows()
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
+    plain, plain_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))
+    plain_grads = gradients(model, plain, weights)
+    shared, shared_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", share=True))
+    shared_grads = gradients(model, shared, weights)
+    assert shared_counts.tolist() == plain_counts.tolist() == [4, 3, 7, 1, 6, 7]
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    for name, expected in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], expected, rtol=0, atol=1e-5 * expected.abs().max().item(), msg=name)
+    reference = tiny_llama(attention, torch.float32)
+    torch.nn.init.normal_(reference.lm_head.weight, std=0.05)  # a different model: KL > 0
+    stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", share=True), reference=reference)
+    expected = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu"), reference=reference)
+    assert (expected["kl"] > 0).all()
+    for name in expected:
+        torch.testing.assert_close(stats[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_shared_prompts_only_where_the_attention_takes_the_mask():
+    from types import SimpleNamespace
+
+    model = lambda **config: SimpleNamespace(config=SimpleNamespace(**config))
+    assert shares_prompts(model(_attn_implementation="sdpa", sliding_window=None))
+    assert not shares_prompts(model(_attn_implementation="flash_attention_2"))  # its kernels take no 4-D mask
+    assert not shares_prompts(model(_attn_implementation="sdpa", sliding_window=4))
+    assert not shares_prompts(model(_attn_implementation="sdpa", layer_types=["full_attention", "sliding_attention"]))

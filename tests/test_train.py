@@ -102,6 +102,22 @@ def test_manifest_records_provenance_and_the_data_fingerprint(all_objectives_run
     assert manifest["timings"]["reference_seconds"] > 0
 
 
+def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp_path):
+    """Every objective's first step with each prompt computed once per pair (the default) and with each row its
+    own copy of the prompt: the same loss, log-probs and gradient norm to 1e-5 (fp32), the reference log-probs
+    included (each layout computes its own cache)."""
+    from prefbench import models
+    from prefbench.logprobs import shares_prompts
+
+    assert shares_prompts(models.load_model("tiny:small"))  # else both runs would be the plain path
+    train_units(parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=False)))
+    for name in OBJECTIVES:
+        shared, plain = metrics(all_objectives_run, name)[0], metrics(tmp_path, name)[0]
+        assert shared.keys() == plain.keys()
+        for key in plain.keys() - TIMING:
+            assert shared[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-5), (name, key)
+
+
 def test_same_seed_same_data_same_losses(tmp_path):
     for run in ("a", "b"):
         train_units(parse_recipe(recipe_dict(tmp_path / run, [{"name": "dpo"}, {"name": "kto"}])))
@@ -345,10 +361,10 @@ def test_real_tokens_counts_what_collate_attends():
 
     examples = [Example((1, 2, 3), ((4, 5), (6,))), Example((7,), ((8, 9, 10, 11), (12, 13)))]
     rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0)]  # (prompt of, completion of, which)
-    ids, attention, completion = collate(rows, examples, pad_id=0, device="cpu")
-    assert real_tokens(rows, examples) == int(attention.sum()) == 5 + 5 + 4 + 2 + 7
-    assert ids.shape == (5, 7)  # on CPU the width is the longest row, no rounding
-    assert completion.sum(1).tolist() == [2, 4, 1, 1, 4]
+    fwd = collate(rows, examples, pad_id=0, device="cpu")
+    assert real_tokens(rows, examples) == int(fwd.attention_mask.sum()) == 5 + 5 + 4 + 2 + 7
+    assert fwd.input_ids.shape == (5, 7)  # on CPU the width is the longest row, no rounding
+    assert torch.bincount(fwd.rows).tolist() == [2, 4, 1, 1, 4]
 
 
 def test_token_budget_splits_only_wide_micro_batches_into_length_runs():

@@ -3,13 +3,15 @@
     schedule        which examples each optimizer step sees: identical for every objective of a seed
     micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched),
                     cut to train.max_tokens_per_forward when set
-    collate         rows -> padded (ids, attention, completion) tensors on the device
+    collate         rows -> one forward's tensors on the device (`Forward`): each row its own sequence, or with
+                    shared prompts, the rows of one prompt in one sequence (the prompt once, each completion after
+                    it, none seeing another)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -83,13 +85,15 @@ def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
     raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
 
 
-def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int) -> list[MicroBatch]:
+def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int, share: bool = False) -> list[MicroBatch]:
+    """This process's micro-batches of one step; `share`: the forwards will share prompts (the token budget
+    counts the tokens they will hold)."""
     per_rank = len(step) // world
     mine = step[rank * per_rank : (rank + 1) * per_rank]
     m, budget = recipe.train.micro_batch_size, recipe.train.max_tokens_per_forward
     out = []
     for i in range(0, len(mine), m):
-        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget) if budget else [mine[i : i + m]]
+        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget, share) if budget else [mine[i : i + m]]
         out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
     return out
 
@@ -99,24 +103,38 @@ def row_length(key: Key, examples: list[Example]) -> int:
     return len(examples[p].prompt) + len(examples[c].completions[w])
 
 
-def batch_width(rows: list[Key], examples: list[Example], device="cpu") -> int:
-    """Width of the batch `collate` builds: the longest row, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    width = max(row_length(k, examples) for k in rows)
+def sequences(rows: list[Key], examples: list[Example], share: bool) -> list[tuple[tuple[int, ...], list[tuple[int, ...]], list[int]]]:
+    """The sequences one forward runs, as (prompt, completions, their indices in `rows`): one per row, or with
+    `share`, one per distinct prompt (compared by tokens), its rows' completions in row order after it."""
+    if not share:
+        return [(examples[p].prompt, [examples[c].completions[w]], [r]) for r, (p, c, w) in enumerate(rows)]
+    groups: dict[tuple[int, ...], tuple] = {}
+    for r, (p, c, w) in enumerate(rows):
+        prompt = examples[p].prompt
+        group = groups.setdefault(prompt if prompt else ("empty", r), (prompt, [], []))  # no prompt: nothing to share
+        group[1].append(examples[c].completions[w])
+        group[2].append(r)
+    return list(groups.values())
+
+
+def batch_width(rows: list[Key], examples: list[Example], device="cpu", share: bool = False) -> int:
+    """Width of the batch `collate` builds: the longest sequence, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
+    width = max(len(prompt) + sum(map(len, completions)) for prompt, completions, _ in sequences(rows, examples, share))
     return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
 
 
-def padded_tokens(rows: list[Key], examples: list[Example]) -> int:
-    """Tokens of the [rows, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
-    return len(rows) * batch_width(rows, examples)
+def padded_tokens(rows: list[Key], examples: list[Example], share: bool = False) -> int:
+    """Tokens of the [sequences, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
+    return len(sequences(rows, examples, share)) * batch_width(rows, examples, share=share)
 
 
-def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int) -> list[list[int]]:
+def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, share: bool = False) -> list[list[int]]:
     """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
     `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
     untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
     prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
     of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
-    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train) <= budget
+    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, share) <= budget
     if fits(indices):
         return [indices]
     short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
@@ -136,17 +154,62 @@ def loss_count(objective: Objective, mb: MicroBatch) -> int:
     return len(mb.rows) // 2 if objective.data == "paired" else len(mb.rows)
 
 
-def collate(rows: list[Key], examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    seqs = [(examples[p].prompt, examples[c].completions[w]) for p, c, w in rows]
-    width = batch_width(rows, examples, device)
+class Forward(NamedTuple):
+    """One forward's tensors, and where each completion token's log-prob is read from its output.
+
+    A NamedTuple, so that DDP and FSDP move and cast it like any tuple of arguments."""
+
+    input_ids: torch.Tensor  # [sequences, width]
+    attention_mask: torch.Tensor  # [sequences, width] padding mask; with shared prompts [sequences, 1, width, width], True: may attend
+    position_ids: torch.Tensor | None  # with shared prompts: each completion continues from its prompt's last position
+    predict_at: torch.Tensor  # [tokens] flat position (sequence * width + t) whose output predicts each completion token
+    targets: torch.Tensor  # [tokens] the completion tokens
+    rows: torch.Tensor  # [tokens] the row (index into collate's `rows`) each token belongs to
+    n_rows: int
+
+
+def collate(rows: list[Key], examples: list[Example], pad_id: int, device, share: bool = False) -> Forward:
+    """The forward of `rows`, right-padded. With `share`, rows of one prompt become one sequence, the prompt once
+    and each completion after it: a completion attends to the prompt and to its own earlier tokens only, and its
+    positions continue from the prompt's, so each completion's log-probs are those of its own sequence (to
+    rounding). Used only where the model's attention takes such a mask (models.shares_prompts)."""
+    seqs = sequences(rows, examples, share)
+    shared = share and any(len(completions) > 1 for _, completions, _ in seqs)
+    width = batch_width(rows, examples, device, share)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    completion = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (p, c) in enumerate(seqs):
-        ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-        attention[r, : len(p) + len(c)] = 1
-        completion[r, len(p) : len(p) + len(c)] = 1
-    return to_device(ids, device), to_device(attention, device), to_device(completion, device)
+    segment = torch.full((len(seqs), width), -1, dtype=torch.long)  # -1 padding, 0 prompt, k + 1 the k-th completion
+    positions = torch.zeros((len(seqs), width), dtype=torch.long)
+    predict_at, targets, owner = [], [], []
+    for s, (prompt, completions, indices) in enumerate(seqs):
+        ids[s, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        segment[s, : len(prompt)] = 0
+        positions[s, : len(prompt)] = torch.arange(len(prompt))
+        start = len(prompt)
+        for k, (completion, r) in enumerate(zip(completions, indices)):
+            n = len(completion)
+            ids[s, start : start + n] = torch.tensor(completion, dtype=torch.long)
+            segment[s, start : start + n] = k + 1
+            positions[s, start : start + n] = torch.arange(len(prompt), len(prompt) + n)
+            # token j of the completion is predicted at the position before it: the prompt's last for j = 0
+            at = torch.arange(start - 1, start + n - 1)
+            at[:1] = len(prompt) - 1
+            keep = at >= 0  # a completion with no prompt: its first token has nothing to predict it
+            predict_at.append(s * width + at[keep])
+            targets.append(torch.tensor(completion, dtype=torch.long)[keep])
+            owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
+            start += n
+    if shared:
+        q, k = segment[:, :, None], segment[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = (causal & ((k == q) | ((k == 0) & (q >= 0))))[:, None]  # padding attends to padding: no empty softmax row
+        position_ids = positions
+    else:
+        mask, position_ids = (segment >= 0).long(), None
+    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    return Forward(
+        to_device(ids, device), to_device(mask, device), None if position_ids is None else to_device(position_ids, device),
+        to_device(cat(predict_at), device), to_device(cat(targets), device), to_device(cat(owner), device), len(rows),
+    )  # fmt: skip
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -159,5 +222,6 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
 
 
 def real_tokens(rows: list[Key], examples: list[Example]) -> int:
-    """Non-padding tokens of the rows `collate` builds, counted on the host."""
+    """Tokens of the rows (prompt and completion each), counted on the host: the work a step does whatever the
+    layout, so that tokens/s compares with and without shared prompts (with them, fewer are computed)."""
     return sum(row_length(k, examples) for k in rows)

@@ -72,11 +72,14 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
     `reference` model also its summed log-probs ("ref_logp") and the summed per-token KL ("kl",
     logprobs.completion_stats)."""
     from prefbench.data.batches import collate
-    from prefbench.logprobs import completion_stats
+    from prefbench.logprobs import completion_stats, shares_prompts
 
     device = next(model.parameters()).device
-    length = [len(examples[p].prompt) + len(examples[c].completions[w]) for p, c, w in rows]
-    order = sorted(range(len(rows)), key=lambda k: length[k])  # similar lengths share a batch
+    share = shares_prompts(model) and (reference is None or shares_prompts(reference))
+    group = {}  # each prompt's rows in one batch (their prompt computed once), prompts in length order
+    for p, c, w in rows:
+        group[examples[p].prompt] = group.get(examples[p].prompt, 0) + len(examples[p].prompt) + len(examples[c].completions[w])
+    order = sorted(range(len(rows)), key=lambda k: (group[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
     out: dict[str, np.ndarray] = {}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
@@ -84,7 +87,7 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
         reference.eval()
     for start in range(0, len(order), batch_rows):
         batch = order[start : start + batch_rows]
-        stats = completion_stats(model, *collate([rows[k] for k in batch], examples, pad, device), reference=reference)
+        stats = completion_stats(model, collate([rows[k] for k in batch], examples, pad, device, share), reference=reference)
         for name, values in stats.items():
             out.setdefault(name, np.zeros(len(rows)))[batch] = values.tolist()
     return out
