@@ -107,6 +107,7 @@ def run_prefbench(spec: dict, result: dict, parse_recipe, train_units) -> None:
                 "dtype": "fp32",
                 "bucket_batches": spec["bucket_batches"],
                 "max_tokens_per_forward": spec.get("max_tokens_per_forward") or 0,
+                "share_prompts": spec.get("share_prompts", True),
             },
             "seeds": [spec["seed"]],
         }
