@@ -34,7 +34,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from prefbench import models
-from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, real_tokens, schedule, to_device
+from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, prompt_totals, real_tokens, schedule, to_device
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
@@ -59,11 +59,9 @@ class RefLogps:
     def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast, share: bool = True) -> float:
         """Compute missing keys with the reference model (prompts shared where `share` and the model allow);
         returns the seconds spent."""
-        row_length = lambda k: len(examples[k[0]].prompt) + len(examples[k[1]].completions[k[2]])
-        prompt_length = {}  # rows of one prompt next to each other, prompts in length order: less padding
-        for k in keys - self.values.keys():
-            prompt_length[examples[k[0]].prompt] = prompt_length.get(examples[k[0]].prompt, 0) + row_length(k)
-        missing = sorted(keys - self.values.keys(), key=lambda k: (prompt_length[examples[k[0]].prompt], k))
+        missing = keys - self.values.keys()
+        totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
+        missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
         if not missing:
             return 0.0
         start = time.perf_counter()

@@ -117,15 +117,32 @@ def sequences(rows: list[Key], examples: list[Example], share: bool) -> list[tup
     return list(groups.values())
 
 
+def prompt_totals(rows: list[Key], examples: list[Example]) -> dict[tuple[int, ...], int]:
+    """Each prompt's (by tokens) total row length over `rows`: sorting rows by it, then by prompt, puts a
+    prompt's rows next to each other and prompts in length order, so batches cut from the order share
+    prompts and pad little."""
+    totals: dict[tuple[int, ...], int] = {}
+    for key in rows:
+        prompt = examples[key[0]].prompt
+        totals[prompt] = totals.get(prompt, 0) + row_length(key, examples)
+    return totals
+
+
+def _width(seqs: list, device) -> int:
+    """The longest of `sequences`' sequences, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
+    width = max(len(prompt) + sum(map(len, completions)) for prompt, completions, _ in seqs)
+    return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
+
+
 def batch_width(rows: list[Key], examples: list[Example], device="cpu", share: bool = False) -> int:
     """Width of the batch `collate` builds: the longest sequence, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    width = max(len(prompt) + sum(map(len, completions)) for prompt, completions, _ in sequences(rows, examples, share))
-    return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
+    return _width(sequences(rows, examples, share), device)
 
 
 def padded_tokens(rows: list[Key], examples: list[Example], share: bool = False) -> int:
     """Tokens of the [sequences, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
-    return len(sequences(rows, examples, share)) * batch_width(rows, examples, share=share)
+    seqs = sequences(rows, examples, share)
+    return len(seqs) * _width(seqs, "cpu")
 
 
 def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, share: bool = False) -> list[list[int]]:
@@ -175,7 +192,7 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, share
     rounding). Used only where the model's attention takes such a mask (models.shares_prompts)."""
     seqs = sequences(rows, examples, share)
     shared = share and any(len(completions) > 1 for _, completions, _ in seqs)
-    width = batch_width(rows, examples, device, share)
+    width = _width(seqs, device)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     segment = torch.full((len(seqs), width), -1, dtype=torch.long)  # -1 padding, 0 prompt, k + 1 the k-th completion
     positions = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -71,15 +71,13 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
     log-probs ("logp"), summed per-token entropies ("entropy") and token count ("tokens") under `model`; with a
     `reference` model also its summed log-probs ("ref_logp") and the summed per-token KL ("kl",
     logprobs.completion_stats)."""
-    from prefbench.data.batches import collate
+    from prefbench.data.batches import collate, prompt_totals
     from prefbench.logprobs import completion_stats, shares_prompts
 
     device = next(model.parameters()).device
     share = shares_prompts(model) and (reference is None or shares_prompts(reference))
-    group = {}  # each prompt's rows in one batch (their prompt computed once), prompts in length order
-    for p, c, w in rows:
-        group[examples[p].prompt] = group.get(examples[p].prompt, 0) + len(examples[p].prompt) + len(examples[c].completions[w])
-    order = sorted(range(len(rows)), key=lambda k: (group[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
+    totals = prompt_totals(rows, examples)  # each prompt's rows in one batch (its prompt computed once)
+    order = sorted(range(len(rows)), key=lambda k: (totals[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
     out: dict[str, np.ndarray] = {}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
