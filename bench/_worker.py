@@ -1,6 +1,7 @@
 """One measured training job in a fresh process: prefbench's trainer or TRL 1.16's DPOTrainer.
 
-Run by bench/bench_vs_trl.py as `python bench/_worker.py SPEC.json`; not meant to be run by hand.
+Run by bench/bench_vs_trl.py (CPU) and bench/bench_gpu.py (TRL's cell, SPEC["gpu"]) as
+`python bench/_worker.py SPEC.json`; not meant to be run by hand.
 SPEC (written by the parent) says which trainer, model directory, data file and knobs; the worker
 writes one JSON result to SPEC["result"]:
 
@@ -72,7 +73,11 @@ def main(spec_path: str) -> None:
     result["peak_rss_mb"] = _status_mb("VmHWM")
     result["peak_delta_mb"] = result["peak_rss_mb"] - result["baseline_rss_mb"]
     if spec["trainer"] == "trl":
-        result["token_check"] = check_tokens(spec, result.pop("_trl_dataset"))
+        dataset = result.pop("_trl_dataset")
+        if spec.get("prefbench_tokens"):
+            result["token_check"] = check_tokens(spec, dataset)
+    if spec.get("gpu"):
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     with open(spec["result"], "w") as f:
         json.dump(result, f, indent=1)
 
@@ -148,7 +153,11 @@ def run_trl(spec: dict, result: dict, DPOConfig, DPOTrainer, AutoTokenizer, Trai
         with open(spec["order"]) as f:
             plan = json.load(f)
         rows = [rows[i] for batch in plan for i in batch]
-    dataset = datasets.Dataset.from_list(rows)
+    # A fingerprint given, not hashed from the table: on the GPU image (Python 3.12, pyarrow 26, dill 0.4.1) hashing
+    # the table failed to pickle a pyarrow type, and a name is all a bench run needs.
+    from datasets.table import InMemoryTable
+
+    dataset = datasets.Dataset(InMemoryTable.from_pylist(rows), fingerprint=f"bench-{len(rows)}-{spec['seed']}")
     pair_lengths: list[int] = []
     if spec.get("group_by_length"):
         with open(spec["prefbench_tokens"]) as f:  # identical to TRL's own ids (checked after training)
@@ -195,10 +204,16 @@ def run_trl(spec: dict, result: dict, DPOConfig, DPOTrainer, AutoTokenizer, Trai
             if logs and "loss" in logs:
                 self.logs.append({"step": state.global_step, **logs})
 
+    gpu = bool(spec.get("gpu"))
+    # On a GPU, TRL at its best documented settings: bf16 autocast over fp32 weights (as prefbench), its default
+    # fused AdamW, Liger's layer kernels, gradient accumulation over micro-batches of prefbench's size.
+    # (Its padding_free is disabled for DPO in 1.16: it warns and pads.)
+    gpu_args = dict(use_liger_kernel=True, optim="adamw_torch_fused", per_device_train_batch_size=spec["micro_batch_size"],
+                    gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"]) if gpu else {}  # fmt: skip
     args = DPOConfig(
         output_dir=spec["output_dir"],
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not gpu,
+        bf16=gpu,
         fp16=False,
         gradient_checkpointing=bool(spec.get("gradient_checkpointing")),  # TRL's own default is True
         dataloader_num_workers=0,
@@ -217,9 +232,7 @@ def run_trl(spec: dict, result: dict, DPOConfig, DPOTrainer, AutoTokenizer, Trai
         adam_beta2=0.999,
         adam_epsilon=1e-8,
         weight_decay=0.0,
-        optim="adamw_torch",  # torch.optim.AdamW, as prefbench (TRL's default on torch>=2.8 is the fused variant)
-        per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=1,
+        **({"optim": "adamw_torch", "per_device_train_batch_size": spec["batch_size"], "gradient_accumulation_steps": 1} | gpu_args),  # CPU: torch.optim.AdamW, as prefbench
         max_steps=spec["steps"],
         lr_scheduler_type="constant",
         warmup_steps=0,

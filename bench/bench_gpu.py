@@ -1,10 +1,16 @@
 """Tokens/s and MFU of prefbench's bf16 DPO training step on one GPU.
 
-    python bench/bench_gpu.py [--runs 135m:32,360m:16,1.7b:4,1.7b:16:gc] [--steps 16] [--warmup 4] [--tokenizer DIR] [--out PATH]
+    python bench/bench_gpu.py [--runs 135m:32:eager,135m:32,135m:32:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl] [--steps 16] [--warmup 4] [--tokenizer DIR] [--out PATH]
 
-Each run is SIZE:MICRO[:gc]: a model size, the pairs per forward (train.micro_batch_size), and `gc` for
-gradient checkpointing (which lets a bigger micro-batch fit; its recomputed forward is not counted
-as useful work below).
+Each run is SIZE:MICRO[:FLAG...]: a model size, the pairs per forward (train.micro_batch_size), and flags:
+  gc        gradient checkpointing (a bigger micro-batch fits; its recomputed forward is not useful work below)
+  eager     train.kernels: none and train.padding_free: false (the trainer before fused kernels and packing)
+  liger | compile | nokernels   train.kernels (default: auto, the GPU default)
+  padded    train.padding_free: false (shared prompts, right-padded rows)
+  noshare   train.share_prompts: false (each completion with its own copy of the prompt)
+  trl       TRL 1.16's DPOTrainer instead (bench/_worker.py) on the same model, data, micro-batch and batch, at its
+            best documented settings: precomputed reference log-probs, Liger's layer kernels, fused AdamW, bf16
+            autocast (its padding-free path is disabled for DPO in 1.16)
 
 For each size, a Llama-architecture model with SmolLM2's shapes (vocab 49152, tied embeddings) is
 initialised at random (weights do not change the speed) and saved as a local checkpoint; one
@@ -14,16 +20,20 @@ max_prompt_length 512), bf16 autocast with fp32 master weights and AdamW, as a G
 would. The reference pass runs before the steps, as in every prefbench run, and is timed apart.
 
 Figures (steady state: the median over steps after --warmup):
-  tokens/s     real (non-padding) tokens of a step, prompt included, both completions of each pair,
-               / the step's wall time (forward, backward, clip, optimizer)
+  tokens/s     real (non-padding) tokens of a step, counted per pair as prompt + chosen + prompt + rejected
+               (the same count for every layout and for TRL, whatever each computes) / the step's wall time
+               (forward, backward, clip, optimizer)
   MFU          the FLOPs the step needs / step time / the GPU's dense bf16 peak (989.4 TFLOP/s for
-               H100 and H200 SXM). Needed FLOPs per sequence of S real tokens, C of them completion
-               tokens, counted from the exact batches prefbench's schedule gives:
-                 6 * N_body * S  +  6 * L * h * S^2  +  6 * h * V * C
-               (N_body = the decoder layers' weights; causal attention: QK^T and AV over S^2 / 2
-               pairs each, 2 FLOPs per multiply-add, x3 for forward + backward; the LM head runs only
-               where a completion token is predicted, which is all the loss needs). Padding,
-               recomputation and the reference pass are not counted as useful work.
+               H100 and H200 SXM). Needed FLOPs of a sequence of T tokens (with shared prompts: a prompt of P
+               tokens computed once, then completions of C_i tokens; else each row its own prompt copy), from the
+               exact batches prefbench's schedule gives:
+                 6 * N_body * T  +  12 * L * h * A  +  6 * h * V * C
+               (N_body = the decoder layers' weights; A = the (query, key) pairs attention computes: P^2 / 2 +
+               sum_i (C_i * P + C_i^2 / 2); QK^T and AV, 2 FLOPs per multiply-add each, x3 for forward and
+               backward; the LM head runs only where a completion token is predicted). The prompt counts once
+               where the layout computes it once, so MFU does not grow by computing it twice. Padding,
+               recomputation and the reference pass are not counted as useful work. TRL's row uses its own
+               layout (each row its prompt).
   HFU-matmul   the same FLOPs over the bf16 matmul rate this GPU reaches on an 8192^3 product in
                this run (how close to what the card does in practice)
   peak memory  torch.cuda.max_memory_allocated of the training process (weights, grads, AdamW state
@@ -117,12 +127,12 @@ def matmul_tflops(device: str) -> float | None:
     return rate
 
 
-def step_flops(recipe, n_body: int, size: str) -> tuple[list[float], list[int], list[int]]:
-    """Needed FLOPs, real tokens and padded tokens of each step, replayed from prefbench's own schedule."""
+def step_flops(recipe, n_body: int, size: str, layout: str) -> tuple[list[float], list[int], list[int]]:
+    """Needed FLOPs, real tokens and padded tokens of each step in `layout`, replayed from prefbench's own schedule."""
     from prefbench import models
-    from prefbench.objectives import build
-    from prefbench.data.batches import batch_width, micro_batches, row_length, schedule
+    from prefbench.data.batches import micro_batches, padded_tokens, real_tokens, schedule, sequences
     from prefbench.data.prepare import prepare_data
+    from prefbench.objectives import build
 
     hidden, _, layers, _, _ = SIZES[size]
     prepared = prepare_data(recipe, models.load_tokenizer(recipe.model.name))
@@ -132,30 +142,84 @@ def step_flops(recipe, n_body: int, size: str) -> tuple[list[float], list[int], 
     flops, real, padded = [], [], []
     for indices in plan:
         f = r = p = 0
-        for mb in micro_batches(objective, prepared, indices, recipe, 0, 1):
-            p += batch_width(mb.rows, prepared.train, device) * len(mb.rows)
-            for key in mb.rows:
-                s, completion = row_length(key, prepared.train), len(prepared.train[key[1]].completions[key[2]])
-                r += s
-                f += 6 * n_body * s + 6 * layers * hidden * s * s + 6 * hidden * 49152 * completion
+        for mb in micro_batches(objective, prepared, indices, recipe, 0, 1, layout):
+            p += padded_tokens(mb.rows, prepared.train, layout, device)
+            r += real_tokens(mb.rows, prepared.train)
+            for prompt, completions, _ in sequences(mb.rows, prepared.train, layout != "rows"):
+                lp, lc = len(prompt), [len(c) for c in completions]
+                pairs = lp * (lp + 1) / 2 + sum(c * lp + c * (c + 1) / 2 for c in lc)
+                f += 6 * n_body * (lp + sum(lc)) + 12 * layers * hidden * pairs + 6 * hidden * 49152 * sum(lc)
         flops.append(f)
         real.append(r)
         padded.append(p)
     return flops, real, padded
 
 
+FLAG_KNOBS = {  # run flags -> train settings
+    "gc": {"gradient_checkpointing": True},
+    "eager": {"kernels": "none", "padding_free": False},
+    "liger": {"kernels": "liger"},
+    "compile": {"kernels": "compile"},
+    "nokernels": {"kernels": "none"},
+    "padded": {"padding_free": False},
+    "noshare": {"share_prompts": False},
+}
+
+
+def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args) -> tuple[dict, list[dict], object]:
+    from prefbench.recipe import load_recipe
+
+    recipe_path = work / f"{name}.yaml"
+    recipe_path.write_text(json.dumps({
+        "name": f"gpu-bench-{name}", "output_dir": str(work / "results"),
+        "model": {"name": str(model_dir)},
+        "data": {"source": str(data), "format": "paired", "eval_fraction": 0.0, "max_length": 1024, "max_prompt_length": 512},
+        "objectives": [{"name": "dpo", "beta": 0.1}],
+        "train": {"steps": args.steps, "batch_size": args.batch_size, "micro_batch_size": micro, "lr": 1e-6,
+                  "warmup_ratio": 0.0, "dtype": "auto", **knobs},
+        "seeds": [0],
+    }))  # fmt: skip  (JSON is YAML)
+    recipe = load_recipe(recipe_path)
+    # a fresh reference cache per run: each layout and kernel setting computes its own, timed
+    env = {**os.environ, "PREFBENCH_CACHE": str(work / f"cache-{name}"), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    (work / f"cache-{name}").mkdir()
+    subprocess.run([sys.executable, "-m", "prefbench.cli", "train", str(recipe_path), "--objective", "dpo", "--seed", "0"], check=True, cwd=ROOT, env=env)
+    run = work / "results" / recipe.name
+    steps = [json.loads(line) for line in (run / "dpo" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    manifest = json.loads((run / "manifest.json").read_text())
+    shutil.rmtree(run)  # checkpoints: up to 7 GB each
+    shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
+    return manifest, steps, recipe
+
+
+def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args) -> dict:
+    # on a CPU (a dry run of this script) the worker uses TRL's CPU settings
+    spec = {
+        "trainer": "trl", "gpu": torch.cuda.is_available(), "model_dir": str(model_dir), "data": str(data), "steps": args.steps, "batch_size": args.batch_size,
+        "micro_batch_size": micro, "lr": 1e-6, "beta": 0.1, "max_grad_norm": 1.0, "seed": 0, "max_length": 1024, "precompute": True,
+        "output_dir": str(work / f"trl-{name}"), "run_name": name, "result": str(work / f"trl-{name}.json"),
+    }  # fmt: skip
+    (work / f"trl-{name}.spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf_datasets"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # imported, not run as __main__: datasets' dill pickles __main__'s functions by value, with their globals
+    # (on the GPU image's Python 3.12 that failed on a pyarrow type)
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import _worker; _worker.main({str(work / f'trl-{name}.spec.json')!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+    shutil.rmtree(work / f"trl-{name}", ignore_errors=True)
+    return json.loads((work / f"trl-{name}.json").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="135m:32,360m:16,1.7b:4,1.7b:16:gc", help="SIZE:MICRO[:gc],...")
+    parser.add_argument("--runs", default="135m:32:eager,135m:32,135m:32:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl", help="SIZE:MICRO[:FLAG...],...")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step")
     parser.add_argument("--tokenizer", help="directory with SmolLM2's tokenizer files (default: the embedded checkpoint's)")
-    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--out", help="write the figures as JSON here (rewritten after each run)")
     args = parser.parse_args()
 
     from prefbench import models
-    from prefbench.recipe import load_recipe
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -166,6 +230,7 @@ def main() -> None:
     print(f"torch {torch.__version__}; transformers {__import__('transformers').__version__}")
 
     results = []
+    report = lambda: args.out and Path(args.out).write_text(json.dumps({"device": gpu, "peak_tflops": peak, "matmul_tflops": measured_peak, "torch": torch.__version__, "results": results}, indent=1))
     work = Path(tempfile.mkdtemp(prefix="prefbench-gpu-bench-"))
     try:
         data = work / "pairs.jsonl"
@@ -173,7 +238,7 @@ def main() -> None:
         built: dict[str, int] = {}
         for run_spec in args.runs.split(","):
             size, micro, *flags = run_spec.split(":")
-            micro, gc = int(micro), "gc" in flags
+            micro = int(micro)
             model_dir = work / f"model-{size}"
             if size not in built:
                 for old in work.glob("model-*"):
@@ -181,64 +246,70 @@ def main() -> None:
                 built = {size: build_model(size, tokenizer_dir, model_dir, device)}
             n_body = built[size]
             name = run_spec.replace(":", "-").replace(".", "_")
-            recipe_path = work / f"{name}.yaml"
-            recipe_path.write_text(json.dumps({
-                "name": f"gpu-bench-{name}", "output_dir": str(work / "results"),
-                "model": {"name": str(model_dir)},
-                "data": {"source": str(data), "format": "paired", "eval_fraction": 0.0, "max_length": 1024, "max_prompt_length": 512},
-                "objectives": [{"name": "dpo", "beta": 0.1}],
-                "train": {"steps": args.steps, "batch_size": args.batch_size, "micro_batch_size": micro, "lr": 1e-6,
-                          "warmup_ratio": 0.0, "dtype": "auto", "gradient_checkpointing": gc},
-                "seeds": [0],
-            }))  # fmt: skip  (JSON is YAML)
-            recipe = load_recipe(recipe_path)
+            row = {"run": run_spec, "size": size, "micro_batch_pairs": micro, "batch_pairs": args.batch_size, "n_body": n_body}
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "prefbench.cli", "train", str(recipe_path), "--objective", "dpo", "--seed", "0"],
-                           check=True, cwd=ROOT, env={**os.environ, "PREFBENCH_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
-            wall = time.perf_counter() - started
-            run = work / "results" / recipe.name
-            steps = [json.loads(line) for line in (run / "dpo" / "seed0" / "metrics.jsonl").read_text().splitlines()]
-            manifest = json.loads((run / "manifest.json").read_text())
-            flops, real, padded = step_flops(recipe, n_body, size)
-            ref_seconds = manifest["timings"]["reference_seconds"]
-            assert [s["tokens"] for s in steps] == real, "replayed schedule differs from the trained one"
-            steady = range(args.warmup, len(steps))
-            seconds = [steps[i]["step_seconds"] for i in steady]
-            tflops = statistics.median(flops[i] / steps[i]["step_seconds"] / 1e12 for i in steady)
-            row = {
-                "size": size,
-                "gradient_checkpointing": gc,
-                "parameters": manifest["model"]["parameters"],
-                "n_body": n_body,
-                "micro_batch_pairs": micro,
-                "batch_pairs": args.batch_size,
-                "tokens_per_step": statistics.mean(real),
-                "padding_efficiency": sum(real) / sum(padded),
-                "step_seconds_median": statistics.median(seconds),
-                "tokens_per_s": statistics.median(steps[i]["tokens_per_s"] for i in steady),
-                "model_tflops": tflops,
-                "mfu": tflops / peak if peak else None,
-                "of_measured_matmul": tflops / measured_peak if measured_peak else None,
-                "peak_memory_gib": max(s["peak_memory_mb"] for s in steps) / 1024,
-                "reference_seconds": ref_seconds,  # 0: the previous run of this model filled the reference cache
-                "reference_tokens_per_s": sum(real) / ref_seconds if ref_seconds else None,
-                "losses": [round(s["loss"], 5) for s in steps],
-                "wall_seconds": wall,
-            }
+            try:
+                if "trl" in flags:
+                    out = run_trl(work, name, model_dir, data, micro, args)
+                    steady = out["steps"][args.warmup :]
+                    row |= {
+                        "trainer": "TRL " + out.get("trl_version", "1.16"),
+                        "tokens_per_step": statistics.mean(s["tokens"] for s in out["steps"]),
+                        "step_seconds_median": statistics.median(s["seconds"] for s in steady),
+                        "tokens_per_s": statistics.median(s["tokens"] / s["seconds"] for s in steady),
+                        "peak_memory_gib": out.get("peak_memory_gib"),
+                        "reference_seconds": out["ref_seconds"],
+                        "losses": [round(s["loss"], 5) for s in out["steps"]],
+                        "optimizer": out.get("optimizer"),
+                    }
+                else:
+                    knobs = {k: v for flag in flags for k, v in FLAG_KNOBS[flag].items()}
+                    manifest, steps, recipe = run_prefbench(work, name, model_dir, data, micro, knobs, args)
+                    layout = "rows" if not recipe.train.share_prompts else "packed" if recipe.train.padding_free and device == "cuda" else "shared"
+                    flops, real, padded = step_flops(recipe, n_body, size, layout)
+                    assert [s["tokens"] for s in steps] == real, "replayed schedule differs from the trained one"
+                    steady = range(args.warmup, len(steps))
+                    tflops = statistics.median(flops[i] / steps[i]["step_seconds"] / 1e12 for i in steady)
+                    ref_seconds = manifest["timings"]["reference_seconds"]
+                    row |= {
+                        "trainer": "prefbench", "layout": layout, "kernels": recipe.train.kernels, "gradient_checkpointing": recipe.train.gradient_checkpointing,
+                        "parameters": manifest["model"]["parameters"],
+                        "tokens_per_step": statistics.mean(real),
+                        "computed_tokens_fraction": sum(padded) / sum(real),  # tokens run through the model (padding included) per counted token
+                        "step_seconds_median": statistics.median(steps[i]["step_seconds"] for i in steady),
+                        "tokens_per_s": statistics.median(steps[i]["tokens_per_s"] for i in steady),
+                        "model_tflops": tflops,
+                        "mfu": tflops / peak if peak else None,
+                        "of_measured_matmul": tflops / measured_peak if measured_peak else None,
+                        "peak_memory_gib": max(s["peak_memory_mb"] for s in steps) / 1024,
+                        "reference_seconds": ref_seconds,
+                        "reference_tokens_per_s": sum(real) / ref_seconds if ref_seconds else None,
+                        "losses": [round(s["loss"], 5) for s in steps],
+                    }  # fmt: skip
+            except Exception as err:  # one failed cell must not lose the others' figures
+                row["error"] = f"{type(err).__name__}: {err}"[-2000:]
+            row["wall_seconds"] = time.perf_counter() - started
             results.append(row)
             print(json.dumps(row), flush=True)
-            shutil.rmtree(run)  # checkpoints: up to 7 GB each
+            report()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'size':>6} {'gc':>3} {'params':>8} {'micro':>5} {'tok/step':>8} {'pad eff':>7} {'s/step':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'of mm':>6} {'peak GiB':>8} {'ref tok/s':>9}")
+    print(f"\n{'run':>20} {'trainer':>9} {'layout':>6} {'tok/step':>8} {'s/step':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'of mm':>6} {'peak GiB':>8} {'ref s':>6}  first losses")
+    pct = lambda v: f"{100 * v:5.1f}%" if v is not None else "   n/a"
     for r in results:
-        pct = lambda v: f"{100 * v:5.1f}%" if v is not None else "   n/a"
-        print(f"{r['size']:>6} {'yes' if r['gradient_checkpointing'] else 'no':>3} {r['parameters'] / 1e6:7.0f}M {r['micro_batch_pairs']:>5} {r['tokens_per_step']:8.0f} {r['padding_efficiency']:7.2f} "
-              f"{r['step_seconds_median']:7.3f} {r['tokens_per_s']:9.0f} {r['model_tflops']:8.1f} {pct(r['mfu'])} {pct(r['of_measured_matmul'])} "
-              f"{r['peak_memory_gib']:8.2f} {r['reference_tokens_per_s'] or 0:9.0f}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": gpu, "peak_tflops": peak, "matmul_tflops": measured_peak, "torch": torch.__version__, "results": results}, indent=1))
+        if "error" in r:
+            print(f"{r['run']:>20} failed: {r['error'][:200]}")
+            continue
+        print(f"{r['run']:>20} {r['trainer'][:9]:>9} {r.get('layout', 'rows'):>6} {r['tokens_per_step']:8.0f} {r['step_seconds_median']:7.3f} {r['tokens_per_s']:9.0f} "
+              f"{r.get('model_tflops') or 0:8.1f} {pct(r.get('mfu'))} {pct(r.get('of_measured_matmul'))} {r['peak_memory_gib'] or 0:8.2f} {r['reference_seconds'] or 0:6.1f}  {r['losses'][:3]}")
+    by = {r["run"]: r for r in results if "error" not in r}
+    for r in results:
+        base = r["run"].split(":")[:2]
+        trl = by.get(":".join(base + ["trl"]))
+        if "error" not in r and r["trainer"] == "prefbench" and trl and r is not trl:
+            print(f"{r['run']:>20} vs TRL: {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x tokens/s, {r['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x peak memory")
+    report()
 
 
 if __name__ == "__main__":

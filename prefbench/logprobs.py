@@ -7,7 +7,8 @@ never reach the LM head), and those rows go through the head in chunks, each che
 backward recomputes one [chunk, vocab] block at a time instead of keeping all of them.
 
 Its input is a `data.batches.Forward`: each row its own sequence, or rows of one prompt sharing it
-(the prompt run once, each completion after it under a mask that keeps completions apart).
+(the prompt run once, each completion after it under a mask that keeps completions apart), either
+padded to a common width or packed into one row (`layout` says which one a model computes exactly).
 
 It is an nn.Module so that DDP and FSDP2 wrap it whole: calling the backbone through the wrapper
 keeps their gradient hooks in the path.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from prefbench.data.batches import Forward
+from prefbench.data.batches import Forward, attends, dense_mask
 
 # Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB). On a GPU
 # a block of that size is ~170 rows of a 49k vocabulary: the head becomes hundreds of small launches
@@ -64,14 +65,45 @@ def causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
+# Where padding-free batches run: on a CPU a packed row's dense [width, width] mask costs more than the padding it
+# saves, and flex attention has no backward there (tests add "cpu" to check the layout against the others).
+PACKED_DEVICES = ("cuda",)
+
+
 def shares_prompts(model: nn.Module) -> bool:
-    """Whether `model` computes a shared-prompt forward (`data.batches.collate(share=True)`) exactly: its
-    attention is SDPA or eager, which apply a custom 4-D mask as given, and every layer attends to the whole
+    """Whether `model` computes a shared-prompt forward (`data.batches.collate(layout="shared")`) exactly: its
+    attention is SDPA, eager or flex, which apply a custom mask as given, and every layer attends to the whole
     context (a sliding window would be replaced by the mask). Other implementations (flash-attention's
     kernels take no such mask) run each completion with its own copy of the prompt."""
     config = causal_lm(model).config
     full = getattr(config, "sliding_window", None) is None and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ())
-    return full and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    return full and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", "flex_attention")
+
+
+def layout(model: nn.Module, share_prompts: bool, padding_free: bool, device) -> str:
+    """The batch layout (`data.batches.LAYOUTS`) to run `model` in: "rows" unless share_prompts and its attention
+    takes a custom mask (shares_prompts); "packed" on a GPU when padding_free, which switches the model's
+    attention to flex attention (a BlockMask keeps the packed sequences apart without an L x L tensor; PyTorch's
+    flex attention has no backward on CPU); else "shared"."""
+    if not (share_prompts and shares_prompts(model)):
+        return "rows"
+    kind = torch.device(device).type
+    if padding_free and kind in PACKED_DEVICES:
+        if kind == "cuda":
+            causal_lm(model).set_attn_implementation("flex_attention")
+        return "packed"  # elsewhere (the tests' CPU runs) with the dense mask of data.batches.dense_mask
+    return "shared"
+
+
+def _block_mask(packed: Tensor):
+    """Flex attention's BlockMask for a packed [1, 2, width] (sequence, segment) batch: blocks no query of which
+    attends to any key are skipped, so the cost follows the sequences' own lengths, not the row's."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    sequence, segment = packed[0, 0], packed[0, 1]
+    mask_mod = lambda b, h, q, kv: attends(sequence[q], segment[q], sequence[kv], segment[kv], q, kv)
+    width = packed.shape[-1]
+    return create_block_mask(mask_mod, 1, None, width, width, device=packed.device, _compile=packed.device.type == "cuda")
 
 
 class SequenceLogps(nn.Module):
@@ -101,8 +133,10 @@ def _completion_hidden(lm: nn.Module, fwd: Forward):
     log-prob dtype (fp32 at least)."""
     lm = causal_lm(lm)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
-    mask = fwd.attention_mask
-    if mask.dim() == 4 and lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
+    mask, attention = fwd.attention_mask, lm.config._attn_implementation
+    if mask.dim() == 3:  # packed: each token's (sequence, segment)
+        mask = _block_mask(mask) if attention == "flex_attention" else dense_mask(mask)
+    if torch.is_tensor(mask) and mask.dim() == 4 and attention in ("eager", "flex_attention"):  # they add the mask to the scores
         mask = torch.zeros(mask.shape, dtype=lm.dtype, device=mask.device).masked_fill(~mask, torch.finfo(lm.dtype).min)
     with attention_kernels(fwd.input_ids.device):
         hidden = backbone(input_ids=fwd.input_ids, attention_mask=mask, position_ids=fwd.position_ids, use_cache=False).last_hidden_state

@@ -44,6 +44,7 @@ Truncation = Literal["truncate", "drop"]  # too-long records: cut, or drop (coun
 OnBad = Literal["fail", "drop"]  # bad records are always reported by index
 Schedule = Literal["cosine", "linear", "constant"]  # after warmup
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
+Kernels = Literal["auto", "liger", "compile", "none"]  # fused elementwise work on a GPU (prefbench/kernels.py)
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
 PromptSplit = Literal["train", "validation", "heldout"]  # the embedded task's disjoint prompt sets (heldout: the test prompts)
 PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
@@ -243,6 +244,11 @@ class TrainSpec:
     # Rows of one prompt in one sequence, the prompt computed once (where the model's attention takes the
     # mask that makes it exact: logprobs.shares_prompts); false: each completion with its own copy of it.
     share_prompts: bool = True
+    # On a GPU, with shared prompts: one row per forward, the sequences packed without padding (flex attention).
+    padding_free: bool = True
+    # Fused elementwise work on a GPU (RMSNorm, rotary, SwiGLU): auto (the measured best there, nothing on CPU),
+    # liger (Liger-Kernel's Triton kernels: pip install prefbench[gpu]), compile (torch.compile per decoder layer), none.
+    kernels: Kernels = "auto"
 
     def problems(self, at: str = "train") -> list[str]:
         out = _choice_problems(self, at)

@@ -8,7 +8,7 @@ import time
 
 import torch.distributed as dist
 
-from prefbench import models
+from prefbench import kernels, models
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
 from prefbench.results import SCHEMA_VERSION, git_commit, hardware, jsonable, read_json, run_dir, versions, write_json
@@ -36,6 +36,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     models.resolve(recipe.model.name)
     rank, world, device = init_distributed()
     check_budget_and_fsdp(recipe, world)  # before the reference pass, which can take long
+    kernels.check(recipe.train.kernels, device)
     root = run_dir(recipe)
     manifest_path = root / "manifest.json"
     _check_same_recipe(recipe, manifest_path)
@@ -51,7 +52,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     ref_seconds = 0.0
     if rank == 0:
         autocast = autocast_for(recipe.train.dtype, device)
-        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast, recipe.train.share_prompts)
+        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast, recipe.train)
     if world > 1:
         dist.barrier()
         ref = RefLogps(ref.path)

@@ -33,14 +33,14 @@ import transformers
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from prefbench import models
+from prefbench import kernels, models
 from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, prompt_totals, real_tokens, schedule, to_device
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
-from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, shares_prompts
+from prefbench.logprobs import PACKED_DEVICES, SequenceLogps, attention_kernels, causal_lm, layout
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
-from prefbench.recipe import ObjectiveSpec, Recipe
+from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, run_dir, write_json
 
 # ---- reference log-probs ------------------------------------------------------------------------
@@ -56,9 +56,9 @@ class RefLogps:
         self.path = path
         self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
 
-    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast, share: bool = True) -> float:
-        """Compute missing keys with the reference model (prompts shared where `share` and the model allow);
-        returns the seconds spent."""
+    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast, train: TrainSpec) -> float:
+        """Compute missing keys with the reference model, in the layout training uses (logprobs.layout of
+        train.share_prompts and train.padding_free); returns the seconds spent."""
         missing = keys - self.values.keys()
         totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
         missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
@@ -66,14 +66,16 @@ class RefLogps:
             return 0.0
         start = time.perf_counter()
         lm, _ = models.load(spec)
-        share = share and shares_prompts(lm)
-        model = SequenceLogps(lm.to(device).eval())
+        lm = lm.to(device).eval()
+        rows_layout = layout(lm, train.share_prompts, train.padding_free, device)
+        kernels.apply(lm, train.kernels, device)
+        model = SequenceLogps(lm)
         computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
         with torch.no_grad(), tqdm(total=len(missing), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
             for i in range(0, len(missing), batch_rows):
                 chunk = missing[i : i + batch_rows]
                 with autocast:
-                    sums, _ = model(*collate(chunk, examples, pad_id, device, share))
+                    sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
                 computed.append(sums.double())
                 bar.update(len(chunk))
         self.values.update(zip(missing, torch.cat(computed).tolist()))
@@ -113,8 +115,12 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors"))
     precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
     # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
-    layout = "shared-prompts" if recipe.train.share_prompts else "own-prompts"
-    identity = json.dumps([models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, layout], sort_keys=True, default=str)
+    t = recipe.train
+    rows_layout = "own-prompts" if not t.share_prompts else "packed" if t.padding_free and device.type in PACKED_DEVICES else "shared-prompts"
+    identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
+    if kernels.chosen(t.kernels, device) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
+        identity.append(kernels.chosen(t.kernels, device))
+    identity = json.dumps(identity, sort_keys=True, default=str)
     return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
 
 
@@ -171,7 +177,7 @@ class Unit:
     world: int
     device: torch.device
     sharded: bool  # FSDP2: each process holds a shard of the weights and optimizer state
-    share: bool  # forwards share each prompt between its rows (train.share_prompts, where the model allows it)
+    layout: str  # how forwards lay out their rows (data.batches.LAYOUTS; logprobs.layout)
     autocast: object
     objective: Objective
     lm: torch.nn.Module  # the Hugging Face model (PEFT-wrapped with LoRA): what checkpoints save
@@ -228,13 +234,15 @@ def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Pa
     autocast = autocast_for(t.dtype, device)
     torch.manual_seed(seed)
     lm, tokenizer = _load_model(recipe, resume, device)
-    share = t.share_prompts and shares_prompts(lm)
+    rows_layout = layout(lm, t.share_prompts, t.padding_free, device)
+    kernels.apply(lm, t.kernels, device)
     policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    # on a GPU the fused AdamW (one kernel for every parameter's update; same arithmetic as the loop to rounding)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=device.type == "cuda")
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
-    return Unit(spec, seed, out, rank, world, device, sharded, share, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
+    return Unit(spec, seed, out, rank, world, device, sharded, rows_layout, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
 
 
 def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
@@ -323,7 +331,7 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
     bar = tqdm(total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0)
     for step in range(start_step, t.steps):
         step_start = time.perf_counter()
-        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.share)
+        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
         sums, tokens = _forward_backward(u, batches, prepared, ref)
         grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         logged = _mean_over_batches(sums, u.world)
@@ -370,7 +378,7 @@ def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, re
     sums: dict[str, tuple[float, int]] = {}
     tokens = 0
     for n, mb in enumerate(batches):
-        fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.share)
+        fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.layout)
         tokens += real_tokens(mb.rows, prepared.train)
         sync = nullcontext() if n == len(batches) - 1 or u.world == 1 or u.sharded else u.policy.no_sync()
         with sync:
@@ -413,7 +421,7 @@ def _objective_batch(u: Unit, mb: MicroBatch, logps, counts, ref, prepared):
     kl_policy = kl_ref = None
     if mb.kl_rows:
         with torch.no_grad(), u.autocast:  # z0 gets no gradient: one extra forward without a graph
-            kl_policy, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, device, u.share))
+            kl_policy, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, device, u.layout))
         kl_policy = kl_policy.double()
         kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
     batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import prefbench.logprobs as logprobs
-from prefbench.data.batches import collate, sequences
+from prefbench.data.batches import collate, dense_mask, padded_tokens, sequences
 from prefbench.data.tokenize import Example
 from prefbench.logprobs import SequenceLogps, shares_prompts
 
@@ -71,7 +71,7 @@ def test_shared_prompts_layout():
     examples, rows = shared_prompt_rows()
     seqs = sequences(rows, examples, share=True)
     assert [indices for _, _, indices in seqs] == [[0, 2, 4], [1, 3, 5]]  # by prompt tokens, rows in order
-    fwd = collate(rows, examples, 0, "cpu", share=True)
+    fwd = collate(rows, examples, 0, "cpu", layout="shared")
     assert fwd.input_ids.shape == (2, 5 + 4 + 7 + 6) and fwd.attention_mask.shape == (2, 1, 22, 22)
     # pair 1's sequence: prompt 9, then completions of 3, 1 and (mismatched) 7 tokens; 2 padding
     mask = fwd.attention_mask[1, 0]
@@ -85,11 +85,31 @@ def test_shared_prompts_layout():
     plain = collate(rows, examples, 0, "cpu")
     assert plain.input_ids.shape == (6, 9 + 7) and plain.attention_mask.shape == (6, 16) and plain.position_ids is None
     # nothing to share: the plain layout
-    assert collate([(0, 0, 0), (1, 1, 0)], examples, 0, "cpu", share=True).attention_mask.dim() == 2
+    assert collate([(0, 0, 0), (1, 1, 0)], examples, 0, "cpu", layout="shared").attention_mask.dim() == 2
 
 
+def test_packed_layout():
+    """The shared sequences one after another in one row: same positions and masks per sequence, no padding."""
+    examples, rows = shared_prompt_rows()
+    shared = collate(rows, examples, 0, "cpu", layout="shared")
+    fwd = collate(rows, examples, 0, "cpu", layout="packed")
+    assert fwd.input_ids.shape == (1, 22 + 20) and fwd.attention_mask.shape == (1, 2, 42)  # sequences of 22 and 20 tokens
+    assert fwd.input_ids[0].tolist() == shared.input_ids[0].tolist() + shared.input_ids[1, :20].tolist()
+    assert fwd.position_ids[0].tolist() == shared.position_ids[0].tolist() + shared.position_ids[1, :20].tolist()
+    assert fwd.attention_mask[0, 0].tolist() == [0] * 22 + [1] * 20  # each token's sequence
+    # the second sequence's reads move by its offset in the row (22), not by a row of the padded batch
+    assert fwd.predict_at[fwd.rows == 1].tolist() == [22 + 8, 22 + 9, 22 + 10]
+    assert fwd.targets.tolist() == shared.targets.tolist() and fwd.rows.tolist() == shared.rows.tolist()
+    mask = dense_mask(fwd.attention_mask)[0, 0]
+    assert mask[:22, :22].equal(shared.attention_mask[0, 0]) and mask[22:, 22:].equal(shared.attention_mask[1, 0, :20, :20])
+    assert not mask[22:, :22].any()  # no sequence sees another
+    # on a GPU the row rounds up to a multiple of 64, the tail padding its own sequence (-1)
+    assert padded_tokens(rows, examples, "packed") == 42 and padded_tokens(rows, examples, "shared") == 44 and padded_tokens(rows, examples) == 6 * 16
+
+
+@pytest.mark.parametrize("layout", ["shared", "packed"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention):
+def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout):
     """fp32, both attention implementations that take the mask: the shared-prompt forward gives the plain one's
     log-probs to 1e-5 and its gradients to 1e-5 of each tensor's largest entry (summation order differs: the
     prompt's gradient arrives once, summed over its completions, instead of once per row)."""
@@ -99,7 +119,7 @@ def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention):
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
     plain, plain_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))
     plain_grads = gradients(model, plain, weights)
-    shared, shared_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", share=True))
+    shared, shared_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", layout=layout))
     shared_grads = gradients(model, shared, weights)
     assert shared_counts.tolist() == plain_counts.tolist() == [4, 3, 7, 1, 6, 7]
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
@@ -107,7 +127,7 @@ def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention):
         torch.testing.assert_close(shared_grads[name], expected, rtol=0, atol=1e-5 * expected.abs().max().item(), msg=name)
     reference = tiny_llama(attention, torch.float32)
     torch.nn.init.normal_(reference.lm_head.weight, std=0.05)  # a different model: KL > 0
-    stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", share=True), reference=reference)
+    stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", layout=layout), reference=reference)
     expected = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu"), reference=reference)
     assert (expected["kl"] > 0).all()
     for name in expected:
@@ -122,3 +142,54 @@ def test_shared_prompts_only_where_the_attention_takes_the_mask():
     assert not shares_prompts(model(_attn_implementation="flash_attention_2"))  # its kernels take no 4-D mask
     assert not shares_prompts(model(_attn_implementation="sdpa", sliding_window=4))
     assert not shares_prompts(model(_attn_implementation="sdpa", layer_types=["full_attention", "sliding_attention"]))
+
+
+def test_packed_rows_through_flex_attention():
+    """Flex attention with the BlockMask of a packed batch (the GPU path; forward only: PyTorch's flex attention has
+    no backward on CPU, the GPU check runs it, bench/gpu_check.py) gives each row's own log-probs to 1e-5 in fp32."""
+    model = tiny_llama("sdpa", torch.float32)
+    examples, rows = shared_prompt_rows()
+    with torch.no_grad():
+        plain, _ = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))
+        model.set_attn_implementation("flex_attention")
+        assert shares_prompts(model)
+        packed, _ = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", layout="packed"))
+    torch.testing.assert_close(packed, plain, rtol=0, atol=1e-5)
+
+
+def test_layout_follows_the_device_and_the_settings():
+    model = tiny_llama("sdpa", torch.float32)
+    assert logprobs.layout(model, True, True, "cpu") == "shared"  # no padding-free rows on a CPU
+    assert logprobs.layout(model, False, True, "cpu") == "rows"
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_compiled_layers_give_the_eager_logps_and_gradients():
+    """train.kernels: compile (torch.compile per decoder layer, here on CPU's inductor) against the eager model, fp32,
+    shared prompts: log-probs and gradients to 1e-5."""
+    from prefbench import kernels
+
+    examples, rows = shared_prompt_rows()
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
+    eager = tiny_llama("sdpa", torch.float32)
+    compiled = tiny_llama("sdpa", torch.float32)
+    assert kernels.apply(compiled, "compile", "cpu") == "compile"
+    for fwd in (collate(rows, examples, 0, "cpu", layout="shared"), collate(rows[:2], examples, 0, "cpu", layout="shared")):  # two widths
+        expected = SequenceLogps(eager)(*fwd)[0]
+        got = SequenceLogps(compiled)(*fwd)[0]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        w = weights[: len(expected)]
+        theirs, ours = gradients(eager, expected, w), gradients(compiled, got, w)
+        for name, value in theirs.items():
+            torch.testing.assert_close(ours[name], value, rtol=0, atol=1e-5 * value.abs().max().item(), msg=name)
+
+
+def test_kernels_refused_where_they_cannot_run():
+    from prefbench import kernels
+    from prefbench.errors import TrainingError
+
+    assert kernels.chosen("auto", "cpu") == "none" and kernels.chosen("auto", "cuda") in ("liger", "compile")
+    with pytest.raises(TrainingError, match="GPU only"):
+        kernels.check("liger", "cpu")
+    kernels.check("compile", "cpu")
+    kernels.check("auto", "cpu")

@@ -102,15 +102,27 @@ def test_manifest_records_provenance_and_the_data_fingerprint(all_objectives_run
     assert manifest["timings"]["reference_seconds"] > 0
 
 
-def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp_path):
-    """Every objective's first step with each prompt computed once per pair (the default) and with each row its
-    own copy of the prompt: the same loss, log-probs and gradient norm to 1e-5 (fp32), the reference log-probs
-    included (each layout computes its own cache)."""
+@pytest.mark.parametrize("layout", ["rows", "packed"])
+def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp_path, monkeypatch, layout):
+    """Every objective's first step with each prompt computed once per pair (the default on CPU) and with each
+    row its own copy of the prompt, or packed into one row without padding (the GPU default, here with a dense
+    mask): the same loss, log-probs and gradient norm to 1e-5 (fp32), the reference log-probs included (each
+    layout computes its own cache)."""
+    import prefbench.logprobs
+    import prefbench.train
     from prefbench import models
     from prefbench.logprobs import shares_prompts
 
     assert shares_prompts(models.load_model("tiny:small"))  # else both runs would be the plain path
-    train_units(parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=False)))
+    if layout == "packed":
+        monkeypatch.setattr(prefbench.logprobs, "PACKED_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(prefbench.train, "PACKED_DEVICES", ("cuda", "cpu"))
+        seen = []
+        collate = prefbench.train.collate
+        monkeypatch.setattr(prefbench.train, "collate", lambda *a: seen.append(a[-1]) or collate(*a))
+    train_units(parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=layout != "rows")))
+    if layout == "packed":
+        assert set(seen) == {"packed"}
     for name in OBJECTIVES:
         shared, plain = metrics(all_objectives_run, name)[0], metrics(tmp_path, name)[0]
         assert shared.keys() == plain.keys()

@@ -3,9 +3,12 @@
     schedule        which examples each optimizer step sees: identical for every objective of a seed
     micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched),
                     cut to train.max_tokens_per_forward when set
-    collate         rows -> one forward's tensors on the device (`Forward`): each row its own sequence, or with
-                    shared prompts, the rows of one prompt in one sequence (the prompt once, each completion after
-                    it, none seeing another)
+    collate         rows -> one forward's tensors on the device (`Forward`), in one of three layouts:
+                      rows    each row its own sequence, right-padded
+                      shared  the rows of one prompt in one sequence (the prompt once, each completion after it,
+                              none seeing another), right-padded
+                      packed  the shared sequences one after another in a single row, without padding between
+                              them (attention kept within each sequence: flex attention on a GPU)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ if TYPE_CHECKING:  # annotations only
     from prefbench.recipe import Recipe
 
 Key = tuple[int, int, int]  # (example giving the prompt, example giving the completion, which completion)
+LAYOUTS = ("rows", "shared", "packed")
 
 # On a GPU, batch widths round up to a multiple of this: kernels tuned per shape (cuDNN attention plans,
 # GEMM heuristics) are then reused instead of rebuilt for nearly every batch. Measured on an H100 with a
@@ -85,15 +89,15 @@ def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
     raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
 
 
-def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int, share: bool = False) -> list[MicroBatch]:
-    """This process's micro-batches of one step; `share`: the forwards will share prompts (the token budget
-    counts the tokens they will hold)."""
+def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int, layout: str = "rows") -> list[MicroBatch]:
+    """This process's micro-batches of one step; `layout`: how the forwards will lay out their rows (the token
+    budget counts the tokens they will hold)."""
     per_rank = len(step) // world
     mine = step[rank * per_rank : (rank + 1) * per_rank]
     m, budget = recipe.train.micro_batch_size, recipe.train.max_tokens_per_forward
     out = []
     for i in range(0, len(mine), m):
-        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget, share) if budget else [mine[i : i + m]]
+        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget, layout) if budget else [mine[i : i + m]]
         out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
     return out
 
@@ -128,30 +132,33 @@ def prompt_totals(rows: list[Key], examples: list[Example]) -> dict[tuple[int, .
     return totals
 
 
-def _width(seqs: list, device) -> int:
-    """The longest of `sequences`' sequences, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    width = max(len(prompt) + sum(map(len, completions)) for prompt, completions, _ in seqs)
-    return width + (-width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0)
+def _shape(seqs: list, device, layout: str) -> tuple[int, int]:
+    """(rows, width) of the batch `collate` builds from `sequences`: one row per sequence as wide as the longest, or
+    packed, one row as long as all of them; the width rounded up to PAD_MULTIPLE_CUDA on a GPU."""
+    lengths = [len(prompt) + sum(map(len, completions)) for prompt, completions, _ in seqs]
+    width = sum(lengths) if layout == "packed" else max(lengths)
+    width += -width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0
+    return (1 if layout == "packed" else len(seqs)), width
 
 
-def batch_width(rows: list[Key], examples: list[Example], device="cpu", share: bool = False) -> int:
-    """Width of the batch `collate` builds: the longest sequence, rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    return _width(sequences(rows, examples, share), device)
+def batch_width(rows: list[Key], examples: list[Example], device="cpu", layout: str = "rows") -> int:
+    """Width of the batch `collate` builds: the longest sequence (packed: all of them), rounded up to PAD_MULTIPLE_CUDA on a GPU."""
+    return _shape(sequences(rows, examples, layout != "rows"), device, layout)[1]
 
 
-def padded_tokens(rows: list[Key], examples: list[Example], share: bool = False) -> int:
-    """Tokens of the [sequences, width] batch `collate` builds on CPU (on a GPU the width rounds up to PAD_MULTIPLE_CUDA)."""
-    seqs = sequences(rows, examples, share)
-    return len(seqs) * _width(seqs, "cpu")
+def padded_tokens(rows: list[Key], examples: list[Example], layout: str = "rows", device="cpu") -> int:
+    """Tokens of the [rows, width] batch `collate` builds, padding included."""
+    n, width = _shape(sequences(rows, examples, layout != "rows"), device, layout)
+    return n * width
 
 
-def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, share: bool = False) -> list[list[int]]:
+def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, layout: str = "rows") -> list[list[int]]:
     """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
     `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
     untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
     prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
     of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
-    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, share) <= budget
+    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, layout) <= budget
     if fits(indices):
         return [indices]
     short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
@@ -176,55 +183,81 @@ class Forward(NamedTuple):
 
     A NamedTuple, so that DDP and FSDP move and cast it like any tuple of arguments."""
 
-    input_ids: torch.Tensor  # [sequences, width]
-    attention_mask: torch.Tensor  # [sequences, width] padding mask; with shared prompts [sequences, 1, width, width], True: may attend
-    position_ids: torch.Tensor | None  # with shared prompts: each completion continues from its prompt's last position
-    predict_at: torch.Tensor  # [tokens] flat position (sequence * width + t) whose output predicts each completion token
+    input_ids: torch.Tensor  # [sequences, width] (packed: [1, width])
+    # rows: [sequences, width] padding mask; shared: [sequences, 1, width, width], True: may attend; packed: [1, 2, width],
+    # each token's sequence and segment (`attends`), turned into a mask by the forward (a BlockMask for flex attention)
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None  # shared and packed: each completion continues from its prompt's last position
+    predict_at: torch.Tensor  # [tokens] flat position (row * width + t) whose output predicts each completion token
     targets: torch.Tensor  # [tokens] the completion tokens
     rows: torch.Tensor  # [tokens] the row (index into collate's `rows`) each token belongs to
     n_rows: int
 
 
-def collate(rows: list[Key], examples: list[Example], pad_id: int, device, share: bool = False) -> Forward:
-    """The forward of `rows`, right-padded. With `share`, rows of one prompt become one sequence, the prompt once
-    and each completion after it: a completion attends to the prompt and to its own earlier tokens only, and its
-    positions continue from the prompt's, so each completion's log-probs are those of its own sequence (to
-    rounding). Used only where the model's attention takes such a mask (models.shares_prompts)."""
-    seqs = sequences(rows, examples, share)
-    shared = share and any(len(completions) > 1 for _, completions, _ in seqs)
-    width = _width(seqs, device)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    segment = torch.full((len(seqs), width), -1, dtype=torch.long)  # -1 padding, 0 prompt, k + 1 the k-th completion
-    positions = torch.zeros((len(seqs), width), dtype=torch.long)
+def attends(sequence_q: torch.Tensor, segment_q: torch.Tensor, sequence_kv: torch.Tensor, segment_kv: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Whether position q may attend to position kv, given each one's sequence and segment (-1 padding, 0 the prompt,
+    k + 1 the k-th completion): causal, within one sequence, to the prompt or to its own completion. Padding attends
+    to earlier padding, so no softmax row is empty. One rule for the dense masks and flex attention's mask_mod."""
+    visible = (segment_kv == segment_q) | ((segment_kv == 0) & (segment_q >= 0))
+    return (sequence_q == sequence_kv) & visible & (kv <= q)
+
+
+def dense_mask(packed: torch.Tensor) -> torch.Tensor:
+    """[rows, 1, width, width] bool mask of a [rows, 2, width] (sequence, segment) tensor, for SDPA or eager attention."""
+    sequence, segment = packed[:, 0], packed[:, 1]
+    t = torch.arange(packed.shape[-1], device=packed.device)
+    return attends(sequence[:, :, None], segment[:, :, None], sequence[:, None, :], segment[:, None, :], t[:, None], t[None, :])[:, None]
+
+
+def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layout: str = "rows") -> Forward:
+    """The forward of `rows` in `layout` (see the module's docstring). Shared or packed, rows of one prompt become
+    one sequence, the prompt once and each completion after it: a completion attends to the prompt and to its own
+    earlier tokens only, and its positions continue from the prompt's, so each completion's log-probs are those
+    of its own sequence (to rounding). Used only where the model's attention takes such a mask
+    (logprobs.layout)."""
+    seqs = sequences(rows, examples, layout != "rows")
+    packed = layout == "packed"
+    if layout == "shared" and not any(len(completions) > 1 for _, completions, _ in seqs):
+        layout = "rows"  # nothing shared: the plain padding mask is the same forward
+    n, width = _shape(seqs, device, layout)
+    ids = torch.full((n * width,), pad_id, dtype=torch.long)
+    sequence = torch.full((n * width,), -1, dtype=torch.long)
+    segment = torch.full((n * width,), -1, dtype=torch.long)  # -1 padding, 0 prompt, k + 1 the k-th completion
+    positions = torch.zeros((n * width,), dtype=torch.long)
     predict_at, targets, owner = [], [], []
+    offset = 0  # where sequence s starts in the flat [n * width] batch
     for s, (prompt, completions, indices) in enumerate(seqs):
-        ids[s, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        segment[s, : len(prompt)] = 0
-        positions[s, : len(prompt)] = torch.arange(len(prompt))
-        start = len(prompt)
+        offset = offset if packed else s * width
+        lp = len(prompt)
+        ids[offset : offset + lp] = torch.tensor(prompt, dtype=torch.long)
+        sequence[offset : offset + lp + sum(map(len, completions))] = s
+        segment[offset : offset + lp] = 0
+        positions[offset : offset + lp] = torch.arange(lp)
+        start = offset + lp
         for k, (completion, r) in enumerate(zip(completions, indices)):
-            n = len(completion)
-            ids[s, start : start + n] = torch.tensor(completion, dtype=torch.long)
-            segment[s, start : start + n] = k + 1
-            positions[s, start : start + n] = torch.arange(len(prompt), len(prompt) + n)
+            c = len(completion)
+            ids[start : start + c] = torch.tensor(completion, dtype=torch.long)
+            segment[start : start + c] = k + 1
+            positions[start : start + c] = torch.arange(lp, lp + c)
             # token j of the completion is predicted at the position before it: the prompt's last for j = 0
-            at = torch.arange(start - 1, start + n - 1)
-            at[:1] = len(prompt) - 1
-            keep = at >= 0  # a completion with no prompt: its first token has nothing to predict it
-            predict_at.append(s * width + at[keep])
+            at = torch.arange(start - 1, start + c - 1)
+            at[:1] = offset + lp - 1
+            keep = at >= offset  # a completion with no prompt: its first token has nothing to predict it
+            predict_at.append(at[keep])
             targets.append(torch.tensor(completion, dtype=torch.long)[keep])
             owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
-            start += n
-    if shared:
-        q, k = segment[:, :, None], segment[:, None, :]
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        mask = (causal & ((k == q) | ((k == 0) & (q >= 0))))[:, None]  # padding attends to padding: no empty softmax row
-        position_ids = positions
+            start += c
+        offset = start
+    flat = lambda t: t.view(n, width)
+    if layout == "rows":
+        mask, position_ids = flat(segment >= 0).long(), None
     else:
-        mask, position_ids = (segment >= 0).long(), None
+        mask, position_ids = torch.stack([flat(sequence), flat(segment)], 1), flat(positions)
+        if layout == "shared":
+            mask = dense_mask(mask)
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     return Forward(
-        to_device(ids, device), to_device(mask, device), None if position_ids is None else to_device(position_ids, device),
+        to_device(flat(ids), device), to_device(mask, device), None if position_ids is None else to_device(position_ids, device),
         to_device(cat(predict_at), device), to_device(cat(targets), device), to_device(cat(owner), device), len(rows),
     )  # fmt: skip
 

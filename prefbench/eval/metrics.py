@@ -75,7 +75,7 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
     from prefbench.logprobs import completion_stats, shares_prompts
 
     device = next(model.parameters()).device
-    share = shares_prompts(model) and (reference is None or shares_prompts(reference))
+    layout = "shared" if shares_prompts(model) and (reference is None or shares_prompts(reference)) else "rows"
     totals = prompt_totals(rows, examples)  # each prompt's rows in one batch (its prompt computed once)
     order = sorted(range(len(rows)), key=lambda k: (totals[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
     out: dict[str, np.ndarray] = {}
@@ -85,7 +85,7 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
         reference.eval()
     for start in range(0, len(order), batch_rows):
         batch = order[start : start + batch_rows]
-        stats = completion_stats(model, collate([rows[k] for k in batch], examples, pad, device, share), reference=reference)
+        stats = completion_stats(model, collate([rows[k] for k in batch], examples, pad, device, layout), reference=reference)
         for name, values in stats.items():
             out.setdefault(name, np.zeros(len(rows)))[batch] = values.tolist()
     return out
