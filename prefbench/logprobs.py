@@ -85,14 +85,20 @@ def layout(model: nn.Module, share_prompts: bool, padding_free: bool, device) ->
     takes a custom mask (shares_prompts); "packed" on a GPU when padding_free, which switches the model's
     attention to flex attention (a BlockMask keeps the packed sequences apart without an L x L tensor; PyTorch's
     flex attention has no backward on CPU); else "shared"."""
-    if not (share_prompts and shares_prompts(model)):
+    if not shares_prompts(model):
         return "rows"
-    kind = torch.device(device).type
-    if padding_free and kind in PACKED_DEVICES:
-        if kind == "cuda":
-            causal_lm(model).set_attn_implementation("flex_attention")
-        return "packed"  # elsewhere (the tests' CPU runs) with the dense mask of data.batches.dense_mask
-    return "shared"
+    chosen = planned_layout(share_prompts, padding_free, device)
+    if chosen == "packed" and torch.device(device).type == "cuda":
+        causal_lm(model).set_attn_implementation("flex_attention")
+    return chosen  # packed elsewhere (the tests' CPU runs): with the dense mask of data.batches.dense_mask
+
+
+def planned_layout(share_prompts: bool, padding_free: bool, device) -> str:
+    """The layout `layout` gives a model whose attention takes the mask, known before any model loads (the
+    reference cache's key, and the micro-batches whose reference log-probs are computed in advance)."""
+    if not share_prompts:
+        return "rows"
+    return "packed" if padding_free and torch.device(device).type in PACKED_DEVICES else "shared"
 
 
 def _block_mask(packed: Tensor):

@@ -48,7 +48,7 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     seeds = list(recipe.seeds if seeds is None else seeds)
 
     ref = RefLogps(ref_cache_path(recipe, prepared, device))
-    keys = reference_keys(recipe, prepared, specs, seeds, world)
+    keys = reference_keys(recipe, prepared, specs, seeds, world, device)
     ref_seconds = 0.0
     if rank == 0:
         autocast = autocast_for(recipe.train.dtype, device)

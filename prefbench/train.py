@@ -38,7 +38,7 @@ from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_b
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
-from prefbench.logprobs import PACKED_DEVICES, SequenceLogps, attention_kernels, causal_lm, layout
+from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, layout, planned_layout
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, run_dir, write_json
@@ -92,7 +92,12 @@ class RefLogps:
         return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
 
 
-def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int) -> set[Key]:
+def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu") -> set[Key]:
+    """Every row whose reference log-prob training will read. A token budget cuts a step by the tokens of the
+    layout training runs in, and KTO's mismatched pairs depend on the cut: the keys of the planned layout and of
+    plain rows (where the model's attention takes no custom mask) are both included."""
+    t = recipe.train
+    layouts = {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
     keys: set[Key] = set()
     lengths = [ex.length() for ex in prepared.train]
     for spec in objectives:
@@ -102,7 +107,7 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
         for seed in seeds:
             for step in schedule(lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches):
                 for rank in range(world):
-                    for mb in micro_batches(objective, prepared, step, recipe, rank, world):
+                    for mb in (mb for rows_layout in layouts for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)):
                         keys.update(mb.rows)
                         keys.update(mb.kl_rows or ())
     return keys
@@ -116,7 +121,7 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
     # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
     t = recipe.train
-    rows_layout = "own-prompts" if not t.share_prompts else "packed" if t.padding_free and device.type in PACKED_DEVICES else "shared-prompts"
+    rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(planned_layout(t.share_prompts, t.padding_free, device), "packed")
     identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
     if kernels.chosen(t.kernels, device) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
         identity.append(kernels.chosen(t.kernels, device))

@@ -116,7 +116,6 @@ def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp
     assert shares_prompts(models.load_model("tiny:small"))  # else both runs would be the plain path
     if layout == "packed":
         monkeypatch.setattr(prefbench.logprobs, "PACKED_DEVICES", ("cuda", "cpu"))
-        monkeypatch.setattr(prefbench.train, "PACKED_DEVICES", ("cuda", "cpu"))
         seen = []
         collate = prefbench.train.collate
         monkeypatch.setattr(prefbench.train, "collate", lambda *a: seen.append(a[-1]) or collate(*a))
@@ -427,3 +426,20 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     assert sum(len(p) for p in pieces) > len(plan)  # at least one step was split
     assert any(len({len(mb.rows) for mb in p}) > 1 for p in pieces)  # unequal pieces: the old per-batch mean would differ
     assert all(padded_tokens(mb.rows, prepared.train) <= 300 or len(mb.rows) == 2 for p in pieces for mb in p)
+
+
+def test_reference_keys_cover_the_layout_training_cuts_by():
+    """With a token budget, a step is cut by the tokens of the layout training runs in (shared prompts here), and
+    KTO's mismatched pairs follow the cut: the reference keys computed before training hold those rows too."""
+    from prefbench import models
+    from prefbench.data.batches import micro_batches, schedule
+    from prefbench.data.prepare import prepare_data
+    from prefbench.train import reference_keys
+
+    recipe = parse_recipe(recipe_dict(Path("/unused"), [{"name": "kto"}], micro_batch_size=4, max_tokens_per_forward=150))
+    prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))
+    plan = schedule([e.length() for e in prepared.train], 4, 4, 0, recipe.train.bucket_batches)
+    kto = OBJECTIVES["kto"]()
+    cut = lambda layout: {k for step in plan for mb in micro_batches(kto, prepared, step, recipe, 0, 1, layout) for k in mb.rows + mb.kl_rows}
+    assert cut("shared") != cut("rows")  # the budget cuts the two layouts differently here
+    assert cut("shared") | cut("rows") <= reference_keys(recipe, prepared, recipe.objectives, [0], 1, "cpu")
