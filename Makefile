@@ -25,7 +25,7 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The main job on the embedded default (filled in by the recipe-runner issues).
 quickstart: setup

@@ -27,6 +27,9 @@ def pytest_collection_modifyitems(items):
     """The tests that share the session's vLLM server run last, one after another: an idle vLLM server
     busy-loops on a CPU core (shared/ENVIRONMENT.md), so it must not live while the other tests run."""
     items.sort(key=lambda item: "vllm_server" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+    for item in items:  # under pytest-xdist (--dist loadgroup): one worker runs them all, so one server starts
+        if "vllm_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("vllm_server"))
 
 
 TOY_RM_TRAIN_PAIRS = 130  # of the embedded task's 182 pairs; the rest stay unseen

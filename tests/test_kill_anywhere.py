@@ -120,14 +120,15 @@ def test_a_second_run_of_the_same_unit_stops_at_once_and_an_unusable_output_dir_
     from prefbench.cli import main
 
     args = ["run", "recipes/tiny_smoke.yaml", "--set", f"output_dir={tmp_path / 'out'}", "--set", f"report_dir={tmp_path / 'reports'}",
-            "--set", "objectives=[{name: dpo, beta: 0.1}]", "--set", "train.steps=400", "--set", "train.save_every=0",
+            "--set", "objectives=[{name: dpo, beta: 0.1}]", "--set", "train.steps=100", "--set", "train.save_every=0",
             "--set", "eval.generation=null"]
     first, output = _start(args, tmp_path / "cache")
     while first.poll() is None and "dpo seed 0:" not in "".join(output):
         time.sleep(0.05)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # the error, after the progress bars
-    # the first holds the unit it trains (400 steps: it is still at them when the second gets there)
+    # the first holds the unit it trains (100 steps, ~35 s here: it is still at them when the second gets there,
+    # a few seconds after it started training)
     assert err.startswith("prefbench: error: ") and "another prefbench process is training dpo/seed0" in err
     assert first.wait(timeout=900) == 0 and (tmp_path / "out" / "tiny_smoke" / "dpo" / "seed0" / "summary.json").is_file()
 
