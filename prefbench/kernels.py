@@ -57,7 +57,7 @@ def apply(lm: nn.Module, setting: str, device) -> str:
     if kind == "liger":
         check(setting, device)
         # The per-instance entry point (the one TRL and transformers' Trainer call): it picks the patch for the
-        # model's type and swaps the modules of this instance only.
+        # model's type and swaps this instance's modules (and, by Liger's design, the module-wide classes: above).
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
 
         if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:

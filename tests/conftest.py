@@ -1,11 +1,21 @@
 import os
+import shutil
 import tempfile
 
-# Tests build their models and reference caches in a private cache, never in the user's ~/.cache.
-os.environ.setdefault("PREFBENCH_CACHE", tempfile.mkdtemp(prefix="prefbench-test-cache-"))
+# Tests build their models and reference caches in a private cache, never in the user's ~/.cache, and remove it
+# at the end (about 550 MB a session). pytest-xdist's workers inherit the variable: only the process that made the
+# cache removes it, after every worker has finished.
+_MADE_CACHE = "PREFBENCH_CACHE" not in os.environ
+if _MADE_CACHE:  # (not mkdtemp as setdefault's argument: a test that imports conftest would make an unused one)
+    os.environ["PREFBENCH_CACHE"] = tempfile.mkdtemp(prefix="prefbench-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session):
+    if _MADE_CACHE:
+        shutil.rmtree(os.environ["PREFBENCH_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +33,7 @@ def vllm_server():
         yield server
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks added here
 def pytest_collection_modifyitems(items):
     """The tests that share the session's vLLM server run last, one after another: an idle vLLM server
     busy-loops on a CPU core (shared/ENVIRONMENT.md), so it must not live while the other tests run."""

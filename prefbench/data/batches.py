@@ -215,6 +215,8 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layou
     earlier tokens only, and its positions continue from the prompt's, so each completion's log-probs are those
     of its own sequence (to rounding). Used only where the model's attention takes such a mask
     (logprobs.layout)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
     seqs = sequences(rows, examples, layout != "rows")
     packed = layout == "packed"
     if layout == "shared" and not any(len(completions) > 1 for _, completions, _ in seqs):
