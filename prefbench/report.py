@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefbench.eval.judge.verdicts import distrust
 from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
 
 
@@ -160,6 +161,7 @@ def judge_table(run: Run) -> pd.DataFrame | None:
                      "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}", "swap consistency": f"{d['swap_consistency']:.2f}",
                      "tie rate": f"{d['tie_rate']:.2f}", "parse failures": f"{d['parse_failure_rate']:.2f}",
                      "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
+                     "trusted": "no" if distrust(c) else "yes",
                      "tokens": d["prompt_tokens"] + d["completion_tokens"], "cost $": f"{d['cost_usd']:.4f}"})
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
@@ -224,6 +226,20 @@ def matched_kl_table(run: Run) -> pd.DataFrame | None:
                     for c in t["pairs"]})
         rows.append(row)
     return pd.DataFrame(rows).set_index("KL")
+
+
+def judge_in_words(run: Run) -> str:
+    """Whether the judge's win rates can be read, in words: how many comparisons its diagnostics put in doubt, and
+    why for the first of them (the judge table's "trusted" column has every one)."""
+    comparisons = (run.judge or {}).get("comparisons") or {}
+    doubts = {name: reasons for name, c in comparisons.items() if (reasons := distrust(c))}
+    if not doubts:
+        return ""
+    model = next(iter(comparisons.values()))["judge"]["model"]
+    name, reasons = next(iter(doubts.items()))
+    others = f" The other {len(doubts) - 1} are marked in the LLM judge table." if len(doubts) > 1 else ""
+    return (f"The LLM judge ({model}) is not to be trusted in {len(doubts)} of its {len(comparisons)} comparisons: in {name}, "
+            f"{'; '.join(reasons)}.{others} Its win rates are shown with their diagnostics, not as evidence.")
 
 
 def objectives_in_words(run: Run) -> str:
@@ -432,8 +448,8 @@ INTRO = ("The results table shows each checkpoint: `mean [95% CI]` from a percen
 
 def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
     parts = [f"# prefbench report: {run.name}", ""]
-    if words := objectives_in_words(run):
-        parts += [words, ""]
+    for words in (objectives_in_words(run), judge_in_words(run)):
+        parts += [words, ""] if words else []
     parts += [INTRO, "", "## Results", "", table.to_markdown(), ""]
     for heading, _, df in sections(run, claims):
         parts += [f"## {heading}", "", df.to_markdown(), ""]
@@ -451,8 +467,8 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
     imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
                    for n, b in images.items())
     body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>"]
-    if words := objectives_in_words(run):
-        body.append(f"<p class='headline'>{html.escape(words)}</p>")
+    for words in (objectives_in_words(run), judge_in_words(run)):
+        body += [f"<p class='headline'>{html.escape(words)}</p>"] if words else []
     body += [f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>", "<h2>Results</h2>", tab(table)]
     for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]

@@ -513,3 +513,30 @@ def test_a_re_ask_reserves_its_estimate_and_a_stopped_call_is_asked_afresh(tmp_p
                 assert server.count(200) == 1 + 4 * PARSE_ATTEMPTS
                 one_ask = spent  # what the single ask cost: three of them would have passed the budget
                 assert PARSE_ATTEMPTS * one_ask > asks * per_ask
+
+
+def test_distrust_names_position_bias_unread_verdicts_and_chance_agreement():
+    """A judge that always names the first answer keeps no verdict when the answers swap, and agrees with the reward
+    at chance: both are said. A judge that follows the reward keeps its verdicts and is trusted, also where its
+    agreement interval still includes 0.5. Unreadable verdicts beyond 20% are said."""
+    from prefbench.eval.judge.verdicts import distrust, pair_stats
+
+    rewards = [(float(i % 2), 1.0 - i % 2) for i in range(24)]  # X better on odd prompts, worse on even ones
+    biased = pair_stats([PairResult(i, "A", "A", 5, 5, rx, ry) for i, (rx, ry) in enumerate(rewards)])
+    assert biased["diagnostics"]["swap_consistency"] == 0.0 and biased["diagnostics"]["first_position_rate"] == 1.0
+    said = distrust(biased)
+    assert len(said) == 2 and "0% of pairs" in said[0] and "first answer 100%" in said[0] and "no better than chance" in said[1]
+
+    follows = [PairResult(i, "A" if rx > ry else "B", "B" if rx > ry else "A", 5, 5, rx, ry) for i, (rx, ry) in enumerate(rewards)]
+    good = pair_stats(follows)
+    assert good["diagnostics"]["swap_consistency"] == 1.0 and good["reward_agreement"]["agreement"]["mean"] == 1.0
+    assert distrust(good) == []
+    mixed = pair_stats(follows[:3] + [PairResult(3, "B", "A", 5, 5, 1.0, 0.0)])  # 3 of 4 prompts agree, orders kept
+    assert mixed["reward_agreement"]["agreement"]["ci"][0] < 0.5 < mixed["reward_agreement"]["agreement"]["ci"][1]
+    assert distrust(mixed) == []  # chance inside the interval: shown in the table, not held against the judge
+
+    unread = pair_stats([PairResult(i, None if i < 8 else "A", "B", 5, 5) for i in range(24)])
+    assert unread["diagnostics"]["parse_failure_rate"] == pytest.approx(8 / 48)  # under 20%: not said
+    assert not any("could not be read" in r for r in distrust(unread))
+    unread = pair_stats([PairResult(i, None if i < 12 else "A", "B", 5, 5) for i in range(24)])
+    assert any(r.startswith("25% of its verdicts could not be read") for r in distrust(unread))

@@ -499,3 +499,27 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     assert "At matched KL" in objectives_in_words(run)
     out = write_report(root, tmp_path / "reports")
     assert (out / "plots" / "frontier.png").is_file() and "## Matched KL" in (out / "report.md").read_text()
+
+
+def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_path):
+    """A judge that names the first answer whatever it reads: the report's first lines say it is not to be trusted
+    and why, and the judge table marks the comparison; a judge that follows the rewards gets no such line."""
+    from prefbench.eval.judge import PairResult, pair_stats
+    from prefbench.report import judge_in_words, judge_table, render_markdown, unit_table
+
+    judge = {"model": "tiny-judge", "template_sha256": "0" * 64, "temperature": 0.0, "forms": ["json"]}
+    rewards = [(float(i % 2), 1.0 - i % 2) for i in range(24)]
+    for verdicts, trusted in (((lambda rx, ry: ("A", "A")), False), ((lambda rx, ry: ("A", "B") if rx > ry else ("B", "A")), True)):
+        root = make_run(tmp_path / str(trusted), {"dpo": BETTER}, REF)
+        comparison = pair_stats([PairResult(i, *verdicts(rx, ry), 5, 5, rx, ry) for i, (rx, ry) in enumerate(rewards)])
+        comparison["diagnostics"] |= {"prompt_tokens": 100, "completion_tokens": 10, "cost_usd": 0.0}  # the runner adds these
+        (root / "eval_judge.json").write_text(json.dumps({"comparisons": {"dpo/seed0 vs reference": comparison | {"judge": judge}}}))
+        run = load_run(root)
+        markdown = render_markdown(run, unit_table(run), {})
+        assert judge_table(run).loc["dpo/seed0 vs reference", "trusted"] == ("yes" if trusted else "no")
+        if trusted:
+            assert judge_in_words(run) == "" and "not to be trusted" not in markdown
+        else:
+            words = judge_in_words(run)
+            assert words.startswith("The LLM judge (tiny-judge) is not to be trusted in 1 of its 1 comparisons: in dpo/seed0 vs reference, ")
+            assert "0% of pairs" in words and markdown.index(words) < markdown.index("## Results")

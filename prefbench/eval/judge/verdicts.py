@@ -174,5 +174,30 @@ def _reward_agreement(scored: list[tuple[PairResult, float]]) -> dict | None:
     }
 
 
+# Below these a comparison's judge is not to be trusted (distrust). Swap consistency: the share of pairs whose
+# verdict survives swapping the answers' places; a judge blind to content that always names one position keeps 0%,
+# one that picks at random 50%. Parse failures: asks whose verdict could not be read.
+MIN_SWAP_CONSISTENCY = 0.5
+MAX_PARSE_FAILURES = 0.2
+
+
+def distrust(comparison: dict) -> list[str]:
+    """Why a judged comparison (`pair_stats`'s output) is not to be trusted, in words; empty when nothing in its
+    diagnostics says so. Agreement with the task's reward counts against the judge only where its interval lies
+    at or below chance (0.5); an interval that merely includes 0.5 is reported beside it, not held against it."""
+    d, reasons = comparison["diagnostics"], []
+    swap, first = d.get("swap_consistency"), d.get("first_position_rate")
+    if swap is not None and not math.isnan(swap) and swap < MIN_SWAP_CONSISTENCY:
+        bias = f"; it named the first answer {first:.0%} of the time" if first is not None and not math.isnan(first) else ""
+        reasons.append(f"its verdict survived swapping the answers' places in {swap:.0%} of pairs{bias}")
+    if d.get("parse_failure_rate", 0) > MAX_PARSE_FAILURES:
+        reasons.append(f"{d['parse_failure_rate']:.0%} of its verdicts could not be read")
+    agreement = (comparison.get("reward_agreement") or {}).get("agreement")
+    if agreement and agreement["ci"][1] <= 0.5:
+        reasons.append(f"it agreed with the task's reward on {agreement['mean']:.0%} of the pairs the reward separates "
+                       f"(95% CI [{agreement['ci'][0]:.2f}, {agreement['ci'][1]:.2f}]), no better than chance")
+    return reasons
+
+
 def _share(flags: list[bool]) -> float:
     return float(np.mean(flags)) if flags else float("nan")
