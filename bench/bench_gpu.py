@@ -1,6 +1,6 @@
 """Tokens/s and MFU of prefbench's bf16 DPO training step on one GPU.
 
-    python bench/bench_gpu.py [--runs 135m:32:eager,135m:32,135m:32:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl] [--steps 16] [--warmup 4] [--tokenizer DIR] [--out PATH]
+    python bench/bench_gpu.py [--runs 135m:16:eager,135m:16,135m:16:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl] [--steps 16] [--warmup 4] [--tokenizer DIR] [--out PATH]
 
 Each run is SIZE:MICRO[:FLAG...]: a model size, the pairs per forward (train.micro_batch_size), and flags:
   gc        gradient checkpointing (a bigger micro-batch fits; its recomputed forward is not useful work below)
@@ -211,7 +211,7 @@ def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="135m:32:eager,135m:32,135m:32:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl", help="SIZE:MICRO[:FLAG...],...")
+    parser.add_argument("--runs", default="135m:16:eager,135m:16,135m:16:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl", help="SIZE:MICRO[:FLAG...],...")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step")

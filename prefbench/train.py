@@ -67,8 +67,7 @@ class RefLogps:
         start = time.perf_counter()
         lm, _ = models.load(spec)
         lm = lm.to(device).eval()
-        rows_layout = layout(lm, train.share_prompts, train.padding_free, device)
-        kernels.apply(lm, train.kernels, device)
+        rows_layout = ready(lm, train, device)
         model = SequenceLogps(lm)
         computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
         with torch.no_grad(), tqdm(total=len(missing), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
@@ -90,6 +89,14 @@ class RefLogps:
 
     def tensor(self, keys: list[Key]) -> torch.Tensor:
         return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
+
+
+def ready(lm: torch.nn.Module, train: TrainSpec, device) -> str:
+    """Set `lm` up for train's layout and kernels, in that order (packed rows switch its attention to flex, and
+    compiled layers must see the attention they will run); returns the layout (logprobs.layout)."""
+    rows_layout = layout(lm, train.share_prompts, train.padding_free, device)
+    kernels.apply(lm, train.kernels, device)
+    return rows_layout
 
 
 def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu") -> set[Key]:
@@ -123,8 +130,8 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     t = recipe.train
     rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(planned_layout(t.share_prompts, t.padding_free, device), "packed")
     identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
-    if kernels.chosen(t.kernels, device) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
-        identity.append(kernels.chosen(t.kernels, device))
+    if (kind := kernels.chosen(t.kernels, device)) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
+        identity.append(kind)
     identity = json.dumps(identity, sort_keys=True, default=str)
     return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
 
@@ -239,8 +246,7 @@ def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Pa
     autocast = autocast_for(t.dtype, device)
     torch.manual_seed(seed)
     lm, tokenizer = _load_model(recipe, resume, device)
-    rows_layout = layout(lm, t.share_prompts, t.padding_free, device)
-    kernels.apply(lm, t.kernels, device)
+    rows_layout = ready(lm, t, device)
     policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     # on a GPU the fused AdamW (one kernel for every parameter's update; same arithmetic as the loop to rounding)

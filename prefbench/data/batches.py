@@ -141,11 +141,6 @@ def _shape(seqs: list, device, layout: str) -> tuple[int, int]:
     return (1 if layout == "packed" else len(seqs)), width
 
 
-def batch_width(rows: list[Key], examples: list[Example], device="cpu", layout: str = "rows") -> int:
-    """Width of the batch `collate` builds: the longest sequence (packed: all of them), rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    return _shape(sequences(rows, examples, layout != "rows"), device, layout)[1]
-
-
 def padded_tokens(rows: list[Key], examples: list[Example], layout: str = "rows", device="cpu") -> int:
     """Tokens of the [rows, width] batch `collate` builds, padding included."""
     n, width = _shape(sequences(rows, examples, layout != "rows"), device, layout)
