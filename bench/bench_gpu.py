@@ -308,7 +308,8 @@ def main() -> None:
         base = r["run"].split(":")[:2]
         trl = by.get(":".join(base + ["trl"]))
         if "error" not in r and r["trainer"] == "prefbench" and trl and r is not trl:
-            print(f"{r['run']:>20} vs TRL: {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x tokens/s, {r['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x peak memory")
+            memory = f"{r['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x" if trl["peak_memory_gib"] else "n/a (CPU)"
+            print(f"{r['run']:>20} vs TRL: {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x tokens/s, {memory} peak memory")
     report()
 
 
