@@ -372,6 +372,7 @@ class JudgeSpec:
     local_model: str = ""  # a model spec served on 127.0.0.1 by a vLLM server that prefbench starts and stops
     against: tuple[JudgeAgainst, ...] = ("reference",)
     samples_per_prompt: int = 1  # how many sampled answers per prompt and checkpoint are judged
+    prompts: int | None = None  # judge the first N of the generation's prompts (None: all); each call reads a whole pair
     max_concurrency: int = 8
     max_retries: int = 5
     timeout_s: float = 60.0
@@ -388,7 +389,7 @@ class JudgeSpec:
         if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):  # it may be a pasted key: never echo it
             out.append(f"{at}.api_key_env: must be the NAME of an environment variable (letters, digits, _), not a key; its value is not shown")
         out += self._endpoint_problems(at)
-        for key in ("samples_per_prompt", "max_concurrency", "max_tokens"):
+        for key in ("samples_per_prompt", "prompts", "max_concurrency", "max_tokens"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         for key in ("max_retries", "budget_usd", "price_per_1k_input", "price_per_1k_output"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 0)
@@ -630,6 +631,8 @@ class Recipe:
                        "or prompts.file (JSONL records with a 'chosen' response)")
         if judge.samples_per_prompt > generation.sampling.n:
             out.append(f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}")
+        if judge.prompts is not None and judge.prompts > generation.prompts.n:
+            out.append(f"eval.judge.prompts: {judge.prompts} is more than eval.generation.prompts.n {generation.prompts.n}")
         return out
 
 

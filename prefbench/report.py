@@ -253,7 +253,7 @@ def objectives_in_words(run: Run) -> str:
     scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals hold for a new training run of the recipe."
              if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
              "a new training run of the same recipe could order them differently (add seeds to tell).")
-    said = []
+    said = [moved] if (moved := _moved_in_words(metrics)) else []
     for metric, entry in metrics:
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
@@ -271,7 +271,38 @@ def objectives_in_words(run: Run) -> str:
                 for t in matched["targets"] for c in t["pairs"] if c["resolved"]]
         levels = ", ".join(f"{t['kl']:.2f}" for t in matched["targets"])
         said.append("At matched KL: " + ("; ".join(held) + "." if held else f"no difference between the swept objectives is resolved (KL {levels})."))
-    return " ".join([scope] + said)
+    return " ".join(said[:1] + [scope] + said[1:] + ([b] if (b := benchmarks_in_words(run)) else []))
+
+
+def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
+    """The first ranked metric's difference from the reference for each objective, at what KL, and which of them
+    hold after Holm across the objectives."""
+    ranked = [(m, e) for m, e in metrics if e.get("higher_is_better") is not None and e.get("vs_reference")]
+    if not ranked:
+        return ""
+    metric, entry = ranked[0]
+    kl = dict(metrics).get("kl", {}).get("objectives", {})
+    at = lambda name: f" at KL {kl[name]['mean']:.2f} nats" if name in kl else ""
+    moves = ", ".join(f"{c['objective']} {_diff(c)}{at(c['objective'])}" for c in entry["vs_reference"])
+    held = [c for c in entry["vs_reference"] if c["resolved"]]
+    p = sorted(c["p_holm"] for c in entry["vs_reference"])
+    verdict = (f"{', '.join(c['objective'] for c in held)} moved it after Holm across the {len(p)} objectives" if held else
+               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g})" if len(p) > 1 else ")"))
+    return f"{_column(metric).capitalize()} minus the reference's (paired on the prompts, 95% CI): {moves}; {verdict}."
+
+
+def benchmarks_in_words(run: Run) -> str:
+    """Which checkpoints' benchmark scores differ from the reference's after Holm across the grid, in words."""
+    results = [(u.name, key, r) for u in run.units for key, r in (u.benchmarks or {}).items()]
+    if not results:
+        return ""
+    changed = [f"{name} {key} {_diff(r)} (Holm p {r['p_holm']:.3g})" for name, key, r in results if r.get("p_holm", 1.0) < 0.05]
+    if changed:
+        return "Benchmarks: " + "; ".join(changed) + " differ from the reference after Holm across every checkpoint and task."
+    n = sorted({r["n"] for _, _, r in results})
+    tests = f"{len(results)} paired test{'s' if len(results) > 1 else ''}"
+    return (f"Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task "
+            f"({tests} on {n[0] if len(n) == 1 else f'{n[0]} to {n[-1]}'} documents).")
 
 
 # ---- plots ----------------------------------------------------------------------------------------

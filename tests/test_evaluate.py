@@ -166,7 +166,7 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
 
 
 def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
-    from prefbench.report import benchmark_table
+    from prefbench.report import benchmark_table, benchmarks_in_words
     from prefbench.results import load_run
 
     root, overrides = run
@@ -180,6 +180,10 @@ def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
     table = benchmark_table(load_run(root))
     assert r["p_holm"] == r["p_value"]  # Holm over a family of one test (one checkpoint x one task metric)
     assert list(table.index) == ["reference", "dpo/seed0"] and f"Holm {r['p_holm']:.3f}" in table.loc["dpo/seed0", key]
+    # the report's words: whether the one paired test holds after Holm
+    words = benchmarks_in_words(load_run(root))
+    assert words == ("Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (1 paired test on 10 documents)."
+                     if r["p_holm"] >= 0.05 else f"Benchmarks: dpo/seed0 {key} {r['difference']:+.3f}")
 
 
 def test_a_run_without_a_reward_keeps_every_other_metric(run, tmp_path, capsys):

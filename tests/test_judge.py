@@ -307,6 +307,13 @@ def test_comparisons_samples_and_identical_answers(tmp_path):
         "kto": [["k0", "GOOD k1", "x"], ["k3", "k4", "x"]],
     }
     rewards = {"dpo": [[1.0, 0.0, 0], [0.0, 1.0, 0]], "chosen": [[0.5], [0.5]]}
+    with FaultServer() as server:  # prompts=1: prompt 0 only, 2 pairs per comparison
+        spec = _spec(server, against=("reference", "round_robin", "dataset_chosen"), samples_per_prompt=2, prompts=1)
+        first = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path / "first")
+        assert {name: (c["pairs"], c["judge"]["prompts"]) for name, c in first["comparisons"].items()} == {name: (2, 1) for name in first["comparisons"]}
+        assert {x["prompt_index"] for x in first["verdicts"]} == {0} and first["comparisons"]["dpo vs reference"]["diagnostics"]["calls"] == 2
+        # 2 x (1 + 5 x 2) = 22 verdicts ("same" vs "same" is a tie without a call), the 4 shared ones (below) asked once
+        assert len(server.answered()) == 18 and set(server.answered().values()) == {1}
     with FaultServer() as server:
         spec = _spec(server, against=("reference", "round_robin", "dataset_chosen"), samples_per_prompt=2)
         result = judge_units(spec, prompts, answers, chosen=["GOOD c0", "c1"], rewards=rewards, cache_dir=tmp_path)

@@ -284,10 +284,13 @@ def test_judge_section_is_validated(tmp_path, monkeypatch):
     body = base(tmp_path, eval={"judge": JUDGE})
     with pytest.raises(RecipeError, match="eval.judge: needs eval.generation"):
         load_recipe(write(tmp_path, body))
-    assert judge_problems({**JUDGE, "against": ["dataset_chosen"], "samples_per_prompt": 3}, {"sampling": {"n": 2}}) == [
+    assert judge_problems({**JUDGE, "against": ["dataset_chosen"], "samples_per_prompt": 3, "prompts": 9},
+                          {"sampling": {"n": 2}, "prompts": {"n": 8}}) == [
         "eval.judge.against[0]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
         "or prompts.file (JSONL records with a 'chosen' response)",
-        "eval.judge.samples_per_prompt: 3 is more than eval.generation.sampling.n 2"]
+        "eval.judge.samples_per_prompt: 3 is more than eval.generation.sampling.n 2",
+        "eval.judge.prompts: 9 is more than eval.generation.prompts.n 8"]
+    assert judge_problems({**JUDGE, "prompts": 0}) == ["eval.judge.prompts: must be >= 1, got 0"]
     # the key's variable is looked up (by name only) when the recipe calls a remote endpoint for real
     remote = {"base_url": "https://api.example.com/v1", "model": "m", "api_key_env": "PREFBENCH_TEST_JUDGE_KEY"}
     monkeypatch.delenv("PREFBENCH_TEST_JUDGE_KEY", raising=False)

@@ -330,10 +330,21 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     assert contrast_table(run).loc["reward: dpo - kto", "reading"] == "dpo higher"
     words = objectives_in_words(run)
     assert "pool 3 seeds" in words and "dpo leads on reward" in words
+    # first, each objective's move from the reference, at its KL, and whether it holds after Holm across the objectives
+    assert words.startswith("Reward minus the reference's (paired on the prompts, 95% CI): ")
+    kl = stored["metrics"]["kl"]["objectives"]
+    for c in reward["vs_reference"]:
+        assert f"{c['objective']} {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] at KL {kl[c['objective']]['mean']:.2f} nats" in words
+    held = [c["objective"] for c in reward["vs_reference"] if c["resolved"]]
+    assert held and f"{', '.join(held)} moved it after Holm across the 2 objectives" in words
     # One seed: the report says objective differences describe this training run only.
     one = make_run(tmp_path / "one" / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
-    objectives(_recipe(tmp_path / "one", ["dpo", "kto"], [0]))
-    assert "describe this training run only" in objectives_in_words(load_run(one))
+    vs = objectives(_recipe(tmp_path / "one", ["dpo", "kto"], [0]))["metrics"]["reward"]["vs_reference"]
+    words = objectives_in_words(load_run(one))
+    assert "describe this training run only" in words
+    p = sorted(c["p_holm"] for c in vs)
+    held = [c["objective"] for c in vs if c["resolved"]]
+    assert (f"{', '.join(held)} moved it after Holm" if held else f"none of these moves is resolved after Holm across the 2 objectives (Holm p {p[0]:.3g} to {p[1]:.3g})") in words
     assert "describe this training run only" in (write_report(one, tmp_path / "reports") / "report.md").read_text()
 
 

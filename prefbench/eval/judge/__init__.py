@@ -9,8 +9,9 @@ objective, the dataset's chosen response), in both answer orders, through any Op
 Pairs
   spec.against names the comparisons: each unit against the reference, every two objectives (round_robin),
   each unit against the dataset's chosen response (dataset_chosen). A pair is (prompt, sample j of unit X,
-  sample j of unit Y) for the first samples_per_prompt samples, judged twice: X shown as A, and X shown as
-  B. Identical answers are a tie without a call; a request shared by two comparisons is asked once.
+  sample j of unit Y) for the first samples_per_prompt samples of the first spec.prompts prompts (all when
+  None), judged twice: X shown as A, and X shown as B. Identical answers are a tie without a call; a request
+  shared by two comparisons is asked once.
 
 Verdict lines
   judge_units also returns one line per call of each comparison, cached or not, for <run>/judge/verdicts.jsonl:
@@ -109,8 +110,9 @@ def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool
 
 def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str,
           chosen: list[str] | None, rewards: dict[str, list[list[float]]] | None) -> dict[tuple[str, str], list[Pair]]:
-    """The pairs of each comparison: sample j of X against sample j of Y, for the first samples_per_prompt."""
-    k = spec.samples_per_prompt
+    """The pairs of each comparison: sample j of X against sample j of Y, for the first samples_per_prompt of
+    the first spec.prompts prompts."""
+    k, n = spec.samples_per_prompt, min(len(prompts), spec.prompts or len(prompts))
     answers = dict(answers) | ({CHOSEN: [[c] * k for c in chosen]} if chosen is not None else {})
     rewards = dict(rewards or {})
     if CHOSEN in rewards:
@@ -120,7 +122,7 @@ def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]
             raise ValueError(f"answers[{unit!r}] has {len(per_prompt)} prompts, not {len(prompts)}")
     return {
         (x, y): [(i, j, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
-                 for i in range(len(prompts)) for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))]
+                 for i in range(n) for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))]
         for x, y in _comparisons(spec, list(answers), reference, chosen is not None)
     }
 
@@ -163,7 +165,8 @@ def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: 
     }
     result = {"unit": x, "opponent": y, "judge": {
         "model": model, "template_sha256": template.sha256, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
-        "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt}} | stats
+        "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt,
+        "prompts": len({i for i, *_ in pairs})}} | stats
     return result, lines
 
 
