@@ -25,9 +25,9 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	touch $@
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
-# The main job on the embedded default (filled in by the recipe-runner issues).
+# The main job on the embedded default (docs/main-job.md).
 quickstart: setup
 	$(BIN)/prefbench run recipes/kto_vs_dpo.yaml
 

@@ -267,6 +267,12 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
     assert all(u.generation["prompts"] == 96 for u in run.units)
     assert {v.verdict for v in compare(base, base)} == {"no change"}
     assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
+    # every evaluator of the main job: the reward with KL, a benchmark with paired tests, the judge with its diagnostics
+    assert all(u.benchmarks for u in run.units[1:]) and len(run.judge["comparisons"]) == 4
+    committed = (base.parent.parent / "reports" / "kto_vs_dpo" / "report.md").read_text()
+    for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge"):
+        assert section in committed
+    assert committed.split("\n")[2].startswith("Reward minus the reference's") and "not to be trusted" in committed.split("\n")[4]
 
 
 def test_a_run_without_the_greedy_pass_renders_and_compares(tmp_path):
