@@ -19,6 +19,7 @@ import pandas as pd
 
 from prefbench.eval.judge.verdicts import distrust
 from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
+from prefbench.stats import LEVEL
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def benchmarks_in_words(run: Run) -> str:
     results = [(u.name, key, r) for u in run.units for key, r in (u.benchmarks or {}).items()]
     if not results:
         return ""
-    changed = [f"{name} {key} {_diff(r)} (Holm p {r['p_holm']:.3g})" for name, key, r in results if r.get("p_holm", 1.0) < 0.05]
+    changed = [f"{name} {key} {_diff(r)} (Holm p {r['p_holm']:.3g})" for name, key, r in results if r.get("p_holm", 1.0) < 1 - LEVEL]
     if changed:
         return "Benchmarks: " + "; ".join(changed) + " differ from the reference after Holm across every checkpoint and task."
     n = sorted({r["n"] for _, _, r in results})

@@ -540,3 +540,25 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
             words = judge_in_words(run)
             assert words.startswith("The LLM judge (tiny-judge) is not to be trusted in 1 of its 1 comparisons: in dpo/seed0 vs reference, ")
             assert "0% of pairs" in words and markdown.index(words) < markdown.index("## Results")
+
+
+def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
+    from types import SimpleNamespace
+
+    from prefbench.report import benchmarks_in_words
+
+    def result(d, p_holm, n=200):
+        return {"difference": d, "ci": [d - 0.02, d + 0.02], "p_holm": p_holm, "n": n}
+
+    units = [SimpleNamespace(name="reference", benchmarks=None),
+             SimpleNamespace(name="dpo/seed0", benchmarks={"mmlu acc,none": result(-0.05, 0.01), "gsm8k exact_match": result(0.01, 0.4)}),
+             SimpleNamespace(name="kto/seed0", benchmarks={"mmlu acc,none": result(-0.01, 0.049), "gsm8k exact_match": result(0.0, 1.0, 80)})]
+    assert benchmarks_in_words(SimpleNamespace(units=units)) == (
+        "Benchmarks: dpo/seed0 mmlu acc,none -0.050 [-0.070, -0.030] (Holm p 0.01); kto/seed0 mmlu acc,none -0.010 [-0.030, +0.010] "
+        "(Holm p 0.049) differ from the reference after Holm across every checkpoint and task.")
+    for u in units[1:]:
+        for r in u.benchmarks.values():
+            r["p_holm"] = max(r["p_holm"], 0.06)
+    assert benchmarks_in_words(SimpleNamespace(units=units)) == (
+        "Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (4 paired tests on 80 to 200 documents).")
+    assert benchmarks_in_words(SimpleNamespace(units=units[:1])) == ""
