@@ -62,7 +62,7 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from prefbench.eval.run import evaluate
-    from prefbench.report import objectives_in_words, write_report
+    from prefbench.report import results_in_words, write_report
     from prefbench.results import load_run, run_dir
     from prefbench.runner import train_units
 
@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
     print_training(train_units(recipe))
     print_evaluation(evaluate(recipe))
     out = write_report(run_dir(recipe), recipe.report_dir)
-    if words := objectives_in_words(load_run(run_dir(recipe))):
+    if words := results_in_words(load_run(run_dir(recipe))):
         print(f"\n{words}")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0

@@ -229,6 +229,18 @@ def matched_kl_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("KL")
 
 
+def headline(run: Run) -> list[str]:
+    """The report's first paragraphs: what the results support (results_in_words), then whether the judge can be
+    read (judge_in_words); empty ones left out."""
+    return [words for words in (results_in_words(run), judge_in_words(run)) if words]
+
+
+def results_in_words(run: Run) -> str:
+    """What the objective-level statistics and the benchmarks support, in one paragraph (what `prefbench run`
+    prints at its end)."""
+    return " ".join(words for words in (objectives_in_words(run), benchmarks_in_words(run)) if words)
+
+
 def judge_in_words(run: Run) -> str:
     """Whether the judge's win rates can be read, in words: how many comparisons its diagnostics put in doubt, and
     why for the first of them (the judge table's "trusted" column has every one)."""
@@ -272,7 +284,7 @@ def objectives_in_words(run: Run) -> str:
                 for t in matched["targets"] for c in t["pairs"] if c["resolved"]]
         levels = ", ".join(f"{t['kl']:.2f}" for t in matched["targets"])
         said.append("At matched KL: " + ("; ".join(held) + "." if held else f"no difference between the swept objectives is resolved (KL {levels})."))
-    return " ".join(said[:1] + [scope] + said[1:] + ([b] if (b := benchmarks_in_words(run)) else []))
+    return " ".join(said[:1] + [scope] + said[1:])
 
 
 def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
@@ -480,8 +492,8 @@ INTRO = ("The results table shows each checkpoint: `mean [95% CI]` from a percen
 
 def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
     parts = [f"# prefbench report: {run.name}", ""]
-    for words in (objectives_in_words(run), judge_in_words(run)):
-        parts += [words, ""] if words else []
+    for words in headline(run):
+        parts += [words, ""]
     parts += [INTRO, "", "## Results", "", table.to_markdown(), ""]
     for heading, _, df in sections(run, claims):
         parts += [f"## {heading}", "", df.to_markdown(), ""]
@@ -499,8 +511,7 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
     imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
                    for n, b in images.items())
     body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>"]
-    for words in (objectives_in_words(run), judge_in_words(run)):
-        body += [f"<p class='headline'>{html.escape(words)}</p>"] if words else []
+    body += [f"<p class='headline'>{html.escape(words)}</p>" for words in headline(run)]
     body += [f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>", "<h2>Results</h2>", tab(table)]
     for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]

@@ -545,7 +545,7 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
 def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
     from types import SimpleNamespace
 
-    from prefbench.report import benchmarks_in_words
+    from prefbench.report import benchmarks_in_words, results_in_words
 
     def result(d, p_holm, n=200):
         return {"difference": d, "ci": [d - 0.02, d + 0.02], "p_holm": p_holm, "n": n}
@@ -562,3 +562,5 @@ def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
     assert benchmarks_in_words(SimpleNamespace(units=units)) == (
         "Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (4 paired tests on 80 to 200 documents).")
     assert benchmarks_in_words(SimpleNamespace(units=units[:1])) == ""
+    # a run without objective-level statistics still says it in the report's first paragraph
+    assert results_in_words(SimpleNamespace(units=units, objectives=None)) == benchmarks_in_words(SimpleNamespace(units=units))
