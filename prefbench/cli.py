@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 
 def objectives_table() -> str:
@@ -89,10 +90,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from prefbench.recipe import load_recipe
+    from prefbench.runner import prepare
+
+    prepared, ref = prepare(load_recipe(args.recipe, args.overrides))
+    print(f"prepared: {len(prepared.train)} training examples (token fingerprint {prepared.fingerprint[:12]}), "
+          f"{len(ref.values)} reference log-probs in {ref.path}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from prefbench.eval.run import evaluate
 
-    print_evaluation(evaluate(evaluation_recipe(args), args.stage))
+    print_evaluation(evaluate(evaluation_recipe(args), args.stage, args.unit))
+    return 0
+
+
+def cmd_launch(args) -> int:
+    from prefbench.launch import launch, make_executor, plan
+    from prefbench.results import run_dir
+
+    recipe = evaluation_recipe(args)  # every problem found here, before any task starts
+    gpus = args.gpus_per_unit if args.gpus_per_unit is not None else int(__import__("torch").cuda.is_available())
+    options = dict(item.partition("=")[::2] for item in args.slurm_option)
+    executor = make_executor(args.executor, args.parallel, gpus, run_dir(recipe).resolve(), slurm_options=options, ray_address=args.ray_address)
+    launch(plan(args.recipe, args.overrides, recipe, gpus), executor)
+    print(f"report: {Path(recipe.report_dir).resolve() / recipe.name / 'report.md'}")
     return 0
 
 
@@ -175,12 +199,22 @@ def parser() -> argparse.ArgumentParser:
     train = command("train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True)
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
     train.add_argument("--seed", type=int, required=True)
+    command("prepare", cmd_prepare, "tokenize the data and compute every unit's reference log-probs once (the first stage of a launch)", recipe=True)
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
     evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
+    evaluate.add_argument("--unit", metavar="UNIT", help="evaluate only this unit (reference, or LABEL/seedK): its own part of the "
+                          "benchmarks, preference and generation stages; checkpoints after the reference")
     evaluate.add_argument("--stage", action="append", metavar="STAGE",
                           help="run only this stage (repeatable; benchmarks, preference, generation, judge, objectives, claims); default: every stage the recipe asks for")
     for c in (run, evaluate):
         c.add_argument("--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures")
+    launch = command("launch", cmd_launch, "run a recipe's units in parallel on an engine you run: local processes, Slurm (submitit) or Ray", recipe=True)
+    launch.add_argument("--executor", required=True, choices=["local", "slurm", "ray"])
+    launch.add_argument("--parallel", type=int, default=2, help="units running at once (default 2)")
+    launch.add_argument("--gpus-per-unit", type=int, help="GPUs each unit gets (default 1 where CUDA is, else 0); above 1, training runs under torchrun")
+    launch.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE", help="an sbatch option for every job, e.g. partition=gpu")
+    launch.add_argument("--ray-address", help="the Ray cluster to use (default: RAY_ADDRESS, else a local one)")
+    launch.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
     command("generate-data", cmd_generate_data, "sample from a model, score with a reward, write paired + unpaired preference data", recipe=True)
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")

@@ -2,7 +2,8 @@
 the file writes everything else uses (atomic writes, build-once directories, the append-only cache).
 
 results/<run>/
-  manifest.json                 resolved recipe, versions, git commit, hardware, data fingerprints, timings
+  manifest.json                 resolved recipe, versions, git commit, hardware, data fingerprints (written once)
+  <unit>/timings.jsonl          one line per stage invocation of the unit: seconds, host, device, processes
   <label>/seed<k>/metrics.jsonl  one line per optimizer step
   <label>/seed<k>/checkpoint-<step>/   resumable: HF weights + trainer_state.pt + COMPLETE
   <label>/seed<k>/final/        plain Hugging Face checkpoint (safetensors + config + tokenizer)
@@ -206,6 +207,20 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def record_timing(unit_dir: Path, stage: str, seconds: float, device: Any = None, processes: int = 1, **extra: Any) -> None:
+    """One line in <unit_dir>/timings.jsonl: a stage that ran for this unit, how long, where (host, device,
+    processes) and when it ended. A unit's own file, appended only by its own stages: units running at the same
+    time (prefbench launch) rewrite nothing shared. Runs that resumed have one line per invocation."""
+    from datetime import datetime, timezone
+
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    AppendLog(Path(unit_dir) / "timings.jsonl").append([{
+        "stage": stage, "seconds": round(seconds, 3), "host": platform.node(), "device": str(device), "processes": processes,
+        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}])
 
 
 def run_dir(recipe) -> Path:

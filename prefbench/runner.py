@@ -1,18 +1,22 @@
-"""`prefbench run` / `prefbench train`: prepare the data once, fill the reference cache once, then train
-every (objective, seed) unit (evaluation: prefbench/eval/run.py). Each unit is resumable and skipped when already done, so re-running
-the same command after a kill continues where it stopped."""
+"""The training stages: `prefbench prepare` (resolve the model, tokenize the data, fill the reference cache for
+every unit, write the manifest) and `prefbench train` / `prefbench run` (prepare what is missing, then train
+each (objective, seed) unit; evaluation: prefbench/eval/run.py). Each unit is resumable and skipped when already
+done, so re-running the same command after a kill continues where it stopped. Units that run at the same time
+(prefbench launch) share nothing they rewrite: the manifest is written once, and each invocation's timings go to
+its own unit's timings.jsonl (results.record_timing)."""
 
 from __future__ import annotations
 
 import time
 
 import torch.distributed as dist
+from filelock import FileLock  # a dependency of huggingface_hub
 
 from prefbench import kernels, models
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import SCHEMA_VERSION, git_commit, hardware, jsonable, read_json, run_dir, versions, write_json
-from prefbench.data.prepare import prepare_data
+from prefbench.results import SCHEMA_VERSION, git_commit, hardware, jsonable, read_json, record_timing, run_dir, versions, write_json
+from prefbench.data.prepare import Prepared, prepare_data
 from prefbench.train import RefLogps, autocast_for, check_budget_and_fsdp, init_distributed, ref_cache_path, reference_keys, train_one
 
 
@@ -21,7 +25,7 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         return
     stored = read_json(manifest_path)["recipe"]
     mine = jsonable(recipe.to_dict())
-    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval", "claims", "report_dir") and stored.get(k) != mine.get(k))
+    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval", "claims", "report_dir", "output_dir") and stored.get(k) != mine.get(k))
     if differing:
         raise TrainingError(
             f"{manifest_path.parent} holds a run of a different recipe (differs in: {', '.join(differing)}); "
@@ -29,7 +33,10 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         )
 
 
-def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+def prepare(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> tuple[Prepared, RefLogps]:
+    """The tokenized data and the reference log-probs every (objective, seed) unit asked for will read, computed
+    where missing (under torchrun, each rank its share: train.RefLogps.ensure); the manifest written if the run
+    has none. The reference pass's time goes to <run>/reference/timings.jsonl."""
     started = time.time()
     # Build or convert the model before the process group exists: under torchrun, transformers'
     # save_pretrained writes nothing on ranks other than 0, and any rank may win the build lock.
@@ -49,33 +56,33 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
 
     ref = RefLogps(ref_cache_path(recipe, prepared, device))
     keys = reference_keys(recipe, prepared, specs, seeds, world, device)
-    ref_seconds = 0.0
-    if rank == 0:
-        autocast = autocast_for(recipe.train.dtype, device)
-        ref_seconds = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size, device, autocast, recipe.train)
+    autocast = autocast_for(recipe.train.dtype, device)
+    ref_seconds, computed = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size,
+                                       device, autocast, recipe.train)
     if world > 1:
         dist.barrier()
-        ref = RefLogps(ref.path)
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(manifest_path) + ".lock"):  # units started together: the first writes it, once
+            if not manifest_path.exists():
+                write_json(manifest_path, {
+                    "schema_version": SCHEMA_VERSION,
+                    "recipe": jsonable(recipe.to_dict()),
+                    "versions": versions(),
+                    "git_commit": git_commit(),
+                    "hardware": {**hardware(), "world_size": world, "device": str(device)},
+                    "model": models.describe(recipe.model.name),
+                    "data": {"format": prepared.fmt, "fingerprint": prepared.fingerprint, "train_examples": len(prepared.train),
+                             "eval_examples": len(prepared.eval), **prepared.report},
+                })
+        if computed:
+            record_timing(root / "reference", "reference pass", time.time() - started, device, world, rows=computed, seconds_in_pass=ref_seconds)
+    return prepared, ref
 
-    if rank == 0:
-        previous = read_json(manifest_path) if manifest_path.exists() else {}
-        write_json(
-            manifest_path,
-            {
-                "schema_version": SCHEMA_VERSION,
-                "recipe": jsonable(recipe.to_dict()),
-                "versions": versions(),
-                "git_commit": git_commit(),
-                "hardware": {**hardware(), "world_size": world, "device": str(device)},
-                "model": models.describe(recipe.model.name),
-                "data": {"format": prepared.fmt, "fingerprint": prepared.fingerprint, "train_examples": len(prepared.train), "eval_examples": len(prepared.eval), **prepared.report},
-                "reference_cache": str(ref.path),
-                "timings": {**previous.get("timings", {}), "reference_seconds": previous.get("timings", {}).get("reference_seconds", 0.0) + ref_seconds},
-            },
-        )
-    summaries = [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in seeds]
-    if rank == 0:
-        manifest = read_json(manifest_path)
-        manifest["timings"]["last_invocation_seconds"] = time.time() - started
-        write_json(manifest_path, manifest)
-    return summaries
+
+def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+    """Train the asked (objective, seed) units of the recipe (every one by default) after prepare; returns their
+    summaries."""
+    prepared, ref = prepare(recipe, labels, seeds)
+    specs = [s for s in recipe.objectives if labels is None or s.label in labels]
+    return [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in (recipe.seeds if seeds is None else seeds)]

@@ -41,7 +41,7 @@ from prefbench.errors import TrainingError
 from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, layout, planned_layout
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
-from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, run_dir, write_json
+from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, record_timing, run_dir, write_json
 
 # ---- reference log-probs ------------------------------------------------------------------------
 
@@ -56,28 +56,44 @@ class RefLogps:
         self.path = path
         self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
 
-    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast, train: TrainSpec) -> float:
+    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast,
+               train: TrainSpec) -> tuple[float, int]:
         """Compute missing keys with the reference model, in the layout training uses (logprobs.layout of
-        train.share_prompts and train.padding_free); returns the seconds spent."""
+        train.share_prompts and train.padding_free); returns (seconds spent, rows computed). Every process of a
+        torchrun group calls it: each computes a contiguous share of the missing rows (whole prompts, so a prompt's
+        rows keep their layout), the shares are gathered on every rank, and rank 0 writes the cache."""
         missing = keys - self.values.keys()
         totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
         missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
         if not missing:
-            return 0.0
+            return 0.0, 0
         start = time.perf_counter()
+        mine = _share(missing, examples)
         lm, _ = models.load(spec)
         lm = lm.to(device).eval()
         rows_layout = ready(lm, train, device)
         model = SequenceLogps(lm)
+        chunks = [mine[i : i + batch_rows] for i in range(0, len(mine), batch_rows)]
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world > 1 and train.fsdp:  # a model that only fits sharded: FSDP2 as in training, each rank on its share
+            model = _distribute(model, lm, True, world, device)
+            # every rank runs as many forwards (their all-gathers are collectives); the extra ones repeat a chunk
+            count = torch.tensor(len(chunks), device=device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            chunks += [chunks[-1] if chunks else missing[:1]] * (int(count) - len(chunks))
         computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
-        with torch.no_grad(), tqdm(total=len(missing), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
-            for i in range(0, len(missing), batch_rows):
-                chunk = missing[i : i + batch_rows]
+        with torch.no_grad(), tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
+            for chunk in chunks:
                 with autocast:
                     sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
                 computed.append(sums.double())
                 bar.update(len(chunk))
-        self.values.update(zip(missing, torch.cat(computed).tolist()))
+        pieces = list(zip(mine, torch.cat(computed).tolist() if computed else []))  # zip drops the repeated chunks
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, pieces)
+            pieces = [(tuple(k), v) for share in gathered for k, v in share]
+        self.values.update(pieces)
         del model, lm
         if _rank() == 0:
             with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
@@ -85,10 +101,24 @@ class RefLogps:
                     self.values = {**torch.load(self.path, weights_only=True), **self.values}
                 with atomic(self.path) as tmp:
                     torch.save(self.values, tmp)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, len(missing)
 
     def tensor(self, keys: list[Key]) -> torch.Tensor:
         return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
+
+
+def _share(rows: list[Key], examples: list[Example]) -> list[Key]:
+    """This process's contiguous share of `rows` (in order) under torchrun, cut only between prompts; all of them
+    in a single process."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world == 1:
+        return rows
+    starts = [i for i in range(len(rows)) if i == 0 or examples[rows[i][0]].prompt != examples[rows[i - 1][0]].prompt]
+
+    def cut(r: int) -> int:  # where rank r's share begins: at the start of prompt number len(starts) * r // world
+        return starts[len(starts) * r // world] if r < world else len(rows)
+
+    return rows[cut(dist.get_rank()) : cut(dist.get_rank() + 1)]
 
 
 def ready(lm: torch.nn.Module, train: TrainSpec, device) -> str:
@@ -226,12 +256,15 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         t = recipe.train
         if t.batch_size % (t.micro_batch_size * world):
             raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
+        started = time.perf_counter()
         resume = latest_checkpoint(out)
         u = set_up(recipe, spec, seed, out, resume, rank, world, device)
         start_step = restore(u, resume)
         train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step)
         summary = _summary(u, recipe, resume, train_seconds, tokens)
         save_final(u, recipe, summary)
+        if rank == 0:
+            record_timing(out, "train", time.perf_counter() - started, device, world, from_step=start_step, steps=t.steps)
         return summary
 
 

@@ -5,8 +5,6 @@ twice beyond what a kill cut off in flight."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_digest import digest
 from judge_fault_server import FaultServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,28 +53,6 @@ def _start(args: list[str], cache: Path) -> tuple[subprocess.Popen, list[str]]:
     return run, output
 
 
-def _digest(root: Path) -> dict[str, object]:
-    """What the run computed, without what says how it was computed (timings, cache hits)."""
-    out: dict[str, object] = {}
-    for f in sorted(root.rglob("*")):
-        rel = str(f.relative_to(root))
-        if f.name == "model.safetensors" and f.parent.name == "final":
-            out[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
-        elif f.name in ("eval_preference.json", "eval_generation.json", "answers.jsonl", "vs_reference.json", "eval_claims.json"):
-            out[rel] = f.read_text()
-        elif f.name == "eval_judge.json":
-            comparisons = json.loads(f.read_text())["comparisons"]
-            out[rel] = {k: {m: c[m] for m in ("wins", "ties", "losses", "unscored", "win_rate")} for k, c in comparisons.items()}
-        elif f.name == "verdicts.jsonl":
-            out[rel] = [{k: v for k, v in json.loads(line).items() if k != "cached"} for line in f.read_text().splitlines()]
-        elif f.parent.name == "benchmarks" and f.name.endswith("shot.json"):
-            out[rel] = json.loads(f.read_text())["metrics"]
-        elif f.name == "metrics.jsonl":
-            out[rel] = [{k: v for k, v in json.loads(line).items() if not any(w in k for w in ("second", "per_s", "memory"))}
-                        for line in f.read_text().splitlines()]
-    return out
-
-
 def _generations(cache: Path) -> int:
     """Answers in the generation cache: one line per (checkpoint, pass, prompt) ever generated."""
     return sum(len(f.read_text().splitlines()) for f in (cache / "generations").rglob("*.jsonl"))
@@ -109,7 +86,7 @@ def test_a_run_killed_in_every_phase_ends_with_an_uninterrupted_runs_results(tmp
     print(f"kills: {len(hit)}; (aimed at, phase hit): {hit}; judge calls {killed_calls} vs {clean_calls} uninterrupted; "
           f"generations {_generations(tmp_path / 'killed-cache')} vs {_generations(tmp_path / 'clean-cache')}")
     assert len(hit) >= 8
-    assert _digest(tmp_path / "killed" / "tiny_smoke") == _digest(tmp_path / "clean" / "tiny_smoke")
+    assert digest(tmp_path / "killed" / "tiny_smoke") == digest(tmp_path / "clean" / "tiny_smoke")
     assert _generations(tmp_path / "killed-cache") == _generations(tmp_path / "clean-cache")  # no answer generated twice
     assert clean_calls <= killed_calls <= clean_calls + in_flight_judge  # only calls a kill cut off were asked again
 

@@ -99,7 +99,10 @@ def test_manifest_records_provenance_and_the_data_fingerprint(all_objectives_run
     assert len(manifest["data"]["fingerprint"]) == 64 and manifest["data"]["train_examples"] + manifest["data"]["eval_examples"] == 24
     assert manifest["data"]["truncation"]["policy"] == "truncate"
     assert manifest["git_commit"] and manifest["hardware"]["world_size"] == 1
-    assert manifest["timings"]["reference_seconds"] > 0
+    passes = [json.loads(line) for line in (all_objectives_run / "t" / "reference" / "timings.jsonl").read_text().splitlines()]
+    assert [t["stage"] for t in passes] == ["reference pass"] and passes[0]["seconds"] > 0 and passes[0]["rows"] > 0
+    unit = [json.loads(line) for line in (all_objectives_run / "t" / "dpo" / "seed0" / "timings.jsonl").read_text().splitlines()]
+    assert [t["stage"] for t in unit] == ["train"] and unit[0]["processes"] == 1 and unit[0]["device"] == "cpu" and unit[0]["host"]
 
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])

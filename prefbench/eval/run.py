@@ -15,7 +15,10 @@ writes its own files there, keeps what is already finished with the same setting
               with each other and with the reference (Holm within each family)
   claims      the recipe's claims, tested on the stored per-prompt values              <run>/eval_claims.json
 
-A unit is "reference" (the recipe's model) or "<label>/seed<k>" (a trained checkpoint).
+A unit is "reference" (the recipe's model) or "<label>/seed<k>" (a trained checkpoint). The first three stages
+are per unit: `prefbench evaluate RECIPE --unit U` runs them for U alone (its own files only, so units evaluate
+at the same time under prefbench launch; a checkpoint's needs the reference's done first, which it is paired
+with); the run-wide parts (benchmark tests across the grid, judge, objectives, claims) run without --unit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import (PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, read_optional, run_dir, write_json,
+from prefbench.results import (PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, read_optional, record_timing, run_dir, write_json,
                                write_jsonl)
 
 log = logging.getLogger(__name__)
@@ -45,16 +49,21 @@ class EvalUnit:
     out: Path  # where its evaluation results go
 
 
-def eval_units(recipe: Recipe) -> dict[str, EvalUnit]:
-    """The reference and every trained objective x seed of the recipe; refuses a checkpoint not trained yet."""
+def eval_units(recipe: Recipe, names: list[str] | None = None) -> dict[str, EvalUnit]:
+    """The reference and every trained objective x seed of the recipe (or the reference and the `names` ones);
+    refuses a checkpoint not trained yet and a name that is not a unit of the recipe."""
     root = run_dir(recipe)
     units = {"reference": EvalUnit("reference", models.resolve(recipe.model.name), root / "reference")}
-    for spec in recipe.objectives:
-        for seed in recipe.seeds:
-            final = root / spec.label / f"seed{seed}" / "final"
-            if not (final / "config.json").is_file():
-                raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
-            units[f"{spec.label}/seed{seed}"] = EvalUnit(f"{spec.label}/seed{seed}", final, final.parent)
+    every = [f"{spec.label}/seed{seed}" for spec in recipe.objectives for seed in recipe.seeds]
+    if unknown := [n for n in names or [] if n != "reference" and n not in every]:
+        raise TrainingError(f"--unit {', '.join(unknown)}: not a unit of this recipe; its units are reference, {', '.join(every)}")
+    for name in every:
+        if names is not None and name not in names:
+            continue
+        final = root / name / "final"
+        if not (final / "config.json").is_file():
+            raise TrainingError(f"{final}: no trained checkpoint to evaluate (run `prefbench run` to train it)")
+        units[name] = EvalUnit(name, final, final.parent)
     return units
 
 
@@ -67,29 +76,52 @@ def stages(recipe: Recipe) -> list[str]:
     return [name for name, wanted in asked.items() if wanted]
 
 
-def evaluate(recipe: Recipe, only: list[str] | None = None) -> dict[str, dict]:
-    """The stages the recipe asks for (or the `only` ones of them); returns each unit's generation metrics
-    (empty when the generation stage did not run)."""
+UNIT_STAGES = ("benchmarks", "preference", "generation")  # the stages with per-unit work (evaluate --unit)
+
+
+def evaluate(recipe: Recipe, only: list[str] | None = None, unit: str | None = None) -> dict[str, dict]:
+    """The stages the recipe asks for (or the `only` ones of them), for every unit and across them, or for one
+    `unit`'s own part of the per-unit stages; returns each evaluated unit's generation metrics (empty when the
+    generation stage did not run)."""
     wanted = stages(recipe)
     if unknown := [s for s in only or [] if s not in wanted]:
         raise TrainingError(f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}")
-    with exclusive(run_dir(recipe), "evaluate", "evaluating this run"):
-        outputs = {name: STAGES[name](recipe) for name in only or wanted}
-    return outputs.get("generation", {})
+    started = time.perf_counter()
+    if unit is None:
+        with exclusive(run_dir(recipe), "evaluate", "evaluating this run"):
+            outputs = {name: STAGES[name](recipe) for name in only or wanted}
+        return outputs.get("generation", {})
+    names = [unit]
+    units = eval_units(recipe, names)  # refuses an unknown or untrained unit before any model loads
+    with exclusive(run_dir(recipe), f"evaluate-{unit.replace('/', '-')}", f"evaluating {unit}"):
+        outputs = {name: STAGES[name](recipe, names) for name in only or wanted if name in UNIT_STAGES}
+    record_timing(units[unit].out, "evaluate", time.perf_counter() - started, stages=list(outputs))
+    return {k: v for k, v in outputs.get("generation", {}).items() if k == unit}
+
+
+def _reference_first(recipe: Recipe, names: list[str] | None, done: dict, stage: str) -> None:
+    """A checkpoint's per-unit evaluation is paired with the reference's: refuse it before the reference's."""
+    if names is not None and "reference" not in names and "reference" not in done:
+        raise TrainingError(f"{stage}: the reference is not evaluated yet, and every checkpoint is paired with it; "
+                            f"run `prefbench evaluate RECIPE --unit reference` first")
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------
 
 
-def benchmarks(recipe: Recipe) -> dict[str, dict]:
+def benchmarks(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
     """lm-eval tasks on every unit (<unit>/benchmarks/), then each checkpoint against the reference on the
-    same documents (<unit>/benchmarks/vs_reference.json: paired tests)."""
+    same documents (<unit>/benchmarks/vs_reference.json: paired tests, Holm across the grid). With `names`,
+    those units' tasks only (the paired tests wait for the whole grid)."""
     from prefbench.eval.benchmarks import compare, doc_metrics, run_benchmarks
 
     spec = recipe.eval.benchmarks
-    units = eval_units(recipe)
+    units = eval_units(recipe, names)
     for u in units.values():
-        run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
+        if names is None or u.name in names:
+            run_benchmarks(spec, u.checkpoint, u.out / "benchmarks")
+    if names is not None:
+        return {}
     ref_dir = units["reference"].out / "benchmarks"
     cells = sum(len(doc_metrics(ref_dir, t.result_name())) for t in spec.tasks) * (len(units) - 1)
     n_boot = stats.family_n_boot(cells)  # bootstrap p-values fine enough for Holm over the grid
@@ -108,10 +140,11 @@ def benchmarks(recipe: Recipe) -> dict[str, dict]:
 # ---- held-out preferences ------------------------------------------------------------------------------
 
 
-def preference(recipe: Recipe) -> dict[str, dict]:
-    """Held-out preference metrics (metrics.preference_metrics) of every unit on the held-out examples of the
-    recipe's own data (the split the trainer made, data.eval_fraction), paired against the reference's on the
-    same examples; <unit>/eval_preference.json. One forward of each checkpoint over the held-out set."""
+def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
+    """Held-out preference metrics (metrics.preference_metrics) of every unit (or the `names` ones) on the
+    held-out examples of the recipe's own data (the split the trainer made, data.eval_fraction), paired against
+    the reference's on the same examples; <unit>/eval_preference.json. One forward of each checkpoint over the
+    held-out set; the reference's log-probs are kept in its file, so checkpoints evaluated later read them."""
     from prefbench.data.prepare import prepare_data
     from prefbench.data.tokenize import fingerprint
     from prefbench.eval.metrics import METRICS_VERSION, preference_metrics, row_stats
@@ -121,11 +154,12 @@ def preference(recipe: Recipe) -> dict[str, dict]:
         log.warning("preference: the held-out split is empty (data.eval_fraction %s); nothing to measure", recipe.data.eval_fraction)
         return {}
     settings = {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples)}
-    units = eval_units(recipe)
+    units = eval_units(recipe, names)
     done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_preference.json", settings))}
-    todo = [u for name, u in units.items() if name not in done]
+    todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
     if not todo:
-        return done
+        return {name: done[name] for name in units if name in done}
+    _reference_first(recipe, names, done, "preference")
     rows = [(i, i, j) for i, e in enumerate(examples) for j in range(len(e.completions))]
     width = len(examples[0].completions)
 
@@ -133,16 +167,21 @@ def preference(recipe: Recipe) -> dict[str, dict]:
         stats = row_stats(models.load_model(checkpoint), examples, rows)
         return stats["logp"].reshape(-1, width), stats["tokens"].reshape(-1, width)
 
-    ref, counts = logps(units["reference"].checkpoint)
+    if kept := dig(done.get("reference"), ("per_example",)):
+        ref, counts = np.array(kept["logp"]), np.array(kept["tokens"])
+    else:
+        ref, counts = logps(units["reference"].checkpoint)
     ref_metrics = preference_metrics(examples, ref, ref, counts)
     for u in tqdm(todo, desc="held-out preferences", unit="checkpoint"):
         result = preference_metrics(examples, ref if u.name == "reference" else logps(u.checkpoint)[0], ref, counts)
         if result["data"] == "paired":
             result["vs_reference"] = {key: stats.paired_difference(result["per_pair"][key], ref_metrics["per_pair"][key])
                                       for key in ("accuracy", "chosen_logp_per_token")}
+        if u.name == "reference":  # summed log-probs and token counts, [examples, completions]
+            result["per_example"] = {"logp": ref.tolist(), "tokens": counts.tolist()}
         done[u.name] = {"settings": settings, "unit": u.name, **result}
         write_json(u.out / "eval_preference.json", done[u.name])
-    return {name: done[name] for name in units}
+    return {name: done[name] for name in units if name in done}
 
 
 # ---- generation and its metrics ---------------------------------------------------------------------
@@ -191,9 +230,11 @@ def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
                     vllm_options=vllm_options)
 
 
-def generation(recipe: Recipe) -> dict[str, dict]:
-    """Generation metrics of every unit against the reference on the same prompts (eval/metrics.py), written to
-    <unit>/eval_generation.json. A file whose settings match is kept: re-running only re-reads."""
+def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
+    """Generation metrics of every unit (or the `names` ones) against the reference on the same prompts
+    (eval/metrics.py), written to <unit>/eval_generation.json. A file whose settings match is kept: re-running only
+    re-reads. A checkpoint is paired with the reference's rewards: its answers, generated with the checkpoints', or
+    the per-sample rewards its finished evaluation stored."""
     from prefbench.eval.generate import prompt_ids
     from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
     from prefbench.eval.rewards import REWARDS, make_reward
@@ -201,19 +242,22 @@ def generation(recipe: Recipe) -> dict[str, dict]:
     prompts = [r["prompt"] for r in prompt_records(recipe)]
     REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
-    units = eval_units(recipe)
+    units = eval_units(recipe, names)
     done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))}
-    todo = [u for name, u in units.items() if name not in done]
+    todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
     if not todo:
-        return done
+        return {name: done[name] for name in units if name in done}
+    _reference_first(recipe, names, done, "generation")
     reference = units["reference"]
-    generated = [reference] + [u for u in todo if u.name != "reference"]
+    generated = todo if "reference" in done else [reference] + [u for u in todo if u.name != "reference"]
     gens, gen_stats = generate_all(recipe, generated, prompts)
     # every answer scored once: the metrics and answers.jsonl read the same scores. A reward model loads only
     # now, after the generation engine is gone (both want the GPU), and goes before the KL pass.
     reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
     scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()}
               for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint")} if reward else None
+    if scores is not None and "reference" not in scores:
+        scores["reference"] = {p: np.array(done["reference"][p]["per_sample_reward"]) for p in gens[str(generated[0].checkpoint)]}
     del reward
     models.free_accelerator_memory()
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
@@ -226,7 +270,7 @@ def generation(recipe: Recipe) -> dict[str, dict]:
                         "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
-    return {name: done[name] for name in units}
+    return {name: done[name] for name in units if name in done}
 
 
 def write_answers(path: Path, prompts: list, gens: dict, scores: dict[str, np.ndarray] | None) -> None:

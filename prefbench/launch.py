@@ -1,0 +1,225 @@
+"""`prefbench launch RECIPE --executor local|slurm|ray`: a recipe's stages handed to an engine the user already
+runs. prefbench schedules nothing itself: it says which commands may run at once and in what order, and the
+engine runs them. The stages, in waves (each waits for the one before):
+
+  1. prefbench prepare RECIPE                         the reference pass for every unit, the manifest
+  2. prefbench train RECIPE --objective L --seed S    every unit                  } at the same time
+     prefbench evaluate RECIPE --unit reference       the reference's evaluation  }
+  3. prefbench evaluate RECIPE --unit L/seedS         every trained unit
+  4. prefbench run RECIPE                             the run-wide rest (benchmark tests across the grid, judge,
+                                                      objectives, claims) and the report; trained and evaluated
+                                                      units are skipped
+
+Every stage is idempotent and resumable, so a task that is killed and run again (a Slurm requeue, a relaunch)
+continues where it stopped; a launch run again skips what is done. Each task's output goes to
+<run>/logs/<task>.log. The executors:
+
+  local  one process per task on this machine, at most --parallel at a time; on a GPU machine each task gets its
+         own --gpus-per-unit devices through CUDA_VISIBLE_DEVICES (torchrun inside a training task that has
+         several), on a CPU the cores are shared out
+  slurm  a job array per wave through submitit (pip install 'prefbench[slurm]'), --parallel as the array's limit;
+         a requeued or preempted task runs again and resumes from its checkpoint
+  ray    one Ray task per unit with num_gpus=--gpus-per-unit on the cluster ray.init finds (RAY_ADDRESS, or a local
+         one), at most --parallel in flight (pip install 'prefbench[ray]')
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefbench.errors import PrefbenchError
+
+
+class LaunchError(PrefbenchError, RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # "train dpo/seed0": what the progress lines and errors say
+    argv: tuple[str, ...]  # the command, from the Python executable on
+    gpus: int  # devices it asks for (0 on a CPU)
+    log: Path  # its output
+
+
+def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0) -> list[list[Task]]:
+    """The waves of tasks that carry `recipe` out. Every path a task sees is absolute (the recipe, output_dir,
+    report_dir), so a task runs the same from any working directory or node; relative data paths in the recipe
+    resolve against the launch's working directory, which every executor runs its tasks in."""
+    from prefbench.results import run_dir
+
+    root = run_dir(recipe).resolve()
+    fixed = [*overrides, f"output_dir={Path(recipe.output_dir).resolve()}", f"report_dir={Path(recipe.report_dir).resolve()}"]
+    sets = [a for item in fixed for a in ("--set", item)]
+    python = [sys.executable]
+    torchrun = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_unit}"] if gpus_per_unit > 1 else python
+
+    def task(name: str, command: list[str], distributed: bool = False) -> Task:
+        argv = (*(torchrun if distributed else python), "-m", "prefbench.cli", *command, str(Path(recipe_path).resolve()), *sets)
+        return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
+
+    units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
+    return [
+        [task("prepare", ["prepare"], distributed=True)],
+        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in units]
+        + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
+        [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units] if _has_unit_stages(recipe) else [],
+        [task("finish", ["run"])],
+    ]
+
+
+def _has_unit_stages(recipe) -> bool:
+    from prefbench.eval.run import UNIT_STAGES, stages
+
+    return any(s in UNIT_STAGES for s in stages(recipe))
+
+
+def launch(waves: list[list[Task]], executor) -> None:
+    """Run the waves in order on `executor`; stops at the first wave with a failed task, naming each and its log."""
+    total, done = sum(map(len, waves)), 0
+    for wave in waves:
+        if not wave:
+            continue
+        failed = executor.run(wave, lambda task, ok, seconds: _progress(task, ok, seconds, done + 1, total))
+        done += len(wave)
+        if failed:
+            raise LaunchError("; ".join(f"{t.name} failed (its output: {t.log})" for t in failed)
+                              + ". Fix the cause and launch again: finished work is kept")
+
+
+def _progress(task: Task, ok: bool, seconds: float, n: int, total: int) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
+
+
+def run_task(argv: tuple[str, ...], log: str, cwd: str, env: dict | None = None) -> int:
+    """One task's command, its output to `log`; its exit status. What every executor runs (on whatever node)."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+
+
+# ---- executors: run(wave, report) -> the tasks that failed ------------------------------------------------
+
+
+class LocalExecutor:
+    """One process per task on this machine, at most `parallel` at a time. On a GPU machine, each task takes
+    `gpus` free devices (CUDA_VISIBLE_DEVICES) and waits for them; on a CPU, each of the `parallel` processes gets
+    its share of the cores (OMP_NUM_THREADS)."""
+
+    def __init__(self, parallel: int, cwd: str, devices: int | None = None):
+        import torch
+
+        self.parallel, self.cwd = parallel, cwd
+        self.devices = torch.cuda.device_count() if devices is None else devices
+        self.threads = max(1, (os.cpu_count() or 1) // parallel)
+
+    def run(self, wave: list[Task], report) -> list[Task]:
+        pending, running, failed = list(wave), [], []
+        free = list(range(self.devices))
+        while pending or running:
+            while pending and len(running) < self.parallel and len(free) >= pending[0].gpus:
+                task = pending.pop(0)
+                held, free = free[: task.gpus], free[task.gpus :]
+                env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, held))} if self.devices else {"OMP_NUM_THREADS": str(self.threads)}
+                running.append((task, held, time.time(), _start(task, self.cwd, env)))
+            if pending and not running:
+                raise LaunchError(f"{pending[0].name} asks for {pending[0].gpus} GPUs; this machine has {self.devices}")
+            time.sleep(0.2)
+            for entry in [e for e in running if e[3].poll() is not None]:
+                task, held, started, process = entry
+                running.remove(entry)
+                free += held
+                ok = process.returncode == 0
+                report(task, ok, time.time() - started)
+                failed += [] if ok else [task]
+        return failed
+
+
+def _start(task: Task, cwd: str, env: dict) -> subprocess.Popen:
+    task.log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(task.log, "ab")
+    out.write(f"$ {' '.join(task.argv)}\n".encode())
+    out.flush()
+    return subprocess.Popen(task.argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+
+
+class SlurmExecutor:
+    """A job array per wave through submitit, at most `parallel` array tasks at a time, each with `gpus` GPUs on
+    one node; the array's tasks are requeueable, and a requeued task runs its command again, which resumes."""
+
+    def __init__(self, parallel: int, cwd: str, folder: Path, gpus: int, options: dict[str, str]):
+        try:
+            import submitit
+        except ImportError:
+            raise LaunchError("--executor slurm needs submitit: pip install 'prefbench[slurm]'") from None
+        self.cwd = cwd
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        self.executor.update_parameters(slurm_array_parallelism=parallel, gpus_per_node=gpus or None, nodes=1, tasks_per_node=1,
+                                        slurm_additional_parameters={"requeue": True, **options})
+
+    def run(self, wave: list[Task], report) -> list[Task]:
+        started = time.time()
+        with self.executor.batch():
+            jobs = [self.executor.submit(run_task, t.argv, str(t.log), self.cwd) for t in wave]
+        failed = []
+        for task, job in zip(wave, jobs):
+            try:
+                ok = job.result() == 0
+            except Exception:  # the job itself failed (cancelled, node failure): its submitit log says why
+                ok = False
+            report(task, ok, time.time() - started)
+            failed += [] if ok else [task]
+        return failed
+
+
+class RayExecutor:
+    """One Ray task per unit with num_gpus=`gpus` on the cluster ray.init finds (RAY_ADDRESS, or a local one
+    started here), at most `parallel` in flight."""
+
+    def __init__(self, parallel: int, cwd: str, gpus: int, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise LaunchError("--executor ray needs ray: pip install 'prefbench[ray]'") from None
+        self.ray, self.parallel, self.cwd = ray, parallel, cwd
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        self.remote = ray.remote(num_gpus=gpus, num_cpus=0 if gpus else 1, max_retries=0)(run_task)
+
+    def run(self, wave: list[Task], report) -> list[Task]:
+        pending, running, failed = list(wave), {}, []
+        while pending or running:
+            while pending and len(running) < self.parallel:
+                task = pending.pop(0)
+                running[self.remote.remote(task.argv, str(task.log), self.cwd)] = (task, time.time())
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            task, started = running.pop(ready[0])
+            try:
+                ok = self.ray.get(ready[0]) == 0
+            except self.ray.exceptions.RayError:
+                ok = False
+            report(task, ok, time.time() - started)
+            failed += [] if ok else [task]
+        return failed
+
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+def make_executor(kind: str, parallel: int, gpus_per_unit: int, root: Path, *, slurm_options: dict[str, str] | None = None,
+                  ray_address: str | None = None):
+    cwd = os.getcwd()
+    if kind == "local":
+        return LocalExecutor(parallel, cwd)
+    if kind == "slurm":
+        return SlurmExecutor(parallel, cwd, root / "logs" / "slurm", gpus_per_unit, slurm_options or {})
+    if kind == "ray":
+        return RayExecutor(parallel, cwd, gpus_per_unit, ray_address)
+    raise LaunchError(f"--executor {kind}: one of {', '.join(EXECUTORS)}")

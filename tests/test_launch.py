@@ -1,0 +1,116 @@
+"""`prefbench launch`: a 2 objectives x 2 seeds grid handed to real engines on this machine (local processes, a
+local Ray cluster) gives what `prefbench run` gives, with the reference pass computed once; and the stages it
+is made of (prepare, train, evaluate --unit) each stand alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from run_digest import digest
+
+REPO = Path(__file__).resolve().parent.parent
+GRID = ["--set", "objectives=[{name: dpo, beta: 0.1}, {name: ipo, beta: 0.1}]", "--set", "seeds=[0, 1]", "--set", "train.steps=4",
+        "--set", "eval.generation.engine=hf", "--set", "eval.generation.greedy=false",
+        "--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 8}]}"]
+UNITS = ["dpo/seed0", "dpo/seed1", "ipo/seed0", "ipo/seed1"]
+
+
+def _prefbench(args: list[str], out: Path, cache: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """prefbench in its own process with its own cache (so no generation is read from another run's)."""
+    cmd = [sys.executable, "-m", "prefbench.cli", *args, str(REPO / "recipes" / "tiny_smoke.yaml"), *GRID,
+           "--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}"]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PREFBENCH_CACHE": str(cache), "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+def _tables(report: Path) -> list[list[str]]:
+    """The report's table rows (what a reader compares), less the columns of how fast it ran (train s, tokens/s,
+    peak MB) and the prose about where and when."""
+    rows, speed = [], set()
+    for line in report.read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "unit":
+            speed = {i for i, c in enumerate(cells) if c in ("train s", "tokens/s", "peak MB")}
+        rows.append([c for i, c in enumerate(cells) if i not in speed])
+    return rows
+
+
+def _timings(root: Path) -> dict[str, list[dict]]:
+    return {str(f.parent.relative_to(root)): [json.loads(line) for line in f.read_text().splitlines()] for f in root.rglob("timings.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial")
+    _prefbench(["run"], out, out / "cache")
+    return out
+
+
+@pytest.mark.slow
+def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(serial, tmp_path):
+    launched = tmp_path / "launched"
+    result = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
+    assert "finish: done" in result.stdout and "report:" in result.stdout
+    assert digest(launched / "tiny_smoke") == digest(serial / "tiny_smoke")
+    assert len(digest(serial / "tiny_smoke")) > 20
+    assert _tables(launched / "reports" / "tiny_smoke" / "report.md") == _tables(serial / "reports" / "tiny_smoke" / "report.md")
+
+    timings = _timings(launched / "tiny_smoke")
+    passes = [t for lines in timings.values() for t in lines if t["stage"] == "reference pass"]
+    assert len(passes) == 1 and passes[0]["rows"] > 0  # prepare computed every unit's reference log-probs; no unit repeated it
+    assert [t["stage"] for t in timings["reference"]] == ["reference pass", "evaluate"]
+    for unit in UNITS:  # each unit wrote its own timings: one training, one evaluation, with where they ran
+        assert [t["stage"] for t in timings[unit]] == ["train", "evaluate"] and all(t["host"] and t["device"] == "cpu" for t in timings[unit])
+    logs = sorted(p.name for p in (launched / "tiny_smoke" / "logs").iterdir())
+    assert logs == sorted(["prepare.log", "finish.log", "evaluate-reference.log"] + [f"{s}-{u.replace('/', '-')}.log" for s in ("train", "evaluate") for u in UNITS])
+
+    # launched again: every stage finds its work done (no second reference pass, no unit trained twice)
+    again = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
+    assert again.stdout.count(": done in") == 1 + 5 + 4 + 1
+    stages = {unit: [t["stage"] for t in lines] for unit, lines in _timings(launched / "tiny_smoke").items()}
+    assert stages["reference"] == ["reference pass", "evaluate", "evaluate"]
+    assert all(stages[unit] == ["train", "evaluate", "evaluate"] for unit in UNITS)
+
+    # a run directory moved elsewhere (another node's mount of shared storage) still reports and compares
+    moved = tmp_path / "elsewhere" / "tiny_smoke"
+    shutil.move(launched / "tiny_smoke", moved)
+    from prefbench.cli import main
+
+    assert main(["report", str(moved), "--out", str(tmp_path / "moved-report")]) == 0
+    assert _tables(tmp_path / "moved-report" / "tiny_smoke" / "report.md") == _tables(serial / "reports" / "tiny_smoke" / "report.md")
+    assert main(["compare", str(serial / "tiny_smoke"), str(moved)]) == 0
+
+
+def test_a_checkpoint_is_not_evaluated_before_the_reference_and_units_are_checked(serial, tmp_path, capsys):
+    from prefbench.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(serial / "tiny_smoke", copy / "tiny_smoke")
+    shutil.rmtree(copy / "tiny_smoke" / "reference")
+    for unit in UNITS:
+        for f in ("eval_generation.json", "eval_preference.json"):
+            (copy / "tiny_smoke" / unit / f).unlink()
+    args = ["evaluate", str(REPO / "recipes" / "tiny_smoke.yaml"), *GRID, "--set", f"output_dir={copy}"]
+    assert main([*args, "--unit", "dpo/seed0"]) == 2
+    assert "run `prefbench evaluate RECIPE --unit reference` first" in capsys.readouterr().err
+    assert main([*args, "--unit", "kto/seed0"]) == 2
+    assert "--unit kto/seed0: not a unit of this recipe; its units are reference, dpo/seed0, dpo/seed1, ipo/seed0, ipo/seed1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_launch_on_a_local_cluster_gives_the_serial_runs_results(serial, tmp_path):
+    pytest.importorskip("ray")
+    launched = tmp_path / "launched"
+    _prefbench(["launch", "--executor", "ray", "--parallel", "2"], launched, tmp_path / "cache")
+    assert digest(launched / "tiny_smoke") == digest(serial / "tiny_smoke")
+    passes = [t for lines in _timings(launched / "tiny_smoke").values() for t in lines if t["stage"] == "reference pass"]
+    assert len(passes) == 1
