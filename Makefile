@@ -20,6 +20,10 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	# Headless chromium + chromedriver for the report's browser test (Debian packages; skipped if present).
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	# A single-node Slurm for the launch tests (Debian packages; skipped if present): tests/test_launch.py starts
+	# munged, slurmctld and slurmd on 127.0.0.1 with a configuration of its own and stops them after.
+	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge)
 	# Convert the embedded model once (~20 s) into ~/.cache/prefbench, so the first job does not pay for it.
 	$(BIN)/python -c "from prefbench import models; models.resolve(models.EMBEDDED)"
 	touch $@

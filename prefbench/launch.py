@@ -99,8 +99,10 @@ def _progress(task: Task, ok: bool, seconds: float, n: int, total: int) -> None:
 def run_task(argv: tuple[str, ...], log: str, cwd: str, env: dict | None = None) -> int:
     """One task's command, its output to `log`; its exit status. What every executor runs (on whatever node)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ  # under Slurm, the job as squeue and scontrol name it: an array task, or a job of its own
+    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
     with open(log, "ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.write(f"$ {' '.join(argv)}\n".encode() + (f"slurm job {job}\n".encode() if job else b""))
         out.flush()
         return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
 
@@ -152,31 +154,49 @@ def _start(task: Task, cwd: str, env: dict) -> subprocess.Popen:
 
 class SlurmExecutor:
     """A job array per wave through submitit, at most `parallel` array tasks at a time, each with `gpus` GPUs on
-    one node; the array's tasks are requeueable, and a requeued task runs its command again, which resumes."""
+    one node. The tasks are requeueable: a requeued or preempted task runs its command again, which resumes. A task
+    is over when it has left Slurm's queue, and done when its result says its command succeeded: a requeued task
+    stays queued, and the result its killed attempt may have written is replaced by the next one's; a task that
+    left without a result (cancelled, its node failed) failed, where submitit alone would wait for it forever
+    with accounting (sacct) off."""
 
     def __init__(self, parallel: int, cwd: str, folder: Path, gpus: int, options: dict[str, str]):
         try:
             import submitit
         except ImportError:
             raise LaunchError("--executor slurm needs submitit: pip install 'prefbench[slurm]'") from None
+        options = dict(options)
+        minutes = int(options.pop("time", 24 * 60))
         self.cwd = cwd
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
         self.executor.update_parameters(slurm_array_parallelism=parallel, gpus_per_node=gpus or None, nodes=1, tasks_per_node=1,
-                                        slurm_additional_parameters={"requeue": True, **options})
+                                        timeout_min=minutes, slurm_additional_parameters={"requeue": True, **options})
 
     def run(self, wave: list[Task], report) -> list[Task]:
         started = time.time()
         with self.executor.batch():
             jobs = [self.executor.submit(run_task, t.argv, str(t.log), self.cwd) for t in wave]
-        failed = []
-        for task, job in zip(wave, jobs):
-            try:
-                ok = job.result() == 0
-            except Exception:  # the job itself failed (cancelled, node failure): its submitit log says why
-                ok = False
-            report(task, ok, time.time() - started)
-            failed += [] if ok else [task]
+        waiting, failed = dict(zip(jobs, wave)), []
+        while waiting:
+            time.sleep(1)
+            queued = _slurm_queue()
+            for job, task in list(waiting.items()):
+                if job.job_id in queued:  # pending, running, or requeued (a killed attempt may have left a result)
+                    continue
+                del waiting[job]
+                try:  # its result file (job.done() would ask sacct, which prints an error at every poll where it is off)
+                    ok = job.paths.result_pickle.exists() and job.result() == 0
+                except Exception:  # the job's own failure: its submitit log (logs/slurm/) says why
+                    ok = False
+                report(task, ok, time.time() - started)
+                failed += [] if ok else [task]
         return failed
+
+
+def _slurm_queue() -> set[str]:
+    """The ids of the jobs and array tasks in Slurm's queue (pending, running, requeued), as submitit names them."""
+    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
 
 
 class RayExecutor:

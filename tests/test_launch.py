@@ -6,26 +6,37 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from run_digest import digest
 
 REPO = Path(__file__).resolve().parent.parent
-GRID = ["--set", "objectives=[{name: dpo, beta: 0.1}, {name: ipo, beta: 0.1}]", "--set", "seeds=[0, 1]", "--set", "train.steps=4",
+GRID = ["--set", "objectives=[{name: dpo, beta: 0.1}, {name: ipo, beta: 0.1}]", "--set", "seeds=[0, 1]", "--set", "train.steps=24",
+        "--set", "train.save_every=4",
         "--set", "eval.generation.engine=hf", "--set", "eval.generation.greedy=false",
         "--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 8}]}"]
 UNITS = ["dpo/seed0", "dpo/seed1", "ipo/seed0", "ipo/seed1"]
 
 
-def _prefbench(args: list[str], out: Path, cache: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """prefbench in its own process with its own cache (so no generation is read from another run's)."""
-    cmd = [sys.executable, "-m", "prefbench.cli", *args, str(REPO / "recipes" / "tiny_smoke.yaml"), *GRID,
-           "--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}"]
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PREFBENCH_CACHE": str(cache), "PYTHONPATH": str(REPO)})
+def _command(args: list[str], out: Path) -> list[str]:
+    return [sys.executable, "-m", "prefbench.cli", *args, str(REPO / "recipes" / "tiny_smoke.yaml"), *GRID,
+            "--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}"]
+
+
+def _env(cache: Path, **extra: str) -> dict[str, str]:
+    """Each run its own cache, so no generation is read from another run's."""
+    return {**os.environ, "PREFBENCH_CACHE": str(cache), "PYTHONPATH": str(REPO), **extra}
+
+
+def _prefbench(args: list[str], out: Path, cache: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(args, out), cwd=REPO, capture_output=True, text=True, env=_env(cache))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result
 
@@ -114,3 +125,89 @@ def test_ray_launch_on_a_local_cluster_gives_the_serial_runs_results(serial, tmp
     assert digest(launched / "tiny_smoke") == digest(serial / "tiny_smoke")
     passes = [t for lines in _timings(launched / "tiny_smoke").values() for t in lines if t["stage"] == "reference pass"]
     assert len(passes) == 1
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm cluster on 127.0.0.1: Debian's slurmctld, slurmd and munge (make setup installs
+    them), started here as root with a configuration of the test's own, and shut down after. Its environment
+    (SLURM_CONF) is what the launch and Slurm's commands run in."""
+    if not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch", "squeue")) or os.geteuid() != 0:
+        pytest.skip("needs Debian's slurmctld, slurmd and munge (make setup installs them) and root to start them")
+    root = tmp_path_factory.mktemp("slurm")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    host = socket.gethostname().split(".")[0]
+    (root / "state").mkdir()
+    (root / "spool").mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(f"""ClusterName=prefbench-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ports[0]}
+SlurmdPort={ports[1]}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+JobRequeue=1
+KillWait=5
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    started_munge = bool(subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode)
+    if started_munge:  # munged is not running yet: start it, and stop it at the end
+        for d in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
+            os.makedirs(d, exist_ok=True)
+            shutil.chown(d, "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+    subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True)
+    subprocess.run(["slurmd", "-f", str(conf)], env=env, check=True)
+    deadline = time.time() + 60
+    while subprocess.run(["sinfo", "--noheader", "--format=%T"], env=env, capture_output=True, text=True).stdout.strip() != "idle":
+        assert time.time() < deadline, (root / "slurmctld.log").read_text()[-2000:]
+        time.sleep(0.5)
+    yield env
+    subprocess.run(["scontrol", "shutdown"], env=env)
+    if started_munge:
+        subprocess.run(["pkill", "-x", "munged"])
+
+
+@pytest.mark.slow
+def test_slurm_launch_with_a_unit_requeued_mid_training_gives_the_serial_runs_results(serial, slurm, tmp_path):
+    launched = tmp_path / "launched"
+    run = subprocess.Popen(_command(["launch", "--executor", "slurm", "--parallel", "2"], launched), cwd=REPO,
+                           env=_env(tmp_path / "cache", **slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # dpo/seed0 a few steps past its first checkpoint: Slurm kills its job and queues it again (scontrol requeue)
+    unit = launched / "tiny_smoke" / "dpo" / "seed0"
+    while run.poll() is None and not ((unit / "metrics.jsonl").is_file() and len((unit / "metrics.jsonl").read_text().splitlines()) >= 6):
+        time.sleep(0.05)
+    job = re.search(r"slurm job (\S+)", (launched / "tiny_smoke" / "logs" / "train-dpo-seed0.log").read_text()).group(1)
+    subprocess.run(["scontrol", "requeue", job], env=slurm, check=True)
+    # Slurm holds a requeued job back about two minutes (its begin time); this test need not wait them out
+    while subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job], env=slurm, capture_output=True, text=True).stdout.strip() != "PENDING":
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)
+    output, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, output[-3000:]
+    assert digest(launched / "tiny_smoke") == digest(serial / "tiny_smoke")
+    trained = [t for t in _timings(launched / "tiny_smoke")["dpo/seed0"] if t["stage"] == "train"]
+    assert len(trained) == 1 and trained[0]["from_step"] >= 4  # the requeued task resumed from a checkpoint
+    log = (launched / "tiny_smoke" / "logs" / "train-dpo-seed0.log").read_text()
+    assert log.count(f"slurm job {job}") == 2  # the same array task, run twice
