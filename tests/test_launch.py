@@ -211,3 +211,37 @@ def test_slurm_launch_with_a_unit_requeued_mid_training_gives_the_serial_runs_re
     assert len(trained) == 1 and trained[0]["from_step"] >= 4  # the requeued task resumed from a checkpoint
     log = (launched / "tiny_smoke" / "logs" / "train-dpo-seed0.log").read_text()
     assert log.count(f"slurm job {job}") == 2  # the same array task, run twice
+
+
+def test_local_slots_give_each_task_its_own_devices_and_plans_put_torchrun_in_multi_gpu_units(tmp_path):
+    """The local executor's device slots, with real processes and a stated device count (no GPU here): tasks that
+    run at the same time never share a device, and a task asking for more devices than the machine has is one
+    line. A plan with 2 GPUs per unit runs prepare and training under torchrun, evaluation in one process."""
+    from prefbench.launch import LaunchError, LocalExecutor, Task, plan
+    from prefbench.recipe import load_recipe
+
+    probe = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time()); time.sleep(1); print(time.time())"
+    tasks = [Task(f"t{i}", (sys.executable, "-c", probe), 2, tmp_path / f"t{i}.log") for i in range(4)]
+    ended = []
+    assert LocalExecutor(parallel=3, cwd=str(tmp_path), devices=5).run(tasks, lambda t, ok, s: ended.append((t.name, ok))) == []
+    assert sorted(ended) == [(f"t{i}", True) for i in range(4)]
+    runs = []
+    for t in tasks:
+        devices, start, end = t.log.read_text().splitlines()[-2].split() + t.log.read_text().splitlines()[-1:]
+        runs.append((set(devices.split(",")), float(start), float(end)))
+    assert all(len(d) == 2 for d, _, _ in runs)
+    for i, (d1, s1, e1) in enumerate(runs):
+        for d2, s2, e2 in runs[i + 1 :]:
+            if s1 < e2 and s2 < e1:  # ran at the same time: two GPUs each of five, so at most two at once
+                assert not d1 & d2
+    with pytest.raises(LaunchError, match="asks for 6 GPUs; this machine has 5"):
+        LocalExecutor(parallel=2, cwd=str(tmp_path), devices=5).run([Task("big", (sys.executable, "-c", ""), 6, tmp_path / "big.log")], print)
+
+    recipe = load_recipe(REPO / "recipes" / "tiny_smoke.yaml", GRID[1::2])
+    waves = plan(str(REPO / "recipes" / "tiny_smoke.yaml"), GRID[1::2], recipe, gpus_per_unit=2)
+    assert [[t.name for t in w] for w in waves] == [["prepare"], [f"train {u}" for u in UNITS] + ["evaluate reference"],
+                                                    [f"evaluate {u}" for u in UNITS], ["finish"]]
+    for wave in waves:
+        for t in wave:
+            distributed = t.name == "prepare" or t.name.startswith("train")
+            assert ("torch.distributed.run" in t.argv and "--nproc_per_node=2" in t.argv) == distributed and t.gpus == 2
