@@ -26,6 +26,7 @@ continues where it stopped; a launch run again skips what is done. Each task's o
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -96,15 +97,17 @@ def _progress(task: Task, ok: bool, seconds: float, n: int, total: int) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
 
 
-def run_task(argv: tuple[str, ...], log: str, cwd: str, env: dict | None = None) -> int:
+def run_task(argv: tuple[str, ...], log: str, cwd: str, extra: dict | None = None) -> int:
     """One task's command, its output to `log`; its exit status. What every executor runs (on whatever node)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     env = os.environ  # under Slurm, the job as squeue and scontrol name it: an array task, or a job of its own
     job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
+    if job and "OMP_NUM_THREADS" not in env:  # as many threads as the CPUs Slurm gave the job on this node ("2" or "2(x3)")
+        extra = {"OMP_NUM_THREADS": re.match(r"\d*", env.get("SLURM_JOB_CPUS_PER_NODE", "")).group() or "1", **(extra or {})}
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode() + (f"slurm job {job}\n".encode() if job else b""))
         out.flush()
-        return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+        return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(extra or {})}).returncode
 
 
 # ---- executors: run(wave, report) -> the tasks that failed ------------------------------------------------
@@ -154,7 +157,8 @@ def _start(task: Task, cwd: str, env: dict) -> subprocess.Popen:
 
 class SlurmExecutor:
     """A job array per wave through submitit, at most `parallel` array tasks at a time, each with `gpus` GPUs on
-    one node. The tasks are requeueable: a requeued or preempted task runs its command again, which resumes. A task
+    one node, its threads as many as the CPUs Slurm gave it (OMP_NUM_THREADS, unless set). The tasks are
+    requeueable: a requeued or preempted task runs its command again, which resumes. A task
     is over when it has left Slurm's queue, and done when its result says its command succeeded: a requeued task
     stays queued, and the result its killed attempt may have written is replaced by the next one's; a task that
     left without a result (cancelled, its node failed) failed, where submitit alone would wait for it forever
