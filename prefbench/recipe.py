@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
+from prefbench.data.load import EMBEDDED_SOURCES, FIELDS, is_local_source, resolve_source
 from prefbench.data.transforms import DropWhich, UnpairedView
 from prefbench.errors import RecipeError, did_you_mean
 from prefbench.eval.rewards import REWARDS, InstructionReward, architecture_problem
@@ -159,10 +159,32 @@ class Transform:
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """One source of a data mixture (data.mix): where its records come from, and the share of them taken."""
+
+    source: str = ""
+    split: str = "train"
+    config: str | None = None
+    data_dir: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    fraction: float = 1.0  # the share of this source's records taken (a seeded sample, data.split_seed)
+
+    def problems(self, at: str, fmt: str) -> list[str]:
+        out = _source_problems(self.source, self.config, self.data_dir, at) + _column_problems(self.columns, fmt, at)
+        if not 0 < self.fraction <= 1:
+            out.append(f"{at}.fraction: must be in (0, 1], got {self.fraction}")
+        return out
+
+
+@dataclass(frozen=True)
 class DataSpec:
-    source: str = ""  # local .jsonl/.json/.parquet, or a Hugging Face dataset name
+    source: str = ""  # local .jsonl/.json/.parquet, a Hugging Face dataset name, or a directory laid out like one
     format: Format = "paired"
     split: str = "train"  # split of a hub dataset
+    config: str | None = None  # a hub dataset's configuration name (load_dataset's second argument)
+    data_dir: str | None = None  # a hub dataset's sub-directory of data files
+    columns: dict[str, str] = field(default_factory=dict)  # prefbench field -> the data's column, e.g. {prompt: question}
+    mix: tuple[DataSource, ...] = ()  # instead of source: several sources, each with the share of its records taken
     eval_fraction: float = 0.1  # held out by prompt, deterministic in the seed below
     split_seed: int = 0
     max_length: int = 512  # prompt + completion tokens
@@ -199,14 +221,30 @@ class DataSpec:
         return fmt
 
     def _source_problems(self, at: str) -> list[str]:
-        if not self.source:
-            return [f"{at}.source: required (a local .jsonl/.json/.parquet file or a dataset name)"]
-        if self.source.startswith("embedded:") and self.source not in EMBEDDED_SOURCES:
-            return [_unknown(f"{at}.source", "shipped dataset", self.source, sorted(EMBEDDED_SOURCES))]
-        path = resolve_source(self.source)
-        if is_local_source(path) and not Path(path).expanduser().exists():
-            return [f"{at}.source: file not found: {self.source}"]  # relative paths: to the working directory
-        return []
+        if self.mix:
+            if self.source or self.config or self.data_dir or self.columns:
+                return [f"{at}: set either mix (each source with its own split, config, data_dir, columns) or source, not both"]
+            return [p for i, m in enumerate(self.mix) for p in m.problems(f"{at}.mix[{i}]", self.format)]
+        return _source_problems(self.source, self.config, self.data_dir, at) + _column_problems(self.columns, self.format, at)
+
+
+def _source_problems(source: str, config: str | None, data_dir: str | None, at: str) -> list[str]:
+    if not source:
+        return [f"{at}.source: required (a local .jsonl/.json/.parquet file, a dataset name or directory, or data.mix)"]
+    if source.startswith("embedded:") and source not in EMBEDDED_SOURCES:
+        return [_unknown(f"{at}.source", "shipped dataset", source, sorted(EMBEDDED_SOURCES))]
+    path = resolve_source(source)
+    if is_local_source(path) and not Path(path).expanduser().exists():
+        return [f"{at}.source: file not found: {source}"]  # relative paths: to the working directory
+    if (config or data_dir) and Path(path).expanduser().is_file():
+        return [f"{at}: config and data_dir apply to a dataset (a hub name or a directory), not to the file {source}"]
+    return []
+
+
+def _column_problems(columns: dict[str, str], fmt: str, at: str) -> list[str]:
+    fields = FIELDS[fmt] if fmt in FIELDS else ()
+    return [_unknown(f"{at}.columns", f"{fmt} field", str(k), list(fields)) for k in columns if k not in fields] + [
+        f"{at}.columns.{k}: expected a column name, got {v!r}" for k, v in columns.items() if not isinstance(v, str) or not v]
 
 
 @dataclass(frozen=True)
@@ -613,7 +651,7 @@ class Recipe:
         if self.data.eval_fraction == 0:
             return ["eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"]
         if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
-            return [f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source}; "
+            return [f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
                     "use eval.reward: reward_model or none"]
         return []
 

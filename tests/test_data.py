@@ -123,8 +123,8 @@ def test_missing_file_directory_and_split_errors(tmp_path):
     assert str(err.value) == f"data file not found: {missing}"
     with pytest.raises(FileNotFoundError, match="data file not found"):
         load_records("./no_such_dir/no_such_file")  # a path, not a hub name, though it has no suffix
-    with pytest.raises(IsADirectoryError, match=f"data source is a directory.*: {tmp_path}$"):
-        load_records(str(tmp_path))
+    with pytest.raises(ValueError, match=f"data source {tmp_path} is a directory with no data files datasets can read"):
+        load_records(str(tmp_path))  # a directory is read as a dataset laid out like a hub one (tests/test_data_forms.py)
     with pytest.raises(ValueError, match=r"a local file has a single split \('train'\); split='test'"):
         load_records(str(DATA / "paired_text.jsonl"), split="test")
 
@@ -170,6 +170,8 @@ def test_hub_name_calls_load_dataset_with_name_and_split(fake_hub):
     records = load_records("someorg/prefs", split="test")
     assert calls == [(("someorg/prefs",), {"split": "test"})]
     assert records == CHAT
+    assert load_records("someorg/prefs", config="en", data_dir="v2") == CHAT  # a configuration and a sub-directory
+    assert calls[-1] == (("someorg/prefs", "en"), {"split": "train", "data_dir": "v2"})
 
 
 def test_local_files_go_through_load_dataset_too(fake_hub, tmp_path):

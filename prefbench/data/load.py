@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,29 +57,44 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def load_records(source: str, *, split: str = "train", data_files_format: str | None = None) -> list[dict]:
-    """Records from a local .jsonl/.json/.parquet file or a Hugging Face dataset name.
+def load_records(source: str, *, split: str = "train", data_files_format: str | None = None, config: str | None = None,
+                 data_dir: str | None = None, columns: dict[str, str] | None = None) -> list[dict]:
+    """Records from a local .jsonl/.json/.parquet file, or a Hugging Face dataset: a hub name or a local directory
+    laid out like one (its configuration `config`, its sub-directory `data_dir`).
 
     A local file is recognised by its suffix, by existing, or by `data_files_format` ("jsonl",
     "json" or "parquet"), which also reads a file whose suffix says nothing (e.g. `data.txt`).
     A .json file holds a list of objects or `{"data": [...]}`. A local file has one split, so
-    `split` must stay "train". Anything else is a hub dataset name, loaded with
-    `datasets.load_dataset(source, split=split)`.
+    `split` must stay "train". Anything else is a dataset, loaded with
+    `datasets.load_dataset(source, config, data_dir=data_dir, split=split)`.
 
-    Paired records in the common hub layout (full conversations in chosen/rejected) are
-    normalised by `split_shared_prompt`. Nothing is validated here: call `validate`.
+    `columns` maps prefbench's fields to the data's own column names ({"prompt": "question", ...}); the
+    columns are renamed before anything else. Paired records in the common hub layouts (full conversations in
+    chosen/rejected; plain-text Human/Assistant dialogues sharing an implicit prompt) are normalised by
+    `split_shared_prompt`. Nothing is validated here: call `validate`.
     """
     source = resolve_source(source)
     path = Path(source).expanduser()
     if data_files_format is not None and data_files_format not in _BUILDERS:
         raise ValueError(f"data_files_format must be one of {sorted(_BUILDERS)}, got {data_files_format!r}")
-    if data_files_format is None and not is_local_source(source):
-        return _load_dataset_records(source, split=split)
+    if data_files_format is None and path.is_dir():
+        from datasets.exceptions import DataFilesNotFoundError
+        from datasets.data_files import EmptyDatasetError
 
-    if path.is_dir():
-        raise IsADirectoryError(f"data source is a directory, expected a .jsonl, .json or .parquet file: {path}")
+        try:
+            args, kwargs = _dataset_call(str(path), config, data_dir)
+            return _load_dataset_records(*args, columns=columns, split=split, **kwargs)
+        except (DataFilesNotFoundError, EmptyDatasetError, FileNotFoundError) as err:
+            raise ValueError(f"data source {path}{f' (data_dir {data_dir})' if data_dir else ''} is a directory with no data "
+                             f"files datasets can read (.jsonl, .json, .parquet, ...): {err}") from None
+    if data_files_format is None and not is_local_source(source):
+        args, kwargs = _dataset_call(source, config, data_dir)
+        return _load_dataset_records(*args, columns=columns, split=split, **kwargs)
+
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
+    if config or data_dir:
+        raise ValueError(f"{path}: config and data_dir apply to a dataset (a hub name or a directory), not to a file")
     kind = data_files_format or _SUFFIXES.get(path.suffix)
     if kind is None:
         raise ValueError(
@@ -89,9 +105,9 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
 
     data_files = str(path.resolve())
     if kind == "parquet":
-        return _load_dataset_records("parquet", data_files=data_files, split="train")
+        return _load_dataset_records("parquet", columns=columns, data_files=data_files, split="train")
     try:
-        records = _load_dataset_records("json", data_files=data_files, split="train")
+        records = _load_dataset_records("json", columns=columns, data_files=data_files, split="train")
     except Exception as err:
         # datasets' own error here is "An error occurred while generating the dataset"; find the line.
         reason = _explain_json_failure(path)
@@ -101,8 +117,14 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
     data = records[0].get("data") if kind == "json" and len(records) == 1 else None
     if isinstance(data, list) and all(isinstance(item, dict) for item in data):
         # {"data": [...]} reads as one row with a "data" column; read the list inside instead.
-        records = _load_dataset_records("json", data_files=data_files, split="train", field="data")
+        records = _load_dataset_records("json", columns=columns, data_files=data_files, split="train", field="data")
     return records
+
+
+def _dataset_call(source: str, config: str | None, data_dir: str | None) -> tuple[tuple, dict]:
+    """load_dataset's arguments for a dataset: its name (or directory), its configuration and data_dir where
+    given, so a plain name is loaded exactly as `load_dataset(name, split=...)`."""
+    return ((source, config) if config else (source,)), ({"data_dir": data_dir} if data_dir else {})
 
 
 def is_local_source(source: str) -> bool:
@@ -111,11 +133,19 @@ def is_local_source(source: str) -> bool:
     return path.suffix in _SUFFIXES or path.exists() or source.startswith(("/", "./", "../", "~"))
 
 
-def _load_dataset_records(*args: Any, **kwargs: Any) -> list[dict]:
-    """The one loading path: `datasets.load_dataset(*args, **kwargs)` -> normalised record dicts."""
+def _load_dataset_records(*args: Any, columns: dict[str, str] | None = None, **kwargs: Any) -> list[dict]:
+    """The one loading path: `datasets.load_dataset(*args, **kwargs)`, the `columns` renamed to prefbench's
+    fields -> normalised record dicts."""
     import datasets  # imported here: it takes a second, and most commands never load data
 
     dataset = datasets.load_dataset(*args, **kwargs)
+    if columns:
+        if missing := [f"{ours}: {theirs!r}" for ours, theirs in columns.items() if theirs not in dataset.column_names]:
+            raise ValueError(f"data.columns: no such column in the data ({', '.join(missing)}); its columns are "
+                             f"{', '.join(dataset.column_names)}")
+        # a column already bearing one of the names given to others goes (the mapping says which column is meant)
+        shadowed = [ours for ours in columns if ours in dataset.column_names and ours not in columns.values()]
+        dataset = dataset.remove_columns(shadowed).rename_columns({theirs: ours for ours, theirs in columns.items() if theirs != ours})
     return [split_shared_prompt(_drop_nulls(r)) for r in dataset.to_list()]
 
 
@@ -195,12 +225,14 @@ def split_shared_prompt(record: Any) -> Any:
     message list, or a single user message whose content is the prompt string), chosen and
     rejected are cut to their last message.
 
-    Anything else is returned unchanged, for `validate` to judge. Returns a new dict when it
-    changes something; never mutates its input.
+    Plain-text pairs without a prompt go to `split_implicit_prompt`. Anything else is returned unchanged, for
+    `validate` to judge. Returns a new dict when it changes something; never mutates its input.
     """
     if not isinstance(record, dict):
         return record
     chosen, rejected = record.get("chosen"), record.get("rejected")
+    if record.get("prompt") is None and isinstance(chosen, str) and isinstance(rejected, str):
+        return split_implicit_prompt(record)
     if not (_is_message_list(chosen) and _is_message_list(rejected)):
         return record
     if len(chosen) < 2 or len(rejected) < 2:
@@ -219,6 +251,36 @@ def split_shared_prompt(record: Any) -> Any:
     if same_prompt:
         return {**record, "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
     return record
+
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")  # a turn of an Anthropic HH-RLHF style dialogue
+
+
+def split_implicit_prompt(record: dict) -> dict:
+    """A plain-text pair in the Anthropic HH-RLHF layout: chosen and rejected are whole dialogues
+    ("\n\nHuman: ...\n\nAssistant: ...") that agree up to the last assistant turn. The shared turns become
+    the prompt, as chat messages (Human -> user, Assistant -> assistant), and each side keeps its last
+    answer as text. Written by hand: `datasets` and TRL leave this split to each user's own code.
+    A record in any other shape comes back unchanged, for `validate` to judge."""
+    chosen, rejected = record["chosen"], record["rejected"]
+    turns = [_dialogue(text) for text in (chosen, rejected)]
+    if not all(t and t[-1][0] == "assistant" and len(t) >= 2 for t in turns):
+        return record
+    (c, r) = turns
+    if c[:-1] != r[:-1] or c[-2][0] != "user":
+        return record
+    prompt = [{"role": role, "content": content} for role, content in c[:-1]]
+    return {**record, "prompt": prompt, "chosen": c[-1][1], "rejected": r[-1][1]}
+
+
+def _dialogue(text: str) -> list[tuple[str, str]] | None:
+    """[(role, content)] of an HH-style dialogue, or None when the text is not one (it must open with a turn)."""
+    marks = list(_TURN.finditer(text))
+    if not marks or marks[0].start() != 0:
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [(roles[m.group(1)], text[m.end() : nxt.start() if nxt else len(text)].strip())
+            for m, nxt in zip(marks, marks[1:] + [None])]
 
 
 # ---- validation -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ report of what happened to the data and the fingerprint of the exact token ids (
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,11 +31,24 @@ class Prepared:
 def split_records(d: DataSpec) -> tuple[list[dict], load.DataReport, list[dict], list[dict]]:
     """(valid records, validation report, train records, held-out records) of the data section, before
     transforms: the held-out side is what training never sees, by prompt."""
-    records = load.load_records(d.source, split=d.split)
+    records = load_sources(d)
     if d.limit:
         records = records[: d.limit]
     records, validation = load.validate(records, d.format, on_bad=d.on_bad)
     return records, validation, *load.train_eval_split(records, d.eval_fraction, d.split_seed)
+
+
+def load_sources(d: DataSpec) -> list[dict]:
+    """The records of the data section: its source's, or each mixed source's share (data.mix: a seeded sample of
+    round(fraction x its records), kept in its order), the sources one after another."""
+    if not d.mix:
+        return load.load_records(d.source, split=d.split, config=d.config, data_dir=d.data_dir, columns=d.columns)
+    records = []
+    for m in d.mix:
+        mine = load.load_records(m.source, split=m.split, config=m.config, data_dir=m.data_dir, columns=m.columns)
+        taken = sorted(random.Random(d.split_seed).sample(range(len(mine)), round(m.fraction * len(mine))))
+        records += [mine[i] for i in taken]
+    return records
 
 
 def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
