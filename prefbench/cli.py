@@ -154,6 +154,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from prefbench.cards import push
+
+    print(f"pushed {args.unit_dir}/final with its model card: {push(args.unit_dir, args.repo_id, args.private)}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from prefbench.export import export
 
@@ -219,6 +226,10 @@ def parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
+    push = command("push", cmd_push, "upload a trained unit's checkpoint and model card (UNIT_DIR/final) to the Hugging Face Hub")
+    push.add_argument("unit_dir", help="a unit's directory, e.g. results/kto_vs_dpo/dpo/seed0")
+    push.add_argument("--repo-id", required=True, help="the model repository, e.g. you/smollm2-dpo (created if missing; token from HF_TOKEN)")
+    push.add_argument("--private", action="store_true")
     export = command("export", cmd_export, "write a run's answers in the layout AlpacaEval or Arena-Hard reads, one answer per prompt per unit")
     export.add_argument("run_dir")
     export.add_argument("--format", required=True, choices=["alpaca_eval", "arena_hard"])

@@ -287,9 +287,14 @@ class TrainSpec:
     # Fused elementwise work on a GPU (RMSNorm, rotary, SwiGLU): auto (the measured best there, nothing on CPU),
     # liger (Liger-Kernel's Triton kernels: pip install prefbench[gpu]), compile (torch.compile per decoder layer), none.
     kernels: Kernels = "auto"
+    # Experiment trackers each unit's metrics go to (prefbench/tracking.py): trackio, wandb, tensorboard.
+    report_to: tuple[str, ...] = ()
 
     def problems(self, at: str = "train") -> list[str]:
+        from prefbench.tracking import TRACKERS
+
         out = _choice_problems(self, at)
+        out += [_unknown(f"{at}.report_to[{i}]", "tracker", name, list(TRACKERS)) for i, name in enumerate(self.report_to) if name not in TRACKERS]
         for key in ("steps", "batch_size", "micro_batch_size", "bucket_batches"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         out += _at_least(f"{at}.max_tokens_per_forward", self.max_tokens_per_forward, 0, " (0 = no limit)")

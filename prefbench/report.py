@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefbench.cards import write_cards
 from prefbench.eval.judge.verdicts import distrust
 from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
 from prefbench.stats import LEVEL
@@ -532,6 +533,7 @@ def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
     for name, data in images.items():
         (out / "plots" / f"{name}.png").write_bytes(data)
     table.to_csv(out / "results.csv")
+    write_cards(run, table)  # each checkpoint's README.md: the numbers of this report
     (out / "report.md").write_text(render_markdown(run, table, images, claims))
     (out / "report.html").write_text(render_html(run, table, images, claims))
     return out

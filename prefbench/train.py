@@ -42,6 +42,7 @@ from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, layo
 from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, record_timing, run_dir, write_json
+from prefbench.tracking import Trackers
 
 # ---- reference log-probs ------------------------------------------------------------------------
 
@@ -373,43 +374,46 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
     plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, u.seed, t.bucket_batches)
     train_seconds, tokens_total = 0.0, 0
     bar = tqdm(total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0)
-    for step in range(start_step, t.steps):
-        step_start = time.perf_counter()
-        batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
-        sums, tokens = _forward_backward(u, batches, prepared, ref)
-        grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        logged = _mean_over_batches(sums, u.world)
-        if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
-            last = latest_checkpoint(u.out)
-            raise TrainingError(
-                f"{u.spec.label} seed {u.seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
-                f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
-            )
-        lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
-        u.optimizer.step()
-        u.scheduler.step()
-        u.optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - step_start
-        train_seconds += seconds
-        tokens_total += tokens
-        record = {
-            "step": step + 1,
-            **logged,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "tokens": tokens * u.world,
-            "tokens_per_s": tokens * u.world / seconds,
-            "step_seconds": seconds,
-            "peak_memory_mb": peak_memory_mb(u.device),
-        }
-        if u.rank == 0:
-            AppendLog(u.metrics_path).append([record])
-        bar.update(1)
-        bar.set_postfix(loss=f"{logged['loss']:.4f}")
-        done = step + 1
-        if t.save_every and done % t.save_every == 0 and done < t.steps:
-            save_periodic(u, done)
-        _fault_injection(done)
+    # rank 0 logs (and so opens the trackers); the others' Trackers stay closed
+    with contextlib.closing(Trackers(recipe, f"{u.spec.label}/seed{u.seed}", u.out)) as trackers:
+        for step in range(start_step, t.steps):
+            step_start = time.perf_counter()
+            batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
+            sums, tokens = _forward_backward(u, batches, prepared, ref)
+            grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            logged = _mean_over_batches(sums, u.world)
+            if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
+                last = latest_checkpoint(u.out)
+                raise TrainingError(
+                    f"{u.spec.label} seed {u.seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
+                    f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
+                )
+            lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
+            u.optimizer.step()
+            u.scheduler.step()
+            u.optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - step_start
+            train_seconds += seconds
+            tokens_total += tokens
+            record = {
+                "step": step + 1,
+                **logged,
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+                "tokens": tokens * u.world,
+                "tokens_per_s": tokens * u.world / seconds,
+                "step_seconds": seconds,
+                "peak_memory_mb": peak_memory_mb(u.device),
+            }
+            if u.rank == 0:
+                AppendLog(u.metrics_path).append([record])
+                trackers.log(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss']:.4f}")
+            done = step + 1
+            if t.save_every and done % t.save_every == 0 and done < t.steps:
+                save_periodic(u, done)
+            _fault_injection(done)
     bar.close()
     return train_seconds, tokens_total
 

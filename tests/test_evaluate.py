@@ -210,3 +210,24 @@ def test_a_run_without_a_reward_keeps_every_other_metric(run, tmp_path, capsys):
     report = (write_report(copy, tmp_path / "reports") / "report.md").read_text()
     assert "KL to ref" in report and "| reward " not in report and "reward none" in report
     assert "--stage objectives" in report  # its objective-level file predates the re-evaluation: named stale, not shown
+
+
+def test_every_checkpoint_gets_a_model_card_with_the_reports_numbers(run, capsys):
+    root, _ = run
+    from prefbench.objectives import OBJECTIVES
+
+    card = (root / "dpo" / "seed0" / "final" / "README.md").read_text()
+    report = (root.parent / "reports" / "tiny_smoke" / "report.md").read_text()
+    rows: dict[str, str] = {}
+    for line in report.splitlines():  # the first table: one row per unit
+        if line.startswith(("| dpo/seed0", "| reference")):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert rows["dpo/seed0"] in card and rows["reference"] in card  # the unit's row and the reference's, as the report shows them
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert card.startswith("---\nlibrary_name: transformers\nbase_model: tiny:small\n")
+    assert OBJECTIVES["dpo"].paper in card and "beta=0.1" in card and manifest["data"]["fingerprint"] in card
+    assert f"final loss {json.loads((root / 'dpo' / 'seed0' / 'summary.json').read_text())['final']['loss']:.4f}" in card
+    assert f"torch {manifest['versions']['torch']}" in card
+    # pushing needs the Hub; what it checks first needs nothing
+    assert main(["push", str(root / "reference"), "--repo-id", "me/x"]) == 2
+    assert "no trained checkpoint (final/config.json) to push" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
+from prefbench.tracking import log_evaluation
 from prefbench.results import (PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, read_optional, record_timing, run_dir, write_json,
                                write_jsonl)
 
@@ -181,6 +182,7 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
             result["per_example"] = {"logp": ref.tolist(), "tokens": counts.tolist()}
         done[u.name] = {"settings": settings, "unit": u.name, **result}
         write_json(u.out / "eval_preference.json", done[u.name])
+        log_evaluation(recipe, u.name, u.out, {"preference_accuracy": dig(result, ("accuracy", "mean")), "preference_margin": dig(result, ("margin", "mean"))})
     return {name: done[name] for name in units if name in done}
 
 
@@ -270,6 +272,10 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
                         "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
+        s = metrics[passes[-1].name]  # the sampled pass (the greedy one comes first where there is one)
+        log_evaluation(recipe, u.name, u.out, {"reward": dig(s, ("reward", "mean")), "reward_minus_reference": dig(s, ("reward_minus_reference", "mean")),
+                                               "kl": dig(metrics, ("kl", "mean")), "entropy_per_token": dig(s, ("entropy_per_token", "mean")),
+                                               "length_words": dig(s, ("length_words", "mean"))})
     return {name: done[name] for name in units if name in done}
 
 
