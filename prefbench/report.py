@@ -348,21 +348,26 @@ def _errorbar(ax, x: dict, y: dict | float, **kw) -> None:
 
 
 def training_curves(trained: list[Unit]) -> bytes:
+    """One panel per quantity, every unit in each, each panel with its own legend. Losses are on different scales
+    (IPO's squared loss starts near 1/(2 beta)^2, DPO's at log 2), so each unit's loss is shown relative to its
+    first step's; chosen (solid) and rejected (dashed) log-probs are labelled as such."""
     plt = _pyplot()
-    panels = [("loss", ["loss"]), ("reward margin", ["rewards/margins"]),
+    panels = [("loss / |its step-1 value|", ["loss"]), ("reward margin", ["rewards/margins"]),
               ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]), ("KTO z0", ["z0"])]
     panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for u in trained:
             for k in keys:
                 pts = [(c["step"], c[k]) for c in u.curves if k in c]
+                if k == "loss" and pts and pts[0][1]:
+                    pts = [(step, value / abs(pts[0][1])) for step, value in pts]
                 if pts:
                     style = "--" if k.endswith("rejected") else "-"
                     ax.plot(*zip(*pts), style, label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
         ax.set_title(title)
         ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     return _png(fig)
 
 
