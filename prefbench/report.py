@@ -357,14 +357,14 @@ def training_curves(trained: list[Unit]) -> bytes:
     panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
-        for u in trained:
+        for i, u in enumerate(trained):  # one colour per unit in every panel
             for k in keys:
                 pts = [(c["step"], c[k]) for c in u.curves if k in c]
                 if k == "loss" and pts and pts[0][1]:
                     pts = [(step, value / abs(pts[0][1])) for step, value in pts]
                 if pts:
                     style = "--" if k.endswith("rejected") else "-"
-                    ax.plot(*zip(*pts), style, label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
+                    ax.plot(*zip(*pts), style, color=f"C{i % 10}", label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

@@ -9,6 +9,8 @@ _MADE_CACHE = "PREFBENCH_CACHE" not in os.environ
 if _MADE_CACHE:  # (not mkdtemp as setdefault's argument: a test that imports conftest would make an unused one)
     os.environ["PREFBENCH_CACHE"] = tempfile.mkdtemp(prefix="prefbench-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Trackio keeps its runs under TRACKIO_DIR, read once when it is imported: the tests' go in the test cache
+os.environ.setdefault("TRACKIO_DIR", os.path.join(os.environ["PREFBENCH_CACHE"], "trackio"))
 
 import pytest  # noqa: E402
 

@@ -564,3 +564,25 @@ def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
     assert benchmarks_in_words(SimpleNamespace(units=units[:1])) == ""
     # a run without objective-level statistics still says it in the report's first paragraph
     assert results_in_words(SimpleNamespace(units=units, objectives=None)) == benchmarks_in_words(SimpleNamespace(units=units))
+
+
+def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_rejected(monkeypatch):
+    """IPO's squared loss (here 25) would flatten DPO's (0.69) on a shared axis: each loss is shown relative to its
+    own first step; chosen and rejected log-probs are named in a legend of their own panel, one colour per unit."""
+    from prefbench import report
+    from prefbench.results import Unit
+
+    figures = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or b"")
+
+    def curves(losses):
+        return [{"step": i + 1, "loss": v, "logps_per_token/chosen": -2.0 - i, "logps_per_token/rejected": -3.0 - i} for i, v in enumerate(losses)]
+
+    report.training_curves([Unit("dpo/seed0", "dpo", 0, "dpo", 1, curves=curves([0.69, 0.5])),
+                            Unit("ipo/seed0", "ipo", 0, "ipo", 1, curves=curves([25.0, 20.0]))])
+    loss, logps = figures[0].axes
+    assert [list(line.get_ydata()) for line in loss.lines] == [[1.0, pytest.approx(0.5 / 0.69)], [1.0, 0.8]]
+    assert [t.get_text() for t in logps.get_legend().get_texts()] == ["dpo/seed0 chosen", "dpo/seed0 rejected", "ipo/seed0 chosen", "ipo/seed0 rejected"]
+    assert [line.get_linestyle() for line in logps.lines] == ["-", "--", "-", "--"]
+    assert logps.lines[0].get_color() == logps.lines[1].get_color() != logps.lines[2].get_color()
+    assert all(ax.get_legend() is not None for ax in figures[0].axes)

@@ -5,6 +5,7 @@ evaluation summary."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,10 @@ def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, mon
     pytest.importorskip("tensorboard")
     trackio = pytest.importorskip("trackio")
     pytest.importorskip("wandb")
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("PREFBENCH_PROJECT", "prefbench-test")
+    project = f"prefbench-test-{tmp_path.name}-{os.getpid()}"  # Trackio's directory is the session's (tests/conftest.py)
+    monkeypatch.setenv("PREFBENCH_PROJECT", project)
     from prefbench.eval.run import evaluate
     from prefbench.runner import train_units
 
@@ -51,17 +52,19 @@ def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, mon
 
     from trackio.sqlite_storage import SQLiteStorage
 
-    logged = SQLiteStorage.get_logs("prefbench-test", "tracked/dpo/seed0")
+    logged = SQLiteStorage.get_logs(project, "tracked/dpo/seed0")
     train_logs = [entry for entry in logged if "loss" in entry]
     assert [entry["step"] for entry in train_logs] == [1, 2, 3]
     for entry, row in zip(train_logs, rows):
         assert {k: entry[k] for k in numbers} == pytest.approx({k: row[k] for k in numbers})
     assert [entry["eval/preference_accuracy"] for entry in logged if "eval/preference_accuracy" in entry] == [pytest.approx(accuracy)]
-    assert SQLiteStorage.get_logs("prefbench-test", "tracked/reference")  # the reference's evaluation is a run of its own
+    assert SQLiteStorage.get_logs(project, "tracked/reference")  # the reference's evaluation is a run of its own
     del trackio
 
-    runs = list((unit / "wandb").glob("offline-run-*"))  # W&B offline: the run, on disk, to `wandb sync` later
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    # W&B offline: on disk, to `wandb sync` later; training and the evaluation summary resume one run (one id)
+    runs = list((unit / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 3)[-3:] == ["tracked", "dpo", "seed0"] for r in runs} == {True}
+    assert all(list(r.glob("*.wandb")) for r in runs)
 
 
 def test_nothing_is_logged_without_report_to_and_an_unknown_tracker_is_one_line(tmp_path):
