@@ -19,7 +19,7 @@ import pandas as pd
 
 from prefbench.cards import write_cards
 from prefbench.eval.judge.verdicts import distrust
-from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
+from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run, read_jsonl
 from prefbench.stats import LEVEL
 
 
@@ -451,6 +451,70 @@ def plots(run: Run) -> dict[str, bytes]:
     return out
 
 
+# ---- answers ---------------------------------------------------------------------------------------
+
+
+def samples(run: Run, prompts: int = 24) -> list[dict]:
+    """What the checkpoints answered: for the first `prompts` held-out prompts every unit answered, the prompt and
+    each unit's first sampled answer with its reward, from the units' answers.jsonl (a stored run without them
+    has none)."""
+    from prefbench.data.onpolicy import prompt_text
+
+    per_unit = {}
+    for u in run.units:
+        path = run.root / u.name / "answers.jsonl"
+        if path.is_file():
+            per_unit[u.name] = {r["prompt_index"]: r for r in read_jsonl(path) if r["sampling"] == "sampled" and r["sample"] == 0}
+    if not per_unit:
+        return []
+    first = next(iter(per_unit.values()))
+    shared = sorted(set.intersection(*(set(rows) for rows in per_unit.values())))[:prompts]
+    return [{"index": i, "prompt": prompt_text(first[i]["prompt"]),
+             "answers": {name: {"answer": rows[i]["answer"], "reward": rows[i]["reward"]} for name, rows in per_unit.items()}}
+            for i in shared]
+
+
+def _reward_text(reward) -> str:
+    return "no reward" if reward is None else f"reward {reward:.3f}"
+
+
+def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
+    """The first few prompts' answers side by side, as Markdown (the HTML report holds them all, with filters)."""
+    out = []
+    for item in items[:shown]:
+        out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| unit | reward | answer |", "|---|---|---|"]
+        for name, a in item["answers"].items():
+            text = " ".join(a["answer"].split()).replace("|", "\\|")
+            out.append(f"| {name} | {'-' if a['reward'] is None else format(a['reward'], '.3f')} | {text} |")
+        out.append("")
+    return out
+
+
+def samples_html(items: list[dict]) -> str:
+    """The sample viewer: each prompt with every unit's answer and reward side by side, a search box that keeps the
+    prompts containing its text, and a checkbox per unit that shows or hides its answers. Plain script, no library."""
+    units = list(items[0]["answers"])
+    toggles = "".join(f"<label><input type='checkbox' class='unit-toggle' value='{html.escape(u)}' checked> {html.escape(u)}</label> "
+                      for u in units)
+    cards = []
+    for item in items:
+        cells = "".join(f"<td class='answer' data-unit='{html.escape(name)}'><b>{html.escape(name)}</b> "
+                        f"<small>{_reward_text(a['reward'])}</small><div>{html.escape(a['answer'])}</div></td>"
+                        for name, a in item["answers"].items())
+        cards.append(f"<div class='sample' data-prompt='{html.escape(item['prompt'].lower())}'>"
+                     f"<p class='prompt'><b>Prompt {item['index']}</b>: {html.escape(item['prompt'])}</p>"
+                     f"<table class='answers'><tr>{cells}</tr></table></div>")
+    script = ("<script>function applyFilters(){const q=document.getElementById('prompt-filter').value.toLowerCase();"
+              "const on=new Set([...document.querySelectorAll('.unit-toggle')].filter(c=>c.checked).map(c=>c.value));"
+              "document.querySelectorAll('.sample').forEach(s=>{s.style.display=s.dataset.prompt.includes(q)?'':'none'});"
+              "document.querySelectorAll('td.answer').forEach(t=>{t.style.display=on.has(t.dataset.unit)?'':'none'});}"
+              "document.getElementById('prompt-filter').addEventListener('input',applyFilters);"
+              "document.querySelectorAll('.unit-toggle').forEach(c=>c.addEventListener('change',applyFilters));</script>")
+    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to the first {len(items)} held-out prompts, with its reward.</p>"
+            f"<p class='viewer-controls'><input id='prompt-filter' type='search' placeholder='filter prompts'> {toggles}</p>"
+            + "".join(cards) + script)
+
+
 # ---- rendering ------------------------------------------------------------------------------------
 
 
@@ -505,6 +569,8 @@ def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], cla
         parts += [f"## {heading}", "", df.to_markdown(), ""]
     if images:
         parts += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in images] + [""]
+    if items := samples(run):
+        parts += ["## Answers (the first prompts; report.html shows more, with filters)", ""] + samples_markdown(items)
     parts += ["## Provenance", ""] + [f"- {line}" for line in provenance(run)] + [""]
     return "\n".join(parts)
 
@@ -521,10 +587,15 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
     body += [f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>", "<h2>Results</h2>", tab(table)]
     for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]
-    body += ["<h2>Plots</h2>", imgs, "<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
+    body += ["<h2>Plots</h2>", imgs]
+    if items := samples(run):
+        body.append(samples_html(items))
+    body += ["<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
              "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "img{max-width:100%}figure{display:inline-block;margin:0.5em}p.headline{font-size:16px}")
+             "img{max-width:100%}figure{display:inline-block;margin:0.5em}p.headline{font-size:16px}"
+             "table.answers td{vertical-align:top;padding:4px 8px;border-left:3px solid #ddd;font-size:13px;max-width:320px}"
+             "div.sample{margin:1em 0}p.prompt{background:#f4f4f4;padding:4px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench report: {html.escape(run.name)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 

@@ -97,6 +97,21 @@ def test_report_files_and_a_real_browser_renders_the_page(tmp_path):
     assert {p.name for p in (out / "plots").iterdir()} == {"training_curves.png", "reward_vs_kl.png", "reward_delta.png", "diversity_vs_reward.png"}
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "src=\"plots/" not in page  # self-contained
+    browser = _chrome(tmp_path)
+    try:
+        browser.get((out / "report.html").resolve().as_uri())
+        assert browser.title == "prefbench report: fixture"
+        widths = browser.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) == 4 and all(w > 100 for w in widths)  # every plot decoded
+        rows = browser.execute_script("return document.querySelectorAll('table.results tbody tr').length")
+        assert rows == 3
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        browser.quit()
+
+
+def _chrome(tmp_path):
     chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_bin):
         pytest.skip("chromium/chromedriver not installed (make setup installs them)")
@@ -109,16 +124,39 @@ def test_report_files_and_a_real_browser_renders_the_page(tmp_path):
                  "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_bin), options=options)
+    return webdriver.Chrome(service=Service(driver_bin), options=options)
+
+
+def test_the_sample_viewer_shows_each_units_answers_and_its_filters_work(tmp_path):
+    root = make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF)
+    prompts = ["Tell me about owls.", "Describe the ocean | briefly.", "Write about tea."]
+    for unit, reward in (("reference", 0.0), ("dpo/seed0", 1.0), ("kto/seed0", 0.5)):
+        (root / unit / "answers.jsonl").write_text("".join(
+            json.dumps({"prompt_index": i, "prompt": p, "sampling": "sampled", "sample": j, "answer": f"{unit} answer {j} to {p}",
+                        "tokens": 5, "finish_reason": "stop", "reward": reward}) + "\n" for i, p in enumerate(prompts) for j in (0, 1)))
+    out = write_report(root, tmp_path / "reports")
+    md = (out / "report.md").read_text()
+    assert "**Prompt 0**: Tell me about owls." in md and "| dpo/seed0 | 1.000 | dpo/seed0 answer 0 to Tell me about owls. |" in md
+    assert "answer 1 to" not in md and "Describe the ocean \\| briefly." in md  # the first sample only; a pipe kept out of the table's way
+    browser = _chrome(tmp_path)
     try:
         browser.get((out / "report.html").resolve().as_uri())
-        assert browser.title == "prefbench report: fixture"
-        widths = browser.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) == 4 and all(w > 100 for w in widths)  # every plot decoded
-        rows = browser.execute_script("return document.querySelectorAll('table.results tbody tr').length")
-        assert rows == 3
-        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert errors == []
+
+        def visible(selector: str) -> list[str]:
+            return browser.execute_script(f"return [...document.querySelectorAll('{selector}')].filter(e => e.offsetParent !== null)"
+                                          ".map(e => e.dataset.unit || e.dataset.prompt)")
+
+        assert visible(".sample") == [p.lower() for p in prompts] and len(visible("td.answer")) == 9
+        box = browser.find_element("id", "prompt-filter")
+        box.send_keys("OWLS")  # the filter ignores case
+        assert visible(".sample") == ["tell me about owls."]
+        assert visible("td.answer") == ["reference", "dpo/seed0", "kto/seed0"]
+        browser.find_element("css selector", "input.unit-toggle[value='dpo/seed0']").click()
+        assert visible("td.answer") == ["reference", "kto/seed0"]
+        box.clear()
+        box.send_keys(" ")  # an input event; every prompt holds a space
+        assert len(visible(".sample")) == 3 and "dpo/seed0" not in visible("td.answer")
+        assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     finally:
         browser.quit()
 
@@ -270,7 +308,7 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
     # every evaluator of the main job: the reward with KL, a benchmark with paired tests, the judge with its diagnostics
     assert all(u.benchmarks for u in run.units[1:]) and len(run.judge["comparisons"]) == 4
     committed = (base.parent.parent / "reports" / "kto_vs_dpo" / "report.md").read_text()
-    for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge"):
+    for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge", "## Answers"):
         assert section in committed
     assert committed.split("\n")[2].startswith("Reward minus the reference's") and "not to be trusted" in committed.split("\n")[4]
 
