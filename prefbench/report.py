@@ -13,13 +13,14 @@ import base64
 import html
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from prefbench.cards import write_cards
 from prefbench.eval.judge.verdicts import distrust
-from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run, read_jsonl
+from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run, read_json, read_jsonl, write_json
 from prefbench.stats import LEVEL
 
 
@@ -601,7 +602,8 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
 
 
 def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
-    """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png."""
+    """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png; then the index of every
+    report under out_root (index.html)."""
     run = load_run(run_dir)
     table, images, claims = unit_table(run), plots(run), claims_table(run)
     out = Path(out_root) / run.name
@@ -612,4 +614,34 @@ def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
     write_cards(run, table)  # each checkpoint's README.md: the numbers of this report
     (out / "report.md").write_text(render_markdown(run, table, images, claims))
     (out / "report.html").write_text(render_html(run, table, images, claims))
+    write_json(out / "entry.json", index_entry(run))
+    write_index(out_root)
     return out
+
+
+def index_entry(run: Run) -> dict:
+    """What the index shows of a run: its name, when it was started, model, data, objectives x seeds, headline."""
+    m = run.manifest
+    started = m.get("created") or datetime.fromtimestamp((run.root / "manifest.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    data = m["recipe"]["data"]
+    return {"name": run.name, "date": started[:10], "model": m["model"]["spec"],
+            "data": data.get("source") or " + ".join(x["source"] for x in data.get("mix", [])),
+            "units": f"{len(m['recipe']['objectives'])} objectives x {len(m['recipe']['seeds'])} seeds",
+            "headline": (headline(run) or ["(nothing to say in words yet: no objective-level statistics in this run)"])[0]}
+
+
+def write_index(out_root: str | Path) -> Path:
+    """<out_root>/index.html: one row per report under out_root (its entry.json), newest first, each linking
+    its report.html."""
+    root = Path(out_root)
+    entries = sorted((read_json(f) for f in root.glob("*/entry.json")), key=lambda e: (e["date"], e["name"]), reverse=True)
+    rows = "".join(f"<tr><td><a href='{html.escape(e['name'])}/report.html'>{html.escape(e['name'])}</a></td><td>{e['date']}</td>"
+                   f"<td>{html.escape(e['model'])}</td><td>{html.escape(e['data'])}</td><td>{html.escape(e['units'])}</td>"
+                   f"<td class='headline'>{html.escape(e['headline'])}</td></tr>" for e in entries)
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}td.headline{max-width:640px}")
+    (root / "index.html").write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench reports</title><style>{style}</style></head><body>"
+        f"<h1>prefbench reports</h1><table><tr><th>run</th><th>started</th><th>model</th><th>data</th><th>units</th><th>headline</th></tr>"
+        f"{rows}</table></body></html>")
+    return root / "index.html"

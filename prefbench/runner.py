@@ -8,6 +8,7 @@ its own unit's timings.jsonl (results.record_timing)."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import torch.distributed as dist
 from filelock import FileLock  # a dependency of huggingface_hub
@@ -67,6 +68,7 @@ def prepare(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | 
             if not manifest_path.exists():
                 write_json(manifest_path, {
                     "schema_version": SCHEMA_VERSION,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "recipe": jsonable(recipe.to_dict()),
                     "versions": versions(),
                     "git_commit": git_commit(),

@@ -3,6 +3,7 @@ settings), the HTML page in a real headless chromium, and `prefbench compare` ve
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from prefbench.cli import main
 from prefbench.compare import NotComparable, compare
 from prefbench.stats import holm
 from prefbench.stats import estimate
-from prefbench.report import unit_table, write_report
+from prefbench.report import headline, unit_table, write_report
 from prefbench.results import ResultsError, load_run
 
 SETTINGS = {"metrics_version": 1, "reward": "instructions", "reward_version": 1, "prompts_sha256": "ab" * 32,
@@ -624,3 +625,21 @@ def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_reject
     assert [line.get_linestyle() for line in logps.lines] == ["-", "--", "-", "--"]
     assert logps.lines[0].get_color() == logps.lines[1].get_color() != logps.lines[2].get_color()
     assert all(ax.get_legend() is not None for ax in figures[0].axes)
+
+
+def test_the_index_lists_every_report_with_its_date_model_data_and_headline(tmp_path):
+    """Every report rendered under one folder is a row of its index.html, newest first: the main job's stored run
+    (its headline in words) and a fixture run started later (no objective-level statistics: says so)."""
+    main_job = Path(__file__).resolve().parent.parent / "baselines" / "kto_vs_dpo"
+    later = make_run(tmp_path / "runs" / "b", {"dpo": SAME, "kto": SAME}, REF, name="later")
+    manifest = json.loads((later / "manifest.json").read_text())
+    (later / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-02T03:04:05+00:00"}))
+    write_report(main_job, tmp_path / "reports")
+    index = (write_report(later, tmp_path / "reports").parent / "index.html").read_text()
+    rows = index.split("<tr>")[2:]  # after the header row
+    assert [r.split("report.html'>")[1].split("<")[0] for r in rows] == ["later", "kto_vs_dpo"]
+    assert "<td>2030-01-02</td><td>tiny:small</td><td>embedded:paired</td><td>2 objectives x 1 seeds</td>" in rows[0]
+    assert "no objective-level statistics" in rows[0]
+    assert "<td>smollm2-135m-instruct</td><td>embedded:paired</td><td>4 objectives x 1 seeds</td>" in rows[1]
+    assert html.escape(headline(load_run(main_job))[0]) in rows[1] and "Reward minus the reference" in rows[1]
+    assert all((tmp_path / "reports" / name / "report.html").is_file() for name in ("later", "kto_vs_dpo"))
