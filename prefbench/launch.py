@@ -81,20 +81,18 @@ def _has_unit_stages(recipe) -> bool:
 
 
 def launch(waves: list[list[Task]], executor) -> None:
-    """Run the waves in order on `executor`; stops at the first wave with a failed task, naming each and its log."""
-    total, done = sum(map(len, waves)), 0
+    """Run the waves in order on `executor`, a line as each task ends; stops at the first wave with a failed task,
+    naming each and its log."""
+    total, ended = sum(map(len, waves)), [0]
+
+    def report(task: Task, ok: bool, seconds: float) -> None:
+        ended[0] += 1
+        print(f"[{time.strftime('%H:%M:%S')}] {ended[0]}/{total} {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
+
     for wave in waves:
-        if not wave:
-            continue
-        failed = executor.run(wave, lambda task, ok, seconds: _progress(task, ok, seconds, done + 1, total))
-        done += len(wave)
-        if failed:
+        if wave and (failed := executor.run(wave, report)):
             raise LaunchError("; ".join(f"{t.name} failed (its output: {t.log})" for t in failed)
                               + ". Fix the cause and launch again: finished work is kept")
-
-
-def _progress(task: Task, ok: bool, seconds: float, n: int, total: int) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
 
 
 def run_task(argv: tuple[str, ...], log: str, cwd: str, extra: dict | None = None) -> int:
