@@ -476,17 +476,19 @@ def samples(run: Run, prompts: int = 24) -> list[dict]:
 
 
 def _reward_text(reward) -> str:
-    return "no reward" if reward is None else f"reward {reward:.3f}"
+    return "" if reward is None else f"reward {reward:.3f}"
 
 
 def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
     """The first few prompts' answers side by side, as Markdown (the HTML report holds them all, with filters)."""
+    rewarded = any(a["reward"] is not None for item in items for a in item["answers"].values())  # eval.reward: none has none
     out = []
     for item in items[:shown]:
-        out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| unit | reward | answer |", "|---|---|---|"]
+        out += [f"**Prompt {item['index']}**: {item['prompt']}", "",
+                "| unit | reward | answer |" if rewarded else "| unit | answer |", "|---|---|---|" if rewarded else "|---|---|"]
         for name, a in item["answers"].items():
             text = " ".join(a["answer"].split()).replace("|", "\\|")
-            out.append(f"| {name} | {'-' if a['reward'] is None else format(a['reward'], '.3f')} | {text} |")
+            out.append(f"| {name} | {format(a['reward'], '.3f')} | {text} |" if rewarded else f"| {name} | {text} |")
         out.append("")
     return out
 
@@ -511,7 +513,8 @@ def samples_html(items: list[dict]) -> str:
               "document.querySelectorAll('td.answer').forEach(t=>{t.style.display=on.has(t.dataset.unit)?'':'none'});}"
               "document.getElementById('prompt-filter').addEventListener('input',applyFilters);"
               "document.querySelectorAll('.unit-toggle').forEach(c=>c.addEventListener('change',applyFilters));</script>")
-    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to the first {len(items)} held-out prompts, with its reward.</p>"
+    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to the first {len(items)} held-out prompts, with its reward "
+            "where the run has one.</p>"
             f"<p class='viewer-controls'><input id='prompt-filter' type='search' placeholder='filter prompts'> {toggles}</p>"
             + "".join(cards) + script)
 

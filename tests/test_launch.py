@@ -170,7 +170,7 @@ KillWait=5
 NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    env = {**os.environ, "SLURM_CONF": str(conf)}  # for the daemons and Slurm's commands here
     started_munge = bool(subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode)
     if started_munge:  # munged is not running yet: start it, and stop it at the end
         for d in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
@@ -183,7 +183,7 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     while subprocess.run(["sinfo", "--noheader", "--format=%T"], env=env, capture_output=True, text=True).stdout.strip() != "idle":
         assert time.time() < deadline, (root / "slurmctld.log").read_text()[-2000:]
         time.sleep(0.5)
-    yield env
+    yield {"SLURM_CONF": str(conf)}  # what a test adds to its own environment (not the session's PREFBENCH_CACHE)
     subprocess.run(["scontrol", "shutdown"], env=env)
     if started_munge:
         subprocess.run(["pkill", "-x", "munged"])
@@ -199,11 +199,12 @@ def test_slurm_launch_with_a_unit_requeued_mid_training_gives_the_serial_runs_re
     while run.poll() is None and not ((unit / "metrics.jsonl").is_file() and len((unit / "metrics.jsonl").read_text().splitlines()) >= 6):
         time.sleep(0.05)
     job = re.search(r"slurm job (\S+)", (launched / "tiny_smoke" / "logs" / "train-dpo-seed0.log").read_text()).group(1)
-    subprocess.run(["scontrol", "requeue", job], env=slurm, check=True)
+    slurm_env = {**os.environ, **slurm}
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
     # Slurm holds a requeued job back about two minutes (its begin time); this test need not wait them out
-    while subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job], env=slurm, capture_output=True, text=True).stdout.strip() != "PENDING":
+    while subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job], env=slurm_env, capture_output=True, text=True).stdout.strip() != "PENDING":
         time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env, check=True)
     output, _ = run.communicate(timeout=900)
     assert run.returncode == 0, output[-3000:]
     assert digest(launched / "tiny_smoke") == digest(serial / "tiny_smoke")
@@ -211,6 +212,7 @@ def test_slurm_launch_with_a_unit_requeued_mid_training_gives_the_serial_runs_re
     assert len(trained) == 1 and trained[0]["from_step"] >= 4  # the requeued task resumed from a checkpoint
     log = (launched / "tiny_smoke" / "logs" / "train-dpo-seed0.log").read_text()
     assert log.count(f"slurm job {job}") == 2  # the same array task, run twice
+    assert list((tmp_path / "cache" / "reflogps").glob("*.pt"))  # the jobs used this run's own cache, as the serial run did
 
 
 def test_local_slots_give_each_task_its_own_devices_and_plans_put_torchrun_in_multi_gpu_units(tmp_path):
