@@ -227,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
     push = command("push", cmd_push, "upload a trained unit's checkpoint and model card (UNIT_DIR/final) to the Hugging Face Hub")
-    push.add_argument("unit_dir", help="a unit's directory, e.g. results/kto_vs_dpo/dpo/seed0")
+    push.add_argument("unit_dir", help="a unit's directory, e.g. runs/kto_vs_dpo/dpo/seed0")
     push.add_argument("--repo-id", required=True, help="the model repository, e.g. you/smollm2-dpo (created if missing; token from HF_TOKEN)")
     push.add_argument("--private", action="store_true")
     export = command("export", cmd_export, "write a run's answers in the layout AlpacaEval or Arena-Hard reads, one answer per prompt per unit")

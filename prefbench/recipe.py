@@ -591,7 +591,7 @@ class Recipe:
     objectives: tuple[ObjectiveSpec, ...] = ()
     train: TrainSpec = field(default_factory=TrainSpec)
     seeds: tuple[int, ...] = (0,)
-    output_dir: str = "results"
+    output_dir: str = "runs"
     report_dir: str = "reports"  # `prefbench run` renders <report_dir>/<name>/ at the end
     eval: EvalSpec = field(default_factory=EvalSpec)
     claims: tuple[ClaimSpec, ...] = ()  # stated in the report with their paired 95% CI

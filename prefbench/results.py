@@ -1,7 +1,7 @@
 """The run directory: its layout, the run model reports and comparisons read (`load_run`), provenance, and
 the file writes everything else uses (atomic writes, build-once directories, the append-only cache).
 
-results/<run>/
+runs/<run>/
   manifest.json                 resolved recipe, versions, git commit, hardware, data fingerprints (written once)
   <unit>/timings.jsonl          one line per stage invocation of the unit: seconds, host, device, processes
   <label>/seed<k>/metrics.jsonl  one line per optimizer step

@@ -299,8 +299,8 @@ def test_claims_across_seeds_carry_seed_variance(tmp_path):
 
 
 def test_the_shipped_baseline_and_report_of_the_main_job():
-    """baselines/kto_vs_dpo holds the main job's results (without weights): it loads, renders, and passes against itself."""
-    base = Path(__file__).resolve().parent.parent / "baselines" / "kto_vs_dpo"
+    """results/kto_vs_dpo holds the main job's results (without weights): it loads, renders, and passes against itself."""
+    base = Path(__file__).resolve().parent.parent / "results" / "kto_vs_dpo"
     run = load_run(base)
     assert [u.name for u in run.units] == ["reference", "dpo/seed0", "kto/seed0", "ipo/seed0", "cdpo/seed0"]
     assert all(u.generation["prompts"] == 96 for u in run.units)
@@ -630,7 +630,7 @@ def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_reject
 def test_the_index_lists_every_report_with_its_date_model_data_and_headline(tmp_path):
     """Every report rendered under one folder is a row of its index.html, newest first: the main job's stored run
     (its headline in words) and a fixture run started later (no objective-level statistics: says so)."""
-    main_job = Path(__file__).resolve().parent.parent / "baselines" / "kto_vs_dpo"
+    main_job = Path(__file__).resolve().parent.parent / "results" / "kto_vs_dpo"
     later = make_run(tmp_path / "runs" / "b", {"dpo": SAME, "kto": SAME}, REF, name="later")
     manifest = json.loads((later / "manifest.json").read_text())
     (later / "manifest.json").write_text(json.dumps({**manifest, "created": "2030-01-02T03:04:05+00:00"}))
