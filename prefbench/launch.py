@@ -97,15 +97,21 @@ def launch(waves: list[list[Task]], executor) -> None:
 
 def run_task(argv: tuple[str, ...], log: str, cwd: str, extra: dict | None = None) -> int:
     """One task's command, its output to `log`; its exit status. What every executor runs (on whatever node)."""
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
     env = os.environ  # under Slurm, the job as squeue and scontrol name it: an array task, or a job of its own
     job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
     if job and "OMP_NUM_THREADS" not in env:  # as many threads as the CPUs Slurm gave the job on this node ("2" or "2(x3)")
         extra = {"OMP_NUM_THREADS": re.match(r"\d*", env.get("SLURM_JOB_CPUS_PER_NODE", "")).group() or "1", **(extra or {})}
-    with open(log, "ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode() + (f"slurm job {job}\n".encode() if job else b""))
-        out.flush()
+    with _open_log(Path(log), argv, f"slurm job {job}" if job else None) as out:
         return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(extra or {})}).returncode
+
+
+def _open_log(log: Path, argv: tuple[str, ...], note: str | None = None):
+    """A task's log opened for appending, headed by its command (and a note, e.g. its Slurm job)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "ab")
+    out.write(f"$ {' '.join(argv)}\n".encode() + (f"{note}\n".encode() if note else b""))
+    out.flush()
+    return out
 
 
 # ---- executors: run(wave, report) -> the tasks that failed ------------------------------------------------
@@ -146,11 +152,8 @@ class LocalExecutor:
 
 
 def _start(task: Task, cwd: str, env: dict) -> subprocess.Popen:
-    task.log.parent.mkdir(parents=True, exist_ok=True)
-    out = open(task.log, "ab")
-    out.write(f"$ {' '.join(task.argv)}\n".encode())
-    out.flush()
-    return subprocess.Popen(task.argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    with _open_log(task.log, task.argv) as out:  # the child keeps its own handle on the log
+        return subprocess.Popen(task.argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
 class SlurmExecutor:

@@ -52,9 +52,7 @@ def prepare(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | 
     prepared = prepare_data(recipe, tokenizer)
     if manifest_path.exists() and read_json(manifest_path)["data"]["fingerprint"] != prepared.fingerprint:
         raise TrainingError(f"{root}: the training data changed since this run started (token fingerprint differs); start a new run")
-    specs = [s for s in recipe.objectives if labels is None or s.label in labels]
-    seeds = list(recipe.seeds if seeds is None else seeds)
-
+    specs, seeds = _selected(recipe, labels, seeds)
     ref = RefLogps(ref_cache_path(recipe, prepared, device))
     keys = reference_keys(recipe, prepared, specs, seeds, world, device)
     autocast = autocast_for(recipe.train.dtype, device)
@@ -86,5 +84,10 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     """Train the asked (objective, seed) units of the recipe (every one by default) after prepare; returns their
     summaries."""
     prepared, ref = prepare(recipe, labels, seeds)
-    specs = [s for s in recipe.objectives if labels is None or s.label in labels]
-    return [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in (recipe.seeds if seeds is None else seeds)]
+    specs, seeds = _selected(recipe, labels, seeds)
+    return [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in seeds]
+
+
+def _selected(recipe: Recipe, labels: list[str] | None, seeds: list[int] | None) -> tuple[list, list[int]]:
+    """The recipe's objectives with the asked labels and the asked seeds (every one where None)."""
+    return [s for s in recipe.objectives if labels is None or s.label in labels], list(recipe.seeds if seeds is None else seeds)
