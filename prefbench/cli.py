@@ -149,7 +149,7 @@ def cmd_generate_data(args) -> int:
 def cmd_report(args) -> int:
     from prefbench.report import write_report
 
-    out = write_report(args.run_dir, args.out)
+    out = write_report(args.run_dir, args.out, args.prompts or 24)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 
@@ -186,6 +186,13 @@ def cmd_compare(args) -> int:
     kind = "not shown non-inferior" if args.margin is not None else "regression(s)"
     print(f"\n{len(failed)} {kind} in {len(verdicts)} comparison(s)")
     return 1 if failed else 0
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of prompt indices, e.g. 0,5,17") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -226,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
+    report.add_argument("--prompts", type=_indices, metavar="I,J,...",
+                        help="the held-out prompts the answer viewer shows, by index (default: the first 24)")
     push = command("push", cmd_push, "upload a trained unit's checkpoint and model card (UNIT_DIR/final) to the Hugging Face Hub")
     push.add_argument("unit_dir", help="a unit's directory, e.g. runs/kto_vs_dpo/dpo/seed0")
     push.add_argument("--repo-id", required=True, help="the model repository, e.g. you/smollm2-dpo (created if missing; token from HF_TOKEN)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from prefbench.cards import write_cards
+from prefbench.errors import PrefbenchError
 from prefbench.eval.judge.verdicts import distrust
 from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run, read_json, read_jsonl, write_json
 from prefbench.stats import LEVEL
@@ -455,10 +456,11 @@ def plots(run: Run) -> dict[str, bytes]:
 # ---- answers ---------------------------------------------------------------------------------------
 
 
-def samples(run: Run, prompts: int = 24) -> list[dict]:
-    """What the checkpoints answered: for the first `prompts` held-out prompts every unit answered, the prompt and
-    each unit's first sampled answer with its reward, from the units' answers.jsonl (a stored run without them
-    has none)."""
+def samples(run: Run, prompts: int | list[int] = 24) -> list[dict]:
+    """What the checkpoints answered: for the held-out prompts every unit answered (the first `prompts` of them, or
+    the listed prompt indices), the prompt and each unit's first sampled answer with its reward (from the units'
+    answers.jsonl; a stored run without them has none) and the judge's verdict on it in each comparison the unit
+    stands first in (judge_words)."""
     from prefbench.data.onpolicy import prompt_text
 
     per_unit = {}
@@ -469,10 +471,50 @@ def samples(run: Run, prompts: int = 24) -> list[dict]:
     if not per_unit:
         return []
     first = next(iter(per_unit.values()))
-    shared = sorted(set.intersection(*(set(rows) for rows in per_unit.values())))[:prompts]
+    shared = set.intersection(*(set(rows) for rows in per_unit.values()))
+    if not isinstance(prompts, int) and (missing := sorted(set(prompts) - shared)):
+        raise PrefbenchError(f"prompt(s) {missing} not answered by every unit of {run.name}: they share {len(shared)} prompts, indices {min(shared)} to {max(shared)}"
+                             if shared else f"the units of {run.name} answered no prompt in common")
+    chosen = sorted(shared)[:prompts] if isinstance(prompts, int) else list(prompts)
+    verdicts = judge_words(run, {(name, i): rows[i]["answer"] for name, rows in per_unit.items() for i in chosen})
     return [{"index": i, "prompt": prompt_text(first[i]["prompt"]),
-             "answers": {name: {"answer": rows[i]["answer"], "reward": rows[i]["reward"]} for name, rows in per_unit.items()}}
-            for i in shared]
+             "answers": {name: {"answer": rows[i]["answer"], "reward": rows[i]["reward"], "judge": verdicts.get((name, i), {})}
+                         for name, rows in per_unit.items()}}
+            for i in chosen]
+
+
+def judge_words(run: Run, answers: dict[tuple[str, int], str]) -> dict[tuple[str, int], dict[str, str]]:
+    """The judge's verdict on unit X's first answer to prompt i in each comparison "X vs Y" of the run, in words:
+    {(X, i): {Y: "wins" | "loses" | "ties" | "unreadable"}}, scored from the pair's two lines in
+    <run>/judge/verdicts.jsonl as the win rates are (verdicts.PairResult). A pair the judge covered whose answers
+    were identical has no lines and is a tie ("same answer"). answers[(unit, i)]: the units' first answers."""
+    from prefbench.eval.judge.verdicts import PairResult
+
+    path = run.root / "judge" / "verdicts.jsonl"
+    if not path.is_file() or not (run.judge or {}).get("comparisons"):
+        return {}
+    orders: dict[tuple[str, str, int], dict[str, str | None]] = {}
+    for line in read_jsonl(path):
+        if line["sample"] == 0:
+            x, y = line["comparison"].split(" vs ")
+            orders.setdefault((x, y, line["prompt_index"]), {})["first" if line["unit_a"] == x else "second"] = line["verdict"]
+    out: dict[tuple[str, int], dict[str, str]] = {}
+    for c in run.judge["comparisons"].values():
+        x, y, judged = c["unit"], c["opponent"], c["judge"]["prompts"]
+        for (unit, i), answer in answers.items():
+            if unit != x or i >= judged:
+                continue
+            if (x, y, i) in orders:
+                o = orders[(x, y, i)]
+                score = PairResult(i, o.get("first"), o.get("second"), 0, 0).score()
+                out.setdefault((x, i), {})[y] = {1.0: "wins", 0.0: "loses", 0.5: "ties", None: "unreadable"}[score]
+            elif answers.get((y, i)) == answer:
+                out.setdefault((x, i), {})[y] = "ties (same answer)"
+    return out
+
+
+def _judge_text(verdicts: dict[str, str]) -> str:
+    return "; ".join(f"judge: {word} vs {y}" for y, word in verdicts.items())
 
 
 def _reward_text(reward) -> str:
@@ -482,13 +524,15 @@ def _reward_text(reward) -> str:
 def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
     """The first few prompts' answers side by side, as Markdown (the HTML report holds them all, with filters)."""
     rewarded = any(a["reward"] is not None for item in items for a in item["answers"].values())  # eval.reward: none has none
+    judged = any(a["judge"] for item in items for a in item["answers"].values())
+    columns = ["unit"] + ["reward"] * rewarded + ["judge"] * judged + ["answer"]
     out = []
     for item in items[:shown]:
-        out += [f"**Prompt {item['index']}**: {item['prompt']}", "",
-                "| unit | reward | answer |" if rewarded else "| unit | answer |", "|---|---|---|" if rewarded else "|---|---|"]
+        out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         for name, a in item["answers"].items():
-            text = " ".join(a["answer"].split()).replace("|", "\\|")
-            out.append(f"| {name} | {format(a['reward'], '.3f')} | {text} |" if rewarded else f"| {name} | {text} |")
+            cells = [name] + [format(a["reward"], ".3f")] * rewarded + [_judge_text(a["judge"]).replace("judge: ", "")] * judged
+            cells.append(" ".join(a["answer"].split()).replace("|", "\\|"))
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return out
 
@@ -502,7 +546,8 @@ def samples_html(items: list[dict]) -> str:
     cards = []
     for item in items:
         cells = "".join(f"<td class='answer' data-unit='{html.escape(name)}'><b>{html.escape(name)}</b> "
-                        f"<small>{_reward_text(a['reward'])}</small><div>{html.escape(a['answer'])}</div></td>"
+                        f"<small>{_reward_text(a['reward'])}</small> <small class='verdict'>{html.escape(_judge_text(a['judge']))}</small>"
+                        f"<div>{html.escape(a['answer'])}</div></td>"
                         for name, a in item["answers"].items())
         cards.append(f"<div class='sample' data-prompt='{html.escape(item['prompt'].lower())}'>"
                      f"<p class='prompt'><b>Prompt {item['index']}</b>: {html.escape(item['prompt'])}</p>"
@@ -513,8 +558,9 @@ def samples_html(items: list[dict]) -> str:
               "document.querySelectorAll('td.answer').forEach(t=>{t.style.display=on.has(t.dataset.unit)?'':'none'});}"
               "document.getElementById('prompt-filter').addEventListener('input',applyFilters);"
               "document.querySelectorAll('.unit-toggle').forEach(c=>c.addEventListener('change',applyFilters));</script>")
-    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to the first {len(items)} held-out prompts, with its reward "
-            "where the run has one.</p>"
+    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to {len(items)} held-out prompts, with its reward where the run "
+            "has one and the judge's verdict on it against each opponent where the judge saw the pair (both answer orders: "
+            "wins or loses when they agree, ties when they differ).</p>"
             f"<p class='viewer-controls'><input id='prompt-filter' type='search' placeholder='filter prompts'> {toggles}</p>"
             + "".join(cards) + script)
 
@@ -564,7 +610,9 @@ INTRO = ("The results table shows each checkpoint: `mean [95% CI]` from a percen
          "both, Holm-corrected); **bold** marks a leader only where those contrasts support it.")
 
 
-def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
+def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None,
+                    items: list[dict] | None = None) -> str:
+    """report.md; items: the sample viewer's answers (samples)."""
     parts = [f"# prefbench report: {run.name}", ""]
     for words in headline(run):
         parts += [words, ""]
@@ -573,13 +621,15 @@ def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], cla
         parts += [f"## {heading}", "", df.to_markdown(), ""]
     if images:
         parts += ["## Plots", ""] + [f"![{name}](plots/{name}.png)" for name in images] + [""]
-    if items := samples(run):
+    if items:
         parts += ["## Answers (the first prompts; report.html shows more, with filters)", ""] + samples_markdown(items)
     parts += ["## Provenance", ""] + [f"- {line}" for line in provenance(run)] + [""]
     return "\n".join(parts)
 
 
-def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None) -> str:
+def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None,
+                items: list[dict] | None = None) -> str:
+    """report.html, self-contained; items: the sample viewer's answers (samples)."""
     def tab(df: pd.DataFrame) -> str:
         bolded = df.map(lambda v: f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v)))
         return bolded.to_html(escape=False, border=0, classes="results")
@@ -592,7 +642,7 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
     for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]
     body += ["<h2>Plots</h2>", imgs]
-    if items := samples(run):
+    if items:
         body.append(samples_html(items))
     body += ["<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
@@ -604,10 +654,11 @@ def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
+def write_report(run_dir: str | Path, out_root: str | Path = "reports", prompts: int | list[int] = 24) -> Path:
     """reports/<run>/report.md, report.html (self-contained), results.csv and plots/*.png; then the index of every
-    report under out_root (index.html)."""
+    report under out_root (index.html). prompts: the sample viewer's prompts, the first n or a list of indices."""
     run = load_run(run_dir)
+    items = samples(run, prompts)
     table, images, claims = unit_table(run), plots(run), claims_table(run)
     out = Path(out_root) / run.name
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -615,8 +666,8 @@ def write_report(run_dir: str | Path, out_root: str | Path = "reports") -> Path:
         (out / "plots" / f"{name}.png").write_bytes(data)
     table.to_csv(out / "results.csv")
     write_cards(run, table)  # each checkpoint's README.md: the numbers of this report
-    (out / "report.md").write_text(render_markdown(run, table, images, claims))
-    (out / "report.html").write_text(render_html(run, table, images, claims))
+    (out / "report.md").write_text(render_markdown(run, table, images, claims, items))
+    (out / "report.html").write_text(render_html(run, table, images, claims, items))
     write_json(out / "entry.json", index_entry(run))
     write_index(out_root)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,16 +129,47 @@ def _chrome(tmp_path):
     return webdriver.Chrome(service=Service(driver_bin), options=options)
 
 
-def test_the_sample_viewer_shows_each_units_answers_and_its_filters_work(tmp_path):
+def _judged(root: Path, prompts: list[str], scripted: dict[tuple[str, int], tuple[str | None, str | None] | None], judged: int) -> None:
+    """eval_judge.json and judge/verdicts.jsonl as the judge stage writes them, for each "X vs reference" whose
+    verdicts (X shown as A, X shown as B) per prompt are scripted; None: identical answers, no call."""
+    from prefbench.eval.judge import PairResult, pair_stats
+
+    lines, comparisons = [], {}
+    for x in ("dpo/seed0", "kto/seed0"):
+        pairs = []
+        for i in range(judged):
+            verdicts = scripted[(x, i)]
+            pairs.append(PairResult(i, *(verdicts or ("tie", "tie")), 5, 5, identical=verdicts is None))
+            for (a, b), verdict in zip(((x, "reference"), ("reference", x)), verdicts or ()):
+                lines.append({"comparison": f"{x} vs reference", "prompt_index": i, "sample": 0, "prompt": prompts[i], "unit_a": a,
+                              "unit_b": b, "verdict": verdict, "winner": {"A": a, "B": b, "tie": "tie"}.get(verdict)})
+        comparison = pair_stats(pairs)
+        comparison["diagnostics"] |= {"prompt_tokens": 100, "completion_tokens": 10, "cost_usd": 0.0}  # the runner adds these
+        comparisons[f"{x} vs reference"] = comparison | {"unit": x, "opponent": "reference", "judge": {
+            "model": "tiny-judge", "template_sha256": "0" * 64, "temperature": 0.0, "forms": ["json"], "prompts": judged}}
+    (root / "eval_judge.json").write_text(json.dumps({"comparisons": comparisons}))
+    (root / "judge").mkdir()
+    (root / "judge" / "verdicts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_the_sample_viewer_shows_each_units_answers_rewards_and_verdicts_and_its_filters_work(tmp_path):
     root = make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF)
     prompts = ["Tell me about owls.", "Describe the ocean | briefly.", "Write about tea."]
     for unit, reward in (("reference", 0.0), ("dpo/seed0", 1.0), ("kto/seed0", 0.5)):
         (root / unit / "answers.jsonl").write_text("".join(
-            json.dumps({"prompt_index": i, "prompt": p, "sampling": "sampled", "sample": j, "answer": f"{unit} answer {j} to {p}",
+            json.dumps({"prompt_index": i, "prompt": p, "sampling": "sampled", "sample": j,
+                        "answer": f"{'reference' if (unit, i) == ('kto/seed0', 1) else unit} answer {j} to {p}",
                         "tokens": 5, "finish_reason": "stop", "reward": reward}) + "\n" for i, p in enumerate(prompts) for j in (0, 1)))
+    # the judge saw the first two prompts: dpo won the first (both orders), lost the second; kto's first verdict did not
+    # parse in one order, and its second answer equals the reference's (a tie without a call)
+    _judged(root, prompts, {("dpo/seed0", 0): ("A", "B"), ("dpo/seed0", 1): ("B", "A"), ("kto/seed0", 0): ("A", None),
+                            ("kto/seed0", 1): None}, judged=2)
     out = write_report(root, tmp_path / "reports")
     md = (out / "report.md").read_text()
-    assert "**Prompt 0**: Tell me about owls." in md and "| dpo/seed0 | 1.000 | dpo/seed0 answer 0 to Tell me about owls. |" in md
+    assert "**Prompt 0**: Tell me about owls." in md and "| dpo/seed0 | 1.000 | wins vs reference | dpo/seed0 answer 0 to Tell me about owls. |" in md
+    assert "| kto/seed0 | 0.500 | unreadable vs reference |" in md and "| kto/seed0 | 0.500 | ties (same answer) vs reference |" in md
+    assert "| dpo/seed0 | 1.000 | loses vs reference |" in md and "| reference | 0.000 |  | reference answer 0 to Tell me about owls. |" in md
+    assert "| dpo/seed0 | 1.000 |  | dpo/seed0 answer 0 to Write about tea. |" in md  # prompt 2: not judged
     assert "answer 1 to" not in md and "Describe the ocean \\| briefly." in md  # the first sample only; a pipe kept out of the table's way
     browser = _chrome(tmp_path)
     try:
@@ -145,21 +177,41 @@ def test_the_sample_viewer_shows_each_units_answers_and_its_filters_work(tmp_pat
 
         def visible(selector: str) -> list[str]:
             return browser.execute_script(f"return [...document.querySelectorAll('{selector}')].filter(e => e.offsetParent !== null)"
-                                          ".map(e => e.dataset.unit || e.dataset.prompt)")
+                                          ".map(e => e.dataset.unit || e.dataset.prompt || e.textContent)")
 
         assert visible(".sample") == [p.lower() for p in prompts] and len(visible("td.answer")) == 9
+        assert visible("small.verdict") == ["", "judge: wins vs reference", "judge: unreadable vs reference",
+                                            "", "judge: loses vs reference", "judge: ties (same answer) vs reference", "", "", ""]
         box = browser.find_element("id", "prompt-filter")
         box.send_keys("OWLS")  # the filter ignores case
         assert visible(".sample") == ["tell me about owls."]
         assert visible("td.answer") == ["reference", "dpo/seed0", "kto/seed0"]
         browser.find_element("css selector", "input.unit-toggle[value='dpo/seed0']").click()
-        assert visible("td.answer") == ["reference", "kto/seed0"]
+        assert visible("td.answer") == ["reference", "kto/seed0"] and visible("small.verdict") == ["", "judge: unreadable vs reference"]
         box.clear()
         box.send_keys(" ")  # an input event; every prompt holds a space
         assert len(visible(".sample")) == 3 and "dpo/seed0" not in visible("td.answer")
         assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
     finally:
         browser.quit()
+
+
+def test_the_viewer_shows_the_prompts_asked_for(tmp_path, capsys):
+    root = make_run(tmp_path / "run", {"dpo": BETTER}, REF)
+    for unit in ("reference", "dpo/seed0"):
+        (root / unit / "answers.jsonl").write_text("".join(
+            json.dumps({"prompt_index": i, "prompt": f"prompt {i}", "sampling": "sampled", "sample": 0, "answer": f"{unit} {i}",
+                        "tokens": 2, "finish_reason": "stop", "reward": 0.0}) + "\n" for i in range(30)))
+    assert main(["report", str(root), "--out", str(tmp_path / "reports"), "--prompts", "27,3"]) == 0
+    page = (tmp_path / "reports" / "fixture" / "report.html").read_text()
+    assert [int(i) for i in re.findall(r"<b>Prompt (\d+)</b>", page)] == [27, 3]  # in the order asked
+    assert main(["report", str(root), "--out", str(tmp_path / "reports")]) == 0
+    page = (tmp_path / "reports" / "fixture" / "report.html").read_text()
+    assert [int(i) for i in re.findall(r"<b>Prompt (\d+)</b>", page)] == list(range(24))  # by default the first 24
+    capsys.readouterr()
+    assert main(["report", str(root), "--prompts", "3,30"]) == 2
+    assert capsys.readouterr().err.strip() == ("prefbench: error: prompt(s) [30] not answered by every unit of fixture: "
+                                               "they share 30 prompts, indices 0 to 29")
 
 
 def test_compare_flags_a_real_regression_and_exits_1(tmp_path, capsys):
