@@ -364,6 +364,15 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
     for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge", "## Answers"):
         assert section in committed
     assert committed.split("\n")[2].startswith("Reward minus the reference's") and "not to be trusted" in committed.split("\n")[4]
+    # the stored verdicts are the judge's comparisons: scored per pair as the viewer scores them, they give its counts
+    from prefbench.report import judge_words, samples
+
+    items = samples(run, 32)
+    words = judge_words(run, {(name, item["index"]): a["answer"] for item in items for name, a in item["answers"].items()})
+    for c in run.judge["comparisons"].values():
+        said = [words[(c["unit"], i)][c["opponent"]] for i in range(c["judge"]["prompts"])]
+        assert (said.count("wins"), said.count("ties") + said.count("ties (same answer)"), said.count("loses")) == (c["wins"], c["ties"], c["losses"])
+    assert "| dpo/seed0 | 0.000 | ties vs reference |" in committed  # the committed report shows them
 
 
 def test_a_run_without_the_greedy_pass_renders_and_compares(tmp_path):
