@@ -115,7 +115,11 @@ def cmd_launch(args) -> int:
     gpus = args.gpus_per_unit if args.gpus_per_unit is not None else int(__import__("torch").cuda.is_available())
     options = dict(item.partition("=")[::2] for item in args.slurm_option)
     executor = make_executor(args.executor, args.parallel, gpus, run_dir(recipe).resolve(), slurm_options=options, ray_address=args.ray_address)
-    launch(plan(args.recipe, args.overrides, recipe, gpus), executor)
+    waves = plan(args.recipe, args.overrides, recipe, gpus)
+    queued = {t.name.removeprefix("train ") for wave in waves for t in wave if t.name.startswith("train ")}
+    if trained := [f"{s.label}/seed{seed}" for s in recipe.objectives for seed in recipe.seeds if f"{s.label}/seed{seed}" not in queued]:
+        print(f"already trained, not queued again: {', '.join(trained)}" + ("" if queued else " (and no reference pass: only training reads it)"))
+    launch(waves, executor)
     print(f"report: {Path(recipe.report_dir).resolve() / recipe.name / 'report.md'}")
     return 0
 

@@ -11,7 +11,8 @@ engine runs them. The stages, in waves (each waits for the one before):
                                                       units are skipped
 
 Every stage is idempotent and resumable, so a task that is killed and run again (a Slurm requeue, a relaunch)
-continues where it stopped; a launch run again skips what is done. Each task's output goes to
+continues where it stopped; a launch run again skips what is done (trained units are not handed to the engine
+again; the other tasks find their work done). Each task's output goes to
 <run>/logs/<task>.log. The executors:
 
   local  one process per task on this machine, at most --parallel at a time; on a GPU machine each task gets its
@@ -49,7 +50,8 @@ class Task:
 
 
 def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0) -> list[list[Task]]:
-    """The waves of tasks that carry `recipe` out. Every path a task sees is absolute (the recipe, output_dir,
+    """The waves of tasks that carry `recipe` out, less the training of units already trained. Every path a task
+    sees is absolute (the recipe, output_dir,
     report_dir), so a task runs the same from any working directory or node; relative data paths in the recipe
     resolve against the launch's working directory, which every executor runs its tasks in."""
     from prefbench.results import run_dir
@@ -65,9 +67,13 @@ def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0)
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
+    # A trained unit (its summary.json: what `prefbench train` itself checks first) is not handed to the engine again,
+    # nor, when every unit is trained, the reference pass that only training reads: a relaunch after a failure queues
+    # only what is left. Evaluation tasks always run (each finds what is done with the same settings and keeps it).
+    untrained = [(label, seed) for label, seed in units if not (root / label / f"seed{seed}" / "summary.json").is_file()]
     return [
-        [task("prepare", ["prepare"], distributed=True)],
-        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in units]
+        [task("prepare", ["prepare"], distributed=True)] if untrained else [],
+        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in untrained]
         + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
         [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units] if _has_unit_stages(recipe) else [],
         [task("finish", ["run"])],

@@ -18,6 +18,9 @@ import pytest
 from run_digest import digest
 
 REPO = Path(__file__).resolve().parent.parent
+# one worker runs this module's tests, so the serial run they all compare with is computed once (a module fixture
+# is set up once per worker that runs one of its tests)
+pytestmark = pytest.mark.xdist_group("launch")
 GRID = ["--set", "objectives=[{name: dpo, beta: 0.1}, {name: ipo, beta: 0.1}]", "--set", "seeds=[0, 1]", "--set", "train.steps=24",
         "--set", "train.save_every=4",
         "--set", "eval.generation.engine=hf", "--set", "eval.generation.greedy=false",
@@ -84,9 +87,11 @@ def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(seri
     logs = sorted(p.name for p in (launched / "tiny_smoke" / "logs").iterdir())
     assert logs == sorted(["prepare.log", "finish.log", "evaluate-reference.log"] + [f"{s}-{u.replace('/', '-')}.log" for s in ("train", "evaluate") for u in UNITS])
 
-    # launched again: every stage finds its work done (no second reference pass, no unit trained twice)
+    # launched again: trained units are not queued again (nor the reference pass only training reads), and every
+    # other task finds its work done (no unit trained or reference pass computed twice)
     again = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
-    assert again.stdout.count(": done in") == 1 + 5 + 4 + 1
+    assert f"already trained, not queued again: {', '.join(UNITS)} (and no reference pass" in again.stdout
+    assert again.stdout.count(": done in") == 1 + 4 + 1 and "prepare" not in again.stdout and "train " not in again.stdout
     stages = {unit: [t["stage"] for t in lines] for unit, lines in _timings(launched / "tiny_smoke").items()}
     assert stages["reference"] == ["reference pass", "evaluate", "evaluate"]
     assert all(stages[unit] == ["train", "evaluate", "evaluate"] for unit in UNITS)
@@ -247,3 +252,14 @@ def test_local_slots_give_each_task_its_own_devices_and_plans_put_torchrun_in_mu
         for t in wave:
             distributed = t.name == "prepare" or t.name.startswith("train")
             assert ("torch.distributed.run" in t.argv and "--nproc_per_node=2" in t.argv) == distributed and t.gpus == 2
+
+    # a unit already trained (its summary.json) is not queued again; the reference pass goes once none is left
+    recipe = load_recipe(REPO / "recipes" / "tiny_smoke.yaml", [*GRID[1::2], f"output_dir={tmp_path / 'runs'}"])
+    for unit in UNITS[:3]:
+        (tmp_path / "runs" / "tiny_smoke" / unit).mkdir(parents=True)
+        (tmp_path / "runs" / "tiny_smoke" / unit / "summary.json").write_text("{}")
+    names = lambda waves: [[t.name for t in w] for w in waves]
+    assert names(plan("r.yaml", [], recipe))[:2] == [["prepare"], ["train ipo/seed1", "evaluate reference"]]
+    (tmp_path / "runs" / "tiny_smoke" / UNITS[3]).mkdir(parents=True)
+    (tmp_path / "runs" / "tiny_smoke" / UNITS[3] / "summary.json").write_text("{}")
+    assert names(plan("r.yaml", [], recipe)) == [[], ["evaluate reference"], [f"evaluate {u}" for u in UNITS], ["finish"]]
