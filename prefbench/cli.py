@@ -108,18 +108,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from prefbench.launch import launch, make_executor, plan
+    from prefbench.launch import launch, make_executor, plan, trained
     from prefbench.results import run_dir
 
     recipe = evaluation_recipe(args)  # every problem found here, before any task starts
     gpus = args.gpus_per_unit if args.gpus_per_unit is not None else int(__import__("torch").cuda.is_available())
     options = dict(item.partition("=")[::2] for item in args.slurm_option)
     executor = make_executor(args.executor, args.parallel, gpus, run_dir(recipe).resolve(), slurm_options=options, ray_address=args.ray_address)
-    waves = plan(args.recipe, args.overrides, recipe, gpus)
-    queued = {t.name.removeprefix("train ") for wave in waves for t in wave if t.name.startswith("train ")}
-    if trained := [f"{s.label}/seed{seed}" for s in recipe.objectives for seed in recipe.seeds if f"{s.label}/seed{seed}" not in queued]:
-        print(f"already trained, not queued again: {', '.join(trained)}" + ("" if queued else " (and no reference pass: only training reads it)"))
-    launch(waves, executor)
+    if done := trained(recipe):
+        every = len(recipe.objectives) * len(recipe.seeds) == len(done)
+        print(f"already trained, not queued again: {', '.join(done)}" + (" (and no reference pass: only training reads it)" if every else ""))
+    launch(plan(args.recipe, args.overrides, recipe, gpus), executor)
     print(f"report: {Path(recipe.report_dir).resolve() / recipe.name / 'report.md'}")
     return 0
 

@@ -67,10 +67,11 @@ def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0)
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
-    # A trained unit (its summary.json: what `prefbench train` itself checks first) is not handed to the engine again,
-    # nor, when every unit is trained, the reference pass that only training reads: a relaunch after a failure queues
-    # only what is left. Evaluation tasks always run (each finds what is done with the same settings and keeps it).
-    untrained = [(label, seed) for label, seed in units if not (root / label / f"seed{seed}" / "summary.json").is_file()]
+    # A trained unit is not handed to the engine again, nor, when every unit is trained, the reference pass that only
+    # training reads: a relaunch after a failure queues only what is left. Evaluation tasks always run (each finds
+    # what is done with the same settings and keeps it).
+    done = trained(recipe)
+    untrained = [(label, seed) for label, seed in units if f"{label}/seed{seed}" not in done]
     return [
         [task("prepare", ["prepare"], distributed=True)] if untrained else [],
         [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in untrained]
@@ -78,6 +79,13 @@ def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0)
         [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units] if _has_unit_stages(recipe) else [],
         [task("finish", ["run"])],
     ]
+
+
+def trained(recipe) -> list[str]:
+    """The units of `recipe` already trained: their summary.json, what `prefbench train` itself checks first."""
+    from prefbench.results import objective_dir
+
+    return [f"{s.label}/seed{seed}" for s in recipe.objectives for seed in recipe.seeds if (objective_dir(recipe, s.label, seed) / "summary.json").is_file()]
 
 
 def _has_unit_stages(recipe) -> bool:

@@ -513,8 +513,8 @@ def judge_words(run: Run, answers: dict[tuple[str, int], str]) -> dict[tuple[str
     return out
 
 
-def _judge_text(verdicts: dict[str, str]) -> str:
-    return "; ".join(f"judge: {word} vs {y}" for y, word in verdicts.items())
+def _judge_text(verdicts: dict[str, str], prefix: str = "judge: ") -> str:
+    return "; ".join(f"{prefix}{word} vs {y}" for y, word in verdicts.items())
 
 
 def _reward_text(reward) -> str:
@@ -530,7 +530,7 @@ def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
     for item in items[:shown]:
         out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         for name, a in item["answers"].items():
-            cells = [name] + [format(a["reward"], ".3f")] * rewarded + [_judge_text(a["judge"]).replace("judge: ", "")] * judged
+            cells = [name] + [format(a["reward"], ".3f")] * rewarded + [_judge_text(a["judge"], prefix="")] * judged
             cells.append(" ".join(a["answer"].split()).replace("|", "\\|"))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
