@@ -530,7 +530,8 @@ def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
     for item in items[:shown]:
         out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         for name, a in item["answers"].items():
-            cells = [name] + [format(a["reward"], ".3f")] * rewarded + [_judge_text(a["judge"], prefix="")] * judged
+            cells = [name] + ([format(a["reward"], ".3f") if a["reward"] is not None else "-"] if rewarded else []) \
+                + ([_judge_text(a["judge"], prefix="")] if judged else [])
             cells.append(" ".join(a["answer"].split()).replace("|", "\\|"))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
