@@ -108,17 +108,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from prefbench.launch import launch, make_executor, plan, trained
+    from prefbench.launch import done_tasks, launch, make_executor, plan
     from prefbench.results import run_dir
 
     recipe = evaluation_recipe(args)  # every problem found here, before any task starts
     gpus = args.gpus_per_unit if args.gpus_per_unit is not None else int(__import__("torch").cuda.is_available())
     options = dict(item.partition("=")[::2] for item in args.slurm_option)
     executor = make_executor(args.executor, args.parallel, gpus, run_dir(recipe).resolve(), slurm_options=options, ray_address=args.ray_address)
-    if done := trained(recipe):
-        every = len(recipe.objectives) * len(recipe.seeds) == len(done)
-        print(f"already trained, not queued again: {', '.join(done)}" + (" (and no reference pass: only training reads it)" if every else ""))
-    launch(plan(args.recipe, args.overrides, recipe, gpus), executor)
+    if done := done_tasks(recipe):
+        print(f"done before, not queued again: {', '.join(sorted(done))}")
+    launch(plan(args.recipe, args.overrides, recipe, gpus, done), executor)
     print(f"report: {Path(recipe.report_dir).resolve() / recipe.name / 'report.md'}")
     return 0
 

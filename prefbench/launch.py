@@ -11,8 +11,8 @@ engine runs them. The stages, in waves (each waits for the one before):
                                                       units are skipped
 
 Every stage is idempotent and resumable, so a task that is killed and run again (a Slurm requeue, a relaunch)
-continues where it stopped; a launch run again skips what is done (trained units are not handed to the engine
-again; the other tasks find their work done). Each task's output goes to
+continues where it stopped; a launch run again does not queue what is done (a trained unit's training, an
+evaluation stored with the same settings; the final step always runs). Each task's output goes to
 <run>/logs/<task>.log. The executors:
 
   local  one process per task on this machine, at most --parallel at a time; on a GPU machine each task gets its
@@ -49,11 +49,11 @@ class Task:
     log: Path  # its output
 
 
-def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0) -> list[list[Task]]:
-    """The waves of tasks that carry `recipe` out, less the training of units already trained. Every path a task
-    sees is absolute (the recipe, output_dir,
-    report_dir), so a task runs the same from any working directory or node; relative data paths in the recipe
-    resolve against the launch's working directory, which every executor runs its tasks in."""
+def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0, done: set[str] | None = None) -> list[list[Task]]:
+    """The waves of tasks that carry `recipe` out, less the `done` ones (by name; default: done_tasks). Every path
+    a task sees is absolute (the recipe, output_dir, report_dir), so a task runs the same from any working
+    directory or node; relative data paths in the recipe resolve against the launch's working directory, which
+    every executor runs its tasks in."""
     from prefbench.results import run_dir
 
     root = run_dir(recipe).resolve()
@@ -67,25 +67,32 @@ def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0)
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
-    # A trained unit is not handed to the engine again, nor, when every unit is trained, the reference pass that only
-    # training reads: a relaunch after a failure queues only what is left. Evaluation tasks always run (each finds
-    # what is done with the same settings and keeps it).
-    done = trained(recipe)
-    untrained = [(label, seed) for label, seed in units if f"{label}/seed{seed}" not in done]
-    return [
-        [task("prepare", ["prepare"], distributed=True)] if untrained else [],
-        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in untrained]
+    waves = [
+        [task("prepare", ["prepare"], distributed=True)],
+        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in units]
         + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
         [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units] if _has_unit_stages(recipe) else [],
         [task("finish", ["run"])],
     ]
+    done = done_tasks(recipe) if done is None else done
+    return [[t for t in wave if t.name not in done] for wave in waves]
 
 
-def trained(recipe) -> list[str]:
-    """The units of `recipe` already trained: their summary.json, what `prefbench train` itself checks first."""
+def done_tasks(recipe) -> set[str]:
+    """The tasks a launch need not queue again, so a relaunch after a failure queues only what is left: a trained
+    unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
+    reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
+    (eval.run.unit_finished: the stages' own checks). The final step always runs."""
+    from prefbench.eval.run import unit_finished
     from prefbench.results import objective_dir
 
-    return [f"{s.label}/seed{seed}" for s in recipe.objectives for seed in recipe.seeds if (objective_dir(recipe, s.label, seed) / "summary.json").is_file()]
+    units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
+    done = {f"train {label}/seed{seed}" for label, seed in units if (objective_dir(recipe, label, seed) / "summary.json").is_file()}
+    if len(done) == len(units):
+        done.add("prepare")
+    if _has_unit_stages(recipe):
+        done |= {f"evaluate {u}" for u in ["reference", *(f"{label}/seed{seed}" for label, seed in units)] if unit_finished(recipe, u)}
+    return done
 
 
 def _has_unit_stages(recipe) -> bool:

@@ -70,7 +70,7 @@ def serial(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(serial, tmp_path):
+def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(serial, tmp_path, monkeypatch):
     launched = tmp_path / "launched"
     result = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
     assert "finish: done" in result.stdout and "report:" in result.stdout
@@ -87,14 +87,33 @@ def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(seri
     logs = sorted(p.name for p in (launched / "tiny_smoke" / "logs").iterdir())
     assert logs == sorted(["prepare.log", "finish.log", "evaluate-reference.log"] + [f"{s}-{u.replace('/', '-')}.log" for s in ("train", "evaluate") for u in UNITS])
 
-    # launched again: trained units are not queued again (nor the reference pass only training reads), and every
-    # other task finds its work done (no unit trained or reference pass computed twice)
+    # launched again: nothing done is queued again (training, the reference pass only training reads, evaluations
+    # stored with the same settings); only the final step runs, and finds everything done
     again = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
-    assert f"already trained, not queued again: {', '.join(UNITS)} (and no reference pass" in again.stdout
-    assert again.stdout.count(": done in") == 1 + 4 + 1 and "prepare" not in again.stdout and "train " not in again.stdout
+    done = ["evaluate reference"] + [f"{s} {u}" for s in ("evaluate", "train") for u in UNITS] + ["prepare"]
+    assert f"done before, not queued again: {', '.join(sorted(done))}" in again.stdout
+    assert again.stdout.count(": done in") == 1 and "1/1 finish: done" in again.stdout
     stages = {unit: [t["stage"] for t in lines] for unit, lines in _timings(launched / "tiny_smoke").items()}
-    assert stages["reference"] == ["reference pass", "evaluate", "evaluate"]
-    assert all(stages[unit] == ["train", "evaluate", "evaluate"] for unit in UNITS)
+    assert stages["reference"] == ["reference pass", "evaluate"] and all(stages[unit] == ["train", "evaluate"] for unit in UNITS)
+
+    # what a launch queues is what the stages would redo: other evaluation settings queue every evaluation again,
+    # no training; a unit's missing result queues that unit's evaluation alone
+    from prefbench.launch import plan
+    from prefbench.recipe import load_recipe
+
+    monkeypatch.setenv("PREFBENCH_CACHE", str(tmp_path / "cache"))  # the launch's: the reference model's path is part of the settings
+
+    def queued(*changed: str) -> list[list[str]]:
+        overrides = [*GRID[1::2], f"output_dir={launched}", *changed]
+        return [[t.name for t in w] for w in plan("r.yaml", overrides, load_recipe(REPO / "recipes" / "tiny_smoke.yaml", overrides))]
+
+    assert queued() == [[], [], [], ["finish"]]
+    for changed in ("eval.generation.sampling.max_tokens=9", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 6}]}"):
+        assert queued(changed)[1:] == [["evaluate reference"], [f"evaluate {u}" for u in UNITS], ["finish"]], changed
+    kept = (launched / "tiny_smoke" / "ipo" / "seed0" / "eval_preference.json").read_bytes()
+    (launched / "tiny_smoke" / "ipo" / "seed0" / "eval_preference.json").unlink()
+    assert queued() == [[], [], ["evaluate ipo/seed0"], ["finish"]]
+    (launched / "tiny_smoke" / "ipo" / "seed0" / "eval_preference.json").write_bytes(kept)
 
     # a run directory moved elsewhere (another node's mount of shared storage) still reports and compares
     moved = tmp_path / "elsewhere" / "tiny_smoke"

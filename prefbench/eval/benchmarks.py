@@ -154,19 +154,11 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
     from lm_eval import simple_evaluate
 
-    from prefbench.models import checkpoint_id
-
     if spec_problems := problems(spec):
         raise BenchmarkError("; ".join(spec_problems))
     checkpoint, out_dir = Path(checkpoint).resolve(), Path(out_dir)
-    backend = resolve_backend(spec.backend)
-    # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
-    # every task name is checked
-    ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
-    model = {"backend": backend, "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
-             "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
-    user = include_fingerprint(spec.include_path) if spec.include_path else None
-    settings = {t.result_name(): _settings(t, model, user) for t in spec.tasks}
+    model = model_identity(spec, checkpoint)
+    settings, backend = task_settings(spec, model), model["backend"]
     results = {name: read_json(out_dir / f"{name}.json") for name, s in settings.items() if _done(out_dir, name, s)}
     todo = [t for t in spec.tasks if t.result_name() not in results]
     if not todo:
@@ -201,6 +193,29 @@ def _top_level(name: str, loaded: dict) -> list:
         if name in loaded[kind]:
             return [loaded[kind][name]]
     return list(loaded["tasks"].values())
+
+
+def model_identity(spec: BenchmarksSpec, checkpoint: Path) -> dict:
+    """What decides a model's answers: backend, checkpoint path and contents id, context length, lm-eval version."""
+    from prefbench.models import checkpoint_id
+
+    checkpoint = Path(checkpoint).resolve()
+    # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
+    # every task name is checked
+    ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
+    return {"backend": resolve_backend(spec.backend), "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
+            "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
+
+
+def task_settings(spec: BenchmarksSpec, model: dict) -> dict[str, dict]:
+    """{result name: _settings} of every task of `spec` on the model (model_identity): what a stored result is kept by."""
+    user = include_fingerprint(spec.include_path) if spec.include_path else None
+    return {t.result_name(): _settings(t, model, user) for t in spec.tasks}
+
+
+def finished(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path) -> bool:
+    """Whether run_benchmarks would find every task's result stored in out_dir with the same settings."""
+    return all(_done(Path(out_dir), name, s) for name, s in task_settings(spec, model_identity(spec, checkpoint)).items())
 
 
 def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:

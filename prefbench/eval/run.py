@@ -107,6 +107,27 @@ def _reference_first(recipe: Recipe, names: list[str] | None, done: dict, stage:
                             f"run `prefbench evaluate RECIPE --unit reference` first")
 
 
+def unit_finished(recipe: Recipe, name: str) -> bool:
+    """Whether every per-unit stage the recipe asks for finds `name`'s results stored with the settings it would
+    use (the same checks the stages make before they do anything), so `prefbench evaluate --unit name` would only
+    re-read them: what `prefbench launch` does not queue again. An untrained checkpoint is not finished."""
+    from prefbench.eval.benchmarks import finished
+
+    out = run_dir(recipe) / name
+    if not out.is_dir() or (name != "reference" and not (out / "final" / "config.json").is_file()):
+        return False
+    unit = eval_units(recipe, [name])[name]
+    wanted = stages(recipe)
+    if "benchmarks" in wanted and not finished(recipe.eval.benchmarks, unit.checkpoint, unit.out / "benchmarks"):
+        return False
+    if "preference" in wanted and (held_out := _held_out(recipe))[0] and not _finished(unit.out / "eval_preference.json", held_out[1]):
+        return False
+    if "generation" in wanted:
+        prompts = [r["prompt"] for r in prompt_records(recipe)]
+        return _finished(unit.out / "eval_generation.json", generation_settings(recipe, prompts)) is not None
+    return True
+
+
 # ---- benchmarks -----------------------------------------------------------------------------------
 
 
@@ -146,15 +167,12 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     held-out examples of the recipe's own data (the split the trainer made, data.eval_fraction), paired against
     the reference's on the same examples; <unit>/eval_preference.json. One forward of each checkpoint over the
     held-out set; the reference's log-probs are kept in its file, so checkpoints evaluated later read them."""
-    from prefbench.data.prepare import prepare_data
-    from prefbench.data.tokenize import fingerprint
-    from prefbench.eval.metrics import METRICS_VERSION, preference_metrics, row_stats
+    from prefbench.eval.metrics import preference_metrics, row_stats
 
-    examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
+    examples, settings = _held_out(recipe)
     if not examples:
         log.warning("preference: the held-out split is empty (data.eval_fraction %s); nothing to measure", recipe.data.eval_fraction)
         return {}
-    settings = {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples)}
     units = eval_units(recipe, names)
     done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_preference.json", settings))}
     todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
@@ -184,6 +202,16 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
         write_json(u.out / "eval_preference.json", done[u.name])
         log_evaluation(recipe, u.name, u.out, {"preference_accuracy": dig(result, ("accuracy", "mean")), "preference_margin": dig(result, ("margin", "mean"))})
     return {name: done[name] for name in units if name in done}
+
+
+def _held_out(recipe: Recipe) -> tuple[list, dict]:
+    """The held-out examples of the recipe's data and the settings a unit's eval_preference.json is kept by."""
+    from prefbench.data.prepare import prepare_data
+    from prefbench.data.tokenize import fingerprint
+    from prefbench.eval.metrics import METRICS_VERSION
+
+    examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
+    return examples, {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples) if examples else None}
 
 
 # ---- generation and its metrics ---------------------------------------------------------------------
