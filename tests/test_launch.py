@@ -103,8 +103,8 @@ def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(seri
 
     monkeypatch.setenv("PREFBENCH_CACHE", str(tmp_path / "cache"))  # the launch's: the reference model's path is part of the settings
 
-    def queued(*changed: str) -> list[list[str]]:
-        overrides = [*GRID[1::2], f"output_dir={launched}", *changed]
+    def queued(*changed: str, output_dir: Path = launched) -> list[list[str]]:
+        overrides = [*GRID[1::2], f"output_dir={output_dir}", *changed]
         return [[t.name for t in w] for w in plan("r.yaml", overrides, load_recipe(REPO / "recipes" / "tiny_smoke.yaml", overrides))]
 
     assert queued() == [[], [], [], ["finish"]]
@@ -123,6 +123,7 @@ def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(seri
     assert main(["report", str(moved), "--out", str(tmp_path / "moved-report")]) == 0
     assert _tables(tmp_path / "moved-report" / "tiny_smoke" / "report.md") == _tables(serial / "reports" / "tiny_smoke" / "report.md")
     assert main(["compare", str(serial / "tiny_smoke"), str(moved)]) == 0
+    assert queued(output_dir=moved.parent) == [[], [], [], ["finish"]]  # its evaluations hold there too (no paths in their settings)
 
 
 def test_a_checkpoint_is_not_evaluated_before_the_reference_and_units_are_checked(serial, tmp_path, capsys):

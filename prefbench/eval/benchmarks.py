@@ -196,14 +196,16 @@ def _top_level(name: str, loaded: dict) -> list:
 
 
 def model_identity(spec: BenchmarksSpec, checkpoint: Path) -> dict:
-    """What decides a model's answers: backend, checkpoint path and contents id, context length, lm-eval version."""
+    """What decides a model's answers: backend, the checkpoint's contents id, context length, lm-eval version. The
+    checkpoint's path only where it has no id (no checkpoint there yet): results stay valid where the same files are
+    seen under another path (a moved run directory, another node's mount of shared storage)."""
     from prefbench.models import checkpoint_id
 
     checkpoint = Path(checkpoint).resolve()
     # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
     # every task name is checked
     ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
-    return {"backend": resolve_backend(spec.backend), "checkpoint": str(checkpoint), "checkpoint_id": ckpt_id,
+    return {"backend": resolve_backend(spec.backend), "checkpoint": None if ckpt_id else str(checkpoint), "checkpoint_id": ckpt_id,
             "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
 
 
