@@ -222,7 +222,7 @@ def finished(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path) -> bool:
 
 def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:
     """Everything that decides a task's scores; a stored result is reused only when all of it matches. `model`:
-    backend, checkpoint path and contents id, context length, lm-eval version; `user`: include_fingerprint of
+    model_identity (backend, checkpoint contents id, context length, lm-eval version); `user`: include_fingerprint of
     the user's task directory (it may redefine any name but a pack's)."""
     pack = task.task in packs.PACKS
     return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
