@@ -82,8 +82,8 @@ def done_tasks(recipe) -> set[str]:
     """The tasks a launch need not queue again, so a relaunch after a failure queues only what is left: a trained
     unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
     reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
-    (eval.run.unit_finished: the stages' own checks). The final step always runs."""
-    from prefbench.eval.run import unit_finished
+    (eval.run.finished_units: the stages' own checks). The final step always runs."""
+    from prefbench.eval.run import finished_units
     from prefbench.results import objective_dir
 
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
@@ -91,7 +91,7 @@ def done_tasks(recipe) -> set[str]:
     if len(done) == len(units):
         done.add("prepare")
     if _has_unit_stages(recipe):
-        done |= {f"evaluate {u}" for u in ["reference", *(f"{label}/seed{seed}" for label, seed in units)] if unit_finished(recipe, u)}
+        done |= {f"evaluate {u}" for u in finished_units(recipe, ["reference", *(f"{label}/seed{seed}" for label, seed in units)])}
     return done
 
 

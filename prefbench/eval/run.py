@@ -107,25 +107,27 @@ def _reference_first(recipe: Recipe, names: list[str] | None, done: dict, stage:
                             f"run `prefbench evaluate RECIPE --unit reference` first")
 
 
-def unit_finished(recipe: Recipe, name: str) -> bool:
-    """Whether every per-unit stage the recipe asks for finds `name`'s results stored with the settings it would
-    use (the same checks the stages make before they do anything), so `prefbench evaluate --unit name` would only
-    re-read them: what `prefbench launch` does not queue again. An untrained checkpoint is not finished."""
+def finished_units(recipe: Recipe, names: list[str]) -> list[str]:
+    """The units among `names` whose every per-unit stage the recipe asks for finds their results stored with the
+    settings it would use (the same checks the stages make before they do anything), so `prefbench evaluate --unit`
+    would only re-read them: what `prefbench launch` does not queue again. An untrained checkpoint is not finished.
+    The settings every unit shares (held-out data, prompts) are computed once."""
     from prefbench.eval.benchmarks import finished
 
-    out = run_dir(recipe) / name
-    if not out.is_dir() or (name != "reference" and not (out / "final" / "config.json").is_file()):
-        return False
-    unit = eval_units(recipe, [name])[name]
-    wanted = stages(recipe)
-    if "benchmarks" in wanted and not finished(recipe.eval.benchmarks, unit.checkpoint, unit.out / "benchmarks"):
-        return False
-    if "preference" in wanted and (held_out := _held_out(recipe))[0] and not _finished(unit.out / "eval_preference.json", held_out[1]):
-        return False
-    if "generation" in wanted:
-        prompts = [r["prompt"] for r in prompt_records(recipe)]
-        return _finished(unit.out / "eval_generation.json", generation_settings(recipe, prompts)) is not None
-    return True
+    root, wanted = run_dir(recipe), stages(recipe)
+    present = [n for n in names if (root / n).is_dir() and (n == "reference" or (root / n / "final" / "config.json").is_file())]
+    if not present:
+        return []
+    examples, preference_settings = _held_out(recipe) if "preference" in wanted else ([], None)
+    generation = generation_settings(recipe, [r["prompt"] for r in prompt_records(recipe)]) if "generation" in wanted else None
+    units = eval_units(recipe, present)
+
+    def done(u: EvalUnit) -> bool:
+        return (("benchmarks" not in wanted or finished(recipe.eval.benchmarks, u.checkpoint, u.out / "benchmarks"))
+                and (not examples or _finished(u.out / "eval_preference.json", preference_settings) is not None)
+                and (generation is None or _finished(u.out / "eval_generation.json", generation) is not None))
+
+    return [n for n in present if done(units[n])]
 
 
 # ---- benchmarks -----------------------------------------------------------------------------------
