@@ -150,32 +150,33 @@ def _completion_hidden(lm: nn.Module, fwd: Forward):
 
 
 @torch.no_grad()
-def completion_stats(lm: nn.Module, fwd: Forward, reference: nn.Module | None = None) -> dict[str, Tensor]:
+def completion_stats(lm: nn.Module, fwd: Forward) -> dict[str, Tensor]:
     """Per row (evaluation only: no gradient): "logp" the summed completion log-probs, "entropy" the summed
-    per-token entropies of the model's next-token distribution at those positions, "tokens" their count; with
-    a `reference` model also "ref_logp" and "kl", the summed per-token KL(lm || reference) between the two
-    next-token distributions along the row (exact at each position: summed over the whole vocabulary)."""
+    per-token entropies of the model's next-token distribution at those positions, "tokens" their count."""
     selected, head, dtype = _completion_hidden(lm, fwd)
-    if reference is not None:
-        ref_selected, ref_head, _ = _completion_hidden(reference, fwd)
-    # with a reference, both models' [chunk, vocab] blocks and their products are alive at once: half the rows
-    chunk = max(1, block_elements(selected.device) // head.weight.shape[0] // (2 if reference is not None else 1))
-    pieces: dict[str, list[Tensor]] = {name: [] for name in ("logp", "entropy") + (("ref_logp", "kl") if reference is not None else ())}
+    chunk = max(1, block_elements(selected.device) // head.weight.shape[0])
+    pieces: dict[str, list[Tensor]] = {"logp": [], "entropy": []}
     for start in range(0, selected.shape[0], chunk):
-        block, target = slice(start, start + chunk), fwd.targets[start : start + chunk, None]
-        logits = F.linear(selected[block], head.weight, head.bias).to(dtype).log_softmax(-1)
-        pieces["logp"].append(logits.gather(1, target).squeeze(1))
+        logits = F.linear(selected[start : start + chunk], head.weight, head.bias).to(dtype).log_softmax(-1)
+        pieces["logp"].append(logits.gather(1, fwd.targets[start : start + chunk, None]).squeeze(1))
         p = logits.exp()  # terms where p is 0 are 0 (not 0 * -inf: a token masked out of the vocabulary)
         pieces["entropy"].append(-torch.where(p > 0, p * logits, 0.0).sum(-1))
-        if reference is not None:
-            ref_logits = F.linear(ref_selected[block], ref_head.weight, ref_head.bias).to(dtype).log_softmax(-1)
-            pieces["ref_logp"].append(ref_logits.gather(1, target).squeeze(1))
-            pieces["kl"].append(torch.where(p > 0, p * (logits - ref_logits), 0.0).sum(-1))
     zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
     out = {"tokens": torch.bincount(fwd.rows, minlength=fwd.n_rows)}
     for name, values in pieces.items():
         out[name] = zeros.clone().index_add(0, fwd.rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
     return out
+
+
+@torch.no_grad()
+def completion_logps_at(lm: nn.Module, fwd: Forward, ids: Tensor) -> Tensor:
+    """[tokens, m] log-probs under `lm` of the m token ids `ids[i]` at the position that predicts completion token
+    i of `fwd` (fwd's target order): a model scored on what another one (an engine) listed at each position."""
+    selected, head, dtype = _completion_hidden(lm, fwd)
+    chunk = max(1, block_elements(selected.device) // head.weight.shape[0])
+    pieces = [F.linear(selected[start : start + chunk], head.weight, head.bias).to(dtype).log_softmax(-1).gather(1, ids[start : start + chunk])
+              for start in range(0, selected.shape[0], chunk)]
+    return torch.cat(pieces) if pieces else selected.new_zeros(0, ids.shape[1], dtype=dtype)
 
 
 @torch.no_grad()

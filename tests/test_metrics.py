@@ -1,8 +1,9 @@
-"""Evaluation metrics: hand-computed statistics, and the KL estimate against an exact enumeration on a
-model small enough to list every continuation."""
+"""Evaluation metrics: hand-computed statistics, and the KL and entropy estimates against an exact enumeration
+on a model small enough to list every continuation."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -75,54 +76,69 @@ class _Ids:
         return " ".join(map(str, ids))
 
 
-def test_kl_estimate_from_samples_matches_the_exact_kl(tmp_path):
+def _per_token(model, prompt: list[int], y: tuple[int, ...]) -> torch.Tensor:
+    """[len(y), vocab] next-token log-probs of `model` at each position of y after prompt."""
+    with torch.no_grad():
+        return model(torch.tensor([prompt + list(y)])).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+
+
+def _top(c: Completion, k: int) -> Completion:
+    """The completion as an engine listing only its k most likely tokens per position would have kept it."""
+    return dataclasses.replace(c, top_ids=tuple(t[:k] for t in c.top_ids), top_logprobs=tuple(t[:k] for t in c.top_logprobs))
+
+
+def test_kl_and_entropy_from_the_engines_log_probs_match_the_exact_values(tmp_path):
     reference = _tiny(0)
     policy = _tiny(1, base=reference, noise=0.4)
     prompts = [[1, 2], [3, 4, 5], [2]]
     ys = _continuations()
-    exact = []
+    exact_kl, exact_entropy = [], []
     for prompt in prompts:
         lp = np.array([_exact_logp(policy, prompt, y) for y in ys])
         lq = np.array([_exact_logp(reference, prompt, y) for y in ys])
         assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-5)  # the list covers every outcome
-        exact.append(float((np.exp(lp) * (lp - lq)).sum()))
+        exact_kl.append(float((np.exp(lp) * (lp - lq)).sum()))
+        exact_entropy.append(float(-(np.exp(lp) * lp).sum()))  # by the chain rule, E[sum_t H_t] along the samples
 
     policy.save_pretrained(tmp_path / "policy")
     engine = HFEngine()
     engine.load(tmp_path / "policy")
     sampling = Sampling("sampled", n=3000, temperature=1.0, max_tokens=MAX_TOKENS, seed=0)
     gens = engine.generate(prompts, sampling, _Ids(), [EOS])
-    stats = M.sequence_stats(policy, prompts, gens, batch_rows=512, reference=reference)
-    lp, lq, ent, counts = stats["logp"], stats["ref_logp"], stats["entropy"], stats["tokens"]
 
-    # Sequence log-probs are the exact ones of each sampled continuation, under both models.
-    for i in (0, 1):
-        y = gens[0][i].token_ids
-        assert lp[0, i] == pytest.approx(_exact_logp(policy, prompts[0], y), abs=1e-5)
-        assert lq[0, i] == pytest.approx(_exact_logp(reference, prompts[0], y), abs=1e-5)
-        assert counts[0, i] == len(y)
-    # The per-token KL of one sample, by hand: KL of the two next-token distributions at each of its positions.
-    y = gens[2][0].token_ids
-    with torch.no_grad():
-        p_log = policy(torch.tensor([prompts[2] + list(y)])).logits[0, len(prompts[2]) - 1 : -1].log_softmax(-1)
-        q_log = reference(torch.tensor([prompts[2] + list(y)])).logits[0, len(prompts[2]) - 1 : -1].log_softmax(-1)
-    assert stats["kl"][2, 0] == pytest.approx(float((p_log.exp() * (p_log - q_log)).sum()), abs=1e-5)
-    # Both estimators are unbiased: per prompt within 4 standard errors of the exact KL. (The per-token one
-    # need not have the smaller variance: on this 6-token vocabulary it has it on some prompts, not all.)
-    for k, prompt in enumerate(prompts):
-        assert exact[k] > 0.05  # a KL worth estimating
-        monte_carlo, per_token = lp[k] - lq[k], stats["kl"][k]
-        for d in (monte_carlo, per_token):
-            se = d.std(ddof=1) / math.sqrt(d.size)
-            assert abs(d.mean() - exact[k]) < 4 * se, (k, d.mean(), exact[k], se)
-        assert (per_token >= -1e-6).all()  # each term is a KL: never negative, unlike log pi - log pi_ref
-    # Entropy: the first sample's per-token entropies, summed, from the full distributions.
-    y = gens[1][0].token_ids
-    with torch.no_grad():
-        logits = policy(torch.tensor([prompts[1] + list(y)])).logits[0, len(prompts[1]) - 1 : -1].log_softmax(-1)
-    assert ent[1, 0] == pytest.approx(float(-(logits.exp() * logits).sum()), abs=1e-5)
-    # Without a reference, no KL fields.
-    assert set(M.sequence_stats(policy, prompts[:1], gens[:1], batch_rows=512)) == {"logp", "entropy", "tokens"}
+    # What the engine kept is the policy's own log-probs: of each sampled token, and its top tokens in order
+    # (here the whole 6-token vocabulary: the listed tokens cover it, so every term is exact).
+    c, prompt = gens[2][0], prompts[2]
+    full = _per_token(policy, prompt, c.token_ids)
+    np.testing.assert_allclose(c.logprobs, [full[t, tok].item() for t, tok in enumerate(c.token_ids)], atol=1e-5)
+    assert [list(ids) for ids in c.top_ids] == full.argsort(-1, descending=True).tolist()
+    np.testing.assert_allclose(np.array(c.top_logprobs), full.sort(-1, descending=True).values.numpy(), atol=1e-5)
+
+    # Every token listed: the per-token KL and entropy of a sample, by hand from both models' full distributions.
+    q = _per_token(reference, prompt, c.token_ids)
+    stats = M.kl_sums(reference, prompts, gens, batch_rows=512)
+    assert stats["kl"][2, 0] == pytest.approx(float((full.exp() * (full - q)).sum()), abs=1e-5)
+    assert M.entropy_sums(gens)[2, 0] == pytest.approx(float(-(full.exp() * full).sum()), abs=1e-5)
+    assert stats["max_diff"].max() > 0.1  # the reference is another model: its log-probs of the listed tokens differ
+
+    # Two tokens listed per position: the rest of the vocabulary is estimated by the sampled token, still unbiased:
+    # per prompt within 4 standard errors of the exact KL and sequence entropy, for both listings.
+    two = [[_top(c, 2) for c in comps] for comps in gens]
+    for listing in (gens, two):
+        kl, entropy = M.kl_sums(reference, prompts, listing, batch_rows=512)["kl"], M.entropy_sums(listing)
+        for k in range(len(prompts)):
+            assert exact_kl[k] > 0.05  # a KL worth estimating
+            for values, exact in ((kl[k], exact_kl[k]), (entropy[k], exact_entropy[k])):
+                se = values.std(ddof=1) / math.sqrt(values.size)
+                assert abs(values.mean() - exact) < 4 * se, (k, values.mean(), exact, se)
+    tail = [not any(t == y for t in ids) for comps in two for c in comps for ids, y in zip(c.top_ids, c.token_ids)]
+    assert 0.1 < np.mean(tail) < 0.9  # the sampled-tail term was exercised
+
+    # The policy scored against itself (its engine's log-probs and transformers agree): KL 0, no difference.
+    itself = M.kl_sums(policy, prompts, gens, batch_rows=512)
+    assert np.abs(itself["kl"]).max() < 1e-5 and itself["max_diff"].max() < 1e-4  # fp32: cached vs full forward
+    with pytest.raises(ValueError, match="without the engine's log-probs"):
+        M.entropy_sums([[Completion("x", (5, 0), "stop")]])
 
 
 def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
@@ -145,6 +161,14 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
 
     model = _tiny(0)
     model.save_pretrained(tmp_path / "m")
+
+    def kept(c: Completion) -> Completion:  # with the log-probs an engine serving `model` keeps, every token listed
+        full = _per_token(model, [1, 2], c.token_ids)
+        order = full.sort(-1, descending=True)
+        return dataclasses.replace(c, logprobs=tuple(full[t, tok].item() for t, tok in enumerate(c.token_ids)),
+                                   top_ids=tuple(map(tuple, order.indices.tolist())), top_logprobs=tuple(map(tuple, order.values.tolist())))
+
+    pol = [[kept(c) for c in comps] for comps in pol]
     out = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "m", prompts, [[1, 2]] * 3, {"sampled": pol},
                                 {"sampled": M.rewards_of(prompts, pol, reward)}, {"sampled": M.rewards_of(prompts, ref, reward)},
                                 [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)])
@@ -153,3 +177,15 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
     assert out["sampled"]["per_sample_reward"] == [[1.0, 0.5], [0.0, 0.0], [0.5, 0.5]]
     assert out["sampled"]["truncated_share"] == 0.0 and out["kl"]["mean"] == 0.0
     assert out["sampled"]["length_tokens"]["mean"] == pytest.approx((2 + 1 + 2) / 3)
+    # the reference against itself: KL 0 by definition, and its engine check (engine vs transformers) near 0
+    check = out["kl"]["engine_check"]
+    assert abs(check["kl_to_itself"]["mean"]) < 1e-6 and check["max_token_logp_diff"] < 1e-4
+    # entropy per token: a prompt's summed per-token entropies over its summed tokens, from the full distributions
+    entropy = lambda c: float(-(_per_token(model, [1, 2], c.token_ids).exp() * _per_token(model, [1, 2], c.token_ids)).sum())
+    per_prompt = [sum(map(entropy, comps)) / sum(len(c.token_ids) for c in comps) for comps in pol]
+    assert out["sampled"]["entropy_per_token"]["mean"] == pytest.approx(np.mean(per_prompt), abs=1e-6)
+    # samples not drawn from the policy: no KL and no entropy, each with the reason, and no model is run
+    warm = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "missing", prompts, [[1, 2]] * 3, {"sampled": pol}, None, None,
+                                 [Sampling("sampled", n=2, temperature=0.7, max_tokens=2)])
+    assert warm["kl"]["mean"] is None and "temperature 0.7" in warm["kl"]["reason"]
+    assert warm["sampled"]["entropy_per_token"]["mean"] is None and "reward" not in warm["sampled"]

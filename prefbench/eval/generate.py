@@ -11,6 +11,10 @@ Many checkpoints of one base pay one vLLM start: weights are reloaded in place, 
 anything is generated. A checkpoint whose config differs from the running engine's gets a fresh
 engine.
 
+Each completion keeps the model's own log-probs from the engine that sampled it (before temperature and top_p,
+so the policy's): of each token it chose, and of its TOP_LOGPROBS most likely tokens at each position. KL and
+entropy are computed from them (metrics.py): no checkpoint is run again after it generated.
+
 Generations are cached per (checkpoint weights, engine, sampling), one entry per prompt, so a re-run
 or a new checkpoint or a longer prompt list pays only for what is new.
 """
@@ -41,6 +45,12 @@ log = logging.getLogger("prefbench.generate")
 # A short fixed text scored on every load; the reload check compares its per-token log-probs.
 PROBE_PROMPT = "Describe the ocean briefly. Use at most 12 words."
 PROBE_ANSWER = "The ocean is vast, deep and full of life."
+# The most likely tokens whose log-probs every generated position keeps (20 is vLLM's default cap,
+# max_logprobs): the KL and entropy estimates are exact on them and sample only the rest of the vocabulary
+# (metrics.py; docs/evaluation.md has the standard errors this k gives).
+TOP_LOGPROBS = 20
+# Bump when what a cached completion holds changes: older cache files are not read.
+CACHE_FORMAT = 2
 
 
 class GenerationError(PrefbenchError, RuntimeError):
@@ -86,6 +96,11 @@ class Completion:
     text: str
     token_ids: tuple[int, ...]  # includes the stop token when the model stopped itself
     finish_reason: str  # "stop": the model ended its turn; "length": cut at max_tokens
+    # The model's own log-probs (raw: before temperature and top_p) from the engine that sampled: of each token in
+    # token_ids, and at each of those positions the ids and log-probs of its TOP_LOGPROBS most likely tokens.
+    logprobs: tuple[float, ...] = ()
+    top_ids: tuple[tuple[int, ...], ...] = ()
+    top_logprobs: tuple[tuple[float, ...], ...] = ()
 
 
 def request_seed(seed: int, prompt_ids: list[int]) -> int:
@@ -158,20 +173,26 @@ class HFEngine:
         config = GenerationConfig(do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                                   top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0, repetition_penalty=1.0,
                                   max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n,
-                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0])
+                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0],
+                                  output_logits=True, return_dict_in_generate=True)  # raw logits: the model's own log-probs
         out = []
         for ids in prompts:
             generator_seed = request_seed(sampling.seed, ids)
             torch.manual_seed(generator_seed)
             with torch.no_grad():
-                seqs = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
-                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+                result = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
+                                             attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+            logps = torch.stack(result.logits, 1).float().log_softmax(-1).cpu()  # [n, steps, vocab]
+            top = logps.topk(min(TOP_LOGPROBS, logps.shape[-1]), -1)
             completions = []
-            for row in seqs[:, len(ids) :].tolist():
+            for r, row in enumerate(result.sequences[:, len(ids) :].tolist()):
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 tokens = row if cut is None else row[: cut + 1]
                 reason = "length" if cut is None else "stop"
-                completions.append(Completion(tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), reason))
+                chosen = logps[r, torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)]
+                completions.append(Completion(tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), reason, tuple(chosen.tolist()),
+                                              tuple(map(tuple, top.indices[r, : len(tokens)].tolist())),
+                                              tuple(map(tuple, top.values[r, : len(tokens)].tolist()))))
             out.append(completions)
         return out
 
@@ -245,18 +266,32 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         greedy = sampling.temperature == 0
+        # logprobs: the engine's default mode returns them raw (before temperature and top_p: the model's own)
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                                  max_tokens=sampling.max_tokens, stop_token_ids=stops, repetition_penalty=1.0,
-                                 seed=None if greedy else request_seed(sampling.seed, ids), skip_special_tokens=True)
+                                 seed=None if greedy else request_seed(sampling.seed, ids), skip_special_tokens=True,
+                                 logprobs=TOP_LOGPROBS)
                   for ids in prompts]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
-        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop", *_vllm_logprobs(o))
                  for o in out.outputs] for out in outs]
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:
             self.llm.llm_engine.engine_core.shutdown()  # stop the engine process now, not at interpreter exit
             self.llm = None
+
+
+def _vllm_logprobs(output) -> tuple:
+    """(logprobs, top_ids, top_logprobs) of a vLLM completion: each position lists its TOP_LOGPROBS most likely
+    tokens (ranks 1..k) and the sampled token, which may be one of them or a k+1-th entry."""
+    chosen, ids, values = [], [], []
+    for token, step in zip(output.token_ids, output.logprobs):
+        chosen.append(step[token].logprob)
+        top = sorted(step.items(), key=lambda item: item[1].rank)[:TOP_LOGPROBS]
+        ids.append(tuple(t for t, _ in top))
+        values.append(tuple(v.logprob for _, v in top))
+    return tuple(chosen), tuple(ids), tuple(values)
 
 
 def vllm_unavailable() -> str | None:
@@ -319,7 +354,7 @@ class GenerationCache:
         self.root = Path(root) if root else models.cache_dir() / "generations"
 
     def path(self, ckpt: str, engine: str, sampling: Sampling) -> Path:
-        key = json.dumps([ckpt, engine, sampling.key()], sort_keys=True)
+        key = json.dumps([ckpt, engine, sampling.key(), CACHE_FORMAT], sort_keys=True)
         return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.jsonl"
 
     @staticmethod
@@ -327,7 +362,9 @@ class GenerationCache:
         return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:24]
 
     def read(self, path: Path) -> dict[str, list[Completion]]:
-        return {entry["prompt"]: [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"]) for c in entry["completions"]]
+        return {entry["prompt"]: [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"], tuple(c["logprobs"]),
+                                             tuple(map(tuple, c["top_ids"])), tuple(map(tuple, c["top_logprobs"])))
+                                  for c in entry["completions"]]
                 for entry in AppendLog(path).read()}
 
     def append(self, path: Path, entries: dict[str, list[Completion]]) -> None:

@@ -6,16 +6,23 @@ reference model are paired on the same prompts.
 
 - reward: mean task reward of the sampled pass (and of the greedy pass), with its CI; win/tie/loss of
   each prompt's mean reward against the reference's on that prompt; the paired difference with its CI.
-- KL(policy || reference): mean over the policy's own samples y of sum_t KL(pi(.|x, y<t) || pi_ref(.|x, y<t)),
-  the exact KL between the two next-token distributions (over the whole vocabulary) at each position of
-  the sample, under transformers. By the chain rule its expectation over y ~ pi is the sequence KL, the
-  same as the plain Monte Carlo log pi(y|x) - log pi_ref(y|x), with a smaller variance (only the path is
-  sampled, not each token). Only unbiased when the samples are draws from the policy (temperature 1,
-  top_p 1); otherwise it is left out, with the reason. Samples cut at max_tokens are scored as the
-  prefixes they are: the estimate is then the KL between the two models' distributions over
-  at-most-max_tokens continuations.
+- KL(policy || reference): mean over the policy's own samples y of sum_t KL_t, KL_t the KL between the two
+  next-token distributions at position t of the sample, estimated from what the engine kept with the sample
+  (generate.Completion: the policy's log-probs of its k most likely tokens K_t and of the sampled token y_t)
+  and the reference's log-probs of the same tokens (transformers: the reference is the only model run after
+  generation):
+      KL_t ~ sum_{v in K_t} pi(v) (log pi(v) - log pi_ref(v))  +  [y_t not in K_t] (log pi(y_t) - log pi_ref(y_t))
+  The first term is exact; the second is an unbiased one-sample estimate of the rest of the sum, since y_t is a
+  draw from pi(.|x, y<t). By the chain rule the sum's expectation over y ~ pi is the sequence KL, the same as the
+  plain log pi(y|x) - log pi_ref(y|x), with a variance close to the exact per-token KL's (only the path and the
+  tail are sampled). Only unbiased when the samples are draws from the policy (temperature 1, top_p 1);
+  otherwise it is left out, with the reason. Samples cut at max_tokens are scored as the prefixes they are: the
+  estimate is then the KL between the two models' distributions over at-most-max_tokens continuations. On the
+  reference's own samples the same sum (with its engine log-probs) is its KL to itself: the engine's
+  disagreement with transformers, stored with the largest per-token log-prob difference ("engine_check").
 - diversity: distinct-1/2 over all sampled answers (unique word n-grams / all word n-grams), mean
-  per-token entropy of the policy's next-token distribution along its samples, self-similarity
+  per-token entropy of the policy's next-token distribution along its samples (the same way: exact over K_t,
+  the sampled token's -log pi(y_t) for the rest; only for the policy's own samples), self-similarity
   (mean pairwise Jaccard similarity of the word sets of one prompt's samples); answer length in
   tokens and words, and the share cut at max_tokens.
 """
@@ -33,8 +40,9 @@ from prefbench.stats import estimate
 
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
 # 2: KL as the summed exact per-token KL along the samples; per-sample rewards stored.
-METRICS_VERSION = 2
-KL_ESTIMATOR = "per-token exact KL summed along the policy's own samples"
+# 3: KL and entropy from the engine's log-probs: exact over its top-k tokens, the rest sampled.
+METRICS_VERSION = 3
+KL_ESTIMATOR = "per-token KL summed along the policy's own samples: exact over the engine's top-k tokens, the rest sampled"
 
 
 def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> dict:
@@ -66,43 +74,91 @@ def self_similarity(gens: list[list[Completion]]) -> float:
     return float(np.mean(per_prompt)) if per_prompt else float("nan")
 
 
-def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int = 16, reference=None) -> dict[str, np.ndarray]:
-    """Per row (prompt example, completion example, which completion), in row order: the completion's summed
-    log-probs ("logp"), summed per-token entropies ("entropy") and token count ("tokens") under `model`; with a
-    `reference` model also its summed log-probs ("ref_logp") and the summed per-token KL ("kl",
-    logprobs.completion_stats)."""
+def _forwards(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int):
+    """(row indices, Forward) batches of `rows` (prompt example, completion example, which completion), a prompt's
+    rows in one batch so that its prompt is computed once."""
     from prefbench.data.batches import collate, prompt_totals
-    from prefbench.logprobs import completion_stats, shares_prompts
+    from prefbench.logprobs import shares_prompts
 
     device = next(model.parameters()).device
-    layout = "shared" if shares_prompts(model) and (reference is None or shares_prompts(reference)) else "rows"
-    totals = prompt_totals(rows, examples)  # each prompt's rows in one batch (its prompt computed once)
+    layout = "shared" if shares_prompts(model) else "rows"
+    totals = prompt_totals(rows, examples)
     order = sorted(range(len(rows)), key=lambda k: (totals[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
-    out: dict[str, np.ndarray] = {}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
-    if reference is not None:
-        reference.eval()
     for start in range(0, len(order), batch_rows):
         batch = order[start : start + batch_rows]
-        stats = completion_stats(model, collate([rows[k] for k in batch], examples, pad, device, layout), reference=reference)
-        for name, values in stats.items():
+        yield batch, collate([rows[k] for k in batch], examples, pad, device, layout)
+
+
+def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int = 16) -> dict[str, np.ndarray]:
+    """Per row (prompt example, completion example, which completion), in row order: the completion's summed
+    log-probs ("logp"), summed per-token entropies ("entropy") and token count ("tokens") under `model`
+    (logprobs.completion_stats)."""
+    from prefbench.logprobs import completion_stats
+
+    out: dict[str, np.ndarray] = {}
+    for batch, fwd in _forwards(model, examples, rows, batch_rows):
+        for name, values in completion_stats(model, fwd).items():
             out.setdefault(name, np.zeros(len(rows)))[batch] = values.tolist()
     return out
 
 
-def sequence_stats(model, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16, reference=None) -> dict[str, np.ndarray]:
-    """row_stats of each generated completion after its prompt, as [prompts, samples] arrays."""
+def _listed(c: Completion) -> tuple[np.ndarray, np.ndarray]:
+    """A completion's engine log-probs as [tokens, k + 1] ids and values: each position's top-k, then the sampled token."""
+    if not (len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids)):
+        raise ValueError("a completion without the engine's log-probs of each token (generate.Completion)")
+    ids = np.concatenate([np.array(c.top_ids, dtype=np.int64).reshape(len(c.token_ids), -1), np.array(c.token_ids)[:, None]], 1)
+    values = np.concatenate([np.array(c.top_logprobs, dtype=np.float64).reshape(len(c.token_ids), -1), np.array(c.logprobs)[:, None]], 1)
+    return ids, values
+
+
+def _top_and_tail(ids: np.ndarray, policy: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per position, sum_{v in top} pi(v) (policy(v) - other(v)) + [sampled not in top] (policy - other)(sampled):
+    the KL from `policy` to `other` log-probs of the listed tokens (other = 0: minus the entropy), exact over the top-k,
+    the rest of the vocabulary estimated by the sampled token (the last column)."""
+    p = np.exp(policy[:, :-1])
+    top = np.where(p > 0, p * (policy[:, :-1] - other[:, :-1]), 0.0).sum(1)
+    tail = ~(ids[:, :-1] == ids[:, -1:]).any(1)
+    return top + tail * (policy[:, -1] - other[:, -1])
+
+
+def entropy_sums(gens: list[list[Completion]]) -> np.ndarray:
+    """[prompts, samples] summed per-token entropy of the policy along its own samples, from the engine's log-probs."""
+    def entropy(c: Completion) -> float:
+        ids, policy = _listed(c)
+        return -_top_and_tail(ids, policy, np.zeros_like(policy)).sum()
+
+    return np.array([[entropy(c) for c in comps] for comps in gens])
+
+
+def kl_sums(reference, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16) -> dict[str, np.ndarray]:
+    """[prompts, samples] arrays: "kl", the summed per-token KL(policy || reference) along each sample, from the
+    engine's log-probs of the policy and `reference` run on the tokens they list (logprobs.completion_logps_at);
+    "max_diff", the largest |engine - reference| log-prob of a listed token (the engine's disagreement with
+    transformers, where the policy is the reference)."""
+    import torch
+
     from prefbench.data.tokenize import Example
+    from prefbench.logprobs import completion_logps_at
 
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
+    listed = [_listed(gens[i][j]) for i, j in flat]
     examples = [Example(tuple(prompt_ids[i]), (tuple(gens[i][j].token_ids),)) for i, j in flat]
-    stats = row_stats(model, examples, [(k, k, 0) for k in range(len(flat))], batch_rows, reference)
     shape = (len(gens), max(len(c) for c in gens))
-    out = {name: np.zeros(shape) for name in stats}
-    for k, (i, j) in enumerate(flat):
-        for name, values in stats.items():
-            out[name][i, j] = values[k]
+    out = {"kl": np.zeros(shape), "max_diff": np.zeros(shape)}
+    device = next(reference.parameters()).device
+    for batch, fwd in _forwards(reference, examples, [(k, k, 0) for k in range(len(flat))], batch_rows):
+        ids, policy = (np.concatenate([listed[k][part] for k in batch]) for part in (0, 1))  # by row, positions in order
+        row = np.concatenate([np.full(len(listed[k][0]), r) for r, k in enumerate(batch)])
+        order = torch.argsort(fwd.rows.cpu(), stable=True)  # the forward's targets in that order
+        at = torch.empty((len(order), ids.shape[1]), dtype=torch.long)
+        at[order] = torch.from_numpy(ids)
+        theirs = completion_logps_at(reference, fwd, at.to(device)).double().cpu()[order].numpy()
+        sums, worst = np.bincount(row, _top_and_tail(ids, policy, theirs), len(batch)), np.zeros(len(batch))
+        np.maximum.at(worst, row, np.abs(policy - theirs).max(1))
+        for r, k in enumerate(batch):
+            out["kl"][flat[k]], out["max_diff"][flat[k]] = sums[r], worst[r]
     return out
 
 
@@ -144,19 +200,23 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, 
     sampled = [s for s in samplings if s.n > 1 or s.temperature > 0]
     if sampled:
         s = sampled[0]
-        policy = models.load_model(policy_path)
+        comps = gens[s.name]
         itself = Path(policy_path).resolve() == Path(reference_path).resolve()
-        with_kl = not itself and s.from_policy
-        stats = sequence_stats(policy, prompt_ids, gens[s.name], reference=(ref_model or models.load_model(reference_path)) if with_kl else None)
-        out[s.name]["entropy_per_token"] = estimate(stats["entropy"].sum(1) / np.maximum(stats["tokens"].sum(1), 1))
-        if itself:
-            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts)}
-        elif with_kl:
-            per_prompt_kl = stats["kl"].mean(1)
-            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "estimator": KL_ESTIMATOR, "per_prompt": [float(v) for v in per_prompt_kl]}
+        if not s.from_policy:
+            reason = (f"sampling {s.name!r} is not the policy's own distribution (temperature {s.temperature}, top_p {s.top_p}); "
+                      f"KL and entropy need temperature 1, top_p 1")
+            out[s.name]["entropy_per_token"] = {"mean": None, "reason": reason}
+            out["kl"] = {"mean": None, "reason": reason}
+            return out
+        tokens = np.array([[len(c.token_ids) for c in cs] for cs in comps], float)
+        out[s.name]["entropy_per_token"] = estimate(entropy_sums(comps).sum(1) / np.maximum(tokens.sum(1), 1))
+        stats = kl_sums(ref_model or models.load_model(reference_path), prompt_ids, comps)
+        per_prompt_kl = stats["kl"].mean(1)
+        if itself:  # 0 by definition; the estimate on its own samples is the engine's disagreement with transformers
+            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts),
+                         "engine_check": {"kl_to_itself": estimate(per_prompt_kl), "max_token_logp_diff": float(stats["max_diff"].max())}}
         else:
-            out["kl"] = {"mean": None, "reason": f"sampling {s.name!r} is not the policy's own distribution "
-                                                  f"(temperature {s.temperature}, top_p {s.top_p}); KL needs temperature 1, top_p 1"}
+            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "estimator": KL_ESTIMATOR, "per_prompt": [float(v) for v in per_prompt_kl]}
     return out
 
 

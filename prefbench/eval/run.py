@@ -294,7 +294,8 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     models.free_accelerator_memory()
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
     passes, ref_model = samplings(recipe), models.load_model(reference.checkpoint)
-    # the policy's and the reference's log-probs of the policy's samples (KL, entropy): minutes on a CPU
+    # KL and entropy from the engine's log-probs kept with each sample, and the reference's log-probs of the tokens
+    # they list (the only model run again: once per checkpoint's samples, and once on its own as the engine check)
     for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
         metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
                                       scores and scores[u.name], scores and scores["reference"], passes, ref_model)
