@@ -71,12 +71,27 @@ def transformers_terms(policy, reference, ids: list[list[int]], samples: list) -
 
 
 def old_phase(unit, reference, ids, samples) -> None:
-    """The phase as metrics version 2 ran it for one unit (the work, not the bookkeeping)."""
+    """The phase as metrics version 2 ran it for one unit: the reference's entropy along its own samples; a
+    checkpoint loaded again, it and the reference run over its samples, the exact per-token KL and entropy in fp32
+    (its logprobs.completion_stats with a reference, less the bookkeeping)."""
+    examples = [Example(tuple(ids[i]), (tuple(c.token_ids),)) for i, comps in enumerate(samples) for c in comps]
+    rows = [(k, k, 0) for k in range(len(examples))]
     if unit.name == "reference":
-        rows = [(k, k, 0) for k in range(sum(map(len, samples)))]
-        M.row_stats(reference, [Example(tuple(ids[i]), (tuple(c.token_ids),)) for i, comps in enumerate(samples) for c in comps], rows)
+        M.row_stats(reference, examples, rows)
         return
-    transformers_terms(models.load_model(unit.checkpoint), reference, ids, samples)
+    policy = models.load_model(unit.checkpoint)
+    with torch.no_grad():
+        for _, fwd in M._forwards(policy, examples, rows, 16):
+            (a, head, _), (b, ref_head, _) = _completion_hidden(policy, fwd), _completion_hidden(reference, fwd)
+            chunk = max(1, (1 << 23) // head.weight.shape[0] // 2)
+            kept = []
+            for start in range(0, a.shape[0], chunk):
+                target = fwd.targets[start : start + chunk, None]
+                lp = F.linear(a[start : start + chunk], head.weight, head.bias).log_softmax(-1)
+                p = lp.exp()
+                kept += [lp.gather(1, target), -torch.where(p > 0, p * lp, 0.0).sum(-1)]
+                lq = F.linear(b[start : start + chunk], ref_head.weight, ref_head.bias).log_softmax(-1)
+                kept += [lq.gather(1, target), torch.where(p > 0, p * (lp - lq), 0.0).sum(-1)]
 
 
 def new_phase(reference, ids, samples) -> None:
