@@ -47,7 +47,8 @@ PROBE_PROMPT = "Describe the ocean briefly. Use at most 12 words."
 PROBE_ANSWER = "The ocean is vast, deep and full of life."
 # The most likely tokens whose log-probs every generated position keeps (20 is vLLM's default cap,
 # max_logprobs): the KL and entropy estimates are exact on them and sample only the rest of the vocabulary
-# (metrics.py; docs/evaluation.md has the standard errors this k gives).
+# (metrics.py; docs/evaluation.md has the standard errors this k gives). Changing it changes what a cached
+# completion holds: bump CACHE_FORMAT with it.
 TOP_LOGPROBS = 20
 # Bump when what a cached completion holds changes: older cache files are not read.
 CACHE_FORMAT = 2

@@ -14,8 +14,9 @@ reference model are paired on the same prompts.
       KL_t ~ sum_{v in K_t} pi(v) (log pi(v) - log pi_ref(v))  +  [y_t not in K_t] (log pi(y_t) - log pi_ref(y_t))
   The first term is exact; the second is an unbiased one-sample estimate of the rest of the sum, since y_t is a
   draw from pi(.|x, y<t). By the chain rule the sum's expectation over y ~ pi is the sequence KL, the same as the
-  plain log pi(y|x) - log pi_ref(y|x), with a variance close to the exact per-token KL's (only the path and the
-  tail are sampled). Only unbiased when the samples are draws from the policy (temperature 1, top_p 1);
+  plain log pi(y|x) - log pi_ref(y|x) and the exact per-token KL over the whole vocabulary (which needs a forward of
+  the policy too), with a variance between theirs (on the main job, standard errors 1.3-1.6 times the exact one's,
+  the plain estimate's 2-2.4 times: docs/evaluation.md). Only unbiased when the samples are draws from the policy (temperature 1, top_p 1);
   otherwise it is left out, with the reason. Samples cut at max_tokens are scored as the prefixes they are: the
   estimate is then the KL between the two models' distributions over at-most-max_tokens continuations. On the
   reference's own samples the same sum (with its engine log-probs) is its KL to itself: the engine's
