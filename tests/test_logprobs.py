@@ -125,13 +125,22 @@ def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
     for name, expected in plain_grads.items():
         torch.testing.assert_close(shared_grads[name], expected, rtol=0, atol=1e-5 * expected.abs().max().item(), msg=name)
-    reference = tiny_llama(attention, torch.float32)
-    torch.nn.init.normal_(reference.lm_head.weight, std=0.05)  # a different model: KL > 0
-    stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", layout=layout), reference=reference)
-    expected = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu"), reference=reference)
-    assert (expected["kl"] > 0).all()
+    stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", layout=layout))
+    expected = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu"))
     for name in expected:
         torch.testing.assert_close(stats[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    torch.testing.assert_close(expected["logp"], plain.detach(), rtol=0, atol=1e-5)
+
+    def listed(fwd):  # log-probs of tokens listed per position (the KL's reference pass), by row, positions in order
+        ids = torch.stack([fwd.targets, torch.zeros_like(fwd.targets), torch.full_like(fwd.targets, 5)], 1)
+        order = torch.argsort(fwd.rows, stable=True)
+        return logprobs.completion_logps_at(model, fwd, ids)[order], fwd.rows[order]
+
+    (values, owners), (expected_values, expected_owners) = listed(collate(rows, examples, 0, "cpu", layout=layout)), listed(collate(rows, examples, 0, "cpu"))
+    assert owners.tolist() == expected_owners.tolist()
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=1e-5)
+    # the first column lists each completion's own tokens: it sums to the completion's log-prob
+    torch.testing.assert_close(torch.zeros(len(rows), dtype=values.dtype).index_add(0, owners, values[:, 0]), expected["logp"], rtol=0, atol=1e-5)
 
 
 def test_shared_prompts_only_where_the_attention_takes_the_mask():

@@ -129,6 +129,8 @@ def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp
         shared, plain = metrics(all_objectives_run, name)[0], metrics(tmp_path, name)[0]
         assert shared.keys() == plain.keys()
         for key in plain.keys() - TIMING:
+            if key == "rewards/accuracies" and abs(plain.get("rewards/margins", 1.0)) < 1e-4:
+                continue  # first step: the policy is the reference, margins are rounding noise, and so is their sign
             assert shared[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-5), (name, key)
 
 

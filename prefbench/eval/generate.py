@@ -174,19 +174,21 @@ class HFEngine:
         config = GenerationConfig(do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                                   top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0, repetition_penalty=1.0,
                                   max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n,
-                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0],
-                                  output_logits=True, return_dict_in_generate=True)  # raw logits: the model's own log-probs
+                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0])
         out = []
         for ids in prompts:
             generator_seed = request_seed(sampling.seed, ids)
             torch.manual_seed(generator_seed)
             with torch.no_grad():
-                result = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
-                                             attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
-            logps = torch.stack(result.logits, 1).float().log_softmax(-1).cpu()  # [n, steps, vocab]
+                seqs = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
+                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+                # the model's own log-probs of what it generated, from one forward of the finished samples rather than
+                # generate's per-step logits: a decode step's tiny matrix products round differently with the number
+                # of threads, and a unit evaluated alone (prefbench launch) must give the serial run's numbers
+                logps = self.model(seqs).logits[:, len(ids) - 1 : -1].float().log_softmax(-1).cpu()  # [n, steps, vocab]
             top = logps.topk(min(TOP_LOGPROBS, logps.shape[-1]), -1)
             completions = []
-            for r, row in enumerate(result.sequences[:, len(ids) :].tolist()):
+            for r, row in enumerate(seqs[:, len(ids) :].tolist()):
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 tokens = row if cut is None else row[: cut + 1]
                 reason = "length" if cut is None else "stop"
