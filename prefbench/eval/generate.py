@@ -276,7 +276,7 @@ class VLLMEngine:
                                  logprobs=TOP_LOGPROBS, flat_logprobs=True)
                   for ids in prompts]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
-        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop", *_vllm_logprobs(o))
+        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop", *_vllm_logprobs(o, self.version))
                  for o in out.outputs] for out in outs]
 
     def close(self) -> None:
@@ -285,7 +285,7 @@ class VLLMEngine:
             self.llm = None
 
 
-def _vllm_logprobs(output) -> tuple:
+def _vllm_logprobs(output, version: str) -> tuple:
     """(logprobs, top_ids, top_logprobs) of a vLLM completion whose request set flat_logprobs: each position's
     entries are the sampled token, then its TOP_LOGPROBS most likely tokens (vLLM's Sampler.gather_logprobs), in
     flat lists (fewer Python objects than a dict per position; bench/vllm_logprobs.py on the main job's sampled
@@ -294,17 +294,11 @@ def _vllm_logprobs(output) -> tuple:
     for position, token in enumerate(output.token_ids):
         start, end = flat.start_indices[position], flat.end_indices[position]
         if flat.token_ids[start] != token or end - start != TOP_LOGPROBS + 1:
-            raise GenerationError(f"vLLM {vllm_version()}: log-probs not laid out as sampled token then top {TOP_LOGPROBS}")
+            raise GenerationError(f"vLLM {version}: log-probs not laid out as sampled token then top {TOP_LOGPROBS}")
         chosen.append(flat.logprobs[start])
         ids.append(tuple(flat.token_ids[start + 1 : end]))
         values.append(tuple(flat.logprobs[start + 1 : end]))
     return tuple(chosen), tuple(ids), tuple(values)
-
-
-def vllm_version() -> str:
-    import vllm
-
-    return vllm.__version__
 
 
 def vllm_unavailable() -> str | None:
