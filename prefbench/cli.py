@@ -178,11 +178,18 @@ def cmd_compare(args) -> int:
     """Exit 1 on a regression (or, with --margin, a metric not shown non-inferior), so a CI job can act on it."""
     from prefbench.compare import FAILING, compare, verdict_table
 
-    thresholds = {}
-    for item in args.threshold:
-        metric, _, value = item.partition("=")
-        thresholds[metric.strip()] = float(value)
-    verdicts = compare(args.baseline, args.candidate, thresholds, args.against, args.margin)
+    def per_metric(items: list[str], flag: str) -> dict[str, float]:
+        out = {}
+        for item in items:
+            metric, sep, value = item.partition("=")
+            try:
+                out[metric.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"{flag} {item!r}: expected METRIC=NUMBER, e.g. reward=0.02") from None
+        return out
+
+    verdicts = compare(args.baseline, args.candidate, per_metric(args.threshold, "--threshold"), args.against, args.margin,
+                       per_metric(args.tolerance, "--tolerance"), args.allow_one_seed)
     print(verdict_table(verdicts))
     failed = [v for v in verdicts if v.verdict in FAILING]
     kind = "not shown non-inferior" if args.margin is not None else "regression(s)"
@@ -255,6 +262,12 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label")
     compare.add_argument("--margin", type=float, metavar="M",
                          help="non-inferiority: fail a gated metric whose 95%% interval reaches further than M on the worse side")
+    compare.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                         help="numerical tolerance per metric: a smaller difference is no change whatever its p "
+                              "(defaults: reward=0.001, greedy_reward=0.001, kl=0.01)")
+    compare.add_argument("--allow-one-seed", action="store_true",
+                         help="gate a retrained candidate with one seed on a side seed by seed (these two training runs only); "
+                              "refused by default (exit 2)")
     return p
 
 

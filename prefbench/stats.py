@@ -128,34 +128,35 @@ def _t_test(diff: float, se: float, df: float, level: float) -> dict:
 
 def across_seed_groups(a, b, level: float = LEVEL) -> dict:
     """mean(a) - mean(b) for two [seeds, prompts] tables on the same prompts whose seeds are not paired (a candidate
-    trained with other seeds, or with one seed, against a stored baseline's), with seed variance in the interval.
+    trained with other seeds against a stored baseline's), with each side's own seed variance in the interval.
 
-    Model as in across_seeds, each side with its own seed effects: Var = v_run (1 / S_a + 1 / S_b) + the
-    prompt-level part, where v_run, the variance of one training run's mean over these prompts, is the seeds'
-    mean square pooled over both tables divided by P (S_a + S_b - 2 degrees of freedom), and the prompt-level
-    part is the variance over prompts of the per-prompt difference of seed means less its residual share,
-    floored at 0, over P (prompt main effects cancel: the prompts are shared). t on the pooled seed degrees
-    of freedom, as in across_seeds. Needs 2 seeds on at least one side."""
+    Model as in across_seeds, each side with its own training runs: Var = v_a / S_a + v_b / S_b + the
+    prompt-level part, v the variance of one training run's mean over these prompts, estimated on each side
+    from its own run means (S - 1 degrees of freedom each), never pooled: a candidate whose runs vary more than
+    the baseline's (KTO's KL across seeds 12.7 / 11.5 / 8.1 against re-weighted KTO's 4.5 / 5.1 / 5.9) would
+    borrow the baseline's steadiness (pooled, a candidate 3x as variable gave 24% false alarms). t on Welch and
+    Satterthwaite's degrees of freedom. The prompt-level part is the variance over prompts of the per-prompt
+    difference of seed means less its residual share, floored at 0, over P (prompt main effects cancel: the
+    prompts are shared). Needs 2 seeds on each side: with one, that side's run-to-run variation is unknown."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2:
         raise ValueError(f"expected two [seeds, prompts] tables on the same prompts, got {a.shape} and {b.shape}")
-    df_seeds = a.shape[0] + b.shape[0] - 2
-    if df_seeds < 1:
-        raise ValueError("one seed on each side: seed variance cannot be estimated")
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError("one seed on a side: its run-to-run variation cannot be estimated")
     n_prompts = a.shape[1]
 
-    def sums(x):  # the seeds' and the residual's sums of squares of one table
-        seed_means, prompt_means, grand = x.mean(1), x.mean(0), x.mean()
-        return n_prompts * ((seed_means - grand) ** 2).sum(), ((x - seed_means[:, None] - prompt_means[None, :] + grand) ** 2).sum()
+    def resid_ss(x):  # the seeds x prompts residual's sum of squares of one table
+        return ((x - x.mean(1)[:, None] - x.mean(0)[None, :] + x.mean()) ** 2).sum()
 
-    (ss_a, res_a), (ss_b, res_b) = sums(a), sums(b)
-    v_run = (ss_a + ss_b) / df_seeds / n_prompts
+    share_a, share_b = a.mean(1).var(ddof=1) / a.shape[0], b.mean(1).var(ddof=1) / b.shape[0]
     df_resid = (a.shape[0] - 1 + b.shape[0] - 1) * (n_prompts - 1)
-    ms_resid = (res_a + res_b) / df_resid if df_resid else 0.0
-    inverse = 1 / a.shape[0] + 1 / b.shape[0]
+    ms_resid = (resid_ss(a) + resid_ss(b)) / df_resid
     per_prompt = a.mean(0) - b.mean(0)
-    se = float(np.sqrt(v_run * inverse + max(per_prompt.var(ddof=1) - ms_resid * inverse, 0.0) / n_prompts))
-    return _t_test(float(per_prompt.mean()), se, float(df_seeds), level) | {"n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts}
+    prompt_part = max(per_prompt.var(ddof=1) - ms_resid * (1 / a.shape[0] + 1 / b.shape[0]), 0.0) / n_prompts
+    run_part = share_a + share_b
+    se = float(np.sqrt(run_part + prompt_part))
+    df = run_part**2 / (share_a**2 / (a.shape[0] - 1) + share_b**2 / (b.shape[0] - 1)) if run_part > 0 else float(a.shape[0] + b.shape[0] - 2)
+    return _t_test(float(per_prompt.mean()), se, float(df), level) | {"n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts}
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -177,32 +178,156 @@ def holm_family(tests: list[dict], level: float = LEVEL) -> list[dict]:
 
 
 def _estimate_of(result: dict) -> dict:
-    """across_seeds of one objective's own values as an estimate: mean and interval (a p against 0 means nothing here)."""
+    """A contrast's result as an estimate: mean and interval (a p against 0 means nothing for one objective's own values)."""
     return {"mean": result["difference"], "ci": result["ci"], "n_seeds": result["n_seeds"], "n_prompts": result["n_prompts"],
-            "seed_variance": result["seed_variance"]}
+            "seed_variance": result["seed_variance"]} | ({"df": result["df"]} if result.get("df") is not None else {})
+
+
+SPREAD_POWER = 3
+
+
+def _spread_df(variances: np.ndarray, df_each: float) -> float:
+    """Degrees of freedom of a mean of k independent variance estimates (df_each each), cut as they grow unlike.
+
+    Satterthwaite's plug-in degrees of freedom of the sum, (sum v)^2 / sum(v^2 / df_each), run from k df_each
+    when the estimates agree down to df_each when one dominates; but where the true spreads are equal, the
+    estimates' shares w = v / sum v are Dirichlet(df_each / 2, ...) (gamma variables of one scale; Lukacs) and
+    sum w^2 averages (a + 1) / (k a + 1), a = df_each / 2, so the plug-in value sits well below k df_each even
+    then (5 of 8 at 4 objectives x 3 seeds): that costs the power pooling is for. So the pooled degrees of
+    freedom are k df_each times (typical / observed sum w^2) ** SPREAD_POWER, capped at 1: alike spreads keep
+    every degree of freedom, unlike ones fall fast, never below one objective's own (df_each). The power 3 is
+    the simulations' choice (tests/test_stats.py and docs/statistics.md): 1 held the family-wise rate to
+    0.06-0.08 with one objective at 3x the others' seed sd, 3 to 0.05, at 0.78-0.81 power either way."""
+    k, total = len(variances), float(np.sum(variances))
+    if k < 2 or total <= 0:
+        return float(k * df_each)
+    shares = np.asarray(variances, float) / total
+    a = df_each / 2
+    typical = (a + 1) / (k * a + 1)
+    return float(max(df_each, k * df_each * min(1.0, typical / float((shares**2).sum())) ** SPREAD_POWER))
+
+
+def _partly_pooled(variances: np.ndarray, df_each: float) -> dict:
+    """{"variance": one per objective, "df"}: the pooled variance where spreads look alike; as they grow unlike
+    (_spread_df falls from k df_each to df_each), an objective whose own variance is above the pool moves toward
+    its own, in proportion; one below keeps the pool (never lent a smaller spread than the grid's)."""
+    k, pooled = len(variances), float(np.mean(variances))
+    df = _spread_df(variances, df_each)
+    nominal = k * df_each
+    toward_own = (nominal - df) / (nominal - df_each) if nominal > df_each else 0.0
+    return {"variance": [pooled + toward_own * max(float(v) - pooled, 0.0) for v in variances], "df": df}
+
+
+def grid_error(tables: dict[str, np.ndarray]) -> dict:
+    """The run-to-run error term of a grid of objectives x seeds x prompts, estimated from every objective at once.
+
+    Model: value[o, s, p] = mu_o + a_s + u_os + b_p + c_op + e_osp: a seed effect a_s shared by every objective
+    (seed s saw the same examples in the same order), each training run's own effect u_os, prompt effects, an
+    objective x prompt interaction and noise. A training run's mean over the prompts moves by u_os (+ a_s, + the
+    noise's mean). Estimated per objective from its S run means, each spread has S - 1 degrees of freedom: a
+    pair of objectives contrasted alone has 2 with 3 seeds, and Holm's strictest level over 6 pairs then needs
+    |t| > 10.9. Where the objectives' seed spreads are alike, every objective's runs tell of the same spread, so
+    it is pooled:
+
+      contrasts between objectives   the objective x seed interaction of the run means (a_s cancels: seeds are
+                                     paired), mean square on (k - 1)(S - 1) degrees of freedom
+      an objective alone, or minus   the run means' variance around each objective's own mean (a_s included),
+      the reference                  averaged over the objectives, on k (S - 1)
+
+    Where spreads are unlike, pooling would lend the steady objectives' small spread to the unsteady one: the
+    degrees of freedom fall with the spreads' disagreement (_spread_df), down to one objective's own, so each t
+    quantile widens as far as the evidence of unlike spreads asks. Why not a per-pair Welch term switched on by a
+    test of equal spreads: with 3 seeds no such test can see a 3x spread reliably, and the simulations measured
+    the switch either costing the power (0.69 at a test level of 0.2) or missing the unsteady objective
+    (family-wise false alarms 0.06-0.09): docs/statistics.md.
+
+    Returns {"pairs": {"variance", "df"}, "single": {"variance", "df"}: each the variance of one training run's
+    mean (pairs: per objective of a contrast, so a pair's run term is 2 variance / S), "pooled_df" (what alike
+    spreads would give), "alike" (df == pooled_df), "spread": {label: sd of its run means}, "widest" (the label
+    of the largest spread), "n_seeds"}; None with one seed (no seed variance to estimate)."""
+    labels = list(tables)
+    means = np.array([np.asarray(tables[o], float).mean(1) for o in labels])  # [objectives, seeds]
+    k, n_seeds = means.shape
+    if n_seeds < 2:
+        return None
+    own = means.var(1, ddof=1)  # each objective's run means around its own mean, S - 1 df
+    single = _partly_pooled(own, n_seeds - 1)
+    single["variance"] = dict(zip(labels, single["variance"]))
+    if k >= 2:
+        inter = means - means.mean(1, keepdims=True) - means.mean(0, keepdims=True) + means.mean()
+        df_each = (k - 1) * (n_seeds - 1) / k  # each objective's share of the interaction's degrees of freedom
+        per = (inter**2).sum(1) / df_each
+        pairs = _partly_pooled(per, df_each) if k > 2 else {"variance": [float(per.mean())] * k, "df": float(n_seeds - 1)}
+        pairs["variance"] = dict(zip(labels, pairs["variance"]))
+        pooled_df = float((k - 1) * (n_seeds - 1))
+    else:
+        pairs, pooled_df = None, float(n_seeds - 1)
+    spread = {o: float(np.sqrt(v)) for o, v in zip(labels, own)}
+    df_now = pairs["df"] if pairs else single["df"]
+    return {"pairs": pairs, "single": single, "pooled_df": pooled_df, "alike": bool(df_now >= pooled_df - 1e-9),
+            "spread": spread, "widest": max(spread, key=spread.get), "n_seeds": n_seeds}
+
+
+def _prompt_part(table: np.ndarray) -> float:
+    """The prompt-level part of the variance of a [seeds, prompts] table's mean: the prompts' mean square less
+    the residual's, over S P, floored at 0 (across_seeds' middle term)."""
+    n_seeds, n_prompts = table.shape
+    if n_prompts < 2:
+        return 0.0
+    grand, seed_means, prompt_means = table.mean(), table.mean(1), table.mean(0)
+    ms_prompts = n_seeds * ((prompt_means - grand) ** 2).sum() / (n_prompts - 1)
+    resid = table - seed_means[:, None] - prompt_means[None, :] + grand
+    df_resid = (n_seeds - 1) * (n_prompts - 1)
+    ms_resid = (resid**2).sum() / df_resid if df_resid else 0.0
+    return float(max(ms_prompts - ms_resid, 0.0) / (n_seeds * n_prompts))
+
+
+def grid_contrast(table, run_variance: float, df: float, level: float = LEVEL) -> dict:
+    """The mean of a [seeds, prompts] table (an objective's values, minus the reference's, or one objective's
+    minus another's) with the grid's run term (grid_error: run_variance per seed of the table, on df) and the
+    table's own prompt-level part; t on df (the prompt part's degrees of freedom are many: the fewer bound it).
+    Returns across_seeds' fields."""
+    x = np.asarray(table, float)
+    se = float(np.sqrt(run_variance / x.shape[0] + _prompt_part(x)))
+    return _t_test(float(x.mean()), se, float(df), level) | {"n_seeds": x.shape[0], "n_prompts": x.shape[1]}
 
 
 def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL) -> dict:
     """One metric at objective level from each objective's [seeds, prompts] table (seeds shared across objectives,
-    prompts shared with the reference's per-prompt values): each objective's estimate (across_seeds); with a
-    direction (`higher` not None), each objective minus the reference (Holm across the objectives) and every
-    pair of objectives (Holm across the pairs), each marked "resolved" at Holm p < 1 - level; the leader
-    (best mean) and "best": the leader when each of its contrasts is resolved in its favour, else None.
+    prompts shared with the reference's per-prompt values), the grid analysed as one model (grid_error): each
+    objective's estimate; with a direction (`higher` not None), each objective minus the reference (Holm across
+    the objectives) and every pair of objectives (Holm across the pairs), each marked "resolved" at Holm
+    p < 1 - level; the leader (best mean) and "best": the leader when each of its contrasts is resolved in its
+    favour, else None. "error" says which error term was used (grid_error's fields, without "n_seeds").
+
+    With one seed there is no run-to-run variation to estimate: each contrast is the prompt bootstrap of that
+    training run (across_seeds' one-seed branch, "seed_variance" False).
 
     Why every pair and not only the leader's contrasts: the leader is chosen by the same data, and the
     leader-against-last contrast is the range of k means, which a Holm family of k - 1 leader contrasts does not
     cover; Holm over all k (k - 1) / 2 pairs does (the null simulations in tests/test_stats.py)."""
     k = len(tables)
-    n_boot = family_n_boot(max(k, k * (k - 1) // 2), level)  # one seed: the bootstrap fine enough for Holm's levels
-    own = {label: across_seeds(t, level) for label, t in tables.items()}
+    error = grid_error(tables)
+    if error is None:  # one seed: the prompt bootstrap, fine enough for Holm's levels
+        n_boot = family_n_boot(max(k, k * (k - 1) // 2), level)
+        def single(t, *_):
+            return across_seeds(t, level, n_boot)
+        pair = single
+    else:
+        def single(t, label):
+            return grid_contrast(t, error["single"]["variance"][label], error["single"]["df"], level)
+
+        def pair(t, a, b):
+            return grid_contrast(t, error["pairs"]["variance"][a] + error["pairs"]["variance"][b], error["pairs"]["df"], level)
+    own = {label: single(t, label) for label, t in tables.items()}
     out: dict = {"higher_is_better": higher, "objectives": {label: _estimate_of(r) for label, r in own.items()}}
+    if error is not None:
+        out["error"] = {key: v for key, v in error.items() if key != "n_seeds"}
     if higher is None:
         return out
     if reference is not None:
-        out["vs_reference"] = holm_family([{"objective": label, **across_seeds(t - reference[None, :], level, n_boot)}
-                                           for label, t in tables.items()], level)
-    out["pairs"] = holm_family([{"a": a, "b": b, **across_seeds(tables[a] - tables[b], level, n_boot)}
-                                for a, b in itertools.combinations(tables, 2)], level)
+        out["vs_reference"] = holm_family([{"objective": label, **single(t - reference[None, :], label)} for label, t in tables.items()], level)
+    out["pairs"] = holm_family([{"a": a, "b": b, **pair(tables[a] - tables[b], a, b)} for a, b in itertools.combinations(tables, 2)], level)
     out["leader"] = leader = max(tables, key=lambda label: own[label]["difference"] * (1 if higher else -1))
     theirs = [c for c in out["pairs"] if leader in (c["a"], c["b"])]
     wins = [c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs]  # resolved, for the leader

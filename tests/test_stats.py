@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -155,57 +156,128 @@ def test_across_seeds_covers_a_new_training_runs_mean_95_percent_of_the_time(see
         assert naive_covered / sims < 0.8
 
 
-def _objective_tables(rng, lead: float = 0.0, k: int = 4, seeds: int = 3, prompts: int = 48) -> tuple[dict, np.ndarray]:
-    """k objectives' [seeds, prompts] tables and a reference's per-prompt values: prompt difficulty shared by all,
-    a seed effect shared by the objectives (same examples, same order) and one of each objective's own, an
-    objective x prompt interaction and noise; the first objective ahead by `lead`, the rest equal, and the
-    reference equal to them in expectation."""
-    difficulty, shared_seed = rng.normal(0, 0.2, (1, prompts)), rng.normal(0, 0.1, (seeds, 1))
-    tables = {f"o{i}": (lead if i == 0 else 0.0) + difficulty + shared_seed + rng.normal(0, 0.15, (seeds, 1))
-              + rng.normal(0, 0.1, (1, prompts)) + rng.normal(0, 0.3, (seeds, prompts)) for i in range(k)}
-    return tables, (difficulty + rng.normal(0, 0.3, (1, prompts)))[0]
+def _objective_tables(rng, lead: float = 0.0, k: int = 4, seeds: int = 3, prompts: int = 48, wide: float = 1.0) -> tuple[dict, np.ndarray]:
+    """The grid of the issue's audit: k objectives' [seeds, prompts] tables and a reference's per-prompt values.
+    Each training run moves by its own effect (sd 0.3; the last objective's `wide` times that) and by a seed
+    effect shared by the objectives (sd 0.1: same examples, same order); prompt difficulty shared by all (1.0),
+    an objective x prompt interaction (0.5) and noise (1.0, the "residual sd"); the first objective ahead by
+    `lead`, the rest equal, and the reference equal to them in expectation."""
+    difficulty, shared_seed = rng.normal(0, 1.0, (1, prompts)), rng.normal(0, 0.1, (seeds, 1))
+    tables = {f"o{i}": (lead if i == 0 else 0.0) + difficulty + shared_seed + rng.normal(0, 0.3 * (wide if i == k - 1 else 1.0), (seeds, 1))
+              + rng.normal(0, 0.5, (1, prompts)) + rng.normal(0, 1.0, (seeds, prompts)) for i in range(k)}
+    return tables, (difficulty + rng.normal(0, 0.5, (1, prompts)) + rng.normal(0, 1.0, (1, prompts)))[0]
 
 
-def test_objective_level_by_hand():
-    """Its parts are across_seeds and holm: each objective's estimate, each minus the reference, every pair."""
-    tables, ref = _objective_tables(np.random.default_rng(1), lead=1.0, k=3)
+def test_spread_df_keeps_alike_spreads_pooled_and_falls_to_one_objectives_own():
+    # a = 1 (2 df each), k = 4: when spreads are alike the shares average sum w^2 = (a + 1) / (k a + 1) = 2 / 5
+    assert S._spread_df(np.ones(4), 2) == 8.0  # equal estimates: sum w^2 = 1 / 4 < 2 / 5, capped at all 8 df
+    # shares 0.7, 0.1, 0.1, 0.1: sum w^2 = 0.52; 8 (0.4 / 0.52)^3
+    assert S._spread_df(np.array([7.0, 1, 1, 1]), 2) == pytest.approx(8 * (0.4 / 0.52) ** S.SPREAD_POWER)
+    assert S._spread_df(np.array([1e6, 1, 1, 1]), 2) == 2.0  # one dominates: one objective's own degrees of freedom
+    assert S._spread_df(np.zeros(3), 2) == 6.0 and S._spread_df(np.array([3.0]), 2) == 2.0
+
+
+def test_grid_error_and_contrasts_by_hand():
+    """3 objectives x 3 seeds x 2 prompts: the run means, their variance per objective and their objective x seed
+    interaction, computed here cell by cell; then a pair's and an objective's interval from them."""
+    tables = {"a": np.array([[1.0, 2.0], [2.0, 3.0], [1.5, 2.0]]), "b": np.array([[0.0, 1.0], [1.0, 0.5], [0.2, 0.4]]),
+              "c": np.array([[0.5, 0.5], [0.4, 1.0], [0.9, 0.7]])}
+    m = {o: t.mean(1) for o, t in tables.items()}  # run means: a 1.5 2.5 1.75, b 0.5 0.75 0.3, c 0.5 0.7 0.8
+    err = S.grid_error(tables)
+    own = {o: float(np.var(v, ddof=1)) for o, v in m.items()}
+    assert err["spread"] == pytest.approx({o: math.sqrt(v) for o, v in own.items()})
+    seed_mean = np.mean(list(m.values()), axis=0)
+    grand = seed_mean.mean()
+    inter = {o: v - v.mean() - seed_mean + grand for o, v in m.items()}
+    per = {o: float((r**2).sum() / ((3 - 1) * (3 - 1) / 3)) for o, r in inter.items()}  # each objective's share: (k-1)(S-1)/k df
+    assert np.mean(list(per.values())) == pytest.approx(sum((r**2).sum() for r in inter.values()) / ((3 - 1) * (3 - 1)))  # MS_OS
+    df = S._spread_df(np.array(list(per.values())), 4 / 3)
+    assert err["pairs"]["df"] == pytest.approx(df) and err["pooled_df"] == 4.0
+    pooled = np.mean(list(per.values()))
+    toward = (4 - df) / (4 - 4 / 3)  # how far spreads look unlike: an objective above the pool moves that share to its own
+    assert err["pairs"]["variance"] == pytest.approx({o: pooled + toward * max(v - pooled, 0) for o, v in per.items()})
+    d = tables["a"] - tables["b"]
+    grand_d, s_means, p_means = d.mean(), d.mean(1), d.mean(0)
+    ms_p = 3 * ((p_means - grand_d) ** 2).sum() / 1
+    ms_r = ((d - s_means[:, None] - p_means[None, :] + grand_d) ** 2).sum() / 2
+    se = math.sqrt((err["pairs"]["variance"]["a"] + err["pairs"]["variance"]["b"]) / 3 + max(ms_p - ms_r, 0) / 6)
+    out = S.objective_level(tables, None, higher=True)
+    (ab,) = [c for c in out["pairs"] if (c["a"], c["b"]) == ("a", "b")]
+    assert ab["difference"] == pytest.approx(d.mean()) and ab["df"] == pytest.approx(df)
+    assert ab["ci"] == pytest.approx([d.mean() - sps.t.ppf(0.975, df) * se, d.mean() + sps.t.ppf(0.975, df) * se])
+    assert ab["p_value"] == pytest.approx(2 * sps.t.sf(d.mean() / se, df))
+    assert out["error"]["widest"] == max(own, key=own.get)
+    one = S.objective_level({o: t[:1] for o, t in tables.items()}, None, higher=True)  # one seed: that training run's bootstrap
+    assert "error" not in one and one["pairs"][0]["seed_variance"] is False
+
+
+def test_objective_level_names_the_leader_and_flips_with_the_direction():
+    tables, ref = _objective_tables(np.random.default_rng(1), lead=3.0, k=3)
     out = S.objective_level(tables, ref, higher=True)
+    assert [(c["a"], c["b"]) for c in out["pairs"]] == [("o0", "o1"), ("o0", "o2"), ("o1", "o2")]
+    assert [c["p_holm"] for c in out["pairs"]] == pytest.approx(S.holm([c["p_value"] for c in out["pairs"]]))
     assert out["objectives"]["o1"]["mean"] == pytest.approx(tables["o1"].mean())
-    assert out["objectives"]["o1"]["ci"] == pytest.approx(S.across_seeds(tables["o1"])["ci"])
-    pairs = [(c["a"], c["b"]) for c in out["pairs"]]
-    assert pairs == [("o0", "o1"), ("o0", "o2"), ("o1", "o2")]
-    assert [c["p_holm"] for c in out["pairs"]] == S.holm([S.across_seeds(tables[a] - tables[b])["p_value"] for a, b in pairs])
-    assert [c["p_holm"] for c in out["vs_reference"]] == S.holm([S.across_seeds(t - ref)["p_value"] for t in tables.values()])
-    assert out["leader"] == "o0" and out["best"] == "o0"  # a lead of 1.0 against noise of 0.3: resolved
+    assert out["leader"] == "o0" and out["best"] == "o0"  # a lead of 3 against runs that move by 0.3: resolved
     flipped = S.objective_level({k: -t for k, t in tables.items()}, -ref, higher=False)  # lower is better: the same leader
     assert flipped["leader"] == "o0" and flipped["best"] == "o0"
     kl = S.objective_level(tables, ref, higher=None)  # no direction: estimates only
-    assert set(kl) == {"higher_is_better", "objectives"}
+    assert set(kl) == {"higher_is_better", "objectives", "error"}
 
 
-def test_objective_contrasts_keep_their_coverage_and_family_wise_rate_under_the_null():
-    """Null simulation: 4 objectives x 3 seeds x 48 prompts, no true difference (seed, prompt and interaction
-    effects as in _objective_tables). Over 500 simulated grids: every pairwise contrast's 95% interval covers 0
-    at the nominal rate (3 standard errors; up to 99.5% on the wide side); the family-wise false alarm rate of
-    the 6 Holm-corrected pairs, of the 4 contrasts with the reference, and of "best" stays at or under 5% (+3 se).
-    With 5 seeds and a true lead of 0.8 (four times the seed effects' sd of a contrast) the leader is found best
-    most of the time; with 3 seeds, two degrees of freedom leave little power at Holm's levels (by design)."""
-    rng = np.random.default_rng(11)
-    sims, covered, contrasts, pair_alarm, ref_alarm, best = 500, 0, 0, 0, 0, 0
+def _grid_rates(sims: int, rng, **grid) -> dict:
+    """Over `sims` simulated grids: the family-wise false alarm rates of the pairs and of the contrasts with the
+    reference (a resolved contrast whose truth is 0), each kind's interval coverage of the truth (all of them,
+    and the last objective's alone), and how often the first objective is named best."""
+    lead = grid.get("lead", 0.0)
+    truth = lambda o: lead if o == "o0" else 0.0  # noqa: E731
+    n = {key: 0 for key in ("fw_pairs", "fw_ref", "best", "cov_pairs", "cov_ref", "cov_pairs_last", "cov_ref_last")}
     for _ in range(sims):
-        out = S.objective_level(*_objective_tables(rng), higher=True)
-        covered += sum(c["ci"][0] <= 0 <= c["ci"][1] for c in out["pairs"])
-        contrasts += len(out["pairs"])
-        pair_alarm += any(c["resolved"] for c in out["pairs"])
-        ref_alarm += any(c["resolved"] for c in out["vs_reference"])
-        best += out["best"] is not None
-    se = 3 * math.sqrt(0.05 * 0.95 / sims)
-    print(f"coverage {covered / contrasts:.3f}, family-wise: pairs {pair_alarm / sims:.3f}, vs reference {ref_alarm / sims:.3f}, best {best / sims:.3f}")
-    assert 0.95 - 3 * math.sqrt(0.05 * 0.95 / contrasts) <= covered / contrasts <= 0.995
-    assert max(pair_alarm, ref_alarm, best) / sims <= 0.05 + se
-    found = sum(S.objective_level(*_objective_tables(rng, lead=0.8, seeds=5), higher=True)["best"] == "o0" for _ in range(100))
-    print(f"found best with a lead of 0.8 and 5 seeds: {found} of 100")
-    assert found >= 80, found
+        out = S.objective_level(*_objective_tables(rng, **grid), higher=True)
+        pairs, refs = out["pairs"], out["vs_reference"]
+        n["fw_pairs"] += any(c["resolved"] and truth(c["a"]) == truth(c["b"]) for c in pairs)
+        n["fw_ref"] += any(c["resolved"] and truth(c["objective"]) == 0 for c in refs)
+        n["best"] += out["best"] == "o0"
+        covers = [c["ci"][0] <= truth(c["a"]) - truth(c["b"]) <= c["ci"][1] for c in pairs]
+        n["cov_pairs"] += np.mean(covers)
+        n["cov_pairs_last"] += np.mean([ok for ok, c in zip(covers, pairs) if c["b"] == "o3"])
+        covers = [c["ci"][0] <= truth(c["objective"]) <= c["ci"][1] for c in refs]
+        n["cov_ref"] += np.mean(covers)
+        n["cov_ref_last"] += covers[-1]
+    return {key: v / sims for key, v in n.items()}
+
+
+@pytest.mark.parametrize("wide", [1.0, 3.0])
+def test_grid_contrasts_hold_their_family_wise_rate_and_coverage_under_the_null(wide):
+    """Null simulation, the audit's grid: 4 objectives x 3 seeds x 48 prompts, no true difference, every
+    objective's runs moving alike (wide 1) or the last one's 3x as far (wide 3). Over 1500 grids: the family-wise
+    false alarm rate of the 6 Holm-corrected pairs and of the 4 contrasts with the reference at most 5% (+2 se
+    of the simulation: 0.061), and the 95% intervals' coverage at least 0.94 over every pair and every contrast
+    with the reference. The unsteady objective's own intervals cover less (printed; 0.89-0.91 measured): with
+    3 seeds its spread often looks like the others' (docs/statistics.md). Pooling without the spread-aware
+    degrees of freedom measured 0.065 (pairs) and 0.078 (reference) at wide 3."""
+    rates = _grid_rates(1500, np.random.default_rng(5), wide=wide)
+    print({k: round(v, 3) for k, v in rates.items()})
+    bound = 0.05 + 2 * math.sqrt(0.05 * 0.95 / 1500)
+    assert rates["fw_pairs"] <= bound and rates["fw_ref"] <= bound
+    assert rates["cov_pairs"] >= 0.94 and rates["cov_ref"] >= 0.94
+    if wide == 1.0:  # alike spreads: every objective's intervals hold (3 se)
+        assert min(rates["cov_pairs_last"], rates["cov_ref_last"]) >= 0.95 - 3 * math.sqrt(0.05 * 0.95 / 1500)
+
+
+def test_grid_names_a_true_leader_best_in_most_grids_at_three_seeds():
+    """The audit's power case: 4 objectives x 3 seeds x 48 prompts, the first ahead by 1.5 residual sd (seed sd
+    0.3, objective x prompt 0.5, residual 1). The grid model names it best (every one of its 3 contrasts resolved
+    after Holm over the 6 pairs) in at least 75% of 1000 grids; each pair estimated alone on its 2 degrees of
+    freedom (across_seeds, the statistics before) in under 10%."""
+    rng = np.random.default_rng(9)
+    rates = _grid_rates(1000, rng, lead=1.5)
+    alone = 0
+    for _ in range(300):
+        tables, _ = _objective_tables(rng, lead=1.5)
+        pairs = S.holm_family([{"a": a, "b": b, **S.across_seeds(tables[a] - tables[b])} for a, b in itertools.combinations(tables, 2)])
+        alone += all(c["resolved"] and c["difference"] > 0 for c in pairs if c["a"] == "o0")
+    print(f"named best: grid {rates['best']:.3f}, pairs alone {alone / 300:.3f}")
+    assert rates["best"] >= 0.75 and alone / 300 < 0.10
 
 
 def test_matched_kl_by_hand():

@@ -374,7 +374,9 @@ def judge(recipe: Recipe) -> dict:
 def objectives(recipe: Recipe) -> dict:
     """Each metric of results.PER_PROMPT_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
     seed, that training run only): each objective's estimate, its difference from the reference, every pair of
-    objectives contrasted, the leader and whether it is best. Written to <run>/eval_objectives.json."""
+    objectives contrasted, the leader and whether it is best. An objective not evaluated with every seed is left
+    out and named with its missing seeds ("missing"), and then no leader is named: the best of the rest need not
+    be the recipe's. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
     reference = read_optional(root / "reference" / "eval_generation.json")
     gens = {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
@@ -386,7 +388,11 @@ def objectives(recipe: Recipe) -> dict:
         if not tables[metric]:
             continue  # e.g. no greedy pass
         ref = dig(reference, path)
-        out["metrics"][metric] = stats.objective_level(tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher)
+        entry = out["metrics"][metric] = stats.objective_level(tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher)
+        if missing := _missing_seeds(gens, [label for label in gens if label not in tables[metric]], path, recipe.seeds):
+            entry["missing"] = missing  # left out of the grid: the best of the rest is not the best of the recipe
+            if "best" in entry:
+                entry["leader"], entry["best"] = None, None
     if (sweeps := strength_sweeps(recipe)) and {"kl", "reward"} <= set(out["metrics"]):
         out["frontier"] = _frontier(sweeps, tables["kl"], tables["reward"], out["metrics"])
     write_json(root / "eval_objectives.json", out)
@@ -449,26 +455,33 @@ def _objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...])
 
 
 def claims(recipe: Recipe) -> list[dict]:
-    """Each claim of the recipe at objective level: the difference better - worse on the same prompts over every
-    seed both sides were evaluated with (stats.across_seeds: seed and prompt variance, so it speaks for new
-    training runs; with one seed, for this training run only), its p Holm-adjusted across the recipe's claims,
-    and the verdict: held (Holm p < 0.05, better above), contradicted (Holm p < 0.05, below), or not resolved.
-    Each seed's own paired difference is kept as detail. Written to <run>/eval_claims.json for the report."""
+    """Each claim of the recipe at objective level: the grid's own contrast (stats.objective_level over every
+    objective of the run on the claim's metric: better minus worse on the same seeds and prompts, or better minus
+    the reference, with the grid's run-to-run error term; with one seed, that training run only), its p
+    Holm-adjusted across the recipe's claims, and the verdict: held (Holm p < 0.05, better above), contradicted
+    (Holm p < 0.05, below), or not resolved. A claim on an objective missing a seed is "not evaluated", the
+    seeds named. Each seed's own paired difference is kept as detail. Written to <run>/eval_claims.json."""
     root = run_dir(recipe)
+    reference = read_optional(root / "reference" / "eval_generation.json")
+    gens = {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
+            for spec in recipe.objectives}
+    grids: dict[str, dict] = {}
     rows = []
     for claim in recipe.claims:
-        section = "greedy" if claim.metric == "greedy_reward" else "sampled"
-        table, per_seed = [], []
-        for seed in recipe.seeds:
-            better = _per_prompt(root / claim.better / f"seed{seed}", section)
-            worse = _per_prompt(root / ("reference" if claim.worse == "reference" else f"{claim.worse}/seed{seed}"), section)
-            if better is not None and worse is not None:
-                table.append(np.subtract(better, worse))
-                per_seed.append({"seed": seed, **stats.paired_difference(better, worse)})
-        if len({len(t) for t in table}) > 1:
-            raise ResultsError(f"claim {claim.text!r}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+        path = PER_PROMPT_METRICS[claim.metric][0]
+        if claim.metric not in grids:
+            ref = dig(reference, path)
+            tables = _objective_tables(gens, path)
+            grids[claim.metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), True) if tables else {}
+        grid = grids[claim.metric]
+        per_seed = []
+        for seed, gen in zip(recipe.seeds, gens[claim.better]):
+            worse = reference if claim.worse == "reference" else gens[claim.worse][recipe.seeds.index(seed)]
+            if dig(gen, path) is not None and dig(worse, path) is not None:
+                per_seed.append({"seed": seed, **stats.paired_difference(dig(gen, path), dig(worse, path))})
         row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
-        rows.append(row | (stats.across_seeds(np.array(table)) if table else {"n_seeds": 0}))
+        rows.append(row | (_grid_contrast(grid, claim.better, claim.worse) or
+                           {"n_seeds": 0, "missing": _missing_seeds(gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds)}))
     stats.holm_family([r for r in rows if "p_value" in r])
     for r in rows:
         r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if r.get("resolved")
@@ -477,9 +490,24 @@ def claims(recipe: Recipe) -> list[dict]:
     return rows
 
 
-def _per_prompt(unit_dir: Path, section: str) -> list[float] | None:
-    f = unit_dir / "eval_generation.json"
-    return dig(read_json(f), (section, "per_prompt_reward")) if f.is_file() else None
+def _grid_contrast(grid: dict, better: str, worse: str) -> dict | None:
+    """better - worse from an objective_level result: the contrast with the reference, or the pair in either order
+    (flipped: difference and interval negated); None where either side was left out of the grid."""
+    if worse == "reference":
+        found = [c for c in grid.get("vs_reference", []) if c["objective"] == better]
+        return {k: v for k, v in found[0].items() if k not in ("objective", "p_holm", "resolved")} if found else None
+    for c in grid.get("pairs", []):
+        if (c["a"], c["b"]) in ((better, worse), (worse, better)):
+            out = {k: v for k, v in c.items() if k not in ("a", "b", "p_holm", "resolved")}
+            if c["a"] == worse:
+                out["difference"], out["ci"] = -c["difference"], [-c["ci"][1], -c["ci"][0]]
+            return out
+    return None
+
+
+def _missing_seeds(gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]) -> dict[str, list[int]]:
+    """Per label, the seeds without values at `path` (not trained or not evaluated): what left it out of the grid."""
+    return {label: missing for label in labels if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])}
 
 
 STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "objectives": objectives, "claims": claims}
