@@ -57,7 +57,10 @@ def cmd_check(args) -> int:
 
     from prefbench.recipe import load_any
 
-    print(yaml.safe_dump(load_any(args.recipe, args.overrides, lookups=True).to_dict(), sort_keys=False))
+    recipe = load_any(args.recipe, args.overrides, lookups=True)
+    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    for line in getattr(recipe, "warnings", list)():  # a generate-data recipe has none
+        print(f"prefbench: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -197,6 +200,36 @@ def cmd_compare(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_plan(args) -> int:
+    """How many seeds and prompts resolve a difference of --effect, from a run's own variance components."""
+    from prefbench import stats
+    from prefbench.results import PER_PROMPT_METRICS, load_run, objective_tables, run_gens
+
+    if args.metric not in PER_PROMPT_METRICS or PER_PROMPT_METRICS[args.metric][1] is None:
+        ranked = sorted(m for m, (_, higher) in PER_PROMPT_METRICS.items() if higher is not None)
+        raise ValueError(f"--metric {args.metric!r}: plans are for a ranked metric, one of {ranked}")
+    run = load_run(args.run_dir)
+    tables = objective_tables(run_gens(run), PER_PROMPT_METRICS[args.metric][0])
+    if len(tables) < 2 or next(iter(tables.values())).shape[0] < 2:
+        raise ValueError(f"{args.run_dir}: planning needs 2+ objectives evaluated with 2+ seeds each (run-to-run variation is "
+                         f"estimated from them); this run has {len(tables)} objective(s) with every seed, {len(run.manifest['recipe']['seeds'])} seed(s)")
+    c = stats.variance_components(tables)
+    out = stats.plan(c, args.effect)
+    k, m = c["objectives"], c["objectives"] * (c["objectives"] - 1) // 2
+    print(f"{run.name}: {args.metric}, {k} objectives x {c['seeds']} seeds x {c['prompts']} prompts")
+    print(f"variance components: a training run's shift sd {c['run'] ** 0.5:.4f}, objective x prompt sd {c['interaction'] ** 0.5:.4f}, "
+          f"residual sd {c['residual'] ** 0.5:.4f}")
+    now = out["now"]
+    print(f"as it stands: a difference of {args.effect:g} between two objectives is resolved with power {now['power']:.2f}; "
+          f"the smallest it resolves with power {out['power']:.0%} is {now['smallest']:.4f}")
+    print(f"to resolve {args.effect:g} with power {out['power']:.0%} after Holm over the {m} pairs:")
+    for d in out["designs"]:
+        said = f"{d['seeds']} seeds (power {d['power']:.2f})" if d["seeds"] else "more than 64 seeds"
+        print(f"  {d['prompts']:>5} prompts: {said}")
+    print("(assumes the objectives' seed spreads alike, as the pooled error term does; power at Holm's strictest level)")
+    return 0
+
+
 def _indices(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -254,6 +287,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="directory the <format>/ folder is written in")
     export.add_argument("--sampling", choices=["sampled", "greedy"], help="default: greedy where every unit has it, else sampled")
     export.add_argument("--sample", type=int, help="which sample of the pass (default 0; alone, it picks the sampled pass)")
+    plan = command("plan", cmd_plan, "the seeds and prompts that resolve a given difference, from a run's variance components")
+    plan.add_argument("run_dir")
+    plan.add_argument("--effect", type=float, required=True, metavar="E", help="the difference between two objectives to resolve, in the metric's units")
+    plan.add_argument("--metric", default="reward", help="a ranked metric (default reward)")
     compare = command("compare", cmd_compare, "paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
     compare.add_argument("baseline")
     compare.add_argument("candidate")

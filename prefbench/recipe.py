@@ -607,6 +607,13 @@ class Recipe:
         out["objectives"] = [{"name": o.name, "label": o.label, **o.hyperparameters} for o in self.objectives]
         return out
 
+    def warnings(self) -> list[str]:
+        """What is valid but weak, one line each (`prefbench check` prints them; nothing is refused)."""
+        if len(self.seeds) == 2:
+            return ["seeds: two seeds give the run-to-run term few degrees of freedom, so intervals are wide and a regression gate "
+                    "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"]
+        return []
+
     def problems(self, *, lookups: bool = False) -> list[str]:
         """Every section's own problems, then those that span sections; with `lookups`, also what needs
         lm-eval's task index and the environment (no model loads either way)."""

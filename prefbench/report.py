@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,8 +133,12 @@ def claims_table(run: Run) -> pd.DataFrame | None:
         if "difference" in c:
             row.update({"better - worse": _diff(c), "p": f"{c['p_value']:.3g}",
                         "Holm p": f"{c['p_holm']:.3g}"})
+            if c["verdict"] == "not resolved":
+                row["verdict"] = _unresolved(c)
             if not c["seed_variance"]:
                 row["verdict"] += " (one seed: this training run only)"
+        elif c.get("missing"):
+            row["verdict"] += " (missing: " + "; ".join(f"{label} seeds {', '.join(map(str, s))}" for label, s in c["missing"].items()) + ")"
         rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
 
@@ -161,7 +166,7 @@ def judge_table(run: Run) -> pd.DataFrame | None:
         d = c["diagnostics"]
         agree = c.get("reward_agreement")
         rows.append({"comparison": name, "win rate": fmt(c["win_rate"]), "length-adjusted win rate": _length_adjusted(c),
-                     "binomial (pairs as if independent)": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
+                     "binomial (ties count as non-wins; pairs as if independent)": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
                      "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}", "swap consistency": f"{d['swap_consistency']:.2f}",
                      "tie rate": f"{d['tie_rate']:.2f}", "parse failures": f"{d['parse_failure_rate']:.2f}",
                      "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
@@ -171,6 +176,12 @@ def judge_table(run: Run) -> pd.DataFrame | None:
 
 
 OBJECTIVE_COLUMNS = {"kl": "KL to ref"}  # a metric's column name where it is not its key with spaces
+
+
+def _unresolved(c: dict) -> str:
+    """"not resolved", with the smallest difference that contrast could have resolved (stats.with_detectable)."""
+    d = c.get("detectable")
+    return f"not resolved (could resolve ±{d:.3f})" if d is not None and d == d else "not resolved"
 
 
 def _column(metric: str) -> str:
@@ -197,7 +208,8 @@ def objective_table(run: Run) -> pd.DataFrame | None:
             row = rows.setdefault(label, {"objective": label, "seeds": est["n_seeds"]})
             row[col] = f"**{fmt(est)}**" if entry.get("best") == label else fmt(est)
         for c in entry.get("vs_reference", []):
-            rows[c["objective"]][f"{col} - ref"] = f"{_diff(c)}, Holm p {c['p_holm']:.3g}"
+            could = "" if c["resolved"] or c.get("detectable") is None else f"; could resolve ±{c['detectable']:.3f}"
+            rows[c["objective"]][f"{col} - ref"] = f"{_diff(c)}, Holm p {c['p_holm']:.3g}{could}"
     order = [e["label"] for e in run.manifest["recipe"]["objectives"]]  # the recipe's order, not the file's sorted keys
     return pd.DataFrame(sorted(rows.values(), key=lambda r: order.index(r["objective"]) if r["objective"] in order else len(order))
                         ).set_index("objective")
@@ -212,7 +224,7 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
             higher = c["a"] if c["difference"] > 0 else c["b"]
             rows.append({"contrast": f"{_column(metric)}: {c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
                          "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
-                         "reading": f"{higher} higher" if c["resolved"] else "not resolved"})
+                         "reading": f"{higher} higher" if c["resolved"] else _unresolved(c)})
     return pd.DataFrame(rows).set_index("contrast") if rows else None
 
 
@@ -266,19 +278,32 @@ def objectives_in_words(run: Run) -> str:
     if not (metrics := _metrics(run)):
         return ""
     seeds = len(run.objectives["seeds"])
-    scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals hold for a new training run of the recipe."
+    scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals are for each objective's mean over "
+             "training runs of the recipe (one new training run varies more than that)." + (_error_in_words(metrics) or "")
              if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
              "a new training run of the same recipe could order them differently (add seeds to tell).")
+    if seeds == 2:
+        scope += (" Two seeds: the run-to-run term rests on few degrees of freedom and the intervals are wide; 3 or more seeds "
+                  "are recommended (prefbench plan RUN_DIR --effect E says how many).")
     said = [moved] if (moved := _moved_in_words(metrics)) else []
+    if missing := next((e["missing"] for _, e in metrics if e.get("missing")), None):
+        named = "; ".join(f"{label} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for label, s in missing.items())
+        said.append(f"Missing: {named} (not trained or not evaluated): left out of every comparison, and no leader is named "
+                    "until they are evaluated.")
     for metric, entry in metrics:
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
         leader, name = entry["leader"], _column(metric)
+        if leader is None:
+            continue  # an objective is missing a seed: said above
         if entry["best"]:
             said.append(f"{leader} leads on {name}, and its difference from every other objective holds after Holm.")
         else:
-            unresolved = [c["b"] if c["a"] == leader else c["a"] for c in entry["pairs"] if leader in (c["a"], c["b"]) and not c["resolved"]]
-            said.append(f"{leader} has the highest {name}, but its difference from {', '.join(unresolved)} is not resolved after Holm.")
+            unresolved = [c for c in entry["pairs"] if leader in (c["a"], c["b"]) and not c["resolved"]]
+            names = ", ".join(c["b"] if c["a"] == leader else c["a"] for c in unresolved)
+            reach = max((c.get("detectable") or 0.0) for c in unresolved)
+            said.append(f"{leader} has the highest {name}, but its difference from {names} is not resolved after Holm across the "
+                        f"{len(entry['pairs'])} pairs" + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else "."))
     matched = dig(run.objectives, ("frontier", "matched_kl"))
     if matched and matched["range"] is None:
         said.append(f"No comparison at matched KL: {matched['reason']}.")
@@ -288,6 +313,22 @@ def objectives_in_words(run: Run) -> str:
         levels = ", ".join(f"{t['kl']:.2f}" for t in matched["targets"])
         said.append("At matched KL: " + ("; ".join(held) + "." if held else f"no difference between the swept objectives is resolved (KL {levels})."))
     return " ".join(said[:1] + [scope] + said[1:])
+
+
+def _error_in_words(metrics: list[tuple[str, dict]]) -> str:
+    """Which run-to-run error term the contrasts used (stats.grid_error), in one sentence."""
+    error = next((e["error"] for m, e in metrics if e.get("error") and e.get("higher_is_better") is not None), None)
+    if error is None or error.get("pairs") is None:
+        return ""
+    k = len(error["spread"])
+    if error["alike"]:
+        return (f" Contrasts pool the objective x seed variance over the {k} objectives ({error['pooled_df']:g} degrees of freedom): "
+                "their seed spreads are alike.")
+    spreads = sorted(error["spread"].values())
+    median = spreads[len(spreads) // 2] if len(spreads) % 2 else (spreads[len(spreads) // 2 - 1] + spreads[len(spreads) // 2]) / 2
+    ratio = error["spread"][error["widest"]] / median if median > 0 else float("inf")
+    return (f" The objectives' seed spreads are unlike ({error['widest']}'s runs spread {ratio:.1f}x the median objective's): "
+            f"its contrasts carry its own spread, and the degrees of freedom fall from {error['pooled_df']:g} to {error['pairs']['df']:.1f}.")
 
 
 def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
@@ -302,8 +343,11 @@ def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
     moves = ", ".join(f"{c['objective']} {_diff(c)}{at(c['objective'])}" for c in entry["vs_reference"])
     held = [c for c in entry["vs_reference"] if c["resolved"]]
     p = sorted(c["p_holm"] for c in entry["vs_reference"])
+    reach = min((c.get("detectable") or float("inf")) for c in entry["vs_reference"])
+    could = f"; this run could resolve moves of about ±{reach:.3f}" if math.isfinite(reach) else ""
     verdict = (f"{', '.join(c['objective'] for c in held)} moved it after Holm across the {len(p)} objectives" if held else
-               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g})" if len(p) > 1 else ")"))
+               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g}" if len(p) > 1 else "")
+               + could + ")")
     return f"{_column(metric).capitalize()} minus the reference's (paired on the prompts, 95% CI): {moves}; {verdict}."
 
 
@@ -593,9 +637,10 @@ def provenance(run: Run) -> list[str]:
 
 def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
     """The report's tables after the main one, in order: (Markdown heading, HTML heading, table); empty ones left out."""
-    out = [("Objectives (across seeds and prompts, 95% CI; bold: the leader, where every contrast below holds after Holm)",
-            "Objectives", objective_table(run)),
-           ("Objectives contrasted (same seeds and prompts; Holm across the pairs of each metric)", "Objectives contrasted", contrast_table(run)),
+    out = [("Objectives (across seeds and prompts, 95% CI of each objective's mean over training runs; minus the reference: Holm across "
+            "the objectives; bold: the leader, where every contrast below holds after Holm)", "Objectives", objective_table(run)),
+           ("Objectives contrasted (same seeds and prompts, the grid's run-to-run error term; Holm across the pairs of each metric)",
+            "Objectives contrasted", contrast_table(run)),
            ("Matched KL (each swept objective's reward interpolated along its frontier, per seed; Holm across every pair and KL)",
             "Matched KL", matched_kl_table(run)),
            ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),

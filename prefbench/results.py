@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from prefbench.errors import PrefbenchError
 
 SCHEMA_VERSION = 1
@@ -310,6 +312,35 @@ PER_PROMPT_METRICS = {
     "greedy_reward": (("greedy", "per_prompt_reward"), True),
     "kl": (("kl", "per_prompt"), None),
 }
+
+
+def objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Per objective evaluated with every seed (gens: label -> each seed's eval_generation.json or None), its
+    [seeds, prompts] table of per-prompt values at `path`."""
+    tables = {}
+    for label, per_seed in gens.items():
+        rows = [dig(g, path) for g in per_seed]
+        if any(r is None for r in rows):
+            continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
+        if len({len(r) for r in rows}) > 1:
+            raise ResultsError(f"{label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+        tables[label] = np.array(rows, dtype=float)
+    if len({t.shape[1] for t in tables.values()}) > 1:
+        raise ResultsError("the objectives were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+    return tables
+
+
+def missing_seeds(gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]) -> dict[str, list[int]]:
+    """Per label, the seeds without values at `path` (not trained or not evaluated): what left it out of the grid."""
+    return {label: missing for label in labels if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])}
+
+
+def run_gens(run: "Run") -> dict[str, list[dict | None]]:
+    """Per objective label (the recipe's order), each of the recipe's seeds' eval_generation.json or None: what
+    objective_tables reads, from a loaded run."""
+    by_name = {u.name: u.generation for u in run.units}
+    return {spec["label"]: [by_name.get(f"{spec['label']}/seed{seed}") for seed in run.manifest["recipe"]["seeds"]]
+            for spec in run.manifest["recipe"]["objectives"]}
 
 
 def dig(d: Any, path: tuple[str, ...]) -> Any:

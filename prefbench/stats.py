@@ -23,6 +23,7 @@ from scipy.stats import binomtest
 
 N_BOOT = 2000
 LEVEL = 0.95
+POWER = 0.8  # the power a "detectable" difference and a planned design are stated at
 SLOPE_RIDGE = 1e-3  # keeps the length slope of the LC fit finite when lengths separate the outcomes
 
 
@@ -292,6 +293,21 @@ def grid_contrast(table, run_variance: float, df: float, level: float = LEVEL) -
     return _t_test(float(x.mean()), se, float(df), level) | {"n_seeds": x.shape[0], "n_prompts": x.shape[1]}
 
 
+def with_detectable(family: list[dict], level: float = LEVEL) -> list[dict]:
+    """Marks each contrast of a Holm family with "detectable": the smallest |difference| it had POWER to resolve
+    at Holm's strictest level over the family, (1 - level) / m: (t(1 - alpha / 2m) + t(POWER)) standard errors on
+    its degrees of freedom (normal quantiles for the one-seed bootstrap, which has none). What a report prints
+    beside "not resolved"."""
+    from scipy import stats as st
+
+    m = len(family)
+    for c in family:
+        dist = st.t(c["df"]) if c.get("df") else st.norm()
+        se = (c["ci"][1] - c["ci"][0]) / (2 * dist.ppf((1 + level) / 2))
+        c["detectable"] = float((dist.ppf(1 - (1 - level) / (2 * m)) + dist.ppf(POWER)) * se) if math.isfinite(se) else float("nan")
+    return family
+
+
 def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL) -> dict:
     """One metric at objective level from each objective's [seeds, prompts] table (seeds shared across objectives,
     prompts shared with the reference's per-prompt values), the grid analysed as one model (grid_error): each
@@ -326,13 +342,86 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     if higher is None:
         return out
     if reference is not None:
-        out["vs_reference"] = holm_family([{"objective": label, **single(t - reference[None, :], label)} for label, t in tables.items()], level)
-    out["pairs"] = holm_family([{"a": a, "b": b, **pair(tables[a] - tables[b], a, b)} for a, b in itertools.combinations(tables, 2)], level)
+        out["vs_reference"] = with_detectable(holm_family([{"objective": label, **single(t - reference[None, :], label)}
+                                                            for label, t in tables.items()], level), level)
+    out["pairs"] = with_detectable(holm_family([{"a": a, "b": b, **pair(tables[a] - tables[b], a, b)}
+                                                 for a, b in itertools.combinations(tables, 2)], level), level)
     out["leader"] = leader = max(tables, key=lambda label: own[label]["difference"] * (1 if higher else -1))
     theirs = [c for c in out["pairs"] if leader in (c["a"], c["b"])]
     wins = [c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs]  # resolved, for the leader
     out["best"] = leader if theirs and all(wins) else None
     return out
+
+
+def variance_components(tables: dict[str, np.ndarray]) -> dict:
+    """The grid's variance components from k objectives' [seeds, prompts] tables (k >= 2, S >= 2, P >= 2), by the
+    expected mean squares of the three-way layout objectives x seeds x prompts (seeds and prompts random):
+
+      residual        e_osp: the three-way residual's mean square, on (k-1)(S-1)(P-1) df
+      run             u_os, a training run's own shift: (MS_objective x seed - residual) / P
+      interaction     c_op, an objective x prompt effect: (MS_objective x prompt - residual) / S
+
+    (the latter two floored at 0). A pair's contrast over S seeds and P prompts then has variance
+    2 (run / S + interaction / P + residual / (S P)): what `plan` reads. Seed and prompt main effects, shared by
+    every objective, cancel in contrasts and are not needed."""
+    y = np.array([np.asarray(t, float) for t in tables.values()])  # [objectives, seeds, prompts]
+    k, n_seeds, n_prompts = y.shape
+    if k < 2 or n_seeds < 2 or n_prompts < 2:
+        raise ValueError(f"variance components need 2+ objectives, 2+ seeds and 2+ prompts; this grid has {k} x {n_seeds} x {n_prompts}")
+    m_os, m_op, m_sp = y.mean(2), y.mean(1), y.mean(0)
+    m_o, m_s, m_p, grand = y.mean((1, 2)), y.mean((0, 2)), y.mean((0, 1)), y.mean()
+    resid = y - m_os[:, :, None] - m_op[:, None, :] - m_sp[None] + m_o[:, None, None] + m_s[None, :, None] + m_p[None, None, :] - grand
+    ms_e = float((resid**2).sum() / ((k - 1) * (n_seeds - 1) * (n_prompts - 1)))
+    ms_os = float(n_prompts * ((m_os - m_o[:, None] - m_s[None, :] + grand) ** 2).sum() / ((k - 1) * (n_seeds - 1)))
+    ms_op = float(n_seeds * ((m_op - m_o[:, None] - m_p[None, :] + grand) ** 2).sum() / ((k - 1) * (n_prompts - 1)))
+    return {"run": max(ms_os - ms_e, 0.0) / n_prompts, "interaction": max(ms_op - ms_e, 0.0) / n_seeds, "residual": ms_e,
+            "objectives": k, "seeds": n_seeds, "prompts": n_prompts}
+
+
+
+def pair_power(effect: float, components: dict, seeds: int, prompts: int, objectives: int, level: float = LEVEL) -> float:
+    """The chance that a pair of objectives truly `effect` apart is resolved at Holm's strictest level over the
+    k (k - 1) / 2 pairs, (1 - level) / m two-sided (Holm resolves at least that often), with the grid's pooled
+    error term on (k - 1)(S - 1) degrees of freedom: a noncentral t (the spreads assumed alike, as pooling is)."""
+    from scipy import stats as st
+
+    m = max(1, objectives * (objectives - 1) // 2)
+    se = math.sqrt(2 * (components["run"] / seeds + components["interaction"] / prompts + components["residual"] / (seeds * prompts)))
+    df = (objectives - 1) * (seeds - 1)
+    crit = st.t.ppf(1 - (1 - level) / (2 * m), df)
+    ncp = abs(effect) / se if se > 0 else math.inf
+    if not math.isfinite(ncp):
+        return 1.0
+    # the far tail (a resolved difference of the wrong sign) is vanishingly small where scipy's nct.cdf gives NaN
+    return float(st.nct.sf(crit, df, ncp) + np.nan_to_num(st.nct.cdf(-crit, df, ncp)))
+
+
+def smallest_resolvable(components: dict, seeds: int, prompts: int, objectives: int, power: float = POWER, level: float = LEVEL) -> float:
+    """The smallest pairwise difference resolved with `power` at this design (pair_power solved for the effect)."""
+    from scipy.optimize import brentq
+
+    hi = 1.0
+    while pair_power(hi, components, seeds, prompts, objectives, level) < power:
+        hi *= 2
+    return float(brentq(lambda e: pair_power(e, components, seeds, prompts, objectives, level) - power, 0.0, hi, xtol=1e-6))
+
+
+def plan(components: dict, effect: float, power: float = POWER, level: float = LEVEL, max_seeds: int = 64) -> dict:
+    """Designs that resolve a pairwise difference of `effect` with `power` (pair_power), for this many objectives:
+    the fewest seeds at the run's prompts and at 2x and 4x as many, and the smallest effect the run as it stands
+    could resolve. {"effect", "power", "now": {"seeds", "prompts", "power", "smallest"}, "designs": [{"prompts",
+    "seeds" (None: more than max_seeds), "power"}]}."""
+    if effect <= 0:
+        raise ValueError(f"--effect {effect}: must be a positive difference in the metric's units")
+    k, s_now, p_now = components["objectives"], components["seeds"], components["prompts"]
+    designs = []
+    for prompts in (p_now, 2 * p_now, 4 * p_now):
+        seeds = next((s for s in range(2, max_seeds + 1) if pair_power(effect, components, s, prompts, k, level) >= power), None)
+        designs.append({"prompts": prompts, "seeds": seeds,
+                        "power": pair_power(effect, components, seeds, prompts, k, level) if seeds else None})
+    return {"effect": effect, "power": power, "designs": designs,
+            "now": {"seeds": s_now, "prompts": p_now, "power": pair_power(effect, components, s_now, p_now, k, level),
+                    "smallest": smallest_resolvable(components, s_now, p_now, k, power, level)}}
 
 
 def matched_kl(sweeps: dict[str, list[tuple[np.ndarray, np.ndarray]]], n_targets: int = 3, level: float = LEVEL) -> dict:

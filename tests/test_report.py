@@ -443,7 +443,15 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     table = objective_table(run)
     e = reward["objectives"]["dpo"]
     assert table.loc["dpo", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**" and table.loc["dpo", "seeds"] == 3
-    assert not table.loc["kto", "reward"].startswith("**") and table.loc["kto", "reward - ref"].endswith("Holm p 1")
+    assert not table.loc["kto", "reward"].startswith("**")
+    # kto - ref is not resolved: the cell says the smallest move it could resolve, 80% power at Holm's strictest level
+    # over the 2 objectives: (t(1 - 0.05 / 4) + t(0.8)) standard errors on the contrast's degrees of freedom
+    (k,) = [c for c in reward["vs_reference"] if c["objective"] == "kto"]
+    from scipy.stats import t as t_dist
+
+    se = (k["ci"][1] - k["ci"][0]) / (2 * t_dist.ppf(0.975, k["df"]))
+    reach = (t_dist.ppf(1 - 0.05 / 4, k["df"]) + t_dist.ppf(0.8, k["df"])) * se
+    assert table.loc["kto", "reward - ref"].endswith(f"Holm p 1; could resolve ±{reach:.3f}")
     assert contrast_table(run).loc["reward: dpo - kto", "reading"] == "dpo higher"
     words = objectives_in_words(run)
     assert "pool 3 seeds" in words and "dpo leads on reward" in words
@@ -758,3 +766,63 @@ def test_the_index_lists_every_report_with_its_date_model_data_and_headline(tmp_
     assert "<td>smollm2-135m-instruct</td><td>embedded:paired</td><td>4 objectives x 1 seeds</td>" in rows[1]
     assert html.escape(headline(load_run(main_job))[0]) in rows[1] and "Reward minus the reference" in rows[1]
     assert all((tmp_path / "reports" / name / "report.html").is_file() for name in ("later", "kto_vs_dpo"))
+
+
+def test_a_missing_seed_is_named_and_no_leader_is_declared(tmp_path):
+    """Three objectives x 3 seeds, dpo clearly ahead; kto's seed 1 never evaluated. kto is left out of the grid and
+    named with its seed, no leader is declared (the best of the rest need not be the recipe's), and a claim on kto
+    is "not evaluated" with the missing seed."""
+    from prefbench.eval.run import claims, objectives
+    from prefbench.recipe import parse_recipe
+    from prefbench.report import claims_table, objectives_in_words
+
+    rng = np.random.default_rng(4)
+    root = make_grid(tmp_path / "fixture", {"dpo": _seeded(rng, shift=1.0), "kto": _seeded(rng), "ipo": _seeded(rng)}, REF, sha="g")
+    (root / "kto" / "seed1" / "eval_generation.json").unlink()
+    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
+                           "objectives": [{"name": lab} for lab in ("dpo", "kto", "ipo")], "seeds": [0, 1, 2], "eval": {"generation": {}},
+                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
+                                      {"text": "dpo beats ipo", "better": "dpo", "worse": "ipo"}]})
+    reward = objectives(recipe)["metrics"]["reward"]
+    assert set(reward["objectives"]) == {"dpo", "ipo"} and reward["missing"] == {"kto": [1]}
+    assert reward["leader"] is None and reward["best"] is None
+    words = objectives_in_words(load_run(root))
+    assert "Missing: kto seed 1 (not trained or not evaluated)" in words and "no leader is named" in words and "leads on" not in words
+    kto, ipo = claims(recipe)
+    assert (kto["verdict"], kto["missing"]) == ("not evaluated", {"kto": [1]}) and ipo["verdict"] == "held"
+    assert claims_table(load_run(root)).loc["dpo beats kto", "verdict"] == "not evaluated (missing: kto seeds 1)"
+
+
+def test_two_seeds_are_warned_at_check_and_in_the_report(tmp_path, capsys):
+    from prefbench.eval.run import objectives
+    from prefbench.report import objectives_in_words
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "kto_vs_dpo.yaml"
+    assert main(["check", str(recipe), "--set", "seeds=[0,1]"]) == 0
+    assert "prefbench: warning: seeds: two seeds" in capsys.readouterr().err
+    assert main(["check", str(recipe), "--set", "seeds=[0,1,2]"]) == 0 and "warning" not in capsys.readouterr().err
+    rng = np.random.default_rng(2)
+    root = make_grid(tmp_path / "fixture", {"dpo": _seeded(rng, seeds=2), "kto": _seeded(rng, seeds=2)}, REF, sha="t")
+    objectives(_recipe(tmp_path, ["dpo", "kto"], [0, 1]))
+    assert "Two seeds: the run-to-run term rests on few degrees of freedom" in objectives_in_words(load_run(root))
+
+
+def test_plan_reads_a_runs_variance_components(tmp_path, capsys):
+    """prefbench plan: the run's own components (stats.variance_components of its tables), the power of the
+    effect asked as the run stands, the smallest it resolves, and the seeds needed at 1x, 2x, 4x the prompts."""
+    from prefbench import stats
+
+    rng = np.random.default_rng(6)
+    tables = {lab: _seeded(rng, seed_sd=0.05) for lab in ("dpo", "kto", "ipo")}
+    root = make_grid(tmp_path / "fixture", tables, REF, sha="p")
+    assert main(["plan", str(root), "--effect", "0.05"]) == 0
+    out = capsys.readouterr().out
+    c = stats.variance_components(tables)
+    expected = stats.plan(c, 0.05)
+    assert f"a training run's shift sd {c['run'] ** 0.5:.4f}" in out and f"residual sd {c['residual'] ** 0.5:.4f}" in out
+    assert f"the smallest it resolves with power 80% is {expected['now']['smallest']:.4f}" in out
+    for d in expected["designs"]:
+        assert f"{d['prompts']:>5} prompts: {d['seeds']} seeds (power {d['power']:.2f})" in out
+    assert main(["plan", str(make_run(tmp_path / "one", {"dpo": BETTER, "kto": SAME}, REF)), "--effect", "0.05"]) == 2
+    assert "planning needs 2+ objectives evaluated with 2+ seeds" in capsys.readouterr().err
+    assert main(["plan", str(root), "--effect", "0.05", "--metric", "kl"]) == 2

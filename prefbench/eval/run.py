@@ -37,7 +37,7 @@ from prefbench import models, stats
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
 from prefbench.tracking import log_evaluation
-from prefbench.results import (PER_PROMPT_METRICS, ResultsError, dig, exclusive, jsonable, read_json, read_optional, record_timing, run_dir, write_json,
+from prefbench.results import (PER_PROMPT_METRICS, ResultsError, missing_seeds, objective_tables, dig, exclusive, jsonable, read_json, read_optional, record_timing, run_dir, write_json,
                                write_jsonl)
 
 log = logging.getLogger(__name__)
@@ -383,13 +383,13 @@ def objectives(recipe: Recipe) -> dict:
             for spec in recipe.objectives}  # each file read once, for every metric
     # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
     out: dict = {"seeds": list(recipe.seeds), "settings": reference and reference.get("settings"), "metrics": {}}
-    tables = {metric: _objective_tables(gens, path) for metric, (path, _) in PER_PROMPT_METRICS.items()}
+    tables = {metric: objective_tables(gens, path) for metric, (path, _) in PER_PROMPT_METRICS.items()}
     for metric, (path, higher) in PER_PROMPT_METRICS.items():
         if not tables[metric]:
             continue  # e.g. no greedy pass
         ref = dig(reference, path)
         entry = out["metrics"][metric] = stats.objective_level(tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher)
-        if missing := _missing_seeds(gens, [label for label in gens if label not in tables[metric]], path, recipe.seeds):
+        if missing := missing_seeds(gens, [label for label in gens if label not in tables[metric]], path, recipe.seeds):
             entry["missing"] = missing  # left out of the grid: the best of the rest is not the best of the recipe
             if "best" in entry:
                 entry["leader"], entry["best"] = None, None
@@ -435,22 +435,6 @@ def _frontier(sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarr
     return out
 
 
-def _objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Per objective evaluated with every seed (gens: label -> each seed's eval_generation.json or None), its
-    [seeds, prompts] table of per-prompt values at `path`."""
-    tables = {}
-    for label, per_seed in gens.items():
-        rows = [dig(g, path) for g in per_seed]
-        if any(r is None for r in rows):
-            continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
-        if len({len(r) for r in rows}) > 1:
-            raise ResultsError(f"{label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
-        tables[label] = np.array(rows, dtype=float)
-    if len({t.shape[1] for t in tables.values()}) > 1:
-        raise ResultsError("the objectives were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
-    return tables
-
-
 # ---- claims ---------------------------------------------------------------------------------------------
 
 
@@ -471,7 +455,7 @@ def claims(recipe: Recipe) -> list[dict]:
         path = PER_PROMPT_METRICS[claim.metric][0]
         if claim.metric not in grids:
             ref = dig(reference, path)
-            tables = _objective_tables(gens, path)
+            tables = objective_tables(gens, path)
             grids[claim.metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), True) if tables else {}
         grid = grids[claim.metric]
         per_seed = []
@@ -481,8 +465,8 @@ def claims(recipe: Recipe) -> list[dict]:
                 per_seed.append({"seed": seed, **stats.paired_difference(dig(gen, path), dig(worse, path))})
         row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
         rows.append(row | (_grid_contrast(grid, claim.better, claim.worse) or
-                           {"n_seeds": 0, "missing": _missing_seeds(gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds)}))
-    stats.holm_family([r for r in rows if "p_value" in r])
+                           {"n_seeds": 0, "missing": missing_seeds(gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds)}))
+    stats.with_detectable(stats.holm_family([r for r in rows if "p_value" in r]))  # the claims are their own Holm family
     for r in rows:
         r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if r.get("resolved")
                         else "not resolved")
@@ -503,11 +487,6 @@ def _grid_contrast(grid: dict, better: str, worse: str) -> dict | None:
                 out["difference"], out["ci"] = -c["difference"], [-c["ci"][1], -c["ci"][0]]
             return out
     return None
-
-
-def _missing_seeds(gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]) -> dict[str, list[int]]:
-    """Per label, the seeds without values at `path` (not trained or not evaluated): what left it out of the grid."""
-    return {label: missing for label in labels if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])}
 
 
 STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "objectives": objectives, "claims": claims}
