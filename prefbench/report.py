@@ -229,19 +229,17 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
 
 
 def matched_kl_table(run: Run) -> pd.DataFrame | None:
-    """Swept objectives at matched KL (eval/run.py: objectives, stats.matched_kl): per target KL, each objective's
-    interpolated reward and each pair's difference with Holm's p across every pair at every target."""
-    matched = dig(run.objectives, ("frontier", "matched_kl"))
-    if not matched or not matched["targets"]:
+    """Objectives' reward at matched KL (eval/run.py: objectives, stats.matched_kl): each pair's difference at
+    any one KL inside the shared range, its p and Holm's p across the pairs, in words."""
+    matched = dig(run.objectives, ("matched_kl",))
+    if not matched or matched["range"] is None:
         return None
     rows = []
-    for t in matched["targets"]:
-        row = {"KL": f"{t['kl']:.3f}"}
-        row.update({f"{name} reward": fmt(est) for name, est in t["objectives"].items()})
-        row.update({f"{c['a']} - {c['b']}": f"{_diff(c)}, Holm p {c['p_holm']:.3g}" + ("" if c["resolved"] else " (not resolved)")
-                    for c in t["pairs"]})
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("KL")
+    for c in matched["pairs"]:
+        higher = c["a"] if c["difference"] > 0 else c["b"]
+        rows.append({"contrast": f"{c['a']} - {c['b']}", "difference": _diff(c), "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
+                     "reading": f"{higher} higher" if c["resolved"] else _unresolved(c)})
+    return pd.DataFrame(rows).set_index("contrast")
 
 
 def headline(run: Run) -> list[str]:
@@ -304,14 +302,18 @@ def objectives_in_words(run: Run) -> str:
             reach = max((c.get("detectable") or 0.0) for c in unresolved)
             said.append(f"{leader} has the highest {name}, but its difference from {names} is not resolved after Holm across the "
                         f"{len(entry['pairs'])} pairs" + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else "."))
-    matched = dig(run.objectives, ("frontier", "matched_kl"))
+    matched = dig(run.objectives, ("matched_kl",))
     if matched and matched["range"] is None:
         said.append(f"No comparison at matched KL: {matched['reason']}.")
     elif matched:
-        held = [f"{c['a'] if c['difference'] > 0 else c['b']} ahead at KL {t['kl']:.2f} ({_diff(c)})"
-                for t in matched["targets"] for c in t["pairs"] if c["resolved"]]
-        levels = ", ".join(f"{t['kl']:.2f}" for t in matched["targets"])
-        said.append("At matched KL: " + ("; ".join(held) + "." if held else f"no difference between the swept objectives is resolved (KL {levels})."))
+        used = sum(r["used"] for r in matched["runs"])
+        where = f"At matched KL ({used} of {len(matched['runs'])} training runs inside the shared KL range {matched['range'][0]:.2f}-{matched['range'][1]:.2f})"
+        held = [f"{c['a'] if c['difference'] > 0 else c['b']} ahead of {c['b'] if c['difference'] > 0 else c['a']} by {abs(c['difference']):.3f}"
+                for c in matched["pairs"] if c["resolved"]]
+        reach = min((c.get("detectable") or float("inf")) for c in matched["pairs"])
+        said.append(f"{where}: " + ("; ".join(held) + f" after Holm across the {len(matched['pairs'])} pairs." if held else
+                                   f"no reward difference is resolved after Holm across the {len(matched['pairs'])} pairs"
+                                   + (f" (could resolve about ±{reach:.3f})." if math.isfinite(reach) else ".")))
     return " ".join(said[:1] + [scope] + said[1:])
 
 
@@ -459,31 +461,35 @@ def diversity_vs_reward(gen: list[Unit]) -> bytes:
     return _png(fig)
 
 
-def frontier_plot(frontier: dict) -> bytes:
-    """Each swept objective's reward against KL, a point per knob value (objective-level 95% CIs, seeds and
-    prompts), joined in KL order; dashed lines where matched-KL comparisons are read."""
+def frontier_plot(matched: dict) -> bytes:
+    """Reward against KL: every training run as a point (its seed written beside it; hollow where it lies outside
+    the KL range every objective shares), and each objective's fitted curve of the matched-KL analysis
+    (stats.matched_kl), drawn over that range."""
     fig, ax = _pyplot().subplots(figsize=(6, 4.2))
-    for name, sweep in frontier["objectives"].items():
-        pts = sorted(sweep["points"], key=lambda p: p["kl"]["mean"])
-        line = ax.plot([p["kl"]["mean"] for p in pts], [p["reward"]["mean"] for p in pts], "-", alpha=0.6)[0]
-        for p in pts:
-            _errorbar(ax, p["kl"], p["reward"], color=line.get_color())
-            ax.annotate(f"{sweep['knob']}={p['value']:g}", (p["kl"]["mean"], p["reward"]["mean"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
-        line.set_label(name)
-    for t in dig(frontier, ("matched_kl", "targets")) or []:
-        ax.axvline(t["kl"], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("KL(policy || reference), nats per answer")
-    ax.set_ylabel("held-out reward")
-    ax.set_title("reward-KL frontier per objective (95% CIs over seeds and prompts)")
+    colours = {}
+    for name in dict.fromkeys(r["objective"] for r in matched["runs"]):
+        colours[name] = f"C{len(colours) % 10}"
+    for r in matched["runs"]:
+        c = colours[r["objective"]]
+        ax.scatter(r["kl"], r["reward"], s=28, color=c, facecolors=c if r["used"] else "none")
+        ax.annotate(str(r["seed"]), (r["kl"], r["reward"]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+    curve = matched.get("curve") or {}
+    for name, colour in colours.items():
+        if name in curve:
+            ax.plot(curve["kl"], curve[name], "-", color=colour, label=f"{name} (fitted)")
+        else:
+            ax.plot([], [], "o", color=colour, label=name)
+    ax.set_xlabel("KL(policy || reference), nats per answer (run mean)")
+    ax.set_ylabel("held-out reward (run mean)")
+    ax.set_title("reward vs KL: every training run (seed beside it) and the fitted curves")
     ax.legend(fontsize=7)
     return _png(fig)
 
 
 def plots(run: Run) -> dict[str, bytes]:
     out = {}
-    if frontier := dig(run.objectives, ("frontier",)):
-        out["frontier"] = frontier_plot(frontier)
+    if matched := dig(run.objectives, ("matched_kl",)):
+        out["frontier"] = frontier_plot(matched)
     trained = [u for u in run.units if u.curves]
     if trained:
         out["training_curves"] = training_curves(trained)
@@ -641,7 +647,8 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
             "the objectives; bold: the leader, where every contrast below holds after Holm)", "Objectives", objective_table(run)),
            ("Objectives contrasted (same seeds and prompts, the grid's run-to-run error term; Holm across the pairs of each metric)",
             "Objectives contrasted", contrast_table(run)),
-           ("Matched KL (each swept objective's reward interpolated along its frontier, per seed; Holm across every pair and KL)",
+           ("Reward at matched KL (every training run in the KL range all objectives share: reward ~ objective + curve in KL + "
+            "seed block; Holm across the pairs)",
             "Matched KL", matched_kl_table(run)),
            ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
            ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",

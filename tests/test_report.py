@@ -641,11 +641,11 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     from prefbench.stats import matched_kl
 
     rng = np.random.default_rng(2)
-    points = {"dpo_lo": ("dpo", 0.3, 1.0), "dpo_hi": ("dpo", 0.05, 3.0), "ipo_lo": ("ipo", 0.5, 1.5), "ipo_hi": ("ipo", 0.1, 4.0)}
+    points = {"dpo_lo": ("dpo", 0.3, 1.0), "dpo_hi": ("dpo", 0.05, 3.0), "ipo_lo": ("ipo", 0.5, 1.2), "ipo_hi": ("ipo", 0.1, 3.2)}
     root = make_run(tmp_path / "sweep", {label: REF for label in points}, REF)
     tables = {}
     for label, (_, _, kl) in points.items():
-        kl_t = kl + rng.normal(0, 0.2, (3, len(REF)))
+        kl_t = kl + rng.normal(0, 0.4, (3, 1)) + rng.normal(0, 0.2, (3, len(REF)))  # each run's KL moves by its own 0.4
         reward_t = np.asarray(REF) + 0.05 * kl + rng.normal(0, 0.1, (3, len(REF)))
         tables[label] = (kl_t, reward_t)
         for seed in range(3):
@@ -668,16 +668,18 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     frontier = objectives(recipe)["frontier"]
     assert [p["value"] for p in frontier["objectives"]["dpo"]["points"]] == [0.3, 0.05]
     assert frontier["objectives"]["ipo"]["points"][1]["kl"]["mean"] == pytest.approx(tables["ipo_hi"][0].mean())
-    expected = matched_kl({"dpo": [tables["dpo_lo"], tables["dpo_hi"]], "ipo": [tables["ipo_lo"], tables["ipo_hi"]]})
-    assert frontier["matched_kl"]["range"] == pytest.approx(expected["range"])
-    assert frontier["matched_kl"]["targets"][1]["pairs"][0]["ci"] == pytest.approx(expected["targets"][1]["pairs"][0]["ci"])
+    # every training run a point of its objective (name: a sweep's settings together): (seed, mean KL, mean reward)
+    runs = {name: [(seed, tables[label][0][seed].mean(), tables[label][1][seed].mean()) for label in points if points[label][0] == name
+                   for seed in range(3)] for name in ("dpo", "ipo")}
+    expected = matched_kl(runs)
+    stored = json.loads((root / "eval_objectives.json").read_text())["matched_kl"]
+    assert stored["range"] == pytest.approx(expected["range"]) and stored["pairs"][0]["ci"] == pytest.approx(expected["pairs"][0]["ci"])
     run = load_run(root)
     table = matched_kl_table(run)
-    assert len(table) == 3 and "dpo - ipo" in table.columns and table.iloc[1]["dpo reward"].startswith(
-        f"{expected['targets'][1]['objectives']['dpo']['mean']:.3f} [")
-    assert "At matched KL" in objectives_in_words(run)
+    assert list(table.index) == ["dpo - ipo"] and table.loc["dpo - ipo", "difference"].startswith(f"{expected['pairs'][0]['difference']:+.3f} [")
+    assert "At matched KL (" in objectives_in_words(run)
     out = write_report(root, tmp_path / "reports")
-    assert (out / "plots" / "frontier.png").is_file() and "## Matched KL" in (out / "report.md").read_text()
+    assert (out / "plots" / "frontier.png").is_file() and "## Reward at matched KL" in (out / "report.md").read_text()
 
 
 def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_path):

@@ -393,8 +393,12 @@ def objectives(recipe: Recipe) -> dict:
             entry["missing"] = missing  # left out of the grid: the best of the rest is not the best of the recipe
             if "best" in entry:
                 entry["leader"], entry["best"] = None, None
-    if (sweeps := strength_sweeps(recipe)) and {"kl", "reward"} <= set(out["metrics"]):
-        out["frontier"] = _frontier(sweeps, tables["kl"], tables["reward"], out["metrics"])
+    if {"kl", "reward"} <= set(out["metrics"]):
+        if sweeps := strength_sweeps(recipe):
+            out["frontier"] = _frontier(sweeps, tables["kl"], tables["reward"], out["metrics"])
+        groups = _matched_kl_points(recipe, sweeps, tables["kl"], tables["reward"])
+        if len(groups) >= 2 and all(len(pts) >= 2 for pts in groups.values()):
+            out["matched_kl"] = stats.matched_kl(groups)
     write_json(root / "eval_objectives.json", out)
     return out
 
@@ -419,19 +423,26 @@ def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
 
 def _frontier(sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray], reward_tables: dict[str, np.ndarray],
               metrics: dict) -> dict:
-    """Each swept objective's reward-KL frontier (its points' objective-level estimates, by knob value) and, with
-    two or more swept objectives, their comparison at matched KL (stats.matched_kl)."""
+    """Each swept objective's reward-KL frontier: its points' objective-level estimates, by knob value."""
     out: dict = {"objectives": {}}
-    points = {}
     for name, (knob, specs) in sweeps.items():
         evaluated = [spec for spec in specs if spec.label in kl_tables and spec.label in reward_tables]
         out["objectives"][name] = {"knob": knob, "points": [
             {"label": spec.label, "value": spec.hyperparameters[knob], "kl": metrics["kl"]["objectives"][spec.label],
              "reward": metrics["reward"]["objectives"][spec.label]} for spec in evaluated]}
-        if len(evaluated) >= 2:
-            points[name] = [(kl_tables[spec.label], reward_tables[spec.label]) for spec in evaluated]
-    if len(points) >= 2:
-        out["matched_kl"] = stats.matched_kl(points)
+    return out
+
+
+def _matched_kl_points(recipe: Recipe, sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray],
+                       reward_tables: dict[str, np.ndarray]) -> dict[str, list[tuple[int, float, float]]]:
+    """Every evaluated training run as a (seed, mean KL, mean reward) point of its objective, for stats.matched_kl:
+    a swept objective's runs at every setting under its name, any other entry under its label."""
+    out: dict[str, list] = {}
+    for spec in recipe.objectives:
+        if spec.label in kl_tables and spec.label in reward_tables:
+            group = spec.name if spec.name in sweeps else spec.label
+            out.setdefault(group, []).extend((seed, float(kl), float(r)) for seed, kl, r in
+                                             zip(recipe.seeds, kl_tables[spec.label].mean(1), reward_tables[spec.label].mean(1)))
     return out
 
 
