@@ -455,6 +455,7 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     assert contrast_table(run).loc["reward: dpo - kto", "reading"] == "dpo higher"
     words = objectives_in_words(run)
     assert "pool 3 seeds" in words and "dpo leads on reward" in words
+    assert "Contrasts pool the objective x seed variance over the 2 objectives (2 degrees of freedom)" in words
     # first, each objective's move from the reference, at its KL, and whether it holds after Holm across the objectives
     assert words.startswith("Reward minus the reference's (paired on the prompts, 95% CI): ")
     kl = stored["metrics"]["kl"]["objectives"]
@@ -828,3 +829,22 @@ def test_plan_reads_a_runs_variance_components(tmp_path, capsys):
     assert main(["plan", str(make_run(tmp_path / "one", {"dpo": BETTER, "kto": SAME}, REF)), "--effect", "0.05"]) == 2
     assert "planning needs 2+ objectives evaluated with 2+ seeds" in capsys.readouterr().err
     assert main(["plan", str(root), "--effect", "0.05", "--metric", "kl"]) == 2
+
+
+def test_the_report_says_when_seed_spreads_are_unlike_and_which_objective_is_unsteady(tmp_path):
+    """Four objectives x 3 seeds, one (cdpo) whose training runs move 30x as far: the stored error term is not pooled as
+    alike (fewer degrees of freedom than (k - 1)(S - 1) = 6), and the words name that objective and the ratio of
+    its run means' sd to the median objective's."""
+    from prefbench.eval.run import objectives
+    from prefbench.report import objectives_in_words
+
+    rng = np.random.default_rng(8)
+    tables = {lab: _seeded(rng, seed_sd=0.01) for lab in ("dpo", "kto", "ipo")} | {"cdpo": _seeded(rng, seed_sd=0.3)}
+    root = make_grid(tmp_path / "fixture", tables, REF, sha="u")
+    error = objectives(_recipe(tmp_path, list(tables), [0, 1, 2]))["metrics"]["reward"]["error"]
+    assert error["alike"] is False and error["widest"] == "cdpo" and error["pairs"]["df"] < error["pooled_df"] == 6
+    spread = {lab: np.std(t.mean(1), ddof=1) for lab, t in tables.items()}
+    ratio = spread["cdpo"] / np.median(list(spread.values()))
+    words = objectives_in_words(load_run(root))
+    assert f"The objectives' seed spreads are unlike (cdpo's runs spread {ratio:.1f}x the median objective's)" in words
+    assert f"the degrees of freedom fall from 6 to {error['pairs']['df']:.1f}" in words
