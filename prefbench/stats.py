@@ -184,7 +184,7 @@ def _estimate_of(result: dict) -> dict:
             "seed_variance": result["seed_variance"]} | ({"df": result["df"]} if result.get("df") is not None else {})
 
 
-SPREAD_POWER = 3
+SPREAD_POWER = 3  # how fast the pooled degrees of freedom fall as seed spreads grow unlike: _spread_df
 
 
 def _spread_df(variances: np.ndarray, df_each: float) -> float:
@@ -237,7 +237,8 @@ def grid_error(tables: dict[str, np.ndarray]) -> dict:
 
     Where spreads are unlike, pooling would lend the steady objectives' small spread to the unsteady one: the
     degrees of freedom fall with the spreads' disagreement (_spread_df), down to one objective's own, so each t
-    quantile widens as far as the evidence of unlike spreads asks. Why not a per-pair Welch term switched on by a
+    quantile widens as far as the evidence of unlike spreads asks, and an objective whose spread is above the
+    pool carries that share of its own (_partly_pooled): at the floor, a pair's term is Welch's, each side's own. Why not a per-pair Welch term switched on by a
     test of equal spreads: with 3 seeds no such test can see a 3x spread reliably, and the simulations measured
     the switch either costing the power (0.69 at a test level of 0.2) or missing the unsteady objective
     (family-wise false alarms 0.06-0.09): docs/statistics.md.
