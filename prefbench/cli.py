@@ -219,6 +219,9 @@ def cmd_plan(args) -> int:
     print(f"{run.name}: {args.metric}, {k} objectives x {c['seeds']} seeds x {c['prompts']} prompts")
     print(f"variance components: a training run's shift sd {c['run'] ** 0.5:.4f}, objective x prompt sd {c['interaction'] ** 0.5:.4f}, "
           f"residual sd {c['residual'] ** 0.5:.4f}")
+    if c["run"] == 0 or c["interaction"] == 0:
+        print("  (a component floored at 0: the runs or prompts agree more than the noise alone implies, so the figures below lean on "
+              "the residual; they can be more conservative than the report's 'could resolve', which reads the mean squares directly)")
     now = out["now"]
     print(f"as it stands: a difference of {args.effect:g} between two objectives is resolved with power {now['power']:.2f}; "
           f"the smallest it resolves with power {out['power']:.0%} is {now['smallest']:.4f}")

@@ -86,6 +86,8 @@ class Verdict:
     detectable: float = float("nan")  # the smallest |difference| this comparison had 80% power to find
     null: str = "one seed"  # regeneration / new training run / one seed (compare._tests)
     n_seeds: int = 1
+    gated: bool = False  # the metric has a threshold: its p is in the Holm family that can fail CI
+    tolerance: float = 0.0  # a difference within it is no change whatever its p
 
 
 def comparability_problems(base: Run, cand: Run) -> list[str]:
@@ -145,9 +147,10 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
                                 p_holm=r["p_value"], detectable=(quantile(1 - ALPHA / (2 * m)) + quantile(POWER)) * se,
                                 null=null, n_seeds=r.get("n_seeds", 1)))
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
-        verdicts[i].p_holm = p_holm
+        verdicts[i].p_holm, verdicts[i].gated = p_holm, True
     for v in verdicts:
-        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin, tolerances.get(v.metric, 0.0))
+        v.tolerance = tolerances.get(v.metric, 0.0)
+        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin, v.tolerance)
     return verdicts
 
 
@@ -250,7 +253,9 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     lines = [head, "-" * len(head)]
     for v in verdicts:
         said = v.verdict.upper() if v.verdict in FAILING else v.verdict
-        if v.verdict == "no change" and v.detectable == v.detectable:
+        if v.verdict == "no change" and v.p_holm < ALPHA:  # resolved, but within the metric's numerical tolerance
+            said = f"no change (within the tolerance ±{v.tolerance:g})"
+        elif v.verdict == "no change" and v.detectable == v.detectable:
             said = f"no change detected (could detect ±{v.detectable:.3f})"
         if v.null == "one seed":
             said += " [one seed: these two training runs only]"
@@ -263,7 +268,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     if "new training run" in nulls:
         lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null; "
                      "unpaired seeds: each side's own seed variance, Welch's degrees of freedom).")
-    gated = sum(1 for v in verdicts if v.p_holm != v.p)
-    lines.append(f"Holm p: adjusted across the {gated or 'gated'} test(s) of gated metrics (every unit x metric with a threshold); "
-                 "ungated metrics show their own p.")
+    gated = sorted({v.metric for v in verdicts if v.gated})
+    lines.append(f"Holm p: adjusted across the {sum(v.gated for v in verdicts)} tests of the gated metrics ({', '.join(gated) or 'none'}: "
+                 "each unit x metric with a threshold); the others show their own p.")
     return "\n".join(lines)

@@ -348,7 +348,7 @@ def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
     reach = min((c.get("detectable") or float("inf")) for c in entry["vs_reference"])
     could = f"; this run could resolve moves of about ±{reach:.3f}" if math.isfinite(reach) else ""
     verdict = (f"{', '.join(c['objective'] for c in held)} moved it after Holm across the {len(p)} objectives" if held else
-               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g}" if len(p) > 1 else "")
+               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g}" if f"{p[-1]:.3g}" != f"{p[0]:.3g}" else "")
                + could + ")")
     return f"{_column(metric).capitalize()} minus the reference's (paired on the prompts, 95% CI): {moves}; {verdict}."
 
@@ -481,7 +481,9 @@ def frontier_plot(matched: dict) -> bytes:
             ax.plot([], [], "o", color=colour, label=name)
     ax.set_xlabel("KL(policy || reference), nats per answer (run mean)")
     ax.set_ylabel("held-out reward (run mean)")
-    ax.set_title("reward vs KL: every training run (seed beside it) and the fitted curves")
+    fitted = " and the fitted curves" if curve else f" (no fit: {matched.get('reason', '')})"
+    ax.set_title(f"reward vs KL: every training run, its seed beside it{fitted}\nhollow: outside the KL range every objective covers",
+                 fontsize=8)
     ax.legend(fontsize=7)
     return _png(fig)
 

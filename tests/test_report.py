@@ -362,15 +362,23 @@ def test_claims_across_seeds_carry_seed_variance(tmp_path):
 
 
 def test_the_shipped_baseline_and_report_of_the_main_job():
-    """results/kto_vs_dpo holds the main job's results (without weights): it loads, renders, and passes against itself."""
+    """results/kto_vs_dpo holds the main job's results with 3 seeds (without weights): it loads, renders, passes
+    against itself, and its stored objective-level statistics are what the grid model computes from its tables."""
+    from prefbench.results import objective_tables, run_gens
+    from prefbench.stats import objective_level
+
     base = Path(__file__).resolve().parent.parent / "results" / "kto_vs_dpo"
     run = load_run(base)
-    assert [u.name for u in run.units] == ["reference", "dpo/seed0", "kto/seed0", "ipo/seed0", "cdpo/seed0"]
+    assert [u.name for u in run.units] == ["reference"] + [f"{o}/seed{s}" for o in ("dpo", "kto", "ipo", "cdpo") for s in range(3)]
     assert all(u.generation["prompts"] == 96 for u in run.units)
     assert {v.verdict for v in compare(base, base)} == {"no change"}
     assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
+    tables = objective_tables(run_gens(run), ("sampled", "per_prompt_reward"))
+    recomputed = objective_level(tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True)
+    stored = run.objectives["metrics"]["reward"]
+    assert stored["error"]["pooled_df"] == 6 and [x for c in stored["pairs"] for x in c["ci"]] == pytest.approx([x for c in recomputed["pairs"] for x in c["ci"]])
     # every evaluator of the main job: the reward with KL, a benchmark with paired tests, the judge with its diagnostics
-    assert all(u.benchmarks for u in run.units[1:]) and len(run.judge["comparisons"]) == 4
+    assert all(u.benchmarks for u in run.units[1:]) and len(run.judge["comparisons"]) == 12
     committed = (base.parent.parent / "reports" / "kto_vs_dpo" / "report.md").read_text()
     for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge", "## Answers"):
         assert section in committed
@@ -593,6 +601,9 @@ def test_two_identical_runs_read_no_change_on_every_row_whatever_the_last_bits(t
     f.write_text(json.dumps(data))
     verdicts = {v.metric: v for v in compare(base, cand)}
     assert verdicts["kl"].p < 0.01 and {v.verdict for v in verdicts.values()} == {"no change"}
+    assert main(["compare", str(base), str(cand)]) == 0
+    out = capsys.readouterr().out
+    assert "no change (within the tolerance ±0.01)" in out and "Holm p: adjusted across the 2 tests of the gated metrics (greedy_reward, reward" in out
     assert compare(base, cand, tolerances={"kl": 0.0})[-1].verdict == "higher"  # without the tolerance, the noise reads as a change
     assert main(["compare", str(base), str(cand), "--tolerance", "kl=nope"]) == 2
     assert "--tolerance 'kl=nope': expected METRIC=NUMBER" in capsys.readouterr().err
