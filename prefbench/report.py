@@ -472,7 +472,8 @@ def frontier_plot(matched: dict) -> bytes:
     for r in matched["runs"]:
         c = colours[r["objective"]]
         ax.scatter(r["kl"], r["reward"], s=28, color=c, facecolors=c if r["used"] else "none")
-        ax.annotate(str(r["seed"]), (r["kl"], r["reward"]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        said = str(r["seed"]) if r.get("label", r["objective"]) == r["objective"] else f"{r['label']}/{r['seed']}"  # a sweep's setting too
+        ax.annotate(said, (r["kl"], r["reward"]), fontsize=6, textcoords="offset points", xytext=(3, 3))
     curve = matched.get("curve") or {}
     for name, colour in colours.items():
         if name in curve:

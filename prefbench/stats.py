@@ -425,9 +425,10 @@ def plan(components: dict, effect: float, power: float = POWER, level: float = L
                     "smallest": smallest_resolvable(components, s_now, p_now, k, power, level)}}
 
 
-def matched_kl(points: dict[str, list[tuple[int, float, float]]], level: float = LEVEL) -> dict:
+def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
     """Objectives' reward at matched KL: an analysis of covariance over every training run they have, each run a
-    point (seed, its mean KL, its mean reward) of its objective (a swept objective's points at every setting).
+    point (seed, its mean KL, its mean reward[, the recipe label it was trained under]) of its objective (a swept
+    objective's points at every setting).
 
     Model: reward = alpha_objective + f(KL) + seed block + error, f a quadratic in KL shared by the objectives
     (linear with only 3 distinct KLs), fitted by least squares on the runs inside the KL range every objective
@@ -442,12 +443,13 @@ def matched_kl(points: dict[str, list[tuple[int, float, float]]], level: float =
     remove a seed's shift shared by the objectives (the same examples in the same order) either way. The curves
     are assumed parallel (one f for all): the report shows each run's point beside the fitted curves.
 
-    Returns {"range": [lo, hi] or None (with "reason"), "runs": [{"objective", "seed", "kl", "reward", "used"}],
+    Returns {"range": [lo, hi] or None (with "reason"), "runs": [{"objective", "label", "seed", "kl", "reward", "used"}],
     "model", "df", "objectives": {name: {"mean", "ci"} at the range's middle}, "pairs": [...], "curve": {"kl":
     [...], name: [...]}}."""
     from scipy import stats as st
 
-    runs = [{"objective": name, "seed": int(seed), "kl": float(kl), "reward": float(r)} for name, pts in points.items() for seed, kl, r in pts]
+    runs = [{"objective": name, "label": str(p[3]) if len(p) > 3 else name, "seed": int(p[0]), "kl": float(p[1]), "reward": float(p[2])}
+            for name, pts in points.items() for p in pts]
     spans = {name: (min(p[1] for p in pts), max(p[1] for p in pts)) for name, pts in points.items() if pts}
     out: dict = {"range": None, "runs": runs, "objectives": {}, "pairs": []}
     if len(spans) < 2:

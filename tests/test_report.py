@@ -645,8 +645,8 @@ def test_compare_non_inferiority_margin(tmp_path, capsys):
 
 def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path):
     """dpo and ipo each at two betas, 3 seeds: the objectives stage finds the sweeps (one varying hyperparameter per
-    objective name), stores each frontier point's objective-level KL and reward, compares the two at matched KL
-    (stats.matched_kl on the same tables), and the report draws the frontier and tabulates the matched KLs."""
+    objective name), pools each sweep's runs under its name, compares the two at matched KL (stats.matched_kl on the
+    runs' means), and the report draws every run and tabulates the comparison."""
     from prefbench.eval.run import objectives, strength_sweeps
     from prefbench.recipe import parse_recipe
     from prefbench.report import matched_kl_table, objectives_in_words
@@ -677,15 +677,14 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
         "dpo": ("beta", ["dpo_lo", "dpo_hi"]), "ipo": ("beta", ["ipo_lo", "ipo_hi"])}
     variant = parse_recipe({**recipe.to_dict(), "objectives": [{"name": "kto", "label": "kto"}, {"name": "kto", "desirable_weight": 2.0, "label": "w"}]})
     assert strength_sweeps(variant) == {}  # a variant that leaves the knob at its default is not a sweep
-    frontier = objectives(recipe)["frontier"]
-    assert [p["value"] for p in frontier["objectives"]["dpo"]["points"]] == [0.3, 0.05]
-    assert frontier["objectives"]["ipo"]["points"][1]["kl"]["mean"] == pytest.approx(tables["ipo_hi"][0].mean())
-    # every training run a point of its objective (name: a sweep's settings together): (seed, mean KL, mean reward)
-    runs = {name: [(seed, tables[label][0][seed].mean(), tables[label][1][seed].mean()) for label in points if points[label][0] == name
-                   for seed in range(3)] for name in ("dpo", "ipo")}
+    objectives(recipe)
+    # every training run a point of its objective (name: a sweep's settings together): (seed, mean KL, mean reward, label)
+    runs = {name: [(seed, tables[label][0][seed].mean(), tables[label][1][seed].mean(), label) for label in points
+                   if points[label][0] == name for seed in range(3)] for name in ("dpo", "ipo")}
     expected = matched_kl(runs)
     stored = json.loads((root / "eval_objectives.json").read_text())["matched_kl"]
     assert stored["range"] == pytest.approx(expected["range"]) and stored["pairs"][0]["ci"] == pytest.approx(expected["pairs"][0]["ci"])
+    assert sorted({r["label"] for r in stored["runs"]}) == sorted(points)  # each run keeps the setting it was trained at
     run = load_run(root)
     table = matched_kl_table(run)
     assert list(table.index) == ["dpo - ipo"] and table.loc["dpo - ipo", "difference"].startswith(f"{expected['pairs'][0]['difference']:+.3f} [")

@@ -394,9 +394,7 @@ def objectives(recipe: Recipe) -> dict:
             if "best" in entry:
                 entry["leader"], entry["best"] = None, None
     if {"kl", "reward"} <= set(out["metrics"]):
-        if sweeps := strength_sweeps(recipe):
-            out["frontier"] = _frontier(sweeps, tables["kl"], tables["reward"], out["metrics"])
-        groups = _matched_kl_points(recipe, sweeps, tables["kl"], tables["reward"])
+        groups = _matched_kl_points(recipe, strength_sweeps(recipe), tables["kl"], tables["reward"])
         if len(groups) >= 2 and all(len(pts) >= 2 for pts in groups.values()):
             out["matched_kl"] = stats.matched_kl(groups)
     write_json(root / "eval_objectives.json", out)
@@ -405,8 +403,9 @@ def objectives(recipe: Recipe) -> dict:
 
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
-    """Objectives the recipe trains at several values of one hyperparameter (a strength knob such as beta): per
-    objective name, (the knob, its specs in the recipe's order). Every entry must set the same hyperparameters
+    """Objectives the recipe trains at several values of one hyperparameter (a strength knob such as beta), whose
+    runs the matched-KL analysis pools under the objective's name: per objective name, (the knob, its specs in
+    the recipe's order). Every entry must set the same hyperparameters
     and differ in exactly one of them: entries that differ in more, or where one leaves a value at its default
     (a variant such as KTO re-weighted against plain KTO), are not a sweep."""
     by_name: dict[str, list] = {}
@@ -421,27 +420,16 @@ def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
     return out
 
 
-def _frontier(sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray], reward_tables: dict[str, np.ndarray],
-              metrics: dict) -> dict:
-    """Each swept objective's reward-KL frontier: its points' objective-level estimates, by knob value."""
-    out: dict = {"objectives": {}}
-    for name, (knob, specs) in sweeps.items():
-        evaluated = [spec for spec in specs if spec.label in kl_tables and spec.label in reward_tables]
-        out["objectives"][name] = {"knob": knob, "points": [
-            {"label": spec.label, "value": spec.hyperparameters[knob], "kl": metrics["kl"]["objectives"][spec.label],
-             "reward": metrics["reward"]["objectives"][spec.label]} for spec in evaluated]}
-    return out
-
-
 def _matched_kl_points(recipe: Recipe, sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray],
-                       reward_tables: dict[str, np.ndarray]) -> dict[str, list[tuple[int, float, float]]]:
-    """Every evaluated training run as a (seed, mean KL, mean reward) point of its objective, for stats.matched_kl:
-    a swept objective's runs at every setting under its name, any other entry under its label."""
+                       reward_tables: dict[str, np.ndarray]) -> dict[str, list[tuple[int, float, float, str]]]:
+    """Every evaluated training run as a (seed, mean KL, mean reward, label) point of its objective, for
+    stats.matched_kl: a swept objective's runs at every setting (a sweep: strength_sweeps) under its name, any
+    other entry under its label."""
     out: dict[str, list] = {}
     for spec in recipe.objectives:
         if spec.label in kl_tables and spec.label in reward_tables:
             group = spec.name if spec.name in sweeps else spec.label
-            out.setdefault(group, []).extend((seed, float(kl), float(r)) for seed, kl, r in
+            out.setdefault(group, []).extend((seed, float(kl), float(r), spec.label) for seed, kl, r in
                                              zip(recipe.seeds, kl_tables[spec.label].mean(1), reward_tables[spec.label].mean(1)))
     return out
 
