@@ -268,7 +268,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     if "new training run" in nulls:
         lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null; "
                      "unpaired seeds: each side's own seed variance, Welch's degrees of freedom).")
-    gated = sorted({v.metric for v in verdicts if v.gated})
-    lines.append(f"Holm p: adjusted across the {sum(v.gated for v in verdicts)} tests of the gated metrics ({', '.join(gated) or 'none'}: "
+    gated, n = sorted({v.metric for v in verdicts if v.gated}), sum(v.gated for v in verdicts)
+    lines.append(f"Holm p: adjusted across the {n} test{'s' if n != 1 else ''} of the gated metrics ({', '.join(gated) or 'none'}: "
                  "each unit x metric with a threshold); the others show their own p.")
     return "\n".join(lines)
