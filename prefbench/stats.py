@@ -243,6 +243,9 @@ def grid_error(tables: dict[str, np.ndarray]) -> dict:
     the switch either costing the power (0.69 at a test level of 0.2) or missing the unsteady objective
     (family-wise false alarms 0.06-0.09): docs/statistics.md.
 
+    Written by hand (mean squares of the run means, a few lines): scipy has no crossed random-effects ANOVA, and
+    statsmodels' MixedLM (not a dependency) gives Wald z tests, whose tails are far too light with 3 seeds.
+
     Returns {"pairs": {"variance", "df"}, "single": {"variance", "df"}: each the variance of one training run's
     mean (pairs: per objective of a contrast, so a pair's run term is 2 variance / S), "pooled_df" (what alike
     spreads would give), "alike" (df == pooled_df), "spread": {label: sd of its run means}, "widest" (the label

@@ -776,7 +776,7 @@ def test_the_index_lists_every_report_with_its_date_model_data_and_headline(tmp_
     assert [r.split("report.html'>")[1].split("<")[0] for r in rows] == ["later", "kto_vs_dpo"]
     assert "<td>2030-01-02</td><td>tiny:small</td><td>embedded:paired</td><td>2 objectives x 1 seeds</td>" in rows[0]
     assert "no objective-level statistics" in rows[0]
-    assert "<td>smollm2-135m-instruct</td><td>embedded:paired</td><td>4 objectives x 1 seeds</td>" in rows[1]
+    assert "<td>smollm2-135m-instruct</td><td>embedded:paired</td><td>4 objectives x 3 seeds</td>" in rows[1]
     assert html.escape(headline(load_run(main_job))[0]) in rows[1] and "Reward minus the reference" in rows[1]
     assert all((tmp_path / "reports" / name / "report.html").is_file() for name in ("later", "kto_vs_dpo"))
 
