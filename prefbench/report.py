@@ -300,8 +300,9 @@ def objectives_in_words(run: Run) -> str:
             unresolved = [c for c in entry["pairs"] if leader in (c["a"], c["b"]) and not c["resolved"]]
             names = ", ".join(c["b"] if c["a"] == leader else c["a"] for c in unresolved)
             reach = max((c.get("detectable") or 0.0) for c in unresolved)
-            said.append(f"{leader} has the highest {name}, but its difference from {names} is not resolved after Holm across the "
-                        f"{len(entry['pairs'])} pairs" + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else "."))
+            family = f" after Holm across the {len(entry['pairs'])} pairs" if len(entry["pairs"]) > 1 else ""
+            said.append(f"{leader} has the highest {name}, but its difference from {names} is not resolved{family}"
+                        + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else "."))
     matched = dig(run.objectives, ("matched_kl",))
     if matched and matched["range"] is None:
         said.append(f"No comparison at matched KL: {matched['reason']}.")

@@ -858,3 +858,24 @@ def test_the_report_says_when_seed_spreads_are_unlike_and_which_objective_is_uns
     words = objectives_in_words(load_run(root))
     assert f"The objectives' seed spreads are unlike (cdpo's runs spread {ratio:.1f}x the median objective's)" in words
     assert f"the degrees of freedom fall from 6 to {error['pairs']['df']:.1f}" in words
+
+
+def test_the_stored_imbalance_run_renders_its_claims_with_the_grid_statistics():
+    """results/imbalance (recipes/imbalance.yaml, 3 seeds, stored without weights): its stored claims are the grid's
+    contrasts recomputed from its per-prompt tables, Holm across the two claims, each not resolved with what it
+    could resolve."""
+    from prefbench.report import claims_table
+    from prefbench.results import objective_tables, run_gens
+    from prefbench.stats import holm, objective_level
+
+    run = load_run(Path(__file__).resolve().parent.parent / "results" / "imbalance")
+    tables = objective_tables(run_gens(run), ("sampled", "per_prompt_reward"))
+    grid = objective_level(tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True)
+    (pair,) = grid["pairs"]  # kto - kto_reweighted
+    (ref,) = [c for c in grid["vs_reference"] if c["objective"] == "kto"]
+    helps, beats = run.claims
+    assert helps["difference"] == pytest.approx(-pair["difference"]) and helps["ci"] == pytest.approx([-pair["ci"][1], -pair["ci"][0]])
+    assert beats["difference"] == pytest.approx(ref["difference"]) and beats["p_value"] == pytest.approx(ref["p_value"])
+    assert [c["p_holm"] for c in run.claims] == pytest.approx(holm([helps["p_value"], beats["p_value"]]))
+    verdicts = claims_table(run)["verdict"].tolist()
+    assert all(v.startswith("not resolved (could resolve ±") for v in verdicts)
