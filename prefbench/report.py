@@ -14,6 +14,7 @@ import html
 import io
 import json
 import math
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -327,8 +328,7 @@ def _error_in_words(metrics: list[tuple[str, dict]]) -> str:
     if error["alike"]:
         return (f" Contrasts pool the objective x seed variance over the {k} objectives ({error['pooled_df']:g} degrees of freedom): "
                 "their seed spreads are alike.")
-    spreads = sorted(error["spread"].values())
-    median = spreads[len(spreads) // 2] if len(spreads) % 2 else (spreads[len(spreads) // 2 - 1] + spreads[len(spreads) // 2]) / 2
+    median = statistics.median(error["spread"].values())
     ratio = error["spread"][error["widest"]] / median if median > 0 else float("inf")
     return (f" The objectives' seed spreads are unlike ({error['widest']}'s runs spread {ratio:.1f}x the median objective's): "
             f"its contrasts carry its own spread, and the degrees of freedom fall from {error['pooled_df']:g} to {error['pairs']['df']:.1f}.")

@@ -106,13 +106,9 @@ def across_seeds(table, level: float = LEVEL, n_boot: int = N_BOOT) -> dict:
     if n_seeds == 1:
         single = paired_difference(x[0], np.zeros(n_prompts), n_boot=n_boot, level=level)
         return single | {"n_seeds": 1, "n_prompts": n_prompts, "df": None, "seed_variance": False}
-    grand, seed_means, prompt_means = x.mean(), x.mean(1), x.mean(0)
-    ms_seeds = n_prompts * ((seed_means - grand) ** 2).sum() / (n_seeds - 1)
-    ms_prompts = n_seeds * ((prompt_means - grand) ** 2).sum() / (n_prompts - 1) if n_prompts > 1 else 0.0
-    resid = x - seed_means[:, None] - prompt_means[None, :] + grand
-    df_resid = (n_seeds - 1) * (n_prompts - 1)
-    ms_resid = (resid**2).sum() / df_resid if df_resid else 0.0
-    se = float(np.sqrt((ms_seeds + max(ms_prompts - ms_resid, 0.0)) / (n_seeds * n_prompts)))
+    grand = x.mean()
+    ms_seeds = n_prompts * ((x.mean(1) - grand) ** 2).sum() / (n_seeds - 1)
+    se = float(np.sqrt(ms_seeds / (n_seeds * n_prompts) + _prompt_part(x)))
     return _t_test(float(grand), se, float(n_seeds - 1), level) | {"n_seeds": n_seeds, "n_prompts": n_prompts}
 
 
@@ -302,14 +298,20 @@ def with_detectable(family: list[dict], level: float = LEVEL) -> list[dict]:
     at Holm's strictest level over the family, (1 - level) / m: (t(1 - alpha / 2m) + t(POWER)) standard errors on
     its degrees of freedom (normal quantiles for the one-seed bootstrap, which has none). What a report prints
     beside "not resolved"."""
+    for c in family:
+        c["detectable"] = detectable(c["ci"], c.get("df"), len(family), level)
+    return family
+
+
+def detectable(ci, df: float | None, m: int, level: float = LEVEL) -> float:
+    """The smallest |difference| a test with this interval had POWER to resolve at Holm's strictest level over a
+    family of m, (1 - level) / m: (t(1 - alpha / 2m) + t(POWER)) standard errors, the standard error read back
+    from the interval; t on df, normal quantiles where there is none (a prompt bootstrap). NaN for no interval."""
     from scipy import stats as st
 
-    m = len(family)
-    for c in family:
-        dist = st.t(c["df"]) if c.get("df") else st.norm()
-        se = (c["ci"][1] - c["ci"][0]) / (2 * dist.ppf((1 + level) / 2))
-        c["detectable"] = float((dist.ppf(1 - (1 - level) / (2 * m)) + dist.ppf(POWER)) * se) if math.isfinite(se) else float("nan")
-    return family
+    dist = st.t(df) if df else st.norm()
+    se = (ci[1] - ci[0]) / (2 * dist.ppf((1 + level) / 2))
+    return float((dist.ppf(1 - (1 - level) / (2 * m)) + dist.ppf(POWER)) * se) if math.isfinite(se) else float("nan")
 
 
 def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL) -> dict:

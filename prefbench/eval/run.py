@@ -371,6 +371,15 @@ def judge(recipe: Recipe) -> dict:
 
 # ---- objectives ------------------------------------------------------------------------------------
 
+def _generations(recipe: Recipe) -> tuple[dict | None, dict[str, list[dict | None]]]:
+    """The reference's eval_generation.json and, per objective label, each of the recipe's seeds' (None where
+    missing): each file read once, for every metric of the objectives and claims stages."""
+    root = run_dir(recipe)
+    return (read_optional(root / "reference" / "eval_generation.json"),
+            {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
+             for spec in recipe.objectives})
+
+
 def objectives(recipe: Recipe) -> dict:
     """Each metric of results.PER_PROMPT_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
     seed, that training run only): each objective's estimate, its difference from the reference, every pair of
@@ -378,9 +387,7 @@ def objectives(recipe: Recipe) -> dict:
     out and named with its missing seeds ("missing"), and then no leader is named: the best of the rest need not
     be the recipe's. Written to <run>/eval_objectives.json."""
     root = run_dir(recipe)
-    reference = read_optional(root / "reference" / "eval_generation.json")
-    gens = {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
-            for spec in recipe.objectives}  # each file read once, for every metric
+    reference, gens = _generations(recipe)
     # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
     out: dict = {"seeds": list(recipe.seeds), "settings": reference and reference.get("settings"), "metrics": {}}
     tables = {metric: objective_tables(gens, path) for metric, (path, _) in PER_PROMPT_METRICS.items()}
@@ -445,9 +452,7 @@ def claims(recipe: Recipe) -> list[dict]:
     (Holm p < 0.05, below), or not resolved. A claim on an objective missing a seed is "not evaluated", the
     seeds named. Each seed's own paired difference is kept as detail. Written to <run>/eval_claims.json."""
     root = run_dir(recipe)
-    reference = read_optional(root / "reference" / "eval_generation.json")
-    gens = {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
-            for spec in recipe.objectives}
+    reference, gens = _generations(recipe)
     grids: dict[str, dict] = {}
     rows = []
     for claim in recipe.claims:
