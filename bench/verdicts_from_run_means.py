@@ -50,14 +50,7 @@ def verdicts(name: str) -> None:
     print(f"   pairs resolved: {len(resolved)} of {len(out['pairs'])}")
     found = []
     for claim in recipe.get("claims") or []:
-        better, worse = claim["better"], claim["worse"]
-        if worse == "reference":
-            (c,) = [x for x in out["vs_reference"] if x["objective"] == better]
-            diff, ci = c["difference"], c["ci"]
-        else:
-            (c,) = [x for x in out["pairs"] if {x["a"], x["b"]} == {better, worse}]
-            diff, ci = (c["difference"], c["ci"]) if c["a"] == better else (-c["difference"], [-c["ci"][1], -c["ci"][0]])
-        found.append({"text": claim["text"], "difference": diff, "ci": ci, "p_value": c["p_value"], "df": c["df"]})
+        found.append({"text": claim["text"], **stats.claim_contrast(out, claim["better"], claim["worse"])})
     for f in stats.with_detectable(stats.holm_family(found)):
         print(f"   claim {f['text']!r}: {f['difference']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}] p {f['p_value']:.3g} "
               f"Holm {f['p_holm']:.3g} df {f['df']:.1f}: {'resolved' if f['resolved'] else 'not resolved'} "

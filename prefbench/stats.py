@@ -359,6 +359,21 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     return out
 
 
+def claim_contrast(grid: dict, better: str, worse: str) -> dict | None:
+    """A claim's better - worse from an objective_level result: the contrast with the reference, or the pair in
+    either order (flipped: difference and interval negated); None where either side was left out of the grid."""
+    if worse == "reference":
+        found = [c for c in grid.get("vs_reference", []) if c["objective"] == better]
+        return {k: v for k, v in found[0].items() if k not in ("objective", "p_holm", "resolved")} if found else None
+    for c in grid.get("pairs", []):
+        if (c["a"], c["b"]) in ((better, worse), (worse, better)):
+            out = {k: v for k, v in c.items() if k not in ("a", "b", "p_holm", "resolved")}
+            if c["a"] == worse:
+                out["difference"], out["ci"] = -c["difference"], [-c["ci"][1], -c["ci"][0]]
+            return out
+    return None
+
+
 def variance_components(tables: dict[str, np.ndarray]) -> dict:
     """The grid's variance components from k objectives' [seeds, prompts] tables (k >= 2, S >= 2, P >= 2), by the
     expected mean squares of the three-way layout objectives x seeds x prompts (seeds and prompts random):

@@ -468,7 +468,7 @@ def claims(recipe: Recipe) -> list[dict]:
             if dig(gen, path) is not None and dig(worse, path) is not None:
                 per_seed.append({"seed": seed, **stats.paired_difference(dig(gen, path), dig(worse, path))})
         row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
-        rows.append(row | (_grid_contrast(grid, claim.better, claim.worse) or
+        rows.append(row | (stats.claim_contrast(grid, claim.better, claim.worse) or
                            {"n_seeds": 0, "missing": missing_seeds(gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds)}))
     stats.with_detectable(stats.holm_family([r for r in rows if "p_value" in r]))  # the claims are their own Holm family
     for r in rows:
@@ -476,21 +476,6 @@ def claims(recipe: Recipe) -> list[dict]:
                         else "not resolved")
     write_json(root / "eval_claims.json", {"claims": rows})
     return rows
-
-
-def _grid_contrast(grid: dict, better: str, worse: str) -> dict | None:
-    """better - worse from an objective_level result: the contrast with the reference, or the pair in either order
-    (flipped: difference and interval negated); None where either side was left out of the grid."""
-    if worse == "reference":
-        found = [c for c in grid.get("vs_reference", []) if c["objective"] == better]
-        return {k: v for k, v in found[0].items() if k not in ("objective", "p_holm", "resolved")} if found else None
-    for c in grid.get("pairs", []):
-        if (c["a"], c["b"]) in ((better, worse), (worse, better)):
-            out = {k: v for k, v in c.items() if k not in ("a", "b", "p_holm", "resolved")}
-            if c["a"] == worse:
-                out["difference"], out["ci"] = -c["difference"], [-c["ci"][1], -c["ci"][0]]
-            return out
-    return None
 
 
 STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "objectives": objectives, "claims": claims}
