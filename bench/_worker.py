@@ -52,6 +52,7 @@ def main(spec_path: str) -> None:
         import prefbench.data.load  # noqa: F401
         import prefbench.train  # noqa: F401
         from prefbench.recipe import parse_recipe
+        from prefbench.results import reference_seconds
         from prefbench.runner import train_units
     else:
         import trl
@@ -66,7 +67,7 @@ def main(spec_path: str) -> None:
     result["baseline_rss_mb"] = _status_mb("VmRSS")
 
     if spec["trainer"] == "prefbench":
-        run_prefbench(spec, result, parse_recipe, train_units)
+        run_prefbench(spec, result, parse_recipe, train_units, reference_seconds)
     else:
         run_trl(spec, result, DPOConfig, DPOTrainer, AutoTokenizer, TrainerCallback, datasets)
 
@@ -85,7 +86,7 @@ def main(spec_path: str) -> None:
 # ---- prefbench ----------------------------------------------------------------------------------
 
 
-def run_prefbench(spec: dict, result: dict, parse_recipe, train_units) -> None:
+def run_prefbench(spec: dict, result: dict, parse_recipe, train_units, reference_seconds) -> None:
     recipe = parse_recipe(
         {
             "name": spec["run_name"],
@@ -121,9 +122,7 @@ def run_prefbench(spec: dict, result: dict, parse_recipe, train_units) -> None:
     train_units(recipe)
     result["wall_seconds"] = time.perf_counter() - start
     run = os.path.join(spec["output_dir"], spec["run_name"])
-    with open(os.path.join(run, "manifest.json")) as f:
-        manifest = json.load(f)
-    result["ref_seconds"] = manifest["timings"]["reference_seconds"]
+    result["ref_seconds"] = reference_seconds(run)
     with open(os.path.join(run, "dpo", f"seed{spec['seed']}", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     result["steps"] = [
@@ -139,7 +138,8 @@ def run_prefbench(spec: dict, result: dict, parse_recipe, train_units) -> None:
         for r in rows
     ]
     result["loop_seconds"] = sum(r["seconds"] for r in result["steps"])
-    result["manifest_tokenize"] = manifest["data"]["tokenize"]["train"]
+    with open(os.path.join(run, "manifest.json")) as f:
+        result["manifest_tokenize"] = json.load(f)["data"]["tokenize"]["train"]
 
 
 # ---- TRL ----------------------------------------------------------------------------------------

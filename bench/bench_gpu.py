@@ -166,8 +166,9 @@ FLAG_KNOBS = {  # run flags -> train settings
 }
 
 
-def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args) -> tuple[dict, list[dict], object]:
+def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args) -> tuple[dict, list[dict], object, float]:
     from prefbench.recipe import load_recipe
+    from prefbench.results import reference_seconds
 
     recipe_path = work / f"{name}.yaml"
     recipe_path.write_text(json.dumps({
@@ -187,9 +188,10 @@ def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int
     run = work / "results" / recipe.name
     steps = [json.loads(line) for line in (run / "dpo" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     manifest = json.loads((run / "manifest.json").read_text())
+    ref_seconds = reference_seconds(run)
     shutil.rmtree(run)  # checkpoints: up to 7 GB each
     shutil.rmtree(work / f"cache-{name}", ignore_errors=True)
-    return manifest, steps, recipe
+    return manifest, steps, recipe, ref_seconds
 
 
 def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args) -> dict:
@@ -217,7 +219,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step")
     parser.add_argument("--tokenizer", help="directory with SmolLM2's tokenizer files (default: the embedded checkpoint's)")
     parser.add_argument("--out", help="write the figures as JSON here (rewritten after each run)")
+    parser.add_argument("--smoke", action="store_true", help="seconds on a CPU: one tiny prefbench cell of 3 steps "
+                        "(the test suite's check that this script runs; its figures mean nothing)")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.steps, args.warmup, args.batch_size = "tiny:2", 3, 1, 2
 
     from prefbench import models
 
@@ -264,13 +270,12 @@ def main() -> None:
                     }
                 else:
                     knobs = {k: v for flag in flags for k, v in FLAG_KNOBS[flag].items()}
-                    manifest, steps, recipe = run_prefbench(work, name, model_dir, data, micro, knobs, args)
+                    manifest, steps, recipe, ref_seconds = run_prefbench(work, name, model_dir, data, micro, knobs, args)
                     layout = "rows" if not recipe.train.share_prompts else "packed" if recipe.train.padding_free and device == "cuda" else "shared"
                     flops, real, padded = step_flops(recipe, n_body, size, layout)
                     assert [s["tokens"] for s in steps] == real, "replayed schedule differs from the trained one"
                     steady = range(args.warmup, len(steps))
                     tflops = statistics.median(flops[i] / steps[i]["step_seconds"] / 1e12 for i in steady)
-                    ref_seconds = manifest["timings"]["reference_seconds"]
                     row |= {
                         "trainer": "prefbench", "layout": layout, "kernels": recipe.train.kernels, "gradient_checkpointing": recipe.train.gradient_checkpointing,
                         "parameters": manifest["model"]["parameters"],

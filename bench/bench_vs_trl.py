@@ -378,7 +378,11 @@ def main() -> None:
     ap.add_argument("--job-timeout", type=int, default=1200)
     ap.add_argument("--cells", default=",".join(HEADLINE + ONCE), help="comma-separated cells, of: " + ", ".join(CELLS) + " (prefbench and TRL are required; cells outside the headline three run once)")
     ap.add_argument("--workdir", default=None, help="keep jobs' files here (default: a temp dir, removed at the end)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the head model, 4 steps of 2 pairs, prefbench and TRL once "
+                    "(the test suite's check that this script runs; its figures mean nothing)")
     args = ap.parse_args()
+    if args.smoke:
+        args.configs, args.repeats, args.steps, args.batch_size, args.cells = "head", 1, 4, 2, "prefbench,TRL"
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     started = time.perf_counter()
 

@@ -225,6 +225,13 @@ def record_timing(unit_dir: Path, stage: str, seconds: float, device: Any = None
         "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}])
 
 
+def reference_seconds(run: Path) -> float:
+    """Seconds the reference pass itself took (its own clock, not the model load around it), over every
+    invocation that computed rows: read from <run>/reference/timings.jsonl."""
+    path = Path(run) / "reference" / "timings.jsonl"
+    return sum(r["seconds_in_pass"] for r in read_jsonl(path) if r["stage"] == "reference pass") if path.exists() else 0.0
+
+
 def run_dir(recipe) -> Path:
     return Path(recipe.output_dir) / recipe.name
 

@@ -1,0 +1,50 @@
+"""Every bench script runs: each in its smoke mode (a tiny model, a few steps, seconds), as a user would start it,
+so a change that breaks a bench fails the suite instead of waiting for the next measurement. The figures a smoke
+run prints mean nothing; what is checked is that each script reaches its table and that the numbers it compares
+are the ones it trained (the loss at the first step is ln 2 for DPO at policy = reference)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str, timeout: int = 300) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out.stdout
+
+
+def test_bench_vs_trl_smoke_trains_both_trainers_and_prints_the_ratios(tmp_path):
+    out = _bench("bench/bench_vs_trl.py", "--smoke", "--out", str(tmp_path / "figures.json"))
+    assert "throughput / TRL default" in out
+    cells = json.loads((tmp_path / "figures.json").read_text())["cells"]["head"]
+    assert set(cells) == {"prefbench", "TRL"}
+    assert cells["prefbench"]["ref_seconds"] > 0  # its reference pass runs before the steps (TRL's inside them here)
+    for cell in cells.values():
+        assert cell["loop_seconds"] > 0 and cell["real_tokens"] == cells["prefbench"]["real_tokens"]
+        assert math.isclose(cell["step1_loss"], math.log(2), abs_tol=1e-5)
+
+
+def test_bench_gpu_smoke_runs_a_tiny_prefbench_cell_on_the_cpu(tmp_path):
+    _bench("bench/bench_gpu.py", "--smoke", "--out", str(tmp_path / "figures.json"))
+    (row,) = json.loads((tmp_path / "figures.json").read_text())["results"]
+    assert "error" not in row, row.get("error")
+    assert row["trainer"] == "prefbench" and row["reference_seconds"] > 0 and len(row["losses"]) == 3
+    assert math.isclose(row["losses"][0], math.log(2), abs_tol=1e-5)
+
+
+def test_gpu_reward_model_dry_run_scores_on_the_cpu():
+    out = _bench("bench/gpu_reward_model.py", "--dry")
+    assert json.loads(out[out.index("{"):])["device"] == "cpu (dry run)"
+
+
+def test_verdicts_from_run_means_reads_every_committed_report():
+    out = _bench("bench/verdicts_from_run_means.py")
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("== ")] == [
+        "== label_noise", "== imbalance", "== kto_ablations", "== beta_sweep"]
