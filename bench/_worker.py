@@ -51,7 +51,7 @@ def main(spec_path: str) -> None:
     if spec["trainer"] == "prefbench":
         import prefbench.data.load  # noqa: F401
         import prefbench.train  # noqa: F401
-        from prefbench.recipe import parse_recipe
+        from prefbench.check import parse_recipe
         from prefbench.results import reference_seconds
         from prefbench.runner import train_units
     else:

@@ -31,7 +31,7 @@ def main() -> None:
 
     from prefbench import models
     from prefbench.eval.generate import GenerationCache, Sampling, generate
-    from prefbench.eval.rewards import make_prompts
+    from prefbench.task import make_prompts
 
     base = models.resolve(args.model)
     prompts = [p.prompt for p in make_prompts(args.prompts, "heldout")]

@@ -167,7 +167,7 @@ FLAG_KNOBS = {  # run flags -> train settings
 
 
 def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args) -> tuple[dict, list[dict], object, float]:
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
     from prefbench.results import reference_seconds
 
     recipe_path = work / f"{name}.yaml"

@@ -104,7 +104,7 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
     from transformers import AutoTokenizer
 
     from prefbench import models
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
     from prefbench.data.batches import schedule
     from prefbench.data.prepare import prepare_data
 

@@ -40,7 +40,7 @@ from prefbench.eval import metrics as M
 from prefbench.eval import run as eval_run
 from prefbench.eval.generate import TOP_LOGPROBS, prompt_ids
 from prefbench.logprobs import _completion_hidden
-from prefbench.recipe import load_recipe
+from prefbench.check import load_recipe
 
 KS = (5, TOP_LOGPROBS, 50)
 

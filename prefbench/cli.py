@@ -55,7 +55,7 @@ def cmd_check(args) -> int:
     starts), and print it resolved. Raises RecipeError with every problem, one line each."""
     import yaml
 
-    from prefbench.recipe import load_any
+    from prefbench.check import load_any
 
     recipe = load_any(args.recipe, args.overrides, lookups=True)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
 
 def cmd_train(args) -> int:
     from prefbench.errors import RecipeError
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
     from prefbench.runner import train_units
 
     recipe = load_recipe(args.recipe, args.overrides)  # a train unit needs no lookups
@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
     from prefbench.runner import prepare
 
     prepared, ref = prepare(load_recipe(args.recipe, args.overrides))
@@ -130,7 +130,7 @@ def evaluation_recipe(args):
     import dataclasses
 
     from prefbench.errors import RecipeError
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, lookups=True)
     if args.retry_failed:
@@ -141,8 +141,8 @@ def evaluation_recipe(args):
 
 
 def cmd_generate_data(args) -> int:
-    from prefbench.data.onpolicy import generate_data
-    from prefbench.recipe import load_datagen
+    from prefbench.onpolicy import generate_data
+    from prefbench.check import load_datagen
 
     stats = generate_data(load_datagen(args.recipe, args.overrides))
     print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "

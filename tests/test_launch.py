@@ -99,7 +99,7 @@ def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(seri
     # what a launch queues is what the stages would redo: other evaluation settings queue every evaluation again,
     # no training; a unit's missing result queues that unit's evaluation alone
     from prefbench.launch import plan
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
 
     monkeypatch.setenv("PREFBENCH_CACHE", str(tmp_path / "cache"))  # the launch's: the reference model's path is part of the settings
 
@@ -245,7 +245,7 @@ def test_local_slots_give_each_task_its_own_devices_and_plans_put_torchrun_in_mu
     run at the same time never share a device, and a task asking for more devices than the machine has is one
     line. A plan with 2 GPUs per unit runs prepare and training under torchrun, evaluation in one process."""
     from prefbench.launch import LaunchError, LocalExecutor, Task, plan
-    from prefbench.recipe import load_recipe
+    from prefbench.check import load_recipe
 
     probe = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time()); time.sleep(1); print(time.time())"
     tasks = [Task(f"t{i}", (sys.executable, "-c", probe), 2, tmp_path / f"t{i}.log") for i in range(4)]

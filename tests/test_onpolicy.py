@@ -10,10 +10,13 @@ import pytest
 import yaml
 
 from prefbench.cli import main
-from prefbench.data.onpolicy import EMBEDDED_DATA, build_preferences, load_prompts
+from prefbench.data.load import EMBEDDED_DATA
+from prefbench.eval.prompts import load_prompts
+from prefbench.onpolicy import build_preferences
 from prefbench.errors import RecipeError
 from prefbench.eval.rewards import InstructionReward
-from prefbench.recipe import PromptSpec, load_datagen
+from prefbench.recipe import PromptSpec
+from prefbench.check import load_datagen
 
 
 def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
@@ -96,7 +99,7 @@ def test_held_out_prompts_of_the_recipes_own_data(tmp_path, toy_reward_model):
     with need_chosen, a prompt with only undesirable completions is left out. The reward model and the judge's
     text form take such prompts."""
     from prefbench.data.load import load_records, prompt_key, train_eval_split
-    from prefbench.data.onpolicy import load_prompt_records, prompt_text
+    from prefbench.eval.prompts import load_prompt_records, prompt_text
     from prefbench.eval.rewards import RewardModel
     from prefbench.recipe import DataSpec, RewardModelSpec
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from prefbench.cli import main as cli_main
-from prefbench.recipe import RecipeError, load_datagen, load_recipe, parse_recipe
+from prefbench.recipe import RecipeError
+from prefbench.check import load_datagen, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

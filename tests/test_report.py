@@ -310,7 +310,7 @@ def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(t
     """One seed: each claim's paired difference on the same prompts (the prompt bootstrap, for this training run
     only), Holm across the recipe's three claims, the verdict in words."""
     from prefbench.eval.run import claims
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
     from prefbench.report import claims_table
     from prefbench.stats import holm
 
@@ -341,7 +341,7 @@ def test_claims_across_seeds_carry_seed_variance(tmp_path):
     """Three seeds: the claim's difference is over seeds and prompts (stats.across_seeds on the seeds x prompts
     table of paired differences); a difference that one seed shows and the others do not is not resolved."""
     from prefbench.eval.run import claims
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
     from prefbench.stats import across_seeds
 
     root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
@@ -421,7 +421,7 @@ def _add_seeds(root: Path, values: dict[str, list]) -> None:
 
 
 def _recipe(tmp_path, labels, seeds):
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
 
     return parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
                          "objectives": [{"name": lab} for lab in labels], "seeds": seeds, "eval": {"generation": {}}})
@@ -648,7 +648,7 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     objective name), pools each sweep's runs under its name, compares the two at matched KL (stats.matched_kl on the
     runs' means), and the report draws every run and tabulates the comparison."""
     from prefbench.eval.run import objectives, strength_sweeps
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
     from prefbench.report import matched_kl_table, objectives_in_words
     from prefbench.stats import matched_kl
 
@@ -786,7 +786,7 @@ def test_a_missing_seed_is_named_and_no_leader_is_declared(tmp_path):
     named with its seed, no leader is declared (the best of the rest need not be the recipe's), and a claim on kto
     is "not evaluated" with the missing seed."""
     from prefbench.eval.run import claims, objectives
-    from prefbench.recipe import parse_recipe
+    from prefbench.check import parse_recipe
     from prefbench.report import claims_table, objectives_in_words
 
     rng = np.random.default_rng(4)

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import TOY_RM_TRAIN_PAIRS
 from prefbench.data.load import load_records
-from prefbench.eval.rewards import (GATE_FLOOR, REWARDS, TOPICS, VALIDATION_TOPICS, Instruction, InstructionReward, RewardModel, TaskPrompt,
-                                    instruction_score, make_prompts, make_reward, score_all)
+from prefbench.eval.rewards import REWARDS, InstructionReward, RewardModel, make_reward, score_all
+from prefbench.task import GATE_FLOOR, TOPICS, VALIDATION_TOPICS, Instruction, TaskPrompt, instruction_score, make_prompts
 from prefbench.recipe import RewardModelSpec
 from prefbench.stats import paired_difference
 

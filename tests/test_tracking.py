@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prefbench.errors import RecipeError
-from prefbench.recipe import parse_recipe
+from prefbench.check import parse_recipe
 
 DATA = Path(__file__).parent / "data" / "paired_text.jsonl"
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from prefbench.errors import TrainingError
 from prefbench.objectives import OBJECTIVES
-from prefbench.recipe import parse_recipe
+from prefbench.check import parse_recipe
 from prefbench.runner import train_units
 
 REPO = Path(__file__).resolve().parent.parent

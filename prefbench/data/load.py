@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefbench.recipe import FIELDS
+
 log = logging.getLogger(__name__)
 
-FIELDS = {
-    "paired": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-}
 ROLES = ("system", "user", "assistant")
 
 # Local file kinds (the values `data_files_format` takes) and the `datasets` builder of each.

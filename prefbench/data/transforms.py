@@ -12,12 +12,11 @@ Records are expected to have passed `prefbench.data.validate`.
 from __future__ import annotations
 
 import random
-from typing import Literal, get_args
+from typing import get_args
 
 from prefbench.data.load import detect_format, prompt_key
+from prefbench.recipe import DropWhich, UnpairedView
 
-UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
-DropWhich = Literal["desirable", "undesirable"]  # drop_fraction: which class loses examples
 
 
 def _class_counts(records: list[dict]) -> dict[str, int]:

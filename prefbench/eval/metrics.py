@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from prefbench import models
 from prefbench.eval.generate import Completion, Sampling
-from prefbench.eval.rewards import score_all, words
+from prefbench.eval.rewards import score_all
+from prefbench.task import words
 from prefbench.stats import estimate
 
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.

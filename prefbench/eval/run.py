@@ -223,7 +223,7 @@ def prompt_records(recipe: Recipe) -> list[dict]:
     """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once: the embedded
     task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source; those
     with a chosen answer when the judge compares with the data's chosen answers)."""
-    from prefbench.data.onpolicy import load_prompt_records
+    from prefbench.eval.prompts import load_prompt_records
 
     judge = recipe.eval.judge
     return load_prompt_records(recipe.eval.generation.prompts, recipe.data, need_chosen=bool(judge and "dataset_chosen" in judge.against))
@@ -337,7 +337,7 @@ def judge(recipe: Recipe) -> dict:
     Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
     recorded in the file (the comparisons it could not finish left out) rather than failing the run; it and
     a dry run leave verdicts.jsonl empty."""
-    from prefbench.data.onpolicy import prompt_text
+    from prefbench.eval.prompts import prompt_text
     from prefbench.eval.judge import JudgeBudgetError, judge_units
     from prefbench.eval.rewards import REWARDS, make_reward, score_all
 

@@ -3,7 +3,7 @@ paired data (best vs worst; prompts whose samples all score the same are dropped
 (every sample, desirable when its reward is at least a threshold), with statistics of what was built.
 
 `prefbench generate-data RECIPE` runs it; recipes/embedded_data.yaml regenerates the dataset that
-ships in prefbench/data/embedded/ (SmolLM2-135M-Instruct on the embedded task's train prompts).
+ships in prefbench/data/embedded/ (prefbench.data.load.EMBEDDED_DATA; SmolLM2-135M-Instruct on the embedded task's train prompts).
 Generation goes through the generation cache, so a killed run continues where it stopped.
 """
 
@@ -15,73 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from prefbench.data.load import EMBEDDED_DATA  # noqa: F401  (where the shipped dataset lives)
-from prefbench.recipe import DataGenSpec, DataSpec, PromptSpec
-from prefbench.results import write_jsonl
-
-
-def load_prompt_records(spec: PromptSpec, data: DataSpec | None = None, need_chosen: bool = False) -> list[dict]:
-    """The first spec.n prompts, as {"prompt"} or {"prompt", "chosen"}: from a JSONL file (each line a text
-    "prompt", optionally the data's text "chosen" answer), the held-out split of `data` (source: data; with
-    `need_chosen`, only prompts that have a chosen answer), or the embedded task's split."""
-    if spec.file:
-        return _file_prompt_records(spec)
-    if spec.source == "data":
-        return held_out_prompt_records(data, spec.n, need_chosen)
-    from prefbench.eval.rewards import make_prompts
-
-    return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
-
-
-def held_out_prompt_records(data: DataSpec, n: int, need_chosen: bool = False) -> list[dict]:
-    """The first n distinct prompts of the data's held-out split (the one the trainer makes, by prompt), each
-    with the data's chosen answer: a pair's chosen completion, or (unpaired) the first desirable completion,
-    when the prompt has one; with `need_chosen`, prompts without one (unpaired: only undesirable completions)
-    are left out. Prompts keep their form (text, or chat messages)."""
-    from prefbench.data.load import prompt_key
-    from prefbench.data.prepare import split_records
-    from prefbench.data.tokenize import _text
-
-    by_prompt: dict[str, dict] = {}
-    for r in split_records(data)[3]:
-        record = by_prompt.setdefault(prompt_key(r["prompt"]), {"prompt": r["prompt"]})
-        answer = r.get("chosen", r.get("completion") if r.get("label") else None)
-        if answer is not None and "chosen" not in record:
-            record["chosen"] = _text(answer)
-    return [r for r in by_prompt.values() if "chosen" in r or not need_chosen][:n]
-
-
-def _file_prompt_records(spec: PromptSpec) -> list[dict]:
-    records = []
-    for i, line in enumerate(Path(spec.file).expanduser().read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{spec.file}: line {i + 1} is not JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            raise ValueError(f"{spec.file}: line {i + 1} has no text 'prompt'")
-        if "chosen" in record and not isinstance(record["chosen"], str):
-            raise ValueError(f"{spec.file}: line {i + 1}: 'chosen' must be text")
-        records.append({k: record[k] for k in ("prompt", "chosen") if k in record})
-        if len(records) == spec.n:
-            break
-    return records
-
-
-def prompt_text(prompt) -> str:
-    """A prompt as one text, for readers that take text (the judge, exported answers): a text prompt as is,
-    a single user message as its content, a conversation as "role: content" paragraphs."""
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]["content"]
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-def load_prompts(spec: PromptSpec, data: DataSpec | None = None) -> list:
-    return [r["prompt"] for r in load_prompt_records(spec, data)]
+from prefbench import models
+from prefbench.eval.generate import Sampling, generate
+from prefbench.eval.prompts import load_prompts
+from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
+from prefbench.recipe import DataGenSpec
+from prefbench.results import versions, write_json, write_jsonl
 
 
 def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float,
@@ -124,11 +63,6 @@ def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.nd
 
 def generate_data(spec: DataGenSpec) -> dict:
     """Sample, score, build, write `spec.out`/{paired,unpaired}.jsonl and stats.json; returns the stats."""
-    from prefbench import models
-    from prefbench.eval.generate import Sampling, generate
-    from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
-    from prefbench.results import versions, write_json
-
     g = spec.generation
     prompts = load_prompts(g.prompts)
     REWARDS[spec.reward].check_prompts(prompts, at="reward")
