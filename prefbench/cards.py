@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from prefbench import models
 from prefbench.objectives import OBJECTIVES
 from prefbench.results import Run, Unit, atomic
 
@@ -36,8 +37,6 @@ def render_card(run: Run, unit: Unit, table: pd.DataFrame) -> str:
 
 def _hub_name(spec: str) -> str:
     """The base model as the Hub names it: the embedded default is SmolLM2-135M-Instruct; a hub id is itself."""
-    from prefbench import models
-
     return "HuggingFaceTB/SmolLM2-135M-Instruct" if spec == models.EMBEDDED else spec
 
 

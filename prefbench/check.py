@@ -24,8 +24,19 @@ from prefbench.eval.rewards import REWARDS, architecture_problem
 from prefbench.eval.tasks import include_problems, task_problems, vllm_distribution
 from prefbench.models import local_problem
 from prefbench.objectives import OBJECTIVES, build
-from prefbench.recipe import (ENV_NAME, DataGenSpec, EvalSpec, JudgeSpec, ObjectiveSpec, Recipe, RewardModelSpec, build_datagen,
-                              build_recipe, is_datagen, read_yaml)
+from prefbench.recipe import (
+    ENV_NAME,
+    DataGenSpec,
+    EvalSpec,
+    JudgeSpec,
+    ObjectiveSpec,
+    Recipe,
+    RewardModelSpec,
+    build_datagen,
+    build_recipe,
+    is_datagen,
+    read_yaml,
+)
 from prefbench.tracking import TRACKERS
 
 

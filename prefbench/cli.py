@@ -81,8 +81,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prefbench.errors import RecipeError
     from prefbench.check import load_recipe
+    from prefbench.errors import RecipeError
     from prefbench.runner import train_units
 
     recipe = load_recipe(args.recipe, args.overrides)  # a train unit needs no lookups
@@ -129,8 +129,8 @@ def evaluation_recipe(args):
     """The recipe of `run` and `evaluate`, checked in full; --retry-failed turns on judge.retry_failed."""
     import dataclasses
 
-    from prefbench.errors import RecipeError
     from prefbench.check import load_recipe
+    from prefbench.errors import RecipeError
 
     recipe = load_recipe(args.recipe, args.overrides, lookups=True)
     if args.retry_failed:
@@ -141,8 +141,8 @@ def evaluation_recipe(args):
 
 
 def cmd_generate_data(args) -> int:
-    from prefbench.onpolicy import generate_data
     from prefbench.check import load_datagen
+    from prefbench.onpolicy import generate_data
 
     stats = generate_data(load_datagen(args.recipe, args.overrides))
     print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
@@ -203,7 +203,12 @@ def cmd_compare(args) -> int:
 def cmd_plan(args) -> int:
     """How many seeds and prompts resolve a difference of --effect, from a run's own variance components."""
     from prefbench import stats
-    from prefbench.results import PER_PROMPT_METRICS, load_run, objective_tables, run_gens
+    from prefbench.results import (
+        PER_PROMPT_METRICS,
+        load_run,
+        objective_tables,
+        run_gens,
+    )
 
     if args.metric not in PER_PROMPT_METRICS or PER_PROMPT_METRICS[args.metric][1] is None:
         ranked = sorted(m for m, (_, higher) in PER_PROMPT_METRICS.items() if higher is not None)

@@ -18,7 +18,15 @@ from collections import Counter
 from pathlib import Path
 
 from prefbench.eval.prompts import prompt_text
-from prefbench.results import ResultsError, Run, load_run, read_jsonl, versions, write_json, write_jsonl
+from prefbench.results import (
+    ResultsError,
+    Run,
+    load_run,
+    read_jsonl,
+    versions,
+    write_json,
+    write_jsonl,
+)
 
 
 def pick_answers(run: Run, sampling: str | None = None, sample: int | None = None) -> tuple[str, int, dict, list[str]]:

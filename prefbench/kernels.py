@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prefbench.errors import TrainingError
+from prefbench.logprobs import causal_lm
 
 AUTO_CUDA = "compile"  # bench/bench_gpu.py on an H100, 135M shapes: compile 118.7k tokens/s, liger 80.2k (docs/performance.md#on-one-gpu)
 
@@ -50,15 +51,16 @@ def check(setting: str, device) -> None:
 
 def apply(lm: nn.Module, setting: str, device) -> str:
     """Apply `setting` to the causal LM `lm` (in place); returns what was applied."""
-    from prefbench.logprobs import causal_lm
-
     kind = chosen(setting, device)
     model = causal_lm(lm)
     if kind == "liger":
         check(setting, device)
         # The per-instance entry point (the one TRL and transformers' Trainer call): it picks the patch for the
         # model's type and swaps this instance's modules (and, by Liger's design, the module-wide classes: above).
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import (
+            MODEL_TYPE_TO_APPLY_LIGER_FN,
+            _apply_liger_kernel_to_instance,
+        )
 
         if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
             raise TrainingError(f"train.kernels: liger has no kernels for model type {model.config.model_type!r}; use compile or none")

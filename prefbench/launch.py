@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefbench.errors import PrefbenchError
+from prefbench.eval.run import UNIT_STAGES, finished_units, stages
+from prefbench.results import objective_dir, run_dir
 
 
 class LaunchError(PrefbenchError, RuntimeError):
@@ -54,8 +56,6 @@ def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0,
     a task sees is absolute (the recipe, output_dir, report_dir), so a task runs the same from any working
     directory or node; relative data paths in the recipe resolve against the launch's working directory, which
     every executor runs its tasks in."""
-    from prefbench.results import run_dir
-
     root = run_dir(recipe).resolve()
     fixed = [*overrides, f"output_dir={Path(recipe.output_dir).resolve()}", f"report_dir={Path(recipe.report_dir).resolve()}"]
     sets = [a for item in fixed for a in ("--set", item)]
@@ -83,9 +83,6 @@ def done_tasks(recipe) -> set[str]:
     unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
     reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
     (eval.run.finished_units: the stages' own checks). The final step always runs."""
-    from prefbench.eval.run import finished_units
-    from prefbench.results import objective_dir
-
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
     done = {f"train {label}/seed{seed}" for label, seed in units if (objective_dir(recipe, label, seed) / "summary.json").is_file()}
     if len(done) == len(units):
@@ -96,8 +93,6 @@ def done_tasks(recipe) -> set[str]:
 
 
 def _has_unit_stages(recipe) -> bool:
-    from prefbench.eval.run import UNIT_STAGES, stages
-
     return any(s in UNIT_STAGES for s in stages(recipe))
 
 

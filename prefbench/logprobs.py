@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from prefbench.data.batches import Forward, attends, dense_mask
+from prefbench.data.batches import Forward, attends, collate, dense_mask
+from prefbench.data.tokenize import Example
 
 # Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB). On a GPU
 # a block of that size is ~170 rows of a 49k vocabulary: the head becomes hundreds of small launches
@@ -183,9 +184,6 @@ def completion_logps_at(lm: nn.Module, fwd: Forward, ids: Tensor) -> Tensor:
 def token_logps(lm: nn.Module, ids: list[int], start: int) -> Tensor:
     """Per-token log-probs (fp32 at least, on the CPU) of ids[start:] under `lm`, each given what precedes it:
     the transformers side of the check that an engine loaded a checkpoint's weights as saved."""
-    from prefbench.data.batches import collate
-    from prefbench.data.tokenize import Example
-
     fwd = collate([(0, 0, 0)], [Example(tuple(ids[:start]), (tuple(ids[start:]),))], 0, next(lm.parameters()).device)
     selected, head, _ = _completion_hidden(lm, fwd)
     return _token_logps(selected, head.weight, head.bias, fwd.targets).cpu()

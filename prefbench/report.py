@@ -22,10 +22,19 @@ import pandas as pd
 
 from prefbench.cards import write_cards
 from prefbench.errors import PrefbenchError
-from prefbench.eval.judge.verdicts import distrust
-from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run, read_json, read_jsonl, write_json
+from prefbench.eval.judge.verdicts import PairResult, distrust
+from prefbench.eval.prompts import prompt_text
+from prefbench.results import (
+    PER_PROMPT_METRICS,
+    Run,
+    Unit,
+    dig,
+    load_run,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 from prefbench.stats import LEVEL
-
 
 # ---- tables -------------------------------------------------------------------------------------
 
@@ -515,8 +524,6 @@ def samples(run: Run, prompts: int | list[int] = 24) -> list[dict]:
     the listed prompt indices), the prompt and each unit's first sampled answer with its reward (from the units'
     answers.jsonl; a stored run without them has none) and the judge's verdict on it in each comparison the unit
     stands first in (judge_words)."""
-    from prefbench.eval.prompts import prompt_text
-
     per_unit = {}
     for u in run.units:
         path = run.root / u.name / "answers.jsonl"
@@ -542,8 +549,6 @@ def judge_words(run: Run, answers: dict[tuple[str, int], str]) -> dict[tuple[str
     {(X, i): {Y: "wins" | "loses" | "ties" | "unreadable"}}, scored from the pair's two lines in
     <run>/judge/verdicts.jsonl as the win rates are (verdicts.PairResult). A pair the judge covered whose answers
     were identical has no lines and is a tie ("same answer"). answers[(unit, i)]: the units' first answers."""
-    from prefbench.eval.judge.verdicts import PairResult
-
     path = run.root / "judge" / "verdicts.jsonl"
     if not path.is_file() or not (run.judge or {}).get("comparisons"):
         return {}

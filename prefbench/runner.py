@@ -14,11 +14,29 @@ import torch.distributed as dist
 from filelock import FileLock  # a dependency of huggingface_hub
 
 from prefbench import kernels, models
+from prefbench.data.prepare import Prepared, prepare_data
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
-from prefbench.results import SCHEMA_VERSION, git_commit, hardware, jsonable, read_json, record_timing, run_dir, versions, write_json
-from prefbench.data.prepare import Prepared, prepare_data
-from prefbench.train import RefLogps, autocast_for, check_budget_and_fsdp, init_distributed, ref_cache_path, reference_keys, train_one
+from prefbench.results import (
+    SCHEMA_VERSION,
+    git_commit,
+    hardware,
+    jsonable,
+    read_json,
+    record_timing,
+    run_dir,
+    versions,
+    write_json,
+)
+from prefbench.train import (
+    RefLogps,
+    autocast_for,
+    check_budget_and_fsdp,
+    init_distributed,
+    ref_cache_path,
+    reference_keys,
+    train_one,
+)
 
 
 def _check_same_recipe(recipe: Recipe, manifest_path) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prefbench.results import jsonable
+
 
 class TensorBoard:
     """Event files under <log_dir>/tensorboard/ (torch's SummaryWriter: pip install tensorboard)."""
@@ -81,8 +83,6 @@ class Trackers:
         if not self.names:
             return
         if not self.open:
-            from prefbench.results import jsonable
-
             project = os.environ.get("PREFBENCH_PROJECT", "prefbench")
             config = jsonable(self.recipe.to_dict())
             self.open = [TRACKERS[n](project, self.recipe.name, f"{self.recipe.name}/{self.unit}", config, self.log_dir) for n in self.names]

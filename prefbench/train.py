@@ -13,7 +13,6 @@ step's examples, and losses are scaled so the averaged gradient equals the singl
 from __future__ import annotations
 
 import contextlib
-
 import datetime
 import hashlib
 import json
@@ -34,14 +33,46 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from prefbench import kernels, models
-from prefbench.data.batches import Key, MicroBatch, collate, loss_count, micro_batches, prompt_totals, real_tokens, schedule, to_device
+from prefbench.data.batches import (
+    Key,
+    MicroBatch,
+    collate,
+    loss_count,
+    micro_batches,
+    prompt_totals,
+    real_tokens,
+    schedule,
+    to_device,
+)
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example
 from prefbench.errors import TrainingError
-from prefbench.logprobs import SequenceLogps, attention_kernels, causal_lm, layout, planned_layout
-from prefbench.objectives import OBJECTIVES, Objective, PairedLogps, UnpairedLogps, build
+from prefbench.logprobs import (
+    SequenceLogps,
+    attention_kernels,
+    causal_lm,
+    layout,
+    planned_layout,
+)
+from prefbench.objectives import (
+    OBJECTIVES,
+    Objective,
+    PairedLogps,
+    UnpairedLogps,
+    build,
+)
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
-from prefbench.results import AppendLog, BusyError, atomic, exclusive, objective_dir, read_json, record_timing, run_dir, write_json
+from prefbench.results import (
+    AppendLog,
+    BusyError,
+    atomic,
+    exclusive,
+    objective_dir,
+    read_json,
+    record_timing,
+    run_dir,
+    write_json,
+)
 from prefbench.tracking import Trackers
 
 # ---- reference log-probs ------------------------------------------------------------------------
@@ -333,7 +364,10 @@ def restore(u: Unit, resume: Path | None) -> int:
         # tensors and plain containers only: a run directory may come from anyone, and a pickle can run code
         state = torch.load(resume / "trainer_state.pt", weights_only=True)
         if u.sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
 
             set_optimizer_state_dict(u.policy, u.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
         else:
@@ -543,7 +577,11 @@ def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | N
     A collective, so every rank calls it; only rank 0 gets the tensors. (None, None) when not sharded."""
     if not sharded:
         return None, None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model = {k.removeprefix("lm."): v for k, v in get_model_state_dict(policy, options=options).items()}

@@ -10,7 +10,12 @@ from prefbench.data.load import (
     train_eval_split,
     validate,
 )
-from prefbench.data.transforms import drop_fraction, flip_labels, kto_class_weights, paired_to_unpaired
+from prefbench.data.transforms import (
+    drop_fraction,
+    flip_labels,
+    kto_class_weights,
+    paired_to_unpaired,
+)
 
 __all__ = [
     "FIELDS",

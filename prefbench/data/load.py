@@ -76,8 +76,8 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
     if data_files_format is not None and data_files_format not in _BUILDERS:
         raise ValueError(f"data_files_format must be one of {sorted(_BUILDERS)}, got {data_files_format!r}")
     if data_files_format is None and path.is_dir():
-        from datasets.exceptions import DataFilesNotFoundError
         from datasets.data_files import EmptyDatasetError
+        from datasets.exceptions import DataFilesNotFoundError
 
         try:
             args, kwargs = _dataset_call(str(path), config, data_dir)

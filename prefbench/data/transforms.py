@@ -18,7 +18,6 @@ from prefbench.data.load import detect_format, prompt_key
 from prefbench.recipe import DropWhich, UnpairedView
 
 
-
 def _class_counts(records: list[dict]) -> dict[str, int]:
     n_desirable = sum(1 for r in records if r["label"])
     return {"records": len(records), "desirable": n_desirable, "undesirable": len(records) - n_desirable}

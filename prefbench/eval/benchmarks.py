@@ -45,7 +45,17 @@ import numpy as np
 
 from prefbench import stats, watchdog
 from prefbench.errors import PrefbenchError
-from prefbench.eval.tasks import include_fingerprint, include_index, lm_eval_version, not_a_task, packs, vllm_distribution
+from prefbench.eval.generate import vllm_unavailable
+from prefbench.eval.server import VLLMServer
+from prefbench.eval.tasks import (
+    include_fingerprint,
+    include_index,
+    lm_eval_version,
+    not_a_task,
+    packs,
+    vllm_distribution,
+)
+from prefbench.models import checkpoint_id
 from prefbench.recipe import BACKENDS, BenchmarksSpec, BenchmarkTask
 from prefbench.results import read_json, write_json, write_jsonl
 
@@ -67,7 +77,6 @@ def resolve_backend(backend: str) -> str:
         return backend
     import torch
 
-    from prefbench.eval.generate import vllm_unavailable
 
     reason = vllm_unavailable()
     if reason:
@@ -102,8 +111,6 @@ def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None
     elif backend == "local-completions":
         with contextlib.ExitStack() as stack:
             if server is None:
-                from prefbench.eval.server import VLLMServer
-
                 server = stack.enter_context(VLLMServer(checkpoint, name="prefbench-benchmarks", max_model_len=spec.max_model_len,
                                                         log_path=log_dir / "vllm-server.log" if log_dir else None))
             yield get_model("local-completions").create_from_arg_obj({
@@ -199,8 +206,6 @@ def model_identity(spec: BenchmarksSpec, checkpoint: Path) -> dict:
     """What decides a model's answers: backend, the checkpoint's contents id, context length, lm-eval version. The
     checkpoint's path only where it has no id (no checkpoint there yet): results stay valid where the same files are
     seen under another path (a moved run directory, another node's mount of shared storage)."""
-    from prefbench.models import checkpoint_id
-
     checkpoint = Path(checkpoint).resolve()
     # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
     # every task name is checked

@@ -34,9 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from prefbench import models, watchdog
-from prefbench.models import checkpoint_id
+from prefbench.data.tokenize import render
 from prefbench.errors import PrefbenchError
 from prefbench.logprobs import token_logps
+from prefbench.models import checkpoint_id
 from prefbench.recipe import ENGINES
 from prefbench.results import AppendLog
 
@@ -110,8 +111,6 @@ def request_seed(seed: int, prompt_ids: list[int]) -> int:
 
 
 def prompt_ids(tokenizer, prompts: list[str], chat_template: bool = True) -> list[list[int]]:
-    from prefbench.data.tokenize import render
-
     return [tokenizer(render(tokenizer, p, None, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts]
 
 
@@ -334,8 +333,6 @@ def open_engine(kind: str, base: Path, **vllm_options):
 
 def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
     """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
-    from prefbench.data.tokenize import render
-
     prompt_text, answer_text = render(tokenizer, PROBE_PROMPT, PROBE_ANSWER, True)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     ids = prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"]

@@ -34,11 +34,15 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+
 from prefbench import models
+from prefbench.data.batches import collate, prompt_totals
+from prefbench.data.tokenize import Example
 from prefbench.eval.generate import Completion, Sampling
 from prefbench.eval.rewards import score_all
-from prefbench.task import words
+from prefbench.logprobs import completion_logps_at, completion_stats, shares_prompts
 from prefbench.stats import estimate
+from prefbench.task import words
 
 # Bump when what evaluate_checkpoint stores changes: finished evaluations with another version are redone.
 # 2: KL as the summed exact per-token KL along the samples; per-sample rewards stored.
@@ -79,9 +83,6 @@ def self_similarity(gens: list[list[Completion]]) -> float:
 def _forwards(model, examples: list, rows: list[tuple[int, int, int]], batch_rows: int):
     """(row indices, Forward) batches of `rows` (prompt example, completion example, which completion), a prompt's
     rows in one batch so that its prompt is computed once."""
-    from prefbench.data.batches import collate, prompt_totals
-    from prefbench.logprobs import shares_prompts
-
     device = next(model.parameters()).device
     layout = "shared" if shares_prompts(model) else "rows"
     totals = prompt_totals(rows, examples)
@@ -97,8 +98,6 @@ def row_stats(model, examples: list, rows: list[tuple[int, int, int]], batch_row
     """Per row (prompt example, completion example, which completion), in row order: the completion's summed
     log-probs ("logp"), summed per-token entropies ("entropy") and token count ("tokens") under `model`
     (logprobs.completion_stats)."""
-    from prefbench.logprobs import completion_stats
-
     out: dict[str, np.ndarray] = {}
     for batch, fwd in _forwards(model, examples, rows, batch_rows):
         for name, values in completion_stats(model, fwd).items():
@@ -141,8 +140,6 @@ def kl_sums(reference, prompt_ids: list[list[int]], gens: list[list[Completion]]
     transformers, where the policy is the reference)."""
     import torch
 
-    from prefbench.data.tokenize import Example
-    from prefbench.logprobs import completion_logps_at
 
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
     listed = [_listed(gens[i][j]) for i, j in flat]

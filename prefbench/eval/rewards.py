@@ -17,6 +17,7 @@ from prefbench import models
 from prefbench.recipe import EMBEDDED_REWARD
 from prefbench.task import TASK_VERSION, TaskPrompt, instruction_score, make_prompts
 
+
 class InstructionReward:
     """The embedded task's reward: looks the prompt up among the task's generated prompts."""
 

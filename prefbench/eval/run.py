@@ -34,11 +34,37 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefbench import models, stats
+from prefbench.data.prepare import prepare_data
+from prefbench.data.tokenize import fingerprint
 from prefbench.errors import TrainingError
+from prefbench.eval.benchmarks import compare, doc_metrics, finished, run_benchmarks
+from prefbench.eval.generate import generate, prompt_ids, standard_samplings
+from prefbench.eval.judge import JudgeBudgetError, judge_units
+from prefbench.eval.metrics import (
+    METRICS_VERSION,
+    evaluate_checkpoint,
+    preference_metrics,
+    rewards_of,
+    row_stats,
+)
+from prefbench.eval.prompts import load_prompt_records, prompt_text
+from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
 from prefbench.recipe import Recipe
+from prefbench.results import (
+    PER_PROMPT_METRICS,
+    dig,
+    exclusive,
+    jsonable,
+    missing_seeds,
+    objective_tables,
+    read_json,
+    read_optional,
+    record_timing,
+    run_dir,
+    write_json,
+    write_jsonl,
+)
 from prefbench.tracking import log_evaluation
-from prefbench.results import (PER_PROMPT_METRICS, ResultsError, missing_seeds, objective_tables, dig, exclusive, jsonable, read_json, read_optional, record_timing, run_dir, write_json,
-                               write_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +138,6 @@ def finished_units(recipe: Recipe, names: list[str]) -> list[str]:
     settings it would use (the same checks the stages make before they do anything), so `prefbench evaluate --unit`
     would only re-read them: what `prefbench launch` does not queue again. An untrained checkpoint is not finished.
     The settings every unit shares (held-out data, prompts) are computed once."""
-    from prefbench.eval.benchmarks import finished
-
     root, wanted = run_dir(recipe), stages(recipe)
     present = [n for n in names if (root / n).is_dir() and (n == "reference" or (root / n / "final" / "config.json").is_file())]
     if not present:
@@ -137,8 +161,6 @@ def benchmarks(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     """lm-eval tasks on every unit (<unit>/benchmarks/), then each checkpoint against the reference on the
     same documents (<unit>/benchmarks/vs_reference.json: paired tests, Holm across the grid). With `names`,
     those units' tasks only (the paired tests wait for the whole grid)."""
-    from prefbench.eval.benchmarks import compare, doc_metrics, run_benchmarks
-
     spec = recipe.eval.benchmarks
     units = eval_units(recipe, names)
     for u in units.values():
@@ -169,8 +191,6 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     held-out examples of the recipe's own data (the split the trainer made, data.eval_fraction), paired against
     the reference's on the same examples; <unit>/eval_preference.json. One forward of each checkpoint over the
     held-out set; the reference's log-probs are kept in its file, so checkpoints evaluated later read them."""
-    from prefbench.eval.metrics import preference_metrics, row_stats
-
     examples, settings = _held_out(recipe)
     if not examples:
         log.warning("preference: the held-out split is empty (data.eval_fraction %s); nothing to measure", recipe.data.eval_fraction)
@@ -208,10 +228,6 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
 
 def _held_out(recipe: Recipe) -> tuple[list, dict]:
     """The held-out examples of the recipe's data and the settings a unit's eval_preference.json is kept by."""
-    from prefbench.data.prepare import prepare_data
-    from prefbench.data.tokenize import fingerprint
-    from prefbench.eval.metrics import METRICS_VERSION
-
     examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
     return examples, {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples) if examples else None}
 
@@ -223,15 +239,11 @@ def prompt_records(recipe: Recipe) -> list[dict]:
     """The evaluation prompts ({"prompt", and "chosen" where the data has it}), validated once: the embedded
     task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source; those
     with a chosen answer when the judge compares with the data's chosen answers)."""
-    from prefbench.eval.prompts import load_prompt_records
-
     judge = recipe.eval.judge
     return load_prompt_records(recipe.eval.generation.prompts, recipe.data, need_chosen=bool(judge and "dataset_chosen" in judge.against))
 
 
 def samplings(recipe: Recipe):
-    from prefbench.eval.generate import standard_samplings
-
     g = recipe.eval.generation
     sp = g.sampling
     return standard_samplings(sp.n, sp.max_tokens, sp.temperature, sp.top_p, sp.seed, greedy=g.greedy)
@@ -241,9 +253,6 @@ def generation_settings(recipe: Recipe, prompts: list) -> dict:
     """Everything that decides a unit's generation metrics: finished results with other settings are redone,
     and reports and `compare` refuse to put results with different settings side by side. A reward model
     counts by its checkpoint's content hash as well as its name."""
-    from prefbench.eval.metrics import METRICS_VERSION
-    from prefbench.eval.rewards import REWARDS, RewardModel
-
     settings = {"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
                 "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
                 "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()}
@@ -254,8 +263,6 @@ def generation_settings(recipe: Recipe, prompts: list) -> dict:
 
 def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
     """({checkpoint: {sampling: [per prompt: completions]}}, stats) for `units`; cached answers cost no engine."""
-    from prefbench.eval.generate import generate
-
     g = recipe.eval.generation
     vllm_options = {k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size), ("gpu_memory_utilization", g.gpu_memory_utilization)) if v}
     return generate([u.checkpoint for u in units], prompts, samplings(recipe), engine=g.engine, max_model_len=g.max_model_len,
@@ -267,10 +274,6 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     (eval/metrics.py), written to <unit>/eval_generation.json. A file whose settings match is kept: re-running only
     re-reads. A checkpoint is paired with the reference's rewards: its answers, generated with the checkpoints', or
     the per-sample rewards its finished evaluation stored."""
-    from prefbench.eval.generate import prompt_ids
-    from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
-    from prefbench.eval.rewards import REWARDS, make_reward
-
     prompts = [r["prompt"] for r in prompt_records(recipe)]
     REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
@@ -337,10 +340,6 @@ def judge(recipe: Recipe) -> dict:
     Verdicts come from the judge's cache when known, so re-running costs only new pairs. A budget stop is
     recorded in the file (the comparisons it could not finish left out) rather than failing the run; it and
     a dry run leave verdicts.jsonl empty."""
-    from prefbench.eval.prompts import prompt_text
-    from prefbench.eval.judge import JudgeBudgetError, judge_units
-    from prefbench.eval.rewards import REWARDS, make_reward, score_all
-
     spec = recipe.eval.judge
     records = prompt_records(recipe)
     prompts = [r["prompt"] for r in records]

@@ -4,7 +4,13 @@
 not given. Names are stable: results, reports and recipes are keyed by them.
 """
 
-from prefbench.objectives.base import Objective, ObjectiveOutput, PairedLogps, UnpairedLogps
+from prefbench.errors import did_you_mean
+from prefbench.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    PairedLogps,
+    UnpairedLogps,
+)
 from prefbench.objectives.paired import (
     AOT,
     CDPO,
@@ -77,7 +83,6 @@ def build(name: str, **hyperparameters: object) -> Objective:
     """OBJECTIVES[name](**hyperparameters), with one-line errors for an unknown name or field."""
     import dataclasses
 
-    from prefbench.errors import did_you_mean
 
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}{did_you_mean(name, OBJECTIVES)}; `prefbench objectives` lists them")

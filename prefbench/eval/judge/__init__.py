@@ -29,9 +29,28 @@ from pathlib import Path
 import numpy as np
 
 from prefbench import models
-from prefbench.eval.judge.client import PARSE_ATTEMPTS, JudgeBudgetError, JudgeError, VerdictCache, cost, judge_calls, judge_model
-from prefbench.eval.judge.prompts import TEMPERATURE, Call, Template, load_template, template_problems
-from prefbench.eval.judge.verdicts import PairResult, pair_stats, parse_verdict, verdict_probs
+from prefbench.eval.judge.client import (
+    PARSE_ATTEMPTS,
+    JudgeBudgetError,
+    JudgeError,
+    VerdictCache,
+    cost,
+    judge_calls,
+    judge_model,
+)
+from prefbench.eval.judge.prompts import (
+    TEMPERATURE,
+    Call,
+    Template,
+    load_template,
+    template_problems,
+)
+from prefbench.eval.judge.verdicts import (
+    PairResult,
+    pair_stats,
+    parse_verdict,
+    verdict_probs,
+)
 from prefbench.recipe import JudgeSpec
 
 __all__ = ["CHOSEN", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "Template", "VerdictCache", "judge_model",

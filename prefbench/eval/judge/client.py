@@ -50,7 +50,13 @@ from tqdm.auto import tqdm
 
 from prefbench import models
 from prefbench.errors import PrefbenchError
-from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, FORMS, TEMPERATURE, Call, request_options
+from prefbench.eval.judge.prompts import (
+    CHARS_PER_TOKEN,
+    FORMS,
+    TEMPERATURE,
+    Call,
+    request_options,
+)
 from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import LOCAL_HOSTS, JudgeSpec

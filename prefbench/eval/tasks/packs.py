@@ -26,6 +26,7 @@ from typing import Callable
 
 import yaml
 
+from prefbench.models import cache_dir
 from prefbench.results import publish
 
 VERSION = 1
@@ -181,8 +182,6 @@ def _sources_hash() -> str:
 
 def materialise(root: Path | None = None) -> Path:
     """The lm-eval task directory of the packs (for TaskManager(include_path=...)), written on first use."""
-    from prefbench.models import cache_dir
-
     target = (root or cache_dir() / "tasks") / f"v{VERSION}-{_sources_hash()}"
 
     def build(tmp: Path) -> None:
