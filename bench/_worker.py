@@ -55,7 +55,6 @@ def main(spec_path: str) -> None:
         from prefbench.results import reference_seconds
         from prefbench.runner import train_units
     else:
-        import trl
         from trl import DPOConfig, DPOTrainer
     import torch.utils.checkpoint  # noqa: F401
 
@@ -63,7 +62,11 @@ def main(spec_path: str) -> None:
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
 
-    result: dict = {"spec": spec, "torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+    result: dict = {
+        "spec": spec,
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+    }
     result["baseline_rss_mb"] = _status_mb("VmRSS")
 
     if spec["trainer"] == "prefbench":
@@ -232,7 +235,14 @@ def run_trl(spec: dict, result: dict, DPOConfig, DPOTrainer, AutoTokenizer, Trai
         adam_beta2=0.999,
         adam_epsilon=1e-8,
         weight_decay=0.0,
-        **({"optim": "adamw_torch", "per_device_train_batch_size": spec["batch_size"], "gradient_accumulation_steps": 1} | gpu_args),  # CPU: torch.optim.AdamW, as prefbench
+        **(
+            {
+                "optim": "adamw_torch",
+                "per_device_train_batch_size": spec["batch_size"],
+                "gradient_accumulation_steps": 1,
+            }
+            | gpu_args
+        ),  # CPU: torch.optim.AdamW, as prefbench
         max_steps=spec["steps"],
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -280,7 +290,11 @@ def run_trl(spec: dict, result: dict, DPOConfig, DPOTrainer, AutoTokenizer, Trai
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     result["optimizer"] = type(optimizer).__name__
     result["optimizer_groups"] = [
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k in ("lr", "betas", "eps", "weight_decay", "foreach", "fused")}
+        {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in g.items()
+            if k in ("lr", "betas", "eps", "weight_decay", "foreach", "fused")
+        }
         for g in optimizer.param_groups
     ]
     result["_trl_dataset"] = trainer.train_dataset
@@ -296,7 +310,12 @@ def check_tokens(spec: dict, trl_dataset) -> dict:
         p, c, r = ref[row["idx"]]
         if (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) != (p, c, r):
             mismatched.append(row["idx"])
-    return {"records": len(columns), "distinct_records": len({row["idx"] for row in columns}), "mismatched": mismatched[:20], "n_mismatched": len(mismatched)}
+    return {
+        "records": len(columns),
+        "distinct_records": len({row["idx"] for row in columns}),
+        "mismatched": mismatched[:20],
+        "n_mismatched": len(mismatched),
+    }
 
 
 if __name__ == "__main__":

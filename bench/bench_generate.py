@@ -37,14 +37,24 @@ def main() -> None:
     prompts = [p.prompt for p in make_prompts(args.prompts, "heldout")]
     sampled = Sampling("sampled", args.n, 1.0, 1.0, args.max_tokens, 0)
     tmp = Path(tempfile.mkdtemp(prefix="prefbench-bench-gen-"))
-    print(f"model {args.model}, {args.prompts} prompts x {args.n} samples, max {args.max_tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, {args.prompts} prompts x {args.n} samples, max {args.max_tokens} new tokens, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     rows = {}
     for engine in ("vllm", "hf"):
         started = time.perf_counter()
-        _, st = generate([base], prompts, [sampled], engine=engine, cache=GenerationCache(tmp / f"a-{engine}"), max_model_len=512)
-        rows[engine] = (st.tokens_per_second, st.new_tokens, st.generate_seconds, st.engine_start_seconds, time.perf_counter() - started)
+        _, st = generate(
+            [base], prompts, [sampled], engine=engine, cache=GenerationCache(tmp / f"a-{engine}"), max_model_len=512
+        )
+        rows[engine] = (
+            st.tokens_per_second,
+            st.new_tokens,
+            st.generate_seconds,
+            st.engine_start_seconds,
+            time.perf_counter() - started,
+        )
     print("\nA. sampled-pass throughput")
     print(f"{'engine':<8}{'tokens/s':>10}{'new tokens':>12}{'gen s':>8}{'start s':>9}{'wall s':>8}")
     for engine, (tps, tok, gs, ss, wall) in rows.items():
@@ -66,20 +76,28 @@ def main() -> None:
     del model
     small = [prompts[:8], Sampling("greedy", 1, 0.0, 1.0, 16, 0)]
     started = time.perf_counter()
-    _, one = generate(paths, small[0], [small[1]], engine="vllm", cache=GenerationCache(tmp / "b-one"), max_model_len=512)
+    _, one = generate(
+        paths, small[0], [small[1]], engine="vllm", cache=GenerationCache(tmp / "b-one"), max_model_len=512
+    )
     one_wall = time.perf_counter() - started
     started = time.perf_counter()
     starts = 0.0
     for k, path in enumerate(paths):
-        _, st = generate([path], small[0], [small[1]], engine="vllm", cache=GenerationCache(tmp / f"b-sep{k}"), max_model_len=512)
+        _, st = generate(
+            [path], small[0], [small[1]], engine="vllm", cache=GenerationCache(tmp / f"b-sep{k}"), max_model_len=512
+        )
         starts += st.engine_start_seconds
     sep_wall = time.perf_counter() - started
     print(f"\nB. {args.checkpoints} checkpoints, 8 prompts greedy x 16 tokens each")
-    print(f"one engine, in-place reloads: wall {one_wall:.1f} s ({one.engine_starts} start {one.engine_start_seconds:.1f} s, "
-          f"{one.reloads} reloads, probe max |diff| {one.probe_max_diff:.1e})")
+    print(
+        f"one engine, in-place reloads: wall {one_wall:.1f} s ({one.engine_starts} start {one.engine_start_seconds:.1f} s, "
+        f"{one.reloads} reloads, probe max |diff| {one.probe_max_diff:.1e})"
+    )
     print(f"one engine per checkpoint:    wall {sep_wall:.1f} s ({args.checkpoints} starts {starts:.1f} s)")
-    print(f"separate starts / one engine: {sep_wall / one_wall:.2f}x; "
-          f"marginal cost of a checkpoint: {(one_wall - one.engine_start_seconds) / args.checkpoints:.1f} s vs {sep_wall / args.checkpoints:.1f} s")
+    print(
+        f"separate starts / one engine: {sep_wall / one_wall:.2f}x; "
+        f"marginal cost of a checkpoint: {(one_wall - one.engine_start_seconds) / args.checkpoints:.1f} s vs {sep_wall / args.checkpoints:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -166,25 +166,54 @@ FLAG_KNOBS = {  # run flags -> train settings
 }
 
 
-def run_prefbench(work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args) -> tuple[dict, list[dict], object, float]:
+def run_prefbench(
+    work: Path, name: str, model_dir: Path, data: Path, micro: int, knobs: dict, args
+) -> tuple[dict, list[dict], object, float]:
     from prefbench.check import load_recipe
     from prefbench.results import reference_seconds
 
     recipe_path = work / f"{name}.yaml"
-    recipe_path.write_text(json.dumps({
-        "name": f"gpu-bench-{name}", "output_dir": str(work / "results"),
-        "model": {"name": str(model_dir)},
-        "data": {"source": str(data), "format": "paired", "eval_fraction": 0.0, "max_length": 1024, "max_prompt_length": 512},
-        "objectives": [{"name": "dpo", "beta": 0.1}],
-        "train": {"steps": args.steps, "batch_size": args.batch_size, "micro_batch_size": micro, "lr": 1e-6,
-                  "warmup_ratio": 0.0, "dtype": "auto", **knobs},
-        "seeds": [0],
-    }))  # fmt: skip  (JSON is YAML)
+    recipe_path.write_text(
+        json.dumps(
+            {
+                "name": f"gpu-bench-{name}",
+                "output_dir": str(work / "results"),
+                "model": {"name": str(model_dir)},
+                "data": {
+                    "source": str(data),
+                    "format": "paired",
+                    "eval_fraction": 0.0,
+                    "max_length": 1024,
+                    "max_prompt_length": 512,
+                },
+                "objectives": [{"name": "dpo", "beta": 0.1}],
+                "train": {
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "micro_batch_size": micro,
+                    "lr": 1e-6,
+                    "warmup_ratio": 0.0,
+                    "dtype": "auto",
+                    **knobs,
+                },
+                "seeds": [0],
+            }
+        )
+    )  # fmt: skip  (JSON is YAML)
     recipe = load_recipe(recipe_path)
     # a fresh reference cache per run: each layout and kernel setting computes its own, timed
-    env = {**os.environ, "PREFBENCH_CACHE": str(work / f"cache-{name}"), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PREFBENCH_CACHE": str(work / f"cache-{name}"),
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     (work / f"cache-{name}").mkdir()
-    subprocess.run([sys.executable, "-m", "prefbench.cli", "train", str(recipe_path), "--objective", "dpo", "--seed", "0"], check=True, cwd=ROOT, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "prefbench.cli", "train", str(recipe_path), "--objective", "dpo", "--seed", "0"],
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
     run = work / "results" / recipe.name
     steps = [json.loads(line) for line in (run / "dpo" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     manifest = json.loads((run / "manifest.json").read_text())
@@ -202,7 +231,13 @@ def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args
         "output_dir": str(work / f"trl-{name}"), "run_name": name, "result": str(work / f"trl-{name}.json"),
     }  # fmt: skip
     (work / f"trl-{name}.spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf_datasets"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(work / "hf_datasets"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     # imported, not run as __main__: datasets' dill pickles __main__'s functions by value, with their globals
     # (on the GPU image's Python 3.12 that failed on a pyarrow type)
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import _worker; _worker.main({str(work / f'trl-{name}.spec.json')!r})"
@@ -213,14 +248,24 @@ def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="135m:16:eager,135m:16,135m:16:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl", help="SIZE:MICRO[:FLAG...],...")
+    parser.add_argument(
+        "--runs",
+        default="135m:16:eager,135m:16,135m:16:trl,1.7b:4:eager,1.7b:4,1.7b:4:trl",
+        help="SIZE:MICRO[:FLAG...],...",
+    )
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per optimizer step")
-    parser.add_argument("--tokenizer", help="directory with SmolLM2's tokenizer files (default: the embedded checkpoint's)")
+    parser.add_argument(
+        "--tokenizer", help="directory with SmolLM2's tokenizer files (default: the embedded checkpoint's)"
+    )
     parser.add_argument("--out", help="write the figures as JSON here (rewritten after each run)")
-    parser.add_argument("--smoke", action="store_true", help="seconds on a CPU: one tiny prefbench cell of 3 steps "
-                        "(the test suite's check that this script runs; its figures mean nothing)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds on a CPU: one tiny prefbench cell of 3 steps "
+        "(the test suite's check that this script runs; its figures mean nothing)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.steps, args.warmup, args.batch_size = "tiny:2", 3, 1, 2
@@ -232,11 +277,27 @@ def main() -> None:
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     measured_peak = matmul_tflops(device)
     tokenizer_dir = Path(args.tokenizer) if args.tokenizer else models.resolve(models.EMBEDDED)
-    print(f"device: {gpu}; dense bf16 peak {peak} TFLOP/s; 8192^3 bf16 matmul measured {measured_peak and round(measured_peak, 1)} TFLOP/s")
+    print(
+        f"device: {gpu}; dense bf16 peak {peak} TFLOP/s; 8192^3 bf16 matmul measured {measured_peak and round(measured_peak, 1)} TFLOP/s"
+    )
     print(f"torch {torch.__version__}; transformers {__import__('transformers').__version__}")
 
     results = []
-    report = lambda: args.out and Path(args.out).write_text(json.dumps({"device": gpu, "peak_tflops": peak, "matmul_tflops": measured_peak, "torch": torch.__version__, "results": results}, indent=1))
+    report = lambda: (
+        args.out
+        and Path(args.out).write_text(
+            json.dumps(
+                {
+                    "device": gpu,
+                    "peak_tflops": peak,
+                    "matmul_tflops": measured_peak,
+                    "torch": torch.__version__,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
+    )
     work = Path(tempfile.mkdtemp(prefix="prefbench-gpu-bench-"))
     try:
         data = work / "pairs.jsonl"
@@ -252,7 +313,13 @@ def main() -> None:
                 built = {size: build_model(size, tokenizer_dir, model_dir, device)}
             n_body = built[size]
             name = run_spec.replace(":", "-").replace(".", "_")
-            row = {"run": run_spec, "size": size, "micro_batch_pairs": micro, "batch_pairs": args.batch_size, "n_body": n_body}
+            row = {
+                "run": run_spec,
+                "size": size,
+                "micro_batch_pairs": micro,
+                "batch_pairs": args.batch_size,
+                "n_body": n_body,
+            }
             started = time.perf_counter()
             try:
                 if "trl" in flags:
@@ -270,8 +337,16 @@ def main() -> None:
                     }
                 else:
                     knobs = {k: v for flag in flags for k, v in FLAG_KNOBS[flag].items()}
-                    manifest, steps, recipe, ref_seconds = run_prefbench(work, name, model_dir, data, micro, knobs, args)
-                    layout = "rows" if not recipe.train.share_prompts else "packed" if recipe.train.padding_free and device == "cuda" else "shared"
+                    manifest, steps, recipe, ref_seconds = run_prefbench(
+                        work, name, model_dir, data, micro, knobs, args
+                    )
+                    layout = (
+                        "rows"
+                        if not recipe.train.share_prompts
+                        else "packed"
+                        if recipe.train.padding_free and device == "cuda"
+                        else "shared"
+                    )
                     flops, real, padded = step_flops(recipe, n_body, size, layout)
                     assert [s["tokens"] for s in steps] == real, "replayed schedule differs from the trained one"
                     steady = range(args.warmup, len(steps))
@@ -300,21 +375,27 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'run':>20} {'trainer':>9} {'layout':>6} {'tok/step':>8} {'s/step':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'of mm':>6} {'peak GiB':>8} {'ref s':>6}  first losses")
+    print(
+        f"\n{'run':>20} {'trainer':>9} {'layout':>6} {'tok/step':>8} {'s/step':>7} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'of mm':>6} {'peak GiB':>8} {'ref s':>6}  first losses"
+    )
     pct = lambda v: f"{100 * v:5.1f}%" if v is not None else "   n/a"
     for r in results:
         if "error" in r:
             print(f"{r['run']:>20} failed: {r['error'][:200]}")
             continue
-        print(f"{r['run']:>20} {r['trainer'][:9]:>9} {r.get('layout', 'rows'):>6} {r['tokens_per_step']:8.0f} {r['step_seconds_median']:7.3f} {r['tokens_per_s']:9.0f} "
-              f"{r.get('model_tflops') or 0:8.1f} {pct(r.get('mfu'))} {pct(r.get('of_measured_matmul'))} {r['peak_memory_gib'] or 0:8.2f} {r['reference_seconds'] or 0:6.1f}  {r['losses'][:3]}")
+        print(
+            f"{r['run']:>20} {r['trainer'][:9]:>9} {r.get('layout', 'rows'):>6} {r['tokens_per_step']:8.0f} {r['step_seconds_median']:7.3f} {r['tokens_per_s']:9.0f} "
+            f"{r.get('model_tflops') or 0:8.1f} {pct(r.get('mfu'))} {pct(r.get('of_measured_matmul'))} {r['peak_memory_gib'] or 0:8.2f} {r['reference_seconds'] or 0:6.1f}  {r['losses'][:3]}"
+        )
     by = {r["run"]: r for r in results if "error" not in r}
     for r in results:
         base = r["run"].split(":")[:2]
         trl = by.get(":".join(base + ["trl"]))
         if "error" not in r and r["trainer"] == "prefbench" and trl and r is not trl:
             memory = f"{r['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x" if trl["peak_memory_gib"] else "n/a (CPU)"
-            print(f"{r['run']:>20} vs TRL: {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x tokens/s, {memory} peak memory")
+            print(
+                f"{r['run']:>20} vs TRL: {r['tokens_per_s'] / trl['tokens_per_s']:.2f}x tokens/s, {memory} peak memory"
+            )
     report()
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -101,14 +100,13 @@ def write_data(path: Path, pairs: int, seed: int) -> None:
 
 def prepare(config: str, data: Path, work: Path, args) -> dict:
     """Token ids and batch schedules exactly as prefbench's trainer computes them."""
+    import datasets
     from transformers import AutoTokenizer
 
     from prefbench import models
     from prefbench.check import parse_recipe
     from prefbench.data.batches import schedule
     from prefbench.data.prepare import prepare_data
-
-    import datasets
 
     datasets.disable_progress_bars()
     spec = CONFIGS[config]
@@ -118,7 +116,13 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
             "name": "prep",
             "output_dir": str(work / "prep"),
             "model": {"name": spec},
-            "data": {"source": str(data), "format": "paired", "eval_fraction": 0.0, "max_length": args.max_length, "max_prompt_length": args.max_prompt_length},
+            "data": {
+                "source": str(data),
+                "format": "paired",
+                "eval_fraction": 0.0,
+                "max_length": args.max_length,
+                "max_prompt_length": args.max_prompt_length,
+            },
             "objectives": [{"name": "dpo", "beta": args.beta}],
             "train": {"steps": args.steps, "batch_size": args.batch_size, "micro_batch_size": args.batch_size},
         }
@@ -127,10 +131,14 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
     prepared = prepare_data(recipe, tokenizer)
     tok = prepared.report["tokenize"]["train"]
     if tok["prompts_truncated"] or tok["completions_truncated"] or tok["dropped"]:
-        raise SystemExit(f"{config}: prefbench truncated or dropped records ({tok}); the trainers would truncate differently")
+        raise SystemExit(
+            f"{config}: prefbench truncated or dropped records ({tok}); the trainers would truncate differently"
+        )
     examples = prepared.train
     tokens_path = work / f"tokens_{config}.json"
-    tokens_path.write_text(json.dumps([[list(e.prompt), list(e.completions[0]), list(e.completions[1])] for e in examples]))
+    tokens_path.write_text(
+        json.dumps([[list(e.prompt), list(e.completions[0]), list(e.completions[1])] for e in examples])
+    )
     lengths = [e.length() for e in examples]
     plans, padded = {}, {}
     for bucket in (8, 1):
@@ -148,7 +156,12 @@ def prepare(config: str, data: Path, work: Path, args) -> dict:
         "padded_per_step": padded,
         "pairs": len(examples),
         "real_tokens_per_epoch": sum(rows),
-        "row_tokens": {"mean": statistics.mean(rows), "median": statistics.median(rows), "max": max(rows), "min": min(rows)},
+        "row_tokens": {
+            "mean": statistics.mean(rows),
+            "median": statistics.median(rows),
+            "max": max(rows),
+            "min": min(rows),
+        },
         "completion_token_fraction": sum(len(c) for e in examples for c in e.completions) / sum(rows),
         "distinct_tokens": len({t for e in examples for t in e.prompt + e.completions[0] + e.completions[1]}),
     }
@@ -180,7 +193,14 @@ CELLS = {
     "TRL grouped": ("trl", {"group_by_length": True}),
 }
 HEADLINE = ["prefbench", "TRL", "TRL precompute"]  # repeated, A/B/B/A
-ONCE = ["prefbench nobucket", "prefbench noshare", "prefbench micro4", "prefbench budget", "TRL grouped", "TRL same-batches"]  # attribution and parity cells: once, after repeat 0
+ONCE = [
+    "prefbench nobucket",
+    "prefbench noshare",
+    "prefbench micro4",
+    "prefbench budget",
+    "TRL grouped",
+    "TRL same-batches",
+]  # attribution and parity cells: once, after repeat 0
 
 
 def run_job(cell: str, config: str, prep: dict, data: Path, work: Path, args, tag: str) -> dict:
@@ -236,7 +256,14 @@ def run_job(cell: str, config: str, prep: dict, data: Path, work: Path, args, ta
     )
     start = time.perf_counter()
     with open(job / "log.txt", "w") as log:
-        proc = subprocess.run([sys.executable, str(WORKER), str(job / "spec.json")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.job_timeout)
+        proc = subprocess.run(
+            [sys.executable, str(WORKER), str(job / "spec.json")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=args.job_timeout,
+        )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         tail = (job / "log.txt").read_text()[-3000:]
@@ -287,15 +314,26 @@ def parity(p: dict, t: dict) -> dict:
     out = {
         "tokens_equal_every_step": all(a["tokens"] == b["tokens"] for a, b in zip(ps, ts)),
         "padded_equal_every_step": all(a["padded_tokens"] == b["padded_tokens"] for a, b in zip(ps, ts)),
-        "step1": {k: {"prefbench": ps[0][k], "trl": ts[0][k]} for k in ("loss", "logps_chosen", "logps_rejected", "grad_norm")},
-        "step2": {k: {"prefbench": ps[1][k], "trl": ts[1][k]} for k in ("loss", "logps_chosen", "logps_rejected", "grad_norm")},
+        "step1": {
+            k: {"prefbench": ps[0][k], "trl": ts[0][k]} for k in ("loss", "logps_chosen", "logps_rejected", "grad_norm")
+        },
+        "step2": {
+            k: {"prefbench": ps[1][k], "trl": ts[1][k]} for k in ("loss", "logps_chosen", "logps_rejected", "grad_norm")
+        },
         "abs_diff_loss_step1": abs(ps[0]["loss"] - ts[0]["loss"]),
         "abs_diff_loss_step2": abs(ps[1]["loss"] - ts[1]["loss"]),
-        "rel_diff_logps_step1": max(rel(ps[0]["logps_chosen"], ts[0]["logps_chosen"]), rel(ps[0]["logps_rejected"], ts[0]["logps_rejected"])),
-        "rel_diff_logps_step2": max(rel(ps[1]["logps_chosen"], ts[1]["logps_chosen"]), rel(ps[1]["logps_rejected"], ts[1]["logps_rejected"])),
+        "rel_diff_logps_step1": max(
+            rel(ps[0]["logps_chosen"], ts[0]["logps_chosen"]), rel(ps[0]["logps_rejected"], ts[0]["logps_rejected"])
+        ),
+        "rel_diff_logps_step2": max(
+            rel(ps[1]["logps_chosen"], ts[1]["logps_chosen"]), rel(ps[1]["logps_rejected"], ts[1]["logps_rejected"])
+        ),
         "rel_diff_grad_norm_step1": rel(ps[0]["grad_norm"], ts[0]["grad_norm"]),
         "max_abs_diff_loss_all_steps": max(abs(a["loss"] - b["loss"]) for a, b in zip(ps, ts)),
-        "max_rel_diff_logps_all_steps": max(max(rel(a["logps_chosen"], b["logps_chosen"]), rel(a["logps_rejected"], b["logps_rejected"])) for a, b in zip(ps, ts)),
+        "max_rel_diff_logps_all_steps": max(
+            max(rel(a["logps_chosen"], b["logps_chosen"]), rel(a["logps_rejected"], b["logps_rejected"]))
+            for a, b in zip(ps, ts)
+        ),
         "token_ids_trl_vs_prefbench": t["token_check"],
     }
     out["pass"] = bool(
@@ -333,8 +371,12 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[name] = None
     try:
-        out["prefbench_git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        out["prefbench_git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         out["prefbench_git"] += "-dirty" if dirty else ""
     except OSError:
         pass
@@ -356,7 +398,7 @@ def warm_memory(gib: float) -> float:
     first job would otherwise pay it alone."""
     start = time.perf_counter()
     block = bytearray(int(gib * 2**30))
-    block[:: 4096] = b"\x01" * (len(block) // 4096 + (1 if len(block) % 4096 else 0))
+    block[::4096] = b"\x01" * (len(block) // 4096 + (1 if len(block) % 4096 else 0))
     del block
     return time.perf_counter() - start
 
@@ -365,7 +407,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_vs_trl.json"))
     ap.add_argument("--configs", default="head,body", help="comma-separated subset of: " + ", ".join(CONFIGS))
-    ap.add_argument("--repeats", type=int, default=2, help="A/B/B/A repeats of the headline cells (" + ", ".join(HEADLINE) + "); the others run once")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="A/B/B/A repeats of the headline cells (" + ", ".join(HEADLINE) + "); the others run once",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--pairs", type=int, default=None, help="dataset size (default steps x batch size: one epoch)")
@@ -376,10 +423,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--job-timeout", type=int, default=1200)
-    ap.add_argument("--cells", default=",".join(HEADLINE + ONCE), help="comma-separated cells, of: " + ", ".join(CELLS) + " (prefbench and TRL are required; cells outside the headline three run once)")
+    ap.add_argument(
+        "--cells",
+        default=",".join(HEADLINE + ONCE),
+        help="comma-separated cells, of: "
+        + ", ".join(CELLS)
+        + " (prefbench and TRL are required; cells outside the headline three run once)",
+    )
     ap.add_argument("--workdir", default=None, help="keep jobs' files here (default: a temp dir, removed at the end)")
-    ap.add_argument("--smoke", action="store_true", help="seconds: the head model, 4 steps of 2 pairs, prefbench and TRL once "
-                    "(the test suite's check that this script runs; its figures mean nothing)")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: the head model, 4 steps of 2 pairs, prefbench and TRL once "
+        "(the test suite's check that this script runs; its figures mean nothing)",
+    )
     args = ap.parse_args()
     if args.smoke:
         args.configs, args.repeats, args.steps, args.batch_size, args.cells = "head", 1, 4, 2, "prefbench,TRL"
@@ -388,15 +445,24 @@ def main() -> None:
 
     ver = versions()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()))
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; jobs pinned to {args.threads} threads (OMP/MKL env + torch.set_num_threads)")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs; jobs pinned to {args.threads} threads (OMP/MKL env + torch.set_num_threads)"
+    )
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prefbench-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     # This process only tokenizes (prefbench's data path goes through `datasets`); keep its cache out of ~/.cache.
-    os.environ.update(HF_DATASETS_CACHE=str(work / "hf_datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ.update(
+        HF_DATASETS_CACHE=str(work / "hf_datasets"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     data = work / "pairs.jsonl"
     pairs = args.pairs or args.steps * args.batch_size
     write_data(data, pairs, args.seed)
-    print(f"data: {pairs} synthetic conversational pairs (seed {args.seed}); {args.steps} steps x {args.batch_size} pairs; work dir {work}")
+    print(
+        f"data: {pairs} synthetic conversational pairs (seed {args.seed}); {args.steps} steps x {args.batch_size} pairs; work dir {work}"
+    )
     print(f"memory warm-up: {warm_memory(4.0):.1f} s")
 
     preps = {c: prepare(c, data, work, args) for c in configs}
@@ -449,15 +515,25 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
         "versions": ver,
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads},
         "setup": {
-            "steps": args.steps, "batch_size": args.batch_size, "pairs": pairs, "lr": args.lr, "beta": args.beta,
-            "max_length": args.max_length, "max_prompt_length": args.max_prompt_length, "seed": args.seed,
-            "repeats": args.repeats, "warmup_steps_discarded_for_steady": WARMUP_STEPS,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "pairs": pairs,
+            "lr": args.lr,
+            "beta": args.beta,
+            "max_length": args.max_length,
+            "max_prompt_length": args.max_prompt_length,
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "warmup_steps_discarded_for_steady": WARMUP_STEPS,
             "trl_pins": "use_cpu, bf16=False, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, report_to=none, "
-                        "save_strategy=no, eval_strategy=no, logging_steps=1, disable_dropout, max_length, optim=adamw_torch, "
-                        "lr/betas/eps/weight_decay=0, batch, grad_accum=1, max_steps, constant LR no warmup, seed, max_grad_norm, "
-                        "sdpa attention, fp32 weights",
+            "save_strategy=no, eval_strategy=no, logging_steps=1, disable_dropout, max_length, optim=adamw_torch, "
+            "lr/betas/eps/weight_decay=0, batch, grad_accum=1, max_steps, constant LR no warmup, seed, max_grad_norm, "
+            "sdpa attention, fp32 weights",
         },
-        "data": {c: {k: v for k, v in preps[c].items() if k not in ("plans", "padded_per_step", "tokens_path")} for c in configs},
+        "data": {
+            c: {k: v for k, v in preps[c].items() if k not in ("plans", "padded_per_step", "tokens_path")}
+            for c in configs
+        },
         "cells": {},
         "ratios": {},
         "parity": {},
@@ -470,9 +546,32 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
                 continue
             report["cells"][c][cell] = {
                 "n": len(rs),
-                **{k: median_of(rs, k) for k in ("job_tokens_per_s", "steady_tokens_per_s", "median_step_seconds", "peak_delta_mb", "peak_rss_mb", "ref_seconds", "loop_seconds", "job_seconds", "real_tokens", "padded_tokens", "padding_efficiency", "wall_seconds", "process_seconds")},
-                "job_tokens_per_s_range": [min(r["summary"]["job_tokens_per_s"] for r in rs), max(r["summary"]["job_tokens_per_s"] for r in rs)],
-                "peak_delta_mb_range": [min(r["summary"]["peak_delta_mb"] for r in rs), max(r["summary"]["peak_delta_mb"] for r in rs)],
+                **{
+                    k: median_of(rs, k)
+                    for k in (
+                        "job_tokens_per_s",
+                        "steady_tokens_per_s",
+                        "median_step_seconds",
+                        "peak_delta_mb",
+                        "peak_rss_mb",
+                        "ref_seconds",
+                        "loop_seconds",
+                        "job_seconds",
+                        "real_tokens",
+                        "padded_tokens",
+                        "padding_efficiency",
+                        "wall_seconds",
+                        "process_seconds",
+                    )
+                },
+                "job_tokens_per_s_range": [
+                    min(r["summary"]["job_tokens_per_s"] for r in rs),
+                    max(r["summary"]["job_tokens_per_s"] for r in rs),
+                ],
+                "peak_delta_mb_range": [
+                    min(r["summary"]["peak_delta_mb"] for r in rs),
+                    max(r["summary"]["peak_delta_mb"] for r in rs),
+                ],
                 "step1_loss": rs[0]["steps"][0]["loss"],
             }
         cells = report["cells"][c]
@@ -485,12 +584,21 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
             tp = cells["TRL precompute"]
             ratios["throughput_prefbench_over_trl_precompute"] = p["job_tokens_per_s"] / tp["job_tokens_per_s"]
             ratios["memory_prefbench_over_trl_precompute"] = p["peak_delta_mb"] / tp["peak_delta_mb"]
-        for extra, key in (("prefbench nobucket", "nobucket"), ("prefbench noshare", "noshare"), ("prefbench micro4", "micro4"), ("prefbench budget", "budget")):
+        for extra, key in (
+            ("prefbench nobucket", "nobucket"),
+            ("prefbench noshare", "noshare"),
+            ("prefbench micro4", "micro4"),
+            ("prefbench budget", "budget"),
+        ):
             if extra in cells:
-                ratios[f"throughput_prefbench_{key}_over_trl"] = cells[extra]["job_tokens_per_s"] / t["job_tokens_per_s"]
+                ratios[f"throughput_prefbench_{key}_over_trl"] = (
+                    cells[extra]["job_tokens_per_s"] / t["job_tokens_per_s"]
+                )
                 ratios[f"memory_prefbench_{key}_over_trl"] = cells[extra]["peak_delta_mb"] / t["peak_delta_mb"]
         if "TRL grouped" in cells:
-            ratios["throughput_prefbench_over_trl_grouped"] = p["job_tokens_per_s"] / cells["TRL grouped"]["job_tokens_per_s"]
+            ratios["throughput_prefbench_over_trl_grouped"] = (
+                p["job_tokens_per_s"] / cells["TRL grouped"]["job_tokens_per_s"]
+            )
             ratios["memory_prefbench_over_trl_grouped"] = p["peak_delta_mb"] / cells["TRL grouped"]["peak_delta_mb"]
         if "TRL same-batches" in cells:
             ts = cells["TRL same-batches"]
@@ -503,11 +611,18 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
                 "steady": cells[a]["steady_tokens_per_s"] / cells[b]["steady_tokens_per_s"],
                 "memory": cells[a]["peak_delta_mb"] / cells[b]["peak_delta_mb"],
             }
-            for a in cells if CELLS[a][0] == "prefbench"
-            for b in cells if CELLS[b][0] == "trl"
+            for a in cells
+            if CELLS[a][0] == "prefbench"
+            for b in cells
+            if CELLS[b][0] == "trl"
         }
-        ratios["throughput_target_met"] = ratios["throughput_prefbench_over_trl"] >= 1.5 and ratios.get("throughput_prefbench_over_trl_precompute", 9) >= 1.5
-        ratios["memory_target_met"] = ratios["memory_prefbench_over_trl"] <= 0.7 and ratios.get("memory_prefbench_over_trl_precompute", 0) <= 0.7
+        ratios["throughput_target_met"] = (
+            ratios["throughput_prefbench_over_trl"] >= 1.5
+            and ratios.get("throughput_prefbench_over_trl_precompute", 9) >= 1.5
+        )
+        ratios["memory_target_met"] = (
+            ratios["memory_prefbench_over_trl"] <= 0.7 and ratios.get("memory_prefbench_over_trl_precompute", 0) <= 0.7
+        )
         if "prefbench budget" in cells:  # TRL's per-forward count, with the widest forwards cut to the token budget
             worst = max(ratios["matrix"][f"prefbench budget / {b}"]["memory"] for b in cells if CELLS[b][0] == "trl")
             ratios["memory_budget_worst_over_trl"] = worst
@@ -516,17 +631,27 @@ def build_report(runs, preps, configs, args, ver, pairs, started) -> dict:
         if runs[c]["TRL same-batches"]:
             report["parity"][c] = parity(runs[c]["prefbench"][0], runs[c]["TRL same-batches"][0])
         report["token_checks"] = report.get("token_checks", {})
-        report["token_checks"][c] = {cell: [r["token_check"]["n_mismatched"] for r in rs] for cell, rs in runs[c].items() if rs and "token_check" in rs[0]}
+        report["token_checks"][c] = {
+            cell: [r["token_check"]["n_mismatched"] for r in rs]
+            for cell, rs in runs[c].items()
+            if rs and "token_check" in rs[0]
+        }
     report["wall_seconds"] = time.perf_counter() - started
     return report
 
 
 def print_report(rep: dict) -> None:
     s = rep["setup"]
-    print(f"\n=== prefbench vs TRL {rep['versions']['trl']} DPO, CPU {rep['machine']['threads']} threads, {s['steps']} steps x {s['batch_size']} pairs, fp32; medians of {s['repeats']} A/B/B/A repeats ===")
+    print(
+        f"\n=== prefbench vs TRL {rep['versions']['trl']} DPO, CPU {rep['machine']['threads']} threads, {s['steps']} steps x {s['batch_size']} pairs, fp32; medians of {s['repeats']} A/B/B/A repeats ==="
+    )
     print("throughput = real tokens (prompt + chosen + rejected rows, no padding) / (reference pass + all steps);")
-    print(f"steady = same, steps {WARMUP_STEPS + 1}-{s['steps']} only, no reference pass; process = the fresh process end to end")
-    print("(imports, data, model loads, reference pass, steps, prefbench's final checkpoint); peak = VmHWM - VmRSS after imports\n")
+    print(
+        f"steady = same, steps {WARMUP_STEPS + 1}-{s['steps']} only, no reference pass; process = the fresh process end to end"
+    )
+    print(
+        "(imports, data, model loads, reference pass, steps, prefbench's final checkpoint); peak = VmHWM - VmRSS after imports\n"
+    )
     header = f"{'config':6s} {'trainer':18s} {'n':>2s} {'job tok/s':>10s} {'(range)':>11s} {'steady tok/s':>12s} {'ref pass s':>10s} {'steps s':>8s} {'process s':>9s} {'pad eff':>7s} {'peak MB':>8s} {'step1 loss':>11s}"
     print(header)
     print("-" * len(header))
@@ -566,12 +691,21 @@ def print_report(rep: dict) -> None:
     if extra:
         print("\n  optional cells (throughput / steady / memory ratios):")
         for k in extra:
-            print(f"    {k:36s} " + "   ".join(f"{c}: {r['matrix'][k]['throughput']:.2f}x / {r['matrix'][k]['steady']:.2f}x / {r['matrix'][k]['memory']:.2f}x" for c, r in rep["ratios"].items() if k in r["matrix"]))
+            print(
+                f"    {k:36s} "
+                + "   ".join(
+                    f"{c}: {r['matrix'][k]['throughput']:.2f}x / {r['matrix'][k]['steady']:.2f}x / {r['matrix'][k]['memory']:.2f}x"
+                    for c, r in rep["ratios"].items()
+                    if k in r["matrix"]
+                )
+            )
     for c, r in rep["ratios"].items():
         line = f"  {c}: throughput target {'MET' if r['throughput_target_met'] else 'MISSED'}, memory target {'MET' if r['memory_target_met'] else 'MISSED'} at TRL's per-forward batch"
         if "memory_target_met_with_budget" in r:
-            line += (f"; with train.max_tokens_per_forward={TOKEN_BUDGET}: {'MET' if r['memory_target_met_with_budget'] else 'MISSED'}"
-                     f" (worst over the TRL cells {r['memory_budget_worst_over_trl']:.2f}x)")
+            line += (
+                f"; with train.max_tokens_per_forward={TOKEN_BUDGET}: {'MET' if r['memory_target_met_with_budget'] else 'MISSED'}"
+                f" (worst over the TRL cells {r['memory_budget_worst_over_trl']:.2f}x)"
+            )
         print(line)
 
     if rep["parity"]:
@@ -579,7 +713,9 @@ def print_report(rep: dict) -> None:
         for c, p in rep["parity"].items():
             s1, s2 = p["step1"], p["step2"]
             tc = p["token_ids_trl_vs_prefbench"]
-            print(f"  {c}: {'PASS' if p['pass'] else 'FAIL'}; token ids identical for {tc['records'] - tc['n_mismatched']}/{tc['records']} records; real and padded tokens equal every step: {p['tokens_equal_every_step'] and p['padded_equal_every_step']}")
+            print(
+                f"  {c}: {'PASS' if p['pass'] else 'FAIL'}; token ids identical for {tc['records'] - tc['n_mismatched']}/{tc['records']} records; real and padded tokens equal every step: {p['tokens_equal_every_step'] and p['padded_equal_every_step']}"
+            )
             for name, st in (("step 1", s1), ("step 2", s2)):
                 print(
                     f"    {name}: loss {st['loss']['prefbench']:.7f} vs {st['loss']['trl']:.7f} (|d| {abs(st['loss']['prefbench'] - st['loss']['trl']):.1e}); "

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 DRY = "--dry" in sys.argv  # a seconds-long run of the same code on the CPU, to check the script before a GPU call
 
 
@@ -35,8 +34,15 @@ def build(out: Path, **shape) -> Path:
     from prefbench import models
 
     tokenizer = AutoTokenizer.from_pretrained(models.resolve("tiny:small"))
-    config = LlamaConfig(**shape, vocab_size=len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, max_position_embeddings=4096)
+    config = LlamaConfig(
+        **shape,
+        vocab_size=len(tokenizer),
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -58,8 +64,14 @@ def main() -> dict:
     assert torch.cuda.is_available() or DRY, "needs a GPU"
     out = {"device": torch.cuda.get_device_name(0) if not DRY else "cpu (dry run)", "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        small = build(Path(tmp) / "small", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                      intermediate_size=1024)
+        small = build(
+            Path(tmp) / "small",
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=1024,
+        )
         prompts, answers = texts(64, 60)
         gpu = RewardModel(RewardModelSpec(model=str(small), batch_size=16))
         dtype = str(next(gpu.model.parameters()).dtype)
@@ -75,8 +87,20 @@ def main() -> dict:
             "pearson_bf16_vs_fp32": float(np.corrcoef(gpu_scores, cpu_scores)[0, 1]),
             "batch16_vs_batch1_max_abs_bf16": float(np.abs(gpu_scores - one_by_one).max()),
         }
-        big = build(Path(tmp) / "big", **(dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64) if DRY else
-                    dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192)))
+        big = build(
+            Path(tmp) / "big",
+            **(
+                dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+                if DRY
+                else dict(
+                    hidden_size=2048,
+                    num_hidden_layers=16,
+                    num_attention_heads=16,
+                    num_key_value_heads=8,
+                    intermediate_size=8192,
+                )
+            ),
+        )
         rm = RewardModel(RewardModelSpec(model=str(big), batch_size=32, max_length=1024))
         params = sum(p.numel() for p in rm.model.parameters())
         prompts, answers = texts(64 if DRY else 1024, 300, seed=1)
@@ -86,10 +110,19 @@ def main() -> dict:
         scores = rm.score(prompts, answers)
         sync()
         seconds = time.perf_counter() - start
-        tokens = sum(len(rm.tokenizer(rm.text(p, a), add_special_tokens=False)["input_ids"]) for p, a in zip(prompts, answers))
-        out["big"] = {"parameters": params, "answers": len(answers), "tokens": tokens, "seconds": round(seconds, 3),
-                      "answers_per_s": round(len(answers) / seconds, 1), "tokens_per_s": round(tokens / seconds),
-                      "finite": bool(np.isfinite(scores).all()), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if not DRY else None}
+        tokens = sum(
+            len(rm.tokenizer(rm.text(p, a), add_special_tokens=False)["input_ids"]) for p, a in zip(prompts, answers)
+        )
+        out["big"] = {
+            "parameters": params,
+            "answers": len(answers),
+            "tokens": tokens,
+            "seconds": round(seconds, 3),
+            "answers_per_s": round(len(answers) / seconds, 1),
+            "tokens_per_s": round(tokens / seconds),
+            "finite": bool(np.isfinite(scores).all()),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if not DRY else None,
+        }
     return out
 
 

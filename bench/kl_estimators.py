@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from prefbench import models
+from prefbench.check import load_recipe
 from prefbench.data.tokenize import Example
 from prefbench.eval import metrics as M
 from prefbench.eval import run as eval_run
 from prefbench.eval.generate import TOP_LOGPROBS, prompt_ids
 from prefbench.logprobs import _completion_hidden
-from prefbench.check import load_recipe
 
 KS = (5, TOP_LOGPROBS, 50)
 
@@ -57,12 +57,18 @@ def transformers_terms(policy, reference, ids: list[list[int]], samples: list) -
             lp = F.linear(a, head.weight, head.bias).double().log_softmax(-1)
             lq = F.linear(b, ref_head.weight, ref_head.bias).double().log_softmax(-1)
             log_r = (lq - lp).gather(1, fwd.targets[:, None]).squeeze(1)
-            terms = {"exact": (lp.exp() * (lp - lq)).sum(-1), "k3": torch.expm1(log_r) - log_r, "plain": -log_r,
-                     "entropy": -(lp.exp() * lp).sum(-1)}
+            terms = {
+                "exact": (lp.exp() * (lp - lq)).sum(-1),
+                "k3": torch.expm1(log_r) - log_r,
+                "plain": -log_r,
+                "entropy": -(lp.exp() * lp).sum(-1),
+            }
             for k in KS:
                 top = lp.topk(k, -1).indices
                 tail = ~(top == fwd.targets[:, None]).any(1)
-                terms[f"top-{k}"] = (lp.exp().gather(1, top) * (lp.gather(1, top) - lq.gather(1, top))).sum(-1) + tail * -log_r
+                terms[f"top-{k}"] = (lp.exp().gather(1, top) * (lp.gather(1, top) - lq.gather(1, top))).sum(
+                    -1
+                ) + tail * -log_r
             for name, t in terms.items():
                 sums = torch.zeros(len(batch), dtype=t.dtype).index_add(0, fwd.rows, t)
                 for r, k in enumerate(batch):
@@ -117,11 +123,15 @@ def main() -> None:
     for n, u in enumerate(units):  # each unit both ways, first one then the other, so that drift falls on both
         for way in ("transformers", "engine")[:: 1 if n % 2 else -1]:
             started = time.perf_counter()
-            old_phase(u, reference, ids, samples[u.name]) if way == "transformers" else new_phase(reference, ids, samples[u.name])
+            old_phase(u, reference, ids, samples[u.name]) if way == "transformers" else new_phase(
+                reference, ids, samples[u.name]
+            )
             seconds[way] += time.perf_counter() - started
-    print(f"KL and entropy phase, {len(units)} units, {sum(map(len, samples['reference']))} samples each: "
-          f"transformers {seconds['transformers']:.1f} s, engine {seconds['engine']:.1f} s "
-          f"({seconds['engine'] / seconds['transformers']:.2f}x)")
+    print(
+        f"KL and entropy phase, {len(units)} units, {sum(map(len, samples['reference']))} samples each: "
+        f"transformers {seconds['transformers']:.1f} s, engine {seconds['engine']:.1f} s "
+        f"({seconds['engine'] / seconds['transformers']:.2f}x)"
+    )
 
     se = lambda v: v.mean(1).std(ddof=1) / np.sqrt(v.shape[0])
     for u in units[1:]:
@@ -129,14 +139,18 @@ def main() -> None:
         terms = transformers_terms(policy, reference, ids, samples[u.name])
         engine = M.kl_sums(reference, ids, samples[u.name])
         terms["engine"] = engine["kl"]
-        print(f"{u.name}: engine vs transformers, same tokens listed: max |KL difference| per sample "
-              f"{np.abs(engine['kl'] - terms[f'top-{TOP_LOGPROBS}']).max():.2e} nats")
+        print(
+            f"{u.name}: engine vs transformers, same tokens listed: max |KL difference| per sample "
+            f"{np.abs(engine['kl'] - terms[f'top-{TOP_LOGPROBS}']).max():.2e} nats"
+        )
         for name in ("exact", "engine", *(f"top-{k}" for k in KS), "k3", "plain"):
             print(f"  {name:8s} mean {terms[name].mean(1).mean():.4f}  standard error {se(terms[name]):.4f}")
         entropy = M.entropy_sums(samples[u.name])
         tokens = np.array([[len(c.token_ids) for c in cs] for cs in samples[u.name]])
-        print(f"  entropy/token: engine {np.mean(entropy.sum(1) / tokens.sum(1)):.4f} (se {np.std(entropy.sum(1) / tokens.sum(1), ddof=1) / np.sqrt(len(tokens)):.4f}), "
-              f"exact {np.mean(terms['entropy'].sum(1) / tokens.sum(1)):.4f} (se {np.std(terms['entropy'].sum(1) / tokens.sum(1), ddof=1) / np.sqrt(len(tokens)):.4f})")
+        print(
+            f"  entropy/token: engine {np.mean(entropy.sum(1) / tokens.sum(1)):.4f} (se {np.std(entropy.sum(1) / tokens.sum(1), ddof=1) / np.sqrt(len(tokens)):.4f}), "
+            f"exact {np.mean(terms['entropy'].sum(1) / tokens.sum(1)):.4f} (se {np.std(terms['entropy'].sum(1) / tokens.sum(1), ddof=1) / np.sqrt(len(tokens)):.4f})"
+        )
 
 
 if __name__ == "__main__":

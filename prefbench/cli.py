@@ -98,8 +98,10 @@ def cmd_prepare(args) -> int:
     from prefbench.runner import prepare
 
     prepared, ref = prepare(load_recipe(args.recipe, args.overrides))
-    print(f"prepared: {len(prepared.train)} training examples (token fingerprint {prepared.fingerprint[:12]}), "
-          f"{len(ref.values)} reference log-probs in {ref.path}")
+    print(
+        f"prepared: {len(prepared.train)} training examples (token fingerprint {prepared.fingerprint[:12]}), "
+        f"{len(ref.values)} reference log-probs in {ref.path}"
+    )
     return 0
 
 
@@ -117,7 +119,14 @@ def cmd_launch(args) -> int:
     recipe = evaluation_recipe(args)  # every problem found here, before any task starts
     gpus = args.gpus_per_unit if args.gpus_per_unit is not None else int(__import__("torch").cuda.is_available())
     options = dict(item.partition("=")[::2] for item in args.slurm_option)
-    executor = make_executor(args.executor, args.parallel, gpus, run_dir(recipe).resolve(), slurm_options=options, ray_address=args.ray_address)
+    executor = make_executor(
+        args.executor,
+        args.parallel,
+        gpus,
+        run_dir(recipe).resolve(),
+        slurm_options=options,
+        ray_address=args.ray_address,
+    )
     if done := done_tasks(recipe):
         print(f"done before, not queued again: {', '.join(sorted(done))}")
     launch(plan(args.recipe, args.overrides, recipe, gpus, done), executor)
@@ -135,8 +144,13 @@ def evaluation_recipe(args):
     recipe = load_recipe(args.recipe, args.overrides, lookups=True)
     if args.retry_failed:
         if recipe.eval.judge is None:
-            raise RecipeError(["--retry-failed: the recipe has no eval.judge whose parse failures could be asked again"], args.recipe)
-        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, judge=dataclasses.replace(recipe.eval.judge, retry_failed=True)))
+            raise RecipeError(
+                ["--retry-failed: the recipe has no eval.judge whose parse failures could be asked again"], args.recipe
+            )
+        recipe = dataclasses.replace(
+            recipe,
+            eval=dataclasses.replace(recipe.eval, judge=dataclasses.replace(recipe.eval.judge, retry_failed=True)),
+        )
     return recipe
 
 
@@ -145,9 +159,11 @@ def cmd_generate_data(args) -> int:
     from prefbench.onpolicy import generate_data
 
     stats = generate_data(load_datagen(args.recipe, args.overrides))
-    print(f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
-          f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
-          f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable")
+    print(
+        f"{stats['prompts']} prompts x {stats['samples'] // max(stats['prompts'], 1)} samples: mean reward "
+        f"{stats['mean_reward']:.3f}; {stats['pairs']} pairs ({stats['prompts_dropped_as_ties']} prompts dropped as ties); "
+        f"{stats['unpaired']} unpaired, {stats['desirable_share']:.1%} desirable"
+    )
     return 0
 
 
@@ -170,8 +186,10 @@ def cmd_export(args) -> int:
     from prefbench.export import export
 
     m = export(args.run_dir, args.format, args.out, args.sampling, args.sample)
-    print(f"{m['format']}: {len(m['units'])} unit(s) x {m['prompts']} prompts, {m['sampling']} pass, sample {m['sample']} "
-          f"-> {args.out}/{m['format']}/ (export.json says what was taken)")
+    print(
+        f"{m['format']}: {len(m['units'])} unit(s) x {m['prompts']} prompts, {m['sampling']} pass, sample {m['sample']} "
+        f"-> {args.out}/{m['format']}/ (export.json says what was taken)"
+    )
     if m["units_without_answers"]:
         print(f"not exported (no answers.jsonl): {', '.join(m['units_without_answers'])}")
     return 0
@@ -191,8 +209,15 @@ def cmd_compare(args) -> int:
                 raise ValueError(f"{flag} {item!r}: expected METRIC=NUMBER, e.g. reward=0.02") from None
         return out
 
-    verdicts = compare(args.baseline, args.candidate, per_metric(args.threshold, "--threshold"), args.against, args.margin,
-                       per_metric(args.tolerance, "--tolerance"), args.allow_one_seed)
+    verdicts = compare(
+        args.baseline,
+        args.candidate,
+        per_metric(args.threshold, "--threshold"),
+        args.against,
+        args.margin,
+        per_metric(args.tolerance, "--tolerance"),
+        args.allow_one_seed,
+    )
     print(verdict_table(verdicts))
     failed = [v for v in verdicts if v.verdict in FAILING]
     kind = "not shown non-inferior" if args.margin is not None else "regression(s)"
@@ -216,25 +241,35 @@ def cmd_plan(args) -> int:
     run = load_run(args.run_dir)
     tables = objective_tables(run_gens(run), PER_PROMPT_METRICS[args.metric][0])
     if len(tables) < 2 or next(iter(tables.values())).shape[0] < 2:
-        raise ValueError(f"{args.run_dir}: planning needs 2+ objectives evaluated with 2+ seeds each (run-to-run variation is "
-                         f"estimated from them); this run has {len(tables)} objective(s) with every seed, {len(run.manifest['recipe']['seeds'])} seed(s)")
+        raise ValueError(
+            f"{args.run_dir}: planning needs 2+ objectives evaluated with 2+ seeds each (run-to-run variation is "
+            f"estimated from them); this run has {len(tables)} objective(s) with every seed, {len(run.manifest['recipe']['seeds'])} seed(s)"
+        )
     c = stats.variance_components(tables)
     out = stats.plan(c, args.effect)
     k, m = c["objectives"], c["objectives"] * (c["objectives"] - 1) // 2
     print(f"{run.name}: {args.metric}, {k} objectives x {c['seeds']} seeds x {c['prompts']} prompts")
-    print(f"variance components: a training run's shift sd {c['run'] ** 0.5:.4f}, objective x prompt sd {c['interaction'] ** 0.5:.4f}, "
-          f"residual sd {c['residual'] ** 0.5:.4f}")
+    print(
+        f"variance components: a training run's shift sd {c['run'] ** 0.5:.4f}, objective x prompt sd {c['interaction'] ** 0.5:.4f}, "
+        f"residual sd {c['residual'] ** 0.5:.4f}"
+    )
     if c["run"] == 0 or c["interaction"] == 0:
-        print("  (a component floored at 0: the runs or prompts agree more than the noise alone implies, so the figures below lean on "
-              "the residual; they can be more conservative than the report's 'could resolve', which reads the mean squares directly)")
+        print(
+            "  (a component floored at 0: the runs or prompts agree more than the noise alone implies, so the figures below lean on "
+            "the residual; they can be more conservative than the report's 'could resolve', which reads the mean squares directly)"
+        )
     now = out["now"]
-    print(f"as it stands: a difference of {args.effect:g} between two objectives is resolved with power {now['power']:.2f}; "
-          f"the smallest it resolves with power {out['power']:.0%} is {now['smallest']:.4f}")
+    print(
+        f"as it stands: a difference of {args.effect:g} between two objectives is resolved with power {now['power']:.2f}; "
+        f"the smallest it resolves with power {out['power']:.0%} is {now['smallest']:.4f}"
+    )
     print(f"to resolve {args.effect:g} with power {out['power']:.0%} after Holm over the {m} pairs:")
     for d in out["designs"]:
         said = f"{d['seeds']} seeds (power {d['power']:.2f})" if d["seeds"] else "more than 64 seeds"
         print(f"  {d['prompts']:>5} prompts: {said}")
-    print("(assumes the objectives' seed spreads alike, as the pooled error term does; power at Holm's strictest level)")
+    print(
+        "(assumes the objectives' seed spreads alike, as the pooled error term does; power at Holm's strictest level)"
+    )
     return 0
 
 
@@ -242,7 +277,9 @@ def _indices(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of prompt indices, e.g. 0,5,17") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of prompt indices, e.g. 0,5,17"
+        ) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -254,65 +291,169 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(handler=handler)
         if recipe:
             c.add_argument("recipe")
-            c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                           help="override a recipe value, e.g. train.lr=1e-5")
+            c.add_argument(
+                "--set",
+                dest="overrides",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override a recipe value, e.g. train.lr=1e-5",
+            )
         return c
 
     command("objectives", cmd_objectives, "list every objective: data kind, reference need, hyperparameters, paper")
-    run = command("run", cmd_run, "train every objective x seed of a recipe, evaluate, report (resumable: re-run after a kill)", recipe=True)
-    train = command("train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True)
+    run = command(
+        "run",
+        cmd_run,
+        "train every objective x seed of a recipe, evaluate, report (resumable: re-run after a kill)",
+        recipe=True,
+    )
+    train = command(
+        "train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True
+    )
     train.add_argument("--objective", required=True, help="the objective's label in the recipe")
     train.add_argument("--seed", type=int, required=True)
-    command("prepare", cmd_prepare, "tokenize the data and compute every unit's reference log-probs once (the first stage of a launch)", recipe=True)
+    command(
+        "prepare",
+        cmd_prepare,
+        "tokenize the data and compute every unit's reference log-probs once (the first stage of a launch)",
+        recipe=True,
+    )
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
-    evaluate = command("evaluate", cmd_evaluate, "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)", recipe=True)
-    evaluate.add_argument("--unit", metavar="UNIT", help="evaluate only this unit (reference, or LABEL/seedK): its own part of the "
-                          "benchmarks, preference and generation stages; checkpoints after the reference")
-    evaluate.add_argument("--stage", action="append", metavar="STAGE",
-                          help="run only this stage (repeatable; benchmarks, preference, generation, judge, objectives, claims); default: every stage the recipe asks for")
+    evaluate = command(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate the reference and every trained checkpoint of a run (the recipe's eval section)",
+        recipe=True,
+    )
+    evaluate.add_argument(
+        "--unit",
+        metavar="UNIT",
+        help="evaluate only this unit (reference, or LABEL/seedK): its own part of the "
+        "benchmarks, preference and generation stages; checkpoints after the reference",
+    )
+    evaluate.add_argument(
+        "--stage",
+        action="append",
+        metavar="STAGE",
+        help="run only this stage (repeatable; benchmarks, preference, generation, judge, objectives, claims); default: every stage the recipe asks for",
+    )
     for c in (run, evaluate):
-        c.add_argument("--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures")
-    launch = command("launch", cmd_launch, "run a recipe's units in parallel on an engine you run: local processes, Slurm (submitit) or Ray", recipe=True)
+        c.add_argument(
+            "--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures"
+        )
+    launch = command(
+        "launch",
+        cmd_launch,
+        "run a recipe's units in parallel on an engine you run: local processes, Slurm (submitit) or Ray",
+        recipe=True,
+    )
     launch.add_argument("--executor", required=True, choices=["local", "slurm", "ray"])
     launch.add_argument("--parallel", type=int, default=2, help="units running at once (default 2)")
-    launch.add_argument("--gpus-per-unit", type=int, help="GPUs each unit gets (default 1 where CUDA is, else 0); above 1, training runs under torchrun")
-    launch.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE", help="an sbatch option for every job, e.g. partition=gpu")
+    launch.add_argument(
+        "--gpus-per-unit",
+        type=int,
+        help="GPUs each unit gets (default 1 where CUDA is, else 0); above 1, training runs under torchrun",
+    )
+    launch.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option for every job, e.g. partition=gpu",
+    )
     launch.add_argument("--ray-address", help="the Ray cluster to use (default: RAY_ADDRESS, else a local one)")
     launch.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
-    command("generate-data", cmd_generate_data, "sample from a model, score with a reward, write paired + unpaired preference data", recipe=True)
-    report = command("report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results")
+    command(
+        "generate-data",
+        cmd_generate_data,
+        "sample from a model, score with a reward, write paired + unpaired preference data",
+        recipe=True,
+    )
+    report = command(
+        "report", cmd_report, "render reports/<run>/report.md and report.html from a run directory's results"
+    )
     report.add_argument("run_dir")
     report.add_argument("--out", default="reports", help="parent directory of the report (default: reports)")
-    report.add_argument("--prompts", type=_indices, metavar="I,J,...",
-                        help="the held-out prompts the answer viewer shows, by index (default: the first 24)")
-    push = command("push", cmd_push, "upload a trained unit's checkpoint and model card (UNIT_DIR/final) to the Hugging Face Hub")
+    report.add_argument(
+        "--prompts",
+        type=_indices,
+        metavar="I,J,...",
+        help="the held-out prompts the answer viewer shows, by index (default: the first 24)",
+    )
+    push = command(
+        "push", cmd_push, "upload a trained unit's checkpoint and model card (UNIT_DIR/final) to the Hugging Face Hub"
+    )
     push.add_argument("unit_dir", help="a unit's directory, e.g. runs/kto_vs_dpo/dpo/seed0")
-    push.add_argument("--repo-id", required=True, help="the model repository, e.g. you/smollm2-dpo (created if missing; token from HF_TOKEN)")
+    push.add_argument(
+        "--repo-id",
+        required=True,
+        help="the model repository, e.g. you/smollm2-dpo (created if missing; token from HF_TOKEN)",
+    )
     push.add_argument("--private", action="store_true")
-    export = command("export", cmd_export, "write a run's answers in the layout AlpacaEval or Arena-Hard reads, one answer per prompt per unit")
+    export = command(
+        "export",
+        cmd_export,
+        "write a run's answers in the layout AlpacaEval or Arena-Hard reads, one answer per prompt per unit",
+    )
     export.add_argument("run_dir")
     export.add_argument("--format", required=True, choices=["alpaca_eval", "arena_hard"])
     export.add_argument("--out", required=True, help="directory the <format>/ folder is written in")
-    export.add_argument("--sampling", choices=["sampled", "greedy"], help="default: greedy where every unit has it, else sampled")
-    export.add_argument("--sample", type=int, help="which sample of the pass (default 0; alone, it picks the sampled pass)")
-    plan = command("plan", cmd_plan, "the seeds and prompts that resolve a given difference, from a run's variance components")
+    export.add_argument(
+        "--sampling", choices=["sampled", "greedy"], help="default: greedy where every unit has it, else sampled"
+    )
+    export.add_argument(
+        "--sample", type=int, help="which sample of the pass (default 0; alone, it picks the sampled pass)"
+    )
+    plan = command(
+        "plan", cmd_plan, "the seeds and prompts that resolve a given difference, from a run's variance components"
+    )
     plan.add_argument("run_dir")
-    plan.add_argument("--effect", type=float, required=True, metavar="E", help="the difference between two objectives to resolve, in the metric's units")
+    plan.add_argument(
+        "--effect",
+        type=float,
+        required=True,
+        metavar="E",
+        help="the difference between two objectives to resolve, in the metric's units",
+    )
     plan.add_argument("--metric", default="reward", help="a ranked metric (default reward)")
-    compare = command("compare", cmd_compare, "paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression")
+    compare = command(
+        "compare",
+        cmd_compare,
+        "paired, metric-by-metric verdicts of CANDIDATE against BASELINE; exit 1 on a regression",
+    )
     compare.add_argument("baseline")
     compare.add_argument("candidate")
-    compare.add_argument("--threshold", action="append", default=[], metavar="METRIC=VALUE",
-                         help="regression threshold per metric (defaults: reward=0.02, greedy_reward=0.02; kl ungated)")
-    compare.add_argument("--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label")
-    compare.add_argument("--margin", type=float, metavar="M",
-                         help="non-inferiority: fail a gated metric whose 95%% interval reaches further than M on the worse side")
-    compare.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
-                         help="numerical tolerance per metric: a smaller difference is no change whatever its p "
-                              "(defaults: reward=0.001, greedy_reward=0.001, kl=0.01)")
-    compare.add_argument("--allow-one-seed", action="store_true",
-                         help="gate a retrained candidate with one seed on a side seed by seed (these two training runs only); "
-                              "refused by default (exit 2)")
+    compare.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="regression threshold per metric (defaults: reward=0.02, greedy_reward=0.02; kl ungated)",
+    )
+    compare.add_argument(
+        "--against", metavar="LABEL", help="compare every candidate unit with this baseline objective label"
+    )
+    compare.add_argument(
+        "--margin",
+        type=float,
+        metavar="M",
+        help="non-inferiority: fail a gated metric whose 95%% interval reaches further than M on the worse side",
+    )
+    compare.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="numerical tolerance per metric: a smaller difference is no change whatever its p "
+        "(defaults: reward=0.001, greedy_reward=0.001, kl=0.01)",
+    )
+    compare.add_argument(
+        "--allow-one-seed",
+        action="store_true",
+        help="gate a retrained candidate with one seed on a side seed by seed (these two training runs only); "
+        "refused by default (exit 2)",
+    )
     return p
 
 

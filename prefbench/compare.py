@@ -92,8 +92,12 @@ def comparability_problems(base: Run, cand: Run) -> list[str]:
     problems = []
     bm, cm = base.manifest, cand.manifest
     if bm["data"]["fingerprint"] != cm["data"]["fingerprint"]:
-        problems.append(f"training data differs (token fingerprint {bm['data']['fingerprint'][:12]} vs {cm['data']['fingerprint'][:12]})")
-    if bm["model"]["spec"] != cm["model"]["spec"] or bm["model"].get("sha256_of_config") != cm["model"].get("sha256_of_config"):
+        problems.append(
+            f"training data differs (token fingerprint {bm['data']['fingerprint'][:12]} vs {cm['data']['fingerprint'][:12]})"
+        )
+    if bm["model"]["spec"] != cm["model"]["spec"] or bm["model"].get("sha256_of_config") != cm["model"].get(
+        "sha256_of_config"
+    ):
         problems.append(f"model differs ({bm['model']['spec']} vs {cm['model']['spec']})")
     if bm.get("schema_version") != cm.get("schema_version"):
         problems.append(f"results schema differs (v{bm.get('schema_version')} vs v{cm.get('schema_version')})")
@@ -110,12 +114,21 @@ def comparability_problems(base: Run, cand: Run) -> list[str]:
     return problems
 
 
-def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, against: str | None = None,
-            margin: float | None = None, tolerances: dict[str, float] | None = None, allow_one_seed: bool = False) -> list[Verdict]:
+def compare(
+    base_dir,
+    cand_dir,
+    thresholds: dict[str, float] | None = None,
+    against: str | None = None,
+    margin: float | None = None,
+    tolerances: dict[str, float] | None = None,
+    allow_one_seed: bool = False,
+) -> list[Verdict]:
     base, cand = load_run(base_dir), load_run(cand_dir)
     problems = comparability_problems(base, cand)
     if problems:
-        raise NotComparable(f"{base_dir} and {cand_dir} are not comparable:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise NotComparable(
+            f"{base_dir} and {cand_dir} are not comparable:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     for flag, given in (("--threshold", thresholds), ("--tolerance", tolerances)):
@@ -125,12 +138,16 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
         raise ValueError(f"--margin {margin}: must be 0 or more")
     tests = [t for group in _groups(base, cand, against) for t in _tests(*group)]
     if (one := next((t for t in tests if t[3] == "one seed"), None)) and not allow_one_seed:
-        raise NotGateable(f"not gateable: {one[0]} against {one[1]} is a retrained checkpoint with one seed on a side, so run-to-run "
-                          "variation cannot be told from a change; store 3+ seeds on both sides (recipe `seeds: [0, 1, 2]`), "
-                          "or pass --allow-one-seed for the seed-by-seed test of these two training runs only")
+        raise NotGateable(
+            f"not gateable: {one[0]} against {one[1]} is a retrained checkpoint with one seed on a side, so run-to-run "
+            "variation cannot be told from a change; store 3+ seeds on both sides (recipe `seeds: [0, 1, 2]`), "
+            "or pass --allow-one-seed for the seed-by-seed test of these two training runs only"
+        )
     if not tests:
         names = sorted(u.name for u in base.units if u.generation)
-        raise ValueError(f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant")
+        raise ValueError(
+            f"no candidate unit matches a baseline unit (baseline has {names}); use --against LABEL for a new variant"
+        )
     gated = [i for i, t in enumerate(tests) if thresholds.get(t[2]) is not None]  # the family that can fail CI
     m = max(1, len(gated))
     n_boot = stats.family_n_boot(m)
@@ -138,9 +155,22 @@ def compare(base_dir, cand_dir, thresholds: dict[str, float] | None = None, agai
     for unit, base_unit, metric, null, values in tests:
         r = null_test(null, values, n_boot)
         base_mean, cand_mean = _means(values)
-        verdicts.append(Verdict(unit, base_unit, metric, base_mean, cand_mean, r["difference"], tuple(r["ci"]), r["p_value"],
-                                p_holm=r["p_value"], detectable=stats.detectable(r["ci"], r.get("df"), m),
-                                null=null, n_seeds=r.get("n_seeds", 1)))
+        verdicts.append(
+            Verdict(
+                unit,
+                base_unit,
+                metric,
+                base_mean,
+                cand_mean,
+                r["difference"],
+                tuple(r["ci"]),
+                r["p_value"],
+                p_holm=r["p_value"],
+                detectable=stats.detectable(r["ci"], r.get("df"), m),
+                null=null,
+                n_seeds=r.get("n_seeds", 1),
+            )
+        )
     for i, p_holm in zip(gated, stats.holm([verdicts[i].p for i in gated])):
         verdicts[i].p_holm, verdicts[i].gated = p_holm, True
     for v in verdicts:
@@ -161,6 +191,7 @@ def null_test(null: str, values, n_boot: int = stats.N_BOOT) -> dict:
 
 def _groups(base: Run, cand: Run, against: str | None):
     """(candidate label, baseline label, {seed: candidate unit}, {seed: baseline unit}) per candidate objective."""
+
     def by_label(run: Run) -> dict[str, dict[int, Unit]]:
         out: dict[str, dict[int, Unit]] = {}
         for u in run.units:
@@ -202,9 +233,21 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
         b_new = {s: v for s, v in b_vals.items() if s not in identical}
         both, prompts = sorted(set(c_new) & set(b_new)), len(next(iter(c_vals.values())))
         if len(both) >= 2:
-            yield label, base_label, metric, "new training run", (np.array([c_new[s] for s in both]), np.array([b_new[s] for s in both]), True)
+            yield (
+                label,
+                base_label,
+                metric,
+                "new training run",
+                (np.array([c_new[s] for s in both]), np.array([b_new[s] for s in both]), True),
+            )
         elif min(len(c_new), len(b_new)) >= 2 and prompts >= 2:
-            yield label, base_label, metric, "new training run", (np.array(list(c_new.values())), np.array(list(b_new.values())), False)
+            yield (
+                label,
+                base_label,
+                metric,
+                "new training run",
+                (np.array(list(c_new.values())), np.array(list(b_new.values())), False),
+            )
         else:  # one seed a side: seed by seed, flagged (unless that seed's weights are the same: evaluated again)
             for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or [(min(c_vals), min(b_vals))]:
                 null = "regeneration" if cs == bs and cs in identical else "one seed"
@@ -216,7 +259,9 @@ def _means(values) -> tuple[float, float]:
     return float(np.mean(values[1])), float(np.mean(values[0]))
 
 
-def _verdict(v: Verdict, threshold: float | None, higher: bool | None, margin: float | None = None, tolerance: float = 0.0) -> str:
+def _verdict(
+    v: Verdict, threshold: float | None, higher: bool | None, margin: float | None = None, tolerance: float = 0.0
+) -> str:
     """regressed / worse, within threshold / improved / no change for a reward; higher / lower / no change for
     KL (regressed only past a threshold); with a non-inferiority margin, a gated metric is "non-inferior" or
     "not shown non-inferior" (fails): module docstring. A difference within `tolerance` is no change whatever
@@ -243,8 +288,10 @@ FAILING = ("regressed", "not shown non-inferior")
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    head = (f"{'unit':<22}{'baseline':<18}{'metric':<15}{'seeds':>6}{'baseline':>9}{'candidate':>10}{'diff':>9}  {'95% CI':<19}{'p':>7}"
-            f"{'Holm p':>8}  verdict")
+    head = (
+        f"{'unit':<22}{'baseline':<18}{'metric':<15}{'seeds':>6}{'baseline':>9}{'candidate':>10}{'diff':>9}  {'95% CI':<19}{'p':>7}"
+        f"{'Holm p':>8}  verdict"
+    )
     lines = [head, "-" * len(head)]
     for v in verdicts:
         said = v.verdict.upper() if v.verdict in FAILING else v.verdict
@@ -254,16 +301,24 @@ def verdict_table(verdicts: list[Verdict]) -> str:
             said = f"no change detected (could detect ±{v.detectable:.3f})"
         if v.null == "one seed":
             said += " [one seed: these two training runs only]"
-        lines.append(f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{v.baseline:>9.3f}{v.candidate:>10.3f}{v.diff:>+9.3f}  "
-                     f"[{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]  {v.p:>6.3f}{v.p_holm:>8.3f}  {said}")
+        lines.append(
+            f"{v.unit:<22}{v.baseline_unit:<18}{v.metric:<15}{v.n_seeds:>6}{v.baseline:>9.3f}{v.candidate:>10.3f}{v.diff:>+9.3f}  "
+            f"[{v.ci[0]:+.3f}, {v.ci[1]:+.3f}]  {v.p:>6.3f}{v.p_holm:>8.3f}  {said}"
+        )
     nulls = {v.null for v in verdicts}
     if "one seed" in nulls:
-        lines.append("\none seed per side and different (or unknown) checkpoints (--allow-one-seed): these intervals hold for these two "
-                     "training runs only; a retrained candidate also differs by run-to-run variation. Store 3+ seeds to gate it.")
+        lines.append(
+            "\none seed per side and different (or unknown) checkpoints (--allow-one-seed): these intervals hold for these two "
+            "training runs only; a retrained candidate also differs by run-to-run variation. Store 3+ seeds to gate it."
+        )
     if "new training run" in nulls:
-        lines.append("\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null; "
-                     "unpaired seeds: each side's own seed variance, Welch's degrees of freedom).")
+        lines.append(
+            "\nnew training runs: per objective, intervals over seeds and prompts (run-to-run variation in the null; "
+            "unpaired seeds: each side's own seed variance, Welch's degrees of freedom)."
+        )
     gated, n = sorted({v.metric for v in verdicts if v.gated}), sum(v.gated for v in verdicts)
-    lines.append(f"Holm p: adjusted across the {n} test{'s' if n != 1 else ''} of the gated metrics ({', '.join(gated) or 'none'}: "
-                 "each unit x metric with a threshold); the others show their own p.")
+    lines.append(
+        f"Holm p: adjusted across the {n} test{'s' if n != 1 else ''} of the gated metrics ({', '.join(gated) or 'none'}: "
+        "each unit x metric with a threshold); the others show their own p."
+    )
     return "\n".join(lines)

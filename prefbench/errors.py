@@ -1,7 +1,8 @@
 """The errors prefbench reports to users as one message each (the CLI prints them without a traceback)."""
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def did_you_mean(value: Any, known: Iterable) -> str:

@@ -34,7 +34,9 @@ def pick_answers(run: Run, sampling: str | None = None, sample: int | None = Non
     before anything is written: a pass or sample that one unit lacks would make the units incomparable."""
     lines = {u.name: read_jsonl(p) for u in run.units if (p := run.root / u.name / "answers.jsonl").is_file()}
     if not lines:
-        raise ResultsError(f"{run.root}: no unit has answers.jsonl; run `prefbench evaluate RECIPE --stage generation` first")
+        raise ResultsError(
+            f"{run.root}: no unit has answers.jsonl; run `prefbench evaluate RECIPE --stage generation` first"
+        )
     if sampling is None:
         has_greedy = all(any(r["sampling"] == "greedy" for r in rows) for rows in lines.values())
         sampling = "greedy" if has_greedy and sample is None else "sampled"
@@ -46,14 +48,18 @@ def pick_answers(run: Run, sampling: str | None = None, sample: int | None = Non
             raise ResultsError(f"{name}: no {sampling} answers in answers.jsonl")
         n = min(Counter(r["prompt_index"] for r in rows).values())
         if not 0 <= sample < n:
-            raise ResultsError(f"--sample {sample}: out of range; {name}'s {sampling} pass has {n} answer(s) per prompt")
+            raise ResultsError(
+                f"--sample {sample}: out of range; {name}'s {sampling} pass has {n} answer(s) per prompt"
+            )
         first: dict[str, dict] = {}
         for r in sorted(rows, key=lambda r: r["prompt_index"]):
             if r["sample"] == sample:
                 first.setdefault(prompt_text(r["prompt"]), r)
         answers[name] = first
     if len({frozenset(first) for first in answers.values()}) > 1:  # the judges pair answers by prompt
-        raise ResultsError(f"{run.root}: the units' answers are to different prompts; re-run `prefbench evaluate` so that they share them")
+        raise ResultsError(
+            f"{run.root}: the units' answers are to different prompts; re-run `prefbench evaluate` so that they share them"
+        )
     return sampling, sample, answers, [u.name for u in run.units if u.name not in lines]
 
 
@@ -74,8 +80,13 @@ def write_alpaca_eval(run: Run, answers: dict, out: Path) -> list[Path]:
     for unit, picked in answers.items():
         name = model_name(run, unit)
         files.append(out / name / "model_outputs.json")
-        write_json(files[-1], [{"instruction": text, "output": r["answer"], "generator": name, "dataset": run.name}
-                               for text, r in picked.items()])
+        write_json(
+            files[-1],
+            [
+                {"instruction": text, "output": r["answer"], "generator": name, "dataset": run.name}
+                for text, r in picked.items()
+            ],
+        )
     return files
 
 
@@ -90,25 +101,45 @@ def write_arena_hard(run: Run, answers: dict, out: Path) -> list[Path]:
     for unit, picked in answers.items():
         model = model_name(run, unit)
         files.append(bench / "model_answer" / f"{model}.jsonl")
-        write_jsonl(files[-1], [{"uid": question_id(text), "model": model,
-                                 "messages": (r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}])
-                                 + [{"role": "assistant", "content": {"answer": r["answer"]}}]}
-                                for text, r in picked.items()])
+        write_jsonl(
+            files[-1],
+            [
+                {
+                    "uid": question_id(text),
+                    "model": model,
+                    "messages": (
+                        r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+                    )
+                    + [{"role": "assistant", "content": {"answer": r["answer"]}}],
+                }
+                for text, r in picked.items()
+            ],
+        )
     return files
 
 
 FORMATS = {"alpaca_eval": write_alpaca_eval, "arena_hard": write_arena_hard}
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path, sampling: str | None = None, sample: int | None = None) -> dict:
+def export(
+    run_dir: str | Path, fmt: str, out: str | Path, sampling: str | None = None, sample: int | None = None
+) -> dict:
     """Write the run's answers in `fmt` under out/<fmt>/ and return its export.json."""
     run = load_run(run_dir)
     sampling, sample, answers, skipped = pick_answers(run, sampling, sample)
     out = Path(out) / fmt
     files = FORMATS[fmt](run, answers, out)
-    manifest = {"run": run.name, "run_dir": str(Path(run_dir).resolve()), "format": fmt, "units": list(answers),
-                "units_without_answers": skipped, "sampling": sampling, "sample": sample,
-                "prompts": len(next(iter(answers.values()))), "prefbench": versions().get("prefbench"),
-                "files": [str(f.relative_to(out)) for f in files]}
+    manifest = {
+        "run": run.name,
+        "run_dir": str(Path(run_dir).resolve()),
+        "format": fmt,
+        "units": list(answers),
+        "units_without_answers": skipped,
+        "sampling": sampling,
+        "sample": sample,
+        "prompts": len(next(iter(answers.values()))),
+        "prefbench": versions().get("prefbench"),
+        "files": [str(f.relative_to(out)) for f in files],
+    }
     write_json(out / "export.json", manifest)
     return manifest

@@ -42,11 +42,15 @@ def check(setting: str, device) -> None:
     kind = chosen(setting, device)
     if kind == "liger":
         if torch.device(device).type != "cuda":
-            raise TrainingError("train.kernels: liger runs Triton kernels on a GPU only; use compile or none on this machine")
+            raise TrainingError(
+                "train.kernels: liger runs Triton kernels on a GPU only; use compile or none on this machine"
+            )
         try:
             import liger_kernel.transformers  # noqa: F401
         except ImportError as err:
-            raise TrainingError(f"train.kernels: liger needs the liger-kernel package (pip install 'prefbench[gpu]'): {err}") from None
+            raise TrainingError(
+                f"train.kernels: liger needs the liger-kernel package (pip install 'prefbench[gpu]'): {err}"
+            ) from None
 
 
 def apply(lm: nn.Module, setting: str, device) -> str:
@@ -63,8 +67,12 @@ def apply(lm: nn.Module, setting: str, device) -> str:
         )
 
         if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-            raise TrainingError(f"train.kernels: liger has no kernels for model type {model.config.model_type!r}; use compile or none")
-        _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+            raise TrainingError(
+                f"train.kernels: liger has no kernels for model type {model.config.model_type!r}; use compile or none"
+            )
+        _apply_liger_kernel_to_instance(
+            model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+        )
     elif kind == "compile":
         for layer in model.get_decoder().layers:
             layer.compile()

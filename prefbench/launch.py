@@ -51,27 +51,49 @@ class Task:
     log: Path  # its output
 
 
-def plan(recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0, done: set[str] | None = None) -> list[list[Task]]:
+def plan(
+    recipe_path: str, overrides: list[str], recipe, gpus_per_unit: int = 0, done: set[str] | None = None
+) -> list[list[Task]]:
     """The waves of tasks that carry `recipe` out, less the `done` ones (by name; default: done_tasks). Every path
     a task sees is absolute (the recipe, output_dir, report_dir), so a task runs the same from any working
     directory or node; relative data paths in the recipe resolve against the launch's working directory, which
     every executor runs its tasks in."""
     root = run_dir(recipe).resolve()
-    fixed = [*overrides, f"output_dir={Path(recipe.output_dir).resolve()}", f"report_dir={Path(recipe.report_dir).resolve()}"]
+    fixed = [
+        *overrides,
+        f"output_dir={Path(recipe.output_dir).resolve()}",
+        f"report_dir={Path(recipe.report_dir).resolve()}",
+    ]
     sets = [a for item in fixed for a in ("--set", item)]
     python = [sys.executable]
-    torchrun = [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_unit}"] if gpus_per_unit > 1 else python
+    torchrun = (
+        [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_unit}"]
+        if gpus_per_unit > 1
+        else python
+    )
 
     def task(name: str, command: list[str], distributed: bool = False) -> Task:
-        argv = (*(torchrun if distributed else python), "-m", "prefbench.cli", *command, str(Path(recipe_path).resolve()), *sets)
+        argv = (
+            *(torchrun if distributed else python),
+            "-m",
+            "prefbench.cli",
+            *command,
+            str(Path(recipe_path).resolve()),
+            *sets,
+        )
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
     waves = [
         [task("prepare", ["prepare"], distributed=True)],
-        [task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True) for label, seed in units]
+        [
+            task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True)
+            for label, seed in units
+        ]
         + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
-        [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units] if _has_unit_stages(recipe) else [],
+        [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units]
+        if _has_unit_stages(recipe)
+        else [],
         [task("finish", ["run"])],
     ]
     done = done_tasks(recipe) if done is None else done
@@ -84,11 +106,18 @@ def done_tasks(recipe) -> set[str]:
     reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
     (eval.run.finished_units: the stages' own checks). The final step always runs."""
     units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
-    done = {f"train {label}/seed{seed}" for label, seed in units if (objective_dir(recipe, label, seed) / "summary.json").is_file()}
+    done = {
+        f"train {label}/seed{seed}"
+        for label, seed in units
+        if (objective_dir(recipe, label, seed) / "summary.json").is_file()
+    }
     if len(done) == len(units):
         done.add("prepare")
     if _has_unit_stages(recipe):
-        done |= {f"evaluate {u}" for u in finished_units(recipe, ["reference", *(f"{label}/seed{seed}" for label, seed in units)])}
+        done |= {
+            f"evaluate {u}"
+            for u in finished_units(recipe, ["reference", *(f"{label}/seed{seed}" for label, seed in units)])
+        }
     return done
 
 
@@ -103,22 +132,38 @@ def launch(waves: list[list[Task]], executor) -> None:
 
     def report(task: Task, ok: bool, seconds: float) -> None:
         ended[0] += 1
-        print(f"[{time.strftime('%H:%M:%S')}] {ended[0]}/{total} {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {ended[0]}/{total} {task.name}: {'done' if ok else 'FAILED'} in {seconds:.0f} s",
+            flush=True,
+        )
 
     for wave in waves:
         if wave and (failed := executor.run(wave, report)):
-            raise LaunchError("; ".join(f"{t.name} failed (its output: {t.log})" for t in failed)
-                              + ". Fix the cause and launch again: finished work is kept")
+            raise LaunchError(
+                "; ".join(f"{t.name} failed (its output: {t.log})" for t in failed)
+                + ". Fix the cause and launch again: finished work is kept"
+            )
 
 
 def run_task(argv: tuple[str, ...], log: str, cwd: str, extra: dict | None = None) -> int:
     """One task's command, its output to `log`; its exit status. What every executor runs (on whatever node)."""
     env = os.environ  # under Slurm, the job as squeue and scontrol name it: an array task, or a job of its own
-    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
-    if job and "OMP_NUM_THREADS" not in env:  # as many threads as the CPUs Slurm gave the job on this node ("2" or "2(x3)")
-        extra = {"OMP_NUM_THREADS": re.match(r"\d*", env.get("SLURM_JOB_CPUS_PER_NODE", "")).group() or "1", **(extra or {})}
+    job = (
+        f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        if "SLURM_ARRAY_JOB_ID" in env
+        else env.get("SLURM_JOB_ID")
+    )
+    if (
+        job and "OMP_NUM_THREADS" not in env
+    ):  # as many threads as the CPUs Slurm gave the job on this node ("2" or "2(x3)")
+        extra = {
+            "OMP_NUM_THREADS": re.match(r"\d*", env.get("SLURM_JOB_CPUS_PER_NODE", "")).group() or "1",
+            **(extra or {}),
+        }
     with _open_log(Path(log), argv, f"slurm job {job}" if job else None) as out:
-        return subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(extra or {})}).returncode
+        return subprocess.run(
+            argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(extra or {})}
+        ).returncode
 
 
 def _open_log(log: Path, argv: tuple[str, ...], note: str | None = None):
@@ -152,7 +197,11 @@ class LocalExecutor:
             while pending and len(running) < self.parallel and len(free) >= pending[0].gpus:
                 task = pending.pop(0)
                 held, free = free[: task.gpus], free[task.gpus :]
-                env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, held))} if self.devices else {"OMP_NUM_THREADS": str(self.threads)}
+                env = (
+                    {"CUDA_VISIBLE_DEVICES": ",".join(map(str, held))}
+                    if self.devices
+                    else {"OMP_NUM_THREADS": str(self.threads)}
+                )
                 running.append((task, held, time.time(), _start(task, self.cwd, env)))
             if pending and not running:
                 raise LaunchError(f"{pending[0].name} asks for {pending[0].gpus} GPUs; this machine has {self.devices}")
@@ -190,8 +239,14 @@ class SlurmExecutor:
         minutes = int(options.pop("time", 24 * 60))
         self.cwd = cwd
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        self.executor.update_parameters(slurm_array_parallelism=parallel, gpus_per_node=gpus or None, nodes=1, tasks_per_node=1,
-                                        timeout_min=minutes, slurm_additional_parameters={"requeue": True, **options})
+        self.executor.update_parameters(
+            slurm_array_parallelism=parallel,
+            gpus_per_node=gpus or None,
+            nodes=1,
+            tasks_per_node=1,
+            timeout_min=minutes,
+            slurm_additional_parameters={"requeue": True, **options},
+        )
 
     def run(self, wave: list[Task], report) -> list[Task]:
         started = time.time()
@@ -216,7 +271,9 @@ class SlurmExecutor:
 
 def _slurm_queue() -> set[str]:
     """The ids of the jobs and array tasks in Slurm's queue (pending, running, requeued), as submitit names them."""
-    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "--noheader", "--array", "--format=%i"], capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 
@@ -254,8 +311,15 @@ class RayExecutor:
 EXECUTORS = ("local", "slurm", "ray")
 
 
-def make_executor(kind: str, parallel: int, gpus_per_unit: int, root: Path, *, slurm_options: dict[str, str] | None = None,
-                  ray_address: str | None = None):
+def make_executor(
+    kind: str,
+    parallel: int,
+    gpus_per_unit: int,
+    root: Path,
+    *,
+    slurm_options: dict[str, str] | None = None,
+    ray_address: str | None = None,
+):
     cwd = os.getcwd()
     if kind == "local":
         return LocalExecutor(parallel, cwd)

@@ -77,7 +77,9 @@ def shares_prompts(model: nn.Module) -> bool:
     context (a sliding window would be replaced by the mask). Other implementations (flash-attention's
     kernels take no such mask) run each completion with its own copy of the prompt."""
     config = causal_lm(model).config
-    full = getattr(config, "sliding_window", None) is None and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ())
+    full = getattr(config, "sliding_window", None) is None and all(
+        t == "full_attention" for t in getattr(config, "layer_types", None) or ()
+    )
     return full and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", "flex_attention")
 
 
@@ -110,7 +112,9 @@ def _block_mask(packed: Tensor):
     sequence, segment = packed[0, 0], packed[0, 1]
     mask_mod = lambda b, h, q, kv: attends(sequence[q], segment[q], sequence[kv], segment[kv], q, kv)
     width = packed.shape[-1]
-    return create_block_mask(mask_mod, 1, None, width, width, device=packed.device, _compile=packed.device.type == "cuda")
+    return create_block_mask(
+        mask_mod, 1, None, width, width, device=packed.device, _compile=packed.device.type == "cuda"
+    )
 
 
 class SequenceLogps(nn.Module):
@@ -143,10 +147,14 @@ def _completion_hidden(lm: nn.Module, fwd: Forward):
     mask, attention = fwd.attention_mask, lm.config._attn_implementation
     if mask.dim() == 3:  # packed: each token's (sequence, segment)
         mask = _block_mask(mask) if attention == "flex_attention" else dense_mask(mask)
-    if torch.is_tensor(mask) and mask.dim() == 4 and attention in ("eager", "flex_attention"):  # they add the mask to the scores
+    if (
+        torch.is_tensor(mask) and mask.dim() == 4 and attention in ("eager", "flex_attention")
+    ):  # they add the mask to the scores
         mask = torch.zeros(mask.shape, dtype=lm.dtype, device=mask.device).masked_fill(~mask, torch.finfo(lm.dtype).min)
     with attention_kernels(fwd.input_ids.device):
-        hidden = backbone(input_ids=fwd.input_ids, attention_mask=mask, position_ids=fwd.position_ids, use_cache=False).last_hidden_state
+        hidden = backbone(
+            input_ids=fwd.input_ids, attention_mask=mask, position_ids=fwd.position_ids, use_cache=False
+        ).last_hidden_state
     return hidden.flatten(0, 1)[fwd.predict_at], head, torch.promote_types(hidden.dtype, torch.float32)
 
 
@@ -165,7 +173,9 @@ def completion_stats(lm: nn.Module, fwd: Forward) -> dict[str, Tensor]:
     zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
     out = {"tokens": torch.bincount(fwd.rows, minlength=fwd.n_rows)}
     for name, values in pieces.items():
-        out[name] = zeros.clone().index_add(0, fwd.rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype))
+        out[name] = zeros.clone().index_add(
+            0, fwd.rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype)
+        )
     return out
 
 
@@ -175,8 +185,13 @@ def completion_logps_at(lm: nn.Module, fwd: Forward, ids: Tensor) -> Tensor:
     i of `fwd` (fwd's target order): a model scored on what another one (an engine) listed at each position."""
     selected, head, dtype = _completion_hidden(lm, fwd)
     chunk = max(1, block_elements(selected.device) // head.weight.shape[0])
-    pieces = [F.linear(selected[start : start + chunk], head.weight, head.bias).to(dtype).log_softmax(-1).gather(1, ids[start : start + chunk])
-              for start in range(0, selected.shape[0], chunk)]
+    pieces = [
+        F.linear(selected[start : start + chunk], head.weight, head.bias)
+        .to(dtype)
+        .log_softmax(-1)
+        .gather(1, ids[start : start + chunk])
+        for start in range(0, selected.shape[0], chunk)
+    ]
     return torch.cat(pieces) if pieces else selected.new_zeros(0, ids.shape[1], dtype=dtype)
 
 

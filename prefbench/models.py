@@ -20,7 +20,8 @@ import importlib.util
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,14 +37,32 @@ SEED = 0
 # Llama shapes. head_dim = hidden_size / num_attention_heads stays >= 32: vLLM's CPU kernels need it.
 TINY_PRESETS = {
     # Head-dominated: a 49152 x 64 embedding dwarfs the two layers (the shape of a small real model's cost).
-    "head": dict(tokenizer="smollm2", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, intermediate_size=128),
+    "head": dict(
+        tokenizer="smollm2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+    ),
     # Body-dominated: a 384-token vocabulary, so the layers hold nearly all parameters.
-    "body": dict(tokenizer="bytes", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, intermediate_size=1024),
+    "body": dict(
+        tokenizer="bytes",
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=1024,
+    ),
     # The fast test default.
-    "small": dict(tokenizer="bytes", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=2, intermediate_size=128),
+    "small": dict(
+        tokenizer="bytes",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=128,
+    ),
 }
 OFFLINE_SPECS = [EMBEDDED] + [f"tiny:{name}" for name in TINY_PRESETS] + ["a local checkpoint directory"]
 
@@ -78,8 +97,10 @@ def resolve(spec: str) -> pathlib.Path:
         return _publish(cache_dir() / "models" / EMBEDDED, _convert_gguf)
     if source == "tiny":
         preset = _tiny_preset(spec)
-        return _publish(cache_dir() / "models" / f"tiny-{spec.removeprefix('tiny:')}-{_tiny_hash(preset)}",
-                        lambda out: _build_tiny(preset, out))
+        return _publish(
+            cache_dir() / "models" / f"tiny-{spec.removeprefix('tiny:')}-{_tiny_hash(preset)}",
+            lambda out: _build_tiny(preset, out),
+        )
     if source == "local":
         if problem := local_problem(spec):
             raise FileNotFoundError(f"model {spec!r}: {problem}")
@@ -261,11 +282,21 @@ def _bytes_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BYTES_VOCAB, special_tokens=BYTES_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=BYTES_VOCAB,
+        special_tokens=BYTES_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(BYTES_CORPUS.splitlines(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
-                                   chat_template=BYTES_CHAT_TEMPLATE, model_max_length=2048)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        chat_template=BYTES_CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
 
 
 def _build_tiny(preset: dict, out: pathlib.Path) -> None:
@@ -273,9 +304,15 @@ def _build_tiny(preset: dict, out: pathlib.Path) -> None:
 
     shape = {k: v for k, v in preset.items() if k != "tokenizer"}
     tokenizer = _gguf_tokenizer() if preset["tokenizer"] == "smollm2" else _bytes_tokenizer()
-    config = LlamaConfig(**shape, vocab_size=len(tokenizer), tie_word_embeddings=True,
-                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        **shape,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Our own init from a fixed seed, not transformers' (which may change between releases), so the
     # weights are the same on every machine. Llama's only 1-D parameters are the RMSNorm scales.
@@ -296,8 +333,12 @@ def _download(spec: str) -> pathlib.Path:
     try:
         # Weights as safetensors plus configs, tokenizer files and modelling code (run only with trust_remote_code,
         # e.g. a reward model's own head); skips .bin/.gguf/onnx duplicates.
-        path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"])
+        path = snapshot_download(
+            spec, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+        )
     except Exception as error:
-        raise RuntimeError(f"model {spec!r}: not found on the Hugging Face hub or the hub is unreachable "
-                           f"({type(error).__name__}); offline specs: {', '.join(OFFLINE_SPECS)}") from None
+        raise RuntimeError(
+            f"model {spec!r}: not found on the Hugging Face hub or the hub is unreachable "
+            f"({type(error).__name__}); offline specs: {', '.join(OFFLINE_SPECS)}"
+        ) from None
     return pathlib.Path(path)

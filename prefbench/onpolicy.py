@@ -23,8 +23,13 @@ from prefbench.recipe import DataGenSpec
 from prefbench.results import versions, write_json, write_jsonl
 
 
-def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.ndarray, desirable_at_least: float,
-                      min_chosen_reward: float = 0.0):
+def build_preferences(
+    prompts: list[str],
+    texts: list[list[str]],
+    rewards: np.ndarray,
+    desirable_at_least: float,
+    min_chosen_reward: float = 0.0,
+):
     """(paired records, unpaired records, statistics). rewards: [prompts, samples].
 
     A pair whose best answer scores below min_chosen_reward is dropped: preferring a bad answer to a worse
@@ -32,7 +37,14 @@ def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.nd
     paired, unpaired, ties, weak = [], [], 0, 0
     for prompt, samples, r in zip(prompts, texts, rewards):
         for text, value in zip(samples, r):
-            unpaired.append({"prompt": prompt, "completion": text, "label": bool(value >= desirable_at_least), "reward": float(value)})
+            unpaired.append(
+                {
+                    "prompt": prompt,
+                    "completion": text,
+                    "label": bool(value >= desirable_at_least),
+                    "reward": float(value),
+                }
+            )
         best, worst = int(np.argmax(r)), int(np.argmin(r))  # first of equals: deterministic
         if r[best] == r[worst]:
             ties += 1
@@ -40,8 +52,15 @@ def build_preferences(prompts: list[str], texts: list[list[str]], rewards: np.nd
         if r[best] < min_chosen_reward:
             weak += 1
             continue
-        paired.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
-                       "reward_chosen": float(r[best]), "reward_rejected": float(r[worst])})
+        paired.append(
+            {
+                "prompt": prompt,
+                "chosen": samples[best],
+                "rejected": samples[worst],
+                "reward_chosen": float(r[best]),
+                "reward_rejected": float(r[worst]),
+            }
+        )
     values, counts = np.unique(np.round(rewards, 6), return_counts=True)
     stats = {
         "prompts": len(prompts),
@@ -70,19 +89,36 @@ def generate_data(spec: DataGenSpec) -> dict:
     sp = g.sampling
     sampling = Sampling("sampled", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed)
     started = time.perf_counter()
-    results, gen_stats = generate([path], prompts, [sampling], engine=g.engine, max_model_len=g.max_model_len,
-                                  vllm_options={k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size),
-                                                                  ("gpu_memory_utilization", g.gpu_memory_utilization)) if v})
+    results, gen_stats = generate(
+        [path],
+        prompts,
+        [sampling],
+        engine=g.engine,
+        max_model_len=g.max_model_len,
+        vllm_options={
+            k: v
+            for k, v in (
+                ("tensor_parallel_size", g.tensor_parallel_size),
+                ("gpu_memory_utilization", g.gpu_memory_utilization),
+            )
+            if v
+        },
+    )
     completions = results[str(path)]["sampled"]
-    rewards = score_all(make_reward(spec.reward, spec.reward_model), prompts, [[c.text for c in cs] for cs in completions])
-    paired, unpaired, stats = build_preferences(prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least,
-                                                spec.min_chosen_reward)
+    rewards = score_all(
+        make_reward(spec.reward, spec.reward_model), prompts, [[c.text for c in cs] for cs in completions]
+    )
+    paired, unpaired, stats = build_preferences(
+        prompts, [[c.text for c in cs] for cs in completions], rewards, spec.desirable_at_least, spec.min_chosen_reward
+    )
     stats |= {
         "truncated_share": float(np.mean([c.finish_reason == "length" for cs in completions for c in cs])),
         "mean_completion_tokens": float(np.mean([len(c.token_ids) for cs in completions for c in cs])),
         "model": models.describe(spec.model) | {"path": None},  # machine-specific paths stay out of shipped files
         "reward": {"name": spec.reward, "version": REWARDS[spec.reward].version}
-                  | ({"checkpoint": RewardModel.identity(spec.reward_model)["checkpoint"]} if spec.reward_model else {}),  # no local paths
+        | (
+            {"checkpoint": RewardModel.identity(spec.reward_model)["checkpoint"]} if spec.reward_model else {}
+        ),  # no local paths
         "recipe": json.loads(json.dumps(spec, default=lambda o: o.__dict__)),
         "engine": gen_stats.engine,
         "fallback_reason": gen_stats.fallback_reason,

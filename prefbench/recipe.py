@@ -41,7 +41,9 @@ Schedule = Literal["cosine", "linear", "constant"]  # after warmup
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
 Kernels = Literal["auto", "liger", "compile", "none"]  # fused elementwise work on a GPU (prefbench/kernels.py)
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
-PromptSplit = Literal["train", "validation", "heldout"]  # the embedded task's disjoint prompt sets (heldout: the test prompts)
+PromptSplit = Literal[
+    "train", "validation", "heldout"
+]  # the embedded task's disjoint prompt sets (heldout: the test prompts)
 PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
@@ -125,7 +127,11 @@ class LoraSpec:
     target_modules: str = "all-linear"
 
     def problems(self, at: str = "model.lora") -> list[str]:
-        return _at_least(f"{at}.r", self.r, 1) + _at_least(f"{at}.alpha", self.alpha, 1) + _fraction(f"{at}.dropout", self.dropout)
+        return (
+            _at_least(f"{at}.r", self.r, 1)
+            + _at_least(f"{at}.alpha", self.alpha, 1)
+            + _fraction(f"{at}.dropout", self.dropout)
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,9 @@ class DataSpec:
     split: str = "train"  # split of a hub dataset
     config: str | None = None  # a hub dataset's configuration name (load_dataset's second argument)
     data_dir: str | None = None  # a hub dataset's sub-directory of data files
-    columns: dict[str, str] = field(default_factory=dict)  # prefbench field -> the data's column, e.g. {prompt: question}
+    columns: dict[str, str] = field(
+        default_factory=dict
+    )  # prefbench field -> the data's column, e.g. {prompt: question}
     mix: tuple[DataSource, ...] = ()  # instead of source: several sources, each with the share of its records taken
     eval_fraction: float = 0.1  # held out by prompt, deterministic in the seed below
     split_seed: int = 0
@@ -200,7 +208,9 @@ class DataSpec:
         for key in ("max_length", "max_prompt_length"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         if self.max_prompt_length >= self.max_length:
-            out.append(f"{at}.max_prompt_length ({self.max_prompt_length}) must be < {at}.max_length ({self.max_length})")
+            out.append(
+                f"{at}.max_prompt_length ({self.max_prompt_length}) must be < {at}.max_length ({self.max_length})"
+            )
         out += _at_least(f"{at}.limit", self.limit, 1)
         fmt = self.format  # the format after each transform decides what the next one may do
         for i, tr in enumerate(self.transforms):
@@ -221,7 +231,9 @@ class DataSpec:
     def _source_problems(self, at: str) -> list[str]:
         if self.mix:
             if self.source or self.config or self.data_dir or self.columns:
-                return [f"{at}: set either mix (each source with its own split, config, data_dir, columns) or source, not both"]
+                return [
+                    f"{at}: set either mix (each source with its own split, config, data_dir, columns) or source, not both"
+                ]
             return [p for i, m in enumerate(self.mix) for p in m.problems(f"{at}.mix[{i}]", self.format)]
         return _source_problems(self.source, at) + _column_problems(self.columns, self.format, at)
 
@@ -232,13 +244,20 @@ class DataSpec:
 
 def _source_problems(source: str, at: str) -> list[str]:
     """A source is named (whether it exists is prefbench.check's question)."""
-    return [] if source else [f"{at}.source: required (a local .jsonl/.json/.parquet file, a dataset name or directory, or data.mix)"]
+    return (
+        []
+        if source
+        else [f"{at}.source: required (a local .jsonl/.json/.parquet file, a dataset name or directory, or data.mix)"]
+    )
 
 
 def _column_problems(columns: dict[str, str], fmt: str, at: str) -> list[str]:
     fields = FIELDS[fmt] if fmt in FIELDS else ()
     return [_unknown(f"{at}.columns", f"{fmt} field", str(k), list(fields)) for k in columns if k not in fields] + [
-        f"{at}.columns.{k}: expected a column name, got {v!r}" for k, v in columns.items() if not isinstance(v, str) or not v]
+        f"{at}.columns.{k}: expected a column name, got {v!r}"
+        for k, v in columns.items()
+        if not isinstance(v, str) or not v
+    ]
 
 
 @dataclass(frozen=True)
@@ -255,7 +274,9 @@ class TrainSpec:
     steps: int = 20
     batch_size: int = 8  # examples per optimizer step (pairs for paired data), across all processes
     micro_batch_size: int = 4  # examples per forward; batch_size / (micro * world) = accumulation steps
-    max_tokens_per_forward: int = 0  # > 0: split a micro-batch whose padded tokens exceed this (bounds peak memory); 0 = off
+    max_tokens_per_forward: int = (
+        0  # > 0: split a micro-batch whose padded tokens exceed this (bounds peak memory); 0 = off
+    )
     lr: float = 5e-6
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
@@ -290,7 +311,9 @@ class TrainSpec:
         out += _fraction(f"{at}.warmup_ratio", self.warmup_ratio)
         out += [p for i, b in enumerate(self.adam_betas) for p in _fraction(f"{at}.adam_betas[{i}]", b)]
         if self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size:
-            out.append(f"{at}.batch_size: {self.batch_size} is not a multiple of {at}.micro_batch_size {self.micro_batch_size}")
+            out.append(
+                f"{at}.batch_size: {self.batch_size} is not a multiple of {at}.micro_batch_size {self.micro_batch_size}"
+            )
         return out
 
 
@@ -332,7 +355,9 @@ class SamplingSpec:
     def problems(self, at: str = "eval.generation.sampling") -> list[str]:
         out = _at_least(f"{at}.n", self.n, 1) + _at_least(f"{at}.max_tokens", self.max_tokens, 1)
         if not self.temperature > 0:
-            out.append(f"{at}.temperature: must be > 0 (greedy decoding is the separate generation.greedy pass), got {self.temperature}")
+            out.append(
+                f"{at}.temperature: must be > 0 (greedy decoding is the separate generation.greedy pass), got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             out.append(f"{at}.top_p: must be in (0, 1], got {self.top_p}")
         return out
@@ -349,8 +374,14 @@ class GenerationSpec:
     greedy: bool = True  # also a greedy pass (greedy reward); false saves its generation time
 
     def problems(self, at: str = "eval.generation") -> list[str]:
-        out = _choice_problems(self, at) + self.prompts.problems(f"{at}.prompts") + self.sampling.problems(f"{at}.sampling")
-        out += _at_least(f"{at}.max_model_len", self.max_model_len, 1) + _at_least(f"{at}.tensor_parallel_size", self.tensor_parallel_size, 1)
+        out = (
+            _choice_problems(self, at)
+            + self.prompts.problems(f"{at}.prompts")
+            + self.sampling.problems(f"{at}.sampling")
+        )
+        out += _at_least(f"{at}.max_model_len", self.max_model_len, 1) + _at_least(
+            f"{at}.tensor_parallel_size", self.tensor_parallel_size, 1
+        )
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             out.append(f"{at}.gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
         return out
@@ -377,9 +408,13 @@ def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: 
     """The reward has its model where it needs one (prefix: "eval." or "" for generate-data); whether the name is a
     registered reward is prefbench.check's question."""
     if reward == "reward_model" and reward_model is None:
-        return [f"{prefix}reward_model: required with {prefix}reward: reward_model ({{model: a hub id or a local directory}})"]
+        return [
+            f"{prefix}reward_model: required with {prefix}reward: reward_model ({{model: a hub id or a local directory}})"
+        ]
     if reward != "reward_model" and reward_model is not None:
-        return [f"{prefix}reward_model: set, but {prefix}reward is {reward!r}; set {prefix}reward: reward_model to use it"]
+        return [
+            f"{prefix}reward_model: set, but {prefix}reward is {reward!r}; set {prefix}reward: reward_model to use it"
+        ]
     return reward_model.problems(f"{prefix}reward_model") if reward_model else []
 
 
@@ -393,7 +428,9 @@ class JudgeSpec:
     local_model: str = ""  # a model spec served on 127.0.0.1 by a vLLM server that prefbench starts and stops
     against: tuple[JudgeAgainst, ...] = ("reference",)
     samples_per_prompt: int = 1  # how many sampled answers per prompt and checkpoint are judged
-    prompts: int | None = None  # judge the first N of the generation's prompts (None: all); each call reads a whole pair
+    prompts: int | None = (
+        None  # judge the first N of the generation's prompts (None: all); each call reads a whole pair
+    )
     max_concurrency: int = 8
     max_retries: int = 5
     timeout_s: float = 60.0
@@ -406,9 +443,13 @@ class JudgeSpec:
     template: str = ""  # a Jinja2 prompt template file (prefbench/eval/judge/prompts.py); "": the built-in one
 
     def problems(self, at: str = "eval.judge") -> list[str]:
-        out = _choice_problems(self, at) + ([] if self.against else [f"{at}.against: at least one comparison ({', '.join(JUDGE_AGAINST)})"])
+        out = _choice_problems(self, at) + (
+            [] if self.against else [f"{at}.against: at least one comparison ({', '.join(JUDGE_AGAINST)})"]
+        )
         if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):  # it may be a pasted key: never echo it
-            out.append(f"{at}.api_key_env: must be the NAME of an environment variable (letters, digits, _), not a key; its value is not shown")
+            out.append(
+                f"{at}.api_key_env: must be the NAME of an environment variable (letters, digits, _), not a key; its value is not shown"
+            )
         out += self._endpoint_problems(at)
         for key in ("samples_per_prompt", "prompts", "max_concurrency", "max_tokens"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
@@ -433,11 +474,17 @@ class JudgeSpec:
             out.append(f"{at}.local_model: set either base_url or local_model, not both (local_model would be ignored)")
         # the URL is never echoed: it may hold credentials, or be a key pasted into the wrong field
         if url.username or url.password:
-            out.append(f"{at}.base_url: must not hold credentials; put the key in the variable named by {at}.api_key_env")
+            out.append(
+                f"{at}.base_url: must not hold credentials; put the key in the variable named by {at}.api_key_env"
+            )
         elif url.scheme not in ("http", "https") or not url.hostname:
-            out.append(f"{at}.base_url: not an http(s) URL with a host (such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
+            out.append(
+                f"{at}.base_url: not an http(s) URL with a host (such as https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
+            )
         if not self.api_key_env and self.needs_key():
-            out.append(f"{at}.api_key_env: required with a remote base_url (the name of the variable that holds the API key)")
+            out.append(
+                f"{at}.api_key_env: required with a remote base_url (the name of the variable that holds the API key)"
+            )
         return out
 
 
@@ -463,15 +510,26 @@ class BenchmarksSpec:
     tasks: tuple[BenchmarkTask, ...] = ()
     batch_size: int = 8
     max_model_len: int = 2048
-    include_path: str = ""  # a directory of the user's own lm-eval task YAML files (lm-eval's TaskManager(include_path=...))
+    include_path: str = (
+        ""  # a directory of the user's own lm-eval task YAML files (lm-eval's TaskManager(include_path=...))
+    )
 
     def problems(self, at: str = "eval.benchmarks") -> list[str]:
         """What is wrong before anything loads; task names need lm-eval's index (lookup_problems)."""
-        out = _choice_problems(self, at) + _at_least(f"{at}.batch_size", self.batch_size, 1) + _at_least(f"{at}.max_model_len", self.max_model_len, 1)
+        out = (
+            _choice_problems(self, at)
+            + _at_least(f"{at}.batch_size", self.batch_size, 1)
+            + _at_least(f"{at}.max_model_len", self.max_model_len, 1)
+        )
         for i, task in enumerate(self.tasks):
-            out += _at_least(f"{at}.tasks[{i}].num_fewshot", task.num_fewshot, 0) + _at_least(f"{at}.tasks[{i}].limit", task.limit, 1)
+            out += _at_least(f"{at}.tasks[{i}].num_fewshot", task.num_fewshot, 0) + _at_least(
+                f"{at}.tasks[{i}].limit", task.limit, 1
+            )
         names = [t.result_name() for t in self.tasks]
-        out += [f"{at}.tasks: {dup!r} appears twice (same task, shots and chat template)" for dup in sorted({n for n in names if names.count(n) > 1})]
+        out += [
+            f"{at}.tasks: {dup!r} appears twice (same task, shots and chat template)"
+            for dup in sorted({n for n in names if names.count(n) > 1})
+        ]
         return out
 
 
@@ -512,7 +570,9 @@ class DataGenSpec:
         if self.reward == "none":
             out.append("reward: generate-data ranks answers by their reward; 'none' gives it nothing to rank by")
         if self.generation.prompts.source == "data":
-            out.append("generation.prompts.source: data needs a training recipe's data section; use file or the task's prompts")
+            out.append(
+                "generation.prompts.source: data needs a training recipe's data section; use file or the task's prompts"
+            )
         if not self.out:
             out.append("out: required (the directory to write paired.jsonl, unpaired.jsonl and stats.json to)")
         return out
@@ -548,7 +608,9 @@ class Recipe:
         for spec in self.objectives:
             if spec.label == label:
                 return spec
-        raise KeyError(f"no objective labelled {label!r} in recipe {self.name!r}; labels: {[o.label for o in self.objectives]}")
+        raise KeyError(
+            f"no objective labelled {label!r} in recipe {self.name!r}; labels: {[o.label for o in self.objectives]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -558,8 +620,10 @@ class Recipe:
     def warnings(self) -> list[str]:
         """What is valid but weak, one line each (`prefbench check` prints them; nothing is refused)."""
         if len(self.seeds) == 2:
-            return ["seeds: two seeds give the run-to-run term few degrees of freedom, so intervals are wide and a regression gate "
-                    "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"]
+            return [
+                "seeds: two seeds give the run-to-run term few degrees of freedom, so intervals are wide and a regression gate "
+                "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"
+            ]
         return []
 
     def problems(self) -> list[str]:
@@ -570,7 +634,9 @@ class Recipe:
         if not self.seeds:
             out.append("seeds: at least one seed")
         if self.train.fsdp and self.model.lora:
-            out.append("train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway")
+            out.append(
+                "train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"
+            )
         out += self._claim_problems() + self._judge_problems()
         return out + self._prompt_problems()
 
@@ -602,10 +668,14 @@ class Recipe:
         if generation is None or generation.prompts.source != "data":
             return []
         if self.data.eval_fraction == 0:
-            return ["eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"]
+            return [
+                "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"
+            ]
         if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
-            return [f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
-                    "use eval.reward: reward_model or none"]
+            return [
+                f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
+                "use eval.reward: reward_model or none"
+            ]
         return []
 
     def _judge_problems(self) -> list[str]:
@@ -618,12 +688,18 @@ class Recipe:
         out = []
         if "dataset_chosen" in judge.against and not generation.prompts.has_chosen():
             i = judge.against.index("dataset_chosen")
-            out.append(f"eval.judge.against[{i}]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
-                       "or prompts.file (JSONL records with a 'chosen' response)")
+            out.append(
+                f"eval.judge.against[{i}]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
+                "or prompts.file (JSONL records with a 'chosen' response)"
+            )
         if judge.samples_per_prompt > generation.sampling.n:
-            out.append(f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}")
+            out.append(
+                f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}"
+            )
         if judge.prompts is not None and judge.prompts > generation.prompts.n:
-            out.append(f"eval.judge.prompts: {judge.prompts} is more than eval.generation.prompts.n {generation.prompts.n}")
+            out.append(
+                f"eval.judge.prompts: {judge.prompts} is more than eval.generation.prompts.n {generation.prompts.n}"
+            )
         return out
 
 
@@ -699,7 +775,9 @@ def _build(cls: type, raw: dict, path: str, problems: list[str]) -> Any:
             refused.add(key)
         else:
             kwargs[key] = converted
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     problems += [f"{prefix}{name}: required" for name in required if name not in kwargs and name not in refused]
     return cls(**kwargs) if all(name in kwargs for name in required) else _BAD
 

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -102,8 +102,9 @@ def benchmark_table(run: Run) -> pd.DataFrame | None:
         for key, r in (u.benchmarks or {}).items():
             holm = f"{r['p_holm']:.3f}" if "p_holm" in r else "n/a"
             rows.setdefault("reference", {})[key] = f"{r['mean_b']:.3f}"
-            rows.setdefault(u.name, {})[key] = (f"{r['mean_a']:.3f} (Δ {_diff(r)}, "
-                                                f"p {r['p_value']:.3f}, Holm {holm}, n {r['n']})")
+            rows.setdefault(u.name, {})[key] = (
+                f"{r['mean_a']:.3f} (Δ {_diff(r)}, p {r['p_value']:.3f}, Holm {holm}, n {r['n']})"
+            )
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
 
@@ -116,15 +117,27 @@ def preference_table(run: Run) -> pd.DataFrame | None:
             continue
         row = {"unit": u.name}
         if p["data"] == "paired":
-            row.update({"pairs": p["pairs"], "accuracy": fmt(p["accuracy"]), "margin (nats)": fmt(p["margin"]),
-                        "chosen logp/token": fmt(p["logp_per_token"]["chosen"]), "rejected logp/token": fmt(p["logp_per_token"]["rejected"])})
+            row.update(
+                {
+                    "pairs": p["pairs"],
+                    "accuracy": fmt(p["accuracy"]),
+                    "margin (nats)": fmt(p["margin"]),
+                    "chosen logp/token": fmt(p["logp_per_token"]["chosen"]),
+                    "rejected logp/token": fmt(p["logp_per_token"]["rejected"]),
+                }
+            )
             for key, col in (("accuracy", "accuracy - ref"), ("chosen_logp_per_token", "chosen logp/token - ref")):
                 d = p.get("vs_reference", {}).get(key)
                 row[col] = _diff(d) if d else ""
         else:
             for label in ("desirable", "undesirable"):
-                row.update({f"{label} n": p[label]["n"], f"{label} log-ratio": fmt(p[label]["log_ratio"]),
-                            f"{label} logp/token": fmt(p[label]["logp_per_token"])})
+                row.update(
+                    {
+                        f"{label} n": p[label]["n"],
+                        f"{label} log-ratio": fmt(p[label]["log_ratio"]),
+                        f"{label} logp/token": fmt(p[label]["logp_per_token"]),
+                    }
+                )
         rows.append(row)
     return pd.DataFrame(rows).set_index("unit") if rows else None
 
@@ -135,20 +148,38 @@ def claims_table(run: Run) -> pd.DataFrame | None:
     if not run.claims:
         return None
     if any("n_seeds" not in c for c in run.claims):  # written before claims were tested across seeds
-        return pd.DataFrame([{"claim": c["claim"], "verdict": "re-run `prefbench evaluate RECIPE --stage claims`"} for c in run.claims]
-                            ).drop_duplicates().set_index("claim")
+        return (
+            pd.DataFrame(
+                [
+                    {"claim": c["claim"], "verdict": "re-run `prefbench evaluate RECIPE --stage claims`"}
+                    for c in run.claims
+                ]
+            )
+            .drop_duplicates()
+            .set_index("claim")
+        )
     rows = []
     for c in run.claims:
-        row = {"claim": c["claim"], "seeds": c["n_seeds"], "better - worse": "n/a", "p": "", "Holm p": "", "verdict": c["verdict"]}
+        row = {
+            "claim": c["claim"],
+            "seeds": c["n_seeds"],
+            "better - worse": "n/a",
+            "p": "",
+            "Holm p": "",
+            "verdict": c["verdict"],
+        }
         if "difference" in c:
-            row.update({"better - worse": _diff(c), "p": f"{c['p_value']:.3g}",
-                        "Holm p": f"{c['p_holm']:.3g}"})
+            row.update({"better - worse": _diff(c), "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}"})
             if c["verdict"] == "not resolved":
                 row["verdict"] = _unresolved(c)
             if not c["seed_variance"]:
                 row["verdict"] += " (one seed: this training run only)"
         elif c.get("missing"):
-            row["verdict"] += " (missing: " + "; ".join(f"{label} seeds {', '.join(map(str, s))}" for label, s in c["missing"].items()) + ")"
+            row["verdict"] += (
+                " (missing: "
+                + "; ".join(f"{label} seeds {', '.join(map(str, s))}" for label, s in c["missing"].items())
+                + ")"
+            )
         rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
 
@@ -159,8 +190,18 @@ def _length_adjusted(c: dict) -> str:
     la = c.get("length_adjusted_win_rate")
     if la is None:
         return f"{fmt(c['lc_win_rate'])} (hard labels, pairs weighted)" if "lc_win_rate" in c else "n/a"
-    notes = [n for n, on in (("soft labels", la.get("labels") == "soft"), ("fit did not converge", not la.get("converged", True)),
-                             (f"{la.get('bootstrap_converged', 1):.0%} of bootstrap fits converged", la.get("bootstrap_converged", 1) < 0.99)) if on]
+    notes = [
+        n
+        for n, on in (
+            ("soft labels", la.get("labels") == "soft"),
+            ("fit did not converge", not la.get("converged", True)),
+            (
+                f"{la.get('bootstrap_converged', 1):.0%} of bootstrap fits converged",
+                la.get("bootstrap_converged", 1) < 0.99,
+            ),
+        )
+        if on
+    ]
     return fmt(la) + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -175,13 +216,22 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     for name, c in (j.get("comparisons") or {}).items():
         d = c["diagnostics"]
         agree = c.get("reward_agreement")
-        rows.append({"comparison": name, "win rate": fmt(c["win_rate"]), "length-adjusted win rate": _length_adjusted(c),
-                     "binomial (ties count as non-wins; pairs as if independent)": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
-                     "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}", "swap consistency": f"{d['swap_consistency']:.2f}",
-                     "tie rate": f"{d['tie_rate']:.2f}", "parse failures": f"{d['parse_failure_rate']:.2f}",
-                     "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
-                     "trusted": "no" if distrust(c) else "yes",
-                     "tokens": d["prompt_tokens"] + d["completion_tokens"], "cost $": f"{d['cost_usd']:.4f}"})
+        rows.append(
+            {
+                "comparison": name,
+                "win rate": fmt(c["win_rate"]),
+                "length-adjusted win rate": _length_adjusted(c),
+                "binomial (ties count as non-wins; pairs as if independent)": f"{c['clopper_pearson']['rate']:.3f} [{c['clopper_pearson']['ci'][0]:.3f}, {c['clopper_pearson']['ci'][1]:.3f}]",
+                "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
+                "swap consistency": f"{d['swap_consistency']:.2f}",
+                "tie rate": f"{d['tie_rate']:.2f}",
+                "parse failures": f"{d['parse_failure_rate']:.2f}",
+                "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
+                "trusted": "no" if distrust(c) else "yes",
+                "tokens": d["prompt_tokens"] + d["completion_tokens"],
+                "cost $": f"{d['cost_usd']:.4f}",
+            }
+        )
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
@@ -189,7 +239,7 @@ OBJECTIVE_COLUMNS = {"kl": "KL to ref"}  # a metric's column name where it is no
 
 
 def _unresolved(c: dict) -> str:
-    """"not resolved", with the smallest difference that contrast could have resolved (stats.with_detectable)."""
+    """ "not resolved", with the smallest difference that contrast could have resolved (stats.with_detectable)."""
     d = c.get("detectable")
     return f"not resolved (could resolve ±{d:.3f})" if d is not None and d == d else "not resolved"
 
@@ -221,8 +271,9 @@ def objective_table(run: Run) -> pd.DataFrame | None:
             could = "" if c["resolved"] or c.get("detectable") is None else f"; could resolve ±{c['detectable']:.3f}"
             rows[c["objective"]][f"{col} - ref"] = f"{_diff(c)}, Holm p {c['p_holm']:.3g}{could}"
     order = [e["label"] for e in run.manifest["recipe"]["objectives"]]  # the recipe's order, not the file's sorted keys
-    return pd.DataFrame(sorted(rows.values(), key=lambda r: order.index(r["objective"]) if r["objective"] in order else len(order))
-                        ).set_index("objective")
+    return pd.DataFrame(
+        sorted(rows.values(), key=lambda r: order.index(r["objective"]) if r["objective"] in order else len(order))
+    ).set_index("objective")
 
 
 def contrast_table(run: Run) -> pd.DataFrame | None:
@@ -232,9 +283,16 @@ def contrast_table(run: Run) -> pd.DataFrame | None:
     for metric, entry in _metrics(run):
         for c in entry.get("pairs", []):
             higher = c["a"] if c["difference"] > 0 else c["b"]
-            rows.append({"contrast": f"{_column(metric)}: {c['a']} - {c['b']}", "seeds": c["n_seeds"], "difference": _diff(c),
-                         "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
-                         "reading": f"{higher} higher" if c["resolved"] else _unresolved(c)})
+            rows.append(
+                {
+                    "contrast": f"{_column(metric)}: {c['a']} - {c['b']}",
+                    "seeds": c["n_seeds"],
+                    "difference": _diff(c),
+                    "p": f"{c['p_value']:.3g}",
+                    "Holm p": f"{c['p_holm']:.3g}",
+                    "reading": f"{higher} higher" if c["resolved"] else _unresolved(c),
+                }
+            )
     return pd.DataFrame(rows).set_index("contrast") if rows else None
 
 
@@ -247,8 +305,15 @@ def matched_kl_table(run: Run) -> pd.DataFrame | None:
     rows = []
     for c in matched["pairs"]:
         higher = c["a"] if c["difference"] > 0 else c["b"]
-        rows.append({"contrast": f"{c['a']} - {c['b']}", "difference": _diff(c), "p": f"{c['p_value']:.3g}", "Holm p": f"{c['p_holm']:.3g}",
-                     "reading": f"{higher} higher" if c["resolved"] else _unresolved(c)})
+        rows.append(
+            {
+                "contrast": f"{c['a']} - {c['b']}",
+                "difference": _diff(c),
+                "p": f"{c['p_value']:.3g}",
+                "Holm p": f"{c['p_holm']:.3g}",
+                "reading": f"{higher} higher" if c["resolved"] else _unresolved(c),
+            }
+        )
     return pd.DataFrame(rows).set_index("contrast")
 
 
@@ -274,8 +339,10 @@ def judge_in_words(run: Run) -> str:
     model = next(iter(comparisons.values()))["judge"]["model"]
     name, reasons = next(iter(doubts.items()))
     others = f" The other {len(doubts) - 1} are marked in the LLM judge table." if len(doubts) > 1 else ""
-    return (f"The LLM judge ({model}) is not to be trusted in {len(doubts)} of its {len(comparisons)} comparisons: in {name}, "
-            f"{'; '.join(reasons)}.{others} Its win rates are shown with their diagnostics, not as evidence.")
+    return (
+        f"The LLM judge ({model}) is not to be trusted in {len(doubts)} of its {len(comparisons)} comparisons: in {name}, "
+        f"{'; '.join(reasons)}.{others} Its win rates are shown with their diagnostics, not as evidence."
+    )
 
 
 def objectives_in_words(run: Run) -> str:
@@ -286,18 +353,27 @@ def objectives_in_words(run: Run) -> str:
     if not (metrics := _metrics(run)):
         return ""
     seeds = len(run.objectives["seeds"])
-    scope = (f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals are for each objective's mean over "
-             "training runs of the recipe (one new training run varies more than that)." + (_error_in_words(metrics) or "")
-             if seeds > 1 else "One seed per objective: differences between objectives describe this training run only; "
-             "a new training run of the same recipe could order them differently (add seeds to tell).")
+    scope = (
+        f"Objective-level estimates pool {seeds} seeds and the prompts: their intervals are for each objective's mean over "
+        "training runs of the recipe (one new training run varies more than that)." + (_error_in_words(metrics) or "")
+        if seeds > 1
+        else "One seed per objective: differences between objectives describe this training run only; "
+        "a new training run of the same recipe could order them differently (add seeds to tell)."
+    )
     if seeds == 2:
-        scope += (" Two seeds: the run-to-run term rests on few degrees of freedom and the intervals are wide; 3 or more seeds "
-                  "are recommended (prefbench plan RUN_DIR --effect E says how many).")
+        scope += (
+            " Two seeds: the run-to-run term rests on few degrees of freedom and the intervals are wide; 3 or more seeds "
+            "are recommended (prefbench plan RUN_DIR --effect E says how many)."
+        )
     said = [moved] if (moved := _moved_in_words(metrics)) else []
     if missing := next((e["missing"] for _, e in metrics if e.get("missing")), None):
-        named = "; ".join(f"{label} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for label, s in missing.items())
-        said.append(f"Missing: {named} (not trained or not evaluated): left out of every comparison, and no leader is named "
-                    "until they are evaluated.")
+        named = "; ".join(
+            f"{label} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for label, s in missing.items()
+        )
+        said.append(
+            f"Missing: {named} (not trained or not evaluated): left out of every comparison, and no leader is named "
+            "until they are evaluated."
+        )
     for metric, entry in metrics:
         if entry.get("higher_is_better") is None or not entry.get("pairs"):
             continue
@@ -311,20 +387,31 @@ def objectives_in_words(run: Run) -> str:
             names = ", ".join(c["b"] if c["a"] == leader else c["a"] for c in unresolved)
             reach = max((c.get("detectable") or 0.0) for c in unresolved)
             family = f" after Holm across the {len(entry['pairs'])} pairs" if len(entry["pairs"]) > 1 else ""
-            said.append(f"{leader} has the highest {name}, but its difference from {names} is not resolved{family}"
-                        + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else "."))
+            said.append(
+                f"{leader} has the highest {name}, but its difference from {names} is not resolved{family}"
+                + (f" (this run could resolve differences of about ±{reach:.3f})." if reach else ".")
+            )
     matched = dig(run.objectives, ("matched_kl",))
     if matched and matched["range"] is None:
         said.append(f"No comparison at matched KL: {matched['reason']}.")
     elif matched:
         used = sum(r["used"] for r in matched["runs"])
         where = f"At matched KL ({used} of {len(matched['runs'])} training runs inside the shared KL range {matched['range'][0]:.2f}-{matched['range'][1]:.2f})"
-        held = [f"{c['a'] if c['difference'] > 0 else c['b']} ahead of {c['b'] if c['difference'] > 0 else c['a']} by {abs(c['difference']):.3f}"
-                for c in matched["pairs"] if c["resolved"]]
+        held = [
+            f"{c['a'] if c['difference'] > 0 else c['b']} ahead of {c['b'] if c['difference'] > 0 else c['a']} by {abs(c['difference']):.3f}"
+            for c in matched["pairs"]
+            if c["resolved"]
+        ]
         reach = min((c.get("detectable") or float("inf")) for c in matched["pairs"])
-        said.append(f"{where}: " + ("; ".join(held) + f" after Holm across the {len(matched['pairs'])} pairs." if held else
-                                   f"no reward difference is resolved after Holm across the {len(matched['pairs'])} pairs"
-                                   + (f" (could resolve about ±{reach:.3f})." if math.isfinite(reach) else ".")))
+        said.append(
+            f"{where}: "
+            + (
+                "; ".join(held) + f" after Holm across the {len(matched['pairs'])} pairs."
+                if held
+                else f"no reward difference is resolved after Holm across the {len(matched['pairs'])} pairs"
+                + (f" (could resolve about ±{reach:.3f})." if math.isfinite(reach) else ".")
+            )
+        )
     return " ".join(said[:1] + [scope] + said[1:])
 
 
@@ -335,12 +422,16 @@ def _error_in_words(metrics: list[tuple[str, dict]]) -> str:
         return ""
     k = len(error["spread"])
     if error["alike"]:
-        return (f" Contrasts pool the objective x seed variance over the {k} objectives ({error['pooled_df']:g} degrees of freedom): "
-                "their seed spreads are alike.")
+        return (
+            f" Contrasts pool the objective x seed variance over the {k} objectives ({error['pooled_df']:g} degrees of freedom): "
+            "their seed spreads are alike."
+        )
     median = statistics.median(error["spread"].values())
     ratio = error["spread"][error["widest"]] / median if median > 0 else float("inf")
-    return (f" The objectives' seed spreads are unlike ({error['widest']}'s runs spread {ratio:.1f}x the median objective's): "
-            f"its contrasts carry its own spread, and the degrees of freedom fall from {error['pooled_df']:g} to {error['pairs']['df']:.1f}.")
+    return (
+        f" The objectives' seed spreads are unlike ({error['widest']}'s runs spread {ratio:.1f}x the median objective's): "
+        f"its contrasts carry its own spread, and the degrees of freedom fall from {error['pooled_df']:g} to {error['pairs']['df']:.1f}."
+    )
 
 
 def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
@@ -357,9 +448,14 @@ def _moved_in_words(metrics: list[tuple[str, dict]]) -> str:
     p = sorted(c["p_holm"] for c in entry["vs_reference"])
     reach = min((c.get("detectable") or float("inf")) for c in entry["vs_reference"])
     could = f"; this run could resolve moves of about ±{reach:.3f}" if math.isfinite(reach) else ""
-    verdict = (f"{', '.join(c['objective'] for c in held)} moved it after Holm across the {len(p)} objectives" if held else
-               f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}" + (f" to {p[-1]:.3g}" if f"{p[-1]:.3g}" != f"{p[0]:.3g}" else "")
-               + could + ")")
+    verdict = (
+        f"{', '.join(c['objective'] for c in held)} moved it after Holm across the {len(p)} objectives"
+        if held
+        else f"none of these moves is resolved after Holm across the {len(p)} objectives (Holm p {p[0]:.3g}"
+        + (f" to {p[-1]:.3g}" if f"{p[-1]:.3g}" != f"{p[0]:.3g}" else "")
+        + could
+        + ")"
+    )
     return f"{_column(metric).capitalize()} minus the reference's (paired on the prompts, 95% CI): {moves}; {verdict}."
 
 
@@ -368,13 +464,23 @@ def benchmarks_in_words(run: Run) -> str:
     results = [(u.name, key, r) for u in run.units for key, r in (u.benchmarks or {}).items()]
     if not results:
         return ""
-    changed = [f"{name} {key} {_diff(r)} (Holm p {r['p_holm']:.3g})" for name, key, r in results if r.get("p_holm", 1.0) < 1 - LEVEL]
+    changed = [
+        f"{name} {key} {_diff(r)} (Holm p {r['p_holm']:.3g})"
+        for name, key, r in results
+        if r.get("p_holm", 1.0) < 1 - LEVEL
+    ]
     if changed:
-        return "Benchmarks: " + "; ".join(changed) + " differ from the reference after Holm across every checkpoint and task."
+        return (
+            "Benchmarks: "
+            + "; ".join(changed)
+            + " differ from the reference after Holm across every checkpoint and task."
+        )
     n = sorted({r["n"] for _, _, r in results})
     tests = f"{len(results)} paired test{'s' if len(results) > 1 else ''}"
-    return (f"Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task "
-            f"({tests} on {n[0] if len(n) == 1 else f'{n[0]} to {n[-1]}'} documents).")
+    return (
+        f"Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task "
+        f"({tests} on {n[0] if len(n) == 1 else f'{n[0]} to {n[-1]}'} documents)."
+    )
 
 
 # ---- plots ----------------------------------------------------------------------------------------
@@ -400,7 +506,15 @@ def _errorbar(ax, x: dict, y: dict | float, **kw) -> None:
     """One point with its 95% intervals: x an estimate, y an estimate or a position."""
     xerr = [[x["mean"] - x["ci"][0]], [x["ci"][1] - x["mean"]]]
     if isinstance(y, dict):
-        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]], fmt="o", capsize=3, **kw)
+        ax.errorbar(
+            x["mean"],
+            y["mean"],
+            xerr=xerr,
+            yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]],
+            fmt="o",
+            capsize=3,
+            **kw,
+        )
     else:
         ax.errorbar(x["mean"], y, xerr=xerr, fmt="o", capsize=3, **kw)
 
@@ -410,8 +524,12 @@ def training_curves(trained: list[Unit]) -> bytes:
     (IPO's squared loss starts near 1/(2 beta)^2, DPO's at log 2), so each unit's loss is shown relative to its
     first step's; chosen (solid) and rejected (dashed) log-probs are labelled as such."""
     plt = _pyplot()
-    panels = [("loss / |its step-1 value|", ["loss"]), ("reward margin", ["rewards/margins"]),
-              ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]), ("KTO z0", ["z0"])]
+    panels = [
+        ("loss / |its step-1 value|", ["loss"]),
+        ("reward margin", ["rewards/margins"]),
+        ("log-prob per token", ["logps_per_token/chosen", "logps_per_token/rejected"]),
+        ("KTO z0", ["z0"]),
+    ]
     panels = [(t, keys) for t, keys in panels if any(k in c for u in trained for c in u.curves for k in keys)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
@@ -422,7 +540,12 @@ def training_curves(trained: list[Unit]) -> bytes:
                     pts = [(step, value / abs(pts[0][1])) for step, value in pts]
                 if pts:
                     style = "--" if k.endswith("rejected") else "-"
-                    ax.plot(*zip(*pts), style, color=f"C{i % 10}", label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name)
+                    ax.plot(
+                        *zip(*pts),
+                        style,
+                        color=f"C{i % 10}",
+                        label=f"{u.name} {k.split('/')[-1]}" if len(keys) > 1 else u.name,
+                    )
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -482,7 +605,9 @@ def frontier_plot(matched: dict) -> bytes:
     for r in matched["runs"]:
         c = colours[r["objective"]]
         ax.scatter(r["kl"], r["reward"], s=28, color=c, facecolors=c if r["used"] else "none")
-        said = str(r["seed"]) if r.get("label", r["objective"]) == r["objective"] else f"{r['label']}/{r['seed']}"  # a sweep's setting too
+        said = (
+            str(r["seed"]) if r.get("label", r["objective"]) == r["objective"] else f"{r['label']}/{r['seed']}"
+        )  # a sweep's setting too
         ax.annotate(said, (r["kl"], r["reward"]), fontsize=6, textcoords="offset points", xytext=(3, 3))
     curve = matched.get("curve") or {}
     for name, colour in colours.items():
@@ -493,8 +618,10 @@ def frontier_plot(matched: dict) -> bytes:
     ax.set_xlabel("KL(policy || reference), nats per answer (run mean)")
     ax.set_ylabel("held-out reward (run mean)")
     fitted = " and the fitted curves" if curve else f" (no fit: {matched.get('reason', '')})"
-    ax.set_title(f"reward vs KL: every training run, its seed beside it{fitted}\nhollow: outside the KL range every objective covers",
-                 fontsize=8)
+    ax.set_title(
+        f"reward vs KL: every training run, its seed beside it{fitted}\nhollow: outside the KL range every objective covers",
+        fontsize=8,
+    )
     ax.legend(fontsize=7)
     return _png(fig)
 
@@ -528,20 +655,32 @@ def samples(run: Run, prompts: int | list[int] = 24) -> list[dict]:
     for u in run.units:
         path = run.root / u.name / "answers.jsonl"
         if path.is_file():
-            per_unit[u.name] = {r["prompt_index"]: r for r in read_jsonl(path) if r["sampling"] == "sampled" and r["sample"] == 0}
+            per_unit[u.name] = {
+                r["prompt_index"]: r for r in read_jsonl(path) if r["sampling"] == "sampled" and r["sample"] == 0
+            }
     if not per_unit:
         return []
     first = next(iter(per_unit.values()))
     shared = set.intersection(*(set(rows) for rows in per_unit.values()))
     if not isinstance(prompts, int) and (missing := sorted(set(prompts) - shared)):
-        raise PrefbenchError(f"prompt(s) {missing} not answered by every unit of {run.name}: they share {len(shared)} prompts, indices {min(shared)} to {max(shared)}"
-                             if shared else f"the units of {run.name} answered no prompt in common")
+        raise PrefbenchError(
+            f"prompt(s) {missing} not answered by every unit of {run.name}: they share {len(shared)} prompts, indices {min(shared)} to {max(shared)}"
+            if shared
+            else f"the units of {run.name} answered no prompt in common"
+        )
     chosen = sorted(shared)[:prompts] if isinstance(prompts, int) else list(prompts)
     verdicts = judge_words(run, {(name, i): rows[i]["answer"] for name, rows in per_unit.items() for i in chosen})
-    return [{"index": i, "prompt": prompt_text(first[i]["prompt"]),
-             "answers": {name: {"answer": rows[i]["answer"], "reward": rows[i]["reward"], "judge": verdicts.get((name, i), {})}
-                         for name, rows in per_unit.items()}}
-            for i in chosen]
+    return [
+        {
+            "index": i,
+            "prompt": prompt_text(first[i]["prompt"]),
+            "answers": {
+                name: {"answer": rows[i]["answer"], "reward": rows[i]["reward"], "judge": verdicts.get((name, i), {})}
+                for name, rows in per_unit.items()
+            },
+        }
+        for i in chosen
+    ]
 
 
 def judge_words(run: Run, answers: dict[tuple[str, int], str]) -> dict[tuple[str, int], dict[str, str]]:
@@ -556,7 +695,9 @@ def judge_words(run: Run, answers: dict[tuple[str, int], str]) -> dict[tuple[str
     for line in read_jsonl(path):
         if line["sample"] == 0:
             x, y = line["comparison"].split(" vs ")
-            orders.setdefault((x, y, line["prompt_index"]), {})["first" if line["unit_a"] == x else "second"] = line["verdict"]
+            orders.setdefault((x, y, line["prompt_index"]), {})["first" if line["unit_a"] == x else "second"] = line[
+                "verdict"
+            ]
     out: dict[tuple[str, int], dict[str, str]] = {}
     for c in run.judge["comparisons"].values():
         x, y, judged = c["unit"], c["opponent"], c["judge"]["prompts"]
@@ -582,15 +723,25 @@ def _reward_text(reward) -> str:
 
 def samples_markdown(items: list[dict], shown: int = 3) -> list[str]:
     """The first few prompts' answers side by side, as Markdown (the HTML report holds them all, with filters)."""
-    rewarded = any(a["reward"] is not None for item in items for a in item["answers"].values())  # eval.reward: none has none
+    rewarded = any(
+        a["reward"] is not None for item in items for a in item["answers"].values()
+    )  # eval.reward: none has none
     judged = any(a["judge"] for item in items for a in item["answers"].values())
     columns = ["unit"] + ["reward"] * rewarded + ["judge"] * judged + ["answer"]
     out = []
     for item in items[:shown]:
-        out += [f"**Prompt {item['index']}**: {item['prompt']}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+        out += [
+            f"**Prompt {item['index']}**: {item['prompt']}",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|---" * len(columns) + "|",
+        ]
         for name, a in item["answers"].items():
-            cells = [name] + ([format(a["reward"], ".3f") if a["reward"] is not None else "-"] if rewarded else []) \
+            cells = (
+                [name]
+                + ([format(a["reward"], ".3f") if a["reward"] is not None else "-"] if rewarded else [])
                 + ([_judge_text(a["judge"], prefix="")] if judged else [])
+            )
             cells.append(" ".join(a["answer"].split()).replace("|", "\\|"))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -601,28 +752,39 @@ def samples_html(items: list[dict]) -> str:
     """The sample viewer: each prompt with every unit's answer and reward side by side, a search box that keeps the
     prompts containing its text, and a checkbox per unit that shows or hides its answers. Plain script, no library."""
     units = list(items[0]["answers"])
-    toggles = "".join(f"<label><input type='checkbox' class='unit-toggle' value='{html.escape(u)}' checked> {html.escape(u)}</label> "
-                      for u in units)
+    toggles = "".join(
+        f"<label><input type='checkbox' class='unit-toggle' value='{html.escape(u)}' checked> {html.escape(u)}</label> "
+        for u in units
+    )
     cards = []
     for item in items:
-        cells = "".join(f"<td class='answer' data-unit='{html.escape(name)}'><b>{html.escape(name)}</b> "
-                        f"<small>{_reward_text(a['reward'])}</small> <small class='verdict'>{html.escape(_judge_text(a['judge']))}</small>"
-                        f"<div>{html.escape(a['answer'])}</div></td>"
-                        for name, a in item["answers"].items())
-        cards.append(f"<div class='sample' data-prompt='{html.escape(item['prompt'].lower())}'>"
-                     f"<p class='prompt'><b>Prompt {item['index']}</b>: {html.escape(item['prompt'])}</p>"
-                     f"<table class='answers'><tr>{cells}</tr></table></div>")
-    script = ("<script>function applyFilters(){const q=document.getElementById('prompt-filter').value.toLowerCase();"
-              "const on=new Set([...document.querySelectorAll('.unit-toggle')].filter(c=>c.checked).map(c=>c.value));"
-              "document.querySelectorAll('.sample').forEach(s=>{s.style.display=s.dataset.prompt.includes(q)?'':'none'});"
-              "document.querySelectorAll('td.answer').forEach(t=>{t.style.display=on.has(t.dataset.unit)?'':'none'});}"
-              "document.getElementById('prompt-filter').addEventListener('input',applyFilters);"
-              "document.querySelectorAll('.unit-toggle').forEach(c=>c.addEventListener('change',applyFilters));</script>")
-    return (f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to {len(items)} held-out prompts, with its reward where the run "
-            "has one and the judge's verdict on it against each opponent where the judge saw the pair (both answer orders: "
-            "wins or loses when they agree, ties when they differ).</p>"
-            f"<p class='viewer-controls'><input id='prompt-filter' type='search' placeholder='filter prompts'> {toggles}</p>"
-            + "".join(cards) + script)
+        cells = "".join(
+            f"<td class='answer' data-unit='{html.escape(name)}'><b>{html.escape(name)}</b> "
+            f"<small>{_reward_text(a['reward'])}</small> <small class='verdict'>{html.escape(_judge_text(a['judge']))}</small>"
+            f"<div>{html.escape(a['answer'])}</div></td>"
+            for name, a in item["answers"].items()
+        )
+        cards.append(
+            f"<div class='sample' data-prompt='{html.escape(item['prompt'].lower())}'>"
+            f"<p class='prompt'><b>Prompt {item['index']}</b>: {html.escape(item['prompt'])}</p>"
+            f"<table class='answers'><tr>{cells}</tr></table></div>"
+        )
+    script = (
+        "<script>function applyFilters(){const q=document.getElementById('prompt-filter').value.toLowerCase();"
+        "const on=new Set([...document.querySelectorAll('.unit-toggle')].filter(c=>c.checked).map(c=>c.value));"
+        "document.querySelectorAll('.sample').forEach(s=>{s.style.display=s.dataset.prompt.includes(q)?'':'none'});"
+        "document.querySelectorAll('td.answer').forEach(t=>{t.style.display=on.has(t.dataset.unit)?'':'none'});}"
+        "document.getElementById('prompt-filter').addEventListener('input',applyFilters);"
+        "document.querySelectorAll('.unit-toggle').forEach(c=>c.addEventListener('change',applyFilters));</script>"
+    )
+    return (
+        f"<h2>Answers</h2><p>Each checkpoint's first sampled answer to {len(items)} held-out prompts, with its reward where the run "
+        "has one and the judge's verdict on it against each opponent where the judge saw the pair (both answer orders: "
+        "wins or loses when they agree, ties when they differ).</p>"
+        f"<p class='viewer-controls'><input id='prompt-filter' type='search' placeholder='filter prompts'> {toggles}</p>"
+        + "".join(cards)
+        + script
+    )
 
 
 # ---- rendering ------------------------------------------------------------------------------------
@@ -641,39 +803,73 @@ def provenance(run: Run) -> list[str]:
     ]
     if run.judge and run.judge.get("comparisons"):
         first = next(iter(run.judge["comparisons"].values()))["judge"]
-        lines.append(f"judge {first['model']}, template sha256 {first['template_sha256'][:12]}, temperature {first['temperature']}, forms {first['forms']}")
+        lines.append(
+            f"judge {first['model']}, template sha256 {first['template_sha256'][:12]}, temperature {first['temperature']}, forms {first['forms']}"
+        )
     if gen:
         s = gen["settings"]
-        model = f" ({s['reward_model']['model']}, weights sha256 {s['reward_model']['checkpoint'][:12]})" if "reward_model" in s else ""
-        lines.append(f"evaluation: reward {s['reward']} v{s['reward_version']}{model}, {gen['prompts']} held-out prompts "
-                     f"(sha256 {s['prompts_sha256'][:12]}), sampling {json.dumps(s['generation']['sampling'], sort_keys=True)}, engine {gen['engine']}")
+        model = (
+            f" ({s['reward_model']['model']}, weights sha256 {s['reward_model']['checkpoint'][:12]})"
+            if "reward_model" in s
+            else ""
+        )
+        lines.append(
+            f"evaluation: reward {s['reward']} v{s['reward_version']}{model}, {gen['prompts']} held-out prompts "
+            f"(sha256 {s['prompts_sha256'][:12]}), sampling {json.dumps(s['generation']['sampling'], sort_keys=True)}, engine {gen['engine']}"
+        )
     return lines
 
 
 def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
     """The report's tables after the main one, in order: (Markdown heading, HTML heading, table); empty ones left out."""
-    out = [("Objectives (across seeds and prompts, 95% CI of each objective's mean over training runs; minus the reference: Holm across "
-            "the objectives; bold: the leader, where every contrast below holds after Holm)", "Objectives", objective_table(run)),
-           ("Objectives contrasted (same seeds and prompts, the grid's run-to-run error term; Holm across the pairs of each metric)",
-            "Objectives contrasted", contrast_table(run)),
-           ("Reward at matched KL (every training run in the KL range all objectives share: reward ~ objective + curve in KL + "
+    out = [
+        (
+            "Objectives (across seeds and prompts, 95% CI of each objective's mean over training runs; minus the reference: Holm across "
+            "the objectives; bold: the leader, where every contrast below holds after Holm)",
+            "Objectives",
+            objective_table(run),
+        ),
+        (
+            "Objectives contrasted (same seeds and prompts, the grid's run-to-run error term; Holm across the pairs of each metric)",
+            "Objectives contrasted",
+            contrast_table(run),
+        ),
+        (
+            "Reward at matched KL (every training run in the KL range all objectives share: reward ~ objective + curve in KL + "
             "seed block; Holm across the pairs)",
-            "Matched KL", matched_kl_table(run)),
-           ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
-           ("Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
-            "Held-out preferences", preference_table(run)),
-           ("Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)", "Benchmarks", benchmark_table(run)),
-           ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run))]
+            "Matched KL",
+            matched_kl_table(run),
+        ),
+        ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
+        (
+            "Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
+            "Held-out preferences",
+            preference_table(run),
+        ),
+        (
+            "Benchmarks (lm-eval; difference from the reference on the same documents, Holm-corrected p)",
+            "Benchmarks",
+            benchmark_table(run),
+        ),
+        ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run)),
+    ]
     return [(md, h, df) for md, h, df in out if df is not None]
 
 
-INTRO = ("The results table shows each checkpoint: `mean [95% CI]` from a percentile bootstrap over held-out prompts, no row "
-         "marked best. Which objective leads is answered at objective level (seeds and prompts pooled, contrasts paired on "
-         "both, Holm-corrected); **bold** marks a leader only where those contrasts support it.")
+INTRO = (
+    "The results table shows each checkpoint: `mean [95% CI]` from a percentile bootstrap over held-out prompts, no row "
+    "marked best. Which objective leads is answered at objective level (seeds and prompts pooled, contrasts paired on "
+    "both, Holm-corrected); **bold** marks a leader only where those contrasts support it."
+)
 
 
-def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None,
-                    items: list[dict] | None = None) -> str:
+def render_markdown(
+    run: Run,
+    table: pd.DataFrame,
+    images: dict[str, bytes],
+    claims: pd.DataFrame | None = None,
+    items: list[dict] | None = None,
+) -> str:
     """report.md; items: the sample viewer's answers (samples)."""
     parts = [f"# prefbench report: {run.name}", ""]
     for words in headline(run):
@@ -689,31 +885,51 @@ def render_markdown(run: Run, table: pd.DataFrame, images: dict[str, bytes], cla
     return "\n".join(parts)
 
 
-def render_html(run: Run, table: pd.DataFrame, images: dict[str, bytes], claims: pd.DataFrame | None = None,
-                items: list[dict] | None = None) -> str:
+def render_html(
+    run: Run,
+    table: pd.DataFrame,
+    images: dict[str, bytes],
+    claims: pd.DataFrame | None = None,
+    items: list[dict] | None = None,
+) -> str:
     """report.html, self-contained; items: the sample viewer's answers (samples)."""
+
     def tab(df: pd.DataFrame) -> str:
-        bolded = df.map(lambda v: f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v)))
+        bolded = df.map(
+            lambda v: (
+                f"<b>{html.escape(v[2:-2])}</b>" if isinstance(v, str) and v.startswith("**") else html.escape(str(v))
+            )
+        )
         return bolded.to_html(escape=False, border=0, classes="results")
 
-    imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
-                   for n, b in images.items())
+    imgs = "".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
+        for n, b in images.items()
+    )
     body = [f"<h1>prefbench report: {html.escape(run.name)}</h1>"]
     body += [f"<p class='headline'>{html.escape(words)}</p>" for words in headline(run)]
-    body += [f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>", "<h2>Results</h2>", tab(table)]
+    body += [
+        f"<p>{html.escape(INTRO).replace('**bold**', '<b>bold</b>').replace('`', '')}</p>",
+        "<h2>Results</h2>",
+        tab(table),
+    ]
     for _, heading, df in sections(run, claims):
         body += [f"<h2>{heading}</h2>", tab(df)]
     body += ["<h2>Plots</h2>", imgs]
     if items:
         body.append(samples_html(items))
     body += ["<h2>Provenance</h2><ul>"] + [f"<li>{html.escape(p)}</li>" for p in provenance(run)] + ["</ul>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
-             "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "img{max-width:100%}figure{display:inline-block;margin:0.5em}p.headline{font-size:16px}"
-             "table.answers td{vertical-align:top;padding:4px 8px;border-left:3px solid #ddd;font-size:13px;max-width:320px}"
-             "div.sample{margin:1em 0}p.prompt{background:#f4f4f4;padding:4px}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench report: {html.escape(run.name)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table.results{border-collapse:collapse;"
+        "font-size:13px}table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}"
+        "img{max-width:100%}figure{display:inline-block;margin:0.5em}p.headline{font-size:16px}"
+        "table.answers td{vertical-align:top;padding:4px 8px;border-left:3px solid #ddd;font-size:13px;max-width:320px}"
+        "div.sample{margin:1em 0}p.prompt{background:#f4f4f4;padding:4px}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench report: {html.escape(run.name)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def write_report(run_dir: str | Path, out_root: str | Path = "reports", prompts: int | list[int] = 24) -> Path:
@@ -738,26 +954,40 @@ def write_report(run_dir: str | Path, out_root: str | Path = "reports", prompts:
 def index_entry(run: Run) -> dict:
     """What the index shows of a run: its name, when it was started, model, data, objectives x seeds, headline."""
     m = run.manifest
-    started = m.get("created") or datetime.fromtimestamp((run.root / "manifest.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    started = m.get("created") or datetime.fromtimestamp((run.root / "manifest.json").stat().st_mtime, UTC).isoformat(
+        timespec="seconds"
+    )
     data = m["recipe"]["data"]
-    return {"name": run.name, "date": started[:10], "model": m["model"]["spec"],
-            "data": data.get("source") or " + ".join(x["source"] for x in data.get("mix", [])),
-            "units": f"{len(m['recipe']['objectives'])} objectives x {len(m['recipe']['seeds'])} seeds",
-            "headline": (headline(run) or ["(nothing to say in words yet: no objective-level statistics in this run)"])[0]}
+    return {
+        "name": run.name,
+        "date": started[:10],
+        "model": m["model"]["spec"],
+        "data": data.get("source") or " + ".join(x["source"] for x in data.get("mix", [])),
+        "units": f"{len(m['recipe']['objectives'])} objectives x {len(m['recipe']['seeds'])} seeds",
+        "headline": (headline(run) or ["(nothing to say in words yet: no objective-level statistics in this run)"])[0],
+    }
 
 
 def write_index(out_root: str | Path) -> Path:
     """<out_root>/index.html: one row per report under out_root (its entry.json), newest first, each linking
     its report.html."""
     root = Path(out_root)
-    entries = sorted((read_json(f) for f in root.glob("*/entry.json")), key=lambda e: (e["date"], e["name"]), reverse=True)
-    rows = "".join(f"<tr><td><a href='{html.escape(e['name'])}/report.html'>{html.escape(e['name'])}</a></td><td>{e['date']}</td>"
-                   f"<td>{html.escape(e['model'])}</td><td>{html.escape(e['data'])}</td><td>{html.escape(e['units'])}</td>"
-                   f"<td class='headline'>{html.escape(e['headline'])}</td></tr>" for e in entries)
-    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}td.headline{max-width:640px}")
+    entries = sorted(
+        (read_json(f) for f in root.glob("*/entry.json")), key=lambda e: (e["date"], e["name"]), reverse=True
+    )
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(e['name'])}/report.html'>{html.escape(e['name'])}</a></td><td>{e['date']}</td>"
+        f"<td>{html.escape(e['model'])}</td><td>{html.escape(e['data'])}</td><td>{html.escape(e['units'])}</td>"
+        f"<td class='headline'>{html.escape(e['headline'])}</td></tr>"
+        for e in entries
+    )
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}td.headline{max-width:640px}"
+    )
     (root / "index.html").write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>prefbench reports</title><style>{style}</style></head><body>"
         f"<h1>prefbench reports</h1><table><tr><th>run</th><th>started</th><th>model</th><th>data</th><th>units</th><th>headline</th></tr>"
-        f"{rows}</table></body></html>")
+        f"{rows}</table></body></html>"
+    )
     return root / "index.html"

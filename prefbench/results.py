@@ -28,9 +28,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +94,9 @@ def exclusive(root: Path, name: str, what: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise BusyError(f"{root}: another prefbench process is {what} (it holds {path}); wait for it to end, or stop it") from None
+        raise BusyError(
+            f"{root}: another prefbench process is {what} (it holds {path}); wait for it to end, or stop it"
+        ) from None
     try:
         yield
     finally:
@@ -190,8 +194,12 @@ def git_commit() -> str:
     """HEAD of the prefbench checkout, with -dirty when it has uncommitted changes; 'unknown' outside git."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -211,25 +219,39 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def record_timing(unit_dir: Path, stage: str, seconds: float, device: Any = None, processes: int = 1, **extra: Any) -> None:
+def record_timing(
+    unit_dir: Path, stage: str, seconds: float, device: Any = None, processes: int = 1, **extra: Any
+) -> None:
     """One line in <unit_dir>/timings.jsonl: a stage that ran for this unit, how long, where (host, device,
     processes) and when it ended. A unit's own file, appended only by its own stages: units running at the same
     time (prefbench launch) rewrite nothing shared. Runs that resumed have one line per invocation."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    AppendLog(Path(unit_dir) / "timings.jsonl").append([{
-        "stage": stage, "seconds": round(seconds, 3), "host": platform.node(), "device": str(device), "processes": processes,
-        "ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}])
+    AppendLog(Path(unit_dir) / "timings.jsonl").append(
+        [
+            {
+                "stage": stage,
+                "seconds": round(seconds, 3),
+                "host": platform.node(),
+                "device": str(device),
+                "processes": processes,
+                "ended": datetime.now(UTC).isoformat(timespec="seconds"),
+                **extra,
+            }
+        ]
+    )
 
 
 def reference_seconds(run: Path) -> float:
     """Seconds the reference pass itself took (its own clock, not the model load around it), over every
     invocation that computed rows: read from <run>/reference/timings.jsonl."""
     path = Path(run) / "reference" / "timings.jsonl"
-    return sum(r["seconds_in_pass"] for r in read_jsonl(path) if r["stage"] == "reference pass") if path.exists() else 0.0
+    return (
+        sum(r["seconds_in_pass"] for r in read_jsonl(path) if r["stage"] == "reference pass") if path.exists() else 0.0
+    )
 
 
 def run_dir(recipe) -> Path:
@@ -286,28 +308,58 @@ def load_run(root: str | Path) -> Run:
     if not (root / "manifest.json").is_file():
         raise ResultsError(f"{root}: not a run directory (no manifest.json)")
     manifest = read_json(root / "manifest.json")
-    units = [Unit("reference", "reference", None, "reference", None, generation=read_optional(root / "reference" / "eval_generation.json"),
-                  preference=read_optional(root / "reference" / "eval_preference.json"))]
+    units = [
+        Unit(
+            "reference",
+            "reference",
+            None,
+            "reference",
+            None,
+            generation=read_optional(root / "reference" / "eval_generation.json"),
+            preference=read_optional(root / "reference" / "eval_preference.json"),
+        )
+    ]
     for entry in manifest["recipe"]["objectives"]:
         for seed in manifest["recipe"]["seeds"]:
             d = root / entry["label"] / f"seed{seed}"
             if not (d / "summary.json").is_file():
                 continue  # not trained (yet): reports show what exists
             summary = read_json(d / "summary.json")
-            units.append(Unit(f"{entry['label']}/seed{seed}", entry["label"], seed, summary["objective"], summary.get("objective_version"),
-                              summary, read_jsonl(d / "metrics.jsonl"), read_optional(d / "eval_generation.json"),
-                              read_optional(d / "benchmarks" / "vs_reference.json"), read_optional(d / "eval_preference.json")))
+            units.append(
+                Unit(
+                    f"{entry['label']}/seed{seed}",
+                    entry["label"],
+                    seed,
+                    summary["objective"],
+                    summary.get("objective_version"),
+                    summary,
+                    read_jsonl(d / "metrics.jsonl"),
+                    read_optional(d / "eval_generation.json"),
+                    read_optional(d / "benchmarks" / "vs_reference.json"),
+                    read_optional(d / "eval_preference.json"),
+                )
+            )
     settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
     if len(set(settings.values())) > 1:
         groups: dict[str, list[str]] = {}
         for name, s in settings.items():
             groups.setdefault(s, []).append(name)
-        raise ResultsError(f"{root}: units were evaluated with different settings and cannot share a column: "
-                           + " | ".join(", ".join(g) for g in groups.values()))
+        raise ResultsError(
+            f"{root}: units were evaluated with different settings and cannot share a column: "
+            + " | ".join(", ".join(g) for g in groups.values())
+        )
     claims, objectives = read_optional(root / "eval_claims.json"), read_optional(root / "eval_objectives.json")
-    if objectives is not None and settings and json.dumps(objectives.get("settings"), sort_keys=True) not in settings.values():
-        objectives = {"stale": "computed from other evaluation settings than the units': run `prefbench evaluate RECIPE --stage objectives`"}
-    return Run(root, manifest, units, read_optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives)
+    if (
+        objectives is not None
+        and settings
+        and json.dumps(objectives.get("settings"), sort_keys=True) not in settings.values()
+    ):
+        objectives = {
+            "stale": "computed from other evaluation settings than the units': run `prefbench evaluate RECIPE --stage objectives`"
+        }
+    return Run(
+        root, manifest, units, read_optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives
+    )
 
 
 # The metrics compared across checkpoints, at objective level (eval/run.py: objectives) and between runs
@@ -330,24 +382,34 @@ def objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) 
         if any(r is None for r in rows):
             continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
         if len({len(r) for r in rows}) > 1:
-            raise ResultsError(f"{label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
+            raise ResultsError(
+                f"{label}: its seeds were evaluated on different numbers of prompts; re-run `prefbench evaluate`"
+            )
         tables[label] = np.array(rows, dtype=float)
     if len({t.shape[1] for t in tables.values()}) > 1:
         raise ResultsError("the objectives were evaluated on different numbers of prompts; re-run `prefbench evaluate`")
     return tables
 
 
-def missing_seeds(gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]) -> dict[str, list[int]]:
+def missing_seeds(
+    gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]
+) -> dict[str, list[int]]:
     """Per label, the seeds without values at `path` (not trained or not evaluated): what left it out of the grid."""
-    return {label: missing for label in labels if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])}
+    return {
+        label: missing
+        for label in labels
+        if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])
+    }
 
 
-def run_gens(run: "Run") -> dict[str, list[dict | None]]:
+def run_gens(run: Run) -> dict[str, list[dict | None]]:
     """Per objective label (the recipe's order), each of the recipe's seeds' eval_generation.json or None: what
     objective_tables reads, from a loaded run."""
     by_name = {u.name: u.generation for u in run.units}
-    return {spec["label"]: [by_name.get(f"{spec['label']}/seed{seed}") for seed in run.manifest["recipe"]["seeds"]]
-            for spec in run.manifest["recipe"]["objectives"]}
+    return {
+        spec["label"]: [by_name.get(f"{spec['label']}/seed{seed}") for seed in run.manifest["recipe"]["seeds"]]
+        for spec in run.manifest["recipe"]["objectives"]
+    }
 
 
 def dig(d: Any, path: tuple[str, ...]) -> Any:

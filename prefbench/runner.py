@@ -8,7 +8,7 @@ its own unit's timings.jsonl (results.record_timing)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch.distributed as dist
 from filelock import FileLock  # a dependency of huggingface_hub
@@ -44,7 +44,11 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         return
     stored = read_json(manifest_path)["recipe"]
     mine = jsonable(recipe.to_dict())
-    differing = sorted(k for k in set(stored) | set(mine) if k not in ("eval", "claims", "report_dir", "output_dir") and stored.get(k) != mine.get(k))
+    differing = sorted(
+        k
+        for k in set(stored) | set(mine)
+        if k not in ("eval", "claims", "report_dir", "output_dir") and stored.get(k) != mine.get(k)
+    )
     if differing:
         raise TrainingError(
             f"{manifest_path.parent} holds a run of a different recipe (differs in: {', '.join(differing)}); "
@@ -52,7 +56,9 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         )
 
 
-def prepare(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None) -> tuple[Prepared, RefLogps]:
+def prepare(
+    recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None
+) -> tuple[Prepared, RefLogps]:
     """The tokenized data and the reference log-probs every (objective, seed) unit asked for will read, computed
     where missing (under torchrun, each rank its share: train.RefLogps.ensure); the manifest written if the run
     has none. The reference pass's time goes to <run>/reference/timings.jsonl."""
@@ -69,32 +75,58 @@ def prepare(recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | 
     tokenizer = models.load_tokenizer(recipe.model.name)
     prepared = prepare_data(recipe, tokenizer)
     if manifest_path.exists() and read_json(manifest_path)["data"]["fingerprint"] != prepared.fingerprint:
-        raise TrainingError(f"{root}: the training data changed since this run started (token fingerprint differs); start a new run")
+        raise TrainingError(
+            f"{root}: the training data changed since this run started (token fingerprint differs); start a new run"
+        )
     specs, seeds = _selected(recipe, labels, seeds)
     ref = RefLogps(ref_cache_path(recipe, prepared, device))
     keys = reference_keys(recipe, prepared, specs, seeds, world, device)
     autocast = autocast_for(recipe.train.dtype, device)
-    ref_seconds, computed = ref.ensure(keys, recipe.model.name, prepared.train, tokenizer.pad_token_id, 2 * recipe.train.micro_batch_size,
-                                       device, autocast, recipe.train)
+    ref_seconds, computed = ref.ensure(
+        keys,
+        recipe.model.name,
+        prepared.train,
+        tokenizer.pad_token_id,
+        2 * recipe.train.micro_batch_size,
+        device,
+        autocast,
+        recipe.train,
+    )
     if world > 1:
         dist.barrier()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(manifest_path) + ".lock"):  # units started together: the first writes it, once
             if not manifest_path.exists():
-                write_json(manifest_path, {
-                    "schema_version": SCHEMA_VERSION,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "recipe": jsonable(recipe.to_dict()),
-                    "versions": versions(),
-                    "git_commit": git_commit(),
-                    "hardware": {**hardware(), "world_size": world, "device": str(device)},
-                    "model": models.describe(recipe.model.name),
-                    "data": {"format": prepared.fmt, "fingerprint": prepared.fingerprint, "train_examples": len(prepared.train),
-                             "eval_examples": len(prepared.eval), **prepared.report},
-                })
+                write_json(
+                    manifest_path,
+                    {
+                        "schema_version": SCHEMA_VERSION,
+                        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "recipe": jsonable(recipe.to_dict()),
+                        "versions": versions(),
+                        "git_commit": git_commit(),
+                        "hardware": {**hardware(), "world_size": world, "device": str(device)},
+                        "model": models.describe(recipe.model.name),
+                        "data": {
+                            "format": prepared.fmt,
+                            "fingerprint": prepared.fingerprint,
+                            "train_examples": len(prepared.train),
+                            "eval_examples": len(prepared.eval),
+                            **prepared.report,
+                        },
+                    },
+                )
         if computed:
-            record_timing(root / "reference", "reference pass", time.time() - started, device, world, rows=computed, seconds_in_pass=ref_seconds)
+            record_timing(
+                root / "reference",
+                "reference pass",
+                time.time() - started,
+                device,
+                world,
+                rows=computed,
+                seconds_in_pass=ref_seconds,
+            )
     return prepared, ref
 
 
@@ -108,4 +140,6 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
 
 def _selected(recipe: Recipe, labels: list[str] | None, seeds: list[int] | None) -> tuple[list, list[int]]:
     """The recipe's objectives with the asked labels and the asked seeds (every one where None)."""
-    return [s for s in recipe.objectives if labels is None or s.label in labels], list(recipe.seeds if seeds is None else seeds)
+    return [s for s in recipe.objectives if labels is None or s.label in labels], list(
+        recipe.seeds if seeds is None else seeds
+    )

@@ -120,7 +120,13 @@ def _t_test(diff: float, se: float, df: float, level: float) -> dict:
 
     half = float(st.t.ppf((1 + level) / 2, df)) * se
     p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
-    return {"difference": diff, "ci": [diff - half, diff + half], "p_value": max(p, np.finfo(float).tiny), "df": df, "seed_variance": True}
+    return {
+        "difference": diff,
+        "ci": [diff - half, diff + half],
+        "p_value": max(p, np.finfo(float).tiny),
+        "df": df,
+        "seed_variance": True,
+    }
 
 
 def across_seed_groups(a, b, level: float = LEVEL) -> dict:
@@ -152,8 +158,15 @@ def across_seed_groups(a, b, level: float = LEVEL) -> dict:
     prompt_part = max(per_prompt.var(ddof=1) - ms_resid * (1 / a.shape[0] + 1 / b.shape[0]), 0.0) / n_prompts
     run_part = share_a + share_b
     se = float(np.sqrt(run_part + prompt_part))
-    df = run_part**2 / (share_a**2 / (a.shape[0] - 1) + share_b**2 / (b.shape[0] - 1)) if run_part > 0 else float(a.shape[0] + b.shape[0] - 2)
-    return _t_test(float(per_prompt.mean()), se, float(df), level) | {"n_seeds": a.shape[0] + b.shape[0], "n_prompts": n_prompts}
+    df = (
+        run_part**2 / (share_a**2 / (a.shape[0] - 1) + share_b**2 / (b.shape[0] - 1))
+        if run_part > 0
+        else float(a.shape[0] + b.shape[0] - 2)
+    )
+    return _t_test(float(per_prompt.mean()), se, float(df), level) | {
+        "n_seeds": a.shape[0] + b.shape[0],
+        "n_prompts": n_prompts,
+    }
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -176,8 +189,13 @@ def holm_family(tests: list[dict], level: float = LEVEL) -> list[dict]:
 
 def _estimate_of(result: dict) -> dict:
     """A contrast's result as an estimate: mean and interval (a p against 0 means nothing for one objective's own values)."""
-    return {"mean": result["difference"], "ci": result["ci"], "n_seeds": result["n_seeds"], "n_prompts": result["n_prompts"],
-            "seed_variance": result["seed_variance"]} | ({"df": result["df"]} if result.get("df") is not None else {})
+    return {
+        "mean": result["difference"],
+        "ci": result["ci"],
+        "n_seeds": result["n_seeds"],
+        "n_prompts": result["n_prompts"],
+        "seed_variance": result["seed_variance"],
+    } | ({"df": result["df"]} if result.get("df") is not None else {})
 
 
 SPREAD_POWER = 3  # how fast the pooled degrees of freedom fall as seed spreads grow unlike: _spread_df
@@ -258,15 +276,24 @@ def grid_error(tables: dict[str, np.ndarray]) -> dict:
         inter = means - means.mean(1, keepdims=True) - means.mean(0, keepdims=True) + means.mean()
         df_each = (k - 1) * (n_seeds - 1) / k  # each objective's share of the interaction's degrees of freedom
         per = (inter**2).sum(1) / df_each
-        pairs = _partly_pooled(per, df_each) if k > 2 else {"variance": [float(per.mean())] * k, "df": float(n_seeds - 1)}
+        pairs = (
+            _partly_pooled(per, df_each) if k > 2 else {"variance": [float(per.mean())] * k, "df": float(n_seeds - 1)}
+        )
         pairs["variance"] = dict(zip(labels, pairs["variance"]))
         pooled_df = float((k - 1) * (n_seeds - 1))
     else:
         pairs, pooled_df = None, float(n_seeds - 1)
     spread = {o: float(np.sqrt(v)) for o, v in zip(labels, own)}
     df_now = pairs["df"] if pairs else single["df"]
-    return {"pairs": pairs, "single": single, "pooled_df": pooled_df, "alike": bool(df_now >= pooled_df - 1e-9),
-            "spread": spread, "widest": max(spread, key=spread.get), "n_seeds": n_seeds}
+    return {
+        "pairs": pairs,
+        "single": single,
+        "pooled_df": pooled_df,
+        "alike": bool(df_now >= pooled_df - 1e-9),
+        "spread": spread,
+        "widest": max(spread, key=spread.get),
+        "n_seeds": n_seeds,
+    }
 
 
 def _prompt_part(table: np.ndarray) -> float:
@@ -314,7 +341,9 @@ def detectable(ci, df: float | None, m: int, level: float = LEVEL) -> float:
     return float((dist.ppf(1 - (1 - level) / (2 * m)) + dist.ppf(POWER)) * se) if math.isfinite(se) else float("nan")
 
 
-def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL) -> dict:
+def objective_level(
+    tables: dict[str, np.ndarray], reference: np.ndarray | None, higher: bool | None, level: float = LEVEL
+) -> dict:
     """One metric at objective level from each objective's [seeds, prompts] table (seeds shared across objectives,
     prompts shared with the reference's per-prompt values), the grid analysed as one model (grid_error): each
     objective's estimate; with a direction (`higher` not None), each objective minus the reference (Holm across
@@ -332,15 +361,21 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     error = grid_error(tables)
     if error is None:  # one seed: the prompt bootstrap, fine enough for Holm's levels
         n_boot = family_n_boot(max(k, k * (k - 1) // 2), level)
+
         def single(t, *_):
             return across_seeds(t, level, n_boot)
+
         pair = single
     else:
+
         def single(t, label):
             return grid_contrast(t, error["single"]["variance"][label], error["single"]["df"], level)
 
         def pair(t, a, b):
-            return grid_contrast(t, error["pairs"]["variance"][a] + error["pairs"]["variance"][b], error["pairs"]["df"], level)
+            return grid_contrast(
+                t, error["pairs"]["variance"][a] + error["pairs"]["variance"][b], error["pairs"]["df"], level
+            )
+
     own = {label: single(t, label) for label, t in tables.items()}
     out: dict = {"higher_is_better": higher, "objectives": {label: _estimate_of(r) for label, r in own.items()}}
     if error is not None:
@@ -348,13 +383,23 @@ def objective_level(tables: dict[str, np.ndarray], reference: np.ndarray | None,
     if higher is None:
         return out
     if reference is not None:
-        out["vs_reference"] = with_detectable(holm_family([{"objective": label, **single(t - reference[None, :], label)}
-                                                            for label, t in tables.items()], level), level)
-    out["pairs"] = with_detectable(holm_family([{"a": a, "b": b, **pair(tables[a] - tables[b], a, b)}
-                                                 for a, b in itertools.combinations(tables, 2)], level), level)
+        out["vs_reference"] = with_detectable(
+            holm_family(
+                [{"objective": label, **single(t - reference[None, :], label)} for label, t in tables.items()], level
+            ),
+            level,
+        )
+    out["pairs"] = with_detectable(
+        holm_family(
+            [{"a": a, "b": b, **pair(tables[a] - tables[b], a, b)} for a, b in itertools.combinations(tables, 2)], level
+        ),
+        level,
+    )
     out["leader"] = leader = max(tables, key=lambda label: own[label]["difference"] * (1 if higher else -1))
     theirs = [c for c in out["pairs"] if leader in (c["a"], c["b"])]
-    wins = [c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs]  # resolved, for the leader
+    wins = [
+        c["resolved"] and ((c["difference"] > 0) == higher) == (c["a"] == leader) for c in theirs
+    ]  # resolved, for the leader
     out["best"] = leader if theirs and all(wins) else None
     return out
 
@@ -388,26 +433,47 @@ def variance_components(tables: dict[str, np.ndarray]) -> dict:
     y = np.array([np.asarray(t, float) for t in tables.values()])  # [objectives, seeds, prompts]
     k, n_seeds, n_prompts = y.shape
     if k < 2 or n_seeds < 2 or n_prompts < 2:
-        raise ValueError(f"variance components need 2+ objectives, 2+ seeds and 2+ prompts; this grid has {k} x {n_seeds} x {n_prompts}")
+        raise ValueError(
+            f"variance components need 2+ objectives, 2+ seeds and 2+ prompts; this grid has {k} x {n_seeds} x {n_prompts}"
+        )
     m_os, m_op, m_sp = y.mean(2), y.mean(1), y.mean(0)
     m_o, m_s, m_p, grand = y.mean((1, 2)), y.mean((0, 2)), y.mean((0, 1)), y.mean()
-    resid = y - m_os[:, :, None] - m_op[:, None, :] - m_sp[None] + m_o[:, None, None] + m_s[None, :, None] + m_p[None, None, :] - grand
+    resid = (
+        y
+        - m_os[:, :, None]
+        - m_op[:, None, :]
+        - m_sp[None]
+        + m_o[:, None, None]
+        + m_s[None, :, None]
+        + m_p[None, None, :]
+        - grand
+    )
     ms_e = float((resid**2).sum() / ((k - 1) * (n_seeds - 1) * (n_prompts - 1)))
     ms_os = float(n_prompts * ((m_os - m_o[:, None] - m_s[None, :] + grand) ** 2).sum() / ((k - 1) * (n_seeds - 1)))
     ms_op = float(n_seeds * ((m_op - m_o[:, None] - m_p[None, :] + grand) ** 2).sum() / ((k - 1) * (n_prompts - 1)))
-    return {"run": max(ms_os - ms_e, 0.0) / n_prompts, "interaction": max(ms_op - ms_e, 0.0) / n_seeds, "residual": ms_e,
-            "objectives": k, "seeds": n_seeds, "prompts": n_prompts}
+    return {
+        "run": max(ms_os - ms_e, 0.0) / n_prompts,
+        "interaction": max(ms_op - ms_e, 0.0) / n_seeds,
+        "residual": ms_e,
+        "objectives": k,
+        "seeds": n_seeds,
+        "prompts": n_prompts,
+    }
 
 
-
-def pair_power(effect: float, components: dict, seeds: int, prompts: int, objectives: int, level: float = LEVEL) -> float:
+def pair_power(
+    effect: float, components: dict, seeds: int, prompts: int, objectives: int, level: float = LEVEL
+) -> float:
     """The chance that a pair of objectives truly `effect` apart is resolved at Holm's strictest level over the
     k (k - 1) / 2 pairs, (1 - level) / m two-sided (Holm resolves at least that often), with the grid's pooled
     error term on (k - 1)(S - 1) degrees of freedom: a noncentral t (the spreads assumed alike, as pooling is)."""
     from scipy import stats as st
 
     m = max(1, objectives * (objectives - 1) // 2)
-    se = math.sqrt(2 * (components["run"] / seeds + components["interaction"] / prompts + components["residual"] / (seeds * prompts)))
+    se = math.sqrt(
+        2
+        * (components["run"] / seeds + components["interaction"] / prompts + components["residual"] / (seeds * prompts))
+    )
     df = (objectives - 1) * (seeds - 1)
     crit = st.t.ppf(1 - (1 - level) / (2 * m), df)
     ncp = abs(effect) / se if se > 0 else math.inf
@@ -417,14 +483,18 @@ def pair_power(effect: float, components: dict, seeds: int, prompts: int, object
     return float(st.nct.sf(crit, df, ncp) + np.nan_to_num(st.nct.cdf(-crit, df, ncp)))
 
 
-def smallest_resolvable(components: dict, seeds: int, prompts: int, objectives: int, power: float = POWER, level: float = LEVEL) -> float:
+def smallest_resolvable(
+    components: dict, seeds: int, prompts: int, objectives: int, power: float = POWER, level: float = LEVEL
+) -> float:
     """The smallest pairwise difference resolved with `power` at this design (pair_power solved for the effect)."""
     from scipy.optimize import brentq
 
     hi = 1.0
     while pair_power(hi, components, seeds, prompts, objectives, level) < power:
         hi *= 2
-    return float(brentq(lambda e: pair_power(e, components, seeds, prompts, objectives, level) - power, 0.0, hi, xtol=1e-6))
+    return float(
+        brentq(lambda e: pair_power(e, components, seeds, prompts, objectives, level) - power, 0.0, hi, xtol=1e-6)
+    )
 
 
 def plan(components: dict, effect: float, power: float = POWER, level: float = LEVEL, max_seeds: int = 64) -> dict:
@@ -437,12 +507,27 @@ def plan(components: dict, effect: float, power: float = POWER, level: float = L
     k, s_now, p_now = components["objectives"], components["seeds"], components["prompts"]
     designs = []
     for prompts in (p_now, 2 * p_now, 4 * p_now):
-        seeds = next((s for s in range(2, max_seeds + 1) if pair_power(effect, components, s, prompts, k, level) >= power), None)
-        designs.append({"prompts": prompts, "seeds": seeds,
-                        "power": pair_power(effect, components, seeds, prompts, k, level) if seeds else None})
-    return {"effect": effect, "power": power, "designs": designs,
-            "now": {"seeds": s_now, "prompts": p_now, "power": pair_power(effect, components, s_now, p_now, k, level),
-                    "smallest": smallest_resolvable(components, s_now, p_now, k, power, level)}}
+        seeds = next(
+            (s for s in range(2, max_seeds + 1) if pair_power(effect, components, s, prompts, k, level) >= power), None
+        )
+        designs.append(
+            {
+                "prompts": prompts,
+                "seeds": seeds,
+                "power": pair_power(effect, components, seeds, prompts, k, level) if seeds else None,
+            }
+        )
+    return {
+        "effect": effect,
+        "power": power,
+        "designs": designs,
+        "now": {
+            "seeds": s_now,
+            "prompts": p_now,
+            "power": pair_power(effect, components, s_now, p_now, k, level),
+            "smallest": smallest_resolvable(components, s_now, p_now, k, power, level),
+        },
+    }
 
 
 def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
@@ -468,8 +553,17 @@ def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
     [...], name: [...]}}."""
     from scipy import stats as st
 
-    runs = [{"objective": name, "label": str(p[3]) if len(p) > 3 else name, "seed": int(p[0]), "kl": float(p[1]), "reward": float(p[2])}
-            for name, pts in points.items() for p in pts]
+    runs = [
+        {
+            "objective": name,
+            "label": str(p[3]) if len(p) > 3 else name,
+            "seed": int(p[0]),
+            "kl": float(p[1]),
+            "reward": float(p[2]),
+        }
+        for name, pts in points.items()
+        for p in pts
+    ]
     spans = {name: (min(p[1] for p in pts), max(p[1] for p in pts)) for name, pts in points.items() if pts}
     out: dict = {"range": None, "runs": runs, "objectives": {}, "pairs": []}
     if len(spans) < 2:
@@ -485,7 +579,9 @@ def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
     if not lo < hi:
         return out | {"reason": f"the objectives' KL ranges do not overlap ({lo:.3f} >= {hi:.3f})"}
     if {r["objective"] for r in used} != set(names) or degree < 1 or len(used) - n_params < 2:
-        return out | {"reason": f"too few runs inside the shared KL range [{lo:.3f}, {hi:.3f}] ({len(used)}) for the model's {n_params} terms"}
+        return out | {
+            "reason": f"too few runs inside the shared KL range [{lo:.3f}, {hi:.3f}] ({len(used)}) for the model's {n_params} terms"
+        }
     mid, half = (lo + hi) / 2, (hi - lo) / 2
 
     def design(objective: str, seed: int | None, kl: float) -> list[float]:  # seed None: the blocks' average
@@ -506,14 +602,24 @@ def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
 
     for name in names:
         mean, se = estimate(np.array(design(name, None, mid)))
-        out["objectives"][name] = {"mean": mean, "ci": [mean - t * se, mean + t * se], "runs": sum(r["objective"] == name for r in used)}
+        out["objectives"][name] = {
+            "mean": mean,
+            "ci": [mean - t * se, mean + t * se],
+            "runs": sum(r["objective"] == name for r in used),
+        }
     for a, b in itertools.combinations(names, 2):
         diff, se = estimate(np.array(design(a, None, mid)) - np.array(design(b, None, mid)))
         out["pairs"].append({"a": a, "b": b, **_t_test(diff, se, float(df), level)})
     with_detectable(holm_family(out["pairs"], level), level)
     grid = np.linspace(lo, hi, 25)
-    out["curve"] = {"kl": grid.tolist()} | {name: [float(np.array(design(name, None, k)) @ coef) for k in grid] for name in names}
-    return out | {"range": [float(lo), float(hi)], "df": int(df), "model": f"reward ~ objective + {'quadratic' if degree == 2 else 'linear'} KL + seed block"}
+    out["curve"] = {"kl": grid.tolist()} | {
+        name: [float(np.array(design(name, None, k)) @ coef) for k in grid] for name in names
+    }
+    return out | {
+        "range": [float(lo), float(hi)],
+        "df": int(df),
+        "model": f"reward ~ objective + {'quadratic' if degree == 2 else 'linear'} KL + seed block",
+    }
 
 
 def binomial_ci(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
@@ -567,7 +673,9 @@ def _length_fit(y: np.ndarray, d: np.ndarray, weights: np.ndarray, iters: int = 
     return out, converged
 
 
-def length_adjusted_win_rate(scores, length_diffs, groups, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+def length_adjusted_win_rate(
+    scores, length_diffs, groups, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+) -> dict:
     """Length-adjusted win rate: a logistic fit of the pair score (ties 0.5; verdict probabilities where the
     judge gave them) on tanh(d / sd(d)), d the two answers' length difference, read at d = 0. Each prompt weighs
     1, its pairs sharing that weight, as in the win rate; the interval resamples prompts, each with all its
@@ -579,8 +687,13 @@ def length_adjusted_win_rate(scores, length_diffs, groups, n_boot: int = N_BOOT,
     y, d = np.asarray(scores, float), np.asarray(length_diffs, float)
     names, member, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
     if y.size == 0:
-        return {"mean": float("nan"), "ci": [float("nan"), float("nan")], "converged": False, "bootstrap_converged": float("nan"),
-                "weighting": "each prompt weighs 1"}
+        return {
+            "mean": float("nan"),
+            "ci": [float("nan"), float("nan")],
+            "converged": False,
+            "bootstrap_converged": float("nan"),
+            "weighting": "each prompt weighs 1",
+        }
     per_pair = 1.0 / sizes[member]
     point, point_ok = _length_fit(y, d, per_pair[None, :])
     ci, share = [float("nan"), float("nan")], float("nan")
@@ -589,5 +702,10 @@ def length_adjusted_win_rate(scores, length_diffs, groups, n_boot: int = N_BOOT,
         np.add.at(counts, (np.arange(n_boot)[:, None], resample(len(names), n_boot, seed)), 1)
         replicates, ok = _length_fit(y, d, counts[:, member] * per_pair[None, :])
         ci, share = list(_percentile(replicates, level)), float(ok.mean())
-    return {"mean": float(point[0]), "ci": ci, "converged": bool(point_ok[0]), "bootstrap_converged": share,
-            "weighting": "each prompt weighs 1"}
+    return {
+        "mean": float(point[0]),
+        "ci": ci,
+        "converged": bool(point_ok[0]),
+        "bootstrap_converged": share,
+        "weighting": "each prompt weighs 1",
+    }

@@ -138,7 +138,21 @@ def _instruction(kind: str, rng: random.Random) -> Instruction:
     return Instruction(kind, arg)
 
 
-KINDS = ["lowercase", "uppercase", "include", "exclude", "end_with", "max_words", "min_words", "no_commas", "start_with", "quotes", "sentences", "bullets", "digits"]
+KINDS = [
+    "lowercase",
+    "uppercase",
+    "include",
+    "exclude",
+    "end_with",
+    "max_words",
+    "min_words",
+    "no_commas",
+    "start_with",
+    "quotes",
+    "sentences",
+    "bullets",
+    "digits",
+]
 
 
 @dataclass(frozen=True)

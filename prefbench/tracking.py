@@ -58,8 +58,16 @@ class WandB:
 
         log_dir.mkdir(parents=True, exist_ok=True)
         run_id = "".join(c if c.isalnum() else "-" for c in name)[:100]  # the same unit, the same W&B run
-        self.run = wandb.init(project=project, group=group, name=name, id=run_id, config=config, dir=str(log_dir),
-                              resume="allow", reinit="create_new")
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            name=name,
+            id=run_id,
+            config=config,
+            dir=str(log_dir),
+            resume="allow",
+            reinit="create_new",
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -85,8 +93,15 @@ class Trackers:
         if not self.open:
             project = os.environ.get("PREFBENCH_PROJECT", "prefbench")
             config = jsonable(self.recipe.to_dict())
-            self.open = [TRACKERS[n](project, self.recipe.name, f"{self.recipe.name}/{self.unit}", config, self.log_dir) for n in self.names]
-        metrics = {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.open = [
+                TRACKERS[n](project, self.recipe.name, f"{self.recipe.name}/{self.unit}", config, self.log_dir)
+                for n in self.names
+            ]
+        metrics = {
+            k: float(v)
+            for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         for tracker in self.open:
             tracker.log(metrics, record.get("step", step))
 

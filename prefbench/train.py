@@ -88,8 +88,17 @@ class RefLogps:
         self.path = path
         self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
 
-    def ensure(self, keys: set[Key], spec: str, examples: list[Example], pad_id: int, batch_rows: int, device, autocast,
-               train: TrainSpec) -> tuple[float, int]:
+    def ensure(
+        self,
+        keys: set[Key],
+        spec: str,
+        examples: list[Example],
+        pad_id: int,
+        batch_rows: int,
+        device,
+        autocast,
+        train: TrainSpec,
+    ) -> tuple[float, int]:
         """Compute missing keys with the reference model, in the layout training uses (logprobs.layout of
         train.share_prompts and train.padding_free); returns (seconds spent, rows computed). Every process of a
         torchrun group calls it: each computes a contiguous share of the missing rows (whole prompts, so a prompt's
@@ -114,7 +123,10 @@ class RefLogps:
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
             chunks += [chunks[-1] if chunks else missing[:1]] * (int(count) - len(chunks))
         computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
-        with torch.no_grad(), tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar:
+        with (
+            torch.no_grad(),
+            tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar,
+        ):
             for chunk in chunks:
                 with autocast:
                     sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
@@ -161,12 +173,16 @@ def ready(lm: torch.nn.Module, train: TrainSpec, device) -> str:
     return rows_layout
 
 
-def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu") -> set[Key]:
+def reference_keys(
+    recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu"
+) -> set[Key]:
     """Every row whose reference log-prob training will read. A token budget cuts a step by the tokens of the
     layout training runs in, and KTO's mismatched pairs depend on the cut: the keys of the planned layout and of
     plain rows (where the model's attention takes no custom mask) are both included."""
     t = recipe.train
-    layouts = {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
+    layouts = (
+        {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
+    )
     keys: set[Key] = set()
     lengths = [ex.length() for ex in prepared.train]
     for spec in objectives:
@@ -174,9 +190,15 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
         if not objective.needs_reference:
             continue
         for seed in seeds:
-            for step in schedule(lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches):
+            for step in schedule(
+                lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches
+            ):
                 for rank in range(world):
-                    for mb in (mb for rows_layout in layouts for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)):
+                    for mb in (
+                        mb
+                        for rows_layout in layouts
+                        for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)
+                    ):
                         keys.update(mb.rows)
                         keys.update(mb.kl_rows or ())
     return keys
@@ -190,9 +212,13 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
     # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
     t = recipe.train
-    rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(planned_layout(t.share_prompts, t.padding_free, device), "packed")
+    rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(
+        planned_layout(t.share_prompts, t.padding_free, device), "packed"
+    )
     identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
-    if (kind := kernels.chosen(t.kernels, device)) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
+    if (
+        kind := kernels.chosen(t.kernels, device)
+    ) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
         identity.append(kind)
     identity = json.dumps(identity, sort_keys=True, default=str)
     return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
@@ -234,7 +260,9 @@ def _mean_over_batches(sums: dict[str, tuple[float, int]], world: int) -> dict[s
 
 def check_budget_and_fsdp(recipe: Recipe, world: int) -> None:
     if world > 1 and recipe.train.fsdp and recipe.train.max_tokens_per_forward:
-        raise TrainingError("train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards")
+        raise TrainingError(
+            "train.max_tokens_per_forward cannot be combined with train.fsdp: every FSDP rank must run the same number of forwards"
+        )
 
 
 # ---- the loop: set-up, restore, steps, save ------------------------------------------------------
@@ -276,7 +304,9 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         busy = [None]
         if rank == 0:
             try:
-                held.enter_context(exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}"))
+                held.enter_context(
+                    exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}")
+                )
             except BusyError as err:
                 busy = [str(err)]
         if world > 1:  # every rank stops, not only rank 0 (the others would wait in its collectives)
@@ -287,7 +317,9 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
             return read_json(out / "summary.json")
         t = recipe.train
         if t.batch_size % (t.micro_batch_size * world):
-            raise TrainingError(f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}")
+            raise TrainingError(
+                f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}"
+            )
         started = time.perf_counter()
         resume = latest_checkpoint(out)
         u = set_up(recipe, spec, seed, out, resume, rank, world, device)
@@ -296,14 +328,25 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         summary = _summary(u, recipe, resume, train_seconds, tokens)
         save_final(u, recipe, summary)
         if rank == 0:
-            record_timing(out, "train", time.perf_counter() - started, device, world, from_step=start_step, steps=t.steps)
+            record_timing(
+                out, "train", time.perf_counter() - started, device, world, from_step=start_step, steps=t.steps
+            )
         return summary
 
 
 # ---- set-up
 
 
-def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Path | None, rank: int, world: int, device: torch.device) -> Unit:
+def set_up(
+    recipe: Recipe,
+    spec: ObjectiveSpec,
+    seed: int,
+    out: Path,
+    resume: Path | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> Unit:
     """The objective, the model (its weights from `resume` when given), the FSDP2/DDP wrap, AdamW and its schedule."""
     t = recipe.train
     sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
@@ -315,10 +358,29 @@ def set_up(recipe: Recipe, spec: ObjectiveSpec, seed: int, out: Path, resume: Pa
     policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     # on a GPU the fused AdamW (one kernel for every parameter's update; same arithmetic as the loop to rounding)
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=device.type == "cuda"
+    )
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
-    return Unit(spec, seed, out, rank, world, device, sharded, rows_layout, autocast, objective, lm, tokenizer, policy, params, optimizer, scheduler)
+    return Unit(
+        spec,
+        seed,
+        out,
+        rank,
+        world,
+        device,
+        sharded,
+        rows_layout,
+        autocast,
+        objective,
+        lm,
+        tokenizer,
+        policy,
+        params,
+        optimizer,
+        scheduler,
+    )
 
 
 def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
@@ -332,7 +394,12 @@ def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
         if resume:
             lm = PeftModel.from_pretrained(lm, resume, is_trainable=True)
         else:
-            lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
+            lm = get_peft_model(
+                lm,
+                LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+                ),
+            )
     if recipe.train.gradient_checkpointing:
         causal_lm(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.to(device).train()
@@ -349,7 +416,9 @@ def _distribute(policy: SequenceLogps, lm, sharded: bool, world: int, device: to
             fully_shard(layer)
         fully_shard(policy)
     elif world > 1:
-        policy = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+        policy = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return policy
 
 
@@ -369,7 +438,9 @@ def restore(u: Unit, resume: Path | None) -> int:
                 set_optimizer_state_dict,
             )
 
-            set_optimizer_state_dict(u.policy, u.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                u.policy, u.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+            )
         else:
             u.optimizer.load_state_dict(state["optimizer"])
         u.scheduler.load_state_dict(state["scheduler"])
@@ -379,7 +450,9 @@ def restore(u: Unit, resume: Path | None) -> int:
     if u.rank == 0:
         u.out.mkdir(parents=True, exist_ok=True)
         path = u.metrics_path
-        kept = [line for line in (path.read_text().splitlines() if path.exists() else []) if _step_of(line) <= start_step]
+        kept = [
+            line for line in (path.read_text().splitlines() if path.exists() else []) if _step_of(line) <= start_step
+        ]
         with atomic(path) as tmp:  # a killed run's steps past its checkpoint are redone
             tmp.write_text("".join(line + "\n" for line in kept))
     return start_step
@@ -407,14 +480,18 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
     t = recipe.train
     plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, u.seed, t.bucket_batches)
     train_seconds, tokens_total = 0.0, 0
-    bar = tqdm(total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0)
+    bar = tqdm(
+        total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0
+    )
     # rank 0 logs (and so opens the trackers); the others' Trackers stay closed
     with contextlib.closing(Trackers(recipe, f"{u.spec.label}/seed{u.seed}", u.out)) as trackers:
         for step in range(start_step, t.steps):
             step_start = time.perf_counter()
             batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
             sums, tokens = _forward_backward(u, batches, prepared, ref)
-            grad_norm = torch.nn.utils.clip_grad_norm_(u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+            )
             logged = _mean_over_batches(sums, u.world)
             if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
                 last = latest_checkpoint(u.out)
@@ -452,7 +529,9 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
     return train_seconds, tokens_total
 
 
-def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None) -> tuple[dict[str, tuple[float, int]], int]:
+def _forward_backward(
+    u: Unit, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None
+) -> tuple[dict[str, tuple[float, int]], int]:
     """One step's forwards and backwards over this process's micro-batches, gradients accumulating.
     Returns each metric's (example-weighted sum, examples) and the real tokens seen."""
     pad_id = u.tokenizer.pad_token_id
@@ -470,12 +549,16 @@ def _forward_backward(u: Unit, batches: list[MicroBatch], prepared: Prepared, re
             batch, extra = _objective_batch(u, mb, logps, counts, ref, prepared)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
-                raise TrainingError(f"{u.spec.name}: {out.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong")
+                raise TrainingError(
+                    f"{u.spec.name}: {out.losses.shape[0]} losses for {counts_per_batch[n]} examples; the step mean would be wrong"
+                )
             # Summed over this process's micro-batches (and averaged over processes by DDP/FSDP),
             # the gradient is that of the mean loss over all of the step's examples.
             with attention_kernels(u.device):  # gradient checkpointing recomputes attention here
                 (out.losses.sum() / sum(counts_per_batch)).backward()
-        weight = counts_per_batch[n]  # metrics weighted by examples: micro-batches split by the token budget differ in size
+        weight = counts_per_batch[
+            n
+        ]  # metrics weighted by examples: micro-batches split by the token budget differ in size
         for k, v in {"loss": out.losses.detach().mean(), **out.metrics, **extra}.items():
             total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
             sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
@@ -506,9 +589,14 @@ def _objective_batch(u: Unit, mb: MicroBatch, logps, counts, ref, prepared):
             kl_policy, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, device, u.layout))
         kl_policy = kl_policy.double()
         kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
-    batch = UnpairedLogps(policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref)
+    batch = UnpairedLogps(
+        policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref
+    )
     extra = {}
-    for name, mask, present in (("desirable", desirable, any(mb.labels)), ("undesirable", ~desirable, not all(mb.labels))):
+    for name, mask, present in (
+        ("desirable", desirable, any(mb.labels)),
+        ("undesirable", ~desirable, not all(mb.labels)),
+    ):
         if present:
             extra[f"logps/{name}"] = logps[mask].mean().detach()
             extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
@@ -553,7 +641,9 @@ def _summary(u: Unit, recipe: Recipe, resume: Path | None, train_seconds: float,
         "steps": recipe.train.steps,
         "final": json.loads(u.metrics_path.read_text().splitlines()[-1]) if u.rank == 0 else {},
         "train_seconds_this_process": train_seconds,
-        "loop_tokens_per_s": tokens * u.world / train_seconds if train_seconds else None,  # reference pass excluded: see manifest timings
+        "loop_tokens_per_s": tokens * u.world / train_seconds
+        if train_seconds
+        else None,  # reference pass excluded: see manifest timings
         "peak_memory_mb": peak_memory_mb(u.device),
         "world_size": u.world,
         "resumed_from": resume.name if resume else None,

@@ -38,8 +38,13 @@ def guard() -> None:
         return
     os.environ[MARKER] = str(pid)  # inherited by every child started from here on
     quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-    _started[pid] = os.posix_spawn(sys.executable, [sys.executable, "-m", "prefbench.watchdog", str(pid)], os.environ,
-                                   file_actions=quiet, setsid=True)
+    _started[pid] = os.posix_spawn(
+        sys.executable,
+        [sys.executable, "-m", "prefbench.watchdog", str(pid)],
+        os.environ,
+        file_actions=quiet,
+        setsid=True,
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,9 @@ import pytest  # noqa: E402
 
 
 def pytest_sessionfinish(session):
-    if (server := _SERVER.pop("server", None)) is not None:  # a run stopped early (-x, Ctrl-C) inside the server's block
+    if (
+        server := _SERVER.pop("server", None)
+    ) is not None:  # a run stopped early (-x, Ctrl-C) inside the server's block
         server.stop()
     if _MADE_CACHE:
         shutil.rmtree(os.environ["PREFBENCH_CACHE"], ignore_errors=True)
@@ -108,7 +110,11 @@ def _train_toy_reward_model(out, steps: int = 80, batch: int = 16, lr: float = 3
     rm.model.train()
     from prefbench.eval.rewards import InstructionReward
 
-    pairs, rng, task_reward = load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS], random.Random(0), InstructionReward()
+    pairs, rng, task_reward = (
+        load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS],
+        random.Random(0),
+        InstructionReward(),
+    )
     for p in list(pairs):
         shuffled = "".join(rng.sample(p["chosen"], len(p["chosen"])))
         if task_reward(p["prompt"], shuffled) < task_reward(p["prompt"], p["chosen"]):

@@ -32,7 +32,9 @@ GARBAGE = "I cannot decide. ~~~"
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float = 0.3, stall_s: float = 0.3, max_faults: int = 2, seed: int = 0):
-        self.upstream = upstream.rstrip("/").removesuffix("/v1")  # the endpoint's root; paths are forwarded as they come
+        self.upstream = upstream.rstrip("/").removesuffix(
+            "/v1"
+        )  # the endpoint's root; paths are forwarded as they come
         self.rate, self.stall_s, self.max_faults, self.seed = rate, stall_s, max_faults, seed
         self.lock = threading.Lock()
         self.seen: collections.Counter = collections.Counter()  # arrivals per body
@@ -43,7 +45,7 @@ class FaultProxy:
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -71,8 +73,12 @@ class FaultProxy:
     def forward(self, path: str, body: bytes, headers) -> tuple[int, bytes]:
         with self.lock:
             self.upstream_calls[hashlib.sha256(body).hexdigest()] += 1
-        request = urllib.request.Request(self.upstream + path, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "Authorization": headers.get("Authorization", "")})
+        request = urllib.request.Request(
+            self.upstream + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": headers.get("Authorization", "")},
+        )
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 return response.status, response.read()
@@ -95,8 +101,11 @@ class FaultProxy:
                     if fault == "stall_504":
                         time.sleep(proxy.stall_s)
                     status = 504 if fault == "stall_504" else int(fault)
-                    self.send(status, json.dumps({"error": {"message": f"injected {fault}", "type": "server_error"}}).encode(),
-                              {"retry-after-ms": "50"} if fault == "429" else {})
+                    self.send(
+                        status,
+                        json.dumps({"error": {"message": f"injected {fault}", "type": "server_error"}}).encode(),
+                        {"retry-after-ms": "50"} if fault == "429" else {},
+                    )
                     return
                 status, data = proxy.forward(self.path, body, self.headers)
                 if status == 200 and fault == "truncated":
@@ -110,7 +119,11 @@ class FaultProxy:
 
             def send(self, status: int, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(status)
-                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
+                for name, value in {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(data)),
+                    **(headers or {}),
+                }.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)

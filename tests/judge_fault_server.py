@@ -34,7 +34,7 @@ class FaultServer:
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -66,29 +66,61 @@ class FaultServer:
         if status == "slow":
             time.sleep(self.slow_s)
         if status == 400:
-            return 400, {}, {"error": {"message": "response_format is not supported here", "type": "invalid_request_error"}}
+            return (
+                400,
+                {},
+                {"error": {"message": "response_format is not supported here", "type": "invalid_request_error"}},
+            )
         if status in (429, 500):
             return status, {"retry-after-ms": "10"}, {"error": {"message": f"fault {status}", "type": "server_error"}}
         a, b = (re.search(f"<answer_{t}>\n(.*?)\n</answer_{t}>", user, re.S).group(1) for t in "ab")
-        verdict = "A" if "[first]" in user else {(True, False): "A", (False, True): "B"}.get(("GOOD" in a, "GOOD" in b), "tie")
+        verdict = (
+            "A"
+            if "[first]" in user
+            else {(True, False): "A", (False, True): "B"}.get(("GOOD" in a, "GOOD" in b), "tie")
+        )
         if "[malformed]" in user:
             content = "The first answer, I think."
         elif json_form:
             content = json.dumps({"verdict": verdict})
         else:
             content = f"Both answers are short.\nVerdict: {verdict}"
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": None}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
         if body.get("logprobs") and json_form and "[malformed]" not in user:
             others = [v for v in ("A", "B", "tie") if v != verdict]
             top = [(verdict, 0.8), (others[0], 0.15), (others[1], 0.05)]
             tokens = ['{"verdict": "', verdict, '"}']
-            choice["logprobs"] = {"content": [
-                {"token": t, "logprob": 0.0 if t != verdict else math.log(0.8), "bytes": None,
-                 "top_logprobs": [{"token": v, "logprob": math.log(p), "bytes": None} for v, p in top] if t == verdict else []}
-                for t in tokens]}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": 0.0 if t != verdict else math.log(0.8),
+                        "bytes": None,
+                        "top_logprobs": [{"token": v, "logprob": math.log(p), "bytes": None} for v, p in top]
+                        if t == verdict
+                        else [],
+                    }
+                    for t in tokens
+                ]
+            }
         usage = {"prompt_tokens": len(user) // 4, "completion_tokens": 5, "total_tokens": len(user) // 4 + 5}
-        return 200, {}, {"id": "chatcmpl-fault", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [choice], "usage": usage}
+        return (
+            200,
+            {},
+            {
+                "id": "chatcmpl-fault",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            },
+        )
 
     def _handler(self):
         server = self
@@ -102,7 +134,11 @@ class FaultServer:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
-                    for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
+                    for name, value in {
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(data)),
+                        **headers,
+                    }.items():
                         self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)

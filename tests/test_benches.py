@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(*args: str, timeout: int = 300) -> str:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "TQDM_DISABLE": "1"})
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     return out.stdout
 
@@ -41,10 +47,14 @@ def test_bench_gpu_smoke_runs_a_tiny_prefbench_cell_on_the_cpu(tmp_path):
 
 def test_gpu_reward_model_dry_run_scores_on_the_cpu():
     out = _bench("bench/gpu_reward_model.py", "--dry")
-    assert json.loads(out[out.index("{"):])["device"] == "cpu (dry run)"
+    assert json.loads(out[out.index("{") :])["device"] == "cpu (dry run)"
 
 
 def test_verdicts_from_run_means_reads_every_committed_report():
     out = _bench("bench/verdicts_from_run_means.py")
     assert [line.split(":")[0] for line in out.splitlines() if line.startswith("== ")] == [
-        "== label_noise", "== imbalance", "== kto_ablations", "== beta_sweep"]
+        "== label_noise",
+        "== imbalance",
+        "== kto_ablations",
+        "== beta_sweep",
+    ]

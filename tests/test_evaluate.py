@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from prefbench.cli import main
 from prefbench import models
+from prefbench.cli import main
 from prefbench.eval.generate import GenerationCache, Sampling, checkpoint_id, prompt_ids
 from prefbench.eval.rewards import InstructionReward
 from prefbench.task import make_prompts
@@ -18,7 +18,16 @@ from prefbench.task import make_prompts
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    overrides = ["--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}", "--set", "eval.generation.engine=hf", "--set", "objectives=[{name: dpo, beta: 0.1}]"]
+    overrides = [
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"report_dir={out / 'reports'}",
+        "--set",
+        "eval.generation.engine=hf",
+        "--set",
+        "objectives=[{name: dpo, beta: 0.1}]",
+    ]
     assert main(["run", "recipes/tiny_smoke.yaml", *overrides]) == 0
     return out / "tiny_smoke", overrides
 
@@ -53,14 +62,22 @@ def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
     # every answer is in the run directory, readable without prefbench, and its rewards make up the stored ones
     lines = [json.loads(line) for line in (root / "dpo" / "seed0" / "answers.jsonl").read_text().splitlines()]
     answers = [a for a in lines if a["sampling"] == "sampled"]
-    assert len(lines) == 8 * (1 + 2) and len(answers) == 8 * 2 and {a["finish_reason"] for a in answers} <= {"stop", "length"}
+    assert (
+        len(lines) == 8 * (1 + 2)
+        and len(answers) == 8 * 2
+        and {a["finish_reason"] for a in answers} <= {"stop", "length"}
+    )
     by_prompt = [np.mean([a["reward"] for a in answers if a["prompt_index"] == i]) for i in range(8)]
     assert by_prompt == pytest.approx(dpo["sampled"]["per_prompt_reward"], abs=1e-12)
     assert [a["prompt"] for a in answers[::2]] == prompts and all(a["tokens"] <= 16 for a in answers)
     assert dpo["checkpoint_sha256"] == checkpoint_id(ckpt)  # compare tells a re-evaluation from a retrain by it
-    assert np.mean(dpo["sampled"]["per_sample_reward"], axis=1) == pytest.approx(dpo["sampled"]["per_prompt_reward"], abs=1e-12)
+    assert np.mean(dpo["sampled"]["per_sample_reward"], axis=1) == pytest.approx(
+        dpo["sampled"]["per_prompt_reward"], abs=1e-12
+    )
     objectives = json.loads((root / "eval_objectives.json").read_text())  # the objective level, even with one seed
-    assert objectives["metrics"]["reward"]["objectives"]["dpo"]["mean"] == pytest.approx(dpo["sampled"]["reward"]["mean"])
+    assert objectives["metrics"]["reward"]["objectives"]["dpo"]["mean"] == pytest.approx(
+        dpo["sampled"]["reward"]["mean"]
+    )
     assert objectives["metrics"]["reward"]["objectives"]["dpo"]["seed_variance"] is False
 
 
@@ -81,17 +98,20 @@ def test_one_stage_runs_alone_and_a_stage_the_recipe_lacks_is_refused(run, capsy
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "generation"]) == 0
     assert f.stat().st_mtime_ns == before and "dpo/seed0" in capsys.readouterr().out
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, "--stage", "judge"]) == 2
-    assert "--stage judge: not a stage this recipe asks for; it has preference, generation, objectives" in capsys.readouterr().err
+    assert (
+        "--stage judge: not a stage this recipe asks for; it has preference, generation, objectives"
+        in capsys.readouterr().err
+    )
 
 
 def test_held_out_preferences_on_the_data_own_split(run):
     """The preference stage, recomputed by hand with the trainer's own log-prob code on the same held-out pairs."""
     import torch
 
+    from prefbench.check import load_recipe
     from prefbench.data.batches import collate
     from prefbench.data.prepare import prepare_data
     from prefbench.logprobs import SequenceLogps
-    from prefbench.check import load_recipe
 
     root, overrides = run
     ref = json.loads((root / "reference" / "eval_preference.json").read_text())
@@ -104,7 +124,12 @@ def test_held_out_preferences_on_the_data_own_split(run):
 
     def sums(path):
         with torch.no_grad():
-            return SequenceLogps(models.load_model(path))(*collate(rows, examples, 0, "cpu"))[0].double().numpy().reshape(2, -1)
+            return (
+                SequenceLogps(models.load_model(path))(*collate(rows, examples, 0, "cpu"))[0]
+                .double()
+                .numpy()
+                .reshape(2, -1)
+            )
 
     (pc, pr), (rc, rr) = sums(root / "dpo" / "seed0" / "final"), sums(models.resolve("tiny:small"))
     margin = (pc - rc) - (pr - rr)
@@ -147,7 +172,10 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
     root, overrides = run
     monkeypatch.setenv("PREFBENCH_TEST_JUDGE_KEY", "sk-test-never-written")
     with FaultServer() as server:
-        judge = ["--set", f"eval.judge={{base_url: '{server.base_url}', model: fake-judge, api_key_env: PREFBENCH_TEST_JUDGE_KEY}}"]
+        judge = [
+            "--set",
+            f"eval.judge={{base_url: '{server.base_url}', model: fake-judge, api_key_env: PREFBENCH_TEST_JUDGE_KEY}}",
+        ]
         assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, *judge]) == 0
         calls = sum(len(v) for v in server.requests.values())
     result = json.loads((root / "eval_judge.json").read_text())
@@ -159,14 +187,25 @@ def test_evaluate_with_a_judge_writes_comparisons_and_the_report_shows_them(run,
     # every verdict is in the run directory, one line per call, and the lines give the comparison's counts
     lines = [json.loads(line) for line in (root / "judge" / "verdicts.jsonl").read_text().splitlines()]
     assert len(lines) == calls and {x["comparison"] for x in lines} == {"dpo/seed0 vs reference"}
-    assert {x["template_sha256"] for x in lines} == {c["judge"]["template_sha256"]} and {x["judge"] for x in lines} == {"fake-judge"}
+    assert {x["template_sha256"] for x in lines} == {c["judge"]["template_sha256"]} and {x["judge"] for x in lines} == {
+        "fake-judge"
+    }
     winners = {}
     for x in lines:
         winners.setdefault(x["prompt_index"], []).append(x["winner"])
     pairs = list(winners.values())  # judged pairs; identical answers are ties without a call
-    wins, losses, unscored = pairs.count(["dpo/seed0"] * 2), pairs.count(["reference"] * 2), sum(None in w for w in pairs)
+    wins, losses, unscored = (
+        pairs.count(["dpo/seed0"] * 2),
+        pairs.count(["reference"] * 2),
+        sum(None in w for w in pairs),
+    )
     ties = len(pairs) - wins - losses - unscored + c["diagnostics"]["identical_pairs"]
-    assert all(len(w) == 2 for w in pairs) and (wins, ties, losses, unscored) == (c["wins"], c["ties"], c["losses"], c["unscored"])
+    assert all(len(w) == 2 for w in pairs) and (wins, ties, losses, unscored) == (
+        c["wins"],
+        c["ties"],
+        c["losses"],
+        c["unscored"],
+    )
 
 
 def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
@@ -177,7 +216,7 @@ def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
     bench = ["--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 10}]}"]
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *overrides, *bench]) == 0
     paired = json.loads((root / "dpo" / "seed0" / "benchmarks" / "vs_reference.json").read_text())
-    (key, r), = paired.items()
+    ((key, r),) = paired.items()
     assert key == "prefbench_mc.0shot acc,none" and r["n"] == 10 and r["test"] == "mcnemar_exact"
     mine = json.loads((root / "dpo" / "seed0" / "benchmarks" / "prefbench_mc.0shot.json").read_text())
     assert r["mean_a"] == pytest.approx(mine["metrics"]["acc,none"])  # the paired test sees the task's own accuracy
@@ -186,8 +225,11 @@ def test_evaluate_with_benchmarks_pairs_each_checkpoint_with_the_reference(run):
     assert list(table.index) == ["reference", "dpo/seed0"] and f"Holm {r['p_holm']:.3f}" in table.loc["dpo/seed0", key]
     # the report's words: whether the one paired test holds after Holm
     words = benchmarks_in_words(load_run(root))
-    assert words == ("Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (1 paired test on 10 documents)."
-                     if r["p_holm"] >= 0.05 else f"Benchmarks: dpo/seed0 {key} {r['difference']:+.3f}")
+    assert words == (
+        "Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (1 paired test on 10 documents)."
+        if r["p_holm"] >= 0.05
+        else f"Benchmarks: dpo/seed0 {key} {r['difference']:+.3f}"
+    )
 
 
 def test_a_run_without_a_reward_keeps_every_other_metric(run, tmp_path, capsys):
@@ -208,7 +250,9 @@ def test_a_run_without_a_reward_keeps_every_other_metric(run, tmp_path, capsys):
     without = json.loads((copy / "dpo" / "seed0" / "eval_generation.json").read_text())
     assert without["settings"]["reward"] == "none"
     assert not {"reward", "reward_minus_reference", "vs_reference", "per_prompt_reward"} & set(without["sampled"])
-    assert without["kl"] == with_reward["kl"] and without["sampled"]["distinct_2"] == with_reward["sampled"]["distinct_2"]
+    assert (
+        without["kl"] == with_reward["kl"] and without["sampled"]["distinct_2"] == with_reward["sampled"]["distinct_2"]
+    )
     answers = [json.loads(line) for line in (copy / "dpo" / "seed0" / "answers.jsonl").read_text().splitlines()]
     assert answers and all(a["reward"] is None for a in answers)
     report = (write_report(copy, tmp_path / "reports") / "report.md").read_text()
@@ -226,11 +270,15 @@ def test_every_checkpoint_gets_a_model_card_with_the_reports_numbers(run, capsys
     for line in report.splitlines():  # the first table: one row per unit
         if line.startswith(("| dpo/seed0", "| reference")):
             rows.setdefault(line.split("|")[1].strip(), line)
-    assert rows["dpo/seed0"] in card and rows["reference"] in card  # the unit's row and the reference's, as the report shows them
+    assert (
+        rows["dpo/seed0"] in card and rows["reference"] in card
+    )  # the unit's row and the reference's, as the report shows them
     manifest = json.loads((root / "manifest.json").read_text())
     assert card.startswith("---\nlibrary_name: transformers\nbase_model: tiny:small\n")
     assert OBJECTIVES["dpo"].paper in card and "beta=0.1" in card and manifest["data"]["fingerprint"] in card
-    assert f"final loss {json.loads((root / 'dpo' / 'seed0' / 'summary.json').read_text())['final']['loss']:.4f}" in card
+    assert (
+        f"final loss {json.loads((root / 'dpo' / 'seed0' / 'summary.json').read_text())['final']['loss']:.4f}" in card
+    )
     assert f"torch {manifest['versions']['torch']}" in card
     # pushing needs the Hub; what it checks first needs nothing
     assert main(["push", str(root / "reference"), "--repo-id", "me/x"]) == 2

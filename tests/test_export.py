@@ -11,9 +11,11 @@ from test_report import REF, make_run
 
 from prefbench.cli import main
 
-PROMPTS = ["Name a prime number.",
-           [{"role": "user", "content": "Write a haiku about rain."}],
-           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define entropy."}]]
+PROMPTS = [
+    "Name a prime number.",
+    [{"role": "user", "content": "Write a haiku about rain."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define entropy."}],
+]
 TEXTS = ["Name a prime number.", "Write a haiku about rain.", "system: Be brief.\n\nuser: Define entropy."]
 
 
@@ -23,9 +25,21 @@ def answer(unit: str, sampling: str, i: int, j: int) -> str:
 
 def add_answers(root, unit: str, passes: dict[str, int], prompts: list = PROMPTS) -> None:
     """<unit>/answers.jsonl as evaluation writes it: every prompt x sample of each pass ({pass: samples})."""
-    lines = [{"prompt_index": i, "prompt": p, "sampling": sampling, "sample": j, "answer": answer(unit, sampling, i, j),
-              "tokens": 5, "finish_reason": "stop", "reward": 0.5}
-             for sampling, n in passes.items() for i, p in enumerate(prompts) for j in range(n)]
+    lines = [
+        {
+            "prompt_index": i,
+            "prompt": p,
+            "sampling": sampling,
+            "sample": j,
+            "answer": answer(unit, sampling, i, j),
+            "tokens": 5,
+            "finish_reason": "stop",
+            "reward": 0.5,
+        }
+        for sampling, n in passes.items()
+        for i, p in enumerate(prompts)
+        for j in range(n)
+    ]
     (root / unit / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
@@ -56,8 +70,14 @@ def test_alpaca_eval_takes_the_greedy_answer_per_prompt_per_unit(run, tmp_path, 
     assert manifest["files"] == ["kto_vs_dpo-reference/model_outputs.json", "kto_vs_dpo-dpo-seed0/model_outputs.json"]
 
 
-@pytest.mark.parametrize("flags, sampling, sample", [(["--sampling", "sampled"], "sampled", 0), (["--sample", "3"], "sampled", 3),
-                                                     (["--sampling", "greedy", "--sample", "0"], "greedy", 0)])
+@pytest.mark.parametrize(
+    "flags, sampling, sample",
+    [
+        (["--sampling", "sampled"], "sampled", 0),
+        (["--sample", "3"], "sampled", 3),
+        (["--sampling", "greedy", "--sample", "0"], "greedy", 0),
+    ],
+)
 def test_the_pass_and_sample_can_be_chosen(run, tmp_path, flags, sampling, sample):
     out = tmp_path / "out"
     assert main(["export", str(run), "--format", "alpaca_eval", "--out", str(out), *flags]) == 0
@@ -75,7 +95,9 @@ def test_a_run_without_a_greedy_pass_exports_sample_0_and_a_repeated_prompt_once
     assert main(["export", str(root), "--format", "alpaca_eval", "--out", str(out)]) == 0
     df = pd.read_json(out / "alpaca_eval" / "fixture-dpo-seed0" / "model_outputs.json")
     assert df["instruction"].tolist() == TEXTS
-    assert df["output"].tolist() == [answer("dpo/seed0", "sampled", i, 0) for i in range(3)]  # prompt 0, not its repeat (3)
+    assert df["output"].tolist() == [
+        answer("dpo/seed0", "sampled", i, 0) for i in range(3)
+    ]  # prompt 0, not its repeat (3)
     assert json.loads((out / "alpaca_eval" / "export.json").read_text())["sampling"] == "sampled"
 
 
@@ -87,15 +109,23 @@ def test_arena_hard_questions_and_answers_share_stable_ids(run, tmp_path):
     assert sorted(questions.columns) == ["category", "prompt", "uid"]
     assert questions["prompt"].tolist() == TEXTS and set(questions["category"]) == {"kto_vs_dpo"}
     assert questions["uid"].is_unique and questions["uid"].str.fullmatch("[0-9a-f]{16}").all()
-    assert sorted(p.name for p in (bench / "model_answer").iterdir()) == ["kto_vs_dpo-dpo-seed0.jsonl", "kto_vs_dpo-reference.jsonl"]
+    assert sorted(p.name for p in (bench / "model_answer").iterdir()) == [
+        "kto_vs_dpo-dpo-seed0.jsonl",
+        "kto_vs_dpo-reference.jsonl",
+    ]
     for unit, model in (("reference", "kto_vs_dpo-reference"), ("dpo/seed0", "kto_vs_dpo-dpo-seed0")):
         answers = pd.read_json(bench / "model_answer" / f"{model}.jsonl", lines=True)
         assert sorted(answers.columns) == ["messages", "model", "uid"] and set(answers["model"]) == {model}
         assert answers["uid"].tolist() == questions["uid"].tolist()
         # what gen_judgment shows the judge: messages[-1]["content"]["answer"]
-        assert [m[-1] for m in answers["messages"]] == [{"role": "assistant", "content": {"answer": answer(unit, "sampled", i, 2)}}
-                                                        for i in range(3)]
-        assert [m[:-1] for m in answers["messages"]] == [[{"role": "user", "content": PROMPTS[0]}], PROMPTS[1], PROMPTS[2]]
+        assert [m[-1] for m in answers["messages"]] == [
+            {"role": "assistant", "content": {"answer": answer(unit, "sampled", i, 2)}} for i in range(3)
+        ]
+        assert [m[:-1] for m in answers["messages"]] == [
+            [{"role": "user", "content": PROMPTS[0]}],
+            PROMPTS[1],
+            PROMPTS[2],
+        ]
     # the id is the prompt text's: another run (other order, other name) gives each prompt the same id
     other = make_run(tmp_path / "other", {"dpo": REF}, REF, name="other")
     for unit in ("reference", "dpo/seed0"):
@@ -111,12 +141,17 @@ def test_refusals_are_one_line_and_write_nothing(run, tmp_path, capsys):
     for unit in ("reference", "dpo/seed0"):
         add_answers(only_sampled, unit, {"sampled": 4})
     unevaluated = make_run(tmp_path / "unevaluated", {"dpo": REF}, REF)
-    cases = [([str(tmp_path)], "not a run directory (no manifest.json)"),
-             ([str(unevaluated)], "no unit has answers.jsonl; run `prefbench evaluate"),
-             ([str(only_sampled), "--sampling", "greedy"], "reference: no greedy answers in answers.jsonl"),
-             ([str(run), "--sample", "4"], "--sample 4: out of range; reference's sampled pass has 4 answer(s) per prompt"),
-             ([str(run), "--sampling", "greedy", "--sample", "1"], "--sample 1: out of range; reference's greedy pass has 1"),
-             ([str(run), "--sample", "-1"], "--sample -1: out of range")]
+    cases = [
+        ([str(tmp_path)], "not a run directory (no manifest.json)"),
+        ([str(unevaluated)], "no unit has answers.jsonl; run `prefbench evaluate"),
+        ([str(only_sampled), "--sampling", "greedy"], "reference: no greedy answers in answers.jsonl"),
+        ([str(run), "--sample", "4"], "--sample 4: out of range; reference's sampled pass has 4 answer(s) per prompt"),
+        (
+            [str(run), "--sampling", "greedy", "--sample", "1"],
+            "--sample 1: out of range; reference's greedy pass has 1",
+        ),
+        ([str(run), "--sample", "-1"], "--sample -1: out of range"),
+    ]
     out = tmp_path / "out"
     for args, message in cases:
         assert main(["export", *args, "--format", "arena_hard", "--out", str(out)]) == 2

@@ -60,9 +60,9 @@ def _check_logprobs(per_prompt: list, checkpoint, ids: list[list[int]], toleranc
     """Each completion's engine log-probs are the checkpoint's own under transformers (fp32, CPU), to `tolerance`: of
     the sampled tokens, and of the tokens listed at each position, which are its most likely ones. Returns the
     largest difference."""
-    from prefbench.logprobs import _completion_hidden
     from prefbench.data.batches import collate
     from prefbench.data.tokenize import Example
+    from prefbench.logprobs import _completion_hidden
 
     model, worst = models.load_model(checkpoint, torch.float32, "cpu"), 0.0
     for prompt, comps in zip(ids, per_prompt):
@@ -72,11 +72,16 @@ def _check_logprobs(per_prompt: list, checkpoint, ids: list[list[int]], toleranc
                 hidden, head, _ = _completion_hidden(model, fwd)
                 full = torch.nn.functional.linear(hidden, head.weight, head.bias).log_softmax(-1)
             k = len(c.top_ids[0])
-            assert len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids) and k == min(G.TOP_LOGPROBS, full.shape[1])
+            assert len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids) and k == min(
+                G.TOP_LOGPROBS, full.shape[1]
+            )
             chosen = full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
             listed = full.gather(1, torch.tensor(c.top_ids))
-            worst = max(worst, (chosen - torch.tensor(c.logprobs)).abs().max().item(),
-                        (listed - torch.tensor(c.top_logprobs, dtype=torch.float32)).abs().max().item())
+            worst = max(
+                worst,
+                (chosen - torch.tensor(c.logprobs)).abs().max().item(),
+                (listed - torch.tensor(c.top_logprobs, dtype=torch.float32)).abs().max().item(),
+            )
             kth = full.topk(k, -1).values[:, -1]  # the listed tokens are the k most likely (to rounding, ties aside)
             assert (listed >= kth[:, None] - tolerance).all()
     assert worst < tolerance, worst
@@ -88,9 +93,14 @@ def _rescored(model, prompt: list[int], c):
     import dataclasses
 
     with torch.no_grad():
-        full = model(torch.tensor([prompt + list(c.token_ids)])).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
-    return dataclasses.replace(c, logprobs=tuple(full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1).tolist()),
-                               top_logprobs=tuple(map(tuple, full.gather(1, torch.tensor(c.top_ids)).tolist())))
+        full = (
+            model(torch.tensor([prompt + list(c.token_ids)])).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
+        )
+    return dataclasses.replace(
+        c,
+        logprobs=tuple(full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1).tolist()),
+        top_logprobs=tuple(map(tuple, full.gather(1, torch.tensor(c.top_ids)).tolist())),
+    )
 
 
 def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, tmp_path):
@@ -110,11 +120,15 @@ def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, t
     again, stats2 = G.generate([base, other], PROMPTS, samplings, engine="hf", cache=cache)
     assert again == res and stats2.generated == 0 and stats2.cached == 12 and stats2.engine_starts == 0
     # One new prompt: only it is generated (2 checkpoints x 2 samplings), and old prompts keep their samples.
-    more, stats3 = G.generate([base, other], PROMPTS[:2] + ["Tell me about chess."], samplings, engine="hf", cache=cache)
+    more, stats3 = G.generate(
+        [base, other], PROMPTS[:2] + ["Tell me about chess."], samplings, engine="hf", cache=cache
+    )
     assert stats3.generated == 4 and stats3.cached == 8
     assert more[str(base)]["sampled"][:2] == res[str(base)]["sampled"][:2]
     # A different sampling is a different cache entry.
-    _, stats4 = G.generate([base], PROMPTS, [G.Sampling("hot", n=3, temperature=1.5, max_tokens=10)], engine="hf", cache=cache)
+    _, stats4 = G.generate(
+        [base], PROMPTS, [G.Sampling("hot", n=3, temperature=1.5, max_tokens=10)], engine="hf", cache=cache
+    )
     assert stats4.generated == 3
 
 
@@ -130,7 +144,9 @@ def test_a_torn_cache_line_is_ignored(tmp_path):
 def test_auto_falls_back_to_transformers_with_the_reason(checkpoints, tmp_path, monkeypatch, caplog):
     base, _ = checkpoints
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, as where it is not installed
-    res, stats = G.generate([base], PROMPTS[:1], G.standard_samplings(2, 6), engine="auto", cache=G.GenerationCache(tmp_path))
+    res, stats = G.generate(
+        [base], PROMPTS[:1], G.standard_samplings(2, 6), engine="auto", cache=G.GenerationCache(tmp_path)
+    )
     assert stats.engine.startswith("hf-") and "vllm does not import" in stats.fallback_reason
     assert "falls back to transformers" in caplog.text
     assert len(res[str(base)]["sampled"][0]) == 2
@@ -157,8 +173,9 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     base, other = checkpoints
     small = models.resolve("tiny:small")  # another architecture: needs its own engine
     samplings = G.standard_samplings(n=3, max_tokens=10)
-    res, stats = G.generate([base, other, small], PROMPTS, samplings, engine="vllm", cache=G.GenerationCache(tmp_path),
-                            max_model_len=256)
+    res, stats = G.generate(
+        [base, other, small], PROMPTS, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=256
+    )
     assert stats.engine.startswith("vllm-") and stats.engine_starts == 2 and stats.reloads == 1
     # The reload (with tied embeddings, whose head vLLM would otherwise keep from the old model) is checked
     # against transformers before anything is generated: fp32 on CPU agrees to ~1e-5.
@@ -183,8 +200,14 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     # SmolLM2): 40 long prompts bring more than the 4096-token step budget.
     long = [f"Tell me something about owls, number {i}. " * 6 for i in range(40)]  # ~180 tokens each
     assert sum(map(len, G.prompt_ids(tokenizer, long))) > 5000
-    res2, stats2 = G.generate([other], PROMPTS[::-1] + long, samplings[1:], engine="vllm", cache=G.GenerationCache(tmp_path / "b"),
-                              max_model_len=256)
+    res2, stats2 = G.generate(
+        [other],
+        PROMPTS[::-1] + long,
+        samplings[1:],
+        engine="vllm",
+        cache=G.GenerationCache(tmp_path / "b"),
+        max_model_len=256,
+    )
     assert stats2.generated == 43 and res2[str(other)]["sampled"][:3][::-1] == res[str(other)]["sampled"]
     assert all(len(c) == 3 for c in res2[str(other)]["sampled"])
 
@@ -198,7 +221,9 @@ def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_pat
     path = models.resolve(models.EMBEDDED)
     prompts = [p.prompt for p in make_prompts(4, "heldout")]
     samplings = G.standard_samplings(n=2, max_tokens=24)
-    res, stats = G.generate([path], prompts, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=512)
+    res, stats = G.generate(
+        [path], prompts, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=512
+    )
     assert stats.probe_max_diff < 1e-3 and stats.engine_starts == 1
     hf, _ = G.generate([path], prompts, samplings[:1], engine="hf", cache=G.GenerationCache(tmp_path / "hf"))
     assert [c[0].token_ids for c in hf[str(path)]["greedy"]] == [c[0].token_ids for c in res[str(path)]["greedy"]]
@@ -228,8 +253,13 @@ def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_pat
     for i, (prompt, comps) in enumerate(zip(ids, sampled)):
         for j, c in enumerate(comps):
             with torch.no_grad():
-                p, q = (m(torch.tensor([prompt + list(c.token_ids)])).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
-                        for m in (policy, reference))
+                p, q = (
+                    m(torch.tensor([prompt + list(c.token_ids)]))
+                    .logits[0, len(prompt) - 1 : -1]
+                    .double()
+                    .log_softmax(-1)
+                    for m in (policy, reference)
+                )
             exact[i, j] = (p.exp() * (p - q)).sum()
     d = (engine_kl - exact).ravel()
     assert exact.mean() > 0.1 and abs(d.mean()) <= 4 * d.std(ddof=1) / np.sqrt(d.size) + 1e-3, (engine_kl, exact)

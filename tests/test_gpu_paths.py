@@ -17,7 +17,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def llama(heads: int, kv: int):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=32 * heads, num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=256)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32 * heads,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=256,
+    )
     config._attn_implementation = "sdpa"
     return LlamaForCausalLM(config).to("cuda", torch.float32)
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from run_digest import digest
 from judge_fault_server import FaultServer
+from run_digest import digest
 
 REPO = Path(__file__).resolve().parent.parent
 # Kill points, in the order a run meets them: a line of the run's output that marks the phase (its progress
@@ -33,16 +33,37 @@ KILL_POINTS = [
 
 
 def _recipe(out: Path, judge_url: str) -> list[str]:
-    return ["run", "recipes/tiny_smoke.yaml", "--set", f"output_dir={out}", "--set", f"report_dir={out / 'reports'}",
-            "--set", "objectives=[{name: dpo, beta: 0.1}, {name: kto, beta: 0.1}]", "--set", "train.steps=8",
-            "--set", "eval.generation.engine=hf", "--set", "eval.generation.greedy=false",
-            "--set", "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 12}]}",
-            "--set", f"eval.judge={{base_url: '{judge_url}', model: fake-judge, max_concurrency: 2}}"]
+    return [
+        "run",
+        "recipes/tiny_smoke.yaml",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"report_dir={out / 'reports'}",
+        "--set",
+        "objectives=[{name: dpo, beta: 0.1}, {name: kto, beta: 0.1}]",
+        "--set",
+        "train.steps=8",
+        "--set",
+        "eval.generation.engine=hf",
+        "--set",
+        "eval.generation.greedy=false",
+        "--set",
+        "eval.benchmarks={backend: hf, tasks: [{task: prefbench_mc, num_fewshot: 0, limit: 12}]}",
+        "--set",
+        f"eval.judge={{base_url: '{judge_url}', model: fake-judge, max_concurrency: 2}}",
+    ]
 
 
 def _start(args: list[str], cache: Path) -> tuple[subprocess.Popen, list[str]]:
-    run = subprocess.Popen([sys.executable, "-m", "prefbench.cli", *args], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, env={**os.environ, "PREFBENCH_CACHE": str(cache), "PYTHONPATH": str(REPO)})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "prefbench.cli", *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PREFBENCH_CACHE": str(cache), "PYTHONPATH": str(REPO)},
+    )
     output: list[str] = []
 
     def read() -> None:
@@ -83,11 +104,15 @@ def test_a_run_killed_in_every_phase_ends_with_an_uninterrupted_runs_results(tmp
         assert final.wait(timeout=900) == 0, "".join(output)[-3000:]
         killed_calls = sum(len(v) for v in judge.requests.values())
 
-    print(f"kills: {len(hit)}; (aimed at, phase hit): {hit}; judge calls {killed_calls} vs {clean_calls} uninterrupted; "
-          f"generations {_generations(tmp_path / 'killed-cache')} vs {_generations(tmp_path / 'clean-cache')}")
+    print(
+        f"kills: {len(hit)}; (aimed at, phase hit): {hit}; judge calls {killed_calls} vs {clean_calls} uninterrupted; "
+        f"generations {_generations(tmp_path / 'killed-cache')} vs {_generations(tmp_path / 'clean-cache')}"
+    )
     assert len(hit) >= 8
     assert digest(tmp_path / "killed" / "tiny_smoke") == digest(tmp_path / "clean" / "tiny_smoke")
-    assert _generations(tmp_path / "killed-cache") == _generations(tmp_path / "clean-cache")  # no answer generated twice
+    assert _generations(tmp_path / "killed-cache") == _generations(
+        tmp_path / "clean-cache"
+    )  # no answer generated twice
     assert clean_calls <= killed_calls <= clean_calls + in_flight_judge  # only calls a kill cut off were asked again
 
 
@@ -96,9 +121,22 @@ def test_a_second_run_of_the_same_unit_stops_at_once_and_an_unusable_output_dir_
     and the first ends as if alone. An output directory that cannot be made is one line too."""
     from prefbench.cli import main
 
-    args = ["run", "recipes/tiny_smoke.yaml", "--set", f"output_dir={tmp_path / 'out'}", "--set", f"report_dir={tmp_path / 'reports'}",
-            "--set", "objectives=[{name: dpo, beta: 0.1}]", "--set", "train.steps=100", "--set", "train.save_every=0",
-            "--set", "eval.generation=null"]
+    args = [
+        "run",
+        "recipes/tiny_smoke.yaml",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        "--set",
+        f"report_dir={tmp_path / 'reports'}",
+        "--set",
+        "objectives=[{name: dpo, beta: 0.1}]",
+        "--set",
+        "train.steps=100",
+        "--set",
+        "train.save_every=0",
+        "--set",
+        "eval.generation=null",
+    ]
     first, output = _start(args, tmp_path / "cache")
     while first.poll() is None and "dpo seed 0:" not in "".join(output):
         time.sleep(0.05)
@@ -107,7 +145,9 @@ def test_a_second_run_of_the_same_unit_stops_at_once_and_an_unusable_output_dir_
     # the first holds the unit it trains (100 steps, ~35 s here: it is still at them when the second gets there,
     # a few seconds after it started training)
     assert err.startswith("prefbench: error: ") and "another prefbench process is training dpo/seed0" in err
-    assert first.wait(timeout=900) == 0 and (tmp_path / "out" / "tiny_smoke" / "dpo" / "seed0" / "summary.json").is_file()
+    assert (
+        first.wait(timeout=900) == 0 and (tmp_path / "out" / "tiny_smoke" / "dpo" / "seed0" / "summary.json").is_file()
+    )
 
     (tmp_path / "a-file").write_text("")
     assert main([*args[:2], "--set", f"output_dir={tmp_path / 'a-file' / 'out'}", *args[4:]]) == 2

@@ -13,7 +13,14 @@ from prefbench.logprobs import SequenceLogps, shares_prompts
 
 def tiny_llama(attention: str = "sdpa", dtype=torch.float64):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=128)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+    )
     config._attn_implementation = attention
     return LlamaForCausalLM(config).to(dtype)
 
@@ -75,7 +82,12 @@ def test_shared_prompts_layout():
     assert fwd.input_ids.shape == (2, 5 + 4 + 7 + 6) and fwd.attention_mask.shape == (2, 1, 22, 22)
     # pair 1's sequence: prompt 9, then completions of 3, 1 and (mismatched) 7 tokens; 2 padding
     mask = fwd.attention_mask[1, 0]
-    assert mask[9:12, :9].all() and mask[12, 9:12].sum() == 0 and mask[13:20, 9:13].sum() == 0 and mask[20:, :20].sum() == 0
+    assert (
+        mask[9:12, :9].all()
+        and mask[12, 9:12].sum() == 0
+        and mask[13:20, 9:13].sum() == 0
+        and mask[20:, :20].sum() == 0
+    )
     assert fwd.position_ids[1, :20].tolist() == list(range(9)) + [9, 10, 11] + [9] + list(range(9, 16))
     # the first token of each completion is read from the prompt's last position (8), the others from the one before
     first = fwd.predict_at[fwd.rows == 3]
@@ -93,7 +105,11 @@ def test_packed_layout():
     examples, rows = shared_prompt_rows()
     shared = collate(rows, examples, 0, "cpu", layout="shared")
     fwd = collate(rows, examples, 0, "cpu", layout="packed")
-    assert fwd.input_ids.shape == (1, 22 + 20) and fwd.attention_mask.shape == (1, 2, 42)  # sequences of 22 and 20 tokens
+    assert fwd.input_ids.shape == (1, 22 + 20) and fwd.attention_mask.shape == (
+        1,
+        2,
+        42,
+    )  # sequences of 22 and 20 tokens
     assert fwd.input_ids[0].tolist() == shared.input_ids[0].tolist() + shared.input_ids[1, :20].tolist()
     assert fwd.position_ids[0].tolist() == shared.position_ids[0].tolist() + shared.position_ids[1, :20].tolist()
     assert fwd.attention_mask[0, 0].tolist() == [0] * 22 + [1] * 20  # each token's sequence
@@ -101,10 +117,16 @@ def test_packed_layout():
     assert fwd.predict_at[fwd.rows == 1].tolist() == [22 + 8, 22 + 9, 22 + 10]
     assert fwd.targets.tolist() == shared.targets.tolist() and fwd.rows.tolist() == shared.rows.tolist()
     mask = dense_mask(fwd.attention_mask)[0, 0]
-    assert mask[:22, :22].equal(shared.attention_mask[0, 0]) and mask[22:, 22:].equal(shared.attention_mask[1, 0, :20, :20])
+    assert mask[:22, :22].equal(shared.attention_mask[0, 0]) and mask[22:, 22:].equal(
+        shared.attention_mask[1, 0, :20, :20]
+    )
     assert not mask[22:, :22].any()  # no sequence sees another
     # on a GPU the row rounds up to a multiple of 64, the tail padding its own sequence (-1)
-    assert padded_tokens(rows, examples, "packed") == 42 and padded_tokens(rows, examples, "shared") == 44 and padded_tokens(rows, examples) == 6 * 16
+    assert (
+        padded_tokens(rows, examples, "packed") == 42
+        and padded_tokens(rows, examples, "shared") == 44
+        and padded_tokens(rows, examples) == 6 * 16
+    )
 
 
 @pytest.mark.parametrize("layout", ["shared", "packed"])
@@ -124,7 +146,9 @@ def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout
     assert shared_counts.tolist() == plain_counts.tolist() == [4, 3, 7, 1, 6, 7]
     torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
     for name, expected in plain_grads.items():
-        torch.testing.assert_close(shared_grads[name], expected, rtol=0, atol=1e-5 * expected.abs().max().item(), msg=name)
+        torch.testing.assert_close(
+            shared_grads[name], expected, rtol=0, atol=1e-5 * expected.abs().max().item(), msg=name
+        )
     stats = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu", layout=layout))
     expected = logprobs.completion_stats(model, collate(rows, examples, 0, "cpu"))
     for name in expected:
@@ -136,11 +160,19 @@ def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout
         order = torch.argsort(fwd.rows, stable=True)
         return logprobs.completion_logps_at(model, fwd, ids)[order], fwd.rows[order]
 
-    (values, owners), (expected_values, expected_owners) = listed(collate(rows, examples, 0, "cpu", layout=layout)), listed(collate(rows, examples, 0, "cpu"))
+    (values, owners), (expected_values, expected_owners) = (
+        listed(collate(rows, examples, 0, "cpu", layout=layout)),
+        listed(collate(rows, examples, 0, "cpu")),
+    )
     assert owners.tolist() == expected_owners.tolist()
     torch.testing.assert_close(values, expected_values, rtol=0, atol=1e-5)
     # the first column lists each completion's own tokens: it sums to the completion's log-prob
-    torch.testing.assert_close(torch.zeros(len(rows), dtype=values.dtype).index_add(0, owners, values[:, 0]), expected["logp"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.zeros(len(rows), dtype=values.dtype).index_add(0, owners, values[:, 0]),
+        expected["logp"],
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_shared_prompts_only_where_the_attention_takes_the_mask():
@@ -183,7 +215,10 @@ def test_compiled_layers_give_the_eager_logps_and_gradients():
     eager = tiny_llama("sdpa", torch.float32)
     compiled = tiny_llama("sdpa", torch.float32)
     assert kernels.apply(compiled, "compile", "cpu") == "compile"
-    for fwd in (collate(rows, examples, 0, "cpu", layout="shared"), collate(rows[:2], examples, 0, "cpu", layout="shared")):  # two widths
+    for fwd in (
+        collate(rows, examples, 0, "cpu", layout="shared"),
+        collate(rows[:2], examples, 0, "cpu", layout="shared"),
+    ):  # two widths
         expected = SequenceLogps(eager)(*fwd)[0]
         got = SequenceLogps(compiled)(*fwd)[0]
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

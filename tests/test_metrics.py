@@ -35,9 +35,19 @@ VOCAB, EOS, MAX_TOKENS = 6, 0, 3
 
 
 def _tiny(seed: int, base=None, noise: float = 0.0):
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
-                         num_key_value_heads=1, max_position_embeddings=32, eos_token_id=EOS, pad_token_id=EOS,
-                         bos_token_id=1, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+        bos_token_id=1,
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -84,7 +94,9 @@ def _per_token(model, prompt: list[int], y: tuple[int, ...]) -> torch.Tensor:
 
 def _top(c: Completion, k: int) -> Completion:
     """The completion as an engine listing only its k most likely tokens per position would have kept it."""
-    return dataclasses.replace(c, top_ids=tuple(t[:k] for t in c.top_ids), top_logprobs=tuple(t[:k] for t in c.top_logprobs))
+    return dataclasses.replace(
+        c, top_ids=tuple(t[:k] for t in c.top_ids), top_logprobs=tuple(t[:k] for t in c.top_logprobs)
+    )
 
 
 def test_kl_and_entropy_from_the_engines_log_probs_match_the_exact_values(tmp_path):
@@ -143,15 +155,23 @@ def test_kl_and_entropy_from_the_engines_log_probs_match_the_exact_values(tmp_pa
 
 def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
     """rewards_of, the paired difference and win/tie/loss, on generations chosen by hand."""
+
     class CountX:  # a reward: half the number of x's in the answer
         def score(self, prompts, texts):
             return np.array([t.count("x") / 2 for t in texts])
 
     reward = CountX()
     prompts = ["p1", "p2", "p3"]
-    pol = [[Completion("xx", (5, 0), "stop"), Completion("x", (5, 0), "stop")], [Completion("", (0,), "stop")] * 2,
-           [Completion("x", (5, 0), "stop")] * 2]
-    ref = [[Completion("x", (5, 0), "stop")] * 2, [Completion("x", (5, 0), "stop")] * 2, [Completion("x", (5,), "length")] * 2]
+    pol = [
+        [Completion("xx", (5, 0), "stop"), Completion("x", (5, 0), "stop")],
+        [Completion("", (0,), "stop")] * 2,
+        [Completion("x", (5, 0), "stop")] * 2,
+    ]
+    ref = [
+        [Completion("x", (5, 0), "stop")] * 2,
+        [Completion("x", (5, 0), "stop")] * 2,
+        [Completion("x", (5,), "length")] * 2,
+    ]
     r_pol = M.rewards_of(prompts, pol, reward).mean(1)
     r_ref = M.rewards_of(prompts, ref, reward).mean(1)
     np.testing.assert_allclose(r_pol, [0.75, 0.0, 0.5])
@@ -165,13 +185,24 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
     def kept(c: Completion) -> Completion:  # with the log-probs an engine serving `model` keeps, every token listed
         full = _per_token(model, [1, 2], c.token_ids)
         order = full.sort(-1, descending=True)
-        return dataclasses.replace(c, logprobs=tuple(full[t, tok].item() for t, tok in enumerate(c.token_ids)),
-                                   top_ids=tuple(map(tuple, order.indices.tolist())), top_logprobs=tuple(map(tuple, order.values.tolist())))
+        return dataclasses.replace(
+            c,
+            logprobs=tuple(full[t, tok].item() for t, tok in enumerate(c.token_ids)),
+            top_ids=tuple(map(tuple, order.indices.tolist())),
+            top_logprobs=tuple(map(tuple, order.values.tolist())),
+        )
 
     pol = [[kept(c) for c in comps] for comps in pol]
-    out = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "m", prompts, [[1, 2]] * 3, {"sampled": pol},
-                                {"sampled": M.rewards_of(prompts, pol, reward)}, {"sampled": M.rewards_of(prompts, ref, reward)},
-                                [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)])
+    out = M.evaluate_checkpoint(
+        tmp_path / "m",
+        tmp_path / "m",
+        prompts,
+        [[1, 2]] * 3,
+        {"sampled": pol},
+        {"sampled": M.rewards_of(prompts, pol, reward)},
+        {"sampled": M.rewards_of(prompts, ref, reward)},
+        [Sampling("sampled", n=2, temperature=1.0, max_tokens=2)],
+    )
     assert out["sampled"]["reward"]["mean"] == pytest.approx((0.75 + 0 + 0.5) / 3)
     assert out["sampled"]["reward_minus_reference"]["mean"] == pytest.approx((0.25 - 0.5 + 0) / 3)
     assert out["sampled"]["per_sample_reward"] == [[1.0, 0.5], [0.0, 0.0], [0.5, 0.5]]
@@ -181,11 +212,21 @@ def test_evaluate_checkpoint_on_a_reward_with_known_values(tmp_path):
     check = out["kl"]["engine_check"]
     assert abs(check["kl_to_itself"]["mean"]) < 1e-6 and check["max_token_logp_diff"] < 1e-4
     # entropy per token: a prompt's summed per-token entropies over its summed tokens, from the full distributions
-    entropy = lambda c: float(-(_per_token(model, [1, 2], c.token_ids).exp() * _per_token(model, [1, 2], c.token_ids)).sum())
+    entropy = lambda c: float(
+        -(_per_token(model, [1, 2], c.token_ids).exp() * _per_token(model, [1, 2], c.token_ids)).sum()
+    )
     per_prompt = [sum(map(entropy, comps)) / sum(len(c.token_ids) for c in comps) for comps in pol]
     assert out["sampled"]["entropy_per_token"]["mean"] == pytest.approx(np.mean(per_prompt), abs=1e-6)
     # samples not drawn from the policy: no KL and no entropy, each with the reason, and no model is run
-    warm = M.evaluate_checkpoint(tmp_path / "m", tmp_path / "missing", prompts, [[1, 2]] * 3, {"sampled": pol}, None, None,
-                                 [Sampling("sampled", n=2, temperature=0.7, max_tokens=2)])
+    warm = M.evaluate_checkpoint(
+        tmp_path / "m",
+        tmp_path / "missing",
+        prompts,
+        [[1, 2]] * 3,
+        {"sampled": pol},
+        None,
+        None,
+        [Sampling("sampled", n=2, temperature=0.7, max_tokens=2)],
+    )
     assert warm["kl"]["mean"] is None and "temperature 0.7" in warm["kl"]["reason"]
     assert warm["sampled"]["entropy_per_token"]["mean"] is None and "reward" not in warm["sampled"]

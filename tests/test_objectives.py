@@ -81,7 +81,7 @@ def hand_unpaired() -> UnpairedLogps:
 def _orpo_hand() -> list[float]:
     # log-odds = (A_w - A_l) - (log(1 - e^A_w) - log(1 - e^A_l)); loss = NLL + 0.1 * (-log sigma(log-odds))
     a_w, a_l, nll = [-5, -15 + 5 * L3, -5], [-5.5, -7, -5.4 + 2 * L3], [5, 15 - 5 * L3, 5]
-    odds = [(w - l) - (math.log(1 - math.exp(w)) - math.log(1 - math.exp(l))) for w, l in zip(a_w, a_l)]
+    odds = [(w - l) - (math.log(1 - math.exp(w)) - math.log(1 - math.exp(l))) for w, l in zip(a_w, a_l)]  # noqa: E741  (the paper's w and l)
     return [n + 0.1 * sp(o) for n, o in zip(nll, odds)]
 
 
@@ -98,7 +98,8 @@ HAND: dict[str, list[float]] = {
     "hinge": [1.0, 0.0, 1 + L3],
     # q_w (log q_w - log(1 - eps)) + q_l (log q_l - log eps), q_w = sigma(z)
     "exo_pair": [
-        q * (math.log(q) - math.log(1 - EXO_EPS)) + (1 - q) * (math.log(1 - q) - math.log(EXO_EPS)) for q in (0.5, 0.75, 0.25)
+        q * (math.log(q) - math.log(1 - EXO_EPS)) + (1 - q) * (math.log(1 - q) - math.log(EXO_EPS))
+        for q in (0.5, 0.75, 0.25)
     ],
     # -log sigma(beta h_w) - 1/2 log sigma(-beta h_w) - 1/2 log sigma(-beta h_l); beta h_w = [0, L, 0], beta h_l = [0, 0, L]
     "nca_pair": [2 * LN2, LN43 + 0.5 * LN4 + 0.5 * LN2, LN2 + 0.5 * LN2 + 0.5 * LN4],
@@ -168,7 +169,14 @@ def init_paired() -> PairedLogps:
     S = [-12, -7.5, -30], |y| = [3, 5, 6]: per-token NLL = [4, 1.5, 5].
     """
     s, n = t(-12, -7.5, -30), t(3, 5, 6)
-    return PairedLogps(policy_chosen=s.clone(), policy_rejected=s.clone(), chosen_tokens=n, rejected_tokens=n.clone(), ref_chosen=s.clone(), ref_rejected=s.clone())
+    return PairedLogps(
+        policy_chosen=s.clone(),
+        policy_rejected=s.clone(),
+        chosen_tokens=n,
+        rejected_tokens=n.clone(),
+        ref_chosen=s.clone(),
+        ref_rejected=s.clone(),
+    )
 
 
 def init_unpaired() -> UnpairedLogps:
@@ -335,7 +343,14 @@ def margins_batch(margins, beta_scale=1.0) -> PairedLogps:
     """Pairs with h_w = margin, h_l = 0 and one token each (so per-token and summed margins agree)."""
     m = torch.as_tensor(margins, dtype=torch.float64)
     z = torch.zeros_like(m)
-    return PairedLogps(policy_chosen=m - 10, policy_rejected=z - 10, chosen_tokens=z + 1, rejected_tokens=z + 1, ref_chosen=z - 10, ref_rejected=z - 10)
+    return PairedLogps(
+        policy_chosen=m - 10,
+        policy_rejected=z - 10,
+        chosen_tokens=z + 1,
+        rejected_tokens=z + 1,
+        ref_chosen=z - 10,
+        ref_rejected=z - 10,
+    )
 
 
 def per_pair_loss_and_grad(objective, margins):
@@ -484,7 +499,9 @@ def test_bad_hyperparameters_are_one_line_errors():
     with pytest.raises(ValueError, match=r"has no hyperparameter 'epsilom' \(did you mean 'epsilon'\?\)"):
         build("cdpo", epsilom=0.1)
     with pytest.raises(ValueError, match="needs reference log-probs"):
-        OBJECTIVES["dpo"]().loss(PairedLogps(policy_chosen=t(-1), policy_rejected=t(-2), chosen_tokens=t(1), rejected_tokens=t(1)))
+        OBJECTIVES["dpo"]().loss(
+            PairedLogps(policy_chosen=t(-1), policy_rejected=t(-2), chosen_tokens=t(1), rejected_tokens=t(1))
+        )
 
 
 def test_cli_lists_every_objective_with_its_hyperparameters(capsys):

@@ -31,7 +31,11 @@ CPU = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for
 def random_paired(n=7, seed=0, equal_chosen_lengths=False) -> PairedLogps:
     g = torch.Generator().manual_seed(seed)
     f64 = dict(dtype=torch.float64, generator=g)
-    chosen_tokens = torch.full((n,), 4.0, dtype=torch.float64) if equal_chosen_lengths else torch.randint(1, 9, (n,), generator=g).double()
+    chosen_tokens = (
+        torch.full((n,), 4.0, dtype=torch.float64)
+        if equal_chosen_lengths
+        else torch.randint(1, 9, (n,), generator=g).double()
+    )
     rejected_tokens = torch.randint(1, 9, (n,), generator=g).double()
     ref_c, ref_r = -chosen_tokens * (1 + 3 * torch.rand(n, **f64)), -rejected_tokens * (1 + 3 * torch.rand(n, **f64))
     pol_c = (ref_c + 4 * torch.randn(n, **f64)).clamp(max=-0.05)
@@ -90,9 +94,17 @@ def trl_dpo(b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoot
         _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
     width = int(max(b.chosen_tokens.max(), b.rejected_tokens.max()))
-    logps, mask = per_token(torch.cat([b.policy_chosen, b.policy_rejected]), torch.cat([b.chosen_tokens, b.rejected_tokens]), width)
+    logps, mask = per_token(
+        torch.cat([b.policy_chosen, b.policy_rejected]), torch.cat([b.chosen_tokens, b.rejected_tokens]), width
+    )
     input_ids = torch.zeros_like(mask)
-    inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(mask), completion_mask=mask, ref_chosen_logps=b.ref_chosen, ref_rejected_logps=b.ref_rejected)
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(mask),
+        completion_mask=mask,
+        ref_chosen_logps=b.ref_chosen,
+        ref_rejected_logps=b.ref_rejected,
+    )
     loss = self._compute_loss(stand_in_model({id(input_ids): logps}), inputs, return_outputs=False)
     return loss, {k: v[-1] for k, v in self._metrics["train"].items()}
 
@@ -113,12 +125,16 @@ def trl_kto(b: UnpairedLogps, loss_type, beta=0.1, desirable_weight=1.0, undesir
         KL_input_ids=kl_ids, KL_attention_mask=torch.ones_like(kl_mask), KL_completion_mask=kl_mask,
         ref_logps=b.ref, ref_KL_logps=b.kl_ref,
     )  # fmt: skip
-    loss = self._compute_loss(stand_in_model({id(input_ids): logps, id(kl_ids): kl_logps}), inputs, return_outputs=False)
+    loss = self._compute_loss(
+        stand_in_model({id(input_ids): logps, id(kl_ids): kl_logps}), inputs, return_outputs=False
+    )
     return loss, {k: v[-1] for k, v in self._metrics["train"].items()}
 
 
 def close(a, b):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=0, atol=1e-6
+    )
 
 
 def check_dpo_family(name, loss_types, *, batch_coupled=False, **trl_kwargs):
@@ -187,7 +203,14 @@ TRL_CASES["apo_zero_unpaired"] = lambda: check_kto("apo_zero_unpaired", "apo_zer
 
 
 def trl_cpo(b: PairedLogps, loss_type, beta, simpo_gamma=0.5, label_smoothing=0.0, average=False):
-    self = SimpleNamespace(alpha=0.0, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma, label_smoothing=label_smoothing, accelerator=CPU)
+    self = SimpleNamespace(
+        alpha=0.0,
+        beta=beta,
+        loss_type=loss_type,
+        simpo_gamma=simpo_gamma,
+        label_smoothing=label_smoothing,
+        accelerator=CPU,
+    )
     c, r = b.policy_chosen, b.policy_rejected
     if average:  # CPOTrainer feeds simpo length-averaged log-probs
         c, r = c / b.chosen_tokens, r / b.rejected_tokens
@@ -198,7 +221,9 @@ def check_simpo():
     ours = OBJECTIVES["simpo"](epsilon=0.1)
     b = random_paired()
     out = ours.loss(b)
-    losses, rc, rr = trl_cpo(b, "simpo", ours.beta, simpo_gamma=ours.beta * ours.gamma_beta_ratio, label_smoothing=0.1, average=True)
+    losses, rc, rr = trl_cpo(
+        b, "simpo", ours.beta, simpo_gamma=ours.beta * ours.gamma_beta_ratio, label_smoothing=0.1, average=True
+    )
     close(out.losses, losses)
     close(out.rewards_chosen, rc)
     close(out.rewards_rejected, rr)
@@ -223,7 +248,9 @@ def check_orpo():
     b = random_paired()
     out = ours.loss(b)
     self = SimpleNamespace(beta=ours.beta, accelerator=CPU)
-    or_losses, rc, rr, _, log_odds = ORPOTrainer.odds_ratio_loss(self, b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens)
+    or_losses, rc, rr, _, log_odds = ORPOTrainer.odds_ratio_loss(
+        self, b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens
+    )
     close(out.losses - chosen_nll(b), -or_losses)
     close(out.metrics["log_odds"], log_odds)
     close(out.rewards_chosen, rc)
@@ -245,7 +272,9 @@ NOT_IN_TRL = {
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_agrees_with_trl(name):
-    assert (name in TRL_CASES) != (name in NOT_IN_TRL), f"{name!r}: add a TRL comparison, or the reason there is none, to this file"
+    assert (name in TRL_CASES) != (name in NOT_IN_TRL), (
+        f"{name!r}: add a TRL comparison, or the reason there is none, to this file"
+    )
     if name in NOT_IN_TRL:
         pytest.skip(f"not in TRL 1.16: {NOT_IN_TRL[name]}")
     TRL_CASES[name]()
@@ -257,6 +286,8 @@ def test_cdpo_matches_trl_0_28_label_smoothed_sigmoid_formula():
     eps = 0.2
     ours = OBJECTIVES["cdpo"](epsilon=eps).loss(b).losses.mean()
     dpo, _ = trl_dpo(b, ["sigmoid"])
-    flipped = PairedLogps(b.policy_rejected, b.policy_chosen, b.rejected_tokens, b.chosen_tokens, b.ref_rejected, b.ref_chosen)
+    flipped = PairedLogps(
+        b.policy_rejected, b.policy_chosen, b.rejected_tokens, b.chosen_tokens, b.ref_rejected, b.ref_chosen
+    )
     dpo_flipped, _ = trl_dpo(flipped, ["sigmoid"])
     close(ours, (1 - eps) * dpo + eps * dpo_flipped)

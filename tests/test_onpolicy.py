@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
+from prefbench.check import load_datagen
 from prefbench.cli import main
 from prefbench.data.load import EMBEDDED_DATA
-from prefbench.eval.prompts import load_prompts
-from prefbench.onpolicy import build_preferences
 from prefbench.errors import RecipeError
+from prefbench.eval.prompts import load_prompts
 from prefbench.eval.rewards import InstructionReward
+from prefbench.onpolicy import build_preferences
 from prefbench.recipe import PromptSpec
-from prefbench.check import load_datagen
 
 
 def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
@@ -26,7 +26,13 @@ def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
     paired, unpaired, stats = build_preferences(prompts, texts, rewards, desirable_at_least=0.5)
     assert paired == [
         {"prompt": "p1", "chosen": "b", "rejected": "c", "reward_chosen": 1.0, "reward_rejected": 0.0},
-        {"prompt": "p3", "chosen": "h", "rejected": "g", "reward_chosen": 1.0, "reward_rejected": 0.0},  # first of the best
+        {
+            "prompt": "p3",
+            "chosen": "h",
+            "rejected": "g",
+            "reward_chosen": 1.0,
+            "reward_rejected": 0.0,
+        },  # first of the best
     ]
     assert [u["label"] for u in unpaired] == [True, True, False, True, True, True, False, True, True]
     assert stats["prompts_dropped_as_ties"] == 1 and stats["pairs"] == 2 and stats["desirable"] == 7
@@ -34,7 +40,9 @@ def test_pairs_are_best_vs_worst_ties_dropped_and_labels_use_the_threshold():
     assert stats["reward_histogram"] == {"0": 2, "0.5": 4, "1": 3}
     # With a floor on the chosen answer: p1's best (1.0) and p3's best (1.0) pass 1.0; a floor above drops both.
     assert len(build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=1.0)[0]) == 2
-    kept, _, s2 = build_preferences(prompts, texts, np.array([[0.2, 0.1, 0.0], [0.5, 0.5, 0.5], [0.0, 1.0, 1.0]]), 0.5, 0.5)
+    kept, _, s2 = build_preferences(
+        prompts, texts, np.array([[0.2, 0.1, 0.0], [0.5, 0.5, 0.5], [0.0, 1.0, 1.0]]), 0.5, 0.5
+    )
     assert [p["prompt"] for p in kept] == ["p3"] and s2["pairs_dropped_weak_chosen"] == 1
 
 
@@ -61,10 +69,21 @@ def test_a_bad_datagen_recipe_lists_every_problem(tmp_path):
 
 def test_generate_data_end_to_end_on_a_tiny_model(tmp_path, capsys):
     recipe = tmp_path / "data.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": "tiny:small", "reward": "instructions", "desirable_at_least": 0.5, "out": str(tmp_path / "out"),
-        "generation": {"engine": "hf", "prompts": {"split": "train", "n": 6}, "sampling": {"n": 3, "max_tokens": 12}},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": "tiny:small",
+                "reward": "instructions",
+                "desirable_at_least": 0.5,
+                "out": str(tmp_path / "out"),
+                "generation": {
+                    "engine": "hf",
+                    "prompts": {"split": "train", "n": 6},
+                    "sampling": {"n": 3, "max_tokens": 12},
+                },
+            }
+        )
+    )
     assert main(["generate-data", str(recipe)]) == 0
     out = tmp_path / "out"
     stats = json.loads((out / "stats.json").read_text())
@@ -86,7 +105,12 @@ def test_the_shipped_dataset_is_consistent_with_its_rewards_and_recipe():
     reward = InstructionReward()
     assert len(paired) == stats["pairs"] > 100 and len(unpaired) == stats["unpaired"] == stats["samples"]
     for p in paired:
-        assert reward(p["prompt"], p["chosen"]) == p["reward_chosen"] > p["reward_rejected"] == reward(p["prompt"], p["rejected"])
+        assert (
+            reward(p["prompt"], p["chosen"])
+            == p["reward_chosen"]
+            > p["reward_rejected"]
+            == reward(p["prompt"], p["rejected"])
+        )
     threshold = stats["desirable_at_least"]
     assert all(u["label"] == (reward(u["prompt"], u["completion"]) >= threshold) for u in unpaired)
     assert 0.05 < stats["desirable_share"] < 0.95  # both classes present: room to learn, room to improve
@@ -106,14 +130,20 @@ def test_held_out_prompts_of_the_recipes_own_data(tmp_path, toy_reward_model):
     rows = []
     for i in range(20):
         prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Name a colour, {i}."}]
-        rows += [{"prompt": prompt, "completion": "Red.", "label": i % 3 != 0}, {"prompt": prompt, "completion": f"Blue {i}.", "label": True}
-                 if i % 2 else {"prompt": prompt, "completion": "No.", "label": False}]
+        rows += [
+            {"prompt": prompt, "completion": "Red.", "label": i % 3 != 0},
+            {"prompt": prompt, "completion": f"Blue {i}.", "label": True}
+            if i % 2
+            else {"prompt": prompt, "completion": "No.", "label": False},
+        ]
     source = tmp_path / "u.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = DataSpec(source=str(source), format="unpaired", eval_fraction=0.5, split_seed=3)
     _, held_out = train_eval_split(load_records(str(source)), 0.5, 3)
     keys = list(dict.fromkeys(prompt_key(r["prompt"]) for r in held_out))
-    expected_chosen = {k: next((r["completion"] for r in held_out if prompt_key(r["prompt"]) == k and r["label"]), None) for k in keys}
+    expected_chosen = {
+        k: next((r["completion"] for r in held_out if prompt_key(r["prompt"]) == k and r["label"]), None) for k in keys
+    }
 
     records = load_prompt_records(PromptSpec(source="data", n=100), data)
     assert [prompt_key(r["prompt"]) for r in records] == keys and len(keys) == 10
@@ -124,7 +154,10 @@ def test_held_out_prompts_of_the_recipes_own_data(tmp_path, toy_reward_model):
     assert len(load_prompt_records(PromptSpec(source="data", n=3), data)) == 3
 
     first = records[0]["prompt"]
-    assert prompt_text(first) == "system: Be brief.\n\nuser: " + first[1]["content"] and prompt_text(first[1:]) == first[1]["content"]
+    assert (
+        prompt_text(first) == "system: Be brief.\n\nuser: " + first[1]["content"]
+        and prompt_text(first[1:]) == first[1]["content"]
+    )
     rm = RewardModel(RewardModelSpec(model=str(toy_reward_model)))
     assert rm.text(first, "Red.").startswith("<|system|>Be brief.")
     assert np.isfinite(rm.score([r["prompt"] for r in records], ["Red."] * len(records))).all()

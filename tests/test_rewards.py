@@ -7,13 +7,21 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import TOY_RM_TRAIN_PAIRS
+
 from prefbench.data.load import load_records
 from prefbench.eval.rewards import REWARDS, InstructionReward, RewardModel, make_reward, score_all
-from prefbench.task import GATE_FLOOR, TOPICS, VALIDATION_TOPICS, Instruction, TaskPrompt, instruction_score, make_prompts
 from prefbench.recipe import RewardModelSpec
 from prefbench.stats import paired_difference
+from prefbench.task import (
+    GATE_FLOOR,
+    TOPICS,
+    VALIDATION_TOPICS,
+    Instruction,
+    TaskPrompt,
+    instruction_score,
+    make_prompts,
+)
 
 CASES = [
     # (instruction, answer, holds?)
@@ -53,7 +61,11 @@ def test_each_instruction_check(instruction, answer, holds):
 
 
 def test_score_is_the_share_met_times_the_gate():
-    task = TaskPrompt("Describe the ocean briefly. Use only lowercase letters. Do not use any commas.", "the ocean", (Instruction("lowercase"), Instruction("no_commas")))
+    task = TaskPrompt(
+        "Describe the ocean briefly. Use only lowercase letters. Do not use any commas.",
+        "the ocean",
+        (Instruction("lowercase"), Instruction("no_commas")),
+    )
     assert instruction_score(task, "the ocean is deep and full of quiet life.") == 1.0
     assert instruction_score(task, "the ocean is deep, and full of quiet life.") == 0.5  # 1 of 2 met
     assert instruction_score(task, "The ocean is deep, and full of quiet life.") == 0.0
@@ -73,7 +85,9 @@ def test_prompt_sets_are_deterministic_disjoint_and_conflict_free():
     assert len({p.prompt for p in train}) == 300
     # A validation answer that names its topic passes the gate's topic check (the keyword is in it).
     assert all(p.keyword() in f"I like {p.topic} a lot" for p in valid)
-    assert all(InstructionReward()(p.prompt, "x") == instruction_score(p, "x") for p in valid[:5])  # scored like the others
+    assert all(
+        InstructionReward()(p.prompt, "x") == instruction_score(p, "x") for p in valid[:5]
+    )  # scored like the others
     for p in train + held + valid:
         assert 1 <= len(p.instructions) <= 2 and p.topic in p.prompt
         assert all(i.text() in p.prompt for i in p.instructions)
@@ -90,7 +104,10 @@ def test_registered_reward_looks_prompts_up_and_refuses_unknown_ones():
     with pytest.raises(KeyError, match="not one of the embedded task's prompts"):
         reward("Write a poem.", "roses")
     assert isinstance(reward, InstructionReward) and reward.version >= 1
-    with pytest.raises(ValueError, match="^eval.reward: instructions scores only the embedded task's prompts; 1 of 2 are not .*use reward_model or none"):
+    with pytest.raises(
+        ValueError,
+        match="^eval.reward: instructions scores only the embedded task's prompts; 1 of 2 are not .*use reward_model or none",
+    ):
         reward.check_prompts([task.prompt, "Write a poem."])
     with pytest.raises(ValueError, match="^reward: instructions"):  # a generate-data recipe's key
         InstructionReward.check_prompts([[{"role": "user", "content": task.prompt}]], at="reward")
@@ -105,12 +122,19 @@ def test_reward_model_scores_in_batches_what_the_model_scores_one_at_a_time(toy_
 
     rm = RewardModel(RewardModelSpec(model=str(toy_reward_model), batch_size=3))
     pairs = load_records("embedded:paired")[TOY_RM_TRAIN_PAIRS:][:7]
-    prompts, answers = [p["prompt"] for p in pairs], [p["chosen"] if i % 2 else p["rejected"] + " more words" * i for i, p in enumerate(pairs)]
+    prompts, answers = (
+        [p["prompt"] for p in pairs],
+        [p["chosen"] if i % 2 else p["rejected"] + " more words" * i for i, p in enumerate(pairs)],
+    )
     conversation = rm.text(prompts[0], answers[0])
-    assert conversation.startswith("<|user|>" + prompts[0]) and conversation.endswith("<|assistant|>" + answers[0] + "<|eos|>\n")
+    assert conversation.startswith("<|user|>" + prompts[0]) and conversation.endswith(
+        "<|assistant|>" + answers[0] + "<|eos|>\n"
+    )
     with torch.inference_mode():
-        alone = [rm.model(**rm.tokenizer(rm.text(p, a), add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
-                 for p, a in zip(prompts, answers)]
+        alone = [
+            rm.model(**rm.tokenizer(rm.text(p, a), add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
+            for p, a in zip(prompts, answers)
+        ]
     assert rm.score(prompts, answers) == pytest.approx(alone, abs=1e-4)
     assert score_all(rm, prompts[:2], [answers[:3], answers[3:6]]).shape == (2, 3)
 
@@ -121,8 +145,14 @@ def test_a_trained_reward_model_prefers_the_policys_answers_to_random_strings(to
     the policy's own answers (the data's chosen samples of SmolLM2) above uniformly random strings of letters
     of the same length, by a paired difference whose 95% interval is above 0."""
     rm = make_reward("reward_model", RewardModelSpec(model=str(toy_reward_model)))
-    seen, unseen = load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS], load_records("embedded:paired")[TOY_RM_TRAIN_PAIRS:]
-    accuracy = np.mean(rm.score(*zip(*[(p["prompt"], p["chosen"]) for p in seen])) > rm.score(*zip(*[(p["prompt"], p["rejected"]) for p in seen])))
+    seen, unseen = (
+        load_records("embedded:paired")[:TOY_RM_TRAIN_PAIRS],
+        load_records("embedded:paired")[TOY_RM_TRAIN_PAIRS:],
+    )
+    accuracy = np.mean(
+        rm.score(*zip(*[(p["prompt"], p["chosen"]) for p in seen]))
+        > rm.score(*zip(*[(p["prompt"], p["rejected"]) for p in seen]))
+    )
     assert accuracy > 0.8
     rng = random.Random(0)
     junk = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(len(p["chosen"]))) for p in unseen]

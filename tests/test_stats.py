@@ -34,7 +34,10 @@ def test_bootstrap_interval_covers_the_mean_95_percent_of_the_time():
     # 400 simulated data sets of 60 skewed values (exponential, mean 1): the percentile interval should
     # cover the true mean close to 95% of the time (a little under for skewed data at this size).
     rng = np.random.default_rng(123)
-    covered = [lo <= 1.0 <= hi for lo, hi in (S.bootstrap_ci(rng.exponential(1.0, 60), n_boot=1000, seed=i) for i in range(400))]
+    covered = [
+        lo <= 1.0 <= hi
+        for lo, hi in (S.bootstrap_ci(rng.exponential(1.0, 60), n_boot=1000, seed=i) for i in range(400))
+    ]
     assert 0.90 <= np.mean(covered) <= 0.98
 
 
@@ -52,7 +55,9 @@ def test_paired_difference_by_hand():
 def test_paired_difference_p_value_is_calibrated_under_the_null():
     # 300 null data sets (paired differences with mean 0, n 50): about 5% should have p < 0.05.
     rng = np.random.default_rng(7)
-    p = np.array([S.paired_difference(rng.normal(0, 1, 50), np.zeros(50), n_boot=500, seed=i)["p_value"] for i in range(300)])
+    p = np.array(
+        [S.paired_difference(rng.normal(0, 1, 50), np.zeros(50), n_boot=500, seed=i)["p_value"] for i in range(300)]
+    )
     assert 0.02 <= (p < 0.05).mean() <= 0.10
     assert p.min() > 0
 
@@ -111,12 +116,17 @@ def test_length_adjusted_win_rate_matches_an_unpenalised_logistic_fit():
 
 def test_across_seeds_by_hand():
     """The crossed two-way ANOVA of a 2 x 3 and a 3 x 3 table, computed here cell by cell."""
-    for x in (np.array([[1.0, 2.0, 4.0], [2.0, 2.5, 5.5]]), np.array([[1.0, 2.0, 4.0], [2.0, 2.5, 5.5], [0.5, 3.0, 4.5]])):
+    for x in (
+        np.array([[1.0, 2.0, 4.0], [2.0, 2.5, 5.5]]),
+        np.array([[1.0, 2.0, 4.0], [2.0, 2.5, 5.5], [0.5, 3.0, 4.5]]),
+    ):
         n_s, n_p = x.shape
         grand = x.mean()
         ms_seeds = n_p * sum((row.mean() - grand) ** 2 for row in x) / (n_s - 1)
         ms_prompts = n_s * sum((col.mean() - grand) ** 2 for col in x.T) / (n_p - 1)
-        ms_resid = sum((x[s, p] - x[s].mean() - x[:, p].mean() + grand) ** 2 for s in range(n_s) for p in range(n_p)) / ((n_s - 1) * (n_p - 1))
+        ms_resid = sum(
+            (x[s, p] - x[s].mean() - x[:, p].mean() + grand) ** 2 for s in range(n_s) for p in range(n_p)
+        ) / ((n_s - 1) * (n_p - 1))
         se = math.sqrt((ms_seeds + max(ms_prompts - ms_resid, 0)) / (n_s * n_p))
         half = sps.t.ppf(0.975, n_s - 1) * se  # the seeds' degrees of freedom
         out = S.across_seeds(x)
@@ -148,23 +158,34 @@ def test_across_seeds_covers_a_new_training_runs_mean_95_percent_of_the_time(see
         lo, hi = S.bootstrap_ci(x.mean(0), n_boot=400)
         naive_covered += lo <= 0 <= hi
     se = 3 * math.sqrt(0.05 * 0.95 / sims)
-    print(f"{seeds} seeds, seed sd {seed_sd}: coverage {covered / sims:.3f}, false alarms {alarms / sims:.3f}, "
-          f"at 0.05/6 {tail / sims:.4f}, prompt-only bootstrap {naive_covered / sims:.3f}")
+    print(
+        f"{seeds} seeds, seed sd {seed_sd}: coverage {covered / sims:.3f}, false alarms {alarms / sims:.3f}, "
+        f"at 0.05/6 {tail / sims:.4f}, prompt-only bootstrap {naive_covered / sims:.3f}"
+    )
     assert covered / sims >= 0.95 - se and alarms / sims <= 0.05 + se
     assert tail / sims <= 0.05 / 6 + 3 * math.sqrt(0.05 / 6 / sims)
     if seed_sd >= 0.3:
         assert naive_covered / sims < 0.8
 
 
-def _objective_tables(rng, lead: float = 0.0, k: int = 4, seeds: int = 3, prompts: int = 48, wide: float = 1.0) -> tuple[dict, np.ndarray]:
+def _objective_tables(
+    rng, lead: float = 0.0, k: int = 4, seeds: int = 3, prompts: int = 48, wide: float = 1.0
+) -> tuple[dict, np.ndarray]:
     """The grid of the issue's audit: k objectives' [seeds, prompts] tables and a reference's per-prompt values.
     Each training run moves by its own effect (sd 0.3; the last objective's `wide` times that) and by a seed
     effect shared by the objectives (sd 0.1: same examples, same order); prompt difficulty shared by all (1.0),
     an objective x prompt interaction (0.5) and noise (1.0, the "residual sd"); the first objective ahead by
     `lead`, the rest equal, and the reference equal to them in expectation."""
     difficulty, shared_seed = rng.normal(0, 1.0, (1, prompts)), rng.normal(0, 0.1, (seeds, 1))
-    tables = {f"o{i}": (lead if i == 0 else 0.0) + difficulty + shared_seed + rng.normal(0, 0.3 * (wide if i == k - 1 else 1.0), (seeds, 1))
-              + rng.normal(0, 0.5, (1, prompts)) + rng.normal(0, 1.0, (seeds, prompts)) for i in range(k)}
+    tables = {
+        f"o{i}": (lead if i == 0 else 0.0)
+        + difficulty
+        + shared_seed
+        + rng.normal(0, 0.3 * (wide if i == k - 1 else 1.0), (seeds, 1))
+        + rng.normal(0, 0.5, (1, prompts))
+        + rng.normal(0, 1.0, (seeds, prompts))
+        for i in range(k)
+    }
     return tables, (difficulty + rng.normal(0, 0.5, (1, prompts)) + rng.normal(0, 1.0, (1, prompts)))[0]
 
 
@@ -180,8 +201,11 @@ def test_spread_df_keeps_alike_spreads_pooled_and_falls_to_one_objectives_own():
 def test_grid_error_and_contrasts_by_hand():
     """3 objectives x 3 seeds x 2 prompts: the run means, their variance per objective and their objective x seed
     interaction, computed here cell by cell; then a pair's and an objective's interval from them."""
-    tables = {"a": np.array([[1.0, 2.0], [2.0, 3.0], [1.5, 2.0]]), "b": np.array([[0.0, 1.0], [1.0, 0.5], [0.2, 0.4]]),
-              "c": np.array([[0.5, 0.5], [0.4, 1.0], [0.9, 0.7]])}
+    tables = {
+        "a": np.array([[1.0, 2.0], [2.0, 3.0], [1.5, 2.0]]),
+        "b": np.array([[0.0, 1.0], [1.0, 0.5], [0.2, 0.4]]),
+        "c": np.array([[0.5, 0.5], [0.4, 1.0], [0.9, 0.7]]),
+    }
     m = {o: t.mean(1) for o, t in tables.items()}  # run means: a 1.5 2.5 1.75, b 0.5 0.75 0.3, c 0.5 0.7 0.8
     err = S.grid_error(tables)
     own = {o: float(np.var(v, ddof=1)) for o, v in m.items()}
@@ -189,12 +213,18 @@ def test_grid_error_and_contrasts_by_hand():
     seed_mean = np.mean(list(m.values()), axis=0)
     grand = seed_mean.mean()
     inter = {o: v - v.mean() - seed_mean + grand for o, v in m.items()}
-    per = {o: float((r**2).sum() / ((3 - 1) * (3 - 1) / 3)) for o, r in inter.items()}  # each objective's share: (k-1)(S-1)/k df
-    assert np.mean(list(per.values())) == pytest.approx(sum((r**2).sum() for r in inter.values()) / ((3 - 1) * (3 - 1)))  # MS_OS
+    per = {
+        o: float((r**2).sum() / ((3 - 1) * (3 - 1) / 3)) for o, r in inter.items()
+    }  # each objective's share: (k-1)(S-1)/k df
+    assert np.mean(list(per.values())) == pytest.approx(
+        sum((r**2).sum() for r in inter.values()) / ((3 - 1) * (3 - 1))
+    )  # MS_OS
     df = S._spread_df(np.array(list(per.values())), 4 / 3)
     assert err["pairs"]["df"] == pytest.approx(df) and err["pooled_df"] == 4.0
     pooled = np.mean(list(per.values()))
-    toward = (4 - df) / (4 - 4 / 3)  # how far spreads look unlike: an objective above the pool moves that share to its own
+    toward = (4 - df) / (
+        4 - 4 / 3
+    )  # how far spreads look unlike: an objective above the pool moves that share to its own
     assert err["pairs"]["variance"] == pytest.approx({o: pooled + toward * max(v - pooled, 0) for o, v in per.items()})
     d = tables["a"] - tables["b"]
     grand_d, s_means, p_means = d.mean(), d.mean(1), d.mean(0)
@@ -207,7 +237,9 @@ def test_grid_error_and_contrasts_by_hand():
     assert ab["ci"] == pytest.approx([d.mean() - sps.t.ppf(0.975, df) * se, d.mean() + sps.t.ppf(0.975, df) * se])
     assert ab["p_value"] == pytest.approx(2 * sps.t.sf(d.mean() / se, df))
     assert out["error"]["widest"] == max(own, key=own.get)
-    one = S.objective_level({o: t[:1] for o, t in tables.items()}, None, higher=True)  # one seed: that training run's bootstrap
+    one = S.objective_level(
+        {o: t[:1] for o, t in tables.items()}, None, higher=True
+    )  # one seed: that training run's bootstrap
     assert "error" not in one and one["pairs"][0]["seed_variance"] is False
 
 
@@ -218,7 +250,9 @@ def test_objective_level_names_the_leader_and_flips_with_the_direction():
     assert [c["p_holm"] for c in out["pairs"]] == pytest.approx(S.holm([c["p_value"] for c in out["pairs"]]))
     assert out["objectives"]["o1"]["mean"] == pytest.approx(tables["o1"].mean())
     assert out["leader"] == "o0" and out["best"] == "o0"  # a lead of 3 against runs that move by 0.3: resolved
-    flipped = S.objective_level({k: -t for k, t in tables.items()}, -ref, higher=False)  # lower is better: the same leader
+    flipped = S.objective_level(
+        {k: -t for k, t in tables.items()}, -ref, higher=False
+    )  # lower is better: the same leader
     assert flipped["leader"] == "o0" and flipped["best"] == "o0"
     kl = S.objective_level(tables, ref, higher=None)  # no direction: estimates only
     assert set(kl) == {"higher_is_better", "objectives", "error"}
@@ -274,7 +308,9 @@ def test_grid_names_a_true_leader_best_in_most_grids_at_three_seeds():
     alone = 0
     for _ in range(300):
         tables, _ = _objective_tables(rng, lead=1.5)
-        pairs = S.holm_family([{"a": a, "b": b, **S.across_seeds(tables[a] - tables[b])} for a, b in itertools.combinations(tables, 2)])
+        pairs = S.holm_family(
+            [{"a": a, "b": b, **S.across_seeds(tables[a] - tables[b])} for a, b in itertools.combinations(tables, 2)]
+        )
         alone += all(c["resolved"] and c["difference"] > 0 for c in pairs if c["a"] == "o0")
     print(f"named best: grid {rates['best']:.3f}, pairs alone {alone / 300:.3f}")
     assert rates["best"] >= 0.75 and alone / 300 < 0.10
@@ -294,7 +330,9 @@ def test_matched_kl_by_hand():
     assert out["df"] == 8 - 2 - 2 - 1  # 8 runs used; two objectives, a quadratic, one seed block
     mid = 2.75  # each objective's reward at the range's middle, seed blocks averaged: 0.1 + 0.05 mid (+0.02 for b) + 0.005
     assert out["objectives"]["a"]["mean"] == pytest.approx(0.1 + 0.05 * mid + 0.005, abs=1e-9)
-    assert out["curve"]["kl"][0] == 1.5 and out["curve"]["b"][-1] == pytest.approx(0.1 + 0.05 * 4.0 + 0.02 + 0.005, abs=1e-9)
+    assert out["curve"]["kl"][0] == 1.5 and out["curve"]["b"][-1] == pytest.approx(
+        0.1 + 0.05 * 4.0 + 0.02 + 0.005, abs=1e-9
+    )
     apart = S.matched_kl({"a": a, "c": [(0, 6.0, 0.1), (1, 7.0, 0.2)]})
     assert apart["range"] is None and "do not overlap" in apart["reason"]
 
@@ -311,7 +349,9 @@ def _sweep_runs(rng, shift: float = 0.0) -> dict:
         for step in range(3):
             for seed in range(3):
                 kl = base + 0.25 * step + seed_kl[seed] + rng.normal(0, 0.15)
-                pts.append((seed, kl, 0.3 + 0.05 * kl - 0.004 * kl**2 + (shift if name == "b" else 0.0) + rng.normal(0, 0.02)))
+                pts.append(
+                    (seed, kl, 0.3 + 0.05 * kl - 0.004 * kl**2 + (shift if name == "b" else 0.0) + rng.normal(0, 0.02))
+                )
         out[name] = pts
     return out
 
@@ -332,7 +372,9 @@ def test_matched_kl_exists_holds_its_error_rate_and_finds_a_true_difference():
         covered += c["ci"][0] <= 0 <= c["ci"][1]
         alarms += c["resolved"]
     found = sum(S.matched_kl(_sweep_runs(rng, shift=0.06))["pairs"][0]["resolved"] for _ in range(300))
-    print(f"matched KL: exists {exists / sims:.3f}, coverage {covered / exists:.3f}, false alarms {alarms / exists:.3f}, found 0.06 {found / 300:.3f}")
+    print(
+        f"matched KL: exists {exists / sims:.3f}, coverage {covered / exists:.3f}, false alarms {alarms / exists:.3f}, found 0.06 {found / 300:.3f}"
+    )
     assert exists == sims
     assert covered / exists >= 0.94 and alarms / exists <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / exists)
     assert found / 300 >= 0.8
@@ -356,7 +398,9 @@ def test_pair_power_by_hand_and_the_smallest_resolvable_effect():
     c = {"run": 0.09, "interaction": 0.25, "residual": 1.0}
     se = math.sqrt(2 * (0.09 / 3 + 0.25 / 48 + 1.0 / (3 * 48)))
     crit = sps.t.ppf(1 - 0.05 / 12, 6)  # 4 objectives: 6 pairs, 6 df
-    assert S.pair_power(1.0, c, 3, 48, 4) == pytest.approx(sps.nct.sf(crit, 6, 1.0 / se) + sps.nct.cdf(-crit, 6, 1.0 / se))
+    assert S.pair_power(1.0, c, 3, 48, 4) == pytest.approx(
+        sps.nct.sf(crit, 6, 1.0 / se) + sps.nct.cdf(-crit, 6, 1.0 / se)
+    )
     e = S.smallest_resolvable(c, 3, 48, 4)
     assert S.pair_power(e, c, 3, 48, 4) == pytest.approx(0.8, abs=1e-4)
     out = S.plan(c | {"objectives": 4, "seeds": 3, "prompts": 48}, effect=0.5)

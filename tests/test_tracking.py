@@ -10,17 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from prefbench.errors import RecipeError
 from prefbench.check import parse_recipe
+from prefbench.errors import RecipeError
 
 DATA = Path(__file__).parent / "data" / "paired_text.jsonl"
 
 
 def _recipe(out: Path, report_to: list[str]):
-    return parse_recipe({"name": "tracked", "output_dir": str(out), "model": {"name": "tiny:small"},
-                         "data": {"source": str(DATA), "eval_fraction": 0.2, "max_length": 128, "max_prompt_length": 64},
-                         "objectives": [{"name": "dpo"}],
-                         "train": {"steps": 3, "batch_size": 4, "micro_batch_size": 2, "report_to": report_to}, "seeds": [0]})
+    return parse_recipe(
+        {
+            "name": "tracked",
+            "output_dir": str(out),
+            "model": {"name": "tiny:small"},
+            "data": {"source": str(DATA), "eval_fraction": 0.2, "max_length": 128, "max_prompt_length": 64},
+            "objectives": [{"name": "dpo"}],
+            "train": {"steps": 3, "batch_size": 4, "micro_batch_size": 2, "report_to": report_to},
+            "seeds": [0],
+        }
+    )
 
 
 def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, monkeypatch):
@@ -29,7 +36,9 @@ def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, mon
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    project = f"prefbench-test-{tmp_path.name}-{os.getpid()}"  # Trackio's directory is the session's (tests/conftest.py)
+    project = (
+        f"prefbench-test-{tmp_path.name}-{os.getpid()}"  # Trackio's directory is the session's (tests/conftest.py)
+    )
     monkeypatch.setenv("PREFBENCH_PROJECT", project)
     from prefbench.eval.run import evaluate
     from prefbench.runner import train_units
@@ -47,7 +56,9 @@ def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, mon
     events = EventAccumulator(str(unit / "tensorboard")).Reload()
     assert numbers <= set(events.Tags()["scalars"])
     for key in numbers:
-        assert [(e.step, e.value) for e in events.Scalars(key)] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]
+        assert [(e.step, e.value) for e in events.Scalars(key)] == [
+            (r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows
+        ]
     assert [(e.step, e.value) for e in events.Scalars("eval/preference_accuracy")] == [(3, pytest.approx(accuracy))]
 
     from trackio.sqlite_storage import SQLiteStorage
@@ -57,7 +68,9 @@ def test_every_logged_number_reaches_tensorboard_trackio_and_wandb(tmp_path, mon
     assert [entry["step"] for entry in train_logs] == [1, 2, 3]
     for entry, row in zip(train_logs, rows):
         assert {k: entry[k] for k in numbers} == pytest.approx({k: row[k] for k in numbers})
-    assert [entry["eval/preference_accuracy"] for entry in logged if "eval/preference_accuracy" in entry] == [pytest.approx(accuracy)]
+    assert [entry["eval/preference_accuracy"] for entry in logged if "eval/preference_accuracy" in entry] == [
+        pytest.approx(accuracy)
+    ]
     assert SQLiteStorage.get_logs(project, "tracked/reference")  # the reference's evaluation is a run of its own
     del trackio
 

@@ -15,9 +15,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from prefbench.check import parse_recipe
 from prefbench.errors import TrainingError
 from prefbench.objectives import OBJECTIVES
-from prefbench.check import parse_recipe
 from prefbench.runner import train_units
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,9 @@ def test_every_objective_trains_end_to_end(all_objectives_run, name):
         REFERENCES.parent.mkdir(exist_ok=True)
         REFERENCES.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     reference = json.loads(REFERENCES.read_text()) if REFERENCES.exists() else {}
-    assert name in reference, f"no recorded trajectory for {name!r}: run PREFBENCH_RECORD=1 pytest tests/test_train.py -k end_to_end and justify it in the commit"
+    assert name in reference, (
+        f"no recorded trajectory for {name!r}: run PREFBENCH_RECORD=1 pytest tests/test_train.py -k end_to_end and justify it in the commit"
+    )
     assert [r["loss"] for r in rows] == pytest.approx(reference[name], rel=1e-4, abs=1e-5)
 
 
@@ -96,13 +98,26 @@ def test_manifest_records_provenance_and_the_data_fingerprint(all_objectives_run
     manifest = json.loads((all_objectives_run / "t" / "manifest.json").read_text())
     assert manifest["recipe"]["model"]["name"] == "tiny:small"
     assert {"torch", "transformers", "prefbench"} <= set(manifest["versions"])
-    assert len(manifest["data"]["fingerprint"]) == 64 and manifest["data"]["train_examples"] + manifest["data"]["eval_examples"] == 24
+    assert (
+        len(manifest["data"]["fingerprint"]) == 64
+        and manifest["data"]["train_examples"] + manifest["data"]["eval_examples"] == 24
+    )
     assert manifest["data"]["truncation"]["policy"] == "truncate"
     assert manifest["git_commit"] and manifest["hardware"]["world_size"] == 1
-    passes = [json.loads(line) for line in (all_objectives_run / "t" / "reference" / "timings.jsonl").read_text().splitlines()]
+    passes = [
+        json.loads(line) for line in (all_objectives_run / "t" / "reference" / "timings.jsonl").read_text().splitlines()
+    ]
     assert [t["stage"] for t in passes] == ["reference pass"] and passes[0]["seconds"] > 0 and passes[0]["rows"] > 0
-    unit = [json.loads(line) for line in (all_objectives_run / "t" / "dpo" / "seed0" / "timings.jsonl").read_text().splitlines()]
-    assert [t["stage"] for t in unit] == ["train"] and unit[0]["processes"] == 1 and unit[0]["device"] == "cpu" and unit[0]["host"]
+    unit = [
+        json.loads(line)
+        for line in (all_objectives_run / "t" / "dpo" / "seed0" / "timings.jsonl").read_text().splitlines()
+    ]
+    assert (
+        [t["stage"] for t in unit] == ["train"]
+        and unit[0]["processes"] == 1
+        and unit[0]["device"] == "cpu"
+        and unit[0]["host"]
+    )
 
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])
@@ -122,7 +137,9 @@ def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp
         seen = []
         collate = prefbench.train.collate
         monkeypatch.setattr(prefbench.train, "collate", lambda *a: seen.append(a[-1]) or collate(*a))
-    train_units(parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=layout != "rows")))
+    train_units(
+        parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=layout != "rows"))
+    )
     if layout == "packed":
         assert set(seen) == {"packed"}
     for name in OBJECTIVES:
@@ -152,7 +169,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 
 def cli(args, env=None, **kw):
-    return subprocess.run([str(BIN / "prefbench"), *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300, **kw)
+    return subprocess.run(
+        [str(BIN / "prefbench"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("label", ["dpo", "bco"])
@@ -185,12 +210,33 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(tmp_path, label):
     assert summary["resumed_from"] == "checkpoint-2"
     # Running the finished command again trains nothing.
     again = cli(args)
-    assert again.returncode == 0 and "reference log-probs" not in again.stderr and len(metrics(tmp_path / "k", label)) == 6
+    assert (
+        again.returncode == 0 and "reference log-probs" not in again.stderr and len(metrics(tmp_path / "k", label)) == 6
+    )
 
 
 def torchrun(recipe: Path, label: str) -> subprocess.CompletedProcess:
-    args = ["--standalone", "--nproc_per_node", "2", "-m", "prefbench.cli", "train", str(recipe), "--objective", label, "--seed", "0"]
-    return subprocess.run([str(BIN / "torchrun"), *args], cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "prefbench.cli",
+        "train",
+        str(recipe),
+        "--objective",
+        label,
+        "--seed",
+        "0",
+    ]
+    return subprocess.run(
+        [str(BIN / "torchrun"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.slow
@@ -247,7 +293,9 @@ def test_lora_trains_adapters_and_saves_a_merged_plain_checkpoint(tmp_path):
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
-    d = recipe_dict(tmp_path, [{"name": "kto_risk_neutral"}], steps=8, lr=1e30, max_grad_norm=0.0, save_every=1, schedule="constant")
+    d = recipe_dict(
+        tmp_path, [{"name": "kto_risk_neutral"}], steps=8, lr=1e30, max_grad_norm=0.0, save_every=1, schedule="constant"
+    )
     with pytest.raises(TrainingError, match=r"stopped before the update\. Last good checkpoint: .*checkpoint-\d+") as e:
         train_units(parse_recipe(d))
     step = int(str(e.value).split(" at step ")[1].split(";")[0])
@@ -259,7 +307,14 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
 def test_bad_data_is_reported_by_index_through_the_cli(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = DATA.read_text().splitlines()
-    bad.write_text("\n".join(good[:10] + ['{"prompt": "q", "chosen": "", "rejected": "b"}', '{"prompt": "q2", "chosen": "a"}'] + good[10:]) + "\n")
+    bad.write_text(
+        "\n".join(
+            good[:10]
+            + ['{"prompt": "q", "chosen": "", "rejected": "b"}', '{"prompt": "q2", "chosen": "a"}']
+            + good[10:]
+        )
+        + "\n"
+    )
     d = recipe_dict(tmp_path, [{"name": "dpo"}])
     d["data"]["source"] = str(bad)
     path = tmp_path / "r.yaml"
@@ -295,7 +350,9 @@ def test_the_embedded_smollm2_trains(tmp_path):
     train_units(parse_recipe(d))
     rows = metrics(tmp_path, "dpo")
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert rows[1]["logps_per_token/chosen"] > -6  # an instruct model finds plain answers likely: a working tokenizer and template
+    assert (
+        rows[1]["logps_per_token/chosen"] > -6
+    )  # an instruct model finds plain answers likely: a working tokenizer and template
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["model"]["source"] == "embedded" and manifest["model"]["vocab_size"] == 49152
 
@@ -316,10 +373,15 @@ def test_a_run_directory_refuses_a_different_recipe_or_changed_data(tmp_path):
 def test_mismatched_pairs_never_reuse_the_rows_own_prompt():
     """Unpaired data with repeated prompts (e.g. after paired_to_unpaired "both"): rows 0 and 1
     share a prompt, so row 1's mismatched completion must come from row 3's other prompt... cyclically."""
-    from prefbench.data.tokenize import Example
     from prefbench.data.batches import _mismatched
+    from prefbench.data.tokenize import Example
 
-    examples = [Example((1, 2), ((5,),), True), Example((1, 2), ((6,),), False), Example((3,), ((7,),), True), Example((1, 2), ((8,),), True)]
+    examples = [
+        Example((1, 2), ((5,),), True),
+        Example((1, 2), ((6,),), False),
+        Example((3,), ((7,),), True),
+        Example((1, 2), ((8,),), True),
+    ]
     rows = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (3, 3, 0)]
     assert [_mismatched(rows, j, examples) for j in range(4)] == [(0, 2, 0), (1, 2, 0), (2, 1, 0), (3, 2, 0)]
     with pytest.raises(TrainingError, match="at least two prompts per micro-batch"):
@@ -372,8 +434,8 @@ def test_dropout_in_the_model_config_is_off_while_training(tmp_path):
 
 def test_real_tokens_counts_what_collate_attends():
     """The step's token count is taken on the host (no GPU sync); it must equal the attention mask's sum."""
-    from prefbench.data.tokenize import Example
     from prefbench.data.batches import collate, real_tokens
+    from prefbench.data.tokenize import Example
 
     examples = [Example((1, 2, 3), ((4, 5), (6,))), Example((7,), ((8, 9, 10, 11), (12, 13)))]
     rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0)]  # (prompt of, completion of, which)
@@ -384,9 +446,9 @@ def test_real_tokens_counts_what_collate_attends():
 
 
 def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
-    from prefbench.data.tokenize import Example
     from prefbench.data.batches import _within_budget, padded_tokens, view
     from prefbench.data.prepare import Prepared
+    from prefbench.data.tokenize import Example
 
     # example i: its own prompt of 2 tokens, completions of (i + 1) and 1 tokens -> width i + 3, two rows per pair
     train = [Example((1, 10 + i), (tuple([2] * (i + 1)), (3,))) for i in range(6)]
@@ -406,7 +468,14 @@ def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
     assert _within_budget(kto, prepared, [5, 0, 3, 1], "both", 12) == [[0, 1], [3, 5]]
     # ... and two distinct prompts, not two examples: 0 and 1 share a prompt here, so the first run takes 3 as well;
     # [5] alone has one prompt and merges back into the run before it
-    shared = Prepared("paired", [Example((1, 10 if i < 2 else 10 + i), e.completions) for i, e in enumerate(train)], [], {}, "f", [0] * 6)
+    shared = Prepared(
+        "paired",
+        [Example((1, 10 if i < 2 else 10 + i), e.completions) for i, e in enumerate(train)],
+        [],
+        {},
+        "f",
+        [0] * 6,
+    )
     assert _within_budget(kto, shared, [5, 0, 3, 1], "both", 12) == [[0, 1, 3, 5]]
 
 
@@ -414,7 +483,9 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     """Splitting micro-batches by a token budget changes which rows share a forward, not the step's
     gradient: losses and grad norms match the unsplit run; the steps really were split."""
     train_units(parse_recipe(recipe_dict(tmp_path / "whole", [{"name": "dpo"}], micro_batch_size=4)))
-    train_units(parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300)))
+    train_units(
+        parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300))
+    )
     whole, split = metrics(tmp_path / "whole", "dpo"), metrics(tmp_path / "split", "dpo")
     assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], abs=1e-5)
     assert [r["grad_norm"] for r in split] == pytest.approx([r["grad_norm"] for r in whole], rel=1e-4)
@@ -424,12 +495,16 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
     from prefbench.data.batches import micro_batches, padded_tokens, schedule
     from prefbench.data.prepare import prepare_data
 
-    recipe = parse_recipe(recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300))
+    recipe = parse_recipe(
+        recipe_dict(tmp_path / "split", [{"name": "dpo"}], micro_batch_size=4, max_tokens_per_forward=300)
+    )
     prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))
     plan = schedule([e.length() for e in prepared.train], 4, 4, 0, recipe.train.bucket_batches)
     pieces = [micro_batches(OBJECTIVES["dpo"](), prepared, step, recipe, 0, 1) for step in plan]
     assert sum(len(p) for p in pieces) > len(plan)  # at least one step was split
-    assert any(len({len(mb.rows) for mb in p}) > 1 for p in pieces)  # unequal pieces: the old per-batch mean would differ
+    assert any(
+        len({len(mb.rows) for mb in p}) > 1 for p in pieces
+    )  # unequal pieces: the old per-batch mean would differ
     assert all(padded_tokens(mb.rows, prepared.train) <= 300 or len(mb.rows) == 2 for p in pieces for mb in p)
 
 
@@ -441,10 +516,17 @@ def test_reference_keys_cover_the_layout_training_cuts_by():
     from prefbench.data.prepare import prepare_data
     from prefbench.train import reference_keys
 
-    recipe = parse_recipe(recipe_dict(Path("/unused"), [{"name": "kto"}], micro_batch_size=4, max_tokens_per_forward=150))
+    recipe = parse_recipe(
+        recipe_dict(Path("/unused"), [{"name": "kto"}], micro_batch_size=4, max_tokens_per_forward=150)
+    )
     prepared = prepare_data(recipe, models.load_tokenizer("tiny:small"))
     plan = schedule([e.length() for e in prepared.train], 4, 4, 0, recipe.train.bucket_batches)
     kto = OBJECTIVES["kto"]()
-    cut = lambda layout: {k for step in plan for mb in micro_batches(kto, prepared, step, recipe, 0, 1, layout) for k in mb.rows + mb.kl_rows}
+    cut = lambda layout: {
+        k
+        for step in plan
+        for mb in micro_batches(kto, prepared, step, recipe, 0, 1, layout)
+        for k in mb.rows + mb.kl_rows
+    }
     assert cut("shared") != cut("rows")  # the budget cuts the two layouts differently here
     assert cut("shared") | cut("rows") <= reference_keys(recipe, prepared, recipe.objectives, [0], 1, "cpu")

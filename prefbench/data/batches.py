@@ -1,14 +1,14 @@
 """Batching: which examples each optimizer step sees, and how they become the rows of a forward.
 
-    schedule        which examples each optimizer step sees: identical for every objective of a seed
-    micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched),
-                    cut to train.max_tokens_per_forward when set
-    collate         rows -> one forward's tensors on the device (`Forward`), in one of three layouts:
-                      rows    each row its own sequence, right-padded
-                      shared  the rows of one prompt in one sequence (the prompt once, each completion after it,
-                              none seeing another), right-padded
-                      packed  the shared sequences one after another in a single row, without padding between
-                              them (attention kept within each sequence: flex attention on a GPU)
+schedule        which examples each optimizer step sees: identical for every objective of a seed
+micro_batches   a step's examples as the rows the objective needs (paired, unpaired, mismatched),
+                cut to train.max_tokens_per_forward when set
+collate         rows -> one forward's tensors on the device (`Forward`), in one of three layouts:
+                  rows    each row its own sequence, right-padded
+                  shared  the rows of one prompt in one sequence (the prompt once, each completion after it,
+                          none seeing another), right-padded
+                  packed  the shared sequences one after another in a single row, without padding between
+                          them (attention kept within each sequence: flex attention on a GPU)
 """
 
 from __future__ import annotations
@@ -86,10 +86,20 @@ def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
         p, c, w = rows[(j - step) % len(rows)]
         if examples[p].prompt != examples[prompt].prompt:
             return (prompt, c, w)
-    raise TrainingError("KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean")
+    raise TrainingError(
+        "KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean"
+    )
 
 
-def micro_batches(objective: Objective, prepared: Prepared, step: list[int], recipe: Recipe, rank: int, world: int, layout: str = "rows") -> list[MicroBatch]:
+def micro_batches(
+    objective: Objective,
+    prepared: Prepared,
+    step: list[int],
+    recipe: Recipe,
+    rank: int,
+    world: int,
+    layout: str = "rows",
+) -> list[MicroBatch]:
     """This process's micro-batches of one step; `layout`: how the forwards will lay out their rows (the token
     budget counts the tokens they will hold)."""
     per_rank = len(step) // world
@@ -97,7 +107,11 @@ def micro_batches(objective: Objective, prepared: Prepared, step: list[int], rec
     m, budget = recipe.train.micro_batch_size, recipe.train.max_tokens_per_forward
     out = []
     for i in range(0, len(mine), m):
-        pieces = _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget, layout) if budget else [mine[i : i + m]]
+        pieces = (
+            _within_budget(objective, prepared, mine[i : i + m], recipe.data.unpaired_view, budget, layout)
+            if budget
+            else [mine[i : i + m]]
+        )
         out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
     return out
 
@@ -107,7 +121,9 @@ def row_length(key: Key, examples: list[Example]) -> int:
     return len(examples[p].prompt) + len(examples[c].completions[w])
 
 
-def sequences(rows: list[Key], examples: list[Example], share: bool) -> list[tuple[tuple[int, ...], list[tuple[int, ...]], list[int]]]:
+def sequences(
+    rows: list[Key], examples: list[Example], share: bool
+) -> list[tuple[tuple[int, ...], list[tuple[int, ...]], list[int]]]:
     """The sequences one forward runs, as (prompt, completions, their indices in `rows`): one per row, or with
     `share`, one per distinct prompt (compared by tokens), its rows' completions in row order after it."""
     if not share:
@@ -147,13 +163,17 @@ def padded_tokens(rows: list[Key], examples: list[Example], layout: str = "rows"
     return n * width
 
 
-def _within_budget(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, layout: str = "rows") -> list[list[int]]:
+def _within_budget(
+    objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str, budget: int, layout: str = "rows"
+) -> list[list[int]]:
     """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
     `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
     untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
     prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
     of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
-    fits = lambda run: padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, layout) <= budget
+    fits = lambda run: (
+        padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, layout) <= budget
+    )
     if fits(indices):
         return [indices]
     short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
@@ -167,6 +187,7 @@ def _within_budget(objective: Objective, prepared: Prepared, indices: list[int],
     if len(runs) > 1 and short(runs[-1]):
         runs[-2].extend(runs.pop())
     return runs
+
 
 def loss_count(objective: Objective, mb: MicroBatch) -> int:
     """Entries of `objective.loss(...).losses` for this micro-batch: one per pair, or per unpaired row."""
@@ -189,7 +210,14 @@ class Forward(NamedTuple):
     n_rows: int
 
 
-def attends(sequence_q: torch.Tensor, segment_q: torch.Tensor, sequence_kv: torch.Tensor, segment_kv: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+def attends(
+    sequence_q: torch.Tensor,
+    segment_q: torch.Tensor,
+    sequence_kv: torch.Tensor,
+    segment_kv: torch.Tensor,
+    q: torch.Tensor,
+    kv: torch.Tensor,
+) -> torch.Tensor:
     """Whether position q may attend to position kv, given each one's sequence and segment (-1 padding, 0 the prompt,
     k + 1 the k-th completion): causal, within one sequence, to the prompt or to its own completion. Padding attends
     to earlier padding, so no softmax row is empty. One rule for the dense masks and flex attention's mask_mod."""
@@ -201,7 +229,9 @@ def dense_mask(packed: torch.Tensor) -> torch.Tensor:
     """[rows, 1, width, width] bool mask of a [rows, 2, width] (sequence, segment) tensor, for SDPA or eager attention."""
     sequence, segment = packed[:, 0], packed[:, 1]
     t = torch.arange(packed.shape[-1], device=packed.device)
-    return attends(sequence[:, :, None], segment[:, :, None], sequence[:, None, :], segment[:, None, :], t[:, None], t[None, :])[:, None]
+    return attends(
+        sequence[:, :, None], segment[:, :, None], sequence[:, None, :], segment[:, None, :], t[:, None], t[None, :]
+    )[:, None]
 
 
 def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layout: str = "rows") -> Forward:

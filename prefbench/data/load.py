@@ -55,8 +55,15 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def load_records(source: str, *, split: str = "train", data_files_format: str | None = None, config: str | None = None,
-                 data_dir: str | None = None, columns: dict[str, str] | None = None) -> list[dict]:
+def load_records(
+    source: str,
+    *,
+    split: str = "train",
+    data_files_format: str | None = None,
+    config: str | None = None,
+    data_dir: str | None = None,
+    columns: dict[str, str] | None = None,
+) -> list[dict]:
     """Records from a local .jsonl/.json/.parquet file, or a Hugging Face dataset: a hub name or a local directory
     laid out like one (its configuration `config`, its sub-directory `data_dir`).
 
@@ -83,8 +90,10 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
             args, kwargs = _dataset_call(str(path), config, data_dir)
             return _load_dataset_records(*args, columns=columns, split=split, **kwargs)
         except (DataFilesNotFoundError, EmptyDatasetError, FileNotFoundError) as err:
-            raise ValueError(f"data source {path}{f' (data_dir {data_dir})' if data_dir else ''} is a directory with no data "
-                             f"files datasets can read (.jsonl, .json, .parquet, ...): {err}") from None
+            raise ValueError(
+                f"data source {path}{f' (data_dir {data_dir})' if data_dir else ''} is a directory with no data "
+                f"files datasets can read (.jsonl, .json, .parquet, ...): {err}"
+            ) from None
     if data_files_format is None and not is_local_source(source):
         args, kwargs = _dataset_call(source, config, data_dir)
         return _load_dataset_records(*args, columns=columns, split=split, **kwargs)
@@ -99,7 +108,9 @@ def load_records(source: str, *, split: str = "train", data_files_format: str | 
             f"{path}: unknown data file type {path.suffix!r}; use .jsonl, .json or .parquet, or pass data_files_format"
         )
     if split != "train":
-        raise ValueError(f"{path}: a local file has a single split ('train'); split={split!r} only applies to hub datasets")
+        raise ValueError(
+            f"{path}: a local file has a single split ('train'); split={split!r} only applies to hub datasets"
+        )
 
     data_files = str(path.resolve())
     if kind == "parquet":
@@ -139,11 +150,15 @@ def _load_dataset_records(*args: Any, columns: dict[str, str] | None = None, **k
     dataset = datasets.load_dataset(*args, **kwargs)
     if columns:
         if missing := [f"{ours}: {theirs!r}" for ours, theirs in columns.items() if theirs not in dataset.column_names]:
-            raise ValueError(f"data.columns: no such column in the data ({', '.join(missing)}); its columns are "
-                             f"{', '.join(dataset.column_names)}")
+            raise ValueError(
+                f"data.columns: no such column in the data ({', '.join(missing)}); its columns are "
+                f"{', '.join(dataset.column_names)}"
+            )
         # a column already bearing one of the names given to others goes (the mapping says which column is meant)
         shadowed = [ours for ours in columns if ours in dataset.column_names and ours not in columns.values()]
-        dataset = dataset.remove_columns(shadowed).rename_columns({theirs: ours for ours, theirs in columns.items() if theirs != ours})
+        dataset = dataset.remove_columns(shadowed).rename_columns(
+            {theirs: ours for ours, theirs in columns.items() if theirs != ours}
+        )
     return [split_shared_prompt(_drop_nulls(r)) for r in dataset.to_list()]
 
 
@@ -180,7 +195,7 @@ def _explain_json_failure(path: Path) -> str | None:
     else:
         items = whole["data"] if isinstance(whole, dict) and "data" in whole else whole
         if not isinstance(items, list):
-            return f"expected a list of objects or {{\"data\": [...]}}, got a JSON {type(items).__name__}"
+            return f'expected a list of objects or {{"data": [...]}}, got a JSON {type(items).__name__}'
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 return f"item {i} is not a JSON object (got {type(item).__name__})"
@@ -277,8 +292,10 @@ def _dialogue(text: str) -> list[tuple[str, str]] | None:
     if not marks or marks[0].start() != 0:
         return None
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [(roles[m.group(1)], text[m.end() : nxt.start() if nxt else len(text)].strip())
-            for m, nxt in zip(marks, marks[1:] + [None])]
+    return [
+        (roles[m.group(1)], text[m.end() : nxt.start() if nxt else len(text)].strip())
+        for m, nxt in zip(marks, marks[1:] + [None])
+    ]
 
 
 # ---- validation -------------------------------------------------------------------------------

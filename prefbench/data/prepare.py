@@ -61,14 +61,18 @@ def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
             eval_records, _ = transforms.paired_to_unpaired(eval_records, mode=tr.mode, seed=d.split_seed)
             fmt = "unpaired"
         elif tr.name == "drop_fraction":
-            train_records, info = transforms.drop_fraction(train_records, which=tr.which, fraction=tr.fraction, seed=d.split_seed)
+            train_records, info = transforms.drop_fraction(
+                train_records, which=tr.which, fraction=tr.fraction, seed=d.split_seed
+            )
         elif tr.name == "flip_labels":
             train_records, info = transforms.flip_labels(train_records, fraction=tr.fraction, seed=d.split_seed)
         applied.append(info)
     train, tok_train = tokenize_records(train_records, fmt, tokenizer, d)
     held_out, tok_eval = tokenize_records(eval_records, fmt, tokenizer, d)
     if len(train) < recipe.train.batch_size:
-        raise TrainingError(f"data: {len(train)} training examples after preparation, fewer than train.batch_size={recipe.train.batch_size}")
+        raise TrainingError(
+            f"data: {len(train)} training examples after preparation, fewer than train.batch_size={recipe.train.batch_size}"
+        )
     coin = torch.Generator().manual_seed(d.split_seed)
     report = {
         "records": len(records),
@@ -78,4 +82,6 @@ def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
         "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
         "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
     }
-    return Prepared(fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist())
+    return Prepared(
+        fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist()
+    )

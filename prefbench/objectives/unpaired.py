@@ -74,7 +74,9 @@ class KTO(Objective):
         if self.z0 == "batch_mean":
             return h.detach().mean()
         if b.kl_policy is None or (self.needs_reference and b.kl_ref is None):
-            raise ValueError(f"{type(self).__name__} with z0='mismatched' needs kl_policy and kl_ref (mismatched-pair log-probs)")
+            raise ValueError(
+                f"{type(self).__name__} with z0='mismatched' needs kl_policy and kl_ref (mismatched-pair log-probs)"
+            )
         kl = b.kl_policy - b.kl_ref if self.needs_reference else b.kl_policy
         return kl.detach().mean().clamp(min=0)
 

@@ -53,8 +53,21 @@ from prefbench.eval.judge.verdicts import (
 )
 from prefbench.recipe import JudgeSpec
 
-__all__ = ["CHOSEN", "Call", "JudgeBudgetError", "JudgeError", "PairResult", "Template", "VerdictCache", "judge_model",
-           "judge_units", "load_template", "pair_stats", "parse_verdict", "verdict_probs"]
+__all__ = [
+    "CHOSEN",
+    "Call",
+    "JudgeBudgetError",
+    "JudgeError",
+    "PairResult",
+    "Template",
+    "VerdictCache",
+    "judge_model",
+    "judge_units",
+    "load_template",
+    "pair_stats",
+    "parse_verdict",
+    "verdict_probs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +77,15 @@ CHOSEN = "chosen"  # the dataset's chosen responses, as a unit
 Pair = tuple[int, int, str, str, float | None, float | None]
 
 
-def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str = "reference",
-                chosen: list[str] | None = None, rewards: dict[str, list[list[float]]] | None = None,
-                cache_dir: Path | None = None) -> dict:
+def judge_units(
+    spec: JudgeSpec,
+    prompts: list[str],
+    answers: dict[str, list[list[str]]],
+    reference: str = "reference",
+    chosen: list[str] | None = None,
+    rewards: dict[str, list[list[float]]] | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
     """Judge each comparison that spec.against asks for: {"comparisons": {"X vs Y": statistics (verdicts.py)},
     "verdicts": the verdict lines (module docstring), "transport": the faults retried and answers re-asked}.
     Cached parse failures are asked again with spec.retry_failed.
@@ -82,18 +101,30 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
     model = judge_model(spec)
     cache = VerdictCache(Path(cache_dir or models.cache_dir() / "judge") / "verdicts.jsonl")
     plan = _plan(spec, prompts, answers, reference, chosen, rewards)
-    calls = {Call(prompts[i], a, b, template): None for pairs in plan.values() for i, _, ax, ay, _, _ in pairs if ax != ay
-             for a, b in ((ax, ay), (ay, ax))}
+    calls = {
+        Call(prompts[i], a, b, template): None
+        for pairs in plan.values()
+        for i, _, ax, ay, _, _ in pairs
+        if ax != ay
+        for a, b in ((ax, ay), (ay, ax))
+    }
     found = {c: cache.find(c, model, spec.max_tokens) for c in calls}
     failed = [c for c, r in found.items() if r is not None and r["verdict"] is None and r["error"] is None]
     needed = [c for c, r in found.items() if r is None or (spec.retry_failed and c in failed)]
     log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
     if failed and not spec.retry_failed:
-        log.warning("judge %s: %d cached verdicts are parse failures (answers that were no verdict, %d times each); "
-                    "--retry-failed asks them again", model, len(failed), PARSE_ATTEMPTS)
+        log.warning(
+            "judge %s: %d cached verdicts are parse failures (answers that were no verdict, %d times each); "
+            "--retry-failed asks them again",
+            model,
+            len(failed),
+            PARSE_ATTEMPTS,
+        )
     if spec.dry_run:
         return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
-    made, transport = judge_calls(spec, needed, cache) if needed else (set(), {"faults": {}, "retries": 0, "reasked": 0})
+    made, transport = (
+        judge_calls(spec, needed, cache) if needed else (set(), {"faults": {}, "retries": 0, "reasked": 0})
+    )
     out: dict = {"comparisons": {}, "verdicts": [], "transport": transport}
     for (x, y), pairs in plan.items():
         out["comparisons"][f"{x} vs {y}"], lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
@@ -103,7 +134,9 @@ def judge_units(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[lis
 
 def _check(spec: JudgeSpec) -> None:
     if not spec.base_url and not spec.local_model:
-        raise JudgeError("judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)")
+        raise JudgeError(
+            "judge: set base_url (an OpenAI-compatible endpoint) or local_model (served locally by prefbench)"
+        )
     if spec.base_url and not spec.model:
         raise JudgeError(f"judge.model: the judge model's name at {spec.base_url} is required")
     if spec.template and (problems := template_problems(spec.template, "judge.template")):
@@ -127,8 +160,14 @@ def _comparisons(spec: JudgeSpec, units: list[str], reference: str, chosen: bool
     return list(dict.fromkeys(out))
 
 
-def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]]], reference: str,
-          chosen: list[str] | None, rewards: dict[str, list[list[float]]] | None) -> dict[tuple[str, str], list[Pair]]:
+def _plan(
+    spec: JudgeSpec,
+    prompts: list[str],
+    answers: dict[str, list[list[str]]],
+    reference: str,
+    chosen: list[str] | None,
+    rewards: dict[str, list[list[float]]] | None,
+) -> dict[tuple[str, str], list[Pair]]:
     """The pairs of each comparison: sample j of X against sample j of Y, for the first samples_per_prompt of
     the first spec.prompts prompts."""
     k, n = spec.samples_per_prompt, min(len(prompts), spec.prompts or len(prompts))
@@ -140,8 +179,11 @@ def _plan(spec: JudgeSpec, prompts: list[str], answers: dict[str, list[list[str]
         if len(per_prompt) != len(prompts):
             raise ValueError(f"answers[{unit!r}] has {len(per_prompt)} prompts, not {len(prompts)}")
     return {
-        (x, y): [(i, j, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
-                 for i in range(n) for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))]
+        (x, y): [
+            (i, j, ax, ay, rewards[x][i][j] if x in rewards else None, rewards[y][i][j] if y in rewards else None)
+            for i in range(n)
+            for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))
+        ]
         for x, y in _comparisons(spec, list(answers), reference, chosen is not None)
     }
 
@@ -150,24 +192,55 @@ def _dry_run(spec: JudgeSpec, plan: dict[tuple[str, str], list[Pair]], calls: in
     """What judging would ask: the calls not in the cache, their estimated tokens and cost."""
     prompt_tokens, completion_tokens = sum(c.prompt_tokens_estimate() for c in needed), len(needed) * spec.max_tokens
     return {
-        "judge": judge_model(spec), "comparisons": [f"{x} vs {y}" for x, y in plan],
-        "calls": calls, "cached": calls - len(needed), "to_make": len(needed),
-        "prompt_tokens_est": prompt_tokens, "completion_tokens_max": completion_tokens,
+        "judge": judge_model(spec),
+        "comparisons": [f"{x} vs {y}" for x, y in plan],
+        "calls": calls,
+        "cached": calls - len(needed),
+        "to_make": len(needed),
+        "prompt_tokens_est": prompt_tokens,
+        "completion_tokens_max": completion_tokens,
         "cost_usd_est": cost(spec, prompt_tokens, completion_tokens),
-        "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)"}
+        "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)",
+    }
 
 
-def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: set[str], prompts: list[str], x: str, y: str,
-                pairs: list[Pair]) -> tuple[dict, list[dict]]:
+def _comparison(
+    spec: JudgeSpec,
+    template: Template,
+    cache: VerdictCache,
+    made: set[str],
+    prompts: list[str],
+    x: str,
+    y: str,
+    pairs: list[Pair],
+) -> tuple[dict, list[dict]]:
     """One comparison's result (its pairs' statistics; the calls, tokens and cost of its verdicts) and its verdict lines."""
     model, name = judge_model(spec), f"{x} vs {y}"
     records, results, lines = [], [], []
     for i, j, ax, ay, rx, ry in pairs:
-        first, second = (None, None) if ax == ay else (cache.find(Call(prompts[i], ax, ay, template), model, spec.max_tokens),
-                                                       cache.find(Call(prompts[i], ay, ax, template), model, spec.max_tokens))
+        first, second = (
+            (None, None)
+            if ax == ay
+            else (
+                cache.find(Call(prompts[i], ax, ay, template), model, spec.max_tokens),
+                cache.find(Call(prompts[i], ay, ax, template), model, spec.max_tokens),
+            )
+        )
         records += [r for r in (first, second) if r]
-        results.append(PairResult(i, first and first["verdict"], second and second["verdict"], len(ax), len(ay), rx, ry,
-                                  identical=ax == ay, probs_first=first and first["probs"], probs_second=second and second["probs"]))
+        results.append(
+            PairResult(
+                i,
+                first and first["verdict"],
+                second and second["verdict"],
+                len(ax),
+                len(ay),
+                rx,
+                ry,
+                identical=ax == ay,
+                probs_first=first and first["probs"],
+                probs_second=second and second["probs"],
+            )
+        )
         shown = (((x, ax), (y, ay), first), ((y, ay), (x, ax), second))  # X as A, then X as B
         lines += [_line(name, i, j, prompts[i], a, b, record, made) for a, b, record in shown if record]
     stats = pair_stats(results)
@@ -176,27 +249,52 @@ def _comparison(spec: JudgeSpec, template: Template, cache: VerdictCache, made: 
         "calls": len(records),
         "calls_made": sum(r["key"] in made for r in records),
         "calls_cached": sum(r["key"] not in made for r in records),
-        "rejected": sum(r["error"] is not None for r in records),  # 400s after the first call, counted as parse failures
+        "rejected": sum(
+            r["error"] is not None for r in records
+        ),  # 400s after the first call, counted as parse failures
         "mean_verdict_prob": float(np.mean(probs)) if probs else float("nan"),
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "cost_usd": sum(r["cost_usd"] for r in records),
     }
-    result = {"unit": x, "opponent": y, "judge": {
-        "model": model, "template_sha256": template.sha256, "temperature": TEMPERATURE, "max_tokens": spec.max_tokens,
-        "forms": sorted({r["form"] for r in records}), "samples_per_prompt": spec.samples_per_prompt,
-        "prompts": len({i for i, *_ in pairs})}} | stats
+    result = {
+        "unit": x,
+        "opponent": y,
+        "judge": {
+            "model": model,
+            "template_sha256": template.sha256,
+            "temperature": TEMPERATURE,
+            "max_tokens": spec.max_tokens,
+            "forms": sorted({r["form"] for r in records}),
+            "samples_per_prompt": spec.samples_per_prompt,
+            "prompts": len({i for i, *_ in pairs}),
+        },
+    } | stats
     return result, lines
 
 
-def _line(comparison: str, i: int, j: int, prompt: str, a: tuple[str, str], b: tuple[str, str], record: dict,
-          made: set[str]) -> dict:
+def _line(
+    comparison: str, i: int, j: int, prompt: str, a: tuple[str, str], b: tuple[str, str], record: dict, made: set[str]
+) -> dict:
     """One call's verdict line; a, b: (unit, answer) shown as A and as B."""
     (unit_a, answer_a), (unit_b, answer_b) = a, b
-    return {"comparison": comparison, "prompt_index": i, "sample": j, "prompt": prompt,
-            "unit_a": unit_a, "unit_b": unit_b, "answer_a": answer_a, "answer_b": answer_b,
-            "judge": record["model"], "template_sha256": record["template_sha256"], "form": record["form"],
-            "output": record["content"], "verdict": record["verdict"],
-            "winner": {"A": unit_a, "B": unit_b, "tie": "tie"}.get(record["verdict"]),
-            "verdict_probs": record["probs"], "finish_reason": record["finish_reason"], "error": record["error"],
-            "cached": record["key"] not in made}
+    return {
+        "comparison": comparison,
+        "prompt_index": i,
+        "sample": j,
+        "prompt": prompt,
+        "unit_a": unit_a,
+        "unit_b": unit_b,
+        "answer_a": answer_a,
+        "answer_b": answer_b,
+        "judge": record["model"],
+        "template_sha256": record["template_sha256"],
+        "form": record["form"],
+        "output": record["content"],
+        "verdict": record["verdict"],
+        "winner": {"A": unit_a, "B": unit_b, "tie": "tie"}.get(record["verdict"]),
+        "verdict_probs": record["probs"],
+        "finish_reason": record["finish_reason"],
+        "error": record["error"],
+        "cached": record["key"] not in made,
+    }

@@ -39,9 +39,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import openai
@@ -116,8 +116,10 @@ def _api_key(spec: JudgeSpec) -> str:
         return key
     if urlparse(spec.base_url).hostname in LOCAL_HOSTS:
         return LOCAL_KEY
-    raise JudgeError(f"judge: the environment variable {spec.api_key_env or '(judge.api_key_env is empty)'} is not set; "
-                     f"it must hold the API key for {spec.base_url}")
+    raise JudgeError(
+        f"judge: the environment variable {spec.api_key_env or '(judge.api_key_env is empty)'} is not set; "
+        f"it must hold the API key for {spec.base_url}"
+    )
 
 
 @contextlib.contextmanager
@@ -133,20 +135,35 @@ def _endpoint(spec: JudgeSpec) -> Iterator[tuple[str, str]]:
 def judge_calls(spec: JudgeSpec, calls: list[Call], cache: VerdictCache) -> tuple[set[str], dict]:
     """Ask the judge for each call (none of them cached): (the cache keys of the verdicts it gave, the transport
     record: faults by kind, retries, parse re-asks)."""
-    with _endpoint(spec) as (base_url, api_key), \
-            openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s) as client:
+    with (
+        _endpoint(spec) as (base_url, api_key),
+        openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s) as client,
+    ):
         judge = _Judge(spec, client, judge_model(spec), base_url, api_key, cache)
         with tqdm(total=len(calls), desc=f"judge {judge.model}", unit="call") as judge.progress:
             judge.run(calls)
-        return judge.made, {"faults": dict(judge.faults), "retries": sum(judge.faults.values()), "reasked": judge.reasked}
+        return judge.made, {
+            "faults": dict(judge.faults),
+            "retries": sum(judge.faults.values()),
+            "reasked": judge.reasked,
+        }
 
 
 class _Judge:
     """Makes the calls: bounded concurrency, the budget, the request form, transport retries; every verdict goes
     to the cache."""
 
-    def __init__(self, spec: JudgeSpec, client: openai.OpenAI, model: str, base_url: str, api_key: str, cache: VerdictCache):
-        self.spec, self.client, self.model, self.base_url, self.api_key, self.cache = spec, client, model, base_url, api_key, cache
+    def __init__(
+        self, spec: JudgeSpec, client: openai.OpenAI, model: str, base_url: str, api_key: str, cache: VerdictCache
+    ):
+        self.spec, self.client, self.model, self.base_url, self.api_key, self.cache = (
+            spec,
+            client,
+            model,
+            base_url,
+            api_key,
+            cache,
+        )
         self.form: tuple[str, bool] | None = None
         self.lock = threading.Lock()
         self.spent = self.reserved = 0.0
@@ -165,7 +182,8 @@ class _Judge:
             raise JudgeBudgetError(
                 f"judge budget of ${self.spec.budget_usd:.4f} reached: {len(self.made)} of {len(calls)} calls made "
                 f"(${self.spent:.4f} spent); their verdicts are kept in {self.cache.path}. Raise judge.budget_usd "
-                f"and run again to judge the other {len(calls) - len(self.made)}.")
+                f"and run again to judge the other {len(calls) - len(self.made)}."
+            )
 
     def one(self, call: Call, probe: bool = False) -> None:
         try:
@@ -230,8 +248,10 @@ class _Judge:
                 if probe and i + 1 < len(forms):
                     continue
                 if probe:
-                    raise JudgeError(f"the judge endpoint {self.base_url} rejected every request form (structured outputs, "
-                                     f"log-probabilities, plain text) for model {self.model!r}: {self.scrub(err.message)}") from None
+                    raise JudgeError(
+                        f"the judge endpoint {self.base_url} rejected every request form (structured outputs, "
+                        f"log-probabilities, plain text) for model {self.model!r}: {self.scrub(err.message)}"
+                    ) from None
                 return self.record(call, form, error=self.scrub(err.message))
             self.form = (form, logprobs)
             return self.record(call, form, response)
@@ -241,17 +261,28 @@ class _Judge:
         kind, error = "none", None
         for attempt in range(max(0, self.spec.max_retries) + 1):
             try:
-                response = self.client.chat.completions.create(model=self.model, messages=call.messages(form), temperature=TEMPERATURE,
-                                                               max_tokens=self.spec.max_tokens, **request_options(form, logprobs))
-                if not isinstance(response, ChatCompletion) or not response.choices or response.choices[0].message is None:
+                response = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=call.messages(form),
+                    temperature=TEMPERATURE,
+                    max_tokens=self.spec.max_tokens,
+                    **request_options(form, logprobs),
+                )
+                if (
+                    not isinstance(response, ChatCompletion)
+                    or not response.choices
+                    or response.choices[0].message is None
+                ):
                     raise MalformedResponse("a 200 without an answer (not a chat completion, or no choices)")
                 return response
             except (openai.BadRequestError, openai.UnprocessableEntityError):
                 raise
             except openai.APIStatusError as err:
                 if err.status_code not in RETRIED_STATUS and err.status_code < 500:
-                    raise JudgeError(f"the judge endpoint {self.base_url} answered HTTP {err.status_code} for model {self.model!r}: "
-                                     f"{self.scrub(err.message)}") from None
+                    raise JudgeError(
+                        f"the judge endpoint {self.base_url} answered HTTP {err.status_code} for model {self.model!r}: "
+                        f"{self.scrub(err.message)}"
+                    ) from None
                 kind, error, wait = f"http {err.status_code}", err, _retry_after(err.response)
             except openai.APITimeoutError as err:
                 kind, error, wait = "timeout", err, None
@@ -263,9 +294,13 @@ class _Judge:
                 self.faults[kind] += 1
             if attempt == self.spec.max_retries:
                 break
-            time.sleep(wait if wait is not None else min(BACKOFF_S * 2**attempt, BACKOFF_CAP_S) * random.uniform(0.5, 1.0))
-        raise JudgeError(f"the judge endpoint {self.base_url} failed one call {self.spec.max_retries + 1} times ({len(self.made)} calls "
-                         f"done, their verdicts kept in {self.cache.path}); last error: {kind}: {self.scrub(str(error))[:200]}")
+            time.sleep(
+                wait if wait is not None else min(BACKOFF_S * 2**attempt, BACKOFF_CAP_S) * random.uniform(0.5, 1.0)
+            )
+        raise JudgeError(
+            f"the judge endpoint {self.base_url} failed one call {self.spec.max_retries + 1} times ({len(self.made)} calls "
+            f"done, their verdicts kept in {self.cache.path}); last error: {kind}: {self.scrub(str(error))[:200]}"
+        )
 
     def record(self, call: Call, form: str, response=None, error: str | None = None) -> dict:
         content, verdict, probs, finish = None, None, None, None
@@ -279,10 +314,20 @@ class _Judge:
             usage = response.usage
             prompt_tokens = usage.prompt_tokens if usage else call.prompt_tokens_estimate(form)
             completion_tokens = usage.completion_tokens if usage else len(content) // CHARS_PER_TOKEN
-        return {"key": call.key(self.model, form, self.spec.max_tokens), "model": self.model, "template_sha256": call.template.sha256,
-                "form": form, "verdict": verdict, "probs": probs, "content": content, "finish_reason": finish, "error": error,
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "cost_usd": cost(self.spec, prompt_tokens, completion_tokens)}
+        return {
+            "key": call.key(self.model, form, self.spec.max_tokens),
+            "model": self.model,
+            "template_sha256": call.template.sha256,
+            "form": form,
+            "verdict": verdict,
+            "probs": probs,
+            "content": content,
+            "finish_reason": finish,
+            "error": error,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost(self.spec, prompt_tokens, completion_tokens),
+        }
 
     def scrub(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text

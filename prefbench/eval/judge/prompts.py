@@ -78,7 +78,7 @@ class Template:
 
     def messages(self, question: str, a: str, b: str, form: str) -> list[dict]:
         values = {"question": question, "answer_a": a, "answer_b": b, "form": form}
-        roles = ("system", "user")[-len(self.parts):]
+        roles = ("system", "user")[-len(self.parts) :]
         return [{"role": role, "content": part.render(values).strip()} for role, part in zip(roles, self.parts)]
 
 
@@ -102,14 +102,20 @@ def template_problems(path: str, at: str) -> list[str]:
     try:
         parts = [JINJA.parse(part) for part in USER_LINE.split(text, maxsplit=1)]
     except jinja2.TemplateSyntaxError as err:
-        return [f"{at}: a Jinja2 tag spans the {{# user #}} line, which splits the system and user messages: {err.message}"]
+        return [
+            f"{at}: a Jinja2 tag spans the {{# user #}} line, which splits the system and user messages: {err.message}"
+        ]
     used = set().union(*map(meta.find_undeclared_variables, parts)) - set(JINJA.globals)
-    out = [f"{at}: unknown variable {name!r}{did_you_mean(name, VARIABLES)}; known: {', '.join(VARIABLES)}"
-           for name in sorted(used - set(VARIABLES))]
+    out = [
+        f"{at}: unknown variable {name!r}{did_you_mean(name, VARIABLES)}; known: {', '.join(VARIABLES)}"
+        for name in sorted(used - set(VARIABLES))
+    ]
     missing = [name for name in REQUIRED if name not in used]
     if missing:
-        out.append(f"{at}: must use {', '.join(missing)}: the judge has to see the request (question) and both answers "
-                   "(answer_a, answer_b)")
+        out.append(
+            f"{at}: must use {', '.join(missing)}: the judge has to see the request (question) and both answers "
+            "(answer_a, answer_b)"
+        )
     return out
 
 
@@ -117,8 +123,10 @@ def request_options(form: str, logprobs: bool) -> dict:
     """The chat-completion arguments of a request form beyond the messages: log-probabilities, structured output."""
     extra: dict = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if logprobs else {}
     if form == "json":
-        extra["response_format"] = {"type": "json_schema",
-                                    "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
+        extra["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA},
+        }
     return extra
 
 

@@ -132,11 +132,19 @@ def pair_stats(pairs: list[PairResult]) -> dict:
         "losses": losses,
         "unscored": len(pairs) - len(scored),
         "win_rate": estimate(per_prompt),
-        "clopper_pearson": {"rate": wins / len(scored) if scored else float("nan"), "ci": list(binomial_ci(wins, len(scored))),
-                            "wins": wins, "n": len(scored), "counts": "wins / scored pairs; ties count as non-wins",
-                            "assumes": "pairs independent (a prompt's samples are not): an approximation"},
-        "length_adjusted_win_rate": length_adjusted_win_rate(soft, diffs, prompts) | {
-            "length": "characters", "labels": "soft" if any(p.probs_first and p.probs_second for p, _ in scored) else "hard"},
+        "clopper_pearson": {
+            "rate": wins / len(scored) if scored else float("nan"),
+            "ci": list(binomial_ci(wins, len(scored))),
+            "wins": wins,
+            "n": len(scored),
+            "counts": "wins / scored pairs; ties count as non-wins",
+            "assumes": "pairs independent (a prompt's samples are not): an approximation",
+        },
+        "length_adjusted_win_rate": length_adjusted_win_rate(soft, diffs, prompts)
+        | {
+            "length": "characters",
+            "labels": "soft" if any(p.probs_first and p.probs_second for p, _ in scored) else "hard",
+        },
         "diagnostics": _diagnostics(pairs),
     }
     agreement = _reward_agreement(scored)
@@ -162,15 +170,22 @@ def _diagnostics(pairs: list[PairResult]) -> dict:
 
 def _reward_agreement(scored: list[tuple[PairResult, float]]) -> dict | None:
     """The judge against ground-truth rewards, over the scored pairs whose rewards differ; None without any."""
-    rated = [(p, s) for p, s in scored if p.reward_x is not None and p.reward_y is not None and abs(p.reward_x - p.reward_y) > 1e-9]
+    rated = [
+        (p, s)
+        for p, s in scored
+        if p.reward_x is not None and p.reward_y is not None and abs(p.reward_x - p.reward_y) > 1e-9
+    ]
     if not rated:
         return None
     agree = np.array([0.5 if s == 0.5 else float((s == 1) == (p.reward_x > p.reward_y)) for p, s in rated])
     groups = np.array([p.prompt for p, _ in rated])
     return {
         "agreement": estimate([agree[groups == g].mean() for g in np.unique(groups)]),
-        "agree": int((agree == 1).sum()), "tie": int((agree == 0.5).sum()), "disagree": int((agree == 0).sum()),
-        "pairs": len(rated), "counts": "pairs whose rewards differ; a judge tie counts half",
+        "agree": int((agree == 1).sum()),
+        "tie": int((agree == 0.5).sum()),
+        "disagree": int((agree == 0).sum()),
+        "pairs": len(rated),
+        "counts": "pairs whose rewards differ; a judge tie counts half",
     }
 
 
@@ -188,14 +203,20 @@ def distrust(comparison: dict) -> list[str]:
     d, reasons = comparison["diagnostics"], []
     swap, first = d.get("swap_consistency"), d.get("first_position_rate")
     if swap is not None and not math.isnan(swap) and swap < MIN_SWAP_CONSISTENCY:
-        bias = f"; it named the first answer {first:.0%} of the time" if first is not None and not math.isnan(first) else ""
+        bias = (
+            f"; it named the first answer {first:.0%} of the time"
+            if first is not None and not math.isnan(first)
+            else ""
+        )
         reasons.append(f"its verdict survived swapping the answers' places in {swap:.0%} of pairs{bias}")
     if d.get("parse_failure_rate", 0) > MAX_PARSE_FAILURES:
         reasons.append(f"{d['parse_failure_rate']:.0%} of its verdicts could not be read")
     agreement = (comparison.get("reward_agreement") or {}).get("agreement")
     if agreement and agreement["ci"][1] <= 0.5:
-        reasons.append(f"it agreed with the task's reward on {agreement['mean']:.0%} of the pairs the reward separates "
-                       f"(95% CI [{agreement['ci'][0]:.2f}, {agreement['ci'][1]:.2f}]), no better than chance")
+        reasons.append(
+            f"it agreed with the task's reward on {agreement['mean']:.0%} of the pairs the reward separates "
+            f"(95% CI [{agreement['ci'][0]:.2f}, {agreement['ci'][1]:.2f}]), no better than chance"
+        )
     return reasons
 
 

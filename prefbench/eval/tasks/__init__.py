@@ -37,13 +37,19 @@ def task_problems(names: list[str], at: str = "benchmarks.tasks", include_path: 
     if not unknown:
         return []
     known = lm_eval_task_names() | user
-    return [f"{at}[{i}].task: {name!r} is {not_a_task(name, known, include_path)}" for i, name in unknown if name not in known]
+    return [
+        f"{at}[{i}].task: {name!r} is {not_a_task(name, known, include_path)}"
+        for i, name in unknown
+        if name not in known
+    ]
 
 
 def not_a_task(name: str, known, include_path: str = "") -> str:
     user = f", one in include_path {include_path}," if include_path else ""
-    return (f"neither an lm-eval {lm_eval_version()} task, group or tag{user} nor a prefbench offline pack "
-            f"({', '.join(packs.PACKS)}){did_you_mean(name, [*known, *packs.PACKS])}")
+    return (
+        f"neither an lm-eval {lm_eval_version()} task, group or tag{user} nor a prefbench offline pack "
+        f"({', '.join(packs.PACKS)}){did_you_mean(name, [*known, *packs.PACKS])}"
+    )
 
 
 def include_problems(include_path: str, at: str = "benchmarks.include_path") -> list[str]:
@@ -76,8 +82,12 @@ def include_fingerprint(include_path: str) -> str:
         kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
         for pattern in [*_file_names(kwargs.get("data_files")), *_file_names(cfg.get("dataset_path"))]:
             named += [Path(p) for p in glob.glob(str(Path(pattern).expanduser()), recursive=True)]
-    files = {f.resolve() for p in named for f in ([p] if p.is_file() else p.rglob("*"))
-             if f.is_file() and _IGNORE_DIRS.isdisjoint(f.parts)}  # __pycache__ changes with the Python version
+    files = {
+        f.resolve()
+        for p in named
+        for f in ([p] if p.is_file() else p.rglob("*"))
+        if f.is_file() and _IGNORE_DIRS.isdisjoint(f.parts)
+    }  # __pycache__ changes with the Python version
     digest = hashlib.sha256()
     for f in sorted(files):
         name = f.relative_to(root.resolve()).as_posix() if f.is_relative_to(root.resolve()) else str(f)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -43,8 +43,28 @@ PACKS = tuple(SPLITS)
 STANDS_IN_FOR = {"mmlu": "prefbench_mc", "gsm8k": "prefbench_arith", "bbh": "prefbench_bool"}
 
 Doc = dict
-WORDS = ("apple", "river", "garden", "window", "planet", "silver", "yellow", "bridge", "candle", "forest",
-         "pencil", "rocket", "summer", "winter", "button", "island", "marble", "orange", "pocket", "tunnel")
+WORDS = (
+    "apple",
+    "river",
+    "garden",
+    "window",
+    "planet",
+    "silver",
+    "yellow",
+    "bridge",
+    "candle",
+    "forest",
+    "pencil",
+    "rocket",
+    "summer",
+    "winter",
+    "button",
+    "island",
+    "marble",
+    "orange",
+    "pocket",
+    "tunnel",
+)
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Greg", "Hana", "Ivan", "Jo", "Kofi", "Lena")
@@ -93,7 +113,9 @@ def _mc_weekday(rng: random.Random) -> tuple[str, str, str, list[str]]:
 
 
 def _mc_doc(rng: random.Random) -> tuple[str, Doc]:
-    subject, question, right, wrong = rng.choice([_mc_sum, _mc_product, _mc_largest, _mc_letter, _mc_length, _mc_weekday])(rng)
+    subject, question, right, wrong = rng.choice(
+        [_mc_sum, _mc_product, _mc_largest, _mc_letter, _mc_length, _mc_weekday]
+    )(rng)
     choices = [right, *wrong]
     rng.shuffle(choices)
     key = f"{question} {sorted(choices)}"  # "Which ... is the largest?" differs only in its choices
@@ -111,7 +133,10 @@ def _arith_doc(rng: random.Random) -> tuple[str, Doc]:
         c = rng.randint(1, a + b - 1)
         n = a + b - c
         question = f"{name} has {a} {item}. {name} gets {b} more and then gives {c} away. How many {item} does {name} have now?"
-        steps = [f"After getting more, {name} has {a} + {b} = {a + b} {item}.", f"After giving some away, {a + b} - {c} = {n}."]
+        steps = [
+            f"After getting more, {name} has {a} + {b} = {a + b} {item}.",
+            f"After giving some away, {a + b} - {c} = {n}.",
+        ]
     elif kind == 1:
         a, b = rng.randint(3, 15), rng.randint(2, 9)
         n = a * b
@@ -120,7 +145,9 @@ def _arith_doc(rng: random.Random) -> tuple[str, Doc]:
     elif kind == 2:
         a, b, c = rng.randint(5, 30), rng.randint(2, 7), rng.randint(1, 20)
         n = a * b + c
-        question = f"{name} reads {a} pages a day for {b} days, then {c} more pages. How many pages did {name} read in all?"
+        question = (
+            f"{name} reads {a} pages a day for {b} days, then {c} more pages. How many pages did {name} read in all?"
+        )
         steps = [f"In {b} days {name} reads {a} * {b} = {a * b} pages.", f"With the extra pages, {a * b} + {c} = {n}."]
     else:
         n, b = rng.randint(2, 12), rng.randint(2, 8)
@@ -154,7 +181,10 @@ def _bool_doc(rng: random.Random) -> tuple[str, Doc]:
 
 
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, Doc]]] = {
-    "prefbench_mc": _mc_doc, "prefbench_arith": _arith_doc, "prefbench_bool": _bool_doc}
+    "prefbench_mc": _mc_doc,
+    "prefbench_arith": _arith_doc,
+    "prefbench_bool": _bool_doc,
+}
 
 
 def generate(pack: str, seed: int = SEED) -> dict[str, list[Doc]]:
@@ -192,8 +222,12 @@ def materialise(root: Path | None = None) -> Path:
                 (tmp / f"{pack}.{split}.jsonl").write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in docs))
             config = yaml.safe_load((HERE / f"{pack}.yaml").read_text())
             # Arrow caches of these files stay in prefbench's cache, not ~/.cache/huggingface.
-            config.update(task=pack, dataset_path="json", metadata={"version": VERSION},
-                          dataset_kwargs={"data_files": files, "cache_dir": str(target / "hf-datasets")})
+            config.update(
+                task=pack,
+                dataset_path="json",
+                metadata={"version": VERSION},
+                dataset_kwargs={"data_files": files, "cache_dir": str(target / "hf-datasets")},
+            )
             (tmp / f"{pack}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     return publish(target, build)
