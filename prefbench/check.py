@@ -19,7 +19,6 @@ from pathlib import Path
 
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError, did_you_mean
-from prefbench.eval.judge.prompts import template_problems
 from prefbench.eval.rewards import REWARDS, architecture_problem
 from prefbench.eval.tasks import include_problems, task_problems, vllm_distribution
 from prefbench.models import local_problem
@@ -155,7 +154,12 @@ def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: 
 
 def _judge_problems(judge: JudgeSpec, at: str) -> list[str]:
     out = _model_problems(judge.local_model, f"{at}.local_model") if not judge.base_url else []
-    return out + (template_problems(judge.template, f"{at}.template") if judge.template else [])
+    if not judge.template:
+        return out
+    # deferred: the judge package loads the openai client and scipy (3 s); only a recipe with a template pays for it
+    from prefbench.eval.judge.prompts import template_problems
+
+    return out + template_problems(judge.template, f"{at}.template")
 
 
 def _eval_problems(spec: EvalSpec, at: str) -> list[str]:
