@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test quickstart clean
+.PHONY: setup test test-fast lint quickstart clean
 
 # Creates .venv in the repo root and installs everything the project needs.
 setup: $(BIN)/prefbench
@@ -28,8 +28,18 @@ $(BIN)/prefbench: pyproject.toml Makefile
 	$(BIN)/python -c "from prefbench import models; models.resolve(models.EMBEDDED)"
 	touch $@
 
+# Every test: the unit lane and the integration lane (engines, servers, clusters, whole runs). What .ci/run calls.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+
+# The unit lane, the loop to run while coding: no engine, server or cluster starts (a few minutes on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not integration" --durations=15
+
+# Format and lint with ruff (settings in pyproject.toml); the fast lane fails on what this would change.
+lint: setup
+	$(BIN)/ruff format prefbench bench tests
+	$(BIN)/ruff check --fix prefbench bench tests
 
 # The main job on the embedded default (docs/main-job.md).
 quickstart: setup

@@ -276,7 +276,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     measured_peak = matmul_tflops(device)
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else models.resolve(models.EMBEDDED)
+    # the smoke run takes the tiny models' tokenizer (ids within SmolLM2's vocabulary): no embedded model to convert
+    default = models.resolve("tiny:head" if args.smoke else models.EMBEDDED)
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else default
     print(
         f"device: {gpu}; dense bf16 peak {peak} TFLOP/s; 8192^3 bf16 matmul measured {measured_peak and round(measured_peak, 1)} TFLOP/s"
     )

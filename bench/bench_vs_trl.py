@@ -463,7 +463,7 @@ def main() -> None:
     print(
         f"data: {pairs} synthetic conversational pairs (seed {args.seed}); {args.steps} steps x {args.batch_size} pairs; work dir {work}"
     )
-    print(f"memory warm-up: {warm_memory(4.0):.1f} s")
+    print(f"memory warm-up: {warm_memory(0.0 if args.smoke else 4.0):.1f} s")
 
     preps = {c: prepare(c, data, work, args) for c in configs}
     for c, p in preps.items():

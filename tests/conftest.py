@@ -37,6 +37,9 @@ def _start_vllm_server():
     return VLLMServer(models.resolve(models.EMBEDDED), name="smollm2", max_model_len=2048).start()
 
 
+# fixtures that make a test part of the integration lane (pyproject.toml's markers): a real vLLM server, a reward
+# model trained for the session, every objective trained end to end, the embedded SmolLM2 converted from GGUF
+INTEGRATION_FIXTURES = {"vllm_server", "toy_reward_model", "all_objectives_run", "embedded"}
 _SERVER: dict = {}  # this process's running server, under "server"; tests/test_suite_layout.py swaps "start"
 _SERVER_START = {"start": _start_vllm_server}
 
@@ -70,6 +73,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _uses_server(item):
             item.add_marker(pytest.mark.xdist_group("vllm_server"))
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)  # make test-fast leaves them out
 
 
 TOY_RM_TRAIN_PAIRS = 130  # of the embedded task's 182 pairs; the rest stay unseen

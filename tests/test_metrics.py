@@ -99,6 +99,7 @@ def _top(c: Completion, k: int) -> Completion:
     )
 
 
+@pytest.mark.integration
 def test_kl_and_entropy_from_the_engines_log_probs_match_the_exact_values(tmp_path):
     reference = _tiny(0)
     policy = _tiny(1, base=reference, noise=0.4)

@@ -18,6 +18,8 @@ from prefbench.data.load import load_records, train_eval_split
 from prefbench.eval.rewards import RewardModel
 from prefbench.recipe import RewardModelSpec
 
+pytestmark = pytest.mark.integration  # a whole run on the user's own data, with a vLLM server
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "paired_text.jsonl"  # 24 question/answer pairs: the user's own data
 EVAL_FRACTION = 0.25

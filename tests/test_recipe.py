@@ -480,6 +480,7 @@ def test_benchmarks_section_is_validated(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_benchmarks_include_path(tmp_path):
     def benchmark_problems(include_path: Path, task: str = "prefbench_mc", lookups: bool = False) -> list[str]:
         body = base(tmp_path, eval={"benchmarks": {"include_path": str(include_path), "tasks": [{"task": task}]}})
@@ -512,6 +513,7 @@ def test_benchmarks_include_path(tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_check_fails_fast_on_a_judge_typo_and_an_unknown_task_without_loading_a_model(tmp_path):
     body = base(
         tmp_path,
@@ -552,7 +554,7 @@ def test_check_fails_fast_on_a_judge_typo_and_an_unknown_task_without_loading_a_
     assert not (tmp_path / "hf").exists()  # nothing fetched from the hub either
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_task_index_of_check_is_lm_evals_own():
     """tasks.lm_eval_task_names() builds TaskManager's index in half the time; it must name the same tasks.
     (The TaskManager is the one evaluation builds, packs included, cached per process: test_benchmarks builds it too.)"""

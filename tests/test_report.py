@@ -429,6 +429,7 @@ def test_compare_calls_a_kl_drop_a_change_and_says_what_it_could_have_detected(t
     )
 
 
+@pytest.mark.integration
 def test_compare_keeps_its_family_wise_false_alarm_rate(tmp_path):
     """Null simulation: 8 units whose candidate rewards are the baseline's plus symmetric noise (the same
     checkpoints evaluated again), gate at any significant drop (threshold 0). Over 200 simulated comparisons

@@ -180,6 +180,7 @@ def cli(args, env=None, **kw):
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("label", ["dpo", "bco"])
 def test_a_killed_run_resumes_and_ends_with_the_same_metrics(tmp_path, label):
     """SIGKILL after step 3 (checkpoint at step 2): the same command again redoes step 3 onward and
@@ -239,7 +240,7 @@ def torchrun(recipe: Path, label: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 CPU processes on gloo, each taking half of every step's examples, follow the same loss
     trajectory as one process with the same global batch (KTO's per-micro-batch z0 included)."""
@@ -257,7 +258,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert json.loads((tmp_path / "ddp" / "t" / "dpo" / "seed0" / "summary.json").read_text())["world_size"] == 2
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_torchrun_fsdp2_matches_one_process_and_saves_full_checkpoints(tmp_path):
     """FSDP2 (fully_shard per decoder layer) on 2 CPU processes: the same trajectory, and the final
     checkpoint is gathered into one plain Hugging Face directory."""
@@ -304,6 +305,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(p).all() for p in AutoModelForCausalLM.from_pretrained(ckpt).parameters())
 
 
+@pytest.mark.integration
 def test_bad_data_is_reported_by_index_through_the_cli(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = DATA.read_text().splitlines()
@@ -341,7 +343,7 @@ def test_too_long_records_follow_the_truncation_policy(tmp_path):
     assert report["prompts_truncated"] > 0 and report["dropped"] == {}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_embedded_smollm2_trains(tmp_path):
     """Two DPO steps on the real embedded model (SmolLM2-135M-Instruct, its chat template) on CPU."""
     d = recipe_dict(tmp_path, [{"name": "dpo"}], steps=2, batch_size=2, micro_batch_size=2, lr=1e-5)

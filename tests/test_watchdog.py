@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.integration  # kills prefbench processes and their children
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +67,7 @@ def test_children_of_a_killed_process_are_stopped(tmp_path, sig):
     assert _gone(watchdogs, within_s=10), "the watchdog outlived its work"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_vllms_engine_processes_do_not_outlive_a_killed_run(tmp_path):
     """A real `prefbench generate-data` on vLLM, killed with SIGKILL while its engine runs: vLLM's EngineCore and
     worker processes (which vLLM starts, and prefbench cannot give a parent-death signal) are stopped."""
