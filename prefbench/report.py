@@ -24,11 +24,10 @@ from prefbench.cards import write_cards
 from prefbench.errors import PrefbenchError
 from prefbench.eval.judge.verdicts import PairResult, distrust
 from prefbench.eval.prompts import prompt_text
+from prefbench.metric_table import GENERATION, METRICS, PER_PROMPT, Metric, dig
 from prefbench.results import (
-    PER_PROMPT_METRICS,
     Run,
     Unit,
-    dig,
     load_run,
     read_json,
     read_jsonl,
@@ -38,17 +37,6 @@ from prefbench.stats import LEVEL
 
 # ---- tables -------------------------------------------------------------------------------------
 
-# (column, path into eval_generation.json): one checkpoint's estimates, over prompts
-GENERATION_COLUMNS = [
-    ("reward", ("sampled", "reward")),
-    ("reward - ref", ("sampled", "reward_minus_reference")),
-    ("win rate vs ref", ("sampled", "vs_reference", "win_rate")),
-    ("greedy reward", ("greedy", "reward")),
-    ("KL to ref", ("kl",)),
-    ("entropy/token", ("sampled", "entropy_per_token")),
-    ("words", ("sampled", "length_words")),
-]
-
 
 def fmt(est, digits: int = 3) -> str:
     if not isinstance(est, dict) or est.get("mean") is None:
@@ -57,6 +45,15 @@ def fmt(est, digits: int = 3) -> str:
     if lo is None or lo != lo:  # no interval (one prompt) or NaN
         return f"{est['mean']:.{digits}f}"
     return f"{est['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _shown(m: Metric, value) -> str:
+    """A metric's stored value as the unit table shows it (metric_table.Metric.shape)."""
+    if m.shape == "counts":
+        return f"{value['win']}/{value['tie']}/{value['loss']}" if value else "n/a"
+    if m.shape == "number":
+        return f"{value:.{m.digits}f}" if isinstance(value, (int, float)) else "n/a"
+    return fmt(value, m.digits)
 
 
 def _diff(c: dict) -> str:
@@ -70,17 +67,12 @@ def unit_table(run: Run) -> pd.DataFrame:
     rows = []
     has_gen = any(u.generation for u in run.units)
     # a column no unit has (the greedy pass when eval.generation.greedy is false) is left out
-    columns = [c for c in GENERATION_COLUMNS if any(dig(u.generation, c[1]) is not None for u in run.units)]
+    columns = [m for m in GENERATION if any(m.estimate(u.generation) is not None for u in run.units)]
     for u in run.units:
         row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
         if has_gen:
-            for col, path in columns:
-                row[col] = fmt(dig(u.generation, path))
-            wtl = dig(u.generation, ("sampled", "vs_reference"))
-            row["win/tie/loss"] = f"{wtl['win']}/{wtl['tie']}/{wtl['loss']}" if wtl else "n/a"
-            for key in ("distinct_2", "self_similarity", "truncated_share"):
-                value = dig(u.generation, ("sampled", key))
-                row[key.replace("_", " ")] = f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+            for m in columns:
+                row[m.column] = _shown(m, m.estimate(u.generation))
         if run.judge and run.judge.get("comparisons"):
             c = run.judge["comparisons"].get(f"{u.name} vs reference")
             row["judge win rate vs ref"] = fmt(c["win_rate"]) if c else ""
@@ -235,9 +227,6 @@ def judge_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("comparison") if rows else None
 
 
-OBJECTIVE_COLUMNS = {"kl": "KL to ref"}  # a metric's column name where it is not its key with spaces
-
-
 def _unresolved(c: dict) -> str:
     """ "not resolved", with the smallest difference that contrast could have resolved (stats.with_detectable)."""
     d = c.get("detectable")
@@ -245,14 +234,14 @@ def _unresolved(c: dict) -> str:
 
 
 def _column(metric: str) -> str:
-    return OBJECTIVE_COLUMNS.get(metric, metric.replace("_", " "))
+    return METRICS[metric].column if metric in METRICS else metric.replace("_", " ")
 
 
 def _metrics(run: Run) -> list[tuple[str, dict]]:
     """The objective-level metrics in the report's column order (the stored file's keys are sorted); none when
     the run has no objective-level file, or a stale one."""
     stored = (run.objectives or {}).get("metrics") or {}
-    return [(metric, stored[metric]) for metric in PER_PROMPT_METRICS if metric in stored]
+    return [(metric, stored[metric]) for metric in PER_PROMPT if metric in stored]
 
 
 def objective_table(run: Run) -> pd.DataFrame | None:
@@ -561,7 +550,7 @@ def reward_label(gen: list[Unit]) -> str:
 def reward_vs_kl(gen: list[Unit]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     for u in gen:
-        kl, r = u.generation.get("kl", {}), u.generation["sampled"]["reward"]
+        kl, r = METRICS["kl"].estimate(u.generation) or {}, METRICS["reward"].estimate(u.generation)
         if kl.get("mean") is not None:
             _errorbar(ax, kl, r, label=u.name)
     ax.set_xlabel("KL(policy || reference), nats per answer")
@@ -574,7 +563,7 @@ def reward_vs_kl(gen: list[Unit]) -> bytes:
 def reward_delta(trained_gen: list[Unit]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 0.5 + 0.45 * len(trained_gen)))
     for i, u in enumerate(trained_gen):
-        _errorbar(ax, u.generation["sampled"]["reward_minus_reference"], i)
+        _errorbar(ax, METRICS["reward_minus_reference"].estimate(u.generation), i)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(trained_gen)), [u.name for u in trained_gen])
     ax.set_xlabel(f"{reward_label(trained_gen).removeprefix('held-out ')} minus reference's (paired, 95% CI)")
@@ -584,9 +573,8 @@ def reward_delta(trained_gen: list[Unit]) -> bytes:
 def diversity_vs_reward(gen: list[Unit]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     for u in gen:
-        s = u.generation["sampled"]
-        if "distinct_2" in s:
-            ax.scatter(s["distinct_2"], s["reward"]["mean"], label=u.name)
+        if (distinct := METRICS["distinct_2"].estimate(u.generation)) is not None:
+            ax.scatter(distinct, METRICS["reward"].mean(u.generation), label=u.name)
     ax.set_xlabel("distinct-2 of sampled answers")
     ax.set_ylabel(reward_label(gen))
     ax.set_title("diversity vs reward")
@@ -633,7 +621,7 @@ def plots(run: Run) -> dict[str, bytes]:
     trained = [u for u in run.units if u.curves]
     if trained:
         out["training_curves"] = training_curves(trained)
-    gen = [u for u in run.units if dig(u.generation, ("sampled", "reward"))]  # none with eval.reward: none
+    gen = [u for u in run.units if METRICS["reward"].estimate(u.generation)]  # none with eval.reward: none
     trained_gen = [u for u in gen if u.name != "reference"]
     if gen:
         out["reward_vs_kl"] = reward_vs_kl(gen)

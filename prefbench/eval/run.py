@@ -49,10 +49,9 @@ from prefbench.eval.metrics import (
 )
 from prefbench.eval.prompts import load_prompt_records, prompt_text
 from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
+from prefbench.metric_table import METRICS, PER_PROMPT, dig
 from prefbench.recipe import Recipe
 from prefbench.results import (
-    PER_PROMPT_METRICS,
-    dig,
     exclusive,
     jsonable,
     missing_seeds,
@@ -251,15 +250,7 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
             result["per_example"] = {"logp": ref.tolist(), "tokens": counts.tolist()}
         done[u.name] = {"settings": settings, "unit": u.name, **result}
         write_json(u.out / "eval_preference.json", done[u.name])
-        log_evaluation(
-            recipe,
-            u.name,
-            u.out,
-            {
-                "preference_accuracy": dig(result, ("accuracy", "mean")),
-                "preference_margin": dig(result, ("margin", "mean")),
-            },
-        )
+        log_evaluation(recipe, u.name, u.out, _tracked(result, "preference"))
     return {name: done[name] for name in units if name in done}
 
 
@@ -390,20 +381,13 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
         }
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
-        s = metrics[passes[-1].name]  # the sampled pass (the greedy one comes first where there is one)
-        log_evaluation(
-            recipe,
-            u.name,
-            u.out,
-            {
-                "reward": dig(s, ("reward", "mean")),
-                "reward_minus_reference": dig(s, ("reward_minus_reference", "mean")),
-                "kl": dig(metrics, ("kl", "mean")),
-                "entropy_per_token": dig(s, ("entropy_per_token", "mean")),
-                "length_words": dig(s, ("length_words", "mean")),
-            },
-        )
+        log_evaluation(recipe, u.name, u.out, _tracked(done[u.name], "generation"))
     return {name: done[name] for name in units if name in done}
+
+
+def _tracked(result: dict, file: str) -> dict[str, float | None]:
+    """A unit's numbers for the trackers: the mean of each metric of the table kept in `file` that it tracks."""
+    return {m.track: m.mean(result) for m in METRICS.values() if m.track and m.file == file}
 
 
 def write_answers(path: Path, prompts: list, gens: dict, scores: dict[str, np.ndarray] | None) -> None:
@@ -503,7 +487,7 @@ def _generations(recipe: Recipe) -> tuple[dict | None, dict[str, list[dict | Non
 
 
 def objectives(recipe: Recipe) -> dict:
-    """Each metric of results.PER_PROMPT_METRICS at objective level, over seeds and prompts (stats.objective_level; with one
+    """Each metric of metric_table.PER_PROMPT at objective level, over seeds and prompts (stats.objective_level; with one
     seed, that training run only): each objective's estimate, its difference from the reference, every pair of
     objectives contrasted, the leader and whether it is best. An objective not evaluated with every seed is left
     out and named with its missing seeds ("missing"), and then no leader is named: the best of the rest need not
@@ -512,15 +496,15 @@ def objectives(recipe: Recipe) -> dict:
     reference, gens = _generations(recipe)
     # the generation settings it was computed from: a report reading it beside re-evaluated units sees it is stale
     out: dict = {"seeds": list(recipe.seeds), "settings": reference and reference.get("settings"), "metrics": {}}
-    tables = {metric: objective_tables(gens, path) for metric, (path, _) in PER_PROMPT_METRICS.items()}
-    for metric, (path, higher) in PER_PROMPT_METRICS.items():
-        if not tables[metric]:
+    tables = {name: objective_tables(gens, m) for name, m in PER_PROMPT.items()}
+    for name, m in PER_PROMPT.items():
+        if not tables[name]:
             continue  # e.g. no greedy pass
-        ref = dig(reference, path)
-        entry = out["metrics"][metric] = stats.objective_level(
-            tables[metric], None if ref is None else np.asarray(ref, dtype=float), higher
+        ref = m.values(reference)
+        entry = out["metrics"][name] = stats.objective_level(
+            tables[name], None if ref is None else np.asarray(ref, dtype=float), m.higher
         )
-        if missing := missing_seeds(gens, [label for label in gens if label not in tables[metric]], path, recipe.seeds):
+        if missing := missing_seeds(gens, [label for label in gens if label not in tables[name]], m, recipe.seeds):
             entry["missing"] = missing  # left out of the grid: the best of the rest is not the best of the recipe
             if "best" in entry:
                 entry["leader"], entry["best"] = None, None
@@ -585,10 +569,10 @@ def claims(recipe: Recipe) -> list[dict]:
     grids: dict[str, dict] = {}
     rows = []
     for claim in recipe.claims:
-        path = PER_PROMPT_METRICS[claim.metric][0]
+        m = PER_PROMPT[claim.metric]
         if claim.metric not in grids:
-            ref = dig(reference, path)
-            tables = objective_tables(gens, path)
+            ref = m.values(reference)
+            tables = objective_tables(gens, m)
             grids[claim.metric] = (
                 stats.objective_level(tables, None if ref is None else np.asarray(ref, dtype=float), True)
                 if tables
@@ -598,8 +582,8 @@ def claims(recipe: Recipe) -> list[dict]:
         per_seed = []
         for seed, gen in zip(recipe.seeds, gens[claim.better]):
             worse = reference if claim.worse == "reference" else gens[claim.worse][recipe.seeds.index(seed)]
-            if dig(gen, path) is not None and dig(worse, path) is not None:
-                per_seed.append({"seed": seed, **stats.paired_difference(dig(gen, path), dig(worse, path))})
+            if m.values(gen) is not None and m.values(worse) is not None:
+                per_seed.append({"seed": seed, **stats.paired_difference(m.values(gen), m.values(worse))})
         row = {
             "claim": claim.text,
             "better": claim.better,
@@ -614,7 +598,7 @@ def claims(recipe: Recipe) -> list[dict]:
                 or {
                     "n_seeds": 0,
                     "missing": missing_seeds(
-                        gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), path, recipe.seeds
+                        gens, [claim.better] + ([] if claim.worse == "reference" else [claim.worse]), m, recipe.seeds
                     ),
                 }
             )
