@@ -339,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
         "--stage",
         action="append",
         metavar="STAGE",
-        help="run only this stage (repeatable; benchmarks, preference, generation, judge, objectives, claims); default: every stage the recipe asks for",
+        help="run only this stage (repeatable; prefbench.eval.stages.STAGES names them); default: every stage the recipe asks for",
     )
     for c in (run, evaluate):
         c.add_argument(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefbench.errors import PrefbenchError
-from prefbench.eval.run import UNIT_STAGES, finished_units, stages
+from prefbench.eval.run import finished_units, stages
 from prefbench.results import objective_dir, run_dir
 
 
@@ -122,7 +122,7 @@ def done_tasks(recipe) -> set[str]:
 
 
 def _has_unit_stages(recipe) -> bool:
-    return any(s in UNIT_STAGES for s in stages(recipe))
+    return any(stage.per_unit for stage in stages(recipe))
 
 
 def launch(waves: list[list[Task]], executor) -> None:

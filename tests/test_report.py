@@ -481,7 +481,7 @@ def test_claims_are_tested_at_evaluation_and_stated_with_their_paired_interval(t
     """One seed: each claim's paired difference on the same prompts (the prompt bootstrap, for this training run
     only), Holm across the recipe's three claims, the verdict in words."""
     from prefbench.check import parse_recipe
-    from prefbench.eval.run import claims
+    from prefbench.eval.stages.claims import claims
     from prefbench.report import claims_table
     from prefbench.stats import holm
 
@@ -531,7 +531,7 @@ def test_claims_across_seeds_carry_seed_variance(tmp_path):
     """Three seeds: the claim's difference is over seeds and prompts (stats.across_seeds on the seeds x prompts
     table of paired differences); a difference that one seed shows and the others do not is not resolved."""
     from prefbench.check import parse_recipe
-    from prefbench.eval.run import claims
+    from prefbench.eval.stages.claims import claims
     from prefbench.stats import across_seeds
 
     root = make_run(tmp_path / "fixture", {"dpo": BETTER, "kto": SAME}, REF)
@@ -657,7 +657,7 @@ def test_objectives_are_compared_at_objective_level_at_evaluation_and_only_forma
     """Three seeds of dpo (clearly ahead of kto on each) and kto: each objective's estimate, its difference from the
     reference and the pair, all from stats.objective_level on the [seeds, prompts] tables; dpo is bold only because
     its contrast holds after Holm, and the words say so."""
-    from prefbench.eval.run import objectives
+    from prefbench.eval.stages.objectives import objectives
     from prefbench.report import contrast_table, objective_table, objectives_in_words
     from prefbench.stats import objective_level
 
@@ -915,7 +915,7 @@ def test_a_beta_sweep_gets_its_frontier_and_a_comparison_at_matched_kl(tmp_path)
     objective name), pools each sweep's runs under its name, compares the two at matched KL (stats.matched_kl on the
     runs' means), and the report draws every run and tabulates the comparison."""
     from prefbench.check import parse_recipe
-    from prefbench.eval.run import objectives, strength_sweeps
+    from prefbench.eval.stages.objectives import objectives, strength_sweeps
     from prefbench.report import matched_kl_table, objectives_in_words
     from prefbench.stats import matched_kl
 
@@ -1120,7 +1120,8 @@ def test_a_missing_seed_is_named_and_no_leader_is_declared(tmp_path):
     named with its seed, no leader is declared (the best of the rest need not be the recipe's), and a claim on kto
     is "not evaluated" with the missing seed."""
     from prefbench.check import parse_recipe
-    from prefbench.eval.run import claims, objectives
+    from prefbench.eval.stages.claims import claims
+    from prefbench.eval.stages.objectives import objectives
     from prefbench.report import claims_table, objectives_in_words
 
     rng = np.random.default_rng(4)
@@ -1158,7 +1159,7 @@ def test_a_missing_seed_is_named_and_no_leader_is_declared(tmp_path):
 
 
 def test_two_seeds_are_warned_at_check_and_in_the_report(tmp_path, capsys):
-    from prefbench.eval.run import objectives
+    from prefbench.eval.stages.objectives import objectives
     from prefbench.report import objectives_in_words
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "kto_vs_dpo.yaml"
@@ -1198,7 +1199,7 @@ def test_the_report_says_when_seed_spreads_are_unlike_and_which_objective_is_uns
     """Four objectives x 3 seeds, one (cdpo) whose training runs move 30x as far: the stored error term is not pooled as
     alike (fewer degrees of freedom than (k - 1)(S - 1) = 6), and the words name that objective and the ratio of
     its run means' sd to the median objective's."""
-    from prefbench.eval.run import objectives
+    from prefbench.eval.stages.objectives import objectives
     from prefbench.report import objectives_in_words
 
     rng = np.random.default_rng(8)
@@ -1217,8 +1218,8 @@ def test_the_stored_imbalance_run_renders_its_claims_with_the_grid_statistics():
     """results/imbalance (recipes/imbalance.yaml, 3 seeds, stored without weights): its stored claims are the grid's
     contrasts recomputed from its per-prompt tables, Holm across the two claims, each not resolved with what it
     could resolve."""
-    from prefbench.report import claims_table
     from prefbench.metric_table import METRICS
+    from prefbench.report import claims_table
     from prefbench.results import objective_tables, run_gens
     from prefbench.stats import holm, objective_level
 
