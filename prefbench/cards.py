@@ -13,12 +13,12 @@ import pandas as pd
 
 from prefbench import models
 from prefbench.objectives import OBJECTIVES
-from prefbench.results import Run, Unit, atomic
+from prefbench.results import Run, UnitResults, atomic
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md.jinja"
 
 
-def render_card(run: Run, unit: Unit, table: pd.DataFrame) -> str:
+def render_card(run: Run, unit: UnitResults, table: pd.DataFrame) -> str:
     """The card of one trained unit; `table` is the report's unit table (report.unit_table)."""
     recipe, manifest = run.manifest["recipe"], run.manifest
     rows = table.loc[[u for u in ("reference", unit.name) if u in table.index]] if unit.generation else None

@@ -52,7 +52,7 @@ import numpy as np
 from prefbench import stats
 from prefbench.errors import PrefbenchError
 from prefbench.metric_table import PER_PROMPT, Metric
-from prefbench.results import Run, Unit, load_run
+from prefbench.results import Run, UnitId, UnitResults, load_run
 
 # the metrics compared: metric_table.PER_PROMPT, each with its default threshold and tolerance (higher None: KL
 # moves, it does not improve; a lower KL is a change to read with the reward, never a win by itself, and under a
@@ -194,8 +194,8 @@ def null_test(null: str, values, n_boot: int = stats.N_BOOT) -> dict:
 def _groups(base: Run, cand: Run, against: str | None):
     """(candidate label, baseline label, {seed: candidate unit}, {seed: baseline unit}) per candidate objective."""
 
-    def by_label(run: Run) -> dict[str, dict[int, Unit]]:
-        out: dict[str, dict[int, Unit]] = {}
+    def by_label(run: Run) -> dict[str, dict[int, UnitResults]]:
+        out: dict[str, dict[int, UnitResults]] = {}
         for u in run.units:
             if u.name != "reference" and u.generation:
                 out.setdefault(u.label, {})[u.seed] = u
@@ -207,7 +207,7 @@ def _groups(base: Run, cand: Run, against: str | None):
             yield label, against or label, units, base_units
 
 
-def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, Unit]):
+def _tests(label: str, base_label: str, cand: dict[int, UnitResults], base: dict[int, UnitResults]):
     """(unit, baseline unit, metric, null, values) per test. The null is chosen from what the runs hold:
 
     regeneration       every unit the same checkpoint on both sides (equal weight hashes) evaluated again: per seed,
@@ -228,7 +228,7 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
             continue
         if identical and identical >= set(c_vals) | set(b_vals):  # every unit the same weights: evaluated again
             for s in sorted(identical):
-                yield f"{label}/seed{s}", f"{base_label}/seed{s}", metric, "regeneration", (c_vals[s], b_vals[s])
+                yield str(UnitId(label, s)), str(UnitId(base_label, s)), metric, "regeneration", (c_vals[s], b_vals[s])
             continue
         # retrained: seeds whose weights are the same on both sides say nothing of run-to-run variation
         c_new = {s: v for s, v in c_vals.items() if s not in identical}
@@ -253,7 +253,7 @@ def _tests(label: str, base_label: str, cand: dict[int, Unit], base: dict[int, U
         else:  # one seed a side: seed by seed, flagged (unless that seed's weights are the same: evaluated again)
             for cs, bs in [(s, s) for s in sorted(set(c_vals) & set(b_vals))] or [(min(c_vals), min(b_vals))]:
                 null = "regeneration" if cs == bs and cs in identical else "one seed"
-                yield f"{label}/seed{cs}", f"{base_label}/seed{bs}", metric, null, (c_vals[cs], b_vals[bs])
+                yield str(UnitId(label, cs)), str(UnitId(base_label, bs)), metric, null, (c_vals[cs], b_vals[bs])
 
 
 def _means(values) -> tuple[float, float]:

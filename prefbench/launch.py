@@ -36,7 +36,7 @@ from pathlib import Path
 
 from prefbench.errors import PrefbenchError
 from prefbench.eval.run import finished_units, stages
-from prefbench.results import objective_dir, run_dir
+from prefbench.results import objective_dir, run_dir, unit_ids
 
 
 class LaunchError(PrefbenchError, RuntimeError):
@@ -83,15 +83,15 @@ def plan(
         )
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
-    units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
+    units = unit_ids(recipe)
     waves = [
         [task("prepare", ["prepare"], distributed=True)],
         [
-            task(f"train {label}/seed{seed}", ["train", "--objective", label, "--seed", str(seed)], distributed=True)
-            for label, seed in units
+            task(f"train {uid}", ["train", "--objective", uid.label, "--seed", str(uid.seed)], distributed=True)
+            for uid in units
         ]
         + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
-        [task(f"evaluate {label}/seed{seed}", ["evaluate", "--unit", f"{label}/seed{seed}"]) for label, seed in units]
+        [task(f"evaluate {uid}", ["evaluate", "--unit", str(uid)]) for uid in units]
         if _has_unit_stages(recipe)
         else [],
         [task("finish", ["run"])],
@@ -105,19 +105,12 @@ def done_tasks(recipe) -> set[str]:
     unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
     reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
     (eval.run.finished_units: the stages' own checks). The final step always runs."""
-    units = [(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
-    done = {
-        f"train {label}/seed{seed}"
-        for label, seed in units
-        if (objective_dir(recipe, label, seed) / "summary.json").is_file()
-    }
+    units = unit_ids(recipe)
+    done = {f"train {uid}" for uid in units if (objective_dir(recipe, uid.label, uid.seed) / "summary.json").is_file()}
     if len(done) == len(units):
         done.add("prepare")
     if _has_unit_stages(recipe):
-        done |= {
-            f"evaluate {u}"
-            for u in finished_units(recipe, ["reference", *(f"{label}/seed{seed}" for label, seed in units)])
-        }
+        done |= {f"evaluate {u}" for u in finished_units(recipe, ["reference", *map(str, units)])}
     return done
 
 

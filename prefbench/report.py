@@ -27,7 +27,7 @@ from prefbench.eval.prompts import prompt_text
 from prefbench.metric_table import GENERATION, METRICS, PER_PROMPT, Metric, dig
 from prefbench.results import (
     Run,
-    Unit,
+    UnitResults,
     load_run,
     read_json,
     read_jsonl,
@@ -508,7 +508,7 @@ def _errorbar(ax, x: dict, y: dict | float, **kw) -> None:
         ax.errorbar(x["mean"], y, xerr=xerr, fmt="o", capsize=3, **kw)
 
 
-def training_curves(trained: list[Unit]) -> bytes:
+def training_curves(trained: list[UnitResults]) -> bytes:
     """One panel per quantity, every unit in each, each panel with its own legend. Losses are on different scales
     (IPO's squared loss starts near 1/(2 beta)^2, DPO's at log 2), so each unit's loss is shown relative to its
     first step's; chosen (solid) and rejected (dashed) log-probs are labelled as such."""
@@ -541,13 +541,13 @@ def training_curves(trained: list[Unit]) -> bytes:
     return _png(fig)
 
 
-def reward_label(gen: list[Unit]) -> str:
+def reward_label(gen: list[UnitResults]) -> str:
     """The reward axis's name: the embedded task's reward, or the reward the recipe named."""
     name = gen[0].generation["settings"]["reward"]
     return "held-out task reward" if name == "instructions" else f"held-out reward ({name})"
 
 
-def reward_vs_kl(gen: list[Unit]) -> bytes:
+def reward_vs_kl(gen: list[UnitResults]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     for u in gen:
         kl, r = METRICS["kl"].estimate(u.generation) or {}, METRICS["reward"].estimate(u.generation)
@@ -560,7 +560,7 @@ def reward_vs_kl(gen: list[Unit]) -> bytes:
     return _png(fig)
 
 
-def reward_delta(trained_gen: list[Unit]) -> bytes:
+def reward_delta(trained_gen: list[UnitResults]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 0.5 + 0.45 * len(trained_gen)))
     for i, u in enumerate(trained_gen):
         _errorbar(ax, METRICS["reward_minus_reference"].estimate(u.generation), i)
@@ -570,7 +570,7 @@ def reward_delta(trained_gen: list[Unit]) -> bytes:
     return _png(fig)
 
 
-def diversity_vs_reward(gen: list[Unit]) -> bytes:
+def diversity_vs_reward(gen: list[UnitResults]) -> bytes:
     fig, ax = _pyplot().subplots(figsize=(5.5, 4))
     for u in gen:
         if (distinct := METRICS["distinct_2"].estimate(u.generation)) is not None:

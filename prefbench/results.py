@@ -259,8 +259,25 @@ def run_dir(recipe) -> Path:
     return Path(recipe.output_dir) / recipe.name
 
 
+@dataclass(frozen=True)
+class UnitId:
+    """A trained unit: one objective label and one seed, written "label/seedN" (also its directory under the run,
+    its name in every results file, report and command); the recipe's model is the unit "reference"."""
+
+    label: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.label}/seed{self.seed}"
+
+
+def unit_ids(recipe) -> list[UnitId]:
+    """Every trained unit of a recipe, objectives in the recipe's order, each with every seed."""
+    return [UnitId(spec.label, seed) for spec in recipe.objectives for seed in recipe.seeds]
+
+
 def objective_dir(recipe, label: str, seed: int) -> Path:
-    return run_dir(recipe) / label / f"seed{seed}"
+    return run_dir(recipe) / str(UnitId(label, seed))
 
 
 # ---- the run model ---------------------------------------------------------------------------------
@@ -271,8 +288,10 @@ class ResultsError(PrefbenchError, ValueError):
 
 
 @dataclass
-class Unit:
-    name: str  # "dpo/seed0" or "reference"
+class UnitResults:
+    """What a run directory holds of one unit, as written."""
+
+    name: str  # "dpo/seed0" (a UnitId) or "reference"
     label: str
     seed: int | None
     objective: str
@@ -288,7 +307,7 @@ class Unit:
 class Run:
     root: Path
     manifest: dict
-    units: list[Unit]  # reference first
+    units: list[UnitResults]  # reference first
     judge: dict | None = None  # eval_judge.json
     claims: list[dict] | None = None  # eval_claims.json
     objectives: dict | None = None  # eval_objectives.json: objective-level estimates and contrasts
@@ -310,7 +329,7 @@ def load_run(root: str | Path) -> Run:
         raise ResultsError(f"{root}: not a run directory (no manifest.json)")
     manifest = read_json(root / "manifest.json")
     units = [
-        Unit(
+        UnitResults(
             "reference",
             "reference",
             None,
@@ -322,13 +341,14 @@ def load_run(root: str | Path) -> Run:
     ]
     for entry in manifest["recipe"]["objectives"]:
         for seed in manifest["recipe"]["seeds"]:
-            d = root / entry["label"] / f"seed{seed}"
+            uid = UnitId(entry["label"], seed)
+            d = root / str(uid)
             if not (d / "summary.json").is_file():
                 continue  # not trained (yet): reports show what exists
             summary = read_json(d / "summary.json")
             units.append(
-                Unit(
-                    f"{entry['label']}/seed{seed}",
+                UnitResults(
+                    str(uid),
                     entry["label"],
                     seed,
                     summary["objective"],
@@ -397,6 +417,6 @@ def run_gens(run: Run) -> dict[str, list[dict | None]]:
     objective_tables reads, from a loaded run."""
     by_name = {u.name: u.generation for u in run.units}
     return {
-        spec["label"]: [by_name.get(f"{spec['label']}/seed{seed}") for seed in run.manifest["recipe"]["seeds"]]
+        spec["label"]: [by_name.get(str(UnitId(spec["label"], seed))) for seed in run.manifest["recipe"]["seeds"]]
         for spec in run.manifest["recipe"]["objectives"]
     }

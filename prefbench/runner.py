@@ -15,8 +15,10 @@ from filelock import FileLock  # a dependency of huggingface_hub
 
 from prefbench import kernels, models
 from prefbench.data.prepare import Prepared, prepare_data
+from prefbench.device import autocast_for, init_distributed
 from prefbench.errors import TrainingError
 from prefbench.recipe import Recipe
+from prefbench.reference import RefLogps, ref_cache_path, reference_keys
 from prefbench.results import (
     SCHEMA_VERSION,
     git_commit,
@@ -28,15 +30,7 @@ from prefbench.results import (
     versions,
     write_json,
 )
-from prefbench.train import (
-    RefLogps,
-    autocast_for,
-    check_budget_and_fsdp,
-    init_distributed,
-    ref_cache_path,
-    reference_keys,
-    train_one,
-)
+from prefbench.train import check_budget_and_fsdp, train_one
 
 
 def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
@@ -60,7 +54,7 @@ def prepare(
     recipe: Recipe, labels: list[str] | None = None, seeds: list[int] | None = None
 ) -> tuple[Prepared, RefLogps]:
     """The tokenized data and the reference log-probs every (objective, seed) unit asked for will read, computed
-    where missing (under torchrun, each rank its share: train.RefLogps.ensure); the manifest written if the run
+    where missing (under torchrun, each rank its share: reference.RefLogps.ensure); the manifest written if the run
     has none. The reference pass's time goes to <run>/reference/timings.jsonl."""
     started = time.time()
     # Build or convert the model before the process group exists: under torchrun, transformers'

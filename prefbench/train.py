@@ -1,7 +1,9 @@
 """prefbench's trainer: one loop, read top to bottom.
 
-    RefLogps        reference log-probs, computed once and cached on disk, shared by every objective
     train_one       one objective, one seed: set_up, restore, train_loop, save_final
+
+The reference log-probs every objective reads are prefbench.reference (computed once, before training); the
+device, torchrun's process group and the FSDP2/DDP wrap are prefbench.device.
 
 The data trained on is prefbench.data.prepare (once per run); which examples a step sees, and the rows
 and tensors they become, is prefbench.data.batches.
@@ -13,12 +15,9 @@ step's examples, and losses are scaled so the averaged gradient equals the singl
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import time
@@ -29,30 +28,25 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import transformers
-from filelock import FileLock
 from tqdm.auto import tqdm
 
-from prefbench import kernels, models
+from prefbench import models
 from prefbench.data.batches import (
-    Key,
     MicroBatch,
     collate,
     loss_count,
     micro_batches,
-    prompt_totals,
     real_tokens,
     schedule,
     to_device,
 )
 from prefbench.data.prepare import Prepared
-from prefbench.data.tokenize import Example
+from prefbench.device import autocast_for, distribute, init_distributed, peak_memory_mb, ready
 from prefbench.errors import TrainingError
 from prefbench.logprobs import (
     SequenceLogps,
     attention_kernels,
     causal_lm,
-    layout,
-    planned_layout,
 )
 from prefbench.objectives import (
     OBJECTIVES,
@@ -61,10 +55,12 @@ from prefbench.objectives import (
     UnpairedLogps,
     build,
 )
-from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
+from prefbench.recipe import ObjectiveSpec, Recipe
+from prefbench.reference import RefLogps
 from prefbench.results import (
     AppendLog,
     BusyError,
+    UnitId,
     atomic,
     exclusive,
     objective_dir,
@@ -74,174 +70,6 @@ from prefbench.results import (
     write_json,
 )
 from prefbench.tracking import Trackers
-
-# ---- reference log-probs ------------------------------------------------------------------------
-
-
-class RefLogps:
-    """Reference log-probs per sequence key, cached on disk per (model, tokenized data).
-
-    Every objective and seed of a run reads the same cache; a new objective pays only for keys it
-    adds (KTO's mismatched pairs)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
-
-    def ensure(
-        self,
-        keys: set[Key],
-        spec: str,
-        examples: list[Example],
-        pad_id: int,
-        batch_rows: int,
-        device,
-        autocast,
-        train: TrainSpec,
-    ) -> tuple[float, int]:
-        """Compute missing keys with the reference model, in the layout training uses (logprobs.layout of
-        train.share_prompts and train.padding_free); returns (seconds spent, rows computed). Every process of a
-        torchrun group calls it: each computes a contiguous share of the missing rows (whole prompts, so a prompt's
-        rows keep their layout), the shares are gathered on every rank, and rank 0 writes the cache."""
-        missing = keys - self.values.keys()
-        totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
-        missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
-        if not missing:
-            return 0.0, 0
-        start = time.perf_counter()
-        mine = _share(missing, examples)
-        lm, _ = models.load(spec)
-        lm = lm.to(device).eval()
-        rows_layout = ready(lm, train, device)
-        model = SequenceLogps(lm)
-        chunks = [mine[i : i + batch_rows] for i in range(0, len(mine), batch_rows)]
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if world > 1 and train.fsdp:  # a model that only fits sharded: FSDP2 as in training, each rank on its share
-            model = _distribute(model, lm, True, world, device)
-            # every rank runs as many forwards (their all-gathers are collectives); the extra ones repeat a chunk
-            count = torch.tensor(len(chunks), device=device)
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
-            chunks += [chunks[-1] if chunks else missing[:1]] * (int(count) - len(chunks))
-        computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
-        with (
-            torch.no_grad(),
-            tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=_rank() != 0) as bar,
-        ):
-            for chunk in chunks:
-                with autocast:
-                    sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
-                computed.append(sums.double())
-                bar.update(len(chunk))
-        pieces = list(zip(mine, torch.cat(computed).tolist() if computed else []))  # zip drops the repeated chunks
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, pieces)
-            pieces = [(tuple(k), v) for share in gathered for k, v in share]
-        self.values.update(pieces)
-        del model, lm
-        if _rank() == 0:
-            with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
-                if self.path.exists():
-                    self.values = {**torch.load(self.path, weights_only=True), **self.values}
-                with atomic(self.path) as tmp:
-                    torch.save(self.values, tmp)
-        return time.perf_counter() - start, len(missing)
-
-    def tensor(self, keys: list[Key]) -> torch.Tensor:
-        return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
-
-
-def _share(rows: list[Key], examples: list[Example]) -> list[Key]:
-    """This process's contiguous share of `rows` (in order) under torchrun, cut only between prompts; all of them
-    in a single process."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if world == 1:
-        return rows
-    starts = [i for i in range(len(rows)) if i == 0 or examples[rows[i][0]].prompt != examples[rows[i - 1][0]].prompt]
-
-    def cut(r: int) -> int:  # where rank r's share begins: at the start of prompt number len(starts) * r // world
-        return starts[len(starts) * r // world] if r < world else len(rows)
-
-    return rows[cut(dist.get_rank()) : cut(dist.get_rank() + 1)]
-
-
-def ready(lm: torch.nn.Module, train: TrainSpec, device) -> str:
-    """Set `lm` up for train's layout and kernels, in that order (packed rows switch its attention to flex, and
-    compiled layers must see the attention they will run); returns the layout (logprobs.layout)."""
-    rows_layout = layout(lm, train.share_prompts, train.padding_free, device)
-    kernels.apply(lm, train.kernels, device)
-    return rows_layout
-
-
-def reference_keys(
-    recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu"
-) -> set[Key]:
-    """Every row whose reference log-prob training will read. A token budget cuts a step by the tokens of the
-    layout training runs in, and KTO's mismatched pairs depend on the cut: the keys of the planned layout and of
-    plain rows (where the model's attention takes no custom mask) are both included."""
-    t = recipe.train
-    layouts = (
-        {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
-    )
-    keys: set[Key] = set()
-    lengths = [ex.length() for ex in prepared.train]
-    for spec in objectives:
-        objective = build(spec.name, **spec.hyperparameters)
-        if not objective.needs_reference:
-            continue
-        for seed in seeds:
-            for step in schedule(
-                lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches
-            ):
-                for rank in range(world):
-                    for mb in (
-                        mb
-                        for rows_layout in layouts
-                        for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)
-                    ):
-                        keys.update(mb.rows)
-                        keys.update(mb.kl_rows or ())
-    return keys
-
-
-def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> Path:
-    """Keyed by everything that changes reference log-probs: the model (config, and each weight
-    file's name, size and mtime), the exact token ids, and the precision actually used."""
-    path = models.resolve(recipe.model.name)
-    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors"))
-    precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
-    # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
-    t = recipe.train
-    rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(
-        planned_layout(t.share_prompts, t.padding_free, device), "packed"
-    )
-    identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
-    if (
-        kind := kernels.chosen(t.kernels, device)
-    ) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
-        identity.append(kind)
-    identity = json.dumps(identity, sort_keys=True, default=str)
-    return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
-
-
-# ---- distributed --------------------------------------------------------------------------------
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        # Rank 0 computes the reference log-probs while the others wait: allow hours, not the default minutes.
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=6))
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return _rank(), world, torch.device("cuda", local)
-    return _rank(), world, torch.device("cpu")
 
 
 def _mean_over_batches(sums: dict[str, tuple[float, int]], world: int) -> dict[str, float]:
@@ -269,8 +97,8 @@ def check_budget_and_fsdp(recipe: Recipe, world: int) -> None:
 
 
 @dataclass
-class Unit:
-    """One objective and one seed in this process: what set_up builds and the rest works on."""
+class TrainState:
+    """One objective and one seed being trained in this process: what set_up builds and the loop works on."""
 
     spec: ObjectiveSpec
     seed: int
@@ -305,7 +133,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         if rank == 0:
             try:
                 held.enter_context(
-                    exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {spec.label}/seed{seed}")
+                    exclusive(run_dir(recipe), f"train-{spec.label}-seed{seed}", f"training {UnitId(spec.label, seed)}")
                 )
             except BusyError as err:
                 busy = [str(err)]
@@ -346,7 +174,7 @@ def set_up(
     rank: int,
     world: int,
     device: torch.device,
-) -> Unit:
+) -> TrainState:
     """The objective, the model (its weights from `resume` when given), the FSDP2/DDP wrap, AdamW and its schedule."""
     t = recipe.train
     sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
@@ -355,7 +183,7 @@ def set_up(
     torch.manual_seed(seed)
     lm, tokenizer = _load_model(recipe, resume, device)
     rows_layout = ready(lm, t, device)
-    policy = _distribute(SequenceLogps(lm), lm, sharded, world, device)
+    policy = distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     # on a GPU the fused AdamW (one kernel for every parameter's update; same arithmetic as the loop to rounding)
     optimizer = torch.optim.AdamW(
@@ -363,7 +191,7 @@ def set_up(
     )
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
-    return Unit(
+    return TrainState(
         spec,
         seed,
         out,
@@ -407,25 +235,10 @@ def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
     return lm, tokenizer
 
 
-def _distribute(policy: SequenceLogps, lm, sharded: bool, world: int, device: torch.device) -> torch.nn.Module:
-    """Under torchrun, FSDP2 (each decoder layer, then the rest) or DDP; in one process, the policy as is."""
-    if sharded:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in causal_lm(lm).get_decoder().layers:
-            fully_shard(layer)
-        fully_shard(policy)
-    elif world > 1:
-        policy = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    return policy
-
-
 # ---- restore
 
 
-def restore(u: Unit, resume: Path | None) -> int:
+def restore(u: TrainState, resume: Path | None) -> int:
     """The step to start from. When resuming: optimizer, schedule, objective state and RNG from the
     checkpoint (set_up loaded its weights). metrics.jsonl keeps only the lines up to that step."""
     start_step = 0
@@ -474,7 +287,9 @@ def _step_of(line: str) -> float:
 # ---- the steps
 
 
-def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None, start_step: int) -> tuple[float, int]:
+def train_loop(
+    u: TrainState, recipe: Recipe, prepared: Prepared, ref: RefLogps | None, start_step: int
+) -> tuple[float, int]:
     """Steps start_step+1 .. train.steps: one update and one metrics.jsonl line each, a checkpoint every
     train.save_every steps. Returns this process's seconds in steps and real tokens."""
     t = recipe.train
@@ -484,7 +299,7 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
         total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0
     )
     # rank 0 logs (and so opens the trackers); the others' Trackers stay closed
-    with contextlib.closing(Trackers(recipe, f"{u.spec.label}/seed{u.seed}", u.out)) as trackers:
+    with contextlib.closing(Trackers(recipe, str(UnitId(u.spec.label, u.seed)), u.out)) as trackers:
         for step in range(start_step, t.steps):
             step_start = time.perf_counter()
             batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
@@ -530,7 +345,7 @@ def train_loop(u: Unit, recipe: Recipe, prepared: Prepared, ref: RefLogps | None
 
 
 def _forward_backward(
-    u: Unit, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None
+    u: TrainState, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None
 ) -> tuple[dict[str, tuple[float, int]], int]:
     """One step's forwards and backwards over this process's micro-batches, gradients accumulating.
     Returns each metric's (example-weighted sum, examples) and the real tokens seen."""
@@ -565,7 +380,7 @@ def _forward_backward(
     return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
 
 
-def _objective_batch(u: Unit, mb: MicroBatch, logps, counts, ref, prepared):
+def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, prepared):
     """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
     objective, device = u.objective, u.device
     ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
@@ -613,7 +428,7 @@ def _fault_injection(step: int) -> None:
 # ---- save
 
 
-def save_periodic(u: Unit, step: int) -> None:
+def save_periodic(u: TrainState, step: int) -> None:
     """checkpoint-<step>, with what restore reads; the older checkpoint goes once it is complete.
     Every process calls it (FSDP2 gathers the shards)."""
     weights, optim_state = _full_state(u.policy, u.optimizer, sharded=u.sharded)
@@ -630,7 +445,7 @@ def save_periodic(u: Unit, step: int) -> None:
         dist.barrier()
 
 
-def _summary(u: Unit, recipe: Recipe, resume: Path | None, train_seconds: float, tokens: int) -> dict:
+def _summary(u: TrainState, recipe: Recipe, resume: Path | None, train_seconds: float, tokens: int) -> dict:
     """summary.json: what was trained, the last metrics line, and this process's loop timings."""
     return {
         "objective": u.spec.name,
@@ -650,7 +465,7 @@ def _summary(u: Unit, recipe: Recipe, resume: Path | None, train_seconds: float,
     }
 
 
-def save_final(u: Unit, recipe: Recipe, summary: dict) -> None:
+def save_final(u: TrainState, recipe: Recipe, summary: dict) -> None:
     """final/, a plain Hugging Face checkpoint (LoRA merged in), then summary.json; the periodic
     checkpoints go. Every process calls it (FSDP2 gathers the shards)."""
     weights, _ = _full_state(u.policy, sharded=u.sharded)
@@ -701,13 +516,6 @@ def _disable_dropout(lm: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
-def autocast_for(dtype: str, device: torch.device):
-    """fp32 on CPU (no fast bf16 there); bf16 autocast on GPU, master weights and optimizer in fp32."""
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -715,9 +523,3 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1067,7 +1067,7 @@ def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_reject
     """IPO's squared loss (here 25) would flatten DPO's (0.69) on a shared axis: each loss is shown relative to its
     own first step; chosen and rejected log-probs are named in a legend of their own panel, one colour per unit."""
     from prefbench import report
-    from prefbench.results import Unit
+    from prefbench.results import UnitResults
 
     figures = []
     monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or b"")
@@ -1080,8 +1080,8 @@ def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_reject
 
     report.training_curves(
         [
-            Unit("dpo/seed0", "dpo", 0, "dpo", 1, curves=curves([0.69, 0.5])),
-            Unit("ipo/seed0", "ipo", 0, "ipo", 1, curves=curves([25.0, 20.0])),
+            UnitResults("dpo/seed0", "dpo", 0, "dpo", 1, curves=curves([0.69, 0.5])),
+            UnitResults("ipo/seed0", "ipo", 0, "ipo", 1, curves=curves([25.0, 20.0])),
         ]
     )
     loss, logps = figures[0].axes

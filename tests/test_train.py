@@ -395,7 +395,8 @@ def test_reference_cache_key_follows_the_weights_and_precision(tmp_path):
 
     from prefbench import models
     from prefbench.data.prepare import Prepared
-    from prefbench.train import latest_checkpoint, ref_cache_path
+    from prefbench.reference import ref_cache_path
+    from prefbench.train import latest_checkpoint
 
     local = tmp_path / "model"
     shutil.copytree(models.resolve("tiny:small"), local)
@@ -516,7 +517,7 @@ def test_reference_keys_cover_the_layout_training_cuts_by():
     from prefbench import models
     from prefbench.data.batches import micro_batches, schedule
     from prefbench.data.prepare import prepare_data
-    from prefbench.train import reference_keys
+    from prefbench.reference import reference_keys
 
     recipe = parse_recipe(
         recipe_dict(Path("/unused"), [{"name": "kto"}], micro_batch_size=4, max_tokens_per_forward=150)

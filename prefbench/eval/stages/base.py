@@ -23,9 +23,11 @@ from prefbench.metric_table import METRICS
 from prefbench.recipe import Recipe
 from prefbench.results import (
     jsonable,
+    objective_dir,
     read_json,
     read_optional,
     run_dir,
+    unit_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ def eval_units(recipe: Recipe, names: list[str] | None = None) -> dict[str, Eval
     refuses a checkpoint not trained yet and a name that is not a unit of the recipe."""
     root = run_dir(recipe)
     units = {"reference": EvalUnit("reference", models.resolve(recipe.model.name), root / "reference")}
-    every = [f"{spec.label}/seed{seed}" for spec in recipe.objectives for seed in recipe.seeds]
+    every = [str(uid) for uid in unit_ids(recipe)]
     if unknown := [n for n in names or [] if n != "reference" and n not in every]:
         raise TrainingError(
             f"--unit {', '.join(unknown)}: not a unit of this recipe; its units are reference, {', '.join(every)}"
@@ -152,7 +154,7 @@ def generations(recipe: Recipe) -> tuple[dict | None, dict[str, list[dict | None
         read_optional(root / "reference" / "eval_generation.json"),
         {
             spec.label: [
-                read_optional(root / spec.label / f"seed{seed}" / "eval_generation.json") for seed in recipe.seeds
+                read_optional(objective_dir(recipe, spec.label, seed) / "eval_generation.json") for seed in recipe.seeds
             ]
             for spec in recipe.objectives
         },

@@ -1,0 +1,163 @@
+"""Reference log-probs: computed once per run, before any objective trains, and cached on disk per (model,
+tokenized data, precision, layout), so every objective and seed reads the same values and a new objective pays
+only for the rows it adds (KTO's mismatched pairs). Under torchrun each process computes a share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from prefbench import kernels, models
+from prefbench.data.batches import Key, collate, micro_batches, prompt_totals, schedule
+from prefbench.data.prepare import Prepared
+from prefbench.data.tokenize import Example
+from prefbench.device import autocast_for, distribute, process_rank, ready
+from prefbench.logprobs import SequenceLogps, planned_layout
+from prefbench.objectives import build
+from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
+from prefbench.results import atomic
+
+
+class RefLogps:
+    """Reference log-probs per sequence key, cached on disk per (model, tokenized data).
+
+    Every objective and seed of a run reads the same cache; a new objective pays only for keys it
+    adds (KTO's mismatched pairs)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[Key, float] = torch.load(path, weights_only=True) if path.exists() else {}
+
+    def ensure(
+        self,
+        keys: set[Key],
+        spec: str,
+        examples: list[Example],
+        pad_id: int,
+        batch_rows: int,
+        device,
+        autocast,
+        train: TrainSpec,
+    ) -> tuple[float, int]:
+        """Compute missing keys with the reference model, in the layout training uses (logprobs.layout of
+        train.share_prompts and train.padding_free); returns (seconds spent, rows computed). Every process of a
+        torchrun group calls it: each computes a contiguous share of the missing rows (whole prompts, so a prompt's
+        rows keep their layout), the shares are gathered on every rank, and rank 0 writes the cache."""
+        missing = keys - self.values.keys()
+        totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
+        missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
+        if not missing:
+            return 0.0, 0
+        start = time.perf_counter()
+        mine = _share(missing, examples)
+        lm, _ = models.load(spec)
+        lm = lm.to(device).eval()
+        rows_layout = ready(lm, train, device)
+        model = SequenceLogps(lm)
+        chunks = [mine[i : i + batch_rows] for i in range(0, len(mine), batch_rows)]
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world > 1 and train.fsdp:  # a model that only fits sharded: FSDP2 as in training, each rank on its share
+            model = distribute(model, lm, True, world, device)
+            # every rank runs as many forwards (their all-gathers are collectives); the extra ones repeat a chunk
+            count = torch.tensor(len(chunks), device=device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            chunks += [chunks[-1] if chunks else missing[:1]] * (int(count) - len(chunks))
+        computed = []  # kept on the device until the end: reading each chunk back would stall the GPU
+        with (
+            torch.no_grad(),
+            tqdm(total=len(mine), desc="reference log-probs", unit="seq", disable=process_rank() != 0) as bar,
+        ):
+            for chunk in chunks:
+                with autocast:
+                    sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
+                computed.append(sums.double())
+                bar.update(len(chunk))
+        pieces = list(zip(mine, torch.cat(computed).tolist() if computed else []))  # zip drops the repeated chunks
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, pieces)
+            pieces = [(tuple(k), v) for share in gathered for k, v in share]
+        self.values.update(pieces)
+        del model, lm
+        if process_rank() == 0:
+            with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
+                if self.path.exists():
+                    self.values = {**torch.load(self.path, weights_only=True), **self.values}
+                with atomic(self.path) as tmp:
+                    torch.save(self.values, tmp)
+        return time.perf_counter() - start, len(missing)
+
+    def tensor(self, keys: list[Key]) -> torch.Tensor:
+        return torch.tensor([self.values[k] for k in keys], dtype=torch.float64)
+
+
+def _share(rows: list[Key], examples: list[Example]) -> list[Key]:
+    """This process's contiguous share of `rows` (in order) under torchrun, cut only between prompts; all of them
+    in a single process."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world == 1:
+        return rows
+    starts = [i for i in range(len(rows)) if i == 0 or examples[rows[i][0]].prompt != examples[rows[i - 1][0]].prompt]
+
+    def cut(r: int) -> int:  # where rank r's share begins: at the start of prompt number len(starts) * r // world
+        return starts[len(starts) * r // world] if r < world else len(rows)
+
+    return rows[cut(dist.getrank()) : cut(dist.getrank() + 1)]
+
+
+def reference_keys(
+    recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu"
+) -> set[Key]:
+    """Every row whose reference log-prob training will read. A token budget cuts a step by the tokens of the
+    layout training runs in, and KTO's mismatched pairs depend on the cut: the keys of the planned layout and of
+    plain rows (where the model's attention takes no custom mask) are both included."""
+    t = recipe.train
+    layouts = (
+        {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
+    )
+    keys: set[Key] = set()
+    lengths = [ex.length() for ex in prepared.train]
+    for spec in objectives:
+        objective = build(spec.name, **spec.hyperparameters)
+        if not objective.needs_reference:
+            continue
+        for seed in seeds:
+            for step in schedule(
+                lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches
+            ):
+                for rank in range(world):
+                    for mb in (
+                        mb
+                        for rows_layout in layouts
+                        for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)
+                    ):
+                        keys.update(mb.rows)
+                        keys.update(mb.kl_rows or ())
+    return keys
+
+
+def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> Path:
+    """Keyed by everything that changes reference log-probs: the model (config, and each weight
+    file's name, size and mtime), the exact token ids, and the precision actually used."""
+    path = models.resolve(recipe.model.name)
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.glob("*.safetensors"))
+    precision = "bf16" if isinstance(autocast_for(recipe.train.dtype, device), torch.autocast) else "fp32"
+    # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
+    t = recipe.train
+    rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(
+        planned_layout(t.share_prompts, t.padding_free, device), "packed"
+    )
+    identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
+    if (
+        kind := kernels.chosen(t.kernels, device)
+    ) != "none":  # fused or compiled kernels round differently (keys of earlier caches kept)
+        identity.append(kind)
+    identity = json.dumps(identity, sort_keys=True, default=str)
+    return models.cache_dir() / "reflogps" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.pt"
