@@ -1066,7 +1066,7 @@ def test_benchmarks_in_words_names_each_change_that_holds_after_holm():
 def test_training_curves_put_every_loss_on_one_scale_and_label_chosen_and_rejected(monkeypatch):
     """IPO's squared loss (here 25) would flatten DPO's (0.69) on a shared axis: each loss is shown relative to its
     own first step; chosen and rejected log-probs are named in a legend of their own panel, one colour per unit."""
-    from prefbench import report
+    from prefbench.report import plots as report
     from prefbench.results import UnitResults
 
     figures = []
