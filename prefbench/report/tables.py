@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from prefbench.eval.judge.verdicts import distrust
 from prefbench.metric_table import GENERATION, METRICS, PER_PROMPT, Metric, dig
 from prefbench.results import (
     Run,
@@ -172,6 +171,11 @@ def _length_adjusted(c: dict) -> str:
     return fmt(la) + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def _trusted(c: dict) -> str:
+    """Whether the judge stage found the comparison's win rate readable (its stored "distrust" reasons)."""
+    return "n/a" if "distrust" not in c else "no" if c["distrust"] else "yes"
+
+
 def judge_table(run: Run) -> pd.DataFrame | None:
     """Every judged comparison with the judge's diagnostics, so a reader sees how far to trust the win rates."""
     j = run.judge
@@ -194,7 +198,7 @@ def judge_table(run: Run) -> pd.DataFrame | None:
                 "tie rate": f"{d['tie_rate']:.2f}",
                 "parse failures": f"{d['parse_failure_rate']:.2f}",
                 "agreement with reward": fmt(agree["agreement"]) if agree else "n/a",
-                "trusted": "no" if distrust(c) else "yes",
+                "trusted": _trusted(c),
                 "tokens": d["prompt_tokens"] + d["completion_tokens"],
                 "cost $": f"{d['cost_usd']:.4f}",
             }

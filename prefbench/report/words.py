@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import statistics
 
-from prefbench.eval.judge.verdicts import distrust
 from prefbench.metric_table import dig
 from prefbench.report.tables import _column, _diff, _metrics
 from prefbench.results import (
@@ -30,7 +29,7 @@ def judge_in_words(run: Run) -> str:
     """Whether the judge's win rates can be read, in words: how many comparisons its diagnostics put in doubt, and
     why for the first of them (the judge table's "trusted" column has every one)."""
     comparisons = (run.judge or {}).get("comparisons") or {}
-    doubts = {name: reasons for name, c in comparisons.items() if (reasons := distrust(c))}
+    doubts = {name: reasons for name, c in comparisons.items() if (reasons := c.get("distrust"))}
     if not doubts:
         return ""
     model = next(iter(comparisons.values()))["judge"]["model"]

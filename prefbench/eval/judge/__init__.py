@@ -47,6 +47,7 @@ from prefbench.eval.judge.prompts import (
 )
 from prefbench.eval.judge.verdicts import (
     PairResult,
+    distrust,
     pair_stats,
     parse_verdict,
     verdict_probs,
@@ -127,7 +128,9 @@ def judge_units(
     )
     out: dict = {"comparisons": {}, "verdicts": [], "transport": transport}
     for (x, y), pairs in plan.items():
-        out["comparisons"][f"{x} vs {y}"], lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
+        comparison, lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
+        # whether its diagnostics let the win rate be read, stored with it: the report only formats
+        out["comparisons"][f"{x} vs {y}"] = comparison | {"distrust": distrust(comparison)}
         out["verdicts"] += lines
     return out
 
