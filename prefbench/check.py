@@ -1,7 +1,7 @@
 """Loading a recipe: the schema's own checks (prefbench.recipe) and every check that needs a registry, the disk or
 the machine, all reported together, one line each, before any model loads.
 
-The schema (recipe.py) sits at the bottom of the package and knows no registry; what it cannot know is checked
+The schema (prefbench/recipe/) sits at the bottom of the package and knows no registry; what it cannot know is checked
 here, a layer above the registries it reads:
   - names: objectives (prefbench.objectives.OBJECTIVES, whose classes also check and convert the hyperparameters),
     rewards (prefbench.eval.rewards.REWARDS), trackers (prefbench.tracking.TRACKERS), shipped data sets;

@@ -32,7 +32,7 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
         ROOT / "prefbench", tmp_path / "prefbench", ignore=shutil.ignore_patterns("__pycache__", "embedded")
     )
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    schema = tmp_path / "prefbench" / "recipe.py"  # the bottom of the package reaching up for a registry
+    schema = tmp_path / "prefbench" / "recipe" / "sections.py"  # the bottom of the package reaching up for a registry
     schema.write_text(
         schema.read_text()
         + "\n\ndef _reward_names():\n    from prefbench.eval.rewards import REWARDS\n\n    return list(REWARDS)\n"
@@ -40,4 +40,4 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     done = _lint(tmp_path)
     assert done.returncode == 1, done.stdout[-3000:]
     assert "prefbench layers BROKEN" in done.stdout
-    assert "prefbench.recipe -> prefbench.eval.rewards" in done.stdout
+    assert "prefbench.recipe.sections -> prefbench.eval.rewards" in done.stdout

@@ -14,7 +14,7 @@ import yaml
 
 from prefbench.check import load_datagen, load_recipe, parse_recipe
 from prefbench.cli import main as cli_main
-from prefbench.recipe import RecipeError
+from prefbench.errors import RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -348,7 +348,7 @@ def test_choices_are_read_from_their_declarations(tmp_path, monkeypatch):
         objectives=["kto"],
         data__format="unpaired",
     ) == ["data.transforms[0].which: must be one of ['desirable', 'undesirable'], got 'both'"]
-    # reward names are the registry's: a newly registered reward is accepted without touching recipe.py
+    # reward names are the registry's: a newly registered reward is accepted without touching the recipe schema
     monkeypatch.setitem(rewards.REWARDS, "length", object)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "p"}\n')

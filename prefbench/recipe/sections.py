@@ -1,120 +1,41 @@
-"""Recipes: YAML -> frozen dataclasses, validated in full before any model loads.
-
-Every problem is reported in one line naming its key (`objectives[1].epsilon: ...`), and all of
-them are reported together, so a user fixes a recipe in one pass.
-
-How validation is split:
-  - `_convert` checks types while it builds the specs. A value of the wrong type is one problem and
-    never reaches a spec: its field keeps the default (or, for a required field, the spec is not built).
-    The checks below therefore read every field without guarding its type.
-  - Each spec checks its own values in `problems(at)` (`at`: where the spec sits in the recipe).
-  - Checks that span sections (objective labels, claims, the judge's needs) live in `Recipe.problems()`.
-  - What needs a registry or the machine (objective, reward, task, template and tracker names, files, models,
-    lm-eval's task index, the judge's API key variable) lives a layer up, in prefbench/check.py, which also
-    loads recipes: this module is the bottom of the package and imports nothing of prefbench but errors.
-A choice is declared once, as the `Literal` type of its field (`Engine`, `Schedule`, ...); validation and
-messages read it from there (`ENGINES = get_args(Engine)` for other modules).
-"""
+"""Each section of a recipe as a frozen dataclass that checks its own values (`problems(at)`, `at`: where it sits
+in the recipe): model, data, objectives, training, generation, rewards, the judge, benchmarks, claims, and
+`prefbench generate-data`'s recipe."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
-from prefbench.errors import RecipeError, did_you_mean
-
-# ---- choices, each declared once ---------------------------------------------------------------
-
-Format = Literal["paired", "unpaired"]  # paired (prompt, chosen, rejected) | unpaired (prompt, completion, label)
-Truncation = Literal["truncate", "drop"]  # too-long records: cut, or drop (counted as bad)
-OnBad = Literal["fail", "drop"]  # bad records are always reported by index
-Schedule = Literal["cosine", "linear", "constant"]  # after warmup
-Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
-Kernels = Literal["auto", "liger", "compile", "none"]  # fused elementwise work on a GPU (prefbench/kernels.py)
-Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
-PromptSplit = Literal[
-    "train", "validation", "heldout"
-]  # the embedded task's disjoint prompt sets (heldout: the test prompts)
-PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
-JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
-Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
-ClaimMetric = Literal["reward", "greedy_reward"]
-UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
-DropWhich = Literal["desirable", "undesirable"]  # drop_fraction: which class loses examples
-FIELDS = {  # each format's prefbench fields (data.columns maps them to the data's own column names)
-    "paired": ("prompt", "chosen", "rejected"),
-    "unpaired": ("prompt", "completion", "label"),
-}
-
-FORMATS, SCHEDULES, DTYPES = get_args(Format), get_args(Schedule), get_args(Dtype)
-ENGINES, PROMPT_SPLITS, JUDGE_AGAINST = get_args(Engine), get_args(PromptSplit), get_args(JudgeAgainst)
-PROMPT_SOURCES = get_args(PromptSource)
-BACKENDS, CLAIM_METRICS = get_args(Backend), get_args(ClaimMetric)
-TRANSFORMS = {
-    # name -> (format it needs, format it produces); None = either, unchanged
-    "paired_to_unpaired": ("paired", "unpaired"),
-    "drop_fraction": ("unpaired", "unpaired"),
-    "flip_labels": (None, None),
-}
-EMBEDDED_REWARD = "instructions"  # the embedded task's reward (prefbench.eval.rewards.InstructionReward): the default
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # a judge here needs no API key
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-# ---- messages ------------------------------------------------------------------------------------
-
-
-def _not_one_of(path: str, value: Any, choices: tuple) -> str:
-    return f"{path}: must be one of {list(choices)}, got {value!r}{did_you_mean(value, choices)}"
-
-
-def _unknown(path: str, what: str, value: Any, known: typing.Iterable) -> str:
-    return f"{path}: unknown {what} {value!r}{did_you_mean(value, known)}; known: {', '.join(map(str, known))}"
-
-
-def _unknown_key(path: str, key: str, known: list[str]) -> str:
-    return f"{path}{key}: unknown key{did_you_mean(key, known)}"
-
-
-def _at_least(path: str, value: float | None, low: float, note: str = "") -> list[str]:
-    return [f"{path}: must be >= {low}{note}, got {value}"] if value is not None and value < low else []
-
-
-def _fraction(path: str, value: float, *, upper_open: bool = True) -> list[str]:
-    ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
-    return [] if ok else [f"{path}: must be in [0, 1{')' if upper_open else ']'}, got {value}"]
-
-
-@functools.cache
-def _literal_fields(cls: type) -> tuple[tuple[str, bool, tuple], ...]:
-    """(field, is a tuple of choices, the choices) for each field typed Literal or tuple[Literal, ...]."""
-    out = []
-    for name, tp in typing.get_type_hints(cls).items():
-        many = typing.get_origin(tp) is tuple
-        inner = get_args(tp)[0] if many else tp
-        if typing.get_origin(inner) is Literal:
-            out.append((name, many, get_args(inner)))
-    return tuple(out)
-
-
-def _choice_problems(spec: Any, at: str) -> list[str]:
-    """Every Literal-typed field of `spec` against its declared choices."""
-    out = []
-    for name, many, choices in _literal_fields(type(spec)):
-        value = getattr(spec, name)
-        items = [(f"{at}.{name}[{i}]", v) for i, v in enumerate(value)] if many else [(f"{at}.{name}", value)]
-        out += [_not_one_of(path, v, choices) for path, v in items if v not in choices]
-    return out
-
+from prefbench.recipe.choices import (
+    EMBEDDED_REWARD,
+    ENV_NAME,
+    FIELDS,
+    JUDGE_AGAINST,
+    LOCAL_HOSTS,
+    TRANSFORMS,
+    Backend,
+    ClaimMetric,
+    DropWhich,
+    Dtype,
+    Engine,
+    Format,
+    JudgeAgainst,
+    Kernels,
+    OnBad,
+    PromptSource,
+    PromptSplit,
+    Schedule,
+    Truncation,
+    UnpairedView,
+    _at_least,
+    _choice_problems,
+    _fraction,
+    _unknown,
+)
 
 # ---- the specs -----------------------------------------------------------------------------------
 
@@ -589,283 +510,3 @@ class ClaimSpec:
 
     def problems(self, at: str) -> list[str]:
         return _choice_problems(self, at)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    data: DataSpec = field(default_factory=DataSpec)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    objectives: tuple[ObjectiveSpec, ...] = ()
-    train: TrainSpec = field(default_factory=TrainSpec)
-    seeds: tuple[int, ...] = (0,)
-    output_dir: str = "runs"
-    report_dir: str = "reports"  # `prefbench run` renders <report_dir>/<name>/ at the end
-    eval: EvalSpec = field(default_factory=EvalSpec)
-    claims: tuple[ClaimSpec, ...] = ()  # stated in the report with their paired 95% CI
-
-    def objective(self, label: str) -> ObjectiveSpec:
-        for spec in self.objectives:
-            if spec.label == label:
-                return spec
-        raise KeyError(
-            f"no objective labelled {label!r} in recipe {self.name!r}; labels: {[o.label for o in self.objectives]}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["objectives"] = [{"name": o.name, "label": o.label, **o.hyperparameters} for o in self.objectives]
-        return out
-
-    def warnings(self) -> list[str]:
-        """What is valid but weak, one line each (`prefbench check` prints them; nothing is refused)."""
-        if len(self.seeds) == 2:
-            return [
-                "seeds: two seeds give the run-to-run term few degrees of freedom, so intervals are wide and a regression gate "
-                "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"
-            ]
-        return []
-
-    def problems(self) -> list[str]:
-        """Every section's own problems, then those that span sections (prefbench.check adds what needs a
-        registry, the disk or the environment)."""
-        out = self.data.problems("data") + self.model.problems("model") + self._objective_problems()
-        out += self.train.problems("train") + self.eval.problems("eval")
-        if not self.seeds:
-            out.append("seeds: at least one seed")
-        if self.train.fsdp and self.model.lora:
-            out.append(
-                "train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"
-            )
-        out += self._claim_problems() + self._judge_problems()
-        return out + self._prompt_problems()
-
-    def _objective_problems(self) -> list[str]:
-        out, labels = [], [s.label for s in self.objectives]
-        for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
-            out.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
-        return out
-
-    def _claim_problems(self) -> list[str]:
-        out, labels, generation = [], [o.label for o in self.objectives], self.eval.generation
-        for i, claim in enumerate(self.claims):
-            out += claim.problems(f"claims[{i}]")
-            for side in ("better", "worse"):
-                value = getattr(claim, side)
-                if labels and value not in labels and not (side == "worse" and value == "reference"):
-                    out.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
-            if generation is None:
-                out.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
-            elif self.eval.reward == "none":
-                out.append(f"claims[{i}]: needs a reward (claims are tested on rewards; eval.reward is none)")
-            elif claim.metric == "greedy_reward" and not generation.greedy:
-                out.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
-        return out
-
-    def _prompt_problems(self) -> list[str]:
-        """Held-out prompts from the data need a held-out split, and a reward that can score them."""
-        generation = self.eval.generation
-        if generation is None or generation.prompts.source != "data":
-            return []
-        if self.data.eval_fraction == 0:
-            return [
-                "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"
-            ]
-        if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
-            return [
-                f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
-                "use eval.reward: reward_model or none"
-            ]
-        return []
-
-    def _judge_problems(self) -> list[str]:
-        """The judge compares the generation pass's sampled answers, so it needs that pass and its samples."""
-        judge, generation = self.eval.judge, self.eval.generation
-        if judge is None:
-            return []
-        if generation is None:
-            return ["eval.judge: needs eval.generation (the judge compares the generation pass's sampled answers)"]
-        out = []
-        if "dataset_chosen" in judge.against and not generation.prompts.has_chosen():
-            i = judge.against.index("dataset_chosen")
-            out.append(
-                f"eval.judge.against[{i}]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
-                "or prompts.file (JSONL records with a 'chosen' response)"
-            )
-        if judge.samples_per_prompt > generation.sampling.n:
-            out.append(
-                f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}"
-            )
-        if judge.prompts is not None and judge.prompts > generation.prompts.n:
-            out.append(
-                f"eval.judge.prompts: {judge.prompts} is more than eval.generation.prompts.n {generation.prompts.n}"
-            )
-        return out
-
-
-# ---- YAML -> dataclasses, with typed, named errors -------------------------------------------
-
-_BAD = object()  # what _convert returns for a value it refused (the problem is recorded)
-
-
-def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
-    """`value` as type `tp`, or _BAD with one problem recorded. Choices (Literal) are checked by problems()."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return _convert(value, inner, path, problems)
-    if origin is Literal:
-        return _convert(value, type(get_args(tp)[0]), path, problems)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return _BAD
-        return _build(tp, value, path, problems)
-    if origin is tuple:
-        return _convert_tuple(value, get_args(tp), path, problems)
-    if tp is Any:
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
-            return _BAD
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 5e-6 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
-        problems.append(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return _BAD
-    return value
-
-
-def _convert_tuple(value: Any, args: tuple, path: str, problems: list[str]) -> Any:
-    """A list as a tuple; any refused item refuses the whole list (its field keeps its default)."""
-    if not isinstance(value, (list, tuple)):
-        problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        return _BAD
-    if len(args) == 2 and args[1] is Ellipsis:
-        args = (args[0],) * len(value)
-    elif len(value) != len(args):
-        problems.append(f"{path}: expected {len(args)} values, got {len(value)}")
-        return _BAD
-    items = tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in enumerate(zip(value, args)))
-    return _BAD if any(item is _BAD for item in items) else items
-
-
-def _build(cls: type, raw: dict, path: str, problems: list[str]) -> Any:
-    """cls from a mapping: unknown keys and refused values are problems; refused values keep their
-    defaults; _BAD when a required field is missing or refused."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs, refused = {}, set()
-    prefix = f"{path}." if path else ""
-    for key, value in raw.items():
-        if key not in fields:
-            problems.append(_unknown_key(prefix, str(key), list(fields)))
-            continue
-        converted = _convert(value, hints[key], f"{prefix}{key}", problems)
-        if converted is _BAD:
-            refused.add(key)
-        else:
-            kwargs[key] = converted
-    required = [
-        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    problems += [f"{prefix}{name}: required" for name in required if name not in kwargs and name not in refused]
-    return cls(**kwargs) if all(name in kwargs for name in required) else _BAD
-
-
-def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
-    """The objectives list as specs; their names and hyperparameters are the registry's to check and convert
-    (prefbench.check). A malformed entry refuses the whole list, so later problems keep their entry's index."""
-    if not isinstance(raw, list) or not raw:
-        problems.append("objectives: expected a non-empty list of {name: ..., <hyperparameter>: ...}")
-        return ()
-    specs = []
-    for i, entry in enumerate(raw):
-        entry = {"name": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict) or "name" not in entry:
-            problems.append(f"objectives[{i}]: expected a mapping with a 'name' (one of `prefbench objectives`)")
-            continue
-        hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
-        name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
-        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp))
-    return tuple(specs) if len(specs) == len(raw) else ()
-
-
-def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
-    """`a.b=value`, value parsed as YAML (so 1e-5, true, [0, 1] keep their types)."""
-    if "=" not in assignment:
-        problems.append(f"--set {assignment}: expected key.path=value")
-        return
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.setdefault(part, {})
-        else:
-            problems.append(f"--set {key}: {part!r} is not a mapping or a valid list index")
-            return
-    value = yaml.safe_load(text)
-    if isinstance(node, list) and parts[-1].isdigit():
-        node[int(parts[-1])] = value
-    elif isinstance(node, dict):
-        node[parts[-1]] = value
-    else:
-        problems.append(f"--set {key}: cannot set a key inside {type(node).__name__}")
-
-
-def read_yaml(path: Path) -> dict:
-    """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError([f"recipe file not found: {path}"], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError([f"not valid YAML: {e}".replace("\n", " ")], str(path)) from None
-    if not isinstance(raw, dict):
-        raise RecipeError(["the recipe must be a YAML mapping"], str(path))
-    raw.setdefault("name", path.stem)
-    return raw
-
-
-def is_datagen(raw: dict) -> bool:
-    """A `prefbench generate-data` recipe: one with `out` and no `objectives`."""
-    return "out" in raw and "objectives" not in raw
-
-
-def build_recipe(raw: dict, overrides: list[str] = ()) -> tuple[Recipe | None, list[str]]:
-    """A training recipe from its mapping after the overrides (`--set a.b=value`), and the schema's problems
-    (the recipe is None where a required value is missing or refused). prefbench.check adds the registries'."""
-    problems: list[str] = []
-    raw = dict(raw)
-    for assignment in overrides:
-        _apply_override(raw, assignment, problems)
-    objectives = _objectives(raw.pop("objectives", None), problems)
-    raw["objectives"] = []
-    recipe = _build(Recipe, raw, "", problems)
-    if recipe is _BAD:
-        return None, problems
-    recipe = dataclasses.replace(recipe, objectives=objectives)
-    return recipe, problems + recipe.problems()
-
-
-def build_datagen(raw: dict, overrides: list[str] = ()) -> tuple[DataGenSpec | None, list[str]]:
-    """A `prefbench generate-data` recipe, as build_recipe builds a training one."""
-    problems: list[str] = []
-    raw = dict(raw)
-    for assignment in overrides:
-        _apply_override(raw, assignment, problems)
-    spec = _build(DataGenSpec, raw, "", problems)
-    return (None, problems) if spec is _BAD else (spec, problems + spec.problems())

@@ -1,0 +1,123 @@
+"""The Recipe: every section together, and the checks that span sections (objective labels, claims, the judge's
+needs, held-out prompts)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefbench.recipe.choices import EMBEDDED_REWARD
+from prefbench.recipe.sections import ClaimSpec, DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, TrainSpec
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    objectives: tuple[ObjectiveSpec, ...] = ()
+    train: TrainSpec = field(default_factory=TrainSpec)
+    seeds: tuple[int, ...] = (0,)
+    output_dir: str = "runs"
+    report_dir: str = "reports"  # `prefbench run` renders <report_dir>/<name>/ at the end
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    claims: tuple[ClaimSpec, ...] = ()  # stated in the report with their paired 95% CI
+
+    def objective(self, label: str) -> ObjectiveSpec:
+        for spec in self.objectives:
+            if spec.label == label:
+                return spec
+        raise KeyError(
+            f"no objective labelled {label!r} in recipe {self.name!r}; labels: {[o.label for o in self.objectives]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["objectives"] = [{"name": o.name, "label": o.label, **o.hyperparameters} for o in self.objectives]
+        return out
+
+    def warnings(self) -> list[str]:
+        """What is valid but weak, one line each (`prefbench check` prints them; nothing is refused)."""
+        if len(self.seeds) == 2:
+            return [
+                "seeds: two seeds give the run-to-run term few degrees of freedom, so intervals are wide and a regression gate "
+                "reads little; 3 or more are recommended (`prefbench plan RUN_DIR --effect E` says how many)"
+            ]
+        return []
+
+    def problems(self) -> list[str]:
+        """Every section's own problems, then those that span sections (prefbench.check adds what needs a
+        registry, the disk or the environment)."""
+        out = self.data.problems("data") + self.model.problems("model") + self._objective_problems()
+        out += self.train.problems("train") + self.eval.problems("eval")
+        if not self.seeds:
+            out.append("seeds: at least one seed")
+        if self.train.fsdp and self.model.lora:
+            out.append(
+                "train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"
+            )
+        out += self._claim_problems() + self._judge_problems()
+        return out + self._prompt_problems()
+
+    def _objective_problems(self) -> list[str]:
+        out, labels = [], [s.label for s in self.objectives]
+        for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
+            out.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
+        return out
+
+    def _claim_problems(self) -> list[str]:
+        out, labels, generation = [], [o.label for o in self.objectives], self.eval.generation
+        for i, claim in enumerate(self.claims):
+            out += claim.problems(f"claims[{i}]")
+            for side in ("better", "worse"):
+                value = getattr(claim, side)
+                if labels and value not in labels and not (side == "worse" and value == "reference"):
+                    out.append(f"claims[{i}].{side}: {value!r} is not an objective label of this recipe ({labels})")
+            if generation is None:
+                out.append(f"claims[{i}]: needs eval.generation (claims are tested on held-out task rewards)")
+            elif self.eval.reward == "none":
+                out.append(f"claims[{i}]: needs a reward (claims are tested on rewards; eval.reward is none)")
+            elif claim.metric == "greedy_reward" and not generation.greedy:
+                out.append(f"claims[{i}].metric: greedy_reward needs eval.generation.greedy: true")
+        return out
+
+    def _prompt_problems(self) -> list[str]:
+        """Held-out prompts from the data need a held-out split, and a reward that can score them."""
+        generation = self.eval.generation
+        if generation is None or generation.prompts.source != "data":
+            return []
+        if self.data.eval_fraction == 0:
+            return [
+                "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"
+            ]
+        if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
+            return [
+                f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
+                "use eval.reward: reward_model or none"
+            ]
+        return []
+
+    def _judge_problems(self) -> list[str]:
+        """The judge compares the generation pass's sampled answers, so it needs that pass and its samples."""
+        judge, generation = self.eval.judge, self.eval.generation
+        if judge is None:
+            return []
+        if generation is None:
+            return ["eval.judge: needs eval.generation (the judge compares the generation pass's sampled answers)"]
+        out = []
+        if "dataset_chosen" in judge.against and not generation.prompts.has_chosen():
+            i = judge.against.index("dataset_chosen")
+            out.append(
+                f"eval.judge.against[{i}]: dataset_chosen needs the data's answers: eval.generation.prompts.source: data, "
+                "or prompts.file (JSONL records with a 'chosen' response)"
+            )
+        if judge.samples_per_prompt > generation.sampling.n:
+            out.append(
+                f"eval.judge.samples_per_prompt: {judge.samples_per_prompt} is more than eval.generation.sampling.n {generation.sampling.n}"
+            )
+        if judge.prompts is not None and judge.prompts > generation.prompts.n:
+            out.append(
+                f"eval.judge.prompts: {judge.prompts} is more than eval.generation.prompts.n {generation.prompts.n}"
+            )
+        return out
