@@ -30,7 +30,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from prefbench import models
-    from prefbench.eval.generate import GenerationCache, Sampling, generate
+    from prefbench.eval.engines import Sampling
+    from prefbench.eval.generate import GenerationCache, generate
     from prefbench.task import make_prompts
 
     base = models.resolve(args.model)

@@ -38,7 +38,7 @@ from prefbench import models
 from prefbench.check import load_recipe
 from prefbench.data.tokenize import Example
 from prefbench.eval import metrics as M
-from prefbench.eval.generate import TOP_LOGPROBS, prompt_ids
+from prefbench.eval.engines import TOP_LOGPROBS, prompt_ids
 from prefbench.eval.stages import base as eval_run
 from prefbench.logprobs import _completion_hidden
 

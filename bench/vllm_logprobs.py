@@ -19,7 +19,7 @@ def main() -> None:
 
     from prefbench import models
     from prefbench.check import load_recipe
-    from prefbench.eval.generate import TOP_LOGPROBS, VLLMEngine, prompt_ids, request_seed, stop_ids
+    from prefbench.eval.engines import TOP_LOGPROBS, VLLMEngine, prompt_ids, request_seed, stop_ids
     from prefbench.eval.stages import base as eval_run
 
     recipe = load_recipe(sys.argv[1] if len(sys.argv) > 1 else "recipes/kto_vs_dpo.yaml", [])

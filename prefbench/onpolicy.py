@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from prefbench import models
-from prefbench.eval.generate import Sampling, generate
+from prefbench.eval.engines import Sampling
+from prefbench.eval.generate import generate
 from prefbench.eval.prompts import load_prompts
 from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
 from prefbench.recipe import DataGenSpec

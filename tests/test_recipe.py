@@ -300,7 +300,7 @@ def test_claims_name_labels_of_the_recipe(tmp_path):
 
 
 def test_greedy_pass_can_be_left_out_but_not_under_a_greedy_claim(tmp_path):
-    from prefbench.eval.generate import standard_samplings
+    from prefbench.eval.engines import standard_samplings
 
     assert [s.name for s in standard_samplings(2, 48)] == ["greedy", "sampled"]
     assert [(s.name, s.n, s.temperature) for s in standard_samplings(2, 48, greedy=False)] == [("sampled", 2, 1.0)]

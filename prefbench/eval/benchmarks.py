@@ -46,7 +46,7 @@ import numpy as np
 
 from prefbench import stats, watchdog
 from prefbench.errors import PrefbenchError
-from prefbench.eval.generate import vllm_unavailable
+from prefbench.eval.engines import vllm_unavailable
 from prefbench.eval.server import VLLMServer
 from prefbench.eval.tasks import (
     include_fingerprint,

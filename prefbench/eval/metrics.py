@@ -38,7 +38,7 @@ import numpy as np
 from prefbench import models
 from prefbench.data.batches import collate, prompt_totals
 from prefbench.data.tokenize import Example
-from prefbench.eval.generate import Completion, Sampling
+from prefbench.eval.engines import Completion, Sampling
 from prefbench.eval.rewards import score_all
 from prefbench.logprobs import completion_logps_at, completion_stats, shares_prompts
 from prefbench.stats import estimate

@@ -24,7 +24,7 @@ import torch
 
 from prefbench import watchdog
 from prefbench.errors import PrefbenchError
-from prefbench.eval.generate import vllm_cpu_settings
+from prefbench.eval.engines import vllm_cpu_settings
 
 
 class ServerError(PrefbenchError, RuntimeError):

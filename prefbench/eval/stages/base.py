@@ -15,7 +15,8 @@ from typing import Any
 
 from prefbench import models
 from prefbench.errors import TrainingError
-from prefbench.eval.generate import generate, standard_samplings
+from prefbench.eval.engines import standard_samplings
+from prefbench.eval.generate import generate
 from prefbench.eval.metrics import METRICS_VERSION
 from prefbench.eval.prompts import load_prompt_records
 from prefbench.eval.rewards import REWARDS, RewardModel

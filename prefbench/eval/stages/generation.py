@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefbench import models
-from prefbench.eval.generate import prompt_ids
+from prefbench.eval.engines import prompt_ids
 from prefbench.eval.metrics import evaluate_checkpoint, rewards_of
 from prefbench.eval.rewards import REWARDS, make_reward
 from prefbench.eval.stages.base import (
