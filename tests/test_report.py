@@ -1236,3 +1236,27 @@ def test_the_stored_imbalance_run_renders_its_claims_with_the_grid_statistics():
     assert [c["p_holm"] for c in run.claims] == pytest.approx(holm([helps["p_value"], beats["p_value"]]))
     verdicts = claims_table(run)["verdict"].tolist()
     assert all(v.startswith("not resolved (could resolve ±") for v in verdicts)
+
+
+def test_the_stored_label_noise_run_renders_its_claims_with_the_grid_statistics():
+    """results/label_noise (recipes/label_noise.yaml, 4 objectives x 3 seeds, stored without weights): each stored
+    claim is the grid's own contrast recomputed from the per-prompt tables (a pair: better minus worse; DPO minus
+    the reference), Holm across the four claims, and the report says what each could resolve."""
+    from prefbench.metric_table import METRICS
+    from prefbench.report import claims_table
+    from prefbench.results import objective_tables, run_gens
+    from prefbench.stats import claim_contrast, holm, objective_level
+
+    run = load_run(Path(__file__).resolve().parent.parent / "results" / "label_noise")
+    tables = objective_tables(run_gens(run), METRICS["reward"])
+    assert {label: t.shape for label, t in tables.items()} == {
+        label: (3, 96) for label in ("dpo", "cdpo", "ipo", "kto")
+    }
+    grid = objective_level(tables, np.asarray(run.units[0].generation["sampled"]["per_prompt_reward"]), higher=True)
+    for claim in run.claims:
+        again = claim_contrast(grid, claim["better"], claim["worse"])
+        assert claim["difference"] == pytest.approx(again["difference"]) and claim["ci"] == pytest.approx(again["ci"])
+    cdpo = next(c for c in run.claims if c["better"] == "cdpo")
+    assert cdpo["difference"] == pytest.approx(tables["cdpo"].mean() - tables["dpo"].mean())  # the arithmetic
+    assert [c["p_holm"] for c in run.claims] == pytest.approx(holm([c["p_value"] for c in run.claims]))
+    assert all(v.startswith("not resolved (could resolve ±") for v in claims_table(run)["verdict"])
