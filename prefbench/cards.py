@@ -69,7 +69,7 @@ def write_cards(run: Run, table: pd.DataFrame) -> list[Path]:
 def push(unit_dir: str | Path, repo_id: str, private: bool = False) -> str:
     """Upload <unit_dir>/final/ (the checkpoint and its card) to the Hugging Face Hub model repository `repo_id`,
     created if missing; the token comes from HF_TOKEN or `hf auth login`. Returns the repository's URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # deferred: only a hub download or push needs it
 
     final = Path(unit_dir) / "final"
     if not (final / "config.json").is_file():

@@ -1,4 +1,7 @@
-"""prefbench's command line: dispatch only; the work lives in the modules it calls."""
+"""prefbench's command line: dispatch only; the work lives in the modules it calls.
+
+Each command imports the modules it runs inside its own function: `prefbench --help` and `prefbench check` would
+otherwise pay for torch, transformers, vLLM and lm-eval (tens of seconds) before they answer."""
 
 from __future__ import annotations
 

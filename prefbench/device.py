@@ -37,7 +37,9 @@ def init_distributed() -> tuple[int, int, torch.device]:
 def distribute(policy: SequenceLogps, lm, sharded: bool, world: int, device: torch.device) -> torch.nn.Module:
     """Under torchrun, FSDP2 (each decoder layer, then the rest) or DDP; in one process, the policy as is."""
     if sharded:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import (
+            fully_shard,
+        )  # deferred: torch: a second to import; prefbench check and report do without
 
         for layer in causal_lm(lm).get_decoder().layers:
             fully_shard(layer)

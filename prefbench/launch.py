@@ -177,7 +177,7 @@ class LocalExecutor:
     its share of the cores (OMP_NUM_THREADS)."""
 
     def __init__(self, parallel: int, cwd: str, devices: int | None = None):
-        import torch
+        import torch  # deferred: torch: a second to import; prefbench check and report do without
 
         self.parallel, self.cwd = parallel, cwd
         self.devices = torch.cuda.device_count() if devices is None else devices
@@ -225,7 +225,7 @@ class SlurmExecutor:
 
     def __init__(self, parallel: int, cwd: str, folder: Path, gpus: int, options: dict[str, str]):
         try:
-            import submitit
+            import submitit  # deferred: an optional engine's client (prefbench[slurm])
         except ImportError:
             raise LaunchError("--executor slurm needs submitit: pip install 'prefbench[slurm]'") from None
         options = dict(options)
@@ -276,7 +276,7 @@ class RayExecutor:
 
     def __init__(self, parallel: int, cwd: str, gpus: int, address: str | None):
         try:
-            import ray
+            import ray  # deferred: an optional engine's client (prefbench[ray])
         except ImportError:
             raise LaunchError("--executor ray needs ray: pip install 'prefbench[ray]'") from None
         self.ray, self.parallel, self.cwd = ray, parallel, cwd

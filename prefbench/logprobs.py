@@ -107,7 +107,9 @@ def planned_layout(share_prompts: bool, padding_free: bool, device) -> str:
 def _block_mask(packed: Tensor):
     """Flex attention's BlockMask for a packed [1, 2, width] (sequence, segment) batch: blocks no query of which
     attends to any key are skipped, so the cost follows the sequences' own lengths, not the row's."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import (
+        create_block_mask,
+    )  # deferred: torch: a second to import; prefbench check and report do without
 
     sequence, segment = packed[0, 0], packed[0, 1]
     mask_mod = lambda b, h, q, kv: attends(sequence[q], segment[q], sequence[kv], segment[kv], q, kv)

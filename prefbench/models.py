@@ -15,6 +15,7 @@ that exists there is always complete.
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import importlib.util
 import json
@@ -123,7 +124,7 @@ def local_problem(spec: str) -> str | None:
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """The tokenizer of `spec`, always with a pad token (eos when it has none: padding is masked out)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers: seconds to import; prefbench check does without
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(spec))
     if tokenizer.pad_token is None:
@@ -141,7 +142,6 @@ def load_model(spec: str | pathlib.Path, dtype: torch.dtype = torch.float32, dev
 def free_accelerator_memory() -> None:
     """Give the memory of models no longer referenced back to the GPU, for the next one (vLLM reserves a
     share of what is free when it starts); nothing to do on a CPU."""
-    import gc
 
     gc.collect()
     if torch.cuda.is_available():
@@ -154,7 +154,9 @@ def load(spec: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel
 
 
 def _from_pretrained(spec: str | pathlib.Path, dtype: torch.dtype) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+    )  # deferred: transformers: seconds to import; prefbench check does without
 
     # transformers 5 names the argument `dtype`; `torch_dtype` still works but warns.
     return AutoModelForCausalLM.from_pretrained(resolve(str(spec)), dtype=dtype, attn_implementation="sdpa")
@@ -162,7 +164,10 @@ def _from_pretrained(spec: str | pathlib.Path, dtype: torch.dtype) -> PreTrained
 
 def describe(spec: str) -> dict:
     """Provenance of `spec` for a run manifest, without loading weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+    )  # deferred: transformers: seconds to import; prefbench check does without
 
     path = resolve(spec)
     config = AutoConfig.from_pretrained(path)
@@ -228,7 +233,7 @@ def _gguf_location() -> tuple[pathlib.Path, str]:
 
 
 def _gguf_tokenizer():
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers: seconds to import; prefbench check does without
 
     directory, gguf_file = _gguf_location()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
@@ -237,7 +242,9 @@ def _gguf_tokenizer():
 
 
 def _convert_gguf(out: pathlib.Path) -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+    )  # deferred: transformers: seconds to import; prefbench check does without
 
     directory, gguf_file = _gguf_location()
     source = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
@@ -276,8 +283,16 @@ def _tiny_hash(preset: dict) -> str:
 
 
 def _bytes_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )  # deferred: tokenizers: only building a tiny model's tokenizer needs it
+    from transformers import (
+        PreTrainedTokenizerFast,
+    )  # deferred: transformers: seconds to import; prefbench check does without
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -300,7 +315,10 @@ def _bytes_tokenizer():
 
 
 def _build_tiny(preset: dict, out: pathlib.Path) -> None:
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+    )  # deferred: transformers: seconds to import; prefbench check does without
 
     shape = {k: v for k, v in preset.items() if k != "tokenizer"}
     tokenizer = _gguf_tokenizer() if preset["tokenizer"] == "smollm2" else _bytes_tokenizer()
@@ -328,7 +346,7 @@ def _build_tiny(preset: dict, out: pathlib.Path) -> None:
 
 
 def _download(spec: str) -> pathlib.Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: only a hub download or push needs it
 
     try:
         # Weights as safetensors plus configs, tokenizer files and modelling code (run only with trust_remote_code,

@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ def git_commit() -> str:
 
 
 def hardware() -> dict[str, Any]:
-    import torch
+    import torch  # deferred: torch: a second to import; prefbench check and report do without
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -226,9 +226,8 @@ def record_timing(
     """One line in <unit_dir>/timings.jsonl: a stage that ran for this unit, how long, where (host, device,
     processes) and when it ended. A unit's own file, appended only by its own stages: units running at the same
     time (prefbench launch) rewrite nothing shared. Runs that resumed have one line per invocation."""
-    from datetime import datetime
 
-    import torch
+    import torch  # deferred: torch: a second to import; prefbench check and report do without
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     AppendLog(Path(unit_dir) / "timings.jsonl").append(

@@ -116,7 +116,9 @@ def _t_test(diff: float, se: float, df: float, level: float) -> dict:
     """{"difference", "ci", "p_value", "df", "seed_variance"} of a t test of `diff` against 0: the interval and
     p on df degrees of freedom, p floored at the smallest positive float (never 0). se 0: every value is the
     same; a nonzero constant is a difference no seed or prompt varies (resolved)."""
-    from scipy import stats as st
+    from scipy import (
+        stats as st,
+    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
 
     half = float(st.t.ppf((1 + level) / 2, df)) * se
     p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
@@ -334,7 +336,9 @@ def detectable(ci, df: float | None, m: int, level: float = LEVEL) -> float:
     """The smallest |difference| a test with this interval had POWER to resolve at Holm's strictest level over a
     family of m, (1 - level) / m: (t(1 - alpha / 2m) + t(POWER)) standard errors, the standard error read back
     from the interval; t on df, normal quantiles where there is none (a prompt bootstrap). NaN for no interval."""
-    from scipy import stats as st
+    from scipy import (
+        stats as st,
+    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
 
     dist = st.t(df) if df else st.norm()
     se = (ci[1] - ci[0]) / (2 * dist.ppf((1 + level) / 2))
@@ -467,7 +471,9 @@ def pair_power(
     """The chance that a pair of objectives truly `effect` apart is resolved at Holm's strictest level over the
     k (k - 1) / 2 pairs, (1 - level) / m two-sided (Holm resolves at least that often), with the grid's pooled
     error term on (k - 1)(S - 1) degrees of freedom: a noncentral t (the spreads assumed alike, as pooling is)."""
-    from scipy import stats as st
+    from scipy import (
+        stats as st,
+    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
 
     m = max(1, objectives * (objectives - 1) // 2)
     se = math.sqrt(
@@ -487,7 +493,9 @@ def smallest_resolvable(
     components: dict, seeds: int, prompts: int, objectives: int, power: float = POWER, level: float = LEVEL
 ) -> float:
     """The smallest pairwise difference resolved with `power` at this design (pair_power solved for the effect)."""
-    from scipy.optimize import brentq
+    from scipy.optimize import (
+        brentq,
+    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
 
     hi = 1.0
     while pair_power(hi, components, seeds, prompts, objectives, level) < power:
@@ -551,7 +559,9 @@ def matched_kl(points: dict[str, list[tuple]], level: float = LEVEL) -> dict:
     Returns {"range": [lo, hi] or None (with "reason"), "runs": [{"objective", "label", "seed", "kl", "reward", "used"}],
     "model", "df", "objectives": {name: {"mean", "ci"} at the range's middle}, "pairs": [...], "curve": {"kl":
     [...], name: [...]}}."""
-    from scipy import stats as st
+    from scipy import (
+        stats as st,
+    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
 
     runs = [
         {

@@ -21,7 +21,7 @@ class TensorBoard:
     """Event files under <log_dir>/tensorboard/ (torch's SummaryWriter: pip install tensorboard)."""
 
     def __init__(self, project: str, group: str, name: str, config: dict, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # deferred: an optional tracker (prefbench[track])
 
         self.writer = SummaryWriter(log_dir=str(log_dir / "tensorboard"))
 
@@ -38,7 +38,7 @@ class Trackio:
     """A Trackio run (pip install trackio): stored locally (TRACKIO_DIR), or in a Space where its variables say."""
 
     def __init__(self, project: str, group: str, name: str, config: dict, log_dir: Path):
-        import trackio
+        import trackio  # deferred: an optional tracker (prefbench[track])
 
         self.run = trackio.init(project=project, name=name, group=group, config=config, resume="allow")
 
@@ -54,7 +54,7 @@ class WandB:
     from WANDB_API_KEY (or wandb login), WANDB_MODE=offline to write it locally only."""
 
     def __init__(self, project: str, group: str, name: str, config: dict, log_dir: Path):
-        import wandb
+        import wandb  # deferred: an optional tracker (prefbench[track])
 
         log_dir.mkdir(parents=True, exist_ok=True)
         run_id = "".join(c if c.isalnum() else "-" for c in name)[:100]  # the same unit, the same W&B run

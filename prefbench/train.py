@@ -216,7 +216,7 @@ def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
     base model and the checkpoint's adapters), else recipe.model's, with LoRA adapters added if asked."""
     lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name)
     if recipe.model.lora:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model  # deferred: peft: only LoRA recipes need it
 
         lora = recipe.model.lora
         if resume:
@@ -246,7 +246,7 @@ def restore(u: TrainState, resume: Path | None) -> int:
         # tensors and plain containers only: a run directory may come from anyone, and a pickle can run code
         state = torch.load(resume / "trainer_state.pt", weights_only=True)
         if u.sharded:
-            from torch.distributed.checkpoint.state_dict import (
+            from torch.distributed.checkpoint.state_dict import (  # deferred: torch: a second to import; prefbench check and report do without
                 StateDictOptions,
                 set_optimizer_state_dict,
             )
@@ -482,7 +482,7 @@ def _full_state(policy, optimizer=None, sharded: bool = False) -> tuple[dict | N
     A collective, so every rank calls it; only rank 0 gets the tensors. (None, None) when not sharded."""
     if not sharded:
         return None, None
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # deferred: torch: a second to import; prefbench check and report do without
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,

@@ -23,6 +23,8 @@ import signal
 import sys
 import time
 
+import psutil
+
 POLL_S = 0.5
 GRACE_S = 5.0
 MARKER = "PREFBENCH_WATCHED_BY"  # environment variable: the pid of the prefbench process that started this one
@@ -55,7 +57,6 @@ def _alive(pid: int) -> bool:
 
 
 def watch(parent: int) -> None:
-    import psutil
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the run: the run's children go with the run
     me = os.getpid()
@@ -71,7 +72,6 @@ def watch(parent: int) -> None:
 
 def _marked(parent: int, me: int) -> list:
     """Running processes whose environment says `parent` started them (MARKER); readable for the same user."""
-    import psutil
 
     out = []
     for p in psutil.process_iter():
@@ -86,7 +86,6 @@ def _marked(parent: int, me: int) -> list:
 def stop(processes: list) -> None:
     """SIGTERM to each process still running, its descendants and its process group (a server's session), then
     SIGKILL to whatever is left after GRACE_S."""
-    import psutil
 
     alive = []
     for p in processes:

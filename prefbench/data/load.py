@@ -83,8 +83,12 @@ def load_records(
     if data_files_format is not None and data_files_format not in _BUILDERS:
         raise ValueError(f"data_files_format must be one of {sorted(_BUILDERS)}, got {data_files_format!r}")
     if data_files_format is None and path.is_dir():
-        from datasets.data_files import EmptyDatasetError
-        from datasets.exceptions import DataFilesNotFoundError
+        from datasets.data_files import (
+            EmptyDatasetError,
+        )  # deferred: datasets: seconds to import; only hub and directory sources need it
+        from datasets.exceptions import (
+            DataFilesNotFoundError,
+        )  # deferred: datasets: seconds to import; only hub and directory sources need it
 
         try:
             args, kwargs = _dataset_call(str(path), config, data_dir)

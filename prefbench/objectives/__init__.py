@@ -4,6 +4,8 @@
 not given. Names are stable: results, reports and recipes are keyed by them.
 """
 
+import dataclasses
+
 from prefbench.errors import did_you_mean
 from prefbench.objectives.base import (
     Objective,
@@ -81,7 +83,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 def build(name: str, **hyperparameters: object) -> Objective:
     """OBJECTIVES[name](**hyperparameters), with one-line errors for an unknown name or field."""
-    import dataclasses
 
     if name not in OBJECTIVES:
         raise ValueError(

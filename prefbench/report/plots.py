@@ -22,10 +22,10 @@ def _png(fig) -> bytes:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib: a second to import; only plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib: a second to import; only plots need it
 
     return plt
 

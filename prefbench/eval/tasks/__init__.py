@@ -73,7 +73,7 @@ def include_fingerprint(include_path: str) -> str:
     """sha256 of every file under the user's task directory (YAML, Python helpers, data) and of the local data
     files its tasks name (`dataset_kwargs.data_files`, `dataset_path`; relative to the working directory, as
     lm-eval reads them). Results record it, so an edited task re-runs instead of reusing a stale result."""
-    from lm_eval.tasks._index import _IGNORE_DIRS
+    from lm_eval.tasks._index import _IGNORE_DIRS  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     root = Path(include_path).expanduser()
     named = [root]
@@ -109,7 +109,7 @@ def lm_eval_task_names() -> frozenset[str]:
     """The task, group and tag names of lm-eval's own task directory: TaskManager(include_defaults=True)'s
     index, built by _index in about half the time (~5 s instead of ~10 s for ~15k YAML files on a 2-core
     machine). tests/test_recipe.py checks it against TaskManager."""
-    import lm_eval.tasks
+    import lm_eval.tasks  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     return frozenset(_index(Path(lm_eval.tasks.__file__).parent))
 
@@ -118,8 +118,13 @@ def _index(root: Path) -> dict:
     """{name: Entry} of the YAML files under `root`, as lm-eval's TaskIndex.build makes it (lm-eval's YAML loader
     and TaskIndex.process_cfg), but each included template is parsed once instead of once per file that
     includes it."""
-    from lm_eval.tasks._index import _IGNORE_DIRS, TaskIndex
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._index import (
+        _IGNORE_DIRS,
+        TaskIndex,
+    )  # deferred: lm-eval: seconds to import; only benchmark work needs it
+    from lm_eval.tasks._yaml_loader import (
+        load_yaml,
+    )  # deferred: lm-eval: seconds to import; only benchmark work needs it
 
     @functools.cache
     def parsed(path: Path) -> dict:
