@@ -154,12 +154,15 @@ def _reward_problems(reward: str, reward_model: RewardModelSpec | None, prefix: 
 
 def _judge_problems(judge: JudgeSpec, at: str) -> list[str]:
     out = _model_problems(judge.local_model, f"{at}.local_model") if not judge.base_url else []
-    if not judge.template:
-        return out
-    # deferred: the judge package loads the openai client and scipy (3 s); only a recipe with a template pays for it
-    from prefbench.eval.judge.prompts import template_problems
+    # deferred: the judge package loads the openai client and scipy (3 s); only a recipe with a judge pays for it
+    from prefbench.eval.judge.protocols import PROTOCOLS
 
-    return out + template_problems(judge.template, f"{at}.template")
+    if (protocol := PROTOCOLS.get(judge.protocol)) is None:
+        known = list(PROTOCOLS)
+        return out + [
+            f"{at}.protocol: unknown judging protocol {judge.protocol!r}{did_you_mean(judge.protocol, known)}; known: {', '.join(known)}"
+        ]
+    return out + (protocol.template_problems(judge.template, f"{at}.template") if judge.template else [])
 
 
 def _eval_problems(spec: EvalSpec, at: str) -> list[str]:

@@ -997,6 +997,7 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
     """A judge that names the first answer whatever it reads: the report's first lines say it is not to be trusted
     and why, and the judge table marks the comparison; a judge that follows the rewards gets no such line."""
     from prefbench.eval.judge import PairResult, pair_stats
+    from prefbench.eval.judge.verdicts import distrust  # the judge stage stores it with each comparison
     from prefbench.report import judge_in_words, judge_table, render_markdown, unit_table
 
     judge = {"model": "tiny-judge", "template_sha256": "0" * 64, "temperature": 0.0, "forms": ["json"]}
@@ -1013,7 +1014,13 @@ def test_an_untrustworthy_judge_is_said_at_the_top_and_marked_in_its_table(tmp_p
             "cost_usd": 0.0,
         }  # the runner adds these
         (root / "eval_judge.json").write_text(
-            json.dumps({"comparisons": {"dpo/seed0 vs reference": comparison | {"judge": judge}}})
+            json.dumps(
+                {
+                    "comparisons": {
+                        "dpo/seed0 vs reference": comparison | {"judge": judge, "distrust": distrust(comparison)}
+                    }
+                }
+            )
         )
         run = load_run(root)
         markdown = render_markdown(run, unit_table(run), {})

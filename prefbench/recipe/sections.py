@@ -362,6 +362,7 @@ class JudgeSpec:
     dry_run: bool = False  # estimate calls, tokens and cost; judge nothing
     retry_failed: bool = False  # ask cached parse failures again (`prefbench evaluate --retry-failed`)
     template: str = ""  # a Jinja2 prompt template file (prefbench/eval/judge/prompts.py); "": the built-in one
+    protocol: str = "pairwise"  # how the judge is asked (prefbench.eval.judge.protocols.PROTOCOLS): pairwise, single
 
     def problems(self, at: str = "eval.judge") -> list[str]:
         out = _choice_problems(self, at) + (

@@ -18,6 +18,7 @@ from prefbench.report.tables import (
     benchmark_table,
     claims_table,
     contrast_table,
+    judge_protocol,
     judge_table,
     matched_kl_table,
     objective_table,
@@ -96,7 +97,7 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
             "Benchmarks",
             benchmark_table(run),
         ),
-        ("LLM judge (both answer orders; inconsistent orders count as ties)", "LLM judge", judge_table(run)),
+        (judge_protocol(run).title, "LLM judge", judge_table(run)),
     ]
     return [(md, h, df) for md, h, df in out if df is not None]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from prefbench.eval.judge.protocols import PROTOCOLS, Protocol
 from prefbench.metric_table import GENERATION, METRICS, PER_PROMPT, Metric, dig
 from prefbench.results import (
     Run,
@@ -176,11 +177,18 @@ def _trusted(c: dict) -> str:
     return "n/a" if "distrust" not in c else "no" if c["distrust"] else "yes"
 
 
+def judge_protocol(run: Run) -> Protocol:
+    """The judging protocol a run's eval_judge.json was written by (runs before protocols: pairwise)."""
+    return PROTOCOLS[(run.judge or {}).get("protocol", "pairwise")]
+
+
 def judge_table(run: Run) -> pd.DataFrame | None:
     """Every judged comparison with the judge's diagnostics, so a reader sees how far to trust the win rates."""
     j = run.judge
     if not j:
         return None
+    if (protocol := judge_protocol(run)).table is not None:  # a protocol with a table of its own
+        return protocol.table(j)
     if j.get("stopped"):
         return pd.DataFrame([{"comparison": "(judging stopped)", "note": j["stopped"]}]).set_index("comparison")
     rows = []

@@ -55,9 +55,7 @@ from prefbench.eval.judge.prompts import (
     FORMS,
     TEMPERATURE,
     Call,
-    request_options,
 )
-from prefbench.eval.judge.verdicts import parse_verdict, verdict_probs
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import LOCAL_HOSTS, JudgeSpec
 from prefbench.results import AppendLog
@@ -266,7 +264,7 @@ class _Judge:
                     messages=call.messages(form),
                     temperature=TEMPERATURE,
                     max_tokens=self.spec.max_tokens,
-                    **request_options(form, logprobs),
+                    **call.options(form, logprobs),
                 )
                 if (
                     not isinstance(response, ChatCompletion)
@@ -308,9 +306,9 @@ class _Judge:
         if response is not None:
             choice = response.choices[0]
             content, finish = choice.message.content or "", choice.finish_reason
-            verdict = parse_verdict(content, form)
+            verdict = call.parse(content, form)
             if verdict and choice.logprobs and choice.logprobs.content:
-                probs = verdict_probs(content, verdict, choice.logprobs.content)
+                probs = call.probs(content, verdict, choice.logprobs.content)
             usage = response.usage
             prompt_tokens = usage.prompt_tokens if usage else call.prompt_tokens_estimate(form)
             completion_tokens = usage.completion_tokens if usage else len(content) // CHARS_PER_TOKEN

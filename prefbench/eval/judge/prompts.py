@@ -40,8 +40,8 @@ import jinja2
 from jinja2 import meta
 
 from prefbench.errors import did_you_mean
+from prefbench.eval.judge.verdicts import VERDICTS, parse_verdict, verdict_probs
 
-VERDICTS = ("A", "B", "tie")
 TEMPERATURE = 0.0
 TOP_LOGPROBS = 5
 CHARS_PER_TOKEN = 4  # prompt-token estimate for dry runs and the budget: characters / 4
@@ -132,7 +132,10 @@ def request_options(form: str, logprobs: bool) -> dict:
 
 @dataclass(frozen=True)
 class Call:
-    """One judge request: the question and the answers as shown, in a template."""
+    """One pairwise judge request: the question and the answers as shown, in a template. The client
+    (client.py) asks any call the same way: its messages, its cache key, the request options of a form, and
+    how a reply's content reads (a verdict, its probabilities); another judging protocol brings calls of its
+    own (protocols.py)."""
 
     question: str
     a: str
@@ -144,6 +147,15 @@ class Call:
 
     def prompt_tokens_estimate(self, form: str = "json") -> int:
         return sum(len(m["content"]) for m in self.messages(form)) // CHARS_PER_TOKEN
+
+    def options(self, form: str, logprobs: bool) -> dict:
+        return request_options(form, logprobs)
+
+    def parse(self, content: str, form: str) -> str | None:
+        return parse_verdict(content, form)
+
+    def probs(self, content: str, verdict: str, tokens) -> dict[str, float] | None:
+        return verdict_probs(content, verdict, tokens)
 
     def key(self, model: str, form: str, max_tokens: int) -> str:
         decoding = {"temperature": TEMPERATURE, "max_tokens": max_tokens, "form": form}

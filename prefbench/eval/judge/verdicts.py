@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prefbench.eval.judge.prompts import VERDICTS
 from prefbench.stats import binomial_ci, estimate, length_adjusted_win_rate
+
+VERDICTS = ("A", "B", "tie")  # what a pairwise judge may answer: A better, B better, or a tie
 
 
 def parse_verdict(content: str, form: str) -> str | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from prefbench.eval.judge import JudgeBudgetError, judge_units
+from prefbench.eval.judge import JudgeBudgetError
+from prefbench.eval.judge.protocols import PROTOCOLS
 from prefbench.eval.prompts import prompt_text
 from prefbench.eval.rewards import REWARDS, make_reward, score_all
 from prefbench.eval.stages.base import (
@@ -47,11 +48,13 @@ def judge(recipe: Recipe) -> dict:
         rewards = {name: score_all(reward, prompts, per_prompt).tolist() for name, per_prompt in answers.items()}
     chosen = [r["chosen"] for r in records] if all("chosen" in r for r in records) else None
     out = {
-        "settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)})
+        "protocol": spec.protocol,
+        "settings": jsonable({"judge": dataclasses.asdict(spec), "generation": generation_settings(recipe, prompts)}),
     }
     verdicts = []
     try:
-        result = judge_units(spec, [prompt_text(p) for p in prompts], answers, "reference", chosen, rewards)
+        judge_with = PROTOCOLS[spec.protocol].judge
+        result = judge_with(spec, [prompt_text(p) for p in prompts], answers, "reference", chosen, rewards)
         verdicts = result.pop("verdicts", [])
         out |= result
     except JudgeBudgetError as stop:
