@@ -4,6 +4,7 @@ way: messages, cache key, request options, how a reply reads), its statistics an
 checks and the report's table of its results.
 
   pairwise  two answers side by side, both orders (prefbench.eval.judge: win rates, swap consistency)
+  single    one answer graded 1-10 with a rubric, as MT-Bench grades (single.py: mean scores, paired differences)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefbench.eval.judge import judge_units
+from prefbench.eval.judge import judge_units, single
 from prefbench.eval.judge.prompts import template_problems
 
 
@@ -31,5 +32,12 @@ class Protocol:
 PROTOCOLS = {
     "pairwise": Protocol(
         "pairwise", judge_units, template_problems, "LLM judge (both answer orders; inconsistent orders count as ties)"
+    ),
+    "single": Protocol(
+        "single",
+        single.grade_units,
+        single.template_problems,
+        "LLM judge, single-answer grading (1-10 per answer; prompts' samples averaged)",
+        single.table,
     ),
 }
