@@ -18,7 +18,7 @@ from prefbench.recipe import TrainSpec
 
 
 def process_rank() -> int:
-    return dist.getrank() if dist.is_initialized() else 0
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def init_distributed() -> tuple[int, int, torch.device]:

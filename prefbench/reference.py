@@ -109,7 +109,7 @@ def _share(rows: list[Key], examples: list[Example]) -> list[Key]:
     def cut(r: int) -> int:  # where rank r's share begins: at the start of prompt number len(starts) * r // world
         return starts[len(starts) * r // world] if r < world else len(rows)
 
-    return rows[cut(dist.getrank()) : cut(dist.getrank() + 1)]
+    return rows[cut(dist.get_rank()) : cut(dist.get_rank() + 1)]
 
 
 def reference_keys(
