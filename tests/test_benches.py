@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,10 +66,3 @@ def test_gpu_run_script_parses_and_every_script_it_calls_exists():
     assert subprocess.run(["bash", "-n", "bench/gpu_run.sh"], cwd=ROOT).returncode == 0
     for called in ("tests/test_gpu_paths.py", "bench/bench_gpu.py"):
         assert called in script and (ROOT / called).is_file()
-
-
-@pytest.mark.integration  # two vLLM engine starts and a transformers pass
-def test_bench_generate_smoke_compares_the_engines_on_two_prompts():
-    out = _bench("bench/bench_generate.py", "--prompts", "2", "--n", "1", "--max-tokens", "4", "--checkpoints", "2",
-                 timeout=900)  # fmt: skip
-    assert "vLLM / transformers throughput:" in out and "separate starts / one engine:" in out
