@@ -1,7 +1,9 @@
 """Every bench script runs: each in its smoke mode (a tiny model, a few steps, seconds), as a user would start it,
 so a change that breaks a bench fails the suite instead of waiting for the next measurement. The figures a smoke
 run prints mean nothing; what is checked is that each script reaches its table and that the numbers it compares
-are the ones it trained (the loss at the first step is ln 2 for DPO at policy = reference)."""
+are the ones it trained (the loss at the first step is ln 2 for DPO at policy = reference). Not run here: the vLLM
+studies (bench_generate.py, vllm_logprobs.py, kl_estimators.py) start vLLM engines for minutes each; the paths they
+time are those tests/test_generate.py and tests/test_metrics.py run."""
 
 import json
 import math
