@@ -79,13 +79,21 @@ def eval_units(recipe: Recipe, names: list[str] | None = None) -> dict[str, Eval
     return units
 
 
-def reference_first(recipe: Recipe, names: list[str] | None, done: dict, stage: str) -> None:
-    """A checkpoint's per-unit evaluation is paired with the reference's: refuse it before the reference's."""
-    if names is not None and "reference" not in names and "reference" not in done:
+def pending(
+    recipe: Recipe, names: list[str] | None, file: str, settings: dict, stage: str
+) -> tuple[dict[str, EvalUnit], dict[str, dict], list[EvalUnit]]:
+    """A per-unit stage's work: (the units, the results already in <unit>/`file` with these settings, the asked
+    units still to do). A checkpoint's evaluation is paired with the reference's: with work to do, a checkpoint
+    asked for alone before the reference's result is stored is refused."""
+    units = eval_units(recipe, names)
+    done = {name: result for name, u in units.items() if (result := finished_result(u.out / file, settings))}
+    todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
+    if todo and names is not None and "reference" not in names and "reference" not in done:
         raise TrainingError(
             f"{stage}: the reference is not evaluated yet, and every checkpoint is paired with it; "
             f"run `prefbench evaluate RECIPE --unit reference` first"
         )
+    return units, done, todo
 
 
 def finished_result(path: Path, settings: dict) -> dict | None:

@@ -18,12 +18,11 @@ from prefbench.eval.rewards import REWARDS, make_reward
 from prefbench.eval.stages.base import (
     EvalUnit,
     Stage,
-    eval_units,
     finished_result,
     generate_all,
     generation_settings,
+    pending,
     prompt_records,
-    reference_first,
     samplings,
     tracked,
 )
@@ -45,16 +44,9 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     prompts = [r["prompt"] for r in prompt_records(recipe)]
     REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
-    units = eval_units(recipe, names)
-    done = {
-        name: result
-        for name, u in units.items()
-        if (result := finished_result(u.out / "eval_generation.json", settings))
-    }
-    todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
+    units, done, todo = pending(recipe, names, "eval_generation.json", settings, "generation")
     if not todo:
         return {name: done[name] for name in units if name in done}
-    reference_first(recipe, names, done, "generation")
     reference = units["reference"]
     generated = todo if "reference" in done else [reference] + [u for u in todo if u.name != "reference"]
     gens, gen_stats = generate_all(recipe, generated, prompts)

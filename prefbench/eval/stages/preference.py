@@ -17,9 +17,8 @@ from prefbench.eval.metrics import METRICS_VERSION, preference_metrics, row_stat
 from prefbench.eval.stages.base import (
     EvalUnit,
     Stage,
-    eval_units,
     finished_result,
-    reference_first,
+    pending,
     tracked,
 )
 from prefbench.metric_table import dig
@@ -44,16 +43,9 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
             recipe.data.eval_fraction,
         )
         return {}
-    units = eval_units(recipe, names)
-    done = {
-        name: result
-        for name, u in units.items()
-        if (result := finished_result(u.out / "eval_preference.json", settings))
-    }
-    todo = [u for name, u in units.items() if name not in done and (names is None or name in names)]
+    units, done, todo = pending(recipe, names, "eval_preference.json", settings, "preference")
     if not todo:
         return {name: done[name] for name in units if name in done}
-    reference_first(recipe, names, done, "preference")
     rows = [(i, i, j) for i, e in enumerate(examples) for j in range(len(e.completions))]
     width = len(examples[0].completions)
 
