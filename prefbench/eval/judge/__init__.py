@@ -23,20 +23,19 @@ Verdict lines
 from __future__ import annotations
 
 import itertools
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from prefbench import models
 from prefbench.eval.judge.client import (
-    PARSE_ATTEMPTS,
     JudgeBudgetError,
     JudgeError,
     VerdictCache,
-    cost,
+    dry_run,
     judge_calls,
     judge_model,
+    to_ask,
 )
 from prefbench.eval.judge.prompts import (
     TEMPERATURE,
@@ -70,7 +69,6 @@ __all__ = [
     "verdict_probs",
 ]
 
-log = logging.getLogger(__name__)
 
 CHOSEN = "chosen"  # the dataset's chosen responses, as a unit
 
@@ -99,7 +97,6 @@ def judge_units(
     """
     _check(spec)
     template = load_template(spec.template)
-    model = judge_model(spec)
     cache = VerdictCache(Path(cache_dir or models.cache_dir() / "judge") / "verdicts.jsonl")
     plan = _plan(spec, prompts, answers, reference, chosen, rewards)
     calls = {
@@ -109,23 +106,10 @@ def judge_units(
         if ax != ay
         for a, b in ((ax, ay), (ay, ax))
     }
-    found = {c: cache.find(c, model, spec.max_tokens) for c in calls}
-    failed = [c for c, r in found.items() if r is not None and r["verdict"] is None and r["error"] is None]
-    needed = [c for c, r in found.items() if r is None or (spec.retry_failed and c in failed)]
-    log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
-    if failed and not spec.retry_failed:
-        log.warning(
-            "judge %s: %d cached verdicts are parse failures (answers that were no verdict, %d times each); "
-            "--retry-failed asks them again",
-            model,
-            len(failed),
-            PARSE_ATTEMPTS,
-        )
+    needed = to_ask(spec, list(calls), cache)
     if spec.dry_run:
-        return {"dry_run": _dry_run(spec, plan, len(calls), needed)}
-    made, transport = (
-        judge_calls(spec, needed, cache) if needed else (set(), {"faults": {}, "retries": 0, "reasked": 0})
-    )
+        return {"dry_run": dry_run(spec, len(calls), needed) | {"comparisons": [f"{x} vs {y}" for x, y in plan]}}
+    made, transport = judge_calls(spec, needed, cache)
     out: dict = {"comparisons": {}, "verdicts": [], "transport": transport}
     for (x, y), pairs in plan.items():
         comparison, lines = _comparison(spec, template, cache, made, prompts, x, y, pairs)
@@ -188,22 +172,6 @@ def _plan(
             for j, (ax, ay) in enumerate(zip(answers[x][i][:k], answers[y][i][:k]))
         ]
         for x, y in _comparisons(spec, list(answers), reference, chosen is not None)
-    }
-
-
-def _dry_run(spec: JudgeSpec, plan: dict[tuple[str, str], list[Pair]], calls: int, needed: list[Call]) -> dict:
-    """What judging would ask: the calls not in the cache, their estimated tokens and cost."""
-    prompt_tokens, completion_tokens = sum(c.prompt_tokens_estimate() for c in needed), len(needed) * spec.max_tokens
-    return {
-        "judge": judge_model(spec),
-        "comparisons": [f"{x} vs {y}" for x, y in plan],
-        "calls": calls,
-        "cached": calls - len(needed),
-        "to_make": len(needed),
-        "prompt_tokens_est": prompt_tokens,
-        "completion_tokens_max": completion_tokens,
-        "cost_usd_est": cost(spec, prompt_tokens, completion_tokens),
-        "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)",
     }
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import threading
@@ -59,6 +60,8 @@ from prefbench.eval.judge.prompts import (
 from prefbench.eval.server import VLLMServer
 from prefbench.recipe import LOCAL_HOSTS, JudgeSpec
 from prefbench.results import AppendLog
+
+log = logging.getLogger(__name__)
 
 LOCAL_KEY = "EMPTY"  # what a local server gets instead of an API key
 PARSE_ATTEMPTS = 3  # asks of one call whose answers parse to no verdict, before that is its verdict
@@ -130,9 +133,45 @@ def _endpoint(spec: JudgeSpec) -> Iterator[tuple[str, str]]:
         yield server.base_url, LOCAL_KEY
 
 
-def judge_calls(spec: JudgeSpec, calls: list[Call], cache: VerdictCache) -> tuple[set[str], dict]:
+def to_ask(spec: JudgeSpec, calls: list, cache: VerdictCache) -> list:
+    """The calls (of any protocol) the judge must be asked: those not in the cache and, with spec.retry_failed,
+    the cached parse failures; says how many the cache answers, and warns of parse failures it keeps."""
+    model = judge_model(spec)
+    found = {c: cache.find(c, model, spec.max_tokens) for c in calls}
+    failed = [c for c, r in found.items() if r is not None and r["verdict"] is None and r["error"] is None]
+    needed = [c for c, r in found.items() if r is None or (spec.retry_failed and c in failed)]
+    log.info("judge %s: %d calls, %d from the cache", model, len(calls), len(calls) - len(needed))
+    if failed and not spec.retry_failed:
+        log.warning(
+            "judge %s: %d cached verdicts are parse failures (answers that were no verdict, %d times each); "
+            "--retry-failed asks them again",
+            model,
+            len(failed),
+            PARSE_ATTEMPTS,
+        )
+    return needed
+
+
+def dry_run(spec: JudgeSpec, calls: int, needed: list) -> dict:
+    """What judging would ask: the calls not in the cache, their estimated tokens and cost."""
+    prompt_tokens, completion_tokens = sum(c.prompt_tokens_estimate() for c in needed), len(needed) * spec.max_tokens
+    return {
+        "judge": judge_model(spec),
+        "calls": calls,
+        "cached": calls - len(needed),
+        "to_make": len(needed),
+        "prompt_tokens_est": prompt_tokens,
+        "completion_tokens_max": completion_tokens,
+        "cost_usd_est": cost(spec, prompt_tokens, completion_tokens),
+        "estimate": "prompt tokens as characters / 4; completion tokens at max_tokens (an upper bound)",
+    }
+
+
+def judge_calls(spec: JudgeSpec, calls: list, cache: VerdictCache) -> tuple[set[str], dict]:
     """Ask the judge for each call (none of them cached): (the cache keys of the verdicts it gave, the transport
-    record: faults by kind, retries, parse re-asks)."""
+    record: faults by kind, retries, parse re-asks). No call: nothing asked, no endpoint opened."""
+    if not calls:
+        return set(), {"faults": {}, "retries": 0, "reasked": 0}
     with (
         _endpoint(spec) as (base_url, api_key),
         openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=spec.timeout_s) as client,

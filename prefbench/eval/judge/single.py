@@ -28,7 +28,7 @@ from scipy import stats as st
 
 from prefbench import models
 from prefbench.errors import did_you_mean
-from prefbench.eval.judge.client import VerdictCache, cost, judge_calls, judge_model
+from prefbench.eval.judge.client import VerdictCache, dry_run, judge_calls, judge_model, to_ask
 from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, JINJA, TEMPERATURE, TOP_LOGPROBS, USER_LINE, Template
 from prefbench.recipe import JudgeSpec
 from prefbench.stats import estimate, paired_difference
@@ -149,17 +149,10 @@ def grade_units(
         for u, per_prompt in answers.items()
     }
     calls = list(dict.fromkeys(c for per_unit in asked.values() for row in per_unit for c in row))
-    found = {c: cache.find(c, model, spec.max_tokens) for c in calls}
-    failed = {c for c, r in found.items() if r is not None and r["verdict"] is None and r["error"] is None}
-    needed = [c for c, r in found.items() if r is None or (spec.retry_failed and c in failed)]
+    needed = to_ask(spec, calls, cache)
     if spec.dry_run:
-        prompt_tokens = sum(c.prompt_tokens_estimate() for c in needed)
-        return {"dry_run": {"judge": model, "calls": len(calls), "cached": len(calls) - len(needed), "to_make": len(needed),
-                            "prompt_tokens_est": prompt_tokens, "completion_tokens_max": len(needed) * spec.max_tokens,
-                            "cost_usd_est": cost(spec, prompt_tokens, len(needed) * spec.max_tokens)}}  # fmt: skip
-    made, transport = (
-        judge_calls(spec, needed, cache) if needed else (set(), {"faults": {}, "retries": 0, "reasked": 0})
-    )
+        return {"dry_run": dry_run(spec, len(calls), needed)}
+    made, transport = judge_calls(spec, needed, cache)
     grades, lines = {}, []
     for unit, per_unit in asked.items():
         records = [[cache.find(c, model, spec.max_tokens) for c in row] for row in per_unit]
