@@ -87,8 +87,15 @@ def load_template(path: str = "") -> Template:
     return Template((Path(path).expanduser() if path else BUILTIN_TEMPLATE).read_text(encoding="utf-8"))
 
 
-def template_problems(path: str, at: str) -> list[str]:
-    """What is wrong with a template file, one line each, before anything is asked."""
+def template_problems(
+    path: str,
+    at: str,
+    variables: tuple[str, ...] = VARIABLES,
+    required: tuple[str, ...] = REQUIRED,
+    sees: str = "the request (question) and both answers (answer_a, answer_b)",
+) -> list[str]:
+    """What is wrong with a template file, one line each, before anything is asked: a protocol's template uses
+    only its `variables` and every `required` one (`sees`: what those show the judge, for the message)."""
     file = Path(path).expanduser()
     if not file.is_file():
         return [f"{at}: file not found: {path}"]
@@ -107,15 +114,11 @@ def template_problems(path: str, at: str) -> list[str]:
         ]
     used = set().union(*map(meta.find_undeclared_variables, parts)) - set(JINJA.globals)
     out = [
-        f"{at}: unknown variable {name!r}{did_you_mean(name, VARIABLES)}; known: {', '.join(VARIABLES)}"
-        for name in sorted(used - set(VARIABLES))
+        f"{at}: unknown variable {name!r}{did_you_mean(name, variables)}; known: {', '.join(variables)}"
+        for name in sorted(used - set(variables))
     ]
-    missing = [name for name in REQUIRED if name not in used]
-    if missing:
-        out.append(
-            f"{at}: must use {', '.join(missing)}: the judge has to see the request (question) and both answers "
-            "(answer_a, answer_b)"
-        )
+    if missing := [name for name in required if name not in used]:
+        out.append(f"{at}: must use {', '.join(missing)}: the judge has to see {sees}")
     return out
 
 

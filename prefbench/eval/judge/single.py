@@ -21,15 +21,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import numpy as np
-from jinja2 import meta
 from scipy import stats as st
 
 from prefbench import models
-from prefbench.errors import did_you_mean
+from prefbench.eval.judge import prompts
 from prefbench.eval.judge.client import VerdictCache, dry_run, judge_calls, judge_model, to_ask
-from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, JINJA, TEMPERATURE, TOP_LOGPROBS, USER_LINE, Template
+from prefbench.eval.judge.prompts import CHARS_PER_TOKEN, TEMPERATURE, TOP_LOGPROBS, Template
 from prefbench.recipe import JudgeSpec
 from prefbench.stats import estimate, paired_difference
 
@@ -108,23 +106,7 @@ def load_template(path: str = "") -> Template:
 
 def template_problems(path: str, at: str) -> list[str]:
     """What is wrong with a grading template file, one line each, before anything is asked."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        return [f"{at}: file not found: {path}"]
-    try:
-        parts = [JINJA.parse(part) for part in USER_LINE.split(file.read_text(encoding="utf-8"), maxsplit=1)]
-    except UnicodeDecodeError:
-        return [f"{at}: not UTF-8 text: {path}"]
-    except jinja2.TemplateSyntaxError as err:
-        return [f"{at}: not a valid Jinja2 template: {err.message} (line {err.lineno})"]
-    used = set().union(*map(meta.find_undeclared_variables, parts)) - set(JINJA.globals)
-    out = [
-        f"{at}: unknown variable {name!r}{did_you_mean(name, VARIABLES)}; known: {', '.join(VARIABLES)}"
-        for name in sorted(used - set(VARIABLES))
-    ]
-    if missing := [name for name in REQUIRED if name not in used]:
-        out.append(f"{at}: must use {', '.join(missing)}: the judge has to see the request and the answer")
-    return out
+    return prompts.template_problems(path, at, VARIABLES, REQUIRED, "the request and the answer")
 
 
 def grade_units(
