@@ -77,7 +77,10 @@ class Template:
         return [JINJA.from_string(part) for part in USER_LINE.split(self.text, maxsplit=1)]
 
     def messages(self, question: str, a: str, b: str, form: str) -> list[dict]:
-        values = {"question": question, "answer_a": a, "answer_b": b, "form": form}
+        return self.render({"question": question, "answer_a": a, "answer_b": b, "form": form})
+
+    def render(self, values: dict) -> list[dict]:
+        """The chat messages of these values (any protocol's): the system part, where there is one, and the user's."""
         roles = ("system", "user")[-len(self.parts) :]
         return [{"role": role, "content": part.render(values).strip()} for role, part in zip(roles, self.parts)]
 

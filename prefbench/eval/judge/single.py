@@ -71,9 +71,7 @@ class GradeCall:
     template: Template
 
     def messages(self, form: str) -> list[dict]:
-        values = {"question": self.question, "answer": self.answer, "form": form}
-        roles = ("system", "user")[-len(self.template.parts) :]
-        return [{"role": r, "content": part.render(values).strip()} for r, part in zip(roles, self.template.parts)]
+        return self.template.render({"question": self.question, "answer": self.answer, "form": form})
 
     def prompt_tokens_estimate(self, form: str = "json") -> int:
         return sum(len(m["content"]) for m in self.messages(form)) // CHARS_PER_TOKEN
