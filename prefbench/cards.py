@@ -21,6 +21,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "model_card.md.jinja"
 def render_card(run: Run, unit: UnitResults, table: pd.DataFrame) -> str:
     """The card of one trained unit; `table` is the report's unit table (report.unit_table)."""
     recipe, manifest = run.manifest["recipe"], run.manifest
+    train = {**recipe["train"], **unit.summary.get("train", {})}  # the unit's own settings where it had them
     rows = table.loc[[u for u in ("reference", unit.name) if u in table.index]] if unit.generation else None
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.from_string(TEMPLATE.read_text()).render(
@@ -33,10 +34,10 @@ def render_card(run: Run, unit: UnitResults, table: pd.DataFrame) -> str:
         hyperparameters=unit.summary.get("hyperparameters", {}),
         model_name=recipe["model"]["name"],
         base_model=_hub_name(recipe["model"]["name"]),
-        steps=recipe["train"]["steps"],
-        batch_size=recipe["train"]["batch_size"],
-        lr=recipe["train"]["lr"],
-        schedule=recipe["train"]["schedule"],
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        schedule=train["schedule"],
         final_loss=f"{unit.summary['final']['loss']:.4f}" if unit.summary.get("final") else "n/a",
         data_source=recipe["data"]["source"] or "a mixture: " + ", ".join(m["source"] for m in recipe["data"]["mix"]),
         data_format=manifest["data"]["format"],

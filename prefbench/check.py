@@ -91,6 +91,20 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
     return out + (_lookup_problems(recipe.eval, "eval") if lookups else [])
 
 
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """What is valid but weak, one line each: the schema's own, and an objective whose loss is defined over the
+    micro-batch (objectives' `batch_defined`) trained with gradient accumulation."""
+    out = recipe.warnings()
+    if recipe.train.micro_batch_size < recipe.train.batch_size:
+        out += [
+            f"objectives[{i}] ({spec.name}): {OBJECTIVES[spec.name].batch_defined}; train.micro_batch_size "
+            f"{recipe.train.micro_batch_size} < batch_size {recipe.train.batch_size} trains it on smaller batches than the others"
+            for i, spec in enumerate(recipe.objectives)
+            if spec.name in OBJECTIVES and OBJECTIVES[spec.name].batch_defined
+        ]
+    return out
+
+
 def _converted(spec: ObjectiveSpec) -> ObjectiveSpec:
     """The objective's own conversion of its hyperparameters ("1e-3" -> 0.001); a failure is a problem below."""
     try:

@@ -66,11 +66,12 @@ def cmd_check(args) -> int:
     starts), and print it resolved. Raises RecipeError with every problem, one line each."""
     import yaml
 
-    from prefbench.check import load_any
+    from prefbench.check import load_any, recipe_warnings
+    from prefbench.recipe import Recipe
 
     recipe = load_any(args.recipe, args.overrides, lookups=True)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    for line in getattr(recipe, "warnings", list)():  # a generate-data recipe has none
+    for line in recipe_warnings(recipe) if isinstance(recipe, Recipe) else []:  # a generate-data recipe has none
         print(f"prefbench: warning: {line}", file=sys.stderr)
     return 0
 

@@ -112,16 +112,9 @@ def _share(rows: list[Key], examples: list[Example]) -> list[Key]:
     return rows[cut(dist.get_rank()) : cut(dist.get_rank() + 1)]
 
 
-def reference_keys(
-    recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int, device="cpu"
-) -> set[Key]:
-    """Every row whose reference log-prob training will read. A token budget cuts a step by the tokens of the
-    layout training runs in, and KTO's mismatched pairs depend on the cut: the keys of the planned layout and of
-    plain rows (where the model's attention takes no custom mask) are both included."""
-    t = recipe.train
-    layouts = (
-        {"rows", planned_layout(t.share_prompts, t.padding_free, device)} if t.max_tokens_per_forward else {"rows"}
-    )
+def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[ObjectiveSpec], seeds, world: int) -> set[Key]:
+    """Every row whose reference log-prob training will read: each step's rows and, for KTO, the step's mismatched
+    pairs (built from the whole step, so how a token budget cuts the step into micro-batches changes nothing)."""
     keys: set[Key] = set()
     lengths = [ex.length() for ex in prepared.train]
     for spec in objectives:
@@ -130,14 +123,10 @@ def reference_keys(
             continue
         for seed in seeds:
             for step in schedule(
-                lengths, recipe.train.batch_size, recipe.train.steps, seed, recipe.train.bucket_batches
+                lengths, recipe.train.batch_size, recipe.train_for(spec).steps, seed, recipe.train.bucket_batches
             ):
                 for rank in range(world):
-                    for mb in (
-                        mb
-                        for rows_layout in layouts
-                        for mb in micro_batches(objective, prepared, step, recipe, rank, world, rows_layout)
-                    ):
+                    for mb in micro_batches(objective, prepared, step, recipe, rank, world):
                         keys.update(mb.rows)
                         keys.update(mb.kl_rows or ())
     return keys

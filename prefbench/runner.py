@@ -74,7 +74,7 @@ def prepare(
         )
     specs, seeds = _selected(recipe, labels, seeds)
     ref = RefLogps(ref_cache_path(recipe, prepared, device))
-    keys = reference_keys(recipe, prepared, specs, seeds, world, device)
+    keys = reference_keys(recipe, prepared, specs, seeds, world)
     autocast = autocast_for(recipe.train.dtype, device)
     ref_seconds, computed = ref.ensure(
         keys,

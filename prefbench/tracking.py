@@ -112,9 +112,11 @@ class Trackers:
 
 
 def log_evaluation(recipe, unit: str, log_dir: Path, summary: dict[str, float]) -> None:
-    """A unit's evaluation summary ("eval/..." numbers), logged once at the last training step."""
+    """A unit's evaluation summary ("eval/..." numbers), logged once at the unit's last training step."""
     trackers = Trackers(recipe, unit, log_dir)
+    label = unit.split("/")[0]
+    steps = recipe.train_for(recipe.objective(label)).steps if unit != "reference" else recipe.train.steps
     try:
-        trackers.log({f"eval/{k}": v for k, v in summary.items() if v is not None}, step=recipe.train.steps)
+        trackers.log({f"eval/{k}": v for k, v in summary.items() if v is not None}, step=steps)
     finally:
         trackers.close()

@@ -55,7 +55,7 @@ from prefbench.objectives import (
     UnpairedLogps,
     build,
 )
-from prefbench.recipe import ObjectiveSpec, Recipe
+from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.reference import RefLogps
 from prefbench.results import (
     AppendLog,
@@ -143,7 +143,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
             raise BusyError(busy[0])
         if (out / "summary.json").exists():
             return read_json(out / "summary.json")
-        t = recipe.train
+        t = recipe.train_for(spec)
         if t.batch_size % (t.micro_batch_size * world):
             raise TrainingError(
                 f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}"
@@ -175,8 +175,9 @@ def set_up(
     world: int,
     device: torch.device,
 ) -> TrainState:
-    """The objective, the model (its weights from `resume` when given), the FSDP2/DDP wrap, AdamW and its schedule."""
-    t = recipe.train
+    """The objective, the model (its weights from `resume` when given), the FSDP2/DDP wrap, AdamW and its schedule
+    (at the objective's own settings where its entry has them: Recipe.train_for)."""
+    t = recipe.train_for(spec)
     sharded = world > 1 and t.fsdp  # train_units refused max_tokens_per_forward with FSDP before the reference pass
     objective = build(spec.name, **spec.hyperparameters)
     autocast = autocast_for(t.dtype, device)
@@ -292,7 +293,7 @@ def train_loop(
 ) -> tuple[float, int]:
     """Steps start_step+1 .. train.steps: one update and one metrics.jsonl line each, a checkpoint every
     train.save_every steps. Returns this process's seconds in steps and real tokens."""
-    t = recipe.train
+    t = recipe.train_for(u.spec)
     plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, u.seed, t.bucket_batches)
     train_seconds, tokens_total = 0.0, 0
     bar = tqdm(
@@ -317,6 +318,7 @@ def train_loop(
             lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
             u.optimizer.step()
             u.scheduler.step()
+            u.objective.end_step()
             u.optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - step_start
             train_seconds += seconds
@@ -353,6 +355,7 @@ def _forward_backward(
     counts_per_batch = [loss_count(u.objective, mb) for mb in batches]
     sums: dict[str, tuple[float, int]] = {}
     tokens = 0
+    mismatched = _mismatched_logps(u, batches, prepared, ref)
     for n, mb in enumerate(batches):
         fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.layout)
         tokens += real_tokens(mb.rows, prepared.train)
@@ -361,7 +364,7 @@ def _forward_backward(
             with u.autocast:
                 logps, counts = u.policy(*fwd)
             logps, counts = logps.double(), counts.double()
-            batch, extra = _objective_batch(u, mb, logps, counts, ref, prepared)
+            batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
                 raise TrainingError(
@@ -380,8 +383,30 @@ def _forward_backward(
     return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
 
 
-def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, prepared):
-    """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics."""
+def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None):
+    """KTO's mismatched pairs of the whole step, every process's: (policy, reference) log-probs, no gradient (z0 is
+    detached), or (None, None) for an objective without them. One forward per micro-batch's pairs, before any
+    backward, so that every micro-batch's loss reads the same step-wide z0 (tests/test_invariances.py)."""
+    if not u.objective.needs_mismatched_pairs:
+        return None, None
+    parts = []
+    with torch.no_grad(), u.autocast:
+        for mb in batches:
+            logps, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, u.device, u.layout))
+            parts.append(logps.double())
+    rows = [row for mb in batches for row in mb.kl_rows]
+    values = [torch.cat(parts)] + ([to_device(ref.tensor(rows), u.device)] if u.objective.needs_reference else [])
+    if u.world > 1:  # every process holds as many pairs (equal shares of the step's examples)
+        for i, mine in enumerate(values):
+            gathered = [torch.empty_like(mine) for _ in range(u.world)]
+            dist.all_gather(gathered, mine)
+            values[i] = torch.cat(gathered)
+    return values[0], values[1] if len(values) > 1 else None
+
+
+def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched):
+    """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics; `mismatched`: the step's
+    (policy, reference) log-probs of KTO's mismatched pairs."""
     objective, device = u.objective, u.device
     ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
     if objective.data == "paired":
@@ -398,12 +423,7 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, prepared
         }
         return batch, {k: v.detach() for k, v in extra.items()}
     desirable = to_device(torch.tensor(mb.labels), device)
-    kl_policy = kl_ref = None
-    if mb.kl_rows:
-        with torch.no_grad(), u.autocast:  # z0 gets no gradient: one extra forward without a graph
-            kl_policy, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, device, u.layout))
-        kl_policy = kl_policy.double()
-        kl_ref = to_device(ref.tensor(mb.kl_rows), device) if objective.needs_reference else None
+    kl_policy, kl_ref = mismatched
     batch = UnpairedLogps(
         policy=logps, tokens=counts, desirable=desirable, ref=ref_values, kl_policy=kl_policy, kl_ref=kl_ref
     )
@@ -453,7 +473,9 @@ def _summary(u: TrainState, recipe: Recipe, resume: Path | None, train_seconds: 
         "objective_version": OBJECTIVES[u.spec.name].version,
         "hyperparameters": u.objective.hyperparameters(),
         "seed": u.seed,
-        "steps": recipe.train.steps,
+        "steps": recipe.train_for(u.spec).steps,
+        # the settings an objective may set for itself, as this unit trained with them (cards and reports read them)
+        "train": {k: getattr(recipe.train_for(u.spec), k) for k in TrainSpec.PER_OBJECTIVE},
         "final": json.loads(u.metrics_path.read_text().splitlines()[-1]) if u.rank == 0 else {},
         "train_seconds_this_process": train_seconds,
         "loop_tokens_per_s": tokens * u.world / train_seconds

@@ -146,9 +146,9 @@ HAND: dict[str, list[float]] = {
     "kto_no_ref": [sig(2), sig(3 - L3), sig(-2.5), sig(L3 - 1)],
     # desirable 1 - sigma(beta h), undesirable sigma(beta h)
     "apo_zero_unpaired": [0.5, 0.25, 0.5, 0.75],
-    # delta = mean(beta h) = L/2 (first training batch); desirable -log sigma(beta h - delta),
-    # undesirable -log sigma(delta - beta h): [log(1 + 3^0.5), log(1 + 3^-0.5), log(1 + 3^-0.5), log(1 + 3^0.5)]
-    "bco": [math.log(1 + 3**0.5), math.log(1 + 3**-0.5), math.log(1 + 3**-0.5), math.log(1 + 3**0.5)],
+    # delta = the mean beta h of the steps before = 0 (the first step); beta h = [0, L, 0, L]; desirable
+    # -log sigma(beta h - delta) = [ln 2, ln(4/3)], undesirable -log sigma(delta - beta h) = [ln 2, ln 4]
+    "bco": [LN2, LN43, LN2, LN4],
 }
 
 
@@ -458,19 +458,23 @@ def test_kto_class_weights_scale_each_class():
     torch.testing.assert_close(weighted, base * t(2, 2, 0.5, 0.5))
 
 
-def test_bco_running_mean_spans_batches_and_round_trips():
+def test_bco_running_mean_spans_steps_and_round_trips():
     bco = OBJECTIVES["bco"]()
-    bco.loss(hand_unpaired())  # beta h = [0, L, 0, L]: sum 2L over 4
+    first = bco.loss(hand_unpaired())  # beta h = [0, L, 0, L]: sum 2L over 4
     second = kto_batch([10.0, -30.0], [True, False])  # beta h = [1, -3]
+    # a second micro-batch of the same step reads the same delta (0: no step has ended)
+    assert float(bco.loss(second).metrics["delta"]) == float(first.metrics["delta"]) == 0.0
+    bco.end_step()  # the step's six rewards join the mean: (2L + 1 - 3) / 6
     out = bco.loss(second)
     delta = (2 * L3 + 1 - 3) / 6
     assert float(out.metrics["delta"]) == pytest.approx(delta)
     torch.testing.assert_close(out.losses, t(sp(1 - delta), sp(-(-3 - delta))))
     with torch.no_grad():  # evaluation reads delta without moving it
         bco.loss(kto_batch([100.0], [True]))
+    bco.end_step()  # (the training batch above joins: 8 rewards)
     restored = OBJECTIVES["bco"]()
     restored.load_state_dict(bco.state_dict())
-    assert restored.state_dict() == {"reward_sum": pytest.approx(2 * L3 - 2), "reward_count": 6}
+    assert restored.state_dict() == {"reward_sum": pytest.approx(2 * L3 - 4), "reward_count": 8}
 
 
 # ---- the registry and its user-facing errors ---------------------------------------------------

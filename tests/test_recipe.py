@@ -562,3 +562,25 @@ def test_the_task_index_of_check_is_lm_evals_own():
     from prefbench.eval.tasks import lm_eval_task_names, packs
 
     assert lm_eval_task_names() == set(task_manager(["not_a_pack"]).all_tasks) - set(packs.PACKS)
+
+
+def test_an_objective_sets_only_what_papers_tune_per_method(tmp_path):
+    r = load_recipe(write(tmp_path, base(tmp_path, objectives=[{"name": "dpo", "train": {"lr": "5e-5", "steps": 3}}])))
+    assert (r.train_for(r.objectives[0]).lr, r.train_for(r.objectives[0]).steps, r.train.lr) == (5e-5, 3, 5e-6)
+    assert r.to_dict()["objectives"] == [{"name": "dpo", "label": "dpo", "train": {"lr": 5e-5, "steps": 3}}]
+    bad = [{"name": "dpo", "train": {"lr": -1, "batch_size": 2, "warmup_ratio": "x"}}, {"name": "kto", "train": 3}]
+    assert problems(tmp_path, objectives=bad) == [
+        "objectives[0].train.batch_size: unknown key (the rest of train is the run's: every objective sees identical data)",
+        "objectives[0].train.warmup_ratio: expected float, got str 'x'",
+        "objectives[1].train: expected a mapping of lr, warmup_ratio, steps, schedule, weight_decay, max_grad_norm, adam_betas",
+        "objectives[0].train.lr: must be > 0, got -1.0",
+    ]
+
+
+def test_a_batch_defined_objective_under_accumulation_is_warned(tmp_path, capsys):
+    body = base(tmp_path, objectives=[{"name": "aot"}, {"name": "dpo"}], train={"batch_size": 4, "micro_batch_size": 2})
+    assert cli_main(["check", str(write(tmp_path, body))]) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert line.startswith("prefbench: warning: objectives[0] (aot): sorts the log-ratios of the micro-batch")
+    body["train"]["micro_batch_size"] = 4
+    assert cli_main(["check", str(write(tmp_path, body))]) == 0 and "warning" not in capsys.readouterr().err

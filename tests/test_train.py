@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny random model: every objective, determinism, resume after a real
-kill, data-parallel equivalence under torchrun, gradient accumulation, LoRA, divergence, bad data."""
+kill, data-parallel equivalence under torchrun, LoRA, divergence, bad data (gradient accumulation:
+tests/test_invariances.py)."""
 
 from __future__ import annotations
 
@@ -160,12 +161,24 @@ def test_same_seed_same_data_same_losses(tmp_path):
     assert len(fingerprints) == 1
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path):
-    train_units(parse_recipe(recipe_dict(tmp_path / "big", [{"name": "dpo"}], micro_batch_size=4)))
-    train_units(parse_recipe(recipe_dict(tmp_path / "acc", [{"name": "dpo"}], micro_batch_size=1)))
-    big, acc = metrics(tmp_path / "big", "dpo"), metrics(tmp_path / "acc", "dpo")
-    assert [r["loss"] for r in acc] == pytest.approx([r["loss"] for r in big], abs=1e-5)
-    assert [r["grad_norm"] for r in acc] == pytest.approx([r["grad_norm"] for r in big], rel=1e-4)
+def test_an_objective_trains_at_its_own_settings_and_the_card_and_report_say_so(tmp_path):
+    """dpo at its own learning rate and length (constant schedule, no warm-up: every step's rate is the set one),
+    kto at the run's: each unit's steps and rates follow its entry, its summary and card record them, and the
+    report's settings table sets them side by side."""
+    from prefbench.report import write_report
+
+    objectives = [{"name": "dpo", "train": {"lr": 2e-3, "steps": 3}}, {"name": "kto"}]
+    train_units(parse_recipe(recipe_dict(tmp_path, objectives, schedule="constant")))
+    assert [(r["step"], r["lr"]) for r in metrics(tmp_path, "dpo")] == [(1, 2e-3), (2, 2e-3), (3, 2e-3)]
+    assert [(r["step"], r["lr"]) for r in metrics(tmp_path, "kto")] == [(s, 1e-3) for s in (1, 2, 3, 4)]
+    summary = json.loads((tmp_path / "t" / "dpo" / "seed0" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["train"]["lr"] == 2e-3 and summary["train"]["schedule"] == "constant"
+    report = (write_report(tmp_path / "t", tmp_path / "reports") / "report.md").read_text()
+    table = report[report.index("## Settings per objective") :]
+    assert "| dpo         | defaults          | 0.002 |       3 |" in table
+    assert "| kto         | defaults          | 0.001 |       4 |" in table
+    card = (tmp_path / "t" / "dpo" / "seed0" / "final" / "README.md").read_text()
+    assert "0.002" in card and "0.001" not in card
 
 
 def cli(args, env=None, **kw):
@@ -243,7 +256,8 @@ def torchrun(recipe: Path, label: str) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 CPU processes on gloo, each taking half of every step's examples, follow the same loss
-    trajectory as one process with the same global batch (KTO's per-micro-batch z0 included)."""
+    trajectory as one process with the same global batch (KTO's z0 included: the mean over both processes'
+    mismatched pairs, as one process computes it over the whole step)."""
     objectives = [{"name": "dpo"}, {"name": "kto"}]
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe_dict(tmp_path / "ddp", objectives, micro_batch_size=2)))
@@ -466,20 +480,8 @@ def test_token_budget_splits_only_wide_micro_batches_into_length_runs():
     assert [padded_tokens(view(dpo, prepared, r, "both").rows, train) for r in runs] == [6, 8, 12, 16]
     # budget 16 over [5, 0, 3, 1, 2]: [0, 1] = 16 fits, [0, 1, 2] = 30 does not; [2, 3] = 24; [3, 5] = 32
     assert _within_budget(dpo, prepared, [5, 0, 3, 1, 2], "both", 16) == [[0, 1], [2], [3], [5]]
-    # KTO (mismatched pairs need two prompts): runs of at least two examples: [0, 1] (forced), [0, 1, 3] = 36 > 12,
-    # then [3] must take 5
-    assert _within_budget(kto, prepared, [5, 0, 3, 1], "both", 12) == [[0, 1], [3, 5]]
-    # ... and two distinct prompts, not two examples: 0 and 1 share a prompt here, so the first run takes 3 as well;
-    # [5] alone has one prompt and merges back into the run before it
-    shared = Prepared(
-        "paired",
-        [Example((1, 10 if i < 2 else 10 + i), e.completions) for i, e in enumerate(train)],
-        [],
-        {},
-        "f",
-        [0] * 6,
-    )
-    assert _within_budget(kto, shared, [5, 0, 3, 1], "both", 12) == [[0, 1, 3, 5]]
+    # KTO is cut like any objective: its mismatched pairs come from the whole step, not from the run
+    assert _within_budget(kto, prepared, [5, 0, 3, 1], "both", 12) == runs
 
 
 def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
@@ -512,8 +514,9 @@ def test_token_budget_keeps_the_gradient_of_the_step_mean(tmp_path):
 
 
 def test_reference_keys_cover_the_layout_training_cuts_by():
-    """With a token budget, a step is cut by the tokens of the layout training runs in (shared prompts here), and
-    KTO's mismatched pairs follow the cut: the reference keys computed before training hold those rows too."""
+    """With a token budget, a step is cut by the tokens of the layout training runs in (shared prompts here); KTO's
+    mismatched pairs come from the whole step, so every cut reads the same rows, and the reference keys computed
+    before training hold them all."""
     from prefbench import models
     from prefbench.data.batches import micro_batches, schedule
     from prefbench.data.prepare import prepare_data
@@ -531,5 +534,9 @@ def test_reference_keys_cover_the_layout_training_cuts_by():
         for mb in micro_batches(kto, prepared, step, recipe, 0, 1, layout)
         for k in mb.rows + mb.kl_rows
     }
-    assert cut("shared") != cut("rows")  # the budget cuts the two layouts differently here
-    assert cut("shared") | cut("rows") <= reference_keys(recipe, prepared, recipe.objectives, [0], 1, "cpu")
+    shared, rows = (
+        [[len(mb.rows) for mb in micro_batches(kto, prepared, step, recipe, 0, 1, layout)] for step in plan]
+        for layout in ("shared", "rows")
+    )
+    assert shared != rows  # the budget cuts the two layouts differently here
+    assert cut("shared") == cut("rows") == reference_keys(recipe, prepared, recipe.objectives, [0], 1)

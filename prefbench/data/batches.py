@@ -71,10 +71,7 @@ def view(objective: Objective, prepared: Prepared, indices: list[int], unpaired_
     else:  # one completion per prompt, as in the KTO paper's one-y-per-x ablation
         rows = [(i, i, prepared.one_per_prompt[i]) for i in indices]
         labels = [w == 0 for _, _, w in rows]
-    batch = MicroBatch(rows, labels)
-    if objective.needs_mismatched_pairs:
-        batch.kl_rows = [_mismatched(rows, j, prepared.train) for j in range(len(rows))]
-    return batch
+    return MicroBatch(rows, labels)
 
 
 def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
@@ -87,7 +84,7 @@ def _mismatched(rows: list[Key], j: int, examples: list[Example]) -> Key:
         if examples[p].prompt != examples[prompt].prompt:
             return (prompt, c, w)
     raise TrainingError(
-        "KTO's mismatched z0 needs at least two prompts per micro-batch: raise train.micro_batch_size or use z0: batch_mean"
+        "KTO's mismatched z0 needs at least two prompts per step: raise train.batch_size or use z0: batch_mean"
     )
 
 
@@ -113,6 +110,14 @@ def micro_batches(
             else [mine[i : i + m]]
         )
         out.extend(view(objective, prepared, piece, recipe.data.unpaired_view) for piece in pieces)
+    if objective.needs_mismatched_pairs:
+        # KTO's reference point is a mean over the whole step's mismatched pairs (every process's), built from the
+        # whole step's rows: each micro-batch forwards the pairs of its own rows, and the trainer averages them all,
+        # so neither the micro-batch size nor the number of processes changes z0.
+        whole = view(objective, prepared, step, recipe.data.unpaired_view).rows
+        pairs = {row: _mismatched(whole, j, prepared.train) for j, row in enumerate(whole)}
+        for mb in out:
+            mb.kl_rows = [pairs[row] for row in mb.rows]
     return out
 
 
@@ -168,24 +173,20 @@ def _within_budget(
 ) -> list[list[int]]:
     """`indices` cut, in length order, into the fewest consecutive runs whose forward stays within
     `budget` padded tokens: the rare wide micro-batch that sets the peak is split, the rest are
-    untouched. A single example over the budget runs alone; KTO's mismatched pairs need two distinct
-    prompts, so for it a run grows until it has them. (On a GPU the width then rounds up to a multiple
+    untouched. A single example over the budget runs alone. (On a GPU the width then rounds up to a multiple
     of PAD_MULTIPLE_CUDA, so a forward may exceed the budget by up to 63 tokens a row.)"""
     fits = lambda run: (
         padded_tokens(view(objective, prepared, run, unpaired_view).rows, prepared.train, layout) <= budget
     )
     if fits(indices):
         return [indices]
-    short = lambda run: objective.needs_mismatched_pairs and len({prepared.train[i].prompt for i in run}) < 2
     ordered = sorted(indices, key=lambda i: prepared.train[i].length())
     runs: list[list[int]] = []
     for i in ordered:
-        if runs and (short(runs[-1]) or fits(runs[-1] + [i])):
+        if runs and fits(runs[-1] + [i]):
             runs[-1].append(i)
         else:
             runs.append([i])
-    if len(runs) > 1 and short(runs[-1]):
-        runs[-2].extend(runs.pop())
     return runs
 
 

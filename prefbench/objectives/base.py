@@ -66,8 +66,9 @@ class PairedLogps:
 class UnpairedLogps:
     """Summed completion log-probs of (prompt, completion, label) examples.
 
-    `kl_policy`/`kl_ref` are the log-probs of mismatched (prompt, completion) pairs, one per
-    example, used by KTO's mismatched reference point z0; None when not used.
+    `kl_policy`/`kl_ref` are the log-probs of mismatched (prompt, completion) pairs, used by KTO's
+    mismatched reference point z0; None when not used. They are the whole optimizer step's pairs (the
+    batch z0 averages over), so their length is the step's, not this micro-batch's.
     """
 
     policy: Tensor
@@ -78,11 +79,9 @@ class UnpairedLogps:
     kl_ref: Tensor | None = None
 
     def __post_init__(self) -> None:
-        _check_batch(
-            "UnpairedLogps",
-            {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-            {"tokens": self.tokens},
-        )
+        examples = ("policy", "tokens", "desirable", "ref")
+        _check_batch("UnpairedLogps", {k: getattr(self, k) for k in examples}, {"tokens": self.tokens})
+        _check_batch("UnpairedLogps", {"kl_policy": self.kl_policy, "kl_ref": self.kl_ref}, {})
         if self.desirable.dtype != torch.bool:
             raise ValueError(f"UnpairedLogps.desirable must be a bool tensor, got {self.desirable.dtype}")
 
@@ -142,12 +141,15 @@ class Objective:
       needs_reference  whether reference log-probs must be computed
       version          bump whenever a formula or a default changes the numbers
       paper            citation shown by `prefbench objectives`
+      batch_defined    why the loss of an example depends on the others of its micro-batch (AOT sorts them);
+                       empty for a mean of per-example terms, which accumulation leaves unchanged
     """
 
     data: ClassVar[str]
     needs_reference: ClassVar[bool]
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
+    batch_defined: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -171,6 +173,10 @@ class Objective:
 
     def hyperparameters(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def end_step(self) -> None:
+        """Called once after each optimizer step. An objective with running statistics (BCO's reward mean) moves them
+        here, not per micro-batch, so that how a step is cut into micro-batches changes nothing."""
 
     # Objectives with running statistics (BCO's reward mean) save them with the checkpoint.
     def state_dict(self) -> dict[str, float]:

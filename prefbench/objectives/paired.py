@@ -237,6 +237,7 @@ class AOT(_WithReference):
     """
 
     paper = "Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport, arXiv:2406.05882"
+    batch_defined = "sorts the log-ratios of the micro-batch it is given (Eq. 9): accumulation changes its loss"
     epsilon: float = 0.0
 
     def validate(self) -> None:

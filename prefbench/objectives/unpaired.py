@@ -9,8 +9,10 @@ KTO and its reference point z0 (shared/reference/objectives.md §3):
                      equals h: the loss reads 0.5 whatever h is, and its gradient is a constant
                      beta/4 that never saturates (z0 is detached).
   z0 = "none"        z0 = 0.
-z0 is averaged over the batch it is given; across data-parallel ranks the trainer passes each
-rank the gathered mismatched log-probs when it wants TRL's all-rank estimate.
+The batch z0 is averaged over is the optimizer step's, as the paper defines it (the trainer passes every
+micro-batch the mismatched pairs of the whole step, gathered from every process): cutting a step into
+micro-batches or processes changes nothing (tests/test_invariances.py). TRL before PR #2153 averaged over each
+micro-batch; its all-process gather came with that PR.
 """
 
 from __future__ import annotations
@@ -152,30 +154,40 @@ class BCO(Objective):
     """BCO (unpaired): a binary classifier on the implicit reward beta h, shifted by delta.
 
     desirable -log sigma(beta h - delta), undesirable -log sigma(-(beta h - delta)), where delta is
-    the running mean of every beta h seen in training so far, this batch included.
-    Jung et al. 2024, arXiv:2404.04656, Eq. 7 (reward shift); beta = 0.1. The running mean is
-    updated only while gradients are enabled (training); an evaluation pass under torch.no_grad()
-    reads it without moving it. It is state: the trainer saves it with `state_dict()`.
+    the running mean of every beta h of the steps before this one.
+    Jung et al. 2024, arXiv:2404.04656, Eq. 7 (reward shift); beta = 0.1. Deviation: TRL moves the mean
+    with each micro-batch, that batch included, so there how a step is cut into micro-batches changes
+    delta; here a step's rewards join the mean once the step ends (`end_step`), so every micro-batch of a
+    step reads the same delta (tests/test_invariances.py). Rewards are collected only while gradients are
+    enabled (training); an evaluation pass under torch.no_grad() reads the mean without moving it. It is
+    state: the trainer saves it with `state_dict()`.
     Not implemented: the paper's underlying-distribution matching (a prompt classifier), and
     delta is per process (no all-rank mean as TRL <= 1.15 had).
     """
 
     data = "unpaired"
     needs_reference = True
+    version = 2  # 2: the reward mean moves once per step (was: with each micro-batch)
     paper = "Jung et al. 2024, Binary Classifier Optimization for Large Language Model Alignment, arXiv:2404.04656"
     beta: float = 0.1
     reward_sum: float = field(default=0.0, init=False, repr=False)
     reward_count: int = field(default=0, init=False, repr=False)
+    step_sum: float = field(default=0.0, init=False, repr=False)  # this step's rewards, not yet in the mean
+    step_count: int = field(default=0, init=False, repr=False)
 
     def loss(self, b: UnpairedLogps) -> ObjectiveOutput:
         r = self.beta * (b.policy - b.require_reference("bco"))
         if torch.is_grad_enabled():
-            self.reward_sum += float(r.detach().sum())
-            self.reward_count += r.numel()
+            self.step_sum += float(r.detach().sum())
+            self.step_count += r.numel()
         delta = self.reward_sum / self.reward_count if self.reward_count else 0.0
         shifted = r - delta
         losses = torch.where(b.desirable, -F.logsigmoid(shifted), -F.logsigmoid(-shifted))
         return unpaired_output(losses, r, b.desirable, delta=r.new_tensor(delta))
+
+    def end_step(self) -> None:
+        self.reward_sum, self.reward_count = self.reward_sum + self.step_sum, self.reward_count + self.step_count
+        self.step_sum, self.step_count = 0.0, 0
 
     def state_dict(self) -> dict[str, float]:
         return {"reward_sum": self.reward_sum, "reward_count": self.reward_count}

@@ -14,7 +14,7 @@ import yaml
 
 from prefbench.errors import RecipeError
 from prefbench.recipe.choices import _unknown_key
-from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec
+from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec, TrainSpec
 from prefbench.recipe.spec import Recipe
 
 # ---- YAML -> dataclasses, with typed, named errors -------------------------------------------
@@ -108,10 +108,29 @@ def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
         if not isinstance(entry, dict) or "name" not in entry:
             problems.append(f"objectives[{i}]: expected a mapping with a 'name' (one of `prefbench objectives`)")
             continue
-        hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        hp = {k: v for k, v in entry.items() if k not in ("name", "label", "train")}
         name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
-        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp))
+        train = _objective_train(entry.get("train", {}), f"objectives[{i}].train", problems)
+        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp, train=train))
     return tuple(specs) if len(specs) == len(raw) else ()
+
+
+def _objective_train(raw: Any, at: str, problems: list[str]) -> dict[str, Any]:
+    """An objective's own training settings (TrainSpec.PER_OBJECTIVE), converted like the train section's; its
+    values are checked with the run's others by Recipe.problems."""
+    if not isinstance(raw, dict):
+        problems.append(f"{at}: expected a mapping of {', '.join(TrainSpec.PER_OBJECTIVE)}")
+        return {}
+    hints, out = typing.get_type_hints(TrainSpec), {}
+    for key, value in raw.items():
+        if key not in TrainSpec.PER_OBJECTIVE:
+            problems.append(
+                _unknown_key(f"{at}.", str(key), list(TrainSpec.PER_OBJECTIVE))
+                + " (the rest of train is the run's: every objective sees identical data)"
+            )
+        elif (converted := _convert(value, hints[key], f"{at}.{key}", problems)) is not _BAD:
+            out[key] = converted
+    return out
 
 
 def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from prefbench.recipe.choices import (
@@ -186,6 +186,7 @@ class ObjectiveSpec:
     name: str
     label: str
     hyperparameters: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)  # its own values of TrainSpec.PER_OBJECTIVE settings
 
     # its name and hyperparameters are the registry's to check (prefbench.check, prefbench.objectives.OBJECTIVES)
 
@@ -219,6 +220,12 @@ class TrainSpec:
     kernels: Kernels = "auto"
     # Experiment trackers each unit's metrics go to (prefbench/tracking.py): trackio, wandb, tensorboard.
     report_to: tuple[str, ...] = ()
+
+    # What an objective's entry may set for itself (`train: {lr: ...}` in the entry): what papers tune per method.
+    # The rest (batch size, data order, precision, layout) is the run's, so every objective sees identical data.
+    PER_OBJECTIVE: ClassVar[tuple[str, ...]] = (
+        "lr", "warmup_ratio", "steps", "schedule", "weight_decay", "max_grad_norm", "adam_betas",
+    )  # fmt: skip
 
     def problems(self, at: str = "train") -> list[str]:
         out = _choice_problems(self, at)

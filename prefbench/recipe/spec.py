@@ -32,9 +32,16 @@ class Recipe:
             f"no objective labelled {label!r} in recipe {self.name!r}; labels: {[o.label for o in self.objectives]}"
         )
 
+    def train_for(self, spec: ObjectiveSpec) -> TrainSpec:
+        """The training settings of one objective: the run's, with the objective's own (its entry's `train`)."""
+        return dataclasses.replace(self.train, **spec.train)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["objectives"] = [{"name": o.name, "label": o.label, **o.hyperparameters} for o in self.objectives]
+        out["objectives"] = [
+            {"name": o.name, "label": o.label, **o.hyperparameters, **({"train": dict(o.train)} if o.train else {})}
+            for o in self.objectives
+        ]
         return out
 
     def warnings(self) -> list[str]:
@@ -64,6 +71,11 @@ class Recipe:
         out, labels = [], [s.label for s in self.objectives]
         for dup in sorted({lab for lab in labels if labels.count(lab) > 1}):
             out.append(f"objectives: label {dup!r} is used twice; give each entry a distinct `label`")
+        for i, spec in enumerate(self.objectives):  # its own settings' problems, not the run's again
+            own = tuple(f"objectives[{i}].train.{key}" for key in spec.train)
+            out += (
+                [p for p in self.train_for(spec).problems(f"objectives[{i}].train") if p.startswith(own)] if own else []
+            )
         return out
 
     def _claim_problems(self) -> list[str]:

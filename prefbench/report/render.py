@@ -23,6 +23,7 @@ from prefbench.report.tables import (
     matched_kl_table,
     objective_table,
     preference_table,
+    settings_table,
     unit_table,
 )
 from prefbench.report.words import headline
@@ -87,6 +88,11 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
             matched_kl_table(run),
         ),
         ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
+        (
+            "Settings per objective (each trained at its own; every other training setting is the run's)",
+            "Settings per objective",
+            settings_table(run),
+        ),
         (
             "Held-out preferences (implicit reward on the data's own held-out split; difference from the reference on the same examples)",
             "Held-out preferences",

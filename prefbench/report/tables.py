@@ -60,6 +60,26 @@ def unit_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("unit")
 
 
+def settings_table(run: Run) -> pd.DataFrame | None:
+    """Each objective's hyperparameters and training settings, where any objective trained at settings of its own
+    (its entry's `train`); None when every objective shares the run's (the provenance lines say those)."""
+    entries = run.manifest["recipe"]["objectives"]
+    if not any(e.get("train") for e in entries):
+        return None
+    shared = run.manifest["recipe"]["train"]
+    own = sorted({k for e in entries for k in e.get("train", {})})
+    rows = []
+    for e in entries:
+        hp = {k: v for k, v in e.items() if k not in ("name", "label", "train")}
+        settings = {k: e.get("train", {}).get(k, shared[k]) for k in own}
+        rows.append({"objective": e["label"], "hyperparameters": _pairs(hp) or "defaults", **settings})
+    return pd.DataFrame(rows).set_index("objective")
+
+
+def _pairs(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def benchmark_table(run: Run) -> pd.DataFrame | None:
     """Per checkpoint and task metric: the score, its paired difference from the reference on the same documents
     (95% CI) and p-value, and the p-value Holm-corrected across the whole grid (every checkpoint x task metric),
