@@ -78,7 +78,7 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from prefbench.eval.run import evaluate
-    from prefbench.report import results_in_words, write_report
+    from prefbench.report import health_in_words, results_in_words, write_report
     from prefbench.results import load_run, run_dir
     from prefbench.runner import train_units
 
@@ -86,8 +86,10 @@ def cmd_run(args) -> int:
     print_training(train_units(recipe))
     print_evaluation(evaluate(recipe))
     out = write_report(run_dir(recipe), recipe.report_dir)
-    if words := results_in_words(load_run(run_dir(recipe))):
-        print(f"\n{words}")
+    run = load_run(run_dir(recipe))
+    for words in (health_in_words(run), results_in_words(run)):
+        if words:
+            print(f"\n{words}")
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from prefbench.data.batches import (
 from prefbench.data.prepare import Prepared
 from prefbench.device import autocast_for, distribute, init_distributed, peak_memory_mb, ready
 from prefbench.errors import TrainingError
+from prefbench.health import training_findings
 from prefbench.logprobs import (
     SequenceLogps,
     attention_kernels,
@@ -421,6 +423,9 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatch
             "logps_per_token/chosen": (logps[:half] / counts[:half]).mean(),
             "logps_per_token/rejected": (logps[half:] / counts[half:]).mean(),
         }
+        if ref_values is not None:  # how far from the reference, a token: what prefbench.health reads
+            extra["logratio_per_token/chosen"] = ((logps[:half] - ref_values[:half]) / counts[:half]).mean()
+            extra["logratio_per_token/rejected"] = ((logps[half:] - ref_values[half:]) / counts[half:]).mean()
         return batch, {k: v.detach() for k, v in extra.items()}
     desirable = to_device(torch.tensor(mb.labels), device)
     kl_policy, kl_ref = mismatched
@@ -435,6 +440,8 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatch
         if present:
             extra[f"logps/{name}"] = logps[mask].mean().detach()
             extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
+            if ref_values is not None:
+                extra[f"logratio_per_token/{name}"] = ((logps[mask] - ref_values[mask]) / counts[mask]).mean().detach()
     return batch, extra
 
 
@@ -466,7 +473,12 @@ def save_periodic(u: TrainState, step: int) -> None:
 
 
 def _summary(u: TrainState, recipe: Recipe, resume: Path | None, train_seconds: float, tokens: int) -> dict:
-    """summary.json: what was trained, the last metrics line, and this process's loop timings."""
+    """summary.json: what was trained, the last metrics line, its health findings (printed here), and this process's
+    loop timings."""
+    records = [json.loads(line) for line in u.metrics_path.read_text().splitlines()] if u.rank == 0 else []
+    findings = training_findings(records) if records else []
+    for finding in findings:
+        tqdm.write(f"prefbench: {UnitId(u.spec.label, u.seed)}: {finding['text']}", file=sys.stderr)
     return {
         "objective": u.spec.name,
         "label": u.spec.label,
@@ -476,7 +488,8 @@ def _summary(u: TrainState, recipe: Recipe, resume: Path | None, train_seconds: 
         "steps": recipe.train_for(u.spec).steps,
         # the settings an objective may set for itself, as this unit trained with them (cards and reports read them)
         "train": {k: getattr(recipe.train_for(u.spec), k) for k in TrainSpec.PER_OBJECTIVE},
-        "final": json.loads(u.metrics_path.read_text().splitlines()[-1]) if u.rank == 0 else {},
+        "final": records[-1] if records else {},
+        "health": findings,
         "train_seconds_this_process": train_seconds,
         "loop_tokens_per_s": tokens * u.world / train_seconds
         if train_seconds

@@ -400,7 +400,7 @@ def test_mismatched_pairs_never_reuse_the_rows_own_prompt():
     ]
     rows = [(0, 0, 0), (1, 1, 0), (2, 2, 0), (3, 3, 0)]
     assert [_mismatched(rows, j, examples) for j in range(4)] == [(0, 2, 0), (1, 2, 0), (2, 1, 0), (3, 2, 0)]
-    with pytest.raises(TrainingError, match="at least two prompts per micro-batch"):
+    with pytest.raises(TrainingError, match="at least two prompts per step"):
         _mismatched(rows[:2], 0, examples)
 
 

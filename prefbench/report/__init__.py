@@ -22,7 +22,14 @@ from prefbench.report.tables import (
     preference_table,
     unit_table,
 )
-from prefbench.report.words import benchmarks_in_words, headline, judge_in_words, objectives_in_words, results_in_words
+from prefbench.report.words import (
+    benchmarks_in_words,
+    headline,
+    health_in_words,
+    judge_in_words,
+    objectives_in_words,
+    results_in_words,
+)
 
 __all__ = [
     "benchmark_table",
@@ -31,6 +38,7 @@ __all__ = [
     "contrast_table",
     "fmt",
     "headline",
+    "health_in_words",
     "judge_in_words",
     "judge_table",
     "judge_words",

@@ -14,9 +14,28 @@ from prefbench.stats import LEVEL
 
 
 def headline(run: Run) -> list[str]:
-    """The report's first paragraphs: what the results support (results_in_words), then whether the judge can be
-    read (judge_in_words); empty ones left out."""
-    return [words for words in (results_in_words(run), judge_in_words(run)) if words]
+    """The report's first paragraphs: what in training or evaluation says a unit's numbers are not its objective's
+    (health_in_words), what the results support (results_in_words), then whether the judge can be read
+    (judge_in_words); empty ones left out."""
+    return [words for words in (health_in_words(run), results_in_words(run), judge_in_words(run)) if words]
+
+
+def health_in_words(run: Run) -> str:
+    """The units' stored health findings (prefbench.health), one sentence per kind: its first unit's words and the
+    units it was found in."""
+    found: dict[str, list[tuple[str, dict]]] = {}
+    for part in ("summary", "generation"):  # training's findings first: they say more about a unit
+        for u in run.units:
+            for finding in (getattr(u, part) or {}).get("health", []):
+                found.setdefault(finding["code"], []).append((u.name, finding))
+    if not found:
+        return ""
+    sentences = []
+    for kind in found.values():
+        (first, finding), names = kind[0], [name for name, _ in kind]
+        where = first if len(names) == 1 else f"{len(names)} units ({', '.join(names)}); in {first}"
+        sentences.append(f"{where}: {finding['text']}.")
+    return "Training health, read before the results: " + " ".join(sentences)
 
 
 def results_in_words(run: Run) -> str:

@@ -26,6 +26,7 @@ from prefbench.eval.stages.base import (
     samplings,
     tracked,
 )
+from prefbench.health import generation_findings
 from prefbench.recipe import Recipe
 from prefbench.results import (
     write_json,
@@ -90,6 +91,7 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
             "engine": gen_stats.engine,
             "fallback_reason": gen_stats.fallback_reason,
             **metrics,
+            "health": generation_findings(metrics, recipe.eval.generation.sampling.max_tokens),
         }
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
