@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError, did_you_mean
+from prefbench.eval.prompts import load_prompt_records
 from prefbench.eval.rewards import REWARDS, architecture_problem
 from prefbench.eval.tasks import include_problems, task_problems, vllm_distribution
 from prefbench.models import local_problem
@@ -87,8 +88,39 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
         for i, name in enumerate(recipe.train.report_to)
         if name not in TRACKERS
     ]
-    out += _eval_problems(recipe.eval, "eval")
+    out += _eval_problems(recipe.eval, "eval") + _tune_problems(recipe)
     return out + (_lookup_problems(recipe.eval, "eval") if lookups else [])
+
+
+def _tune_problems(recipe: Recipe) -> list[str]:
+    """Every trial's settings are valid (its objective builds, its training settings pass), and validation and test
+    prompt files share no prompt; the first problem of each objective only (a grid repeats a bad value)."""
+    if recipe.tune is None or recipe.eval.generation is None:
+        return []
+    out = []
+    for spec in recipe.objectives:
+        for k, trial in enumerate(recipe.trials(spec)):
+            at = f"tune.space.{spec.label} (trial {k}: {recipe.tune.points(spec.label)[k]})"
+            try:
+                build(trial.name, **trial.hyperparameters)
+            except (ValueError, TypeError) as e:
+                out.append(f"{at}: {e}")
+                break
+            if problems := recipe.train_for(trial).problems("train"):
+                out.append(f"{at}: {problems[0]}")
+                break
+    mine, test = recipe.tune.prompts, recipe.eval.generation.prompts
+    if mine.file and test.file:
+        try:
+            shared = {r["prompt"] for r in load_prompt_records(mine)} & {r["prompt"] for r in load_prompt_records(test)}
+        except (OSError, ValueError):  # a missing or bad file is the prompt spec's own problem
+            shared = set()
+        if shared:
+            out.append(
+                f"tune.prompts.file: {len(shared)} of its prompts are also test prompts (eval.generation.prompts.file), "
+                f"e.g. {sorted(shared)[0][:60]!r}: tune on prompts the test never sees"
+            )
+    return out
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:

@@ -80,9 +80,12 @@ def cmd_run(args) -> int:
     from prefbench.eval.run import evaluate
     from prefbench.report import health_in_words, results_in_words, write_report
     from prefbench.results import load_run, run_dir
-    from prefbench.runner import train_units
+    from prefbench.runner import train_units, tune
 
     recipe = evaluation_recipe(args)
+    if recipe.tune is not None:
+        recipe = tune(recipe)
+        print_tuning(recipe)
     print_training(train_units(recipe))
     print_evaluation(evaluate(recipe))
     out = write_report(run_dir(recipe), recipe.report_dir)
@@ -94,12 +97,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from prefbench.runner import tune
+
+    print_tuning(tune(evaluation_recipe(args)))
+    return 0
+
+
+def print_tuning(recipe) -> None:
+    from prefbench.results import read_json, run_dir
+
+    tuning = read_json(run_dir(recipe) / "tuning.json")
+    for label, o in tuning["objectives"].items():
+        best = next(r for r in o["trials"] if r["label"] == o["chosen"])
+        settings = ", ".join(f"{k}={v}" for k, v in o["settings"].items())
+        print(
+            f"{label:<20} chose {settings} of {len(o['trials'])} trials: validation reward {best['reward']['mean']:.3f}, "
+            f"KL {best['kl']:.3f}"
+        )
+
+
 def cmd_train(args) -> int:
     from prefbench.check import load_recipe
     from prefbench.errors import RecipeError
-    from prefbench.runner import train_units
+    from prefbench.runner import chosen, train_units
 
-    recipe = load_recipe(args.recipe, args.overrides)  # a train unit needs no lookups
+    recipe = chosen(load_recipe(args.recipe, args.overrides))  # a train unit needs no lookups
     if args.seed not in recipe.seeds:
         raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
     recipe.objective(args.objective)
@@ -121,8 +144,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from prefbench.eval.run import evaluate
+    from prefbench.runner import chosen
 
-    print_evaluation(evaluate(evaluation_recipe(args), args.stage, args.unit))
+    print_evaluation(evaluate(chosen(evaluation_recipe(args)), args.stage, args.unit))
     return 0
 
 
@@ -328,6 +352,12 @@ def parser() -> argparse.ArgumentParser:
         "tokenize the data and compute every unit's reference log-probs once (the first stage of a launch)",
         recipe=True,
     )
+    command(
+        "tune",
+        cmd_tune,
+        "choose each objective's settings on validation prompts (the recipe's tune section; prefbench run does it first)",
+        recipe=True,
+    ).add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)
     command("check", cmd_check, "validate a recipe and print it resolved, without loading any model", recipe=True)
     evaluate = command(
         "evaluate",

@@ -310,6 +310,7 @@ class Run:
     judge: dict | None = None  # eval_judge.json
     claims: list[dict] | None = None  # eval_claims.json
     objectives: dict | None = None  # eval_objectives.json: objective-level estimates and contrasts
+    tuning: dict | None = None  # tuning.json: each objective's trials on validation prompts and the chosen one
 
     @property
     def name(self) -> str:
@@ -378,7 +379,13 @@ def load_run(root: str | Path) -> Run:
             "stale": "computed from other evaluation settings than the units': run `prefbench evaluate RECIPE --stage objectives`"
         }
     return Run(
-        root, manifest, units, read_optional(root / "eval_judge.json"), claims["claims"] if claims else None, objectives
+        root,
+        manifest,
+        units,
+        read_optional(root / "eval_judge.json"),
+        claims["claims"] if claims else None,
+        objectives,
+        read_optional(root / "tuning.json"),
     )
 
 

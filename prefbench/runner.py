@@ -7,6 +7,7 @@ its own unit's timings.jsonl (results.record_timing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 
@@ -17,19 +18,24 @@ from prefbench import kernels, models
 from prefbench.data.prepare import Prepared, prepare_data
 from prefbench.device import autocast_for, init_distributed
 from prefbench.errors import TrainingError
+from prefbench.eval.run import evaluate
+from prefbench.metric_table import METRICS
 from prefbench.recipe import Recipe
 from prefbench.reference import RefLogps, ref_cache_path, reference_keys
 from prefbench.results import (
     SCHEMA_VERSION,
+    Run,
     git_commit,
     hardware,
     jsonable,
+    load_run,
     read_json,
     record_timing,
     run_dir,
     versions,
     write_json,
 )
+from prefbench.stats import expected_max
 from prefbench.train import check_budget_and_fsdp, train_one
 
 
@@ -137,3 +143,85 @@ def _selected(recipe: Recipe, labels: list[str] | None, seeds: list[int] | None)
     return [s for s in recipe.objectives if labels is None or s.label in labels], list(
         recipe.seeds if seeds is None else seeds
     )
+
+
+# ---- tuning: each objective's settings chosen on validation prompts, on one budget ----------------------------------
+
+
+def tune(recipe: Recipe) -> Recipe:
+    """The recipe's trials (Recipe.trials_recipe: every objective's, one seed, the validation prompts) trained and
+    evaluated as a run of their own, <name>-tune, resumable and cached like any run; the choice of each objective's
+    settings by the recipe's rule, written to the run's tuning.json (the report's tuning section reads it); returns
+    the recipe with each objective at its chosen settings, to train with the recipe's seeds and compare on the test
+    prompts."""
+    trials = recipe.trials_recipe()
+    train_units(trials)
+    evaluate(trials)
+    tuning = select(recipe, load_run(run_dir(trials)))
+    root = run_dir(recipe)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "tuning.json", tuning)
+    return tuned(recipe, tuning)
+
+
+def select(recipe: Recipe, trials: Run) -> dict:
+    """Each objective's trials with their validation reward and KL, and the one the rule picks: the highest reward
+    (select: reward) or the highest reward among trials at KL <= kl_cap (reward_at_kl); ties go to the earlier
+    trial. With the expected best validation reward after 1..N trials (stats.expected_max)."""
+    t, reward, kl = recipe.tune, METRICS["reward"], METRICS["kl"]
+    units = {u.label: u for u in trials.units if u.name != "reference"}
+    out = {
+        "rule": t.select, "kl_cap": t.kl_cap, "search": t.search, "seed": t.seed, "unequal_budgets": t.unequal_budgets,
+        "prompts": jsonable(dataclasses.asdict(t.prompts)), "trial_run": str(trials.root), "objectives": {},
+    }  # fmt: skip
+    for spec in recipe.objectives:
+        rows = []
+        for trial, point in zip(recipe.trials(spec), t.points(spec.label)):
+            u = units.get(trial.label)
+            if u is None or u.generation is None:
+                raise TrainingError(
+                    f"tuning: trial {trial.label} has no evaluation in {trials.root}; run the recipe again"
+                )
+            rows.append(
+                {
+                    "label": trial.label, "settings": point, "reward": reward.estimate(u.generation),
+                    "kl": kl.mean(u.generation), "health": [f["code"] for f in u.summary.get("health", [])],
+                }
+            )  # fmt: skip
+        eligible = [r for r in rows if t.select == "reward" or r["kl"] <= t.kl_cap]
+        if not eligible:
+            raise TrainingError(
+                f"tuning: no trial of {spec.label} stays within tune.kl_cap {t.kl_cap} (its lowest KL: "
+                f"{min(r['kl'] for r in rows):.3f}); raise the cap or search lower learning rates"
+            )
+        chosen = max(eligible, key=lambda r: r["reward"]["mean"])  # max keeps the first of equal ones
+        out["objectives"][spec.label] = {
+            "trials": rows,
+            "chosen": chosen["label"],
+            "settings": chosen["settings"],
+            "expected_best": expected_max([r["reward"]["mean"] for r in rows]),
+        }
+    return out
+
+
+def chosen(recipe: Recipe) -> Recipe:
+    """A recipe with a tune section at the settings its tuning chose (`prefbench train` and `evaluate` of one of its
+    units); refused before the tuning has run."""
+    if recipe.tune is None:
+        return recipe
+    path = run_dir(recipe) / "tuning.json"
+    if not path.is_file():
+        raise TrainingError(
+            f"{recipe.name}: tune first (`prefbench tune` or `prefbench run` on the recipe): no {path} holds its choice"
+        )
+    return tuned(recipe, read_json(path))
+
+
+def tuned(recipe: Recipe, tuning: dict) -> Recipe:
+    """The recipe with each objective at its chosen trial's settings (its label unchanged)."""
+    chosen = {spec.label: recipe.trials(spec) for spec in recipe.objectives}
+    specs = []
+    for spec in recipe.objectives:
+        (trial,) = [x for x in chosen[spec.label] if x.label == tuning["objectives"][spec.label]["chosen"]]
+        specs.append(dataclasses.replace(trial, label=spec.label))
+    return dataclasses.replace(recipe, objectives=tuple(specs))

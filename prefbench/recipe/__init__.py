@@ -66,6 +66,7 @@ from prefbench.recipe.sections import (
     SamplingSpec,
     TrainSpec,
     Transform,
+    TuneSpec,
 )
 from prefbench.recipe.spec import Recipe
 
@@ -115,6 +116,7 @@ __all__ = [
     "TrainSpec",
     "Transform",
     "Truncation",
+    "TuneSpec",
     "UnpairedView",
     "build_datagen",
     "build_recipe",

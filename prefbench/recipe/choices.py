@@ -26,6 +26,8 @@ PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the he
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
 ClaimMetric = Literal["reward", "greedy_reward"]
+Search = Literal["grid", "random"]  # tune: every point of the space, or seeded draws from it
+Select = Literal["reward", "reward_at_kl"]  # tune: the highest validation reward (at KL <= kl_cap)
 UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
 DropWhich = Literal["desirable", "undesirable"]  # drop_fraction: which class loses examples
 FIELDS = {  # each format's prefbench fields (data.columns maps them to the data's own column names)

@@ -14,7 +14,7 @@ import yaml
 
 from prefbench.errors import RecipeError
 from prefbench.recipe.choices import _unknown_key
-from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec, TrainSpec
+from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec, TrainSpec, TuneSpec
 from prefbench.recipe.spec import Recipe
 
 # ---- YAML -> dataclasses, with typed, named errors -------------------------------------------
@@ -191,7 +191,26 @@ def build_recipe(raw: dict, overrides: list[str] = ()) -> tuple[Recipe | None, l
     if recipe is _BAD:
         return None, problems
     recipe = dataclasses.replace(recipe, objectives=objectives)
+    if recipe.tune is not None:
+        recipe = dataclasses.replace(recipe, tune=_typed_space(recipe.tune, problems))
     return recipe, problems + recipe.problems()
+
+
+def _typed_space(tune: TuneSpec, problems: list[str]) -> TuneSpec:
+    """The search spaces' training settings converted as the train section's are (YAML 1.1 reads 1e-5 as a string);
+    hyperparameters are converted by their objective (prefbench.check)."""
+    hints, space = typing.get_type_hints(TrainSpec), {}
+    for label, dims in tune.space.items():
+        if not isinstance(dims, dict):
+            space[label] = dims
+            continue
+        space[label] = {
+            key: [_convert(v, hints[key], f"tune.space.{label}.{key}[{i}]", problems) for i, v in enumerate(values)]
+            if key in TrainSpec.PER_OBJECTIVE and isinstance(values, list)
+            else values
+            for key, values in dims.items()
+        }
+    return dataclasses.replace(tune, space=space)
 
 
 def build_datagen(raw: dict, overrides: list[str] = ()) -> tuple[DataGenSpec | None, list[str]]:

@@ -5,6 +5,9 @@ in the recipe): model, data, objectives, training, generation, rewards, the judg
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +32,8 @@ from prefbench.recipe.choices import (
     PromptSource,
     PromptSplit,
     Schedule,
+    Search,
+    Select,
     Truncation,
     UnpairedView,
     _at_least,
@@ -267,6 +272,93 @@ class PromptSpec:
     def has_chosen(self) -> bool:
         """Whether the prompts can carry the data's chosen answer (judge.against: dataset_chosen)."""
         return bool(self.file) or self.source == "data"
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Each objective's settings chosen on validation prompts with the same budget for every objective: its trials
+    (points of its search space) each train one seed and are scored on `prompts` only; `select` picks one per
+    objective; the recipe's seeds then train the chosen settings and are compared on the test prompts
+    (eval.generation.prompts), which never inform a choice (prefbench.runner.tune)."""
+
+    # objective label -> {setting: [values]} (grid or random) or, for random search, {setting: {low, high, log}};
+    # a setting is one of TrainSpec.PER_OBJECTIVE or one of the objective's hyperparameters
+    space: dict[str, Any] = field(default_factory=dict)
+    search: Search = "grid"
+    trials: int = 0  # random search: draws per objective (grid: each space's size; 0 = that)
+    seed: int = 0  # the one training seed of every trial, and the random draws'
+    select: Select = "reward"
+    kl_cap: float | None = None  # select: reward_at_kl
+    prompts: PromptSpec = field(default_factory=lambda: PromptSpec(split="validation"))
+    unequal_budgets: bool = False  # true: objectives may get different numbers of trials (the report says so)
+
+    def points(self, label: str) -> list[dict[str, Any]]:
+        """The trials of one objective: every point of its grid in order, or `trials` seeded draws."""
+        space = self.space.get(label) or {}
+        if self.search == "grid":
+            return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+        rng = random.Random(f"{self.seed}-{label}")
+        return [{k: _draw(v, rng) for k, v in space.items()} for _ in range(self.trials)]
+
+    def problems(self, labels: list[str], at: str = "tune") -> list[str]:
+        out = _choice_problems(self, at) + self.prompts.problems(f"{at}.prompts")
+        for label in labels:
+            if label not in self.space:
+                out.append(
+                    f"{at}.space: no search space for objective {label!r} (every objective is tuned, on one budget)"
+                )
+        for label, space in self.space.items():
+            if label not in labels:
+                out.append(f"{at}.space.{label}: not an objective label of this recipe ({labels})")
+            elif not isinstance(space, dict) or not space:
+                out.append(f"{at}.space.{label}: expected a mapping of setting -> list of values")
+            else:
+                out += [
+                    p
+                    for key, v in space.items()
+                    if (p := _dimension_problem(v, self.search, f"{at}.space.{label}.{key}"))
+                ]
+        if self.search == "random":
+            out += _at_least(f"{at}.trials", self.trials, 1, " (random search: draws per objective)")
+        elif self.trials and not out:
+            out += [
+                f"{at}.trials: {self.trials}, but the grid of {label} has {len(self.points(label))} points"
+                for label in self.space
+                if len(self.points(label)) != self.trials
+            ]
+        if not out and not self.unequal_budgets:
+            budgets = {label: len(self.points(label)) for label in self.space}
+            if len(set(budgets.values())) > 1:
+                out.append(
+                    f"{at}.space: unequal budgets ({', '.join(f'{k} {v} trials' for k, v in budgets.items())}): give every "
+                    f"objective as many trials, or set {at}.unequal_budgets: true (the report then says so)"
+                )
+        if self.select == "reward_at_kl" and not (self.kl_cap or 0) > 0:
+            out.append(f"{at}.kl_cap: select reward_at_kl needs a KL cap > 0 (nats), got {self.kl_cap}")
+        return out
+
+
+def _dimension_problem(values: Any, search: str, at: str) -> str | None:
+    if isinstance(values, list) and values:
+        return None
+    if isinstance(values, dict) and search == "random":
+        low, high = values.get("low"), values.get("high")
+        if set(values) - {"low", "high", "log"} or not all(isinstance(x, (int, float)) for x in (low, high)):
+            return f"{at}: a range is {{low: number, high: number, log: true|false}}, got {values}"
+        if not low < high or (values.get("log") and not low > 0):
+            return f"{at}: a range needs low < high (and low > 0 with log: true), got {values}"
+        return None
+    ranges = " or a range {low, high, log} (random search)" if search == "random" else ""
+    return f"{at}: expected a non-empty list of values{ranges}, got {values!r}"
+
+
+def _draw(values: Any, rng: random.Random) -> Any:
+    """One draw: a list's value at random, or a range's (log-uniform with log: true), to 3 significant digits."""
+    if isinstance(values, list):
+        return rng.choice(values)
+    low, high = float(values["low"]), float(values["high"])
+    x = math.exp(rng.uniform(math.log(low), math.log(high))) if values.get("log") else rng.uniform(low, high)
+    return float(f"{x:.3g}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefbench.recipe.choices import EMBEDDED_REWARD
-from prefbench.recipe.sections import ClaimSpec, DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, TrainSpec
+from prefbench.recipe.sections import ClaimSpec, DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, TrainSpec, TuneSpec
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Recipe:
     report_dir: str = "reports"  # `prefbench run` renders <report_dir>/<name>/ at the end
     eval: EvalSpec = field(default_factory=EvalSpec)
     claims: tuple[ClaimSpec, ...] = ()  # stated in the report with their paired 95% CI
+    tune: TuneSpec | None = None  # each objective's settings chosen on validation prompts first (runner.tune)
 
     def objective(self, label: str) -> ObjectiveSpec:
         for spec in self.objectives:
@@ -35,6 +36,32 @@ class Recipe:
     def train_for(self, spec: ObjectiveSpec) -> TrainSpec:
         """The training settings of one objective: the run's, with the objective's own (its entry's `train`)."""
         return dataclasses.replace(self.train, **spec.train)
+
+    def trials(self, spec: ObjectiveSpec) -> list[ObjectiveSpec]:
+        """The tuning trials of one objective: its entry at each point of its search space (TuneSpec.points), the
+        training settings of a point in its `train`, the rest among its hyperparameters; labelled <label>.t<k>."""
+        out = []
+        for k, point in enumerate(self.tune.points(spec.label) if self.tune else []):
+            train = {key: v for key, v in point.items() if key in TrainSpec.PER_OBJECTIVE}
+            hp = {key: v for key, v in point.items() if key not in train}
+            out.append(
+                ObjectiveSpec(spec.name, f"{spec.label}.t{k}", {**spec.hyperparameters, **hp}, {**spec.train, **train})
+            )
+        return out
+
+    def trials_recipe(self) -> Recipe:
+        """What the trials run as: every objective's trials at the tuning seed, scored on the validation prompts only
+        (no judge, benchmarks or claims), in a run of their own, <name>-tune."""
+        generation = dataclasses.replace(self.eval.generation, prompts=self.tune.prompts)
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-tune",
+            objectives=tuple(trial for spec in self.objectives for trial in self.trials(spec)),
+            seeds=(self.tune.seed,),
+            eval=dataclasses.replace(self.eval, generation=generation, judge=None, benchmarks=None),
+            claims=(),
+            tune=None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -65,7 +92,32 @@ class Recipe:
                 "train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"
             )
         out += self._claim_problems() + self._judge_problems()
-        return out + self._prompt_problems()
+        return out + self._prompt_problems() + self._tune_problems()
+
+    def _tune_problems(self) -> list[str]:
+        """Trials are scored on validation prompts that the test prompts never share, by a reward."""
+        if self.tune is None:
+            return []
+        out = self.tune.problems([o.label for o in self.objectives])
+        generation, mine = self.eval.generation, self.tune.prompts
+        if generation is None or self.eval.reward == "none":
+            return out + [
+                "tune: needs eval.generation and a reward (trials are scored by the reward on validation prompts)"
+            ]
+        test = generation.prompts
+        if mine.source == "data":
+            out.append(
+                "tune.prompts.source: data is the data's held-out split, the test prompts' source; tune on the task's "
+                "validation split or a validation file (tune.prompts.file)"
+            )
+        elif mine.file and mine.file == test.file:
+            out.append(f"tune.prompts.file: {mine.file} is also the test prompts' file (eval.generation.prompts.file)")
+        elif not mine.file and not test.file and test.source == "task" and mine.split == test.split:
+            out.append(
+                f"tune.prompts.split: {mine.split} is the test prompts' split (eval.generation.prompts.split); tune on "
+                "validation, whose topics the test prompts never share"
+            )
+        return out
 
     def _objective_problems(self) -> list[str]:
         out, labels = [], [s.label for s in self.objectives]

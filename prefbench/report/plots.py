@@ -153,8 +153,23 @@ def frontier_plot(matched: dict) -> bytes:
     return _png(fig)
 
 
+def expected_best(tuning: dict) -> bytes:
+    """Each objective's expected best validation reward after n trials (Dodge et al. 2019), n = 1..its budget."""
+    fig, ax = _pyplot().subplots(figsize=(5.5, 3.8))
+    for label, o in tuning["objectives"].items():
+        curve = o["expected_best"]
+        ax.plot(range(1, len(curve) + 1), curve, "o-", label=label)
+    ax.set_xlabel("trials")
+    ax.set_ylabel("expected best validation reward")
+    ax.set_title("tuning: the best of n trials, expected", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def figures(run: Run) -> dict[str, bytes]:
     out = {}
+    if run.tuning:
+        out["expected_best"] = expected_best(run.tuning)
     if matched := dig(run.objectives, ("matched_kl",)):
         out["frontier"] = frontier_plot(matched)
     trained = [u for u in run.units if u.curves]

@@ -24,6 +24,7 @@ from prefbench.report.tables import (
     objective_table,
     preference_table,
     settings_table,
+    tuning_table,
     unit_table,
 )
 from prefbench.report.words import headline
@@ -88,6 +89,12 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
             matched_kl_table(run),
         ),
         ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
+        (
+            "Tuning trials (one seed each, scored on the validation prompts only; the chosen trial's settings trained "
+            "every seed above)",
+            "Tuning",
+            tuning_table(run),
+        ),
         (
             "Settings per objective (each trained at its own; every other training setting is the run's)",
             "Settings per objective",

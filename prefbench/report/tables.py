@@ -76,6 +76,23 @@ def settings_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("objective")
 
 
+def tuning_table(run: Run) -> pd.DataFrame | None:
+    """Every tuning trial: its settings, validation reward [95% CI over the validation prompts] and KL, the chosen
+    one of each objective marked; None for a run that was not tuned."""
+    if not run.tuning:
+        return None
+    rows = [
+        {
+            "trial": r["label"], "settings": _pairs(r["settings"]),
+            "validation reward": fmt(r["reward"]), "KL": f"{r['kl']:.3f}",
+            "chosen": "yes" if r["label"] == o["chosen"] else "", "health": ", ".join(r["health"]),
+        }
+        for o in run.tuning["objectives"].values()
+        for r in o["trials"]
+    ]  # fmt: skip
+    return pd.DataFrame(rows).set_index("trial")
+
+
 def _pairs(values: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 

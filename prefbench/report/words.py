@@ -17,7 +17,40 @@ def headline(run: Run) -> list[str]:
     """The report's first paragraphs: what in training or evaluation says a unit's numbers are not its objective's
     (health_in_words), what the results support (results_in_words), then whether the judge can be read
     (judge_in_words); empty ones left out."""
-    return [words for words in (health_in_words(run), results_in_words(run), judge_in_words(run)) if words]
+    return [
+        words
+        for words in (health_in_words(run), results_in_words(run), tuning_in_words(run), judge_in_words(run))
+        if words
+    ]
+
+
+def tuning_in_words(run: Run) -> str:
+    """How the objectives' settings were chosen, and whether a wider search could have found more: the expected best
+    validation reward after all trials against after one fewer (stats.expected_max; Dodge et al. 2019)."""
+    t = run.tuning
+    if not t:
+        return ""
+    objectives = t["objectives"]
+    budgets = sorted({len(o["trials"]) for o in objectives.values()})
+    budget = (
+        f"{budgets[0]} trials each"
+        if len(budgets) == 1
+        else "unequal budgets (" + ", ".join(f"{k} {len(o['trials'])}" for k, o in objectives.items()) + " trials)"
+    )
+    source = t["prompts"]["file"] or f"the task's {t['prompts']['split']} split"
+    rule = "the highest validation reward" + (f" at KL <= {t['kl_cap']}" if t["rule"] == "reward_at_kl" else "")
+    curves = "; ".join(
+        f"{label} {o['expected_best'][-1]:.3f} (after {len(o['expected_best']) - 1}: {o['expected_best'][-2]:.3f})"
+        if len(o["expected_best"]) > 1
+        else f"{label} {o['expected_best'][-1]:.3f}"
+        for label, o in objectives.items()
+    )
+    return (
+        f"Each objective's settings were chosen by {rule} among its trials ({t['search']} search, {budget}, one seed, "
+        f"{t['prompts']['n']} prompts from {source}); the test prompts never informed a choice. Expected best "
+        f"validation reward after every trial: {curves}. A curve still rising at its last trial says a wider search "
+        "could have found more for that objective."
+    )
 
 
 def health_in_words(run: Run) -> str:
