@@ -300,6 +300,7 @@ class UnitResults:
     generation: dict | None = None  # eval_generation.json
     benchmarks: dict | None = None  # benchmarks/vs_reference.json
     preference: dict | None = None  # eval_preference.json
+    snapshots: dict[int, dict] = field(default_factory=dict)  # step -> snapshots/step-<k>/eval_generation.json
 
 
 @dataclass
@@ -358,6 +359,10 @@ def load_run(root: str | Path) -> Run:
                     read_optional(d / "eval_generation.json"),
                     read_optional(d / "benchmarks" / "vs_reference.json"),
                     read_optional(d / "eval_preference.json"),
+                    {
+                        int(f.parent.name.removeprefix("step-")): read_json(f)
+                        for f in (d / "snapshots").glob("step-*/eval_generation.json")
+                    },
                 )
             )
     settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}

@@ -343,6 +343,8 @@ def train_loop(
             done = step + 1
             if t.save_every and done % t.save_every == 0 and done < t.steps:
                 save_periodic(u, done)
+            if t.snapshot_every and done % t.snapshot_every == 0 and done < t.steps:
+                save_snapshot(u, done)
             _fault_injection(done)
     bar.close()
     return train_seconds, tokens_total
@@ -468,6 +470,16 @@ def save_periodic(u: TrainState, step: int) -> None:
         for old in u.out.glob("checkpoint-*"):
             if old.name != f"checkpoint-{step}":
                 shutil.rmtree(old, ignore_errors=True)
+    if u.world > 1:
+        dist.barrier()
+
+
+def save_snapshot(u: TrainState, step: int) -> None:
+    """snapshots/step-<step>: the weights at this step as a plain checkpoint, kept (the curve stage evaluates it).
+    Every process calls it (FSDP2 gathers the shards)."""
+    weights, _ = _full_state(u.policy, sharded=u.sharded)
+    if u.rank == 0:
+        _save_checkpoint(u.out / "snapshots" / f"step-{step}", u.lm, u.tokenizer, None, weights)
     if u.world > 1:
         dist.barrier()
 

@@ -2,6 +2,7 @@
 runs and in which order, what `--stage` accepts, whether `prefbench launch` plans per-unit evaluation tasks, and
 what the finished-unit check asks of each unit. A stage planted in the list reaches all four."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,20 @@ def test_the_list_orders_the_stages_and_each_declares_whether_the_recipe_wants_i
         "benchmarks",
         "preference",
         "generation",
+        "curve",
         "judge",
         "objectives",
         "claims",
     ]
-    assert [s.name for s in stages.STAGES if s.per_unit] == ["benchmarks", "preference", "generation"]
+    assert [s.name for s in stages.STAGES if s.per_unit] == ["benchmarks", "preference", "generation", "curve"]
     assert all(s.done is not None for s in stages.STAGES if s.per_unit)
     assert run.stages(_recipe(tmp_path)) == []  # no generation, no held-out split, nothing else asked for
     with_generation = _recipe(tmp_path, generation={"prompts": {"n": 4}})
     assert [s.name for s in run.stages(with_generation)] == ["generation", "objectives"]
+    with_snapshots = dataclasses.replace(
+        with_generation, train=dataclasses.replace(with_generation.train, snapshot_every=4)
+    )
+    assert [s.name for s in run.stages(with_snapshots)] == ["generation", "curve", "objectives"]
 
 
 def test_a_planted_stage_is_run_accepted_by_stage_planned_by_launch_and_checked_per_unit(tmp_path, monkeypatch):

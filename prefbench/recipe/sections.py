@@ -212,6 +212,9 @@ class TrainSpec:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     save_every: int = 0  # steps between resumable checkpoints; 0 = only the final one
+    # steps between kept snapshots (plain checkpoints, <unit>/snapshots/step-<k>), which the curve stage evaluates
+    # as training goes; 0 = none
+    snapshot_every: int = 0
     dtype: Dtype = "auto"
     fsdp: bool = False  # shard with FSDP2 under torchrun (models that do not fit one device)
     bucket_batches: int = 8  # length-bucketing window, in batches (1 = no bucketing)
@@ -238,6 +241,7 @@ class TrainSpec:
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         out += _at_least(f"{at}.max_tokens_per_forward", self.max_tokens_per_forward, 0, " (0 = no limit)")
         out += _at_least(f"{at}.save_every", self.save_every, 0, " (0 = only the final checkpoint)")
+        out += _at_least(f"{at}.snapshot_every", self.snapshot_every, 0, " (0 = no snapshots)")
         out += _at_least(f"{at}.weight_decay", self.weight_decay, 0)
         if not self.lr > 0:
             out.append(f"{at}.lr: must be > 0, got {self.lr}")

@@ -87,6 +87,10 @@ class Recipe:
         out += self.train.problems("train") + self.eval.problems("eval")
         if not self.seeds:
             out.append("seeds: at least one seed")
+        if self.train.snapshot_every and self.model.lora:
+            out.append("train.snapshot_every: not with model.lora (a snapshot would need its adapters merged mid-run)")
+        if self.train.snapshot_every and self.eval.generation is None:
+            out.append("train.snapshot_every: needs eval.generation (the curve stage evaluates the snapshots)")
         if self.train.fsdp and self.model.lora:
             out.append(
                 "train.fsdp: not supported with model.lora (merging sharded adapters is not implemented); LoRA fits one device anyway"

@@ -166,6 +166,32 @@ def expected_best(tuning: dict) -> bytes:
     return _png(fig)
 
 
+def over_training(trained: list[UnitResults]) -> bytes:
+    """Each objective's held-out reward, KL, entropy and diversity at every snapshot and at the end of training,
+    the mean over its seeds: where it starts to overfit (reward flat or falling while KL grows and entropy and
+    diversity fall)."""
+    plt = _pyplot()
+    names = ("reward", "kl", "entropy_per_token", "distinct_2")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    labels = list(dict.fromkeys(u.label for u in trained))
+    for ax, name in zip(axes[0], names):
+        m = METRICS[name]
+        for i, label in enumerate(labels):
+            points: dict[int, list[float]] = {}
+            for u in (u for u in trained if u.label == label):
+                for step, result in [*u.snapshots.items(), (u.summary.get("steps"), u.generation)]:
+                    value = m.estimate(result) if m.shape == "number" else m.mean(result)
+                    if step is not None and value is not None:
+                        points.setdefault(step, []).append(value)
+            steps = sorted(points)
+            ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], "o-", color=f"C{i % 10}", label=label)
+        ax.set_title(m.column)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle("held-out evaluation over training (mean over seeds)", fontsize=9)
+    return _png(fig)
+
+
 def figures(run: Run) -> dict[str, bytes]:
     out = {}
     if run.tuning:
@@ -175,6 +201,8 @@ def figures(run: Run) -> dict[str, bytes]:
     trained = [u for u in run.units if u.curves]
     if trained:
         out["training_curves"] = training_curves(trained)
+    if over := [u for u in trained if u.snapshots and u.generation]:
+        out["over_training"] = over_training(over)
     gen = [u for u in run.units if METRICS["reward"].estimate(u.generation)]  # none with eval.reward: none
     trained_gen = [u for u in gen if u.name != "reference"]
     if gen:

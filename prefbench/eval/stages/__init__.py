@@ -2,6 +2,14 @@
 feeds `evaluate`, `prefbench evaluate --stage`, `prefbench launch`'s plan and the finished-unit check; a new
 stage is a module with its STAGE and one entry here."""
 
-from prefbench.eval.stages import benchmarks, claims, generation, judge, objectives, preference
+from prefbench.eval.stages import benchmarks, claims, curve, generation, judge, objectives, preference
 
-STAGES = [benchmarks.STAGE, preference.STAGE, generation.STAGE, judge.STAGE, objectives.STAGE, claims.STAGE]
+STAGES = [
+    benchmarks.STAGE,
+    preference.STAGE,
+    generation.STAGE,
+    curve.STAGE,
+    judge.STAGE,
+    objectives.STAGE,
+    claims.STAGE,
+]

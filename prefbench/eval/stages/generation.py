@@ -46,9 +46,23 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
     REWARDS[recipe.eval.reward].check_prompts(prompts)  # before anything is generated for prompts it cannot score
     settings = generation_settings(recipe, prompts)
     units, done, todo = pending(recipe, names, "eval_generation.json", settings, "generation")
-    if not todo:
-        return {name: done[name] for name in units if name in done}
-    reference = units["reference"]
+    if todo:
+        score_units(recipe, prompts, settings, units["reference"], done, todo)
+    return {name: done[name] for name in units if name in done}
+
+
+def score_units(
+    recipe: Recipe,
+    prompts: list,
+    settings: dict,
+    reference: EvalUnit,
+    done: dict[str, dict],
+    todo: list[EvalUnit],
+    track: bool = True,
+) -> None:
+    """Generate, score and measure the `todo` units against the reference (generated first when its result is not
+    in `done`), writing each unit's eval_generation.json and answers.jsonl and adding its result to `done`;
+    `track`: log the numbers to the unit's trackers at its last training step (not for intermediate snapshots)."""
     generated = todo if "reference" in done else [reference] + [u for u in todo if u.name != "reference"]
     gens, gen_stats = generate_all(recipe, generated, prompts)
     # every answer scored once: the metrics and answers.jsonl read the same scores. A reward model loads only
@@ -95,8 +109,8 @@ def generation(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
         }
         write_answers(u.out / "answers.jsonl", prompts, gens[str(u.checkpoint)], scores and scores[u.name])
         write_json(u.out / "eval_generation.json", done[u.name])
-        log_evaluation(recipe, u.name, u.out, tracked(done[u.name], "generation"))
-    return {name: done[name] for name in units if name in done}
+        if track:
+            log_evaluation(recipe, u.name, u.out, tracked(done[u.name], "generation"))
 
 
 def write_answers(path: Path, prompts: list, gens: dict, scores: dict[str, np.ndarray] | None) -> None:
