@@ -66,13 +66,19 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         small = build(
             Path(tmp) / "small",
-            hidden_size=256,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            intermediate_size=1024,
+            **(
+                dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+                if DRY
+                else dict(
+                    hidden_size=256,
+                    num_hidden_layers=4,
+                    num_attention_heads=4,
+                    num_key_value_heads=4,
+                    intermediate_size=1024,
+                )
+            ),
         )
-        prompts, answers = texts(64, 60)
+        prompts, answers = texts(16 if DRY else 64, 60)
         gpu = RewardModel(RewardModelSpec(model=str(small), batch_size=16))
         dtype = str(next(gpu.model.parameters()).dtype)
         gpu_scores = gpu.score(prompts, answers)
@@ -103,7 +109,7 @@ def main() -> dict:
         )
         rm = RewardModel(RewardModelSpec(model=str(big), batch_size=32, max_length=1024))
         params = sum(p.numel() for p in rm.model.parameters())
-        prompts, answers = texts(64 if DRY else 1024, 300, seed=1)
+        prompts, answers = texts(16 if DRY else 1024, 300, seed=1)
         rm.score(prompts[:64], answers[:64])  # warm-up
         sync()
         start = time.perf_counter()
