@@ -18,7 +18,7 @@ import itertools
 import math
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, ndtri, stdtr, stdtrit
 from scipy.stats import binomtest
 
 N_BOOT = 2000
@@ -116,12 +116,10 @@ def _t_test(diff: float, se: float, df: float, level: float) -> dict:
     """{"difference", "ci", "p_value", "df", "seed_variance"} of a t test of `diff` against 0: the interval and
     p on df degrees of freedom, p floored at the smallest positive float (never 0). se 0: every value is the
     same; a nonzero constant is a difference no seed or prompt varies (resolved)."""
-    from scipy import (
-        stats as st,
-    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
-
-    half = float(st.t.ppf((1 + level) / 2, df)) * se
-    p = float(2 * st.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    # scipy.special's t quantile and cdf (what scipy.stats.t.ppf and .sf call): the simulations call this thousands
+    # of times, and a frozen scipy.stats distribution costs a millisecond to build
+    half = float(stdtrit(df, (1 + level) / 2)) * se
+    p = float(2 * stdtr(df, -abs(diff) / se)) if se > 0 else (1.0 if diff == 0 else 0.0)
     return {
         "difference": diff,
         "ci": [diff - half, diff + half],
@@ -345,13 +343,9 @@ def detectable(ci, df: float | None, m: int, level: float = LEVEL) -> float:
     """The smallest |difference| a test with this interval had POWER to resolve at Holm's strictest level over a
     family of m, (1 - level) / m: (t(1 - alpha / 2m) + t(POWER)) standard errors, the standard error read back
     from the interval; t on df, normal quantiles where there is none (a prompt bootstrap). NaN for no interval."""
-    from scipy import (
-        stats as st,
-    )  # deferred: scipy: half a second to import; prefbench check and the CLI's help do without
-
-    dist = st.t(df) if df else st.norm()
-    se = (ci[1] - ci[0]) / (2 * dist.ppf((1 + level) / 2))
-    return float((dist.ppf(1 - (1 - level) / (2 * m)) + dist.ppf(POWER)) * se) if math.isfinite(se) else float("nan")
+    quantile = (lambda q: stdtrit(df, q)) if df else ndtri  # t on df, or the normal (scipy.special: see _t_test)
+    se = (ci[1] - ci[0]) / (2 * quantile((1 + level) / 2))
+    return float((quantile(1 - (1 - level) / (2 * m)) + quantile(POWER)) * se) if math.isfinite(se) else float("nan")
 
 
 def objective_level(
