@@ -72,6 +72,7 @@ METRICS = {
             "entropy_per_token",
             "entropy/token",
             ("sampled", "entropy_per_token"),
+            ("sampled", "entropy_per_token", "per_prompt"),
             higher=None,
             track="entropy_per_token",
         ),

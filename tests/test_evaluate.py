@@ -43,6 +43,8 @@ def test_run_writes_generation_metrics_for_reference_and_checkpoints(run):
     assert ref["kl"]["mean"] == 0.0 and ref["sampled"]["reward_minus_reference"]["mean"] == 0.0
     assert ref["sampled"]["vs_reference"]["tie"] == 8
     assert dpo["prompts"] == 8 and dpo["settings"] == ref["settings"] and dpo["engine"].startswith("hf-")
+    entropy = dpo["sampled"]["entropy_per_token"]  # per prompt too, for the statistics and claims
+    assert len(entropy["per_prompt"]) == 8 and entropy["mean"] == pytest.approx(np.mean(entropy["per_prompt"]))
     # The stored reward is the mean over prompts of the per-prompt mean reward of the cached samples.
     prompts = [p.prompt for p in make_prompts(8, "heldout")]
     reward = InstructionReward()

@@ -295,7 +295,7 @@ def test_shipped_data_sources(tmp_path):
 def test_claims_name_labels_of_the_recipe(tmp_path):
     found = problems(tmp_path, claims=[{"text": "x", "better": "dpo", "worse": "ipo", "metric": "loss"}])
     assert "claims[0].worse: 'ipo' is not an objective label of this recipe (['dpo'])" in found
-    assert "claims[0].metric: must be one of ['reward', 'greedy_reward'], got 'loss'" in found
+    assert "claims[0].metric: must be one of ['reward', 'greedy_reward', 'entropy_per_token'], got 'loss'" in found
     assert "claims[0]: needs eval.generation (claims are tested on held-out task rewards)" in found
 
 

@@ -235,7 +235,9 @@ def evaluate_checkpoint(
             out["kl"] = {"mean": None, "reason": reason}
             return out
         tokens = np.array([[len(c.token_ids) for c in cs] for cs in comps], float)
-        out[s.name]["entropy_per_token"] = estimate(entropy_sums(comps).sum(1) / np.maximum(tokens.sum(1), 1))
+        entropy = entropy_sums(comps).sum(1) / np.maximum(tokens.sum(1), 1)
+        # per prompt too: the objective-level statistics and claims read it (does the policy turn deterministic?)
+        out[s.name]["entropy_per_token"] = estimate(entropy) | {"per_prompt": [float(v) for v in entropy]}
         stats = kl_sums(ref_model or models.load_model(reference_path), prompt_ids, comps)
         per_prompt_kl = stats["kl"].mean(1)
         if itself:  # 0 by definition; the estimate on its own samples is the engine's disagreement with transformers

@@ -25,7 +25,7 @@ PromptSplit = Literal[
 PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
-ClaimMetric = Literal["reward", "greedy_reward"]
+ClaimMetric = Literal["reward", "greedy_reward", "entropy_per_token"]  # better's exceeds worse's
 Search = Literal["grid", "random"]  # tune: every point of the space, or seeded draws from it
 Select = Literal["reward", "reward_at_kl"]  # tune: the highest validation reward (at KL <= kl_cap)
 UnpairedView = Literal["both", "one_per_prompt"]  # both halves of each pair | one completion per prompt (KTO paper)
