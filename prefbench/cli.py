@@ -122,7 +122,8 @@ def cmd_train(args) -> int:
     from prefbench.errors import RecipeError
     from prefbench.runner import chosen, train_units
 
-    recipe = chosen(load_recipe(args.recipe, args.overrides))  # a train unit needs no lookups
+    recipe = load_recipe(args.recipe, args.overrides)  # a train unit needs no lookups
+    recipe = recipe.trials_recipe() if args.trials else chosen(recipe)
     if args.seed not in recipe.seeds:
         raise RecipeError([f"--seed {args.seed}: not among the recipe's seeds {list(recipe.seeds)}"], args.recipe)
     recipe.objective(args.objective)
@@ -132,9 +133,10 @@ def cmd_train(args) -> int:
 
 def cmd_prepare(args) -> int:
     from prefbench.check import load_recipe
-    from prefbench.runner import prepare
+    from prefbench.runner import chosen, prepare
 
-    prepared, ref = prepare(load_recipe(args.recipe, args.overrides))
+    recipe = load_recipe(args.recipe, args.overrides)
+    prepared, ref = prepare(recipe.trials_recipe() if args.trials else chosen(recipe))
     print(
         f"prepared: {len(prepared.train)} training examples (token fingerprint {prepared.fingerprint[:12]}), "
         f"{len(ref.values)} reference log-probs in {ref.path}"
@@ -146,7 +148,8 @@ def cmd_evaluate(args) -> int:
     from prefbench.eval.run import evaluate
     from prefbench.runner import chosen
 
-    print_evaluation(evaluate(chosen(evaluation_recipe(args)), args.stage, args.unit))
+    recipe = evaluation_recipe(args)
+    print_evaluation(evaluate(recipe.trials_recipe() if args.trials else chosen(recipe), args.stage, args.unit))
     return 0
 
 
@@ -344,7 +347,7 @@ def parser() -> argparse.ArgumentParser:
     train = command(
         "train", cmd_train, "train one objective with one seed (the unit torchrun or a scheduler runs)", recipe=True
     )
-    train.add_argument("--objective", required=True, help="the objective's label in the recipe")
+    train.add_argument("--objective", required=True, help="the objective's label in the recipe (a trial's: LABEL.tK)")
     train.add_argument("--seed", type=int, required=True)
     command(
         "prepare",
@@ -380,6 +383,10 @@ def parser() -> argparse.ArgumentParser:
     for c in (run, evaluate):
         c.add_argument(
             "--retry-failed", action="store_true", help="ask the judge again for the verdicts cached as parse failures"
+        )
+    for c in (train, evaluate, sub.choices["prepare"]):
+        c.add_argument(
+            "--trials", action="store_true", help="act on the recipe's tuning trials (its tune: section; <name>-tune)"
         )
     launch = command(
         "launch",

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from prefbench.errors import PrefbenchError
 from prefbench.eval.run import finished_units, stages
-from prefbench.results import objective_dir, run_dir, unit_ids
+from prefbench.results import objective_dir, read_json, run_dir, unit_ids
 
 
 class LaunchError(PrefbenchError, RuntimeError):
@@ -84,7 +84,7 @@ def plan(
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
     units = unit_ids(recipe)
-    waves = [
+    waves = _trial_waves(recipe, task) + [
         [task("prepare", ["prepare"], distributed=True)],
         [
             task(f"train {uid}", ["train", "--objective", uid.label, "--seed", str(uid.seed)], distributed=True)
@@ -100,6 +100,29 @@ def plan(
     return [[t for t in wave if t.name not in done] for wave in waves]
 
 
+def _trial_waves(recipe, task) -> list[list[Task]]:
+    """A tuned recipe's trials first (the commands' --trials: the recipe's <name>-tune run), then `tune`, which
+    reads them and writes the choice the later waves train with; none without a tune section."""
+    if recipe.tune is None:
+        return []
+    trials = recipe.trials_recipe()
+    units = unit_ids(trials)
+    return [
+        [task("prepare trials", ["prepare", "--trials"], distributed=True)],
+        [
+            task(
+                f"train {uid}",
+                ["train", "--trials", "--objective", uid.label, "--seed", str(uid.seed)],
+                distributed=True,
+            )
+            for uid in units
+        ]
+        + [task("evaluate trials reference", ["evaluate", "--trials", "--unit", "reference"])],
+        [task(f"evaluate {uid}", ["evaluate", "--trials", "--unit", str(uid)]) for uid in units],
+        [task("tune", ["tune"])],
+    ]
+
+
 def done_tasks(recipe) -> set[str]:
     """The tasks a launch need not queue again, so a relaunch after a failure queues only what is left: a trained
     unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
@@ -109,6 +132,22 @@ def done_tasks(recipe) -> set[str]:
     done = {f"train {uid}" for uid in units if (objective_dir(recipe, uid.label, uid.seed) / "summary.json").is_file()}
     if len(done) == len(units):
         done.add("prepare")
+    if recipe.tune is not None and (run_dir(recipe) / "tuning.json").is_file():
+        trials = recipe.trials_recipe()
+        done |= {"prepare trials", "evaluate trials reference", "tune"}
+        done |= {f"train {uid}" for uid in unit_ids(trials)} | {f"evaluate {uid}" for uid in unit_ids(trials)}
+        recipe = recipe.with_choice(read_json(run_dir(recipe) / "tuning.json"))
+    elif recipe.tune is not None:  # the trials done so far; the final units' evaluation waits for the choice
+        trials = recipe.trials_recipe()
+        ids = unit_ids(trials)
+        done |= {f"train {u}" for u in ids if (objective_dir(trials, u.label, u.seed) / "summary.json").is_file()}
+        if all(f"train {u}" in done for u in ids):
+            done.add("prepare trials")
+        evaluated = set(finished_units(trials, ["reference", *map(str, ids)]))
+        done |= {f"evaluate {u}" for u in evaluated if u != "reference"}
+        if "reference" in evaluated:
+            done.add("evaluate trials reference")
+        return done
     if _has_unit_stages(recipe):
         done |= {f"evaluate {u}" for u in finished_units(recipe, ["reference", *map(str, units)])}
     return done

@@ -161,7 +161,7 @@ def tune(recipe: Recipe) -> Recipe:
     root = run_dir(recipe)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "tuning.json", tuning)
-    return tuned(recipe, tuning)
+    return recipe.with_choice(tuning)
 
 
 def select(recipe: Recipe, trials: Run) -> dict:
@@ -214,14 +214,4 @@ def chosen(recipe: Recipe) -> Recipe:
         raise TrainingError(
             f"{recipe.name}: tune first (`prefbench tune` or `prefbench run` on the recipe): no {path} holds its choice"
         )
-    return tuned(recipe, read_json(path))
-
-
-def tuned(recipe: Recipe, tuning: dict) -> Recipe:
-    """The recipe with each objective at its chosen trial's settings (its label unchanged)."""
-    chosen = {spec.label: recipe.trials(spec) for spec in recipe.objectives}
-    specs = []
-    for spec in recipe.objectives:
-        (trial,) = [x for x in chosen[spec.label] if x.label == tuning["objectives"][spec.label]["chosen"]]
-        specs.append(dataclasses.replace(trial, label=spec.label))
-    return dataclasses.replace(recipe, objectives=tuple(specs))
+    return recipe.with_choice(read_json(path))

@@ -172,3 +172,40 @@ def test_a_tuned_run_chooses_on_validation_and_resumes_a_killed_tuning_without_r
         "from the task's validation split); the test prompts never informed a choice" in report
     )
     assert (tmp_path / "reports" / "tuned" / "plots" / "expected_best.png").is_file()
+    # the same recipe through `prefbench launch` (local processes): the trials as tasks, then the choice, then the
+    # chosen units: the same choice and the same training
+    launched = tmp_path / "launched"
+    raw = recipe(launched, space)
+    (path := tmp_path / "launched.yaml").write_text(yaml.safe_dump(raw))
+    out = cli("launch", "--executor", "local", "--parallel", "2")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert json.loads((launched / "tuned" / "tuning.json").read_text())["objectives"] == tuning["objectives"]
+    for label in ("dpo", "ipo"):
+        ours, theirs = (
+            [json.loads(line)["loss"] for line in (r / label / "seed0" / "metrics.jsonl").read_text().splitlines()]
+            for r in (root, launched / "tuned")
+        )
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-5)
+
+
+def test_a_launch_plans_the_trials_then_the_choice_then_the_chosen_units(tmp_path):
+    from prefbench import launch
+
+    space = {"dpo": {"lr": [1e-3, 2e-3]}, "ipo": {"lr": [1e-3, 2e-3]}}
+    (path := tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe(tmp_path, space)))
+    r = parse_recipe(recipe(tmp_path, space))
+    waves = [[t.name for t in wave] for wave in launch.plan(str(path), [], r)]
+    assert waves[:4] == [
+        ["prepare trials"],
+        [
+            "train dpo.t0/seed0",
+            "train dpo.t1/seed0",
+            "train ipo.t0/seed0",
+            "train ipo.t1/seed0",
+            "evaluate trials reference",
+        ],
+        ["evaluate dpo.t0/seed0", "evaluate dpo.t1/seed0", "evaluate ipo.t0/seed0", "evaluate ipo.t1/seed0"],
+        ["tune"],
+    ]
+    assert waves[4:6] == [["prepare"], ["train dpo/seed0", "train ipo/seed0", "evaluate reference"]]
+    assert "--trials" in launch.plan(str(path), [], r)[1][0].argv

@@ -63,6 +63,15 @@ class Recipe:
             tune=None,
         )
 
+    def with_choice(self, tuning: dict) -> Recipe:
+        """The recipe with each objective at the settings its tuning chose (tuning.json: runner.tune), label kept."""
+        specs = []
+        for spec in self.objectives:
+            chosen = tuning["objectives"][spec.label]["chosen"]
+            (trial,) = [t for t in self.trials(spec) if t.label == chosen]
+            specs.append(dataclasses.replace(trial, label=spec.label))
+        return dataclasses.replace(self, objectives=tuple(specs))
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["objectives"] = [
