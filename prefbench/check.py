@@ -95,8 +95,12 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
 def _tune_problems(recipe: Recipe) -> list[str]:
     """Every trial's settings are valid (its objective builds, its training settings pass), and validation and test
     prompt files share no prompt; the first problem of each objective only (a grid repeats a bad value)."""
-    if recipe.tune is None or recipe.eval.generation is None:
-        return []
+    if (
+        recipe.tune is None
+        or recipe.eval.generation is None
+        or recipe.tune.problems([o.label for o in recipe.objectives])
+    ):
+        return []  # a malformed space is the schema's problem, already listed
     out = []
     for spec in recipe.objectives:
         for k, trial in enumerate(recipe.trials(spec)):

@@ -80,7 +80,7 @@ def training_findings(records: list[dict]) -> list[dict]:
                     f"{-r:.1f}: the policy no longer models its training text (learning rate too high?)",
                 )
             )
-        elif c < -DISPLACED_NATS and margins is not None and margins > 0:
+        elif c < -DISPLACED_NATS and margins is not None and margins > max(records[0].get("rewards/margins", 0.0), 0.0):
             out.append(
                 _finding(
                     "likelihood_displacement",
@@ -91,7 +91,7 @@ def training_findings(records: list[dict]) -> list[dict]:
             )
     norms = [r["grad_norm"] for r in records]
     for i in range(3, len(norms)):
-        if norms[i] > SPIKE * (median := statistics.median(norms[:i])):
+        if (median := statistics.median(norms[:i])) > 0 and norms[i] > SPIKE * median:
             out.append(
                 _finding(
                     "grad_spike",

@@ -188,11 +188,12 @@ def select(recipe: Recipe, trials: Run) -> dict:
                     "kl": kl.mean(u.generation), "health": [f["code"] for f in u.summary.get("health", [])],
                 }
             )  # fmt: skip
-        eligible = [r for r in rows if t.select == "reward" or r["kl"] <= t.kl_cap]
+        eligible = [r for r in rows if t.select == "reward" or (r["kl"] is not None and r["kl"] <= t.kl_cap)]
         if not eligible:
             raise TrainingError(
                 f"tuning: no trial of {spec.label} stays within tune.kl_cap {t.kl_cap} (its lowest KL: "
-                f"{min(r['kl'] for r in rows):.3f}); raise the cap or search lower learning rates"
+                f"{min((r['kl'] for r in rows if r['kl'] is not None), default=float('nan')):.3f}); raise the cap or "
+                "search lower learning rates"
             )
         chosen = max(eligible, key=lambda r: r["reward"]["mean"])  # max keeps the first of equal ones
         out["objectives"][spec.label] = {

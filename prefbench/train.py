@@ -320,7 +320,7 @@ def train_loop(
             lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
             u.optimizer.step()
             u.scheduler.step()
-            u.objective.end_step()
+            u.objective.end_step(_summed if u.world > 1 else None)
             u.optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - step_start
             train_seconds += seconds
@@ -341,10 +341,11 @@ def train_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{logged['loss']:.4f}")
             done = step + 1
-            if t.save_every and done % t.save_every == 0 and done < t.steps:
-                save_periodic(u, done)
+            # the snapshot first: a kill between the two resumes after this step and would never write it
             if t.snapshot_every and done % t.snapshot_every == 0 and done < t.steps:
                 save_snapshot(u, done)
+            if t.save_every and done % t.save_every == 0 and done < t.steps:
+                save_periodic(u, done)
             _fault_injection(done)
     bar.close()
     return train_seconds, tokens_total
@@ -385,6 +386,13 @@ def _forward_backward(
             total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
             sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
     return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
+
+
+def _summed(values: list[float]) -> list[float]:
+    """Each value summed over every process (an objective's step statistics: Objective.end_step)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepared, ref: RefLogps | None):

@@ -257,15 +257,15 @@ def torchrun(recipe: Path, label: str) -> subprocess.CompletedProcess:
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 CPU processes on gloo, each taking half of every step's examples, follow the same loss
     trajectory as one process with the same global batch (KTO's z0 included: the mean over both processes'
-    mismatched pairs, as one process computes it over the whole step)."""
-    objectives = [{"name": "dpo"}, {"name": "kto"}]
+    mismatched pairs, as one process computes it over the whole step; and BCO's reward mean, summed over both)."""
+    objectives = [{"name": "dpo"}, {"name": "kto"}, {"name": "bco"}]
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe_dict(tmp_path / "ddp", objectives, micro_batch_size=2)))
-    for label in ("dpo", "kto"):
+    for label in ("dpo", "kto", "bco"):
         run = torchrun(path, label)
         assert run.returncode == 0, run.stderr[-3000:]
     train_units(parse_recipe(recipe_dict(tmp_path / "single", objectives, micro_batch_size=2)))
-    for label in ("dpo", "kto"):
+    for label in ("dpo", "kto", "bco"):
         ddp, single = metrics(tmp_path / "ddp", label), metrics(tmp_path / "single", label)
         assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], abs=2e-5)
         assert [r["grad_norm"] for r in ddp] == pytest.approx([r["grad_norm"] for r in single], rel=1e-4)

@@ -85,6 +85,27 @@ def test_the_search_space_as_trials(tmp_path):
     assert len(points) == 5 and points == drawn.tune.points("dpo")  # seeded
     assert all(1e-5 <= p["lr"] <= 1e-3 and float(f"{p['lr']:.3g}") == p["lr"] for p in points)
     assert points != drawn.tune.points("ipo")  # each objective its own draws, as many of them
+    counted = parse_recipe(
+        recipe(tmp_path, {o: {"steps": {"low": 2, "high": 9}} for o in ("dpo", "ipo")}, search="random", trials=4)
+    )
+    assert all(isinstance(p["steps"], int) and 2 <= p["steps"] <= 9 for p in counted.tune.points("dpo"))
+
+
+def test_a_choice_made_for_another_search_space_is_refused(tmp_path):
+    from prefbench.errors import TrainingError
+    from prefbench.runner import chosen
+
+    space = {"dpo": {"lr": [1e-3, 2e-3]}, "ipo": {"lr": [1e-3, 2e-3]}}
+    r = parse_recipe(recipe(tmp_path, space))
+    (tmp_path / "tuned").mkdir()
+    choice = {o: {"chosen": f"{o}.t1", "settings": {"lr": 2e-3}} for o in ("dpo", "ipo")}
+    (tmp_path / "tuned" / "tuning.json").write_text(json.dumps({"objectives": choice}))
+    assert [o.train for o in chosen(r).objectives] == [{"lr": 2e-3}, {"lr": 2e-3}]
+    moved = parse_recipe(recipe(tmp_path, {"dpo": {"lr": [1e-3, 5e-3]}, "ipo": {"lr": [1e-3, 2e-3]}}))
+    with pytest.raises(
+        TrainingError, match=r"chose dpo.t1 = \{'lr': 0.002\} for dpo, not a trial of the recipe's tune"
+    ):
+        chosen(moved)
 
 
 def test_check_refuses_leaking_or_unequal_tuning_in_one_line_each(tmp_path, capsys):

@@ -174,9 +174,10 @@ class Objective:
     def hyperparameters(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
-    def end_step(self) -> None:
+    def end_step(self, total=None) -> None:
         """Called once after each optimizer step. An objective with running statistics (BCO's reward mean) moves them
-        here, not per micro-batch, so that how a step is cut into micro-batches changes nothing."""
+        here, not per micro-batch, so that how a step is cut into micro-batches changes nothing. `total`, under
+        several processes: sums a list of floats over them (every process then holds the same statistics)."""
 
     # Objectives with running statistics (BCO's reward mean) save them with the checkpoint.
     def state_dict(self) -> dict[str, float]:

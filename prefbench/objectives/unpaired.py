@@ -47,6 +47,7 @@ class KTO(Objective):
 
     data = "unpaired"
     needs_reference = True
+    version = 2  # 2: z0 over the whole step's mismatched pairs (was: each micro-batch's; equal with one a step)
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306"
     beta: float = 0.1
     desirable_weight: float = 1.0
@@ -101,6 +102,7 @@ class KTO(Objective):
 class KTONoZ0(KTO):
     """KTO ablation without the reference point (z0 = 0). KTO paper, Table 2 / §4.3."""
 
+    version = 1  # no z0: the step-wide estimate changed nothing here
     z0: str = "none"
 
 
@@ -127,6 +129,7 @@ class KTONoReference(KTO):
     """
 
     needs_reference = False
+    version = 1  # no z0: the step-wide estimate changed nothing here
     z0: str = "none"
 
 
@@ -162,7 +165,7 @@ class BCO(Objective):
     enabled (training); an evaluation pass under torch.no_grad() reads the mean without moving it. It is
     state: the trainer saves it with `state_dict()`.
     Not implemented: the paper's underlying-distribution matching (a prompt classifier), and
-    delta is per process (no all-rank mean as TRL <= 1.15 had).
+    delta is every process's mean (the step's rewards summed over processes when it ends, as TRL <= 1.15 had).
     """
 
     data = "unpaired"
@@ -185,8 +188,9 @@ class BCO(Objective):
         losses = torch.where(b.desirable, -F.logsigmoid(shifted), -F.logsigmoid(-shifted))
         return unpaired_output(losses, r, b.desirable, delta=r.new_tensor(delta))
 
-    def end_step(self) -> None:
-        self.reward_sum, self.reward_count = self.reward_sum + self.step_sum, self.reward_count + self.step_count
+    def end_step(self, total=None) -> None:
+        step_sum, step_count = total([self.step_sum, self.step_count]) if total else (self.step_sum, self.step_count)
+        self.reward_sum, self.reward_count = self.reward_sum + step_sum, self.reward_count + int(step_count)
         self.step_sum, self.step_count = 0.0, 0
 
     def state_dict(self) -> dict[str, float]:

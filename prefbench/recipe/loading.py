@@ -205,11 +205,15 @@ def _typed_space(tune: TuneSpec, problems: list[str]) -> TuneSpec:
             space[label] = dims
             continue
         space[label] = {
-            key: [_convert(v, hints[key], f"tune.space.{label}.{key}[{i}]", problems) for i, v in enumerate(values)]
+            key: [
+                c
+                for i, v in enumerate(values)
+                if (c := _convert(v, hints[key], f"tune.space.{label}.{key}[{i}]", problems)) is not _BAD
+            ]
             if key in TrainSpec.PER_OBJECTIVE and isinstance(values, list)
             else values
             for key, values in dims.items()
-        }
+        }  # a refused value is a problem listed, and left out of the space
     return dataclasses.replace(tune, space=space)
 
 

@@ -362,6 +362,8 @@ def _draw(values: Any, rng: random.Random) -> Any:
         return rng.choice(values)
     low, high = float(values["low"]), float(values["high"])
     x = math.exp(rng.uniform(math.log(low), math.log(high))) if values.get("log") else rng.uniform(low, high)
+    if isinstance(values["low"], int) and isinstance(values["high"], int):  # a count (steps): a whole number
+        return round(x)
     return float(f"{x:.3g}")
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefbench.errors import TrainingError
 from prefbench.recipe.choices import EMBEDDED_REWARD
 from prefbench.recipe.sections import ClaimSpec, DataSpec, EvalSpec, ModelSpec, ObjectiveSpec, TrainSpec, TuneSpec
 
@@ -58,6 +59,7 @@ class Recipe:
             name=f"{self.name}-tune",
             objectives=tuple(trial for spec in self.objectives for trial in self.trials(spec)),
             seeds=(self.tune.seed,),
+            train=dataclasses.replace(self.train, snapshot_every=0),  # a trial is scored at its end only
             eval=dataclasses.replace(self.eval, generation=generation, judge=None, benchmarks=None),
             claims=(),
             tune=None,
@@ -67,9 +69,14 @@ class Recipe:
         """The recipe with each objective at the settings its tuning chose (tuning.json: runner.tune), label kept."""
         specs = []
         for spec in self.objectives:
-            chosen = tuning["objectives"][spec.label]["chosen"]
-            (trial,) = [t for t in self.trials(spec) if t.label == chosen]
-            specs.append(dataclasses.replace(trial, label=spec.label))
+            stored = tuning["objectives"].get(spec.label, {})
+            trials = {t.label: (t, point) for t, point in zip(self.trials(spec), self.tune.points(spec.label))}
+            if stored.get("chosen") not in trials or trials[stored["chosen"]][1] != stored.get("settings"):
+                raise TrainingError(
+                    f"{self.name}: its tuning.json chose {stored.get('chosen')} = {stored.get('settings')} for "
+                    f"{spec.label}, not a trial of the recipe's tune section now; run `prefbench tune` again"
+                )
+            specs.append(dataclasses.replace(trials[stored["chosen"]][0], label=spec.label))
         return dataclasses.replace(self, objectives=tuple(specs))
 
     def to_dict(self) -> dict[str, Any]:
