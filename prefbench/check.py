@@ -130,11 +130,11 @@ def _tune_problems(recipe: Recipe) -> list[str]:
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """What is valid but weak, one line each: the schema's own, and an objective whose loss is defined over the
     micro-batch (objectives' `batch_defined`) trained with gradient accumulation."""
-    out = recipe.warnings()
-    if recipe.train.micro_batch_size < recipe.train.batch_size:
+    out, t = recipe.warnings(), recipe.train
+    if t.micro_batch_size < t.batch_size or t.max_tokens_per_forward:  # (several processes also cut: a launch's)
         out += [
             f"objectives[{i}] ({spec.name}): {OBJECTIVES[spec.name].batch_defined}; train.micro_batch_size "
-            f"{recipe.train.micro_batch_size} < batch_size {recipe.train.batch_size} trains it on smaller batches than the others"
+            f"{t.micro_batch_size} < batch_size {t.batch_size} (or a token budget) trains it on smaller batches than the others"
             for i, spec in enumerate(recipe.objectives)
             if spec.name in OBJECTIVES and OBJECTIVES[spec.name].batch_defined
         ]

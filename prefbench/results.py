@@ -323,6 +323,19 @@ def read_optional(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
+def _snapshots(unit: Path) -> dict[int, dict]:
+    """A unit's evaluated snapshots by step, those evaluated with the settings of its final checkpoint's evaluation
+    only (a snapshot evaluated before a settings change is not a point of the same curve)."""
+    final = read_optional(unit / "eval_generation.json")
+    found = {
+        int(f.parent.name.removeprefix("step-")): read_json(f)
+        for f in (unit / "snapshots").glob("step-*/eval_generation.json")
+    }
+    return {
+        step: r for step, r in sorted(found.items()) if final is not None and r.get("settings") == final.get("settings")
+    }
+
+
 def load_run(root: str | Path) -> Run:
     """Everything a run directory holds, as written; refuses units evaluated with different settings."""
     root = Path(root)
@@ -359,10 +372,7 @@ def load_run(root: str | Path) -> Run:
                     read_optional(d / "eval_generation.json"),
                     read_optional(d / "benchmarks" / "vs_reference.json"),
                     read_optional(d / "eval_preference.json"),
-                    {
-                        int(f.parent.name.removeprefix("step-")): read_json(f)
-                        for f in (d / "snapshots").glob("step-*/eval_generation.json")
-                    },
+                    _snapshots(d),
                 )
             )
     settings = {u.name: json.dumps(u.generation.get("settings"), sort_keys=True) for u in units if u.generation}
