@@ -52,9 +52,13 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def all_objectives_run(tmp_path_factory):
+    """Every objective trained, with a cache of its own: a run of another test on the same data may have filled the
+    shared reference cache already, and this run's reference pass (its timings) is what some tests read."""
     out = tmp_path_factory.mktemp("all")
     recipe = parse_recipe(recipe_dict(out, [{"name": n} for n in OBJECTIVES]))
-    train_units(recipe)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFBENCH_CACHE", str(out / "cache"))
+        train_units(recipe)
     return out
 
 
