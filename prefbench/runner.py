@@ -44,6 +44,14 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         return
     stored = read_json(manifest_path)["recipe"]
     mine = jsonable(recipe.to_dict())
+    # a setting added to prefbench since the run started is read at its default (a section's keys one level down)
+    defaults = jsonable(Recipe(name=recipe.name).to_dict())
+    stored = {
+        k: {**defaults[k], **stored[k]}
+        if isinstance(stored.get(k), dict) and isinstance(defaults.get(k), dict)
+        else stored.get(k, defaults.get(k))
+        for k in set(stored) | set(defaults)
+    }
     differing = sorted(
         k
         for k in set(stored) | set(mine)
