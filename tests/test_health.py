@@ -86,7 +86,7 @@ def test_a_learning_rate_of_1e_1_is_named_diverged_in_the_reports_first_lines(tm
     report = (tmp_path / "reports" / "tiny_smoke" / "report.md").read_text()
     first = report.split("\n\n")[1]
     assert first.startswith(
-        "Training health, read before the results: 2 units (dpo/seed0, kto/seed0); in dpo/seed0: diverged"
+        "Health of training and evaluation, read before the results: 2 units (dpo/seed0, kto/seed0); in dpo/seed0: diverged"
     )
     assert "100% of answers stopped at the length cap (4 tokens)" in first
 

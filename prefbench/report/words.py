@@ -68,7 +68,7 @@ def health_in_words(run: Run) -> str:
         (first, finding), names = kind[0], [name for name, _ in kind]
         where = first if len(names) == 1 else f"{len(names)} units ({', '.join(names)}); in {first}"
         sentences.append(f"{where}: {finding['text']}.")
-    return "Training health, read before the results: " + " ".join(sentences)
+    return "Health of training and evaluation, read before the results: " + " ".join(sentences)
 
 
 def results_in_words(run: Run) -> str:
