@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 DRY = "--dry" in sys.argv  # a seconds-long run of the same code on the CPU, to check the script before a GPU call
+DRY_SHAPE = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)  # both models
 
 
 def sync() -> None:
@@ -67,7 +68,7 @@ def main() -> dict:
         small = build(
             Path(tmp) / "small",
             **(
-                dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+                DRY_SHAPE
                 if DRY
                 else dict(
                     hidden_size=256,
@@ -96,7 +97,7 @@ def main() -> dict:
         big = build(
             Path(tmp) / "big",
             **(
-                dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+                DRY_SHAPE
                 if DRY
                 else dict(
                     hidden_size=2048,

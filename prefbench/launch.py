@@ -83,19 +83,8 @@ def plan(
         )
         return Task(name, argv, gpus_per_unit, root / "logs" / (name.replace(" ", "-").replace("/", "-") + ".log"))
 
-    units = unit_ids(recipe)
-    waves = _trial_waves(recipe, task) + [
-        [task("prepare", ["prepare"], distributed=True)],
-        [
-            task(f"train {uid}", ["train", "--objective", uid.label, "--seed", str(uid.seed)], distributed=True)
-            for uid in units
-        ]
-        + ([task("evaluate reference", ["evaluate", "--unit", "reference"])] if _has_unit_stages(recipe) else []),
-        [task(f"evaluate {uid}", ["evaluate", "--unit", str(uid)]) for uid in units]
-        if _has_unit_stages(recipe)
-        else [],
-        [task("finish", ["run"])],
-    ]
+    waves = _trial_waves(recipe, task) + _unit_waves(recipe, task, [], "prepare", "evaluate reference")
+    waves.append([task("finish", ["run"])])
     done = done_tasks(recipe) if done is None else done
     return [[t for t in wave if t.name not in done] for wave in waves]
 
@@ -106,20 +95,24 @@ def _trial_waves(recipe, task) -> list[list[Task]]:
     if recipe.tune is None:
         return []
     trials = recipe.trials_recipe()
-    units = unit_ids(trials)
+    return _unit_waves(trials, task, ["--trials"], "prepare trials", "evaluate trials reference") + [
+        [task("tune", ["tune"])]
+    ]
+
+
+def _unit_waves(recipe, task, flags: list[str], prepare: str, reference: str) -> list[list[Task]]:
+    """One run's waves: the reference pass, then every unit's training beside the reference's evaluation, then
+    every unit's evaluation (where the recipe has per-unit stages); `flags` select the run (--trials), `prepare`
+    and `reference` name its first task and the reference's evaluation."""
+    units, evaluated = unit_ids(recipe), _has_unit_stages(recipe)
     return [
-        [task("prepare trials", ["prepare", "--trials"], distributed=True)],
+        [task(prepare, ["prepare", *flags], distributed=True)],
         [
-            task(
-                f"train {uid}",
-                ["train", "--trials", "--objective", uid.label, "--seed", str(uid.seed)],
-                distributed=True,
-            )
+            task(f"train {uid}", ["train", *flags, "--objective", uid.label, "--seed", str(uid.seed)], distributed=True)
             for uid in units
         ]
-        + [task("evaluate trials reference", ["evaluate", "--trials", "--unit", "reference"])],
-        [task(f"evaluate {uid}", ["evaluate", "--trials", "--unit", str(uid)]) for uid in units],
-        [task("tune", ["tune"])],
+        + ([task(reference, ["evaluate", *flags, "--unit", "reference"])] if evaluated else []),
+        [task(f"evaluate {uid}", ["evaluate", *flags, "--unit", str(uid)]) for uid in units] if evaluated else [],
     ]
 
 
@@ -128,28 +121,26 @@ def done_tasks(recipe) -> set[str]:
     unit's training (its summary.json, what `prefbench train` checks first); the reference pass, which only training
     reads, once every unit is trained; a unit's evaluation whose results are stored with this recipe's settings
     (eval.run.finished_units: the stages' own checks). The final step always runs."""
+    if recipe.tune is None:
+        return _finished(recipe, "prepare", "evaluate reference")
+    # a tuned recipe: its trials' tasks as any run's; the chosen units' once `tune` has written the choice
+    done = _finished(recipe.trials_recipe(), "prepare trials", "evaluate trials reference")
+    if not (path := run_dir(recipe) / "tuning.json").is_file():
+        return done
+    return done | {"tune"} | _finished(recipe.with_choice(read_json(path)), "prepare", "evaluate reference")
+
+
+def _finished(recipe, prepare: str, reference: str) -> set[str]:
+    """One run's finished tasks: each unit trained (its summary.json), the reference pass once every unit is
+    trained, each unit's evaluation stored with the recipe's settings; `prepare` and `reference` name the run's
+    prepare task and the reference's evaluation task."""
     units = unit_ids(recipe)
     done = {f"train {uid}" for uid in units if (objective_dir(recipe, uid.label, uid.seed) / "summary.json").is_file()}
     if len(done) == len(units):
-        done.add("prepare")
-    if recipe.tune is not None and (run_dir(recipe) / "tuning.json").is_file():
-        trials = recipe.trials_recipe()
-        done |= {"prepare trials", "evaluate trials reference", "tune"}
-        done |= {f"train {uid}" for uid in unit_ids(trials)} | {f"evaluate {uid}" for uid in unit_ids(trials)}
-        recipe = recipe.with_choice(read_json(run_dir(recipe) / "tuning.json"))
-    elif recipe.tune is not None:  # the trials done so far; the final units' evaluation waits for the choice
-        trials = recipe.trials_recipe()
-        ids = unit_ids(trials)
-        done |= {f"train {u}" for u in ids if (objective_dir(trials, u.label, u.seed) / "summary.json").is_file()}
-        if all(f"train {u}" in done for u in ids):
-            done.add("prepare trials")
-        evaluated = set(finished_units(trials, ["reference", *map(str, ids)]))
-        done |= {f"evaluate {u}" for u in evaluated if u != "reference"}
-        if "reference" in evaluated:
-            done.add("evaluate trials reference")
-        return done
+        done.add(prepare)
     if _has_unit_stages(recipe):
-        done |= {f"evaluate {u}" for u in finished_units(recipe, ["reference", *map(str, units)])}
+        evaluated = finished_units(recipe, ["reference", *map(str, units)])
+        done |= {reference if u == "reference" else f"evaluate {u}" for u in evaluated}
     return done
 
 
