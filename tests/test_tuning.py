@@ -221,3 +221,42 @@ def test_a_launch_plans_the_trials_then_the_choice_then_the_chosen_units(tmp_pat
     ]
     assert waves[4:6] == [["prepare"], ["train dpo/seed0", "train ipo/seed0", "evaluate reference"]]
     assert "--trials" in launch.plan(str(path), [], r)[1][0].argv
+
+
+def test_own_data_tunes_on_a_validation_split_carved_by_prompt(tmp_path):
+    """data.validation_fraction carves validation prompts out of what the held-out split leaves: training, validation
+    and held-out (test) prompts are three disjoint sets, the held-out split is the one the recipe had without
+    validation, and the trials generate from the validation prompts. check refuses the data's held-out split as
+    tuning prompts, and a validation split the data does not carve."""
+    from prefbench.data.load import prompt_key
+    from prefbench.data.prepare import split_records
+    from prefbench.eval.prompts import load_prompt_records
+
+    space = {"dpo": {"lr": [1e-3, 2e-3]}, "ipo": {"lr": [1e-3, 2e-3]}}
+    raw = recipe(tmp_path, space, prompts={"source": "data", "split": "validation", "n": 500})
+    raw["data"] = {"source": "embedded:paired", "eval_fraction": 0.1, "validation_fraction": 0.2, "limit": 400}
+    raw["eval"]["generation"]["prompts"] = {"source": "data", "n": 500}
+    r = parse_recipe(raw)
+    parts = split_records(r.data)
+    keys = [{prompt_key(x["prompt"]) for x in side} for side in (parts.train, parts.held_out, parts.validation)]
+    n = len(set().union(*keys))
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert (len(keys[1]), len(keys[2])) == (round(0.1 * n), round(0.2 * (n - round(0.1 * n))))
+    untuned = {k: v for k, v in raw.items() if k != "tune"}
+    without = split_records(parse_recipe({**untuned, "data": {**raw["data"], "validation_fraction": 0.0}}).data)
+    assert without.held_out == parts.held_out and without.validation == []
+    assert without.train == [x for x in parts.records if prompt_key(x["prompt"]) not in keys[1]]
+    trial_prompts = load_prompt_records(r.trials_recipe().eval.generation.prompts, r.data)
+    assert {prompt_key(x["prompt"]) for x in trial_prompts} == keys[2]
+    test_prompts = load_prompt_records(r.eval.generation.prompts, r.data)
+    assert {prompt_key(x["prompt"]) for x in test_prompts} == keys[1]
+
+    leak = {**raw, "tune": {**raw["tune"], "prompts": {"source": "data", "n": 6}}}
+    assert problems(leak) == [
+        "tune.prompts.split: heldout is the test prompts' split (eval.generation.prompts.split); tune on validation "
+        "(data.validation_fraction), which shares no prompt with the held-out split"
+    ]
+    uncarved = {**raw, "data": {**raw["data"], "validation_fraction": 0.0}}
+    assert problems(uncarved) == [
+        "tune.prompts.split: validation takes the data's validation prompts, but data.validation_fraction is 0"
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -28,14 +28,28 @@ class Prepared:
     one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
 
 
-def split_records(d: DataSpec) -> tuple[list[dict], load.DataReport, list[dict], list[dict]]:
-    """(valid records, validation report, train records, held-out records) of the data section, before
-    transforms: the held-out side is what training never sees, by prompt."""
+class Split(NamedTuple):
+    """The data section's records before transforms, split by prompt: training never sees the held-out (test)
+    prompts nor the validation prompts (data.validation_fraction, carved from what the held-out split leaves),
+    and those two share no prompt."""
+
+    records: list[dict]  # every valid record
+    report: load.DataReport  # what validation found
+    train: list[dict]
+    held_out: list[dict]
+    validation: list[dict]
+
+
+def split_records(d: DataSpec) -> Split:
     records = load_sources(d)
     if d.limit:
         records = records[: d.limit]
-    records, validation = load.validate(records, d.format, on_bad=d.on_bad)
-    return records, validation, *load.train_eval_split(records, d.eval_fraction, d.split_seed)
+    records, report = load.validate(records, d.format, on_bad=d.on_bad)
+    train, held_out = load.train_eval_split(records, d.eval_fraction, d.split_seed)
+    # carved after the held-out split, so a recipe without validation keeps its split, and with one keeps its test
+    # prompts; another seed, so validation is not the held-out split's neighbours in one shuffle
+    train, validation = load.train_eval_split(train, d.validation_fraction, d.split_seed + 1)
+    return Split(records, report, train, held_out, validation)
 
 
 def load_sources(d: DataSpec) -> list[dict]:
@@ -53,7 +67,8 @@ def load_sources(d: DataSpec) -> list[dict]:
 
 def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
     d = recipe.data
-    records, validation, train_records, eval_records = split_records(d)
+    split = split_records(d)
+    records, validation, train_records, eval_records = split.records, split.report, split.train, split.held_out
     fmt, applied = d.format, []
     for tr in d.transforms:  # training data only: the held-out set stays as collected
         if tr.name == "paired_to_unpaired":
@@ -77,7 +92,8 @@ def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
     report = {
         "records": len(records),
         "validation": dataclasses.asdict(validation),
-        "split": {"train": len(train_records), "eval": len(eval_records)},
+        "split": {"train": len(train_records), "eval": len(eval_records)}
+        | ({"validation": len(split.validation)} if d.validation_fraction else {}),
         "transforms": applied,
         "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
         "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},

@@ -1,5 +1,5 @@
-"""The prompts a run generates from (eval.generation.prompts): the embedded task's, the held-out split of the
-recipe's own data, or a JSONL file; and a prompt as one text for readers that take text."""
+"""The prompts a run generates from (eval.generation.prompts, tune.prompts): the embedded task's, the held-out or
+validation split of the recipe's own data, or a JSONL file; and a prompt as one text for readers that take text."""
 
 from __future__ import annotations
 
@@ -15,22 +15,23 @@ from prefbench.task import make_prompts
 
 def load_prompt_records(spec: PromptSpec, data: DataSpec | None = None, need_chosen: bool = False) -> list[dict]:
     """The first spec.n prompts, as {"prompt"} or {"prompt", "chosen"}: from a JSONL file (each line a text
-    "prompt", optionally the data's text "chosen" answer), the held-out split of `data` (source: data; with
+    "prompt", optionally the data's text "chosen" answer), the held-out or validation split of `data` (source: data; with
     `need_chosen`, only prompts that have a chosen answer), or the embedded task's split."""
     if spec.file:
         return _file_prompt_records(spec)
     if spec.source == "data":
-        return held_out_prompt_records(data, spec.n, need_chosen)
+        return data_prompt_records(data, spec.n, spec.split, need_chosen)
     return [{"prompt": p.prompt} for p in make_prompts(spec.n, spec.split, spec.seed)]
 
 
-def held_out_prompt_records(data: DataSpec, n: int, need_chosen: bool = False) -> list[dict]:
-    """The first n distinct prompts of the data's held-out split (the one the trainer makes, by prompt), each
-    with the data's chosen answer: a pair's chosen completion, or (unpaired) the first desirable completion,
-    when the prompt has one; with `need_chosen`, prompts without one (unpaired: only undesirable completions)
-    are left out. Prompts keep their form (text, or chat messages)."""
+def data_prompt_records(data: DataSpec, n: int, split: str = "heldout", need_chosen: bool = False) -> list[dict]:
+    """The first n distinct prompts of the data's held-out or validation split (those the trainer makes, by
+    prompt), each with the data's chosen answer: a pair's chosen completion, or (unpaired) the first desirable
+    completion, when the prompt has one; with `need_chosen`, prompts without one (unpaired: only undesirable
+    completions) are left out. Prompts keep their form (text, or chat messages)."""
+    parts = split_records(data)
     by_prompt: dict[str, dict] = {}
-    for r in split_records(data)[3]:
+    for r in parts.validation if split == "validation" else parts.held_out:
         record = by_prompt.setdefault(prompt_key(r["prompt"]), {"prompt": r["prompt"]})
         answer = r.get("chosen", r.get("completion") if r.get("label") else None)
         if answer is not None and "chosen" not in record:

@@ -22,7 +22,9 @@ Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else tran
 PromptSplit = Literal[
     "train", "validation", "heldout"
 ]  # the embedded task's disjoint prompt sets (heldout: the test prompts)
-PromptSource = Literal["task", "data"]  # the embedded task's prompts, or the held-out split of the recipe's data
+PromptSource = Literal[
+    "task", "data"
+]  # the embedded task's prompts, or a split (heldout, validation) of the recipe's data
 JudgeAgainst = Literal["reference", "round_robin", "dataset_chosen"]  # what prefbench.eval.judge compares with
 Backend = Literal["auto", "vllm", "local-completions", "hf"]  # lm-eval backends (prefbench/eval/benchmarks.py)
 ClaimMetric = Literal["reward", "greedy_reward", "entropy_per_token"]  # better's exceeds worse's

@@ -117,7 +117,10 @@ class DataSpec:
         default_factory=dict
     )  # prefbench field -> the data's column, e.g. {prompt: question}
     mix: tuple[DataSource, ...] = ()  # instead of source: several sources, each with the share of its records taken
-    eval_fraction: float = 0.1  # held out by prompt, deterministic in the seed below
+    eval_fraction: float = 0.1  # held out by prompt, deterministic in the seed below (the test prompts)
+    # of the prompts left after that, the share carved out as validation prompts (tune.prompts: {source: data,
+    # split: validation}); training never sees them, and they share no prompt with the held-out split
+    validation_fraction: float = 0.0
     split_seed: int = 0
     max_length: int = 512  # prompt + completion tokens
     max_prompt_length: int = 256  # prompts are cut from the left to this before completions are cut
@@ -131,6 +134,7 @@ class DataSpec:
     def problems(self, at: str = "data") -> list[str]:
         out = _choice_problems(self, at) + self._source_problems(at)
         out += _fraction(f"{at}.eval_fraction", self.eval_fraction)
+        out += _fraction(f"{at}.validation_fraction", self.validation_fraction)
         for key in ("max_length", "max_prompt_length"):
             out += _at_least(f"{at}.{key}", getattr(self, key), 1)
         if self.max_prompt_length >= self.max_length:
@@ -256,11 +260,12 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """Prompts to generate from: the embedded task's (by split), the held-out prompts of the recipe's own data
-    (source: data; with the data's chosen answer, for judge.against: dataset_chosen), or a JSONL file."""
+    """Prompts to generate from: the embedded task's (by split), the held-out or validation prompts of the
+    recipe's own data (source: data; with the data's chosen answer, for judge.against: dataset_chosen), or a
+    JSONL file."""
 
     source: PromptSource = "task"
-    split: PromptSplit = "heldout"  # source task: which of the task's disjoint prompt sets
+    split: PromptSplit = "heldout"  # which of the task's (or the data's: heldout, validation) disjoint prompt sets
     n: int = 64  # the first n prompts (held-out data: distinct prompts, in the data's order)
     seed: int = 0
     file: str = ""  # instead: a .jsonl of {"prompt": ..., "chosen"?: ...} (first n lines)
@@ -271,6 +276,8 @@ class PromptSpec:
             out.append(f"{at}.file: file not found: {self.file}")
         if self.file and self.source != "task":
             out.append(f"{at}: set either file or source: {self.source}, not both")
+        if self.source == "data" and self.split == "train":
+            out.append(f"{at}.split: source data has heldout and validation prompts; train is the training data's")
         return out
 
     def has_chosen(self) -> bool:

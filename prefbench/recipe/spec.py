@@ -125,17 +125,16 @@ class Recipe:
                 "tune: needs eval.generation and a reward (trials are scored by the reward on validation prompts)"
             ]
         test = generation.prompts
-        if mine.source == "data":
-            out.append(
-                "tune.prompts.source: data is the data's held-out split, the test prompts' source; tune on the task's "
-                "validation split or a validation file (tune.prompts.file)"
-            )
-        elif mine.file and mine.file == test.file:
+        if mine.file and mine.file == test.file:
             out.append(f"tune.prompts.file: {mine.file} is also the test prompts' file (eval.generation.prompts.file)")
-        elif not mine.file and not test.file and test.source == "task" and mine.split == test.split:
+        elif not mine.file and not test.file and mine.source == test.source and mine.split == test.split:
             out.append(
                 f"tune.prompts.split: {mine.split} is the test prompts' split (eval.generation.prompts.split); tune on "
-                "validation, whose topics the test prompts never share"
+                + (
+                    "validation, whose topics the test prompts never share"
+                    if mine.source == "task"
+                    else "validation (data.validation_fraction), which shares no prompt with the held-out split"
+                )
             )
         return out
 
@@ -167,20 +166,30 @@ class Recipe:
         return out
 
     def _prompt_problems(self) -> list[str]:
-        """Held-out prompts from the data need a held-out split, and a reward that can score them."""
-        generation = self.eval.generation
-        if generation is None or generation.prompts.source != "data":
-            return []
-        if self.data.eval_fraction == 0:
-            return [
-                "eval.generation.prompts.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"
-            ]
-        if self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
-            return [
-                f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of {self.data.source or 'data.mix'}; "
-                "use eval.reward: reward_model or none"
-            ]
-        return []
+        """Prompts from the data (the test prompts, the tuning prompts) need the split they name, held-out or
+        validation, and a reward that can score them."""
+        generation, tune = self.eval.generation, self.tune
+        out = []
+        for at, spec in (
+            ("eval.generation.prompts", generation and generation.prompts),
+            ("tune.prompts", tune and tune.prompts),
+        ):
+            if not spec or spec.source != "data":
+                continue
+            if spec.split == "validation" and not self.data.validation_fraction:
+                out.append(
+                    f"{at}.split: validation takes the data's validation prompts, but data.validation_fraction is 0"
+                )
+            elif spec.split == "heldout" and not self.data.eval_fraction:
+                out.append(
+                    f"{at}.source: data takes the data's held-out prompts, but data.eval_fraction is 0 (none held out)"
+                )
+            elif self.eval.reward == EMBEDDED_REWARD and not self.data.source.startswith("embedded:"):
+                out.append(
+                    f"eval.reward: {EMBEDDED_REWARD} scores only the embedded task's prompts, not those of "
+                    f"{self.data.source or 'data.mix'}; use eval.reward: reward_model or none"
+                )
+        return list(dict.fromkeys(out))
 
     def _judge_problems(self) -> list[str]:
         """The judge compares the generation pass's sampled answers, so it needs that pass and its samples."""
