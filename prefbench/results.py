@@ -300,7 +300,7 @@ class UnitResults:
     generation: dict | None = None  # eval_generation.json
     benchmarks: dict | None = None  # benchmarks/vs_reference.json
     preference: dict | None = None  # eval_preference.json
-    snapshots: dict[int, dict] = field(default_factory=dict)  # step -> snapshots/step-<k>/eval_generation.json
+    snapshots: dict[int, dict] = field(default_factory=dict)  # step -> {"generation", "preference"}: see _snapshots
 
 
 @dataclass
@@ -323,17 +323,21 @@ def read_optional(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
-def _snapshots(unit: Path) -> dict[int, dict]:
-    """A unit's evaluated snapshots by step, those evaluated with the settings of its final checkpoint's evaluation
-    only (a snapshot evaluated before a settings change is not a point of the same curve)."""
-    final = read_optional(unit / "eval_generation.json")
-    found = {
-        int(f.parent.name.removeprefix("step-")): read_json(f)
-        for f in (unit / "snapshots").glob("step-*/eval_generation.json")
-    }
-    return {
-        step: r for step, r in sorted(found.items()) if final is not None and r.get("settings") == final.get("settings")
-    }
+def _snapshots(unit: Path) -> dict[int, dict[str, dict | None]]:
+    """A unit's evaluated snapshots by step, each {"generation": its eval_generation.json, "preference": its
+    eval_preference.json or None} (the files metric_table.Metric.file names), those evaluated with the settings of
+    the final checkpoint's evaluation only (a snapshot evaluated before a settings change is not a point of the
+    same curve)."""
+    final = {name: read_optional(unit / f"eval_{name}.json") for name in ("generation", "preference")}
+    out = {}
+    for d in (unit / "snapshots").glob("step-*"):
+        mine = {name: read_optional(d / f"eval_{name}.json") for name in final}
+        same = {
+            name: mine[name] and final[name] and mine[name]["settings"] == final[name]["settings"] for name in final
+        }
+        if same["generation"]:
+            out[int(d.name.removeprefix("step-"))] = {name: mine[name] if same[name] else None for name in final}
+    return dict(sorted(out.items()))
 
 
 def load_run(root: str | Path) -> Run:

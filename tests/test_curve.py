@@ -43,14 +43,21 @@ def test_snapshots_are_the_weights_of_a_shorter_run_and_are_evaluated_like_it(tm
         got, want = curve.get(key) or curve["sampled"][key], final.get(key) or final["sampled"][key]
         assert got["mean"] == pytest.approx(want["mean"], abs=1e-9)
     assert curve["sampled"]["reward"]["mean"] == final["sampled"]["reward"]["mean"]
+    # held-out preferences over training: the snapshot's are the shorter run's final checkpoint's
+    held = json.loads((snapshot / "eval_preference.json").read_text())
+    want = json.loads((short / "dpo" / "seed0" / "eval_preference.json").read_text())
+    assert held["settings"] == want["settings"] and held["pairs"] == want["pairs"] >= 1
+    for key in ("accuracy", "margin"):
+        assert held[key]["mean"] == pytest.approx(want[key]["mean"], abs=1e-6)
     unit = next(u for u in load_run(long).units if u.name == "dpo/seed0")
     assert sorted(unit.snapshots) == [2]
+    assert unit.snapshots[2]["preference"]["accuracy"] == held["accuracy"]
     assert (tmp_path / "reports" / "long" / "plots" / "over_training.png").is_file()
     assert "over_training" not in [p.stem for p in (tmp_path / "reports" / "short" / "plots").iterdir()]
     # the stage alone, again: everything is stored, nothing is generated twice
     args = ["--set", f"output_dir={tmp_path}", "--set", "name=long", "--set", "eval.generation.engine=hf",
             "--set", "objectives=[{name: dpo}]", "--set", "train.schedule=constant", "--set", "train.steps=4",
             "--set", "train.snapshot_every=2"]  # fmt: skip
-    before = (snapshot / "eval_generation.json").stat().st_mtime_ns
+    before = [(snapshot / f).stat().st_mtime_ns for f in ("eval_generation.json", "eval_preference.json")]
     assert main(["evaluate", "recipes/tiny_smoke.yaml", *args, "--stage", "curve"]) == 0
-    assert (snapshot / "eval_generation.json").stat().st_mtime_ns == before
+    assert [(snapshot / f).stat().st_mtime_ns for f in ("eval_generation.json", "eval_preference.json")] == before

@@ -167,11 +167,13 @@ def expected_best(tuning: dict) -> bytes:
 
 
 def over_training(trained: list[UnitResults]) -> bytes:
-    """Each objective's held-out reward, KL, entropy and diversity at every snapshot and at the end of training,
-    the mean over its seeds: where it starts to overfit (reward flat or falling while KL grows and entropy and
-    diversity fall)."""
+    """Each objective's held-out reward, KL, entropy and diversity (and held-out preference accuracy, where the data
+    holds examples out) at every snapshot and at the end of training, the mean over its seeds: where it starts to
+    overfit (reward flat or falling while KL grows and entropy and diversity fall)."""
     plt = _pyplot()
     names = ("reward", "kl", "entropy_per_token", "distinct_2")
+    if any(u.preference for u in trained):
+        names += ("preference_accuracy",)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     labels = list(dict.fromkeys(u.label for u in trained))
     for ax, name in zip(axes[0], names):
@@ -179,8 +181,9 @@ def over_training(trained: list[UnitResults]) -> bytes:
         for i, label in enumerate(labels):
             points: dict[int, list[float]] = {}
             for u in (u for u in trained if u.label == label):
-                for step, result in [*u.snapshots.items(), (u.summary.get("steps"), u.generation)]:
-                    value = m.estimate(result) if m.shape == "number" else m.mean(result)
+                final = {"generation": u.generation, "preference": u.preference}
+                for step, result in [*u.snapshots.items(), (u.summary.get("steps"), final)]:
+                    value = m.estimate(result[m.file]) if m.shape == "number" else m.mean(result[m.file])
                     if step is not None and value is not None:
                         points.setdefault(step, []).append(value)
             steps = sorted(points)

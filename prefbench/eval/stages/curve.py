@@ -1,13 +1,16 @@
 """curve: every unit's snapshots (<unit>/snapshots/step-<k>, kept every train.snapshot_every steps) evaluated as its
 final checkpoint is, on the same prompts against the same reference (the generation stage's scoring), so that
 reward, KL, entropy and diversity can be read as curves over training: where an objective starts to overfit
-(<unit>/snapshots/step-<k>/eval_generation.json). Runs after the generation stage, whose reference result it reads."""
+(<unit>/snapshots/step-<k>/eval_generation.json); and, where the data holds examples out, the held-out preference
+accuracy and margin as the preference stage measures them (<unit>/snapshots/step-<k>/eval_preference.json). Runs
+after the generation and preference stages, whose reference results it reads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prefbench.eval.rewards import REWARDS
+from prefbench.eval.stages import preference
 from prefbench.eval.stages.base import (
     EvalUnit,
     Stage,
@@ -44,12 +47,18 @@ def curve(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
             done[s.name] = result
     if todo := [s for s in snaps if s.name not in done]:
         score_units(recipe, prompts, settings, units["reference"], done, todo, track=False)
+    examples, kept_by = preference.held_out(recipe) if recipe.data.eval_fraction > 0 else ([], {})
+    scored: dict[str, dict] = {}
+    if todo := [s for s in snaps if examples and finished_result(s.out / preference.FILE, kept_by) is None]:
+        preference.score_preferences(recipe, examples, kept_by, units["reference"], scored, todo, track=False)
     return {s.name: done[s.name] for s in snaps}
 
 
 def _done(recipe: Recipe) -> Callable[[EvalUnit], bool]:
-    settings = generation_settings(recipe, [r["prompt"] for r in prompt_records(recipe)])
-    return lambda u: all(finished_result(s.out / FILE, settings) is not None for s in snapshots(u))
+    files = [(FILE, generation_settings(recipe, [r["prompt"] for r in prompt_records(recipe)]))]
+    if recipe.data.eval_fraction > 0 and (held := preference.held_out(recipe))[0]:
+        files.append((preference.FILE, held[1]))
+    return lambda u: all(finished_result(s.out / f, kept) is not None for s in snapshots(u) for f, kept in files)
 
 
 STAGE = Stage(

@@ -31,21 +31,38 @@ from prefbench.tracking import log_evaluation
 log = logging.getLogger(__name__)
 
 
+FILE = "eval_preference.json"
+
+
 def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
     """Held-out preference metrics (metrics.preference_metrics) of every unit (or the `names` ones) on the
     held-out examples of the recipe's own data (the split the trainer made, data.eval_fraction), paired against
     the reference's on the same examples; <unit>/eval_preference.json. One forward of each checkpoint over the
     held-out set; the reference's log-probs are kept in its file, so checkpoints evaluated later read them."""
-    examples, settings = _held_out(recipe)
+    examples, settings = held_out(recipe)
     if not examples:
         log.warning(
             "preference: the held-out split is empty (data.eval_fraction %s); nothing to measure",
             recipe.data.eval_fraction,
         )
         return {}
-    units, done, todo = pending(recipe, names, "eval_preference.json", settings, "preference")
-    if not todo:
-        return {name: done[name] for name in units if name in done}
+    units, done, todo = pending(recipe, names, FILE, settings, "preference")
+    if todo:
+        score_preferences(recipe, examples, settings, units["reference"], done, todo)
+    return {name: done[name] for name in units if name in done}
+
+
+def score_preferences(
+    recipe: Recipe,
+    examples: list,
+    settings: dict,
+    reference: EvalUnit,
+    done: dict[str, dict],
+    todo: list[EvalUnit],
+    track: bool = True,
+) -> None:
+    """Each `todo` unit's held-out preference metrics against the reference's, into `done` and its out/FILE (the
+    curve stage scores snapshots with it, track=False)."""
     rows = [(i, i, j) for i, e in enumerate(examples) for j in range(len(e.completions))]
     width = len(examples[0].completions)
 
@@ -53,10 +70,11 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
         stats = row_stats(models.load_model(checkpoint), examples, rows)
         return stats["logp"].reshape(-1, width), stats["tokens"].reshape(-1, width)
 
-    if kept := dig(done.get("reference"), ("per_example",)):
+    mine = done.get("reference") or finished_result(reference.out / FILE, settings)
+    if kept := dig(mine, ("per_example",)):
         ref, counts = np.array(kept["logp"]), np.array(kept["tokens"])
     else:
-        ref, counts = logps(units["reference"].checkpoint)
+        ref, counts = logps(reference.checkpoint)
     ref_metrics = preference_metrics(examples, ref, ref, counts)
     for u in tqdm(todo, desc="held-out preferences", unit="checkpoint"):
         result = preference_metrics(examples, ref if u.name == "reference" else logps(u.checkpoint)[0], ref, counts)
@@ -68,12 +86,12 @@ def preference(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict
         if u.name == "reference":  # summed log-probs and token counts, [examples, completions]
             result["per_example"] = {"logp": ref.tolist(), "tokens": counts.tolist()}
         done[u.name] = {"settings": settings, "unit": u.name, **result}
-        write_json(u.out / "eval_preference.json", done[u.name])
-        log_evaluation(recipe, u.name, u.out, tracked(result, "preference"))
-    return {name: done[name] for name in units if name in done}
+        write_json(u.out / FILE, done[u.name])
+        if track:
+            log_evaluation(recipe, u.name, u.out, tracked(result, "preference"))
 
 
-def _held_out(recipe: Recipe) -> tuple[list, dict]:
+def held_out(recipe: Recipe) -> tuple[list, dict]:
     """The held-out examples of the recipe's data and the settings a unit's eval_preference.json is kept by."""
     examples = prepare_data(recipe, models.load_tokenizer(recipe.model.name)).eval
     return examples, {
@@ -83,8 +101,8 @@ def _held_out(recipe: Recipe) -> tuple[list, dict]:
 
 
 def _done(recipe: Recipe) -> Callable[[EvalUnit], bool]:
-    examples, settings = _held_out(recipe)
-    return lambda u: not examples or finished_result(u.out / "eval_preference.json", settings) is not None
+    examples, settings = held_out(recipe)
+    return lambda u: not examples or finished_result(u.out / FILE, settings) is not None
 
 
 STAGE = Stage(
