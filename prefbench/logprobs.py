@@ -73,14 +73,28 @@ PACKED_DEVICES = ("cuda",)
 
 def shares_prompts(model: nn.Module) -> bool:
     """Whether `model` computes a shared-prompt forward (`data.batches.collate(layout="shared")`) exactly: its
-    attention is SDPA, eager or flex, which apply a custom mask as given, and every layer attends to the whole
-    context (a sliding window would be replaced by the mask). Other implementations (flash-attention's
-    kernels take no such mask) run each completion with its own copy of the prompt."""
+    attention is SDPA, eager or flex, which apply a custom mask as given, and every layer attends alike (to the whole
+    context, or each to the same sliding window, which the mask then carries: attention_window). Other
+    implementations (flash-attention's kernels take no such mask) and models that mix full and sliding layers run
+    each completion with its own copy of the prompt."""
     config = causal_lm(model).config
-    full = getattr(config, "sliding_window", None) is None and all(
-        t == "full_attention" for t in getattr(config, "layer_types", None) or ()
-    )
-    return full and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", "flex_attention")
+    uniform = attention_window(config) != MIXED
+    return uniform and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", "flex_attention")
+
+
+MIXED = -1  # attention_window of a model whose layers attend differently
+
+
+def attention_window(config) -> int | None:
+    """The sliding window every layer attends within (Mistral's `sliding_window`, or layer_types all
+    "sliding_attention"), None where every layer attends to the whole context, MIXED where layers differ. A config
+    without layer_types slides where it names a window, as Mistral's models do."""
+    types, window = set(getattr(config, "layer_types", None) or ()), getattr(config, "sliding_window", None)
+    if not types:
+        return window
+    if types == {"full_attention"}:
+        return None
+    return window if types == {"sliding_attention"} else MIXED
 
 
 def layout(model: nn.Module, share_prompts: bool, padding_free: bool, device) -> str:
@@ -104,15 +118,17 @@ def planned_layout(share_prompts: bool, padding_free: bool, device) -> str:
     return "packed" if padding_free and torch.device(device).type in PACKED_DEVICES else "shared"
 
 
-def _block_mask(packed: Tensor):
+def _block_mask(packed: Tensor, positions: Tensor, window: int | None):
     """Flex attention's BlockMask for a packed [1, 2, width] (sequence, segment) batch: blocks no query of which
     attends to any key are skipped, so the cost follows the sequences' own lengths, not the row's."""
     from torch.nn.attention.flex_attention import (
         create_block_mask,
     )  # deferred: torch: a second to import; prefbench check and report do without
 
-    sequence, segment = packed[0, 0], packed[0, 1]
-    mask_mod = lambda b, h, q, kv: attends(sequence[q], segment[q], sequence[kv], segment[kv], q, kv)
+    sequence, segment, at = packed[0, 0], packed[0, 1], positions[0]
+    mask_mod = lambda b, h, q, kv: attends(
+        sequence[q], segment[q], sequence[kv], segment[kv], q, kv, at[q], at[kv], window
+    )
     width = packed.shape[-1]
     return create_block_mask(
         mask_mod, 1, None, width, width, device=packed.device, _compile=packed.device.type == "cuda"
@@ -147,8 +163,12 @@ def _completion_hidden(lm: nn.Module, fwd: Forward):
     lm = causal_lm(lm)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
     mask, attention = fwd.attention_mask, lm.config._attn_implementation
-    if mask.dim() == 3:  # packed: each token's (sequence, segment)
-        mask = _block_mask(mask) if attention == "flex_attention" else dense_mask(mask)
+    if mask.dim() == 3:  # shared or packed: each token's (sequence, segment)
+        window = attention_window(lm.config)
+        if attention == "flex_attention":
+            mask = _block_mask(mask, fwd.position_ids, window)
+        else:
+            mask = dense_mask(mask, fwd.position_ids, window)
     if (
         torch.is_tensor(mask) and mask.dim() == 4 and attention in ("eager", "flex_attention")
     ):  # they add the mask to the scores

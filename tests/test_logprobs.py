@@ -3,7 +3,7 @@ shared-prompt forward (each prompt once, its completions after it) against each 
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import prefbench.logprobs as logprobs
 from prefbench.data.batches import collate, dense_mask, padded_tokens, sequences
@@ -23,6 +23,21 @@ def tiny_llama(attention: str = "sdpa", dtype=torch.float64):
     )
     config._attn_implementation = attention
     return LlamaForCausalLM(config).to(dtype)
+
+
+def tiny_mistral(attention: str = "sdpa", dtype=torch.float32, window: int = 6):
+    """Every layer attends to its last `window` positions only: shorter than the test's sequences (up to 16 tokens),
+    so the window decides what a token sees."""
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=128, sliding_window=window,
+    )  # fmt: skip
+    config._attn_implementation = attention
+    return MistralForCausalLM(config).to(dtype)
+
+
+MODELS = {"llama": tiny_llama, "mistral_window6": tiny_mistral}
 
 
 def full_logits_reference(model, ids, attention, completion):
@@ -79,9 +94,9 @@ def test_shared_prompts_layout():
     seqs = sequences(rows, examples, share=True)
     assert [indices for _, _, indices in seqs] == [[0, 2, 4], [1, 3, 5]]  # by prompt tokens, rows in order
     fwd = collate(rows, examples, 0, "cpu", layout="shared")
-    assert fwd.input_ids.shape == (2, 5 + 4 + 7 + 6) and fwd.attention_mask.shape == (2, 1, 22, 22)
+    assert fwd.input_ids.shape == (2, 5 + 4 + 7 + 6) and fwd.attention_mask.shape == (2, 2, 22)
     # pair 1's sequence: prompt 9, then completions of 3, 1 and (mismatched) 7 tokens; 2 padding
-    mask = fwd.attention_mask[1, 0]
+    mask = dense_mask(fwd.attention_mask)[1, 0]
     assert (
         mask[9:12, :9].all()
         and mask[12, 9:12].sum() == 0
@@ -116,10 +131,8 @@ def test_packed_layout():
     # the second sequence's reads move by its offset in the row (22), not by a row of the padded batch
     assert fwd.predict_at[fwd.rows == 1].tolist() == [22 + 8, 22 + 9, 22 + 10]
     assert fwd.targets.tolist() == shared.targets.tolist() and fwd.rows.tolist() == shared.rows.tolist()
-    mask = dense_mask(fwd.attention_mask)[0, 0]
-    assert mask[:22, :22].equal(shared.attention_mask[0, 0]) and mask[22:, 22:].equal(
-        shared.attention_mask[1, 0, :20, :20]
-    )
+    mask, shared_mask = dense_mask(fwd.attention_mask)[0, 0], dense_mask(shared.attention_mask)[:, 0]
+    assert mask[:22, :22].equal(shared_mask[0]) and mask[22:, 22:].equal(shared_mask[1, :20, :20])
     assert not mask[22:, :22].any()  # no sequence sees another
     # on a GPU the row rounds up to a multiple of 64, the tail padding its own sequence (-1)
     assert (
@@ -129,13 +142,15 @@ def test_packed_layout():
     )
 
 
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("layout", ["shared", "packed"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout):
-    """fp32, both attention implementations that take the mask: the shared-prompt forward gives the plain one's
-    log-probs to 1e-5 and its gradients to 1e-5 of each tensor's largest entry (summation order differs: the
-    prompt's gradient arrives once, summed over its completions, instead of once per row)."""
-    model = tiny_llama(attention, torch.float32)
+def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout, kind):
+    """fp32, both attention implementations that take the mask, full attention and a sliding window: the
+    shared-prompt forward gives the plain one's log-probs to 1e-5 and its gradients to 1e-5 of each tensor's
+    largest entry (summation order differs: the prompt's gradient arrives once, summed over its completions,
+    instead of once per row)."""
+    model = MODELS[kind](attention, torch.float32)
     assert shares_prompts(model)
     examples, rows = shared_prompt_rows()
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
@@ -181,14 +196,33 @@ def test_shared_prompts_only_where_the_attention_takes_the_mask():
     model = lambda **config: SimpleNamespace(config=SimpleNamespace(**config))
     assert shares_prompts(model(_attn_implementation="sdpa", sliding_window=None))
     assert not shares_prompts(model(_attn_implementation="flash_attention_2"))  # its kernels take no 4-D mask
-    assert not shares_prompts(model(_attn_implementation="sdpa", sliding_window=4))
-    assert not shares_prompts(model(_attn_implementation="sdpa", layer_types=["full_attention", "sliding_attention"]))
+    # one sliding window in every layer: the mask carries it (Mistral's configs name no layer types)
+    assert shares_prompts(model(_attn_implementation="sdpa", sliding_window=4))
+    assert logprobs.attention_window(model(sliding_window=4).config) == 4
+    both = ["full_attention", "sliding_attention"]
+    assert shares_prompts(model(_attn_implementation="sdpa", sliding_window=4, layer_types=[both[0]] * 2))
+    assert logprobs.attention_window(model(sliding_window=4, layer_types=[both[0]] * 2).config) is None
+    assert not shares_prompts(model(_attn_implementation="sdpa", sliding_window=4, layer_types=both))
 
 
-def test_packed_rows_through_flex_attention():
+def test_the_sliding_window_decides_what_a_shared_prompt_token_sees():
+    """Without the window in the mask the shared forward of the sliding model would be a full-attention one: its
+    log-probs differ from the model's own (rows) by far more than the tolerance the windowed mask meets."""
+    model = tiny_mistral()
+    examples, rows = shared_prompt_rows()
+    with torch.no_grad():
+        plain, _ = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))
+        model.config.sliding_window = None  # the same weights, read as full attention
+        full, _ = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", layout="shared"))
+    assert (full - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_packed_rows_through_flex_attention(kind):
     """Flex attention with the BlockMask of a packed batch (the GPU path; forward only: PyTorch's flex attention has
-    no backward on CPU, the GPU check runs it, bench/gpu_check.py) gives each row's own log-probs to 1e-5 in fp32."""
-    model = tiny_llama("sdpa", torch.float32)
+    no backward on CPU, the GPU check runs it, bench/gpu_check.py) gives each row's own log-probs to 1e-5 in fp32,
+    with full attention and with a sliding window."""
+    model = MODELS[kind]("sdpa", torch.float32)
     examples, rows = shared_prompt_rows()
     with torch.no_grad():
         plain, _ = SequenceLogps(model)(*collate(rows, examples, 0, "cpu"))

@@ -201,8 +201,9 @@ class Forward(NamedTuple):
     A NamedTuple, so that DDP and FSDP move and cast it like any tuple of arguments."""
 
     input_ids: torch.Tensor  # [sequences, width] (packed: [1, width])
-    # rows: [sequences, width] padding mask; shared: [sequences, 1, width, width], True: may attend; packed: [1, 2, width],
-    # each token's sequence and segment (`attends`), turned into a mask by the forward (a BlockMask for flex attention)
+    # rows: [sequences, width] padding mask; shared: [sequences, 2, width] and packed: [1, 2, width], each token's
+    # sequence and segment (`attends`), turned into a mask by the forward (dense_mask, or a BlockMask for flex
+    # attention), which knows the model's sliding window if it has one
     attention_mask: torch.Tensor
     position_ids: torch.Tensor | None  # shared and packed: each completion continues from its prompt's last position
     predict_at: torch.Tensor  # [tokens] flat position (row * width + t) whose output predicts each completion token
@@ -218,21 +219,31 @@ def attends(
     segment_kv: torch.Tensor,
     q: torch.Tensor,
     kv: torch.Tensor,
+    position_q: torch.Tensor | None = None,
+    position_kv: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Whether position q may attend to position kv, given each one's sequence and segment (-1 padding, 0 the prompt,
     k + 1 the k-th completion): causal, within one sequence, to the prompt or to its own completion. Padding attends
-    to earlier padding, so no softmax row is empty. One rule for the dense masks and flex attention's mask_mod."""
+    to earlier padding, so no softmax row is empty. With a sliding `window` (a model each of whose layers attends to
+    its last `window` positions only, as Mistral's), also only to keys fewer than `window` positions before it in
+    its own sequence (the positions the model sees, position_q and position_kv), as the model's own mask does. One
+    rule for the dense masks and flex attention's mask_mod."""
     visible = (segment_kv == segment_q) | ((segment_kv == 0) & (segment_q >= 0))
-    return (sequence_q == sequence_kv) & visible & (kv <= q)
+    allowed = (sequence_q == sequence_kv) & visible & (kv <= q)
+    return allowed if window is None else allowed & (position_q - position_kv < window)
 
 
-def dense_mask(packed: torch.Tensor) -> torch.Tensor:
-    """[rows, 1, width, width] bool mask of a [rows, 2, width] (sequence, segment) tensor, for SDPA or eager attention."""
+def dense_mask(packed: torch.Tensor, positions: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+    """[rows, 1, width, width] bool mask of a [rows, 2, width] (sequence, segment) tensor, for SDPA or eager attention
+    (`positions` [rows, width] and `window`: a sliding window, see attends)."""
     sequence, segment = packed[:, 0], packed[:, 1]
     t = torch.arange(packed.shape[-1], device=packed.device)
+    p = (positions[:, :, None], positions[:, None, :]) if window is not None else (None, None)
     return attends(
-        sequence[:, :, None], segment[:, :, None], sequence[:, None, :], segment[:, None, :], t[:, None], t[None, :]
-    )[:, None]
+        sequence[:, :, None], segment[:, :, None], sequence[:, None, :], segment[:, None, :], t[:, None], t[None, :],
+        *p, window,
+    )[:, None]  # fmt: skip
 
 
 def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layout: str = "rows") -> Forward:
@@ -281,8 +292,6 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layou
         mask, position_ids = flat(segment >= 0).long(), None
     else:
         mask, position_ids = torch.stack([flat(sequence), flat(segment)], 1), flat(positions)
-        if layout == "shared":
-            mask = dense_mask(mask)
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     return Forward(
         to_device(flat(ids), device), to_device(mask, device), None if position_ids is None else to_device(position_ids, device),
