@@ -73,6 +73,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _uses_server(item):
             item.add_marker(pytest.mark.xdist_group("vllm_server"))
+        elif "all_objectives_run" in getattr(item, "fixturenames", ()):
+            # a module fixture is built once per worker: one group, so one worker trains every objective (3 minutes)
+            item.add_marker(pytest.mark.xdist_group("all_objectives_run"))
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)  # make test-fast leaves them out
 

@@ -2,8 +2,8 @@
 full-conversation normaliser, validation messages, the split by prompt, and the transforms' exact
 counts and determinism.
 
-Fixtures in tests/data/: paired_text.jsonl (24 pairs, 20 distinct prompts: prompts 0-3 come back
-as pairs 20-23), paired_chat.jsonl (12 chat pairs), unpaired_text.jsonl (20 rows: 12 desirable,
+Fixtures in tests/data/: paired_text.jsonl (a link to the shipped smoke set, `embedded:smoke`; 24 pairs, 20
+distinct prompts: prompts 0-3 come back as pairs 20-23), paired_chat.jsonl (12 chat pairs), unpaired_text.jsonl (20 rows: 12 desirable,
 8 undesirable), bad_records.jsonl (one record per defect; `case_format` and `expect` say how
 each must be judged). Parquet and the hub layouts are written from them into tmp dirs.
 """
@@ -191,7 +191,7 @@ def test_local_files_go_through_load_dataset_too(fake_hub, tmp_path):
     load_records(str(DATA / "paired_text.jsonl"))
     load_records(str(write_parquet(tmp_path / "p.parquet", PAIRED)))
     assert calls == [
-        (("json",), {"data_files": str(DATA / "paired_text.jsonl"), "split": "train"}),
+        (("json",), {"data_files": str((DATA / "paired_text.jsonl").resolve()), "split": "train"}),  # (a link)
         (("parquet",), {"data_files": str(tmp_path / "p.parquet"), "split": "train"}),
     ]
 

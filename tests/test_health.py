@@ -15,7 +15,7 @@ from prefbench.health import generation_findings, training_findings
 from prefbench.runner import train_units
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "paired_text.jsonl"
+DATA = REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"
 
 
 def recipe(out: Path, objectives, **train) -> dict:

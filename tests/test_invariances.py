@@ -19,7 +19,7 @@ from prefbench.runner import prepare
 from prefbench.train import _forward_backward, set_up
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "paired_text.jsonl"
+DATA = REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from prefbench.recipe import RewardModelSpec
 pytestmark = pytest.mark.integration  # a whole run on the user's own data, with a vLLM server
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "paired_text.jsonl"  # 24 question/answer pairs: the user's own data
+DATA = REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"  # 24 question/answer pairs: the user's own data
 EVAL_FRACTION = 0.25
 ARITHMETIC = [(2, 3), (4, 1), (3, 3), (5, 2)]
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _recipe(tmp_path, **eval_section):
     return parse_recipe({
         "name": "stages", "output_dir": str(tmp_path), "model": {"name": "tiny:small"},
-        "data": {"source": str(ROOT / "tests/data/paired_text.jsonl"), "eval_fraction": 0.0, "max_length": 128,
+        "data": {"source": str(ROOT / "prefbench/data/embedded/smoke.jsonl"), "eval_fraction": 0.0, "max_length": 128,
                  "max_prompt_length": 64},
         "objectives": [{"name": "dpo"}], "seeds": [0], "eval": eval_section,
     })  # fmt: skip

@@ -22,7 +22,7 @@ from prefbench.objectives import OBJECTIVES
 from prefbench.runner import train_units
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "paired_text.jsonl"
+DATA = REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"
 REFERENCES = REPO / "tests" / "references" / "trajectories.json"
 BIN = Path(sys.executable).parent
 TIMING = {"tokens_per_s", "step_seconds", "peak_memory_mb"}

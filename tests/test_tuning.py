@@ -29,7 +29,7 @@ def recipe(out: Path, space: dict, **tune) -> dict:
         "report_dir": str(out / "reports"),
         "model": {"name": "tiny:small"},
         "data": {
-            "source": str(REPO / "tests" / "data" / "paired_text.jsonl"),
+            "source": str(REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"),
             "max_length": 128,
             "max_prompt_length": 64,
         },

@@ -42,7 +42,12 @@ _BUILDERS = {"jsonl": "json", "json": "json", "parquet": "parquet"}
 
 # The on-policy preference data that ships with prefbench (built by `prefbench generate-data recipes/embedded_data.yaml`).
 EMBEDDED_DATA = Path(__file__).parent / "embedded"
-EMBEDDED_SOURCES = {"embedded:paired": "paired.jsonl", "embedded:unpaired": "unpaired.jsonl"}
+# embedded:smoke is 24 text pairs (20 prompts) for the seconds-long smoke recipe and the tests, not task data.
+EMBEDDED_SOURCES = {
+    "embedded:paired": "paired.jsonl",
+    "embedded:unpaired": "unpaired.jsonl",
+    "embedded:smoke": "smoke.jsonl",
+}
 
 
 def resolve_source(source: str) -> str:

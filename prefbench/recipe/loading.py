@@ -158,9 +158,15 @@ def _apply_override(raw: dict, assignment: str, problems: list[str]) -> None:
         problems.append(f"--set {key}: cannot set a key inside {type(node).__name__}")
 
 
+SHIPPED = Path(__file__).parent.parent / "recipes"  # the recipes that ship with the package
+
+
 def read_yaml(path: Path) -> dict:
-    """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors."""
+    """A recipe file as a mapping, its name defaulting to the file's stem; one-line errors. A relative path that
+    is not there, named as in the repo (`recipes/<file>` or `<file>`), is the shipped recipe of that file name."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and str(path.parent) in (".", "recipes"):
+        path = SHIPPED / path.name if (SHIPPED / path.name).is_file() else path
     if not path.is_file():
         raise RecipeError([f"recipe file not found: {path}"], str(path))
     try:
