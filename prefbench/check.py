@@ -17,6 +17,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from prefbench import memory, models
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError, did_you_mean
 from prefbench.eval.prompts import load_prompt_records
@@ -89,7 +90,48 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
         if name not in TRACKERS
     ]
     out += _eval_problems(recipe.eval, "eval") + _tune_problems(recipe)
-    return out + (_lookup_problems(recipe.eval, "eval") if lookups else [])
+    return out + (_lookup_problems(recipe.eval, "eval") + _memory_problems(recipe) if lookups else [])
+
+
+def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | None]:
+    """One training unit's memory on one device (prefbench.memory), where the model's config.json is on this
+    machine (a local directory, a built tiny model, a hub model in the hub's cache), and the device memory in GiB it
+    is held to (train.device_memory_gb, else the GPU nvidia-smi reports, else None). A forward holds at most
+    2 x micro_batch_size rows of data.max_length tokens (train.max_tokens_per_forward lowers it), all scored; one
+    process (FSDP divides weights, gradients and states by the processes a launch gives it)."""
+    t, spec = recipe.train, recipe.model.name
+    limit = t.device_memory_gb or memory.detected_gib()
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        shape = memory.model_shape(local)
+    elif spec.startswith("tiny:"):
+        shape = memory.model_shape(models.resolve(spec))
+    else:
+        from huggingface_hub import try_to_load_from_cache  # deferred: only hub names need it
+
+        found = try_to_load_from_cache(spec, "config.json")
+        shape = memory.model_shape(Path(found).parent) if isinstance(found, str) else None
+    if shape is None:
+        return None, limit
+    tokens = 2 * t.micro_batch_size * recipe.data.max_length
+    tokens = min(tokens, t.max_tokens_per_forward) if t.max_tokens_per_forward else tokens
+    gpu = t.dtype == "bf16" or (t.dtype == "auto" and limit is not None)
+    lora = recipe.model.lora.r if recipe.model.lora else 0
+    estimate = memory.estimate(
+        shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing
+    )
+    return estimate, limit
+
+
+def _memory_problems(recipe: Recipe) -> list[str]:
+    estimate, limit = memory_estimate(recipe)
+    if estimate is None or limit is None or estimate.total <= limit * memory.GIB:
+        return []
+    return [
+        f"train: a training unit needs {estimate.line()}, more than the device's {limit:g} GiB; model.lora, "
+        "train.gradient_checkpointing, a smaller train.micro_batch_size or train.max_tokens_per_forward, or "
+        "train.fsdp over several GPUs lower it"
+    ]
 
 
 def _tune_problems(recipe: Recipe) -> list[str]:

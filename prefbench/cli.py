@@ -66,11 +66,14 @@ def cmd_check(args) -> int:
     starts), and print it resolved. Raises RecipeError with every problem, one line each."""
     import yaml
 
-    from prefbench.check import load_any, recipe_warnings
+    from prefbench.check import load_any, memory_estimate, recipe_warnings
     from prefbench.recipe import Recipe
 
     recipe = load_any(args.recipe, args.overrides, lookups=True)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if isinstance(recipe, Recipe) and (estimate := memory_estimate(recipe))[0] is not None:
+        limit = f" of {estimate[1]:g} GiB" if estimate[1] else ""
+        print(f"prefbench: memory: a training unit needs {estimate[0].line()}{limit}", file=sys.stderr)
     for line in recipe_warnings(recipe) if isinstance(recipe, Recipe) else []:  # a generate-data recipe has none
         print(f"prefbench: warning: {line}", file=sys.stderr)
     return 0

@@ -220,6 +220,9 @@ class TrainSpec:
     # as training goes; 0 = none
     snapshot_every: int = 0
     dtype: Dtype = "auto"
+    # the memory of one device in GiB that `prefbench check` holds a unit's estimate to (prefbench.memory); 0: the
+    # GPU nvidia-smi reports, or none (nothing refused)
+    device_memory_gb: float = 0.0
     fsdp: bool = False  # shard with FSDP2 under torchrun (models that do not fit one device)
     bucket_batches: int = 8  # length-bucketing window, in batches (1 = no bucketing)
     # Rows of one prompt in one sequence, the prompt computed once (where the model's attention takes the
@@ -247,6 +250,7 @@ class TrainSpec:
         out += _at_least(f"{at}.save_every", self.save_every, 0, " (0 = only the final checkpoint)")
         out += _at_least(f"{at}.snapshot_every", self.snapshot_every, 0, " (0 = no snapshots)")
         out += _at_least(f"{at}.weight_decay", self.weight_decay, 0)
+        out += _at_least(f"{at}.device_memory_gb", self.device_memory_gb, 0, " (0 = the GPU's own)")
         if not self.lr > 0:
             out.append(f"{at}.lr: must be > 0, got {self.lr}")
         out += _fraction(f"{at}.warmup_ratio", self.warmup_ratio)
