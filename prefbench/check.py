@@ -118,8 +118,9 @@ def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | Non
     gpu = t.dtype == "bf16" or (t.dtype == "auto" and limit is not None)
     lora = recipe.model.lora.r if recipe.model.lora else 0
     estimate = memory.estimate(
-        shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing
-    )
+        shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing,
+        bf16_weights=t.weights == "bf16",
+    )  # fmt: skip
     return estimate, limit
 
 

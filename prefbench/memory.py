@@ -57,18 +57,24 @@ class Shape:
         """LoRA adapters (A: r x in, B: out x r) on every linear layer of every decoder layer ("all-linear")."""
         return self.layers * sum(r * (a + b) for a, b in self.linears().values())
 
-    def saved_per_token(self, compute: int) -> int:
-        """Bytes one decoder layer keeps per token for its backward: what autograd saves for each operation, the
-        residual stream in fp32 (`compute` bytes for what matmuls take and give: 2 under bf16 autocast, else 4).
-        Norm: its fp32 input and normalised output, and the matmul's copy of that output; attention: q, k and v
-        before and after the rotary embedding, and its output; MLP: gate and up projections, the activation, the
-        product (down_proj's input)."""
+    def saved_per_token(self, compute: int, bf16_weights: bool = False, lora_r: int = 0) -> int:
+        """Bytes one decoder layer keeps per token for its backward: what autograd saves for each operation, with
+        `compute` bytes for what matmuls take and give (2 under bf16 autocast or bf16 weights, else 4). Norms: their
+        fp32 input and normalised output, and the matmul's copy of that output (fp32 weights), or the fp32 upcast
+        and the bf16 output (bf16 weights); attention: q, k and v before and after the rotary embedding, and its
+        output; MLP: gate and up projections, the activation, the product (down_proj's input). LoRA adds each
+        adapter's fp32 rank-r output, and under bf16 weights the fp32 copy of each distinct input its adapters
+        read (the attention's and the MLP's inputs, o_proj's and down_proj's)."""
         h, i = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        norms = 2 * (4 * h + 4 * h + (compute * h if compute != 4 else 0))
+        if bf16_weights:
+            norms = 2 * (4 * h + 2 * h)
+        else:
+            norms = 2 * (4 * h + 4 * h + (compute * h if compute != 4 else 0))
         attention = compute * 2 * (q + 2 * kv) + compute * q
         mlp = compute * 4 * i
-        return norms + attention + mlp
+        lora = 4 * lora_r * len(self.linears()) + (4 * (2 * h + q + i) if bf16_weights else 0) if lora_r else 0
+        return norms + attention + mlp + lora
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,11 @@ def estimate(
     lora_r: int = 0,
     checkpointing: bool = False,
     shards: int = 1,
+    bf16_weights: bool = False,
 ) -> Estimate:
     """One device's memory for a training step whose forward holds `tokens` tokens, `completion_tokens` of them
-    scored: fp32 weights (the frozen base too, under LoRA), fp32 gradients and two fp32 AdamW states for what
-    trains, split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
+    scored: fp32 weights (bf16 with `bf16_weights`, the frozen base too under LoRA), gradients of the trained
+    weights' dtype and two fp32 AdamW moments for what trains, split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
     checkpointing each layer keeps only its input, and one layer's activations live again during its recompute.
     The head's logits (fp32, and their log-softmax) for the scored tokens, or one recomputed block of them
     (logprobs.LOGITS_RECOMPUTE_ABOVE, block_elements) when there are more."""
@@ -109,15 +116,16 @@ def estimate(
 
     params = shape.parameters()
     trained = shape.lora_parameters(lora_r) if lora_r else params
-    weights = 4 * (params + (trained if lora_r else 0))
-    per_layer = shape.saved_per_token(2 if gpu else 4)
+    w = 2 if bf16_weights else 4  # bytes of a weight; LoRA's adapters stay fp32, and AdamW's moments always are
+    weights, gradients = w * params + 4 * trained if lora_r else w * params, 4 * trained if lora_r else w * trained
+    per_layer = shape.saved_per_token(2 if gpu or bf16_weights else 4, bf16_weights, lora_r)
     activations = tokens * shape.layers * (4 * shape.hidden if checkpointing else per_layer)
     logits = completion_tokens * shape.vocab
     if logits > LOGITS_RECOMPUTE_ABOVE:
         logits = LOGITS_BLOCK_ELEMENTS_CUDA if gpu else LOGITS_BLOCK_ELEMENTS
     activations += logits * (10 if gpu else 8) + tokens * 4 * shape.hidden  # and the final norm's input
     recompute = tokens * per_layer if checkpointing else 0
-    return Estimate(weights / shards, 4 * trained / shards, 8 * trained / shards, float(activations), float(recompute))
+    return Estimate(weights / shards, gradients / shards, 8 * trained / shards, float(activations), float(recompute))
 
 
 def model_shape(path: str | Path) -> Shape | None:

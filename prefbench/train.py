@@ -57,6 +57,7 @@ from prefbench.objectives import (
     UnpairedLogps,
     build,
 )
+from prefbench.optimizer import make as make_optimizer
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.reference import RefLogps
 from prefbench.results import (
@@ -188,10 +189,7 @@ def set_up(
     rows_layout = ready(lm, t, device)
     policy = distribute(SequenceLogps(lm), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
-    # on a GPU the fused AdamW (one kernel for every parameter's update; same arithmetic as the loop to rounding)
-    optimizer = torch.optim.AdamW(
-        params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=device.type == "cuda"
-    )
+    optimizer = make_optimizer(params, t, device)
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
     return TrainState(
@@ -217,7 +215,9 @@ def set_up(
 def _load_model(recipe: Recipe, resume: Path | None, device: torch.device):
     """(model, tokenizer), training on `device`: the checkpoint's weights when resuming (with LoRA, the
     base model and the checkpoint's adapters), else recipe.model's, with LoRA adapters added if asked."""
-    lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name)
+    # train.weights: bf16 loads the weights in bf16 (with LoRA: the frozen base; peft keeps its adapters in fp32)
+    dtype = torch.bfloat16 if recipe.train.weights == "bf16" else torch.float32
+    lm, tokenizer = models.load(str(resume) if resume and not recipe.model.lora else recipe.model.name, dtype)
     if recipe.model.lora:
         from peft import LoraConfig, PeftModel, get_peft_model  # deferred: peft: only LoRA recipes need it
 

@@ -1,9 +1,11 @@
 """The memory estimate (prefbench.memory) against what a CPU run of tiny models holds: the bytes of the weights,
 gradients and AdamW states after a real step, and the bytes autograd saves during the forward for the backward
 (every saved tensor's storage once, weights left out), within 15% in every configuration: three shapes (MHA and
-GQA, wide and narrow MLPs, small and large vocabularies), gradient checkpointing, and LoRA."""
+GQA, wide and narrow MLPs, small and large vocabularies), gradient checkpointing, LoRA, and bf16 weights (alone and under LoRA)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from prefbench.data.batches import collate
 from prefbench.data.tokenize import Example
 from prefbench.logprobs import SequenceLogps
 from prefbench.memory import Shape, estimate
+from prefbench.optimizer import make as make_optimizer
 
 SHAPES = {
     "mha": dict(vocab_size=384, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024),
@@ -21,12 +24,15 @@ SHAPES = {
 }  # fmt: skip
 
 
-def measured(config: dict, rows: int, length: int, checkpointing: bool = False, lora: int = 0) -> dict[str, float]:
-    """One fp32 training step of a random model on `rows` rows of `length` tokens (half prompt, half completion)."""
+def measured(
+    config: dict, rows: int, length: int, checkpointing: bool = False, lora: int = 0, bf16: bool = False
+) -> dict[str, float]:
+    """One training step (fp32, or bf16 weights) of a random model on `rows` rows of `length` tokens (half prompt,
+    half completion), with the optimizer prefbench trains with."""
     torch.manual_seed(0)
     c = LlamaConfig(**config)
     c._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(c).train()
+    model = LlamaForCausalLM(c).to(torch.bfloat16 if bf16 else torch.float32).train()
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
@@ -46,7 +52,7 @@ def measured(config: dict, rows: int, length: int, checkpointing: bool = False, 
     examples = [Example(tokens(length // 2), (tokens(length // 2),)) for _ in range(rows)]
     forward = collate([(i, i, 0) for i in range(rows)], examples, 0, "cpu")
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-3)
+    optimizer = make_optimizer(trained, SimpleNamespace(lr=1e-3, adam_betas=(0.9, 0.999), weight_decay=0.0), torch.device("cpu"))
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         sums, _ = SequenceLogps(model)(*forward)
     sums.sum().backward()
@@ -63,14 +69,15 @@ def measured(config: dict, rows: int, length: int, checkpointing: bool = False, 
 
 
 @pytest.mark.parametrize(
-    "name, checkpointing, lora",
-    [("mha", False, 0), ("gqa", False, 0), ("vocab", False, 0), ("gqa", True, 0), ("mha", False, 8)],
-)
-def test_the_estimate_is_within_15_percent_of_a_measured_step(name, checkpointing, lora):
-    got = measured(SHAPES[name], rows=4, length=64, checkpointing=checkpointing, lora=lora)
+    "name, checkpointing, lora, bf16",
+    [("mha", False, 0, False), ("gqa", False, 0, False), ("vocab", False, 0, False), ("gqa", True, 0, False),
+     ("mha", False, 8, False), ("mha", False, 0, True), ("gqa", False, 8, True)],
+)  # fmt: skip
+def test_the_estimate_is_within_15_percent_of_a_measured_step(name, checkpointing, lora, bf16):
+    got = measured(SHAPES[name], rows=4, length=64, checkpointing=checkpointing, lora=lora, bf16=bf16)
     e = estimate(
         Shape.from_config(SHAPES[name]), tokens=got["tokens"], completion_tokens=got["completion_tokens"], gpu=False,
-        lora_r=lora, checkpointing=checkpointing,
+        lora_r=lora, checkpointing=checkpointing, bf16_weights=bf16,
     )  # fmt: skip
     assert e.weights == got["weights"] and e.gradients == got["gradients"] and e.optimizer == got["optimizer"]
     assert e.activations == pytest.approx(got["activations"], rel=0.15), (e.activations, got["activations"])

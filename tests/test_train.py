@@ -165,6 +165,36 @@ def test_same_seed_same_data_same_losses(tmp_path):
     assert len(fingerprints) == 1
 
 
+def test_bf16_weights_train_with_fp32_moments_and_lora_keeps_its_adapters_in_fp32(tmp_path):
+    """train.weights: bf16: the saved weights are bf16, the optimizer keeps fp32 moments, and the losses follow the
+    fp32 run's to bf16's precision; under LoRA the frozen base is bf16 and the adapters, which train, fp32."""
+    from safetensors.torch import load_file
+
+    from prefbench.optimizer import AdamWFp32Moments
+    from prefbench.optimizer import make as make_optimizer
+    from prefbench.train import _load_model
+
+    for name in ("fp32", "bf16"):
+        (tmp_path / name).mkdir()
+        train_units(parse_recipe(recipe_dict(tmp_path / name, [{"name": "dpo"}], weights=name)))
+    saved = load_file(tmp_path / "bf16" / "t" / "dpo" / "seed0" / "final" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    losses = {name: [r["loss"] for r in metrics(tmp_path / name, "dpo")] for name in ("fp32", "bf16")}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.02) and losses["bf16"] != losses["fp32"]
+    cpu = torch.device("cpu")
+    full = parse_recipe(recipe_dict(tmp_path, [{"name": "dpo"}], weights="bf16"))
+    lm, _ = _load_model(full, None, cpu)
+    assert isinstance(make_optimizer(list(lm.parameters()), full.train, cpu), AdamWFp32Moments)
+    lora = parse_recipe(
+        {**recipe_dict(tmp_path, [{"name": "dpo"}], weights="bf16"), "model": {"name": "tiny:small", "lora": {"r": 4}}}
+    )
+    lm, _ = _load_model(lora, None, cpu)
+    trained = {p.dtype for p in lm.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in lm.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}
+    assert type(make_optimizer([p for p in lm.parameters() if p.requires_grad], lora.train, cpu)) is torch.optim.AdamW
+
+
 def test_an_objective_trains_at_its_own_settings_and_the_card_and_report_say_so(tmp_path):
     """dpo at its own learning rate and length (constant schedule, no warm-up: every step's rate is the set one),
     kto at the run's: each unit's steps and rates follow its entry, its summary and card record them, and the

@@ -17,6 +17,9 @@ Truncation = Literal["truncate", "drop"]  # too-long records: cut, or drop (coun
 OnBad = Literal["fail", "drop"]  # bad records are always reported by index
 Schedule = Literal["cosine", "linear", "constant"]  # after warmup
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on GPU
+# The trained weights' own dtype: fp32, or bf16 (weights and gradients at half the memory, AdamW's moments in fp32:
+# prefbench/optimizer.py; with LoRA, the frozen base in bf16 and the adapters in fp32)
+Weights = Literal["fp32", "bf16"]
 Kernels = Literal["auto", "liger", "compile", "none"]  # fused elementwise work on a GPU (prefbench/kernels.py)
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
 PromptSplit = Literal[

@@ -36,6 +36,7 @@ from prefbench.recipe.choices import (
     Select,
     Truncation,
     UnpairedView,
+    Weights,
     _at_least,
     _choice_problems,
     _fraction,
@@ -220,6 +221,7 @@ class TrainSpec:
     # as training goes; 0 = none
     snapshot_every: int = 0
     dtype: Dtype = "auto"
+    weights: Weights = "fp32"  # the weights' own dtype (choices.Weights)
     # the memory of one device in GiB that `prefbench check` holds a unit's estimate to (prefbench.memory); 0: the
     # GPU nvidia-smi reports, or none (nothing refused)
     device_memory_gb: float = 0.0

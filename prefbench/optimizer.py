@@ -1,0 +1,57 @@
+"""AdamW for weights held in bf16 (train.weights: bf16) with its two moments in fp32: 12 bytes a parameter (bf16
+weight and gradient, two fp32 moments) instead of 16 (fp32 weight, gradient and moments), for full fine-tunes that
+would not fit otherwise.
+
+Written here because torch.optim.AdamW keeps its moments in the weights' dtype (bf16 moments lose the small
+second-moment values), and the optimizers that keep them in fp32 for bf16 weights (torchao's, bitsandbytes') run
+on GPUs only, where the CPU tests cannot hold them to torch's arithmetic. The update is torch's AdamW (decoupled
+weight decay, bias-corrected moments), computed in fp32 from the bf16 weight and gradient; the new weight is then
+rounded to bf16 (tests/test_optimizer.py: equal to torch.optim.AdamW on fp32 weights).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class AdamWFp32Moments(torch.optim.Optimizer):
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            (b1, b2), lr = group["betas"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                t = float(state["step"])
+                weight, grad = p.float(), p.grad.float()
+                weight.mul_(1 - lr * group["weight_decay"])
+                state["exp_avg"].lerp_(grad, 1 - b1)
+                state["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                denominator = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(group["eps"])
+                weight.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - b1**t))
+                p.copy_(weight)
+        return loss
+
+
+def make(params, t, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of a training unit's `params` at train settings `t`: torch's AdamW (fused on a GPU: one kernel
+    for every parameter's update, the same arithmetic to rounding), or AdamWFp32Moments where the trained weights
+    are bf16."""
+    if any(p.dtype == torch.bfloat16 for p in params):
+        return AdamWFp32Moments(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=device.type == "cuda"
+    )
