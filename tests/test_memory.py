@@ -52,7 +52,9 @@ def measured(
     examples = [Example(tokens(length // 2), (tokens(length // 2),)) for _ in range(rows)]
     forward = collate([(i, i, 0) for i in range(rows)], examples, 0, "cpu")
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trained, SimpleNamespace(lr=1e-3, adam_betas=(0.9, 0.999), weight_decay=0.0), torch.device("cpu"))
+    optimizer = make_optimizer(
+        trained, SimpleNamespace(lr=1e-3, adam_betas=(0.9, 0.999), weight_decay=0.0), torch.device("cpu")
+    )
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         sums, _ = SequenceLogps(model)(*forward)
     sums.sum().backward()
