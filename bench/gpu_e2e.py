@@ -101,8 +101,8 @@ def check_run(run: Path, units: list[str], report: Path) -> dict:
     out = {}
     for unit in ["reference", *units]:
         d = run / unit
-        need = ["eval_generation.json", "eval_preference.json", "benchmarks/vs_reference.json"]
-        need += [] if unit == "reference" else ["summary.json", "final/COMPLETE"]
+        need = ["eval_generation.json", "eval_preference.json", "benchmarks/prefbench_mc.0shot.json"]
+        need += [] if unit == "reference" else ["summary.json", "final/COMPLETE", "benchmarks/vs_reference.json"]
         missing = [f for f in need if not (d / f).is_file()]
         assert not missing, f"{d}: missing {missing}"
         generation = json.loads((d / "eval_generation.json").read_text())

@@ -49,6 +49,15 @@ class Shape:
             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
         }  # fmt: skip
 
+    def tensors(self, lora_r: int = 0) -> list[int]:
+        """The sizes of the tensors that train: every weight (embeddings, each layer's linears and norms, the final
+        norm, an untied head), or under LoRA each adapter's A (r x in) and B (out x r)."""
+        if lora_r:
+            return [n for a, b in self.linears().values() for n in (lora_r * a, b * lora_r)] * self.layers
+        layer = [a * b for a, b in self.linears().values()] + [self.hidden] * 2
+        head = [self.vocab * self.hidden] * (1 if self.tied else 2)
+        return head + layer * self.layers + [self.hidden]
+
     def parameters(self) -> int:
         layer = sum(a * b for a, b in self.linears().values()) + 2 * self.hidden  # and its two norms
         return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * layer + self.hidden
@@ -105,10 +114,11 @@ def estimate(
     checkpointing: bool = False,
     shards: int = 1,
     bf16_weights: bool = False,
+    eight_bit: bool = False,
 ) -> Estimate:
     """One device's memory for a training step whose forward holds `tokens` tokens, `completion_tokens` of them
     scored: fp32 weights (bf16 with `bf16_weights`, the frozen base too under LoRA), gradients of the trained
-    weights' dtype and two fp32 AdamW moments for what trains, split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
+    weights' dtype and two fp32 AdamW moments for what trains (8-bit ones with `eight_bit`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
     checkpointing each layer keeps only its input, and one layer's activations live again during its recompute.
     The head's logits (fp32, and their log-softmax) for the scored tokens, or one recomputed block of them
     (logprobs.LOGITS_RECOMPUTE_ABOVE, block_elements) when there are more."""
@@ -125,7 +135,14 @@ def estimate(
         logits = LOGITS_BLOCK_ELEMENTS_CUDA if gpu else LOGITS_BLOCK_ELEMENTS
     activations += logits * (10 if gpu else 8) + tokens * 4 * shape.hidden  # and the final norm's input
     recompute = tokens * per_layer if checkpointing else 0
-    return Estimate(weights / shards, gradients / shards, 8 * trained / shards, float(activations), float(recompute))
+    optimizer = sum(map(adamw_8bit_bytes, shape.tensors(lora_r))) if eight_bit else 8 * trained
+    return Estimate(weights / shards, gradients / shards, optimizer / shards, float(activations), float(recompute))
+
+
+def adamw_8bit_bytes(n: int) -> int:
+    """bitsandbytes' 8-bit AdamW's states for a tensor of n entries: two fp32 moments under 4096 entries (its
+    min_8bit_size), else two uint8 moments, an fp32 scale per block of 256 for each, and two 256-entry fp32 maps."""
+    return 8 * n if n < 4096 else 2 * n + 8 * -(-n // 256) + 2 * 256 * 4
 
 
 def model_shape(path: str | Path) -> Shape | None:

@@ -1,4 +1,4 @@
-"""AdamW for weights held in bf16 (train.weights: bf16) with its two moments in fp32: 12 bytes a parameter (bf16
+"""The optimizer a unit trains with (`make`), and AdamW for weights held in bf16 (train.weights: bf16) with its two moments in fp32: 12 bytes a parameter (bf16
 weight and gradient, two fp32 moments) instead of 16 (fp32 weight, gradient and moments), for full fine-tunes that
 would not fit otherwise.
 
@@ -47,9 +47,14 @@ class AdamWFp32Moments(torch.optim.Optimizer):
 
 
 def make(params, t, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer of a training unit's `params` at train settings `t`: torch's AdamW (fused on a GPU: one kernel
-    for every parameter's update, the same arithmetic to rounding), or AdamWFp32Moments where the trained weights
-    are bf16."""
+    """The optimizer of a training unit's `params` at train settings `t`: bitsandbytes' 8-bit AdamW
+    (train.optimizer: adamw_8bit: its moments quantized in blocks of 256, tensors under 4096 entries kept in fp32);
+    else torch's AdamW (fused on a GPU: one kernel for every parameter's update, the same arithmetic to rounding),
+    or AdamWFp32Moments where the trained weights are bf16."""
+    if getattr(t, "optimizer", "adamw") == "adamw_8bit":
+        import bitsandbytes  # deferred: an optional dependency (pip install prefbench[optim])
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     if any(p.dtype == torch.bfloat16 for p in params):
         return AdamWFp32Moments(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     return torch.optim.AdamW(

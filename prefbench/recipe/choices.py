@@ -20,6 +20,8 @@ Dtype = Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on G
 # The trained weights' own dtype: fp32, or bf16 (weights and gradients at half the memory, AdamW's moments in fp32:
 # prefbench/optimizer.py; with LoRA, the frozen base in bf16 and the adapters in fp32)
 Weights = Literal["fp32", "bf16"]
+# AdamW with fp32 moments (8 bytes a parameter), or bitsandbytes' 8-bit AdamW (about 2: pip install prefbench[optim])
+Optimizer = Literal["adamw", "adamw_8bit"]
 Kernels = Literal["auto", "liger", "compile", "none"]  # fused elementwise work on a GPU (prefbench/kernels.py)
 Engine = Literal["auto", "vllm", "hf"]  # auto: vLLM where it imports, else transformers
 PromptSplit = Literal[

@@ -29,6 +29,7 @@ from prefbench.recipe.choices import (
     JudgeAgainst,
     Kernels,
     OnBad,
+    Optimizer,
     PromptSource,
     PromptSplit,
     Schedule,
@@ -222,6 +223,7 @@ class TrainSpec:
     snapshot_every: int = 0
     dtype: Dtype = "auto"
     weights: Weights = "fp32"  # the weights' own dtype (choices.Weights)
+    optimizer: Optimizer = "adamw"  # choices.Optimizer
     # the memory of one device in GiB that `prefbench check` holds a unit's estimate to (prefbench.memory); 0: the
     # GPU nvidia-smi reports, or none (nothing refused)
     device_memory_gb: float = 0.0
