@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,21 +72,11 @@ def test_gpu_run_script_parses_and_every_script_it_calls_exists():
 
 def test_gpu_e2e_recipes_pass_check_and_its_device_script_parses(tmp_path):
     """bench/gpu_e2e.py's recipes (the whole pipeline on one GPU), built on tiny shapes, pass `prefbench check`;
-    bench/gpu_e2e.sh (the device call) parses. The whole dry run on the CPU: the integration test below."""
+    bench/gpu_e2e.sh (the device call) parses. Its whole dry run (`--dry`: three runs on the CPU, 4-11 minutes) is
+    run by hand before a device call, not in the suite."""
     out = _bench("bench/gpu_e2e.py", "--dry", "--check", "--out", str(tmp_path))
     assert [line for line in out.splitlines() if line.endswith("recipe ok")] == [
         "gpu_e2e: recipe ok", "gpu_e2e_lora: recipe ok", "gpu_e2e_launch: recipe ok",
     ]  # fmt: skip
     assert subprocess.run(["bash", "-n", "bench/gpu_e2e.sh"], cwd=ROOT).returncode == 0
     assert "bench/gpu_e2e.py" in (ROOT / "bench" / "gpu_e2e.sh").read_text()
-
-
-@pytest.mark.integration
-def test_gpu_e2e_dry_run_runs_every_stage_on_the_cpu(tmp_path):
-    """The device script's own run, on tiny shapes on the CPU: every run (plain, LoRA, launched) passes the script's
-    checks of every stage's output, and the JSON holds each unit's phases."""
-    _bench("bench/gpu_e2e.py", "--dry", "--out", str(tmp_path), timeout=900)
-    result = json.loads((tmp_path / "gpu_e2e.json").read_text())
-    assert set(result["runs"]) == {"gpu_e2e", "gpu_e2e_lora", "gpu_e2e_launch"}
-    trained = result["runs"]["gpu_e2e"]["units"]["simpo/seed0"]
-    assert trained["phases"]["train"] > 0 and trained["peak_memory_mb"] > 0
