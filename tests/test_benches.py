@@ -52,16 +52,6 @@ def test_gpu_reward_model_dry_run_scores_on_the_cpu():
     assert json.loads(out[out.index("{") :])["device"] == "cpu (dry run)"
 
 
-def test_verdicts_from_run_means_reads_every_committed_report():
-    out = _bench("bench/verdicts_from_run_means.py")
-    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("== ")] == [
-        "== label_noise",
-        "== imbalance",
-        "== kto_ablations",
-        "== beta_sweep",
-    ]
-
-
 def test_gpu_run_script_parses_and_every_script_it_calls_exists():
     """bench/gpu_run.sh runs only on a device machine; here: bash reads it, and what it calls is in the repo."""
     script = (ROOT / "bench" / "gpu_run.sh").read_text()

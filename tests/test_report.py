@@ -1275,3 +1275,30 @@ def test_a_stored_claim_run_renders_its_claims_with_the_grid_statistics(name, la
     assert all(v.startswith("not resolved (could resolve ±") for v in claims_table(run)["verdict"])
     if name == "kto_ablations":
         assert np.array_equal(tables["kto"], tables["kto_no_z0"])
+
+
+def test_the_stored_beta_sweep_compares_dpo_and_ipo_at_matched_kl():
+    """results/beta_sweep (DPO and IPO at three betas, 3 seeds) holds its per-prompt values: its stored matched-KL
+    comparison is the analysis of covariance recomputed here from every run's mean KL and reward (12 of the 18 runs
+    inside the KL range both objectives cover), and its committed report tabulates it."""
+    from prefbench.metric_table import METRICS
+    from prefbench.results import objective_tables, run_gens
+    from prefbench.stats import matched_kl
+
+    base = Path(__file__).resolve().parent.parent / "results" / "beta_sweep"
+    run = load_run(base)
+    assert len(run.units) == 1 + 18 and all(u.generation["prompts"] == 96 for u in run.units)
+    gens = run_gens(run)
+    kl, reward = (objective_tables(gens, METRICS[name]) for name in ("kl", "reward"))
+    points = {
+        name: [(seed, float(k), float(r), label) for label in kl if label.startswith(name)
+               for seed, k, r in zip((0, 1, 2), kl[label].mean(1), reward[label].mean(1))]
+        for name in ("dpo", "ipo")
+    }  # fmt: skip
+    stored, recomputed = run.objectives["matched_kl"], matched_kl(points)
+    assert stored["range"] == pytest.approx(recomputed["range"]) and sum(r["used"] for r in stored["runs"]) == 12
+    (pair,) = stored["pairs"]
+    assert pair["difference"] == pytest.approx(recomputed["pairs"][0]["difference"])
+    assert pair["ci"] == pytest.approx(recomputed["pairs"][0]["ci"]) and pair["ci"][0] < 0 < pair["ci"][1]
+    report = (base.parent.parent / "reports" / "beta_sweep" / "report.md").read_text()
+    assert "## Reward at matched KL" in report and "| dpo - ipo  | -0.004 [-0.023, +0.015] |" in report
