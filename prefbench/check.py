@@ -119,7 +119,7 @@ def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | Non
     lora = recipe.model.lora.r if recipe.model.lora else 0
     estimate = memory.estimate(
         shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing,
-        bf16_weights=t.weights == "bf16", eight_bit=t.optimizer == "adamw_8bit",
+        bf16_weights=t.weights == "bf16", eight_bit=t.optimizer == "adamw_8bit", offload=t.optimizer_offload,
     )  # fmt: skip
     return estimate, limit
 

@@ -115,10 +115,12 @@ def estimate(
     shards: int = 1,
     bf16_weights: bool = False,
     eight_bit: bool = False,
+    offload: bool = False,
 ) -> Estimate:
     """One device's memory for a training step whose forward holds `tokens` tokens, `completion_tokens` of them
     scored: fp32 weights (bf16 with `bf16_weights`, the frozen base too under LoRA), gradients of the trained
-    weights' dtype and two fp32 AdamW moments for what trains (8-bit ones with `eight_bit`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
+    weights' dtype and two fp32 AdamW moments for what trains (8-bit ones with `eight_bit`; none on the device
+    with `offload`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
     checkpointing each layer keeps only its input, and one layer's activations live again during its recompute.
     The head's logits (fp32, and their log-softmax) for the scored tokens, or one recomputed block of them
     (logprobs.LOGITS_RECOMPUTE_ABOVE, block_elements) when there are more."""
@@ -136,6 +138,7 @@ def estimate(
     activations += logits * (10 if gpu else 8) + tokens * 4 * shape.hidden  # and the final norm's input
     recompute = tokens * per_layer if checkpointing else 0
     optimizer = sum(map(adamw_8bit_bytes, shape.tensors(lora_r))) if eight_bit else 8 * trained
+    optimizer = 0 if offload else optimizer  # moments and masters in CPU memory
     return Estimate(weights / shards, gradients / shards, optimizer / shards, float(activations), float(recompute))
 
 

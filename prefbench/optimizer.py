@@ -46,11 +46,56 @@ class AdamWFp32Moments(torch.optim.Optimizer):
         return loss
 
 
+class OffloadedAdamW(torch.optim.Optimizer):
+    """torch's AdamW with its moments and fp32 master weights in CPU memory (train.optimizer_offload): the device
+    keeps only the weights and their gradients. Each step copies the gradients to the CPU, steps AdamW there on the
+    masters, and copies the weights back (rounded to their dtype: with bf16 weights the masters keep fp32's
+    precision). For units whose optimizer states do not fit the device; the update then runs at the CPU's speed.
+
+    Written here because torch has no offloading optimizer and torchao's runs on CUDA only, where the CPU tests
+    cannot hold it to torch's arithmetic (tests/test_optimizer.py holds this one to it)."""
+
+    def __init__(self, params, **adamw):
+        self.weights = list(params)
+        self.masters = [w.detach().to("cpu", torch.float32, copy=True) for w in self.weights]
+        self.inner = torch.optim.AdamW(self.masters, **adamw)
+        super().__init__(self.weights, self.inner.defaults)
+        self.param_groups = self.inner.param_groups  # the schedule sets the learning rate here
+        self.state = self.inner.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for w, m in zip(self.weights, self.masters):
+            m.grad = None if w.grad is None else w.grad.to("cpu", torch.float32)
+        self.inner.step()
+        for w, m in zip(self.weights, self.masters):
+            w.copy_(m)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for w in self.weights:
+            if set_to_none:
+                w.grad = None
+            elif w.grad is not None:
+                w.grad.zero_()
+
+    def state_dict(self) -> dict:
+        return {"adamw": self.inner.state_dict(), "masters": [m.clone() for m in self.masters]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["adamw"])
+        self.param_groups, self.state = self.inner.param_groups, self.inner.state  # loading made new ones
+        for m, saved in zip(self.masters, state["masters"]):
+            m.copy_(saved)
+
+
 def make(params, t, device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer of a training unit's `params` at train settings `t`: bitsandbytes' 8-bit AdamW
+    """The optimizer of a training unit's `params` at train settings `t`: OffloadedAdamW (train.optimizer_offload),
+    bitsandbytes' 8-bit AdamW
     (train.optimizer: adamw_8bit: its moments quantized in blocks of 256, tensors under 4096 entries kept in fp32);
     else torch's AdamW (fused on a GPU: one kernel for every parameter's update, the same arithmetic to rounding),
     or AdamWFp32Moments where the trained weights are bf16."""
+    if getattr(t, "optimizer_offload", False):
+        return OffloadedAdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     if getattr(t, "optimizer", "adamw") == "adamw_8bit":
         import bitsandbytes  # deferred: an optional dependency (pip install prefbench[optim])
 

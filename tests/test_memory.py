@@ -136,6 +136,10 @@ def test_check_refuses_a_unit_that_does_not_fit_the_stated_device_in_one_line(tm
     assert limit == 1 and full.weights == full.gradients == 4 * body.parameters() and full.optimizer == 2 * full.weights
     lora, _ = memory_estimate(parse_recipe({**fits, "model": {"name": "tiny:body", "lora": {"r": 8}}}, lookups=True))
     assert lora.optimizer < 0.05 * full.optimizer and lora.gradients < 0.05 * full.gradients
+    offloaded, _ = memory_estimate(parse_recipe({**fits, "train": {**fits["train"], "optimizer_offload": True}}))
+    assert offloaded.optimizer == 0 and offloaded.weights == full.weights
+    with pytest.raises(RecipeError, match="optimizer_offload: with optimizer adamw and without fsdp only"):
+        parse_recipe({**fits, "train": {**fits["train"], "optimizer_offload": True, "optimizer": "adamw_8bit"}})
     (path := tmp_path / "r.yaml").write_text(yaml.safe_dump(fits))
     assert main(["check", str(path)]) == 0
     line = f"a training unit needs {full.line()} of 1 GiB"

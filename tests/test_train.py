@@ -167,15 +167,17 @@ def test_same_seed_same_data_same_losses(tmp_path):
 
 def test_bf16_weights_train_with_fp32_moments_and_lora_keeps_its_adapters_in_fp32(tmp_path):
     """train.weights: bf16: the saved weights are bf16, the optimizer keeps fp32 moments, and the losses follow the
-    fp32 run's to bf16's precision, as they do with train.optimizer: adamw_8bit; under LoRA the frozen base is bf16
-    and the adapters, which train, fp32."""
+    fp32 run's to bf16's precision, as they do with train.optimizer: adamw_8bit, and exactly with the optimizer
+    offloaded; under LoRA the frozen base is bf16 and the adapters, which train, fp32."""
     from safetensors.torch import load_file
 
     from prefbench.optimizer import AdamWFp32Moments
     from prefbench.optimizer import make as make_optimizer
     from prefbench.train import _load_model
 
-    settings = {"fp32": {}, "bf16": {"weights": "bf16"}, "8bit": {"optimizer": "adamw_8bit"}}
+    settings = {
+        "fp32": {}, "bf16": {"weights": "bf16"}, "8bit": {"optimizer": "adamw_8bit"}, "offload": {"optimizer_offload": True},
+    }  # fmt: skip
     for name, train in settings.items():
         (tmp_path / name).mkdir()
         train_units(parse_recipe(recipe_dict(tmp_path / name, [{"name": "dpo"}], **train)))
@@ -184,6 +186,7 @@ def test_bf16_weights_train_with_fp32_moments_and_lora_keeps_its_adapters_in_fp3
     losses = {name: [r["loss"] for r in metrics(tmp_path / name, "dpo")] for name in settings}
     assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.02) and losses["bf16"] != losses["fp32"]
     assert losses["8bit"] == pytest.approx(losses["fp32"], abs=0.02) and losses["8bit"] != losses["fp32"]
+    assert losses["offload"] == pytest.approx(losses["fp32"], abs=1e-6)  # the same AdamW, its state elsewhere
     cpu = torch.device("cpu")
     full = parse_recipe(recipe_dict(tmp_path, [{"name": "dpo"}], weights="bf16"))
     lm, _ = _load_model(full, None, cpu)

@@ -224,6 +224,8 @@ class TrainSpec:
     dtype: Dtype = "auto"
     weights: Weights = "fp32"  # the weights' own dtype (choices.Weights)
     optimizer: Optimizer = "adamw"  # choices.Optimizer
+    # AdamW's moments and fp32 master weights in CPU memory, the update on the CPU (prefbench/optimizer.py)
+    optimizer_offload: bool = False
     # the memory of one device in GiB that `prefbench check` holds a unit's estimate to (prefbench.memory); 0: the
     # GPU nvidia-smi reports, or none (nothing refused)
     device_memory_gb: float = 0.0
@@ -255,6 +257,10 @@ class TrainSpec:
         out += _at_least(f"{at}.snapshot_every", self.snapshot_every, 0, " (0 = no snapshots)")
         out += _at_least(f"{at}.weight_decay", self.weight_decay, 0)
         out += _at_least(f"{at}.device_memory_gb", self.device_memory_gb, 0, " (0 = the GPU's own)")
+        if self.optimizer_offload and (self.fsdp or self.optimizer != "adamw"):
+            out.append(
+                f"{at}.optimizer_offload: with optimizer adamw and without fsdp only (it keeps whole fp32 masters)"
+            )
         if not self.lr > 0:
             out.append(f"{at}.lr: must be > 0, got {self.lr}")
         out += _fraction(f"{at}.warmup_ratio", self.warmup_ratio)
