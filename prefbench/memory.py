@@ -58,13 +58,9 @@ class Shape:
         head = [self.vocab * self.hidden] * (1 if self.tied else 2)
         return head + layer * self.layers + [self.hidden]
 
-    def parameters(self) -> int:
-        layer = sum(a * b for a, b in self.linears().values()) + 2 * self.hidden  # and its two norms
-        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * layer + self.hidden
-
-    def lora_parameters(self, r: int) -> int:
-        """LoRA adapters (A: r x in, B: out x r) on every linear layer of every decoder layer ("all-linear")."""
-        return self.layers * sum(r * (a + b) for a, b in self.linears().values())
+    def parameters(self, lora_r: int = 0) -> int:
+        """The model's parameters, or with `lora_r` its LoRA adapters' (on every linear layer: "all-linear")."""
+        return sum(self.tensors(lora_r))
 
     def saved_per_token(self, compute: int, bf16_weights: bool = False, lora_r: int = 0) -> int:
         """Bytes one decoder layer keeps per token for its backward: what autograd saves for each operation, with
@@ -120,14 +116,14 @@ def estimate(
     """One device's memory for a training step whose forward holds `tokens` tokens, `completion_tokens` of them
     scored: fp32 weights (bf16 with `bf16_weights`, the frozen base too under LoRA), gradients of the trained
     weights' dtype and two fp32 AdamW moments for what trains (8-bit ones with `eight_bit`; none on the device
-    with `offload`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a GPU. With
-    checkpointing each layer keeps only its input, and one layer's activations live again during its recompute.
+    with `offload`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a
+    GPU. With checkpointing each layer keeps only its input, and one layer's activations live again during its
+    recompute.
     The head's logits (fp32, and their log-softmax) for the scored tokens, or one recomputed block of them
     (logprobs.LOGITS_RECOMPUTE_ABOVE, block_elements) when there are more."""
     from prefbench.logprobs import LOGITS_BLOCK_ELEMENTS, LOGITS_BLOCK_ELEMENTS_CUDA, LOGITS_RECOMPUTE_ABOVE
 
-    params = shape.parameters()
-    trained = shape.lora_parameters(lora_r) if lora_r else params
+    params, trained = shape.parameters(), shape.parameters(lora_r)  # (without LoRA, every parameter trains)
     w = 2 if bf16_weights else 4  # bytes of a weight; LoRA's adapters stay fp32, and AdamW's moments always are
     weights, gradients = w * params + 4 * trained if lora_r else w * params, 4 * trained if lora_r else w * trained
     per_layer = shape.saved_per_token(2 if gpu or bf16_weights else 4, bf16_weights, lora_r)
