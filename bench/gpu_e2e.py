@@ -7,6 +7,10 @@ stage's output is asserted; per-phase times and peak memory go to one JSON with 
     PYTHONPATH=. python3 bench/gpu_e2e.py --tokenizer .gpu/tokenizer --out "$OUT"   (on the device: bench/gpu_e2e.sh)
     PYTHONPATH=. python3 bench/gpu_e2e.py --dry --out /tmp/e2e                       (tiny shapes on the CPU, minutes)
     PYTHONPATH=. python3 bench/gpu_e2e.py --dry --check --out /tmp/e2e               (the recipes checked only, seconds)
+    PYTHONPATH=. python3 bench/gpu_e2e.py [--dry] --memory                            (the memory cells only)
+
+The memory cells (after the runs): one training step's peak at 4 pairs x 1024 tokens beside prefbench.memory's estimate,
+from a 1.7B full fine-tune to an 8B one with bf16 weights and the optimizer offloaded, and LoRA on an 8B shape.
 
 No hub access: the models are built here from a configuration (random weights: rewards and accuracies are noise,
 the machinery, times and memory are not). vLLM's CUDA wheel cannot travel to the device, so generation there uses
@@ -16,6 +20,7 @@ the transformers engine; vLLM on a GPU stays untested.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -122,10 +127,90 @@ def check_run(run: Path, units: list[str], report: Path) -> dict:
     return out
 
 
+# The memory cells: (name, shape, LoRA rank, train settings); 4 pairs x 1024 tokens (512 prompt + 512 completion).
+LLAMA_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                intermediate_size=14336, vocab_size=128256)  # fmt: skip
+SMOLLM_1_7B = dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                   intermediate_size=8192, vocab_size=49152, tie_word_embeddings=True)  # fmt: skip
+LLAMA_3B = dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True)  # fmt: skip
+MEMORY_CELLS = [
+    ("1.7B full, fp32 AdamW", SMOLLM_1_7B, 0, {}),
+    ("1.7B full, bf16 weights, checkpointing", SMOLLM_1_7B, 0, {"weights": "bf16", "gradient_checkpointing": True}),
+    ("3B full, bf16 weights, 8-bit AdamW, checkpointing", LLAMA_3B, 0,
+     {"weights": "bf16", "optimizer": "adamw_8bit", "gradient_checkpointing": True}),
+    ("8B full, bf16 weights, offloaded AdamW, checkpointing", LLAMA_8B, 0,
+     {"weights": "bf16", "optimizer_offload": True, "gradient_checkpointing": True}),
+    ("8B LoRA r16, bf16 base, checkpointing", LLAMA_8B, 16, {"weights": "bf16", "gradient_checkpointing": True}),
+]  # fmt: skip
+
+
+def memory_cell(shape: dict, lora: int, train: dict, dry: bool) -> dict:
+    """One training step's peak (torch.cuda.max_memory_allocated) beside prefbench.memory's estimate for it."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefbench.data.batches import collate
+    from prefbench.data.tokenize import Example
+    from prefbench.logprobs import SequenceLogps
+    from prefbench.memory import Shape, estimate
+    from prefbench.optimizer import make
+
+    if dry:
+        shape = {**DRY_SHAPE, "vocab_size": 384}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = train.get("weights") == "bf16"
+    config = LlamaConfig(**shape)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with device:
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if bf16 else torch.float32)
+    if train.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear"))
+    model.train()
+    half = 32 if dry else 512
+    g = torch.Generator().manual_seed(0)
+    examples = [Example(tuple(torch.randint(1, 300, (half,), generator=g).tolist()),
+                        tuple(tuple(torch.randint(1, 300, (half,), generator=g).tolist()) for _ in range(2)))
+                for _ in range(4)]  # fmt: skip
+    fwd = collate([(i, i, j) for i in range(4) for j in range(2)], examples, 0, device)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    settings = SimpleNamespace(
+        **{"lr": 1e-5, "adam_betas": (0.9, 0.999), "weight_decay": 0.0, "optimizer": "adamw", **train}
+    )
+    optimizer = make(trained, settings, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    for _ in range(2):  # the second step holds the optimizer's states from the start
+        with autocast:
+            sums, _ = SequenceLogps(model)(*fwd)
+        sums.sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    e = estimate(
+        Shape.from_config(config.to_dict()), tokens=fwd.input_ids.numel(), completion_tokens=int(fwd.targets.numel()),
+        gpu=device.type == "cuda", lora_r=lora, checkpointing=bool(train.get("gradient_checkpointing")),
+        bf16_weights=bf16, eight_bit=train.get("optimizer") == "adamw_8bit", offload=bool(train.get("optimizer_offload")),
+    )  # fmt: skip
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"estimate_gib": round(e.total / 2**30, 2), "peak_gib": None if peak is None else round(peak, 2),
+            "ratio": None if peak is None else round(e.total / 2**30 / peak, 3), "estimate": e.line()}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dry", action="store_true", help="tiny shapes on the CPU, to check the script")
     p.add_argument("--check", action="store_true", help="build the models and `prefbench check` the recipes only")
+    p.add_argument("--memory", action="store_true", help="the memory cells only (peak beside the estimate)")
     p.add_argument("--tokenizer", default="", help="SmolLM2's tokenizer files (default: the embedded model's)")
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-e2e"))
     args = p.parse_args()
@@ -148,11 +233,8 @@ def main() -> None:
         "dry": args.dry,
         "runs": {},
     }
-    for name, lora, launch in (
-        ("gpu_e2e", False, False),
-        ("gpu_e2e_lora", True, False),
-        ("gpu_e2e_launch", False, True),
-    ):
+    runs = (("gpu_e2e", False, False), ("gpu_e2e_lora", True, False), ("gpu_e2e_launch", False, True))
+    for name, lora, launch in () if args.memory else runs:
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(recipe(name, root, policy, reward_model, args.dry, lora)))
         if args.check:
@@ -168,6 +250,16 @@ def main() -> None:
         }
         (root / "gpu_e2e.json").write_text(json.dumps(result, indent=1))  # after every run: a timeout keeps the rest
         print(f"{name}: ok in {seconds:.0f} s", flush=True)
+    if args.memory or not args.check:  # after the runs: an 8B cell may take what time is left
+        result["memory"] = {}
+        for name, shape_, lora, train in MEMORY_CELLS:
+            try:
+                result["memory"][name] = memory_cell(shape_, lora, train, args.dry)
+            except torch.OutOfMemoryError as e:  # a cell that does not fit is a figure too
+                result["memory"][name] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
+                torch.cuda.empty_cache()
+            (root / "gpu_e2e.json").write_text(json.dumps(result, indent=1))
+            print(f"memory {name}: {result['memory'][name]}", flush=True)
     print(json.dumps(result, indent=1))
 
 
