@@ -95,17 +95,17 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
 
 def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | None]:
     """One training unit's memory on one device (prefbench.memory), where the model's config.json is on this
-    machine (a local directory, a built tiny model, a hub model in the hub's cache), and the device memory in GiB it
+    machine already (a local directory, the embedded or a tiny model once built, a hub model in the hub's cache:
+    nothing is built or fetched), and the device memory in GiB it
     is held to (train.device_memory_gb, else the GPU nvidia-smi reports, else None). A forward holds at most
     2 x micro_batch_size rows of data.max_length tokens (train.max_tokens_per_forward lowers it), all scored; one
     process (FSDP divides weights, gradients and states by the processes a launch gives it)."""
     t, spec = recipe.train, recipe.model.name
     limit = t.device_memory_gb or memory.detected_gib()
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        shape = memory.model_shape(local)
-    elif spec.startswith("tiny:"):
-        shape = memory.model_shape(models.resolve(spec))
+    if (here := models.built(spec)) is not None:
+        shape = memory.model_shape(here)
+    elif spec.startswith("tiny:") or spec == models.EMBEDDED or Path(spec).expanduser().exists():
+        shape = None  # not built or converted yet: check builds nothing
     else:
         from huggingface_hub import try_to_load_from_cache  # deferred: only hub names need it
 

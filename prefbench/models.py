@@ -85,9 +85,10 @@ BYTES_CHAT_TEMPLATE = (
 )
 
 
-def cache_dir() -> pathlib.Path:
+def cache_dir(create: bool = True) -> pathlib.Path:
     path = pathlib.Path(os.environ.get("PREFBENCH_CACHE") or pathlib.Path.home() / ".cache" / "prefbench").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -95,18 +96,31 @@ def resolve(spec: str) -> pathlib.Path:
     """The local checkpoint directory for `spec`, building or downloading it on first use."""
     source = _source(spec)
     if source == "embedded":
-        return _publish(cache_dir() / "models" / EMBEDDED, _convert_gguf)
+        return _publish(_built_path(spec), _convert_gguf)
     if source == "tiny":
         preset = _tiny_preset(spec)
-        return _publish(
-            cache_dir() / "models" / f"tiny-{spec.removeprefix('tiny:')}-{_tiny_hash(preset)}",
-            lambda out: _build_tiny(preset, out),
-        )
+        return _publish(_built_path(spec), lambda out: _build_tiny(preset, out))
     if source == "local":
         if problem := local_problem(spec):
             raise FileNotFoundError(f"model {spec!r}: {problem}")
         return pathlib.Path(spec).expanduser().resolve()
     return _download(spec)
+
+
+def built(spec: str) -> pathlib.Path | None:
+    """The checkpoint directory of the embedded model, a tiny one or a local directory where it is on this machine
+    already, else None: nothing is built, converted or downloaded (prefbench check reads its config.json)."""
+    source = _source(spec)
+    path = pathlib.Path(spec).expanduser() if source == "local" else _built_path(spec) if source != "hub" else None
+    return path if path is not None and (path / "config.json").is_file() else None
+
+
+def _built_path(spec: str) -> pathlib.Path:
+    """Where the embedded model's conversion or a tiny model's build is kept (cache_dir, not created here)."""
+    models = cache_dir(create=False) / "models"
+    if _source(spec) == "embedded":
+        return models / EMBEDDED
+    return models / f"tiny-{spec.removeprefix('tiny:')}-{_tiny_hash(_tiny_preset(spec))}"
 
 
 def local_problem(spec: str) -> str | None:

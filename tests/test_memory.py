@@ -125,6 +125,12 @@ def test_check_refuses_a_unit_that_does_not_fit_the_stated_device_in_one_line(tm
         "data": {"source": "embedded:smoke", "max_length": 128, "max_prompt_length": 64},
         "objectives": [{"name": "dpo"}], "train": {"micro_batch_size": 4, "batch_size": 8, "device_memory_gb": 0.01},
     }  # fmt: skip
+    from prefbench import models
+
+    assert memory_estimate(parse_recipe({**raw, "train": {"micro_batch_size": 4}}, lookups=True))[0] is None or (
+        models.built("tiny:body") is not None
+    )  # check builds no model: no estimate before the model is on the machine
+    models.resolve("tiny:body")
     with pytest.raises(RecipeError) as refused:
         parse_recipe(raw, lookups=True)
     (line,) = refused.value.problems
