@@ -147,8 +147,6 @@ MEMORY_CELLS = [
 
 def memory_cell(shape: dict, lora: int, train: dict, dry: bool) -> dict:
     """One training step's peak (torch.cuda.max_memory_allocated) beside prefbench.memory's estimate for it."""
-    from types import SimpleNamespace
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from prefbench.data.batches import collate
@@ -156,17 +154,19 @@ def memory_cell(shape: dict, lora: int, train: dict, dry: bool) -> dict:
     from prefbench.logprobs import SequenceLogps
     from prefbench.memory import Shape, estimate
     from prefbench.optimizer import make
+    from prefbench.recipe import TrainSpec
 
+    t = TrainSpec(lr=1e-5, **train)
     if dry:
         shape = {**DRY_SHAPE, "vocab_size": 384}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = train.get("weights") == "bf16"
+    bf16 = t.weights == "bf16"
     config = LlamaConfig(**shape)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with device:
         model = LlamaForCausalLM(config).to(torch.bfloat16 if bf16 else torch.float32)
-    if train.get("gradient_checkpointing"):
+    if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -180,10 +180,7 @@ def memory_cell(shape: dict, lora: int, train: dict, dry: bool) -> dict:
                 for _ in range(4)]  # fmt: skip
     fwd = collate([(i, i, j) for i in range(4) for j in range(2)], examples, 0, device)
     trained = [p for p in model.parameters() if p.requires_grad]
-    settings = SimpleNamespace(
-        **{"lr": 1e-5, "adam_betas": (0.9, 0.999), "weight_decay": 0.0, "optimizer": "adamw", **train}
-    )
-    optimizer = make(trained, settings, device)
+    optimizer = make(trained, t, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -195,8 +192,8 @@ def memory_cell(shape: dict, lora: int, train: dict, dry: bool) -> dict:
         optimizer.zero_grad(set_to_none=True)
     e = estimate(
         Shape.from_config(config.to_dict()), tokens=fwd.input_ids.numel(), completion_tokens=int(fwd.targets.numel()),
-        gpu=device.type == "cuda", lora_r=lora, checkpointing=bool(train.get("gradient_checkpointing")),
-        bf16_weights=bf16, eight_bit=train.get("optimizer") == "adamw_8bit", offload=bool(train.get("optimizer_offload")),
+        gpu=device.type == "cuda", lora_r=lora, checkpointing=t.gradient_checkpointing, bf16_weights=bf16,
+        eight_bit=t.optimizer == "adamw_8bit", offload=t.optimizer_offload,
     )  # fmt: skip
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer

@@ -94,9 +94,9 @@ def make(params, t, device: torch.device) -> torch.optim.Optimizer:
     (train.optimizer: adamw_8bit: its moments quantized in blocks of 256, tensors under 4096 entries kept in fp32);
     else torch's AdamW (fused on a GPU: one kernel for every parameter's update, the same arithmetic to rounding),
     or AdamWFp32Moments where the trained weights are bf16."""
-    if getattr(t, "optimizer_offload", False):
+    if t.optimizer_offload:
         return OffloadedAdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
-    if getattr(t, "optimizer", "adamw") == "adamw_8bit":
+    if t.optimizer == "adamw_8bit":
         import bitsandbytes  # deferred: an optional dependency (pip install prefbench[optim])
 
         return bitsandbytes.optim.AdamW8bit(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)

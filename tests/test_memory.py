@@ -5,8 +5,6 @@ GQA, wide and narrow MLPs, small and large vocabularies), gradient checkpointing
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -16,6 +14,7 @@ from prefbench.data.tokenize import Example
 from prefbench.logprobs import SequenceLogps
 from prefbench.memory import Shape, estimate
 from prefbench.optimizer import make as make_optimizer
+from prefbench.recipe import TrainSpec
 
 SHAPES = {
     "mha": dict(vocab_size=384, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024),
@@ -58,7 +57,7 @@ def measured(
     examples = [Example(tokens(length // 2), (tokens(length // 2),)) for _ in range(rows)]
     forward = collate([(i, i, 0) for i in range(rows)], examples, 0, "cpu")
     trained = [p for p in model.parameters() if p.requires_grad]
-    settings = SimpleNamespace(lr=1e-3, adam_betas=(0.9, 0.999), weight_decay=0.0, optimizer=optimizer)
+    settings = TrainSpec(lr=1e-3, optimizer=optimizer)
     optimizer = make_optimizer(trained, settings, torch.device("cpu"))
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         sums, _ = SequenceLogps(model)(*forward)
