@@ -95,22 +95,13 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
 
 def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | None]:
     """One training unit's memory on one device (prefbench.memory), where the model's config.json is on this
-    machine already (a local directory, the embedded or a tiny model once built, a hub model in the hub's cache:
-    nothing is built or fetched), and the device memory in GiB it
-    is held to (train.device_memory_gb, else the GPU nvidia-smi reports, else None). A forward holds at most
+    machine already (models.built: nothing is built or fetched), and the device memory in GiB it is held to
+    (train.device_memory_gb, else the GPU nvidia-smi reports, else None). A forward holds at most
     2 x micro_batch_size rows of data.max_length tokens (train.max_tokens_per_forward lowers it), all scored; one
     process (FSDP divides weights, gradients and states by the processes a launch gives it)."""
     t, spec = recipe.train, recipe.model.name
     limit = t.device_memory_gb or memory.detected_gib()
-    if (here := models.built(spec)) is not None:
-        shape = memory.model_shape(here)
-    elif spec.startswith("tiny:") or spec == models.EMBEDDED or Path(spec).expanduser().exists():
-        shape = None  # not built or converted yet: check builds nothing
-    else:
-        from huggingface_hub import try_to_load_from_cache  # deferred: only hub names need it
-
-        found = try_to_load_from_cache(spec, "config.json")
-        shape = memory.model_shape(Path(found).parent) if isinstance(found, str) else None
+    shape = memory.model_shape(here) if (here := models.built(spec)) is not None else None
     if shape is None:
         return None, limit
     tokens = 2 * t.micro_batch_size * recipe.data.max_length

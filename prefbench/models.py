@@ -108,11 +108,17 @@ def resolve(spec: str) -> pathlib.Path:
 
 
 def built(spec: str) -> pathlib.Path | None:
-    """The checkpoint directory of the embedded model, a tiny one or a local directory where it is on this machine
-    already, else None: nothing is built, converted or downloaded (prefbench check reads its config.json)."""
+    """The directory holding `spec`'s config.json where it is on this machine already (the embedded model once
+    converted, a tiny one once built, a local directory, a hub model in the hub's cache), else None: nothing is
+    built, converted or downloaded (prefbench check reads its config.json)."""
     source = _source(spec)
-    path = pathlib.Path(spec).expanduser() if source == "local" else _built_path(spec) if source != "hub" else None
-    return path if path is not None and (path / "config.json").is_file() else None
+    if source == "hub":
+        from huggingface_hub import try_to_load_from_cache  # deferred: only hub names need it
+
+        found = try_to_load_from_cache(spec, "config.json")
+        return pathlib.Path(found).parent if isinstance(found, str) else None
+    path = pathlib.Path(spec).expanduser() if source == "local" else _built_path(spec)
+    return path if (path / "config.json").is_file() else None
 
 
 def _built_path(spec: str) -> pathlib.Path:
