@@ -47,10 +47,10 @@ def curve(recipe: Recipe, names: list[str] | None = None) -> dict[str, dict]:
             done[s.name] = result
     if todo := [s for s in snaps if s.name not in done]:
         score_units(recipe, prompts, settings, units["reference"], done, todo, track=False)
-    examples, kept_by = preference.held_out(recipe) if recipe.data.eval_fraction > 0 else ([], {})
-    scored: dict[str, dict] = {}
-    if todo := [s for s in snaps if examples and finished_result(s.out / preference.FILE, kept_by) is None]:
-        preference.score_preferences(recipe, examples, kept_by, units["reference"], scored, todo, track=False)
+    if snaps and recipe.data.eval_fraction > 0:  # the held-out examples are prepared only where there is work
+        examples, kept_by = preference.held_out(recipe)
+        if todo := [s for s in snaps if examples and finished_result(s.out / preference.FILE, kept_by) is None]:
+            preference.score_preferences(recipe, examples, kept_by, units["reference"], {}, todo, track=False)
     return {s.name: done[s.name] for s in snaps}
 
 
