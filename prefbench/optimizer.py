@@ -1,12 +1,12 @@
-"""The optimizer a unit trains with (`make`), and AdamW for weights held in bf16 (train.weights: bf16) with its two moments in fp32: 12 bytes a parameter (bf16
-weight and gradient, two fp32 moments) instead of 16 (fp32 weight, gradient and moments), for full fine-tunes that
-would not fit otherwise.
+"""The optimizer a unit trains with (`make`): torch's AdamW; AdamWFp32Moments for weights held in bf16
+(train.weights: bf16), its two moments in fp32, 12 bytes a parameter (bf16 weight and gradient, two fp32 moments)
+instead of 16; OffloadedAdamW (train.optimizer_offload); bitsandbytes' 8-bit AdamW (train.optimizer: adamw_8bit).
 
-Written here because torch.optim.AdamW keeps its moments in the weights' dtype (bf16 moments lose the small
-second-moment values), and the optimizers that keep them in fp32 for bf16 weights (torchao's, bitsandbytes') run
-on GPUs only, where the CPU tests cannot hold them to torch's arithmetic. The update is torch's AdamW (decoupled
-weight decay, bias-corrected moments), computed in fp32 from the bf16 weight and gradient; the new weight is then
-rounded to bf16 (tests/test_optimizer.py: equal to torch.optim.AdamW on fp32 weights).
+AdamWFp32Moments is written here because torch.optim.AdamW keeps its moments in the weights' dtype (bf16 moments
+lose the small second-moment values) and torchao's optimizers that keep fp32 moments run on CUDA only, where the
+CPU tests cannot hold them to torch's arithmetic. Its update is torch's AdamW (decoupled weight decay,
+bias-corrected moments), computed in fp32 from the bf16 weight and gradient; the new weight is then rounded to
+bf16 (tests/test_optimizer.py: equal to torch.optim.AdamW on fp32 weights).
 """
 
 from __future__ import annotations
