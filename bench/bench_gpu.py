@@ -8,6 +8,8 @@ Each run is SIZE:MICRO[:FLAG...]: a model size, the pairs per forward (train.mic
   liger | compile | nokernels   train.kernels (default: auto, the GPU default)
   padded    train.padding_free: false (shared prompts, right-padded rows)
   noshare   train.share_prompts: false (each completion with its own copy of the prompt)
+  align     train.align_packed: each packed sequence at a multiple of 128 tokens (its step-1 loss exact in bf16;
+            its padding counted in computed / counted tokens)
   trl       TRL 1.16's DPOTrainer instead (bench/_worker.py) on the same model, data, micro-batch and batch, at its
             best documented settings: precomputed reference log-probs, Liger's layer kernels, fused AdamW, bf16
             autocast (its padding-free path is disabled for DPO in 1.16)
@@ -163,6 +165,7 @@ FLAG_KNOBS = {  # run flags -> train settings
     "nokernels": {"kernels": "none"},
     "padded": {"padding_free": False},
     "noshare": {"share_prompts": False},
+    "align": {"align_packed": True},
 }
 
 
@@ -246,6 +249,35 @@ def run_trl(work: Path, name: str, model_dir: Path, data: Path, micro: int, args
     return json.loads((work / f"trl-{name}.json").read_text())
 
 
+def render_table(figures: dict) -> str:
+    """The markdown table docs/performance.md shows for one bench JSON (tests/test_benches.py holds the docs to the
+    committed JSONs under bench/results/): a row per cell, TRL's ratio beside each prefbench cell of its size."""
+    by = {r["run"]: r for r in figures["results"] if "error" not in r}
+    lines = [
+        f"{figures['device']}, commit {figures['commit'][:10]}, {figures['date']}, torch {figures['versions'].get('torch')}, "
+        f"{figures['steps']} steps (median after {figures['warmup']})",
+        "",
+        "| run | trainer | layout | tokens/s | vs TRL | MFU | peak GiB | vs TRL | computed / counted tokens | step-1 loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""
+    for r in figures["results"]:
+        if "error" in r:
+            lines.append(f"| {r['run']} | failed: {r['error'][:80]} | | | | | | | | |")
+            continue
+        trl = by.get(":".join(r["run"].split(":")[:2] + ["trl"]))
+        vs = trl is not None and r is not trl and r["trainer"] == "prefbench"
+        speed = f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x" if vs else ""
+        memory = f"{r['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x" if vs and trl["peak_memory_gib"] else ""
+        fraction = f"{r['computed_tokens_fraction']:.2f}" if "computed_tokens_fraction" in r else ""
+        gib = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else ""
+        lines.append(
+            f"| {r['run']} | {r['trainer']} | {r.get('layout', 'rows')} | {r['tokens_per_s']:,.0f} | {speed} | "
+            f"{pct(r.get('mfu'))} | {gib} | {memory} | {fraction} | {r['losses'][0]:.5f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -260,6 +292,7 @@ def main() -> None:
         "--tokenizer", help="directory with SmolLM2's tokenizer files (default: the embedded checkpoint's)"
     )
     parser.add_argument("--out", help="write the figures as JSON here (rewritten after each run)")
+    parser.add_argument("--table", metavar="JSON", help="print the markdown table of a bench JSON and exit")
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -267,10 +300,15 @@ def main() -> None:
         "(the test suite's check that this script runs; its figures mean nothing)",
     )
     args = parser.parse_args()
+    if args.table:
+        print(render_table(json.loads(Path(args.table).read_text())), end="")
+        return
     if args.smoke:
         args.runs, args.steps, args.warmup, args.batch_size = "tiny:2", 3, 1, 2
 
     from prefbench import models
+    from prefbench.logprobs import planned_layout
+    from prefbench.results import git_commit, versions
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -291,6 +329,11 @@ def main() -> None:
             json.dumps(
                 {
                     "device": gpu,
+                    "commit": git_commit(),
+                    "date": time.strftime("%Y-%m-%d"),
+                    "versions": versions(),
+                    "steps": args.steps,
+                    "warmup": args.warmup,
                     "peak_tflops": peak,
                     "matmul_tflops": measured_peak,
                     "torch": torch.__version__,
@@ -342,13 +385,8 @@ def main() -> None:
                     manifest, steps, recipe, ref_seconds = run_prefbench(
                         work, name, model_dir, data, micro, knobs, args
                     )
-                    layout = (
-                        "rows"
-                        if not recipe.train.share_prompts
-                        else "packed"
-                        if recipe.train.padding_free and device == "cuda"
-                        else "shared"
-                    )
+                    t = recipe.train
+                    layout = planned_layout(t.share_prompts, t.padding_free, device, t.align_packed)
                     flops, real, padded = step_flops(recipe, n_body, size, layout)
                     assert [s["tokens"] for s in steps] == real, "replayed schedule differs from the trained one"
                     steady = range(args.warmup, len(steps))

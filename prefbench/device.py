@@ -54,7 +54,7 @@ def distribute(policy: SequenceLogps, lm, sharded: bool, world: int, device: tor
 def ready(lm: torch.nn.Module, train: TrainSpec, device) -> str:
     """Set `lm` up for train's layout and kernels, in that order (packed rows switch its attention to flex, and
     compiled layers must see the attention they will run); returns the layout (logprobs.layout)."""
-    rows_layout = layout(lm, train.share_prompts, train.padding_free, device)
+    rows_layout = layout(lm, train.share_prompts, train.padding_free, device, train.align_packed)
     kernels.apply(lm, train.kernels, device)
     return rows_layout
 

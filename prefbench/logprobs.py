@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from prefbench.data.batches import Forward, attends, collate, dense_mask
+from prefbench.data.batches import PACKED, Forward, attends, collate, dense_mask
 from prefbench.data.tokenize import Example
 
 # Elements of one logits block: 2^23 floats = 32 MiB in fp32 (with its gradient, 64 MiB). On a GPU
@@ -97,25 +97,27 @@ def attention_window(config) -> int | None:
     return window if types == {"sliding_attention"} else MIXED
 
 
-def layout(model: nn.Module, share_prompts: bool, padding_free: bool, device) -> str:
+def layout(model: nn.Module, share_prompts: bool, padding_free: bool, device, align: bool = False) -> str:
     """The batch layout (`data.batches.LAYOUTS`) to run `model` in: "rows" unless share_prompts and its attention
-    takes a custom mask (shares_prompts); "packed" on a GPU when padding_free, which switches the model's
-    attention to flex attention (a BlockMask keeps the packed sequences apart without an L x L tensor; PyTorch's
-    flex attention has no backward on CPU); else "shared"."""
+    takes a custom mask (shares_prompts); "packed" on a GPU when padding_free ("aligned" with `align`), which
+    switches the model's attention to flex attention (a BlockMask keeps the packed sequences apart without an L x L
+    tensor; PyTorch's flex attention has no backward on CPU); else "shared"."""
     if not shares_prompts(model):
         return "rows"
-    chosen = planned_layout(share_prompts, padding_free, device)
-    if chosen == "packed" and torch.device(device).type == "cuda":
+    chosen = planned_layout(share_prompts, padding_free, device, align)
+    if chosen in PACKED and torch.device(device).type == "cuda":
         causal_lm(model).set_attn_implementation("flex_attention")
     return chosen  # packed elsewhere (the tests' CPU runs): with the dense mask of data.batches.dense_mask
 
 
-def planned_layout(share_prompts: bool, padding_free: bool, device) -> str:
+def planned_layout(share_prompts: bool, padding_free: bool, device, align: bool = False) -> str:
     """The layout `layout` gives a model whose attention takes the mask, known before any model loads (the
     reference cache's key, and the micro-batches whose reference log-probs are computed in advance)."""
     if not share_prompts:
         return "rows"
-    return "packed" if padding_free and torch.device(device).type in PACKED_DEVICES else "shared"
+    if padding_free and torch.device(device).type in PACKED_DEVICES:
+        return "aligned" if align else "packed"
+    return "shared"
 
 
 def _block_mask(packed: Tensor, positions: Tensor, window: int | None):
@@ -154,7 +156,14 @@ class SequenceLogps(nn.Module):
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
         token_logps = torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=dtype)
         sums = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device).index_add(0, fwd.rows, token_logps)
-        return sums, torch.bincount(fwd.rows, minlength=fwd.n_rows)
+        return sums, _counts(fwd)
+
+
+def _counts(fwd: Forward) -> Tensor:
+    """Completion tokens of each row. Not torch.bincount: its output size depends on the data, so on a GPU it waits
+    for every queued kernel (a host sync in every forward)."""
+    ones = torch.ones_like(fwd.rows)
+    return torch.zeros(fwd.n_rows, dtype=ones.dtype, device=ones.device).index_add(0, fwd.rows, ones)
 
 
 def _completion_hidden(lm: nn.Module, fwd: Forward):
@@ -193,7 +202,7 @@ def completion_stats(lm: nn.Module, fwd: Forward) -> dict[str, Tensor]:
         p = logits.exp()  # terms where p is 0 are 0 (not 0 * -inf: a token masked out of the vocabulary)
         pieces["entropy"].append(-torch.where(p > 0, p * logits, 0.0).sum(-1))
     zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
-    out = {"tokens": torch.bincount(fwd.rows, minlength=fwd.n_rows)}
+    out = {"tokens": _counts(fwd)}
     for name, values in pieces.items():
         out[name] = zeros.clone().index_add(
             0, fwd.rows, torch.cat(values) if values else selected.new_zeros(0, dtype=dtype)

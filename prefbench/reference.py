@@ -141,8 +141,9 @@ def ref_cache_path(recipe: Recipe, prepared: Prepared, device: torch.device) -> 
     # the layout changes the values by float rounding only, but a cache holds one layout's: runs repeat to the bit
     t = recipe.train
     rows_layout = {"rows": "own-prompts", "shared": "shared-prompts"}.get(
-        planned_layout(t.share_prompts, t.padding_free, device), "packed"
+        planned := planned_layout(t.share_prompts, t.padding_free, device, t.align_packed), "packed"
     )
+    rows_layout += "-aligned" if planned == "aligned" else ""  # (keys of earlier caches kept)
     identity = [models.describe(recipe.model.name), weights, prepared.fingerprint, precision, device.type, rows_layout]
     if (
         kind := kernels.chosen(t.kernels, device)

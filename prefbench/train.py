@@ -310,11 +310,12 @@ def train_loop(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
             )
+            grad_norm, sums = _read_once(grad_norm, sums)
             logged = _mean_over_batches(sums, u.world)
-            if not (math.isfinite(logged["loss"]) and math.isfinite(float(grad_norm))):
+            if not (math.isfinite(logged["loss"]) and math.isfinite(grad_norm)):
                 last = latest_checkpoint(u.out)
                 raise TrainingError(
-                    f"{u.spec.label} seed {u.seed}: loss {logged['loss']} / grad norm {float(grad_norm)} at step {step + 1}; "
+                    f"{u.spec.label} seed {u.seed}: loss {logged['loss']} / grad norm {grad_norm} at step {step + 1}; "
                     f"stopped before the update. Last good checkpoint: {last or 'none (set train.save_every)'}"
                 )
             lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
@@ -328,7 +329,7 @@ def train_loop(
             record = {
                 "step": step + 1,
                 **logged,
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm,
                 "lr": lr,
                 "tokens": tokens * u.world,
                 "tokens_per_s": tokens * u.world / seconds,
@@ -385,7 +386,17 @@ def _forward_backward(
         for k, v in {"loss": out.losses.detach().mean(), **out.metrics, **extra}.items():
             total, count = sums.get(k, (0.0, 0))  # summed where they are (no host sync inside the step)
             sums[k] = (total + weight * (v.detach().double() if torch.is_tensor(v) else float(v)), count + weight)
-    return {k: (float(total), count) for k, (total, count) in sums.items()}, tokens
+    return sums, tokens
+
+
+def _read_once(grad_norm, sums: dict) -> tuple[float, dict[str, tuple[float, int]]]:
+    """The step's gradient norm and metric sums on the host, in one device-to-host copy: each float() of a GPU
+    tensor is a sync that waits for every queued kernel, and a step reads a dozen metrics."""
+    names = list(sums)
+    values = [grad_norm] + [sums[k][0] for k in names]
+    device = next((v.device for v in values if torch.is_tensor(v)), "cpu")
+    read = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]).tolist()
+    return read[0], {k: (total, sums[k][1]) for k, total in zip(names, read[1:])}
 
 
 def _summed(values: list[float]) -> list[float]:
@@ -447,11 +458,12 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatch
         ("desirable", desirable, any(mb.labels)),
         ("undesirable", ~desirable, not all(mb.labels)),
     ):
-        if present:
-            extra[f"logps/{name}"] = logps[mask].mean().detach()
-            extra[f"logps_per_token/{name}"] = (logps[mask] / counts[mask]).mean().detach()
+        if present:  # masked means by weights: a boolean index would wait for the GPU to learn its size
+            mean = lambda x: (x * mask).sum().detach() / (mask.sum())  # noqa: B023 (used at once)
+            extra[f"logps/{name}"] = mean(logps)
+            extra[f"logps_per_token/{name}"] = mean(logps / counts)
             if ref_values is not None:
-                extra[f"logratio_per_token/{name}"] = ((logps[mask] - ref_values[mask]) / counts[mask]).mean().detach()
+                extra[f"logratio_per_token/{name}"] = mean((logps - ref_values) / counts)
     return batch, extra
 
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,11 +42,28 @@ def test_bench_vs_trl_smoke_trains_both_trainers_and_prints_the_ratios(tmp_path)
 
 
 def test_bench_gpu_smoke_runs_a_tiny_prefbench_cell_on_the_cpu(tmp_path):
+    """Its JSON carries what a committed figure needs (device, commit, date, versions), and --table renders it as
+    docs/performance.md shows it: the row's tokens/s, peak memory and step-1 loss are the JSON's."""
     _bench("bench/bench_gpu.py", "--smoke", "--out", str(tmp_path / "figures.json"))
-    (row,) = json.loads((tmp_path / "figures.json").read_text())["results"]
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    (row,) = figures["results"]
     assert "error" not in row, row.get("error")
     assert row["trainer"] == "prefbench" and row["reference_seconds"] > 0 and len(row["losses"]) == 3
     assert math.isclose(row["losses"][0], math.log(2), abs_tol=1e-5)
+    assert figures["device"] == "cpu" and len(figures["commit"]) >= 40 and "torch" in figures["versions"]
+    table = _bench("bench/bench_gpu.py", "--table", str(tmp_path / "figures.json")).splitlines()
+    cells = [c.strip() for c in table[-1].strip("|").split("|")]
+    assert cells[:4] == ["tiny:2", "prefbench", "shared", f"{row['tokens_per_s']:,.0f}"]
+    assert cells[6] == f"{row['peak_memory_gib']:.1f}" and float(cells[-1]) == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("figures", sorted((ROOT / "bench" / "results").glob("bench_gpu-*.json")), ids=lambda p: p.name)
+def test_performance_docs_show_each_committed_gpu_bench_as_measured(figures):
+    """docs/performance.md holds each committed GPU bench JSON's table as --table renders it (no figure retyped)."""
+    table = _bench("bench/bench_gpu.py", "--table", str(figures))
+    assert table in (ROOT / "docs" / "performance.md").read_text(), (
+        f"re-render: python bench/bench_gpu.py --table {figures}"
+    )
 
 
 def test_gpu_reward_model_dry_run_scores_on_the_cpu():

@@ -95,3 +95,26 @@ def test_fused_adamw_matches_the_loop():
             opt.step()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("setting", ["none", "compile"])
+def test_aligned_rows_give_a_sequence_the_same_bf16_logps_whatever_its_neighbours(setting):
+    """bf16 autocast, flex attention: example 0's two rows, packed first with every other sequence, then alone,
+    then after the others (the reference pass and training pack a sequence with different neighbours). In the
+    aligned layout (train.align_packed) its log-probs must be equal to the bit, so DPO's step 1 is exactly log 2.
+    (Reported beside it: how far the plain packed layout moves them.)"""
+    examples, _ = rows_and_examples()
+    model = llama(4, 2)
+    assert layout(model, True, True, "cuda", align=True) == "aligned"
+    kernels.apply(model, setting, "cuda")
+    mine = [(0, 0, 0), (0, 0, 1)]
+    others = [(1, 1, 0), (2, 2, 0), (1, 1, 1), (2, 2, 1), (3, 3, 0)]
+    spread = {}
+    for name in ("aligned", "packed"):
+        seen = []
+        for batch, at in ((mine + others, slice(0, 2)), (mine, slice(0, 2)), (others + mine, slice(5, 7))):
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                seen.append(SequenceLogps(model)(*collate(batch, examples, 0, "cuda", name))[0][at])
+        spread[name] = max((s - seen[0]).abs().max().item() for s in seen)
+    print(f"largest change of a sequence's bf16 log-prob with its neighbours: {spread}")
+    assert spread["aligned"] == 0.0

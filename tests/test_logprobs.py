@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import prefbench.logprobs as logprobs
-from prefbench.data.batches import collate, dense_mask, padded_tokens, sequences
+from prefbench.data.batches import ALIGN_BLOCK, collate, dense_mask, padded_tokens, sequences
 from prefbench.data.tokenize import Example
 from prefbench.logprobs import SequenceLogps, shares_prompts
 
@@ -142,8 +142,32 @@ def test_packed_layout():
     )
 
 
+def test_aligned_rows_keep_every_attention_tile_to_one_sequence():
+    """The aligned layout puts each sequence at a multiple of ALIGN_BLOCK (128): sequences of 22 and 20 tokens take
+    128 positions each, the same tokens and positions as packed, shifted. Cut into 128 x 128 tiles (flex
+    attention's blocks), the mask lets a tile's queries read keys of their own tile column only: no tile holds two
+    sequences' work, so a sequence's attention sums run in the same order whatever its neighbours (the bf16
+    exactness tests/test_gpu_paths.py checks on a GPU). The gap padding attends to itself only."""
+    examples, rows = shared_prompt_rows()
+    packed = collate(rows, examples, 0, "cpu", layout="packed")
+    fwd = collate(rows, examples, 0, "cpu", layout="aligned")
+    assert fwd.input_ids.shape == (1, 2 * ALIGN_BLOCK) and padded_tokens(rows, examples, "aligned") == 256
+    ids, at = fwd.input_ids[0], fwd.position_ids[0]
+    assert ids[:22].equal(packed.input_ids[0, :22]) and ids[128:148].equal(packed.input_ids[0, 22:])
+    assert at[:22].equal(packed.position_ids[0, :22]) and at[128:148].equal(packed.position_ids[0, 22:])
+    assert fwd.attention_mask[0, 0].tolist() == [0] * 128 + [1] * 128  # the gap belongs to its sequence
+    assert fwd.attention_mask[0, 1, 22:128].eq(-1).all() and fwd.attention_mask[0, 1, 148:].eq(-1).all()
+    shift = torch.where(packed.predict_at >= 22, 128 - 22, 0)
+    assert fwd.predict_at.equal(packed.predict_at + shift) and fwd.targets.equal(packed.targets)
+    mask = dense_mask(fwd.attention_mask)[0, 0]
+    tiles = mask.view(2, ALIGN_BLOCK, 2, ALIGN_BLOCK).any(-1).any(1)  # [query tile, key tile]
+    assert tiles.tolist() == [[True, False], [False, True]]
+    gap = torch.arange(22, 128)
+    assert not mask[gap][:, :22].any() and mask[gap, gap].all()
+
+
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("layout", ["shared", "packed"])
+@pytest.mark.parametrize("layout", ["shared", "packed", "aligned"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_shared_prompts_give_each_rows_own_logps_and_gradients(attention, layout, kind):
     """fp32, both attention implementations that take the mask, full attention and a sliding window: the

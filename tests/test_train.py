@@ -125,28 +125,29 @@ def test_manifest_records_provenance_and_the_data_fingerprint(all_objectives_run
     )
 
 
-@pytest.mark.parametrize("layout", ["rows", "packed"])
+@pytest.mark.parametrize("layout", ["rows", "packed", "aligned"])
 def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp_path, monkeypatch, layout):
     """Every objective's first step with each prompt computed once per pair (the default on CPU) and with each
     row its own copy of the prompt, or packed into one row without padding (the GPU default, here with a dense
-    mask): the same loss, log-probs and gradient norm to 1e-5 (fp32), the reference log-probs included (each
-    layout computes its own cache)."""
+    mask), or packed with each sequence at a 128-token tile (train.align_packed): the same loss, log-probs and
+    gradient norm to 1e-5 (fp32), the reference log-probs included (each layout computes its own cache)."""
     import prefbench.logprobs
     import prefbench.train
     from prefbench import models
     from prefbench.logprobs import shares_prompts
 
     assert shares_prompts(models.load_model("tiny:small"))  # else both runs would be the plain path
-    if layout == "packed":
+    packed = layout in ("packed", "aligned")
+    if packed:
         monkeypatch.setattr(prefbench.logprobs, "PACKED_DEVICES", ("cuda", "cpu"))
         seen = []
         collate = prefbench.train.collate
         monkeypatch.setattr(prefbench.train, "collate", lambda *a: seen.append(a[-1]) or collate(*a))
-    train_units(
-        parse_recipe(recipe_dict(tmp_path, [{"name": n} for n in OBJECTIVES], steps=1, share_prompts=layout != "rows"))
-    )
-    if layout == "packed":
-        assert set(seen) == {"packed"}
+    objectives = [{"name": n} for n in OBJECTIVES]
+    knobs = dict(steps=1, share_prompts=layout != "rows", align_packed=layout == "aligned")
+    train_units(parse_recipe(recipe_dict(tmp_path, objectives, **knobs)))
+    if packed:
+        assert set(seen) == {layout}
     for name in OBJECTIVES:
         shared, plain = metrics(all_objectives_run, name)[0], metrics(tmp_path, name)[0]
         assert shared.keys() == plain.keys()
@@ -592,3 +593,14 @@ def test_reference_keys_cover_the_layout_training_cuts_by():
     )
     assert shared != rows  # the budget cuts the two layouts differently here
     assert cut("shared") == cut("rows") == reference_keys(recipe, prepared, recipe.objectives, [0], 1)
+
+
+def test_a_steps_metrics_reach_the_host_in_one_copy():
+    """_read_once: the gradient norm and every metric sum (tensors, or floats an objective gave) in one list, their
+    example counts kept, values as float() of each would read them."""
+    from prefbench.train import _read_once
+
+    sums = {"loss": (torch.tensor(2.5, dtype=torch.float64), 4), "beta": (0.75, 2), "kl": (torch.tensor([-1.0]), 3)}
+    norm, read = _read_once(torch.tensor(0.125), sums)
+    assert norm == 0.125 and read == {"loss": (2.5, 4), "beta": (0.75, 2), "kl": (-1.0, 3)}
+    assert all(type(v) is float for v, _ in read.values())

@@ -9,6 +9,8 @@ collate         rows -> one forward's tensors on the device (`Forward`), in one 
                           none seeing another), right-padded
                   packed  the shared sequences one after another in a single row, without padding between
                           them (attention kept within each sequence: flex attention on a GPU)
+                  aligned packed, each sequence starting at a multiple of ALIGN_BLOCK: no attention tile holds two
+                          sequences, so a sequence's log-probs do not depend on what it is packed with
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ if TYPE_CHECKING:  # annotations only
     from prefbench.recipe import Recipe
 
 Key = tuple[int, int, int]  # (example giving the prompt, example giving the completion, which completion)
-LAYOUTS = ("rows", "shared", "packed")
+LAYOUTS = ("rows", "shared", "packed", "aligned")
+PACKED = ("packed", "aligned")  # the layouts of one row holding every sequence
+
+# Flex attention's default tile (query and key blocks of 128 positions). In the aligned layout each sequence
+# starts at a multiple of it, so every tile a sequence's queries read holds its own keys only, summed in the same
+# order whatever its neighbours: the reference pass (which packs a sequence with other neighbours than training
+# does) and training's first step then compute the same bf16 log-probs. Its cost: up to 127 padding positions a
+# sequence (bench/bench_gpu.py's `align` flag measures it).
+ALIGN_BLOCK = 128
 
 # On a GPU, batch widths round up to a multiple of this: kernels tuned per shape (cuDNN attention plans,
 # GEMM heuristics) are then reused instead of rebuilt for nearly every batch. Measured on an H100 with a
@@ -153,13 +163,18 @@ def prompt_totals(rows: list[Key], examples: list[Example]) -> dict[tuple[int, .
     return totals
 
 
+def _span(length: int, layout: str) -> int:
+    """Positions a sequence of `length` tokens takes in a packed row: aligned, rounded up to ALIGN_BLOCK."""
+    return length + (-length % ALIGN_BLOCK if layout == "aligned" else 0)
+
+
 def _shape(seqs: list, device, layout: str) -> tuple[int, int]:
     """(rows, width) of the batch `collate` builds from `sequences`: one row per sequence as wide as the longest, or
     packed, one row as long as all of them; the width rounded up to PAD_MULTIPLE_CUDA on a GPU."""
-    lengths = [len(prompt) + sum(map(len, completions)) for prompt, completions, _ in seqs]
-    width = sum(lengths) if layout == "packed" else max(lengths)
+    lengths = [_span(len(prompt) + sum(map(len, completions)), layout) for prompt, completions, _ in seqs]
+    width = sum(lengths) if layout in PACKED else max(lengths)
     width += -width % PAD_MULTIPLE_CUDA if torch.device(device).type == "cuda" else 0
-    return (1 if layout == "packed" else len(seqs)), width
+    return (1 if layout in PACKED else len(seqs)), width
 
 
 def padded_tokens(rows: list[Key], examples: list[Example], layout: str = "rows", device="cpu") -> int:
@@ -255,7 +270,7 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layou
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
     seqs = sequences(rows, examples, layout != "rows")
-    packed = layout == "packed"
+    packed = layout in PACKED
     if layout == "shared" and not any(len(completions) > 1 for _, completions, _ in seqs):
         layout = "rows"  # nothing shared: the plain padding mask is the same forward
     n, width = _shape(seqs, device, layout)
@@ -286,7 +301,10 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layou
             targets.append(torch.tensor(completion, dtype=torch.long)[keep])
             owner.append(torch.full((int(keep.sum()),), r, dtype=torch.long))
             start += c
-        offset = start
+        offset = offset + _span(start - offset, layout)
+        # aligned: the gap up to the next block is this sequence's padding (segment -1), attending to itself only,
+        # so the tile it shares with the sequence's tail reads no other sequence's keys
+        sequence[start:offset] = s
     flat = lambda t: t.view(n, width)
     if layout == "rows":
         mask, position_ids = flat(segment >= 0).long(), None

@@ -26,6 +26,10 @@ def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, 
             f"{name}: fields disagree on the batch size: " + ", ".join(f"{k}={s[0]}" for k, s in sizes.items())
         )
     for k, t in tokens.items():
+        if t.device.type != "cpu":
+            # Reading the lengths would make the host wait for the device in every forward (launch-bound small models
+            # then idle); the trainer's data holds no empty completion (data.tokenize drops them before training).
+            continue
         empty = torch.nonzero(t < 1).flatten().tolist()
         if empty:
             # A zero-length completion has no log-prob to learn from and turns every per-token

@@ -236,6 +236,10 @@ class TrainSpec:
     share_prompts: bool = True
     # On a GPU, with shared prompts: one row per forward, the sequences packed without padding (flex attention).
     padding_free: bool = True
+    # Packed rows with each sequence at a multiple of flex attention's 128-token tile (data.batches.ALIGN_BLOCK):
+    # a sequence's bf16 log-probs then do not depend on its packing neighbours, so step 1 of a reference-based
+    # objective starts exactly at policy = reference (DPO: log 2). Costs up to 127 padding tokens a sequence.
+    align_packed: bool = False
     # Fused elementwise work on a GPU (RMSNorm, rotary, SwiGLU): auto (the measured best there, nothing on CPU),
     # liger (Liger-Kernel's Triton kernels: pip install prefbench[gpu]), compile (torch.compile per decoder layer), none.
     kernels: Kernels = "auto"
