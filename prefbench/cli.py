@@ -18,7 +18,12 @@ def objectives_table() -> str:
 
     lines = []
     for name, cls in OBJECTIVES.items():
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls) if f.init) or "(none)"
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.init
+        }
+        params = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)"
         ref = "reference" if cls.needs_reference else "reference-free"
         lines.append(f"{name:<18} {cls.data:<8} {ref:<14} v{cls.version}  {params}")
         lines.append(f"{'':<18} {cls.paper}")

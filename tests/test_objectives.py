@@ -126,6 +126,36 @@ HAND: dict[str, list[float]] = {
     "sigmoid_norm": [LN2, sp(0.5 * L3), sp(-0.2 * L3)],
     # DPO + 1.0 * NLL
     "rpo": [LN2 + 5, LN43 + 15 - 5 * L3, LN4 + 5],
+    # JS score s(h) = ln 2 + log sigma(h): s(0) = 0, s(10L) = ln 2 - ln(1 + 3^-10); -log sigma(0.1 (s_w - s_l))
+    "fdpo": [LN2, sp(0.1 * (LN2 - math.log1p(3**-10))), sp(-0.1 * (LN2 - math.log1p(3**-10)))],
+    # h_w >= 0 in every pair: the DPOP penalty max(0, -h_w) is 0 and it is DPO (test_dpop_penalty_... engages it)
+    "dpop": [LN2, LN43, LN4],
+    # |y_w| - |y_l| = [0, -2, 0]: z = beta Delta + 0.05 (|y_w| - |y_l|) = [0, L - 0.1, -L]
+    "rdpo": [LN2, sp(L3 - 0.1), LN4],
+    # -log sigma(h_w - h_l) + 0.5 [(h_w - 500)^2 + (h_l + 500)^2], beta = 1e-3; h_w - h_l = [0, 10L, -10L]
+    "cal_dpo": [
+        LN2 + 250000.0,
+        sp(10 * L3) + 0.5 * ((10 * L3 - 500) ** 2 + 500**2),
+        sp(-10 * L3) + 0.5 * (500**2 + (10 * L3 + 500) ** 2),
+    ],
+    # first step: M0 = 0, batch mean margin (0 + 10L - 10L)/3 = 0, so beta stays 0.1: DPO
+    "beta_dpo": [LN2, LN43, LN4],
+    # exp(A_l) - exp(A_w), A_w = [-5, -15 + 5L, -5], A_l = [-5.5, -7, -5.4 + 2L]
+    "simper": [
+        math.exp(-5.5) - math.exp(-5),
+        math.exp(-7) - math.exp(-15 + 5 * L3),
+        math.exp(-5.4 + 2 * L3) - math.exp(-5),
+    ],
+    # r(A) = (1 - e^(-0.25 A)) / 0.25; -log sigma(2.5 (r_w - r_l - 0.1))
+    "alphapo": [
+        sp(2.5 * ((1 - math.exp(0.25 * w)) / 0.25 - (1 - math.exp(0.25 * r)) / 0.25 - 0.1))
+        for w, r in zip([5, 15 - 5 * L3, 5], [5.5, 7, 5.4 - 2 * L3])  # -A_w, -A_l
+    ],
+    # MPO: 0.8 dpo + 0.2 bco_pair + 1.0 sft, each as above
+    "mix": [
+        0.8 * d + 0.2 * b + n
+        for d, b, n in zip([LN2, LN43, LN4], [2 * LN2, LN43 + LN2, LN2 + LN4], [5.0, 15 - 5 * L3, 5.0])
+    ],
     "orpo": _orpo_hand(),
     # beta = 2, gamma/beta = 0.25: -log sigma(2 (A_w - A_l - 0.25)), A_w - A_l = [0.5, -8 + 5L, 0.4 - 2L]
     "simpo": [sp(2 * 0.25), sp(2 * (5 * L3 - 8.25)), sp(2 * (0.15 - 2 * L3))],
@@ -210,6 +240,14 @@ AT_INIT: dict[str, list[float]] = {
     "discopop": [0.5 * LN2 + 0.5] * 3,
     "sigmoid_norm": [LN2] * 3,
     "rpo": [LN2 + n for n in NLL_INIT],
+    "fdpo": [LN2] * 3,  # every score is 0 at h = 0
+    "dpop": [LN2] * 3,
+    "rdpo": [LN2] * 3,  # equal lengths
+    "cal_dpo": [LN2 + 0.5 * 2 * 500.0**2] * 3,
+    "beta_dpo": [LN2] * 3,
+    "simper": [0.0] * 3,  # chosen = rejected
+    "alphapo": [sp(-2.5 * 0.1)] * 3,  # r_w = r_l: -log sigma(-gamma), gamma = beta * 0.1
+    "mix": [0.8 * LN2 + 0.2 * 2 * LN2 + n for n in NLL_INIT],
     "orpo": [n + 0.1 * LN2 for n in NLL_INIT],  # log-odds 0: -0.1 log sigma(0)
     "simpo": [sp(-2.0 * 0.25)] * 3,  # A_w = A_l: -log sigma(-gamma), gamma = 0.5
     "cpo": [LN2 + n for n in NLL_INIT],
@@ -491,6 +529,94 @@ def test_registry_entry_declares_its_needs(name):
     assert obj.hyperparameters() == build(name).hyperparameters()
 
 
+@pytest.mark.parametrize("divergence", ["forward_kl", "js_divergence", "alpha_divergence"])
+def test_fdpo_scores_approach_dpo_near_the_reference_and_stay_finite_far_from_it(divergence):
+    """Every f-divergence's score has s(0) = 0 and s'(0) = 1 (forward KL, alpha) or 1/2 (JS): for |h| small, f-DPO
+    is DPO at beta (or beta / 2); at |h| = 1e4 the clamped exponent keeps loss and gradient finite."""
+    h_w, h_l = t(0.002, -0.001), t(-0.0015, 0.003)  # s(h) - slope * h is second order: below 1e-5 here
+    small = PairedLogps(h_w - 10, h_l - 12, t(3, 3), t(4, 4), t(-10, -10), t(-12, -12))
+    slope = 0.5 if divergence == "js_divergence" else 1.0
+    got = build("fdpo", divergence=divergence, beta=1.0).loss(small).losses
+    expected = build("dpo", beta=slope).loss(small).losses
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    b = extreme_paired()
+    leaf = b.policy_chosen.requires_grad_()
+    out = build("fdpo", divergence=divergence).loss(b)
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all() and torch.isfinite(leaf.grad).all()
+
+
+def test_dpop_penalty_engages_only_below_the_reference():
+    """h_w = -1 (chosen below the reference), h_l = -3: DPO's z = 0.1 * 2 = 0.2, DPOP's 0.1 (2 - 50 * 1) = -4.8; with
+    h_w = +1 the two agree. The penalty's gradient raises the chosen log-prob: dL/dS_w is more negative than DPO's."""
+    below = PairedLogps(t(-11.0), t(-13.0), t(4), t(4), t(-10.0), t(-10.0))
+    above = PairedLogps(t(-9.0), t(-13.0), t(4), t(4), t(-10.0), t(-10.0))
+    torch.testing.assert_close(build("dpop").loss(below).losses, t(sp(-4.8)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(build("dpop").loss(above).losses, build("dpo").loss(above).losses, rtol=0, atol=0)
+    grads = []
+    for name in ("dpo", "dpop"):
+        b = PairedLogps(t(-11.0).requires_grad_(), t(-13.0), t(4), t(4), t(-10.0), t(-10.0))
+        build(name).loss(b).losses.sum().backward()
+        grads.append(b.policy_chosen.grad.item())
+    # d/dS_w: -0.1 (1 + 50) sigma(4.8) for DPOP against -0.1 sigma(-0.2) for DPO
+    assert grads == pytest.approx([-0.1 * sig(-0.2), -0.1 * 51 * sig(4.8)], rel=1e-12)
+
+
+def test_beta_dpo_beta_follows_the_batch_margin_against_its_running_mean():
+    """Margins Delta = [2, 4] (mean 3) on the first step: M0 = 0.9 * 0 + 0.1 * 3 = 0.3 before use, beta = 0.1 (1 +
+    0.6 (3 - 0.3)) = 0.262. end_step moves M0 to 0.3; the next step, margins [-1, 1] (mean 0): M0 = 0.27 + 0 = 0.27,
+    beta = 0.1 (1 - 0.6 * 0.27) = 0.0838. A batch far below M0 clamps beta at 1e-3. The running mean round-trips."""
+    obj = build("beta_dpo")
+    first = PairedLogps(t(-8.0, -6.0), t(-10.0, -10.0), t(3, 3), t(3, 3), t(-10.0, -10.0), t(-10.0, -10.0))
+    out = obj.loss(first)
+    assert out.metrics["beta"].item() == pytest.approx(0.1 * (1 + 0.6 * 2.7))
+    torch.testing.assert_close(out.losses, t(sp(0.262 * 2), sp(0.262 * 4)), rtol=0, atol=1e-12)
+    obj.end_step()
+    assert obj.state_dict() == {"margin_mean": pytest.approx(0.3)}
+    second = PairedLogps(t(-11.0, -9.0), t(-10.0, -10.0), t(3, 3), t(3, 3), t(-10.0, -10.0), t(-10.0, -10.0))
+    assert obj.loss(second).metrics["beta"].item() == pytest.approx(0.1 * (1 - 0.6 * 0.27))
+    far = PairedLogps(t(-1000.0), t(-10.0), t(3), t(3), t(-10.0), t(-10.0))
+    assert obj.loss(far).metrics["beta"].item() == pytest.approx(1e-3)
+    with torch.no_grad():  # evaluation forwards leave the statistics alone
+        obj.loss(first)
+    restored = build("beta_dpo")
+    restored.load_state_dict(obj.state_dict())
+    torch.testing.assert_close(restored.loss(second).losses, obj.loss(second).losses)
+
+
+def test_rdpo_pushes_less_where_the_chosen_completion_is_longer():
+    """Equal log-ratios; a chosen completion 20 tokens longer than the rejected one gets z = 0.05 * 20 = 1 more, so a
+    smaller loss and gradient than one 20 tokens shorter (the length it would otherwise learn to exploit)."""
+    pair = lambda cw, cl: PairedLogps(t(-10.0), t(-10.0), t(cw), t(cl), t(-10.0), t(-10.0))
+    longer, shorter = build("rdpo").loss(pair(30, 10)).losses, build("rdpo").loss(pair(10, 30)).losses
+    torch.testing.assert_close(longer, t(sp(1.0)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(shorter, t(sp(-1.0)), rtol=0, atol=1e-12)
+
+
+def test_mix_weights_registered_parts_and_checks_each():
+    """A mixture's loss is the weighted sum of its parts' losses on the same pairs, each part built with its own
+    hyperparameters; malformed mixtures are one-line errors."""
+    b = hand_paired()
+    mix = build("mix", parts=[{"name": "dpo", "weight": 2, "beta": 0.2}, {"name": "simpo", "weight": 0.5}])
+    expected = 2 * build("dpo", beta=0.2).loss(b).losses + 0.5 * build("simpo").loss(b).losses
+    out = mix.loss(b)
+    torch.testing.assert_close(out.losses, expected, rtol=0, atol=1e-12)
+    assert mix.needs_reference and not build("mix", parts=[{"name": "simpo", "weight": 1}]).needs_reference
+    assert set(out.metrics) >= {"loss/dpo", "loss/simpo", "rewards/margins"}
+    for parts, message in [
+        ([], "non-empty list"),
+        ([{"name": "dpo"}], "a name and a weight"),
+        ([{"name": "dpo", "weight": 0}], "weight must be a number > 0"),
+        ([{"name": "kto", "weight": 1}], "paired objective of per-pair losses"),
+        ([{"name": "aot", "weight": 1}], "paired objective of per-pair losses"),
+        ([{"name": "mix", "weight": 1}], "not a mixture"),
+        ([{"name": "dpo", "weight": 1, "beta": -1}], "beta must be > 0"),
+        ([{"name": "dpoo", "weight": 1}], "unknown objective 'dpoo'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build("mix", parts=parts)
+
+
 def test_bad_hyperparameters_are_one_line_errors():
     with pytest.raises(ValueError, match=r"CDPO: epsilon must be in \[0.0, 0.5\], got 0.6"):
         OBJECTIVES["cdpo"](epsilon=0.6)
@@ -498,8 +624,8 @@ def test_bad_hyperparameters_are_one_line_errors():
         OBJECTIVES["dpo"](beta=0)
     with pytest.raises(ValueError, match=r"z0 must be one of \['mismatched', 'batch_mean', 'none'\]"):
         OBJECTIVES["kto"](z0="mean")
-    with pytest.raises(ValueError, match=r"unknown objective 'dop' \(did you mean 'dpo'\?\)"):
-        build("dop")
+    with pytest.raises(ValueError, match=r"unknown objective 'dpoo' \(did you mean 'dpo'\?\)"):
+        build("dpoo")
     with pytest.raises(ValueError, match=r"has no hyperparameter 'epsilom' \(did you mean 'epsilon'\?\)"):
         build("cdpo", epsilom=0.1)
     with pytest.raises(ValueError, match="needs reference log-probs"):

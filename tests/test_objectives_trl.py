@@ -83,12 +83,16 @@ def stand_in_model(rows_by_input: dict[int, torch.Tensor]):
     return model
 
 
-def trl_dpo(b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0, discopop_tau=0.05):
+def trl_dpo(
+    b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0, discopop_tau=0.05,
+    f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
+):  # fmt: skip
     """TRL's DPOTrainer._compute_loss on this batch: (mean loss, TRL's logged metrics)."""
     self = DPOTrainer.__new__(DPOTrainer)
     self.__dict__.update(
         accelerator=CPU, model=SimpleNamespace(training=True), aux_loss_enabled=False, precompute_ref_logps=True,
-        ld_alpha=None, f_divergence_type="reverse_kl", loss_types=list(loss_types),
+        ld_alpha=None, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
+        loss_types=list(loss_types),
         loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta, label_smoothing=label_smoothing,
         use_weighting=False, args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
@@ -186,6 +190,36 @@ TRL_CASES["rpo"] = check_rpo_and_sft
 TRL_CASES["sft"] = check_rpo_and_sft
 
 
+def check_fdpo():
+    """Each divergence against TRL's `f_divergence_type` with its `sigmoid` loss. TRL's alpha-divergence clamps in
+    the batch's dtype and has no float64 entry: that case runs in float32 (to 1e-5)."""
+    for divergence in ("forward_kl", "js_divergence"):
+        ours = OBJECTIVES["fdpo"](divergence=divergence, beta=0.3)
+        b = random_paired(seed=3)
+        loss, metrics = trl_dpo(b, ["sigmoid"], beta=0.3, f_divergence_type=divergence)
+        out = ours.loss(b)
+        close(out.losses.mean(), loss)
+        close(out.metrics["rewards/margins"], metrics["rewards/margins"])
+    ours = OBJECTIVES["fdpo"](divergence="alpha_divergence", alpha=0.3, beta=0.3)
+    b = PairedLogps(**{k: v.float() for k, v in random_paired(seed=4).__dict__.items()})
+    loss, _ = trl_dpo(b, ["sigmoid"], beta=0.3, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3)
+    torch.testing.assert_close(ours.loss(b).losses.mean(), loss, rtol=0, atol=1e-5)
+
+
+def check_mix():
+    """MPO's default mixture against TRL's loss list [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] (on equal
+    chosen lengths, where the two NLL conventions agree: check_rpo_and_sft), and a mixture of DPO-family parts at
+    their own betas (TRL takes one beta for all: equal here) on any lengths."""
+    b = random_paired(equal_chosen_lengths=True)
+    close(OBJECTIVES["mix"]().loss(b).losses.mean(), trl_dpo(b, ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0])[0])
+    u = random_paired(seed=5)
+    parts = [{"name": "ipo", "weight": 0.3, "beta": 0.2}, {"name": "hinge", "weight": 1.5, "beta": 0.2}]
+    close(OBJECTIVES["mix"](parts=parts).loss(u).losses.mean(), trl_dpo(u, ["ipo", "hinge"], [0.3, 1.5], beta=0.2)[0])
+
+
+TRL_CASES.update(fdpo=check_fdpo, mix=check_mix)
+
+
 def check_kto(name, loss_type, **hp):
     ours = OBJECTIVES[name](**hp)
     b = random_unpaired()
@@ -202,9 +236,9 @@ TRL_CASES["kto"] = lambda: check_kto("kto", "kto", desirable_weight=1.3, undesir
 TRL_CASES["apo_zero_unpaired"] = lambda: check_kto("apo_zero_unpaired", "apo_zero_unpaired")
 
 
-def trl_cpo(b: PairedLogps, loss_type, beta, simpo_gamma=0.5, label_smoothing=0.0, average=False):
+def trl_cpo(b: PairedLogps, loss_type, beta, simpo_gamma=0.5, label_smoothing=0.0, average=False, alpha=0.0):
     self = SimpleNamespace(
-        alpha=0.0,
+        alpha=alpha,
         beta=beta,
         loss_type=loss_type,
         simpo_gamma=simpo_gamma,
@@ -257,7 +291,22 @@ def check_orpo():
     close(out.rewards_rejected, rr)
 
 
-TRL_CASES.update(simpo=check_simpo, cpo=check_cpo, orpo=check_orpo)
+def check_alphapo():
+    """TRL's CPO `alpha` with the simpo loss (its loss_type "alphapo"), which feeds length-averaged log-probs."""
+    ours = OBJECTIVES["alphapo"](alpha=-0.5)
+    b = random_paired(seed=6)
+    out = ours.loss(b)
+    gamma = ours.beta * ours.gamma_beta_ratio
+    losses, rc, rr = trl_cpo(b, "simpo", ours.beta, simpo_gamma=gamma, average=True, alpha=-0.5)
+    close(out.losses, losses)
+    close(out.rewards_chosen, rc)
+    close(out.rewards_rejected, rr)
+    ours = OBJECTIVES["alphapo"]()
+    losses, *_ = trl_cpo(b, "simpo", ours.beta, simpo_gamma=ours.beta * ours.gamma_beta_ratio, average=True, alpha=0.25)
+    close(ours.loss(b).losses, losses)
+
+
+TRL_CASES.update(simpo=check_simpo, cpo=check_cpo, orpo=check_orpo, alphapo=check_alphapo)
 
 NOT_IN_TRL = {
     "cdpo": "removed from TRL's DPO in v0.29 (label_smoothing dropped from 'sigmoid')",
@@ -267,6 +316,11 @@ NOT_IN_TRL = {
     "kto_risk_neutral": "a KTO paper ablation",
     "kto_no_ref": "a KTO paper ablation",
     "bco": "TRL's BCOTrainer was removed in 1.16.0 (PR #7136)",
+    "dpop": "a cited loss TRL does not have",
+    "rdpo": "a cited loss TRL does not have",
+    "cal_dpo": "a cited loss TRL does not have",
+    "beta_dpo": "a cited loss TRL does not have (its PR #6123 was closed)",
+    "simper": "a cited loss TRL does not have",
 }
 
 

@@ -13,7 +13,7 @@ deliberately differs from TRL 1.16.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -362,6 +362,162 @@ class RPO(DPO):
         return self.output(losses, h_w, h_l, nll=nll.mean())
 
 
+@dataclass
+class FDPO(_WithReference):
+    """f-DPO: -log sigma(beta (s(h_w) - s(h_l))), the log-ratio h replaced by the score s = f'(e^h) of an
+    f-divergence. Wang et al. 2023, Beyond Reverse KL, arXiv:2309.16240, Thm. 1 and Table 1; TRL 1.16's
+    `f_divergence_type` (with its `sigmoid` loss), whose parametrisation prefbench follows:
+
+        forward_kl        s = 1 - e^(-h)
+        js_divergence     s = log 2 + log sigma(h)
+        alpha_divergence  s = (e^((alpha - 1) h) - 1) / (alpha - 1)   (the paper's alpha is 1 - this one)
+
+    (reverse KL, s = h, is `dpo`). alpha = 0.5 as TRL's `f_alpha_divergence_coef`. The exponent of forward_kl and
+    alpha_divergence is clamped at 80 (TRL clamps alpha_divergence's there in fp32; forward_kl it does not clamp):
+    past |h| ~ 80 nats the score stops moving instead of overflowing. Rewards are beta * h (TRL's convention).
+    """
+
+    paper = "Wang et al. 2023, Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse Divergence Constraints, arXiv:2309.16240"
+    divergence: str = "js_divergence"
+    alpha: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        if self.divergence not in ("forward_kl", "js_divergence", "alpha_divergence"):
+            raise ValueError(
+                f"FDPO: divergence must be one of ['forward_kl', 'js_divergence', 'alpha_divergence'] (reverse_kl is "
+                f"dpo), got {self.divergence!r}"
+            )
+        if self.divergence == "alpha_divergence" and not (0 < self.alpha < 1):
+            raise ValueError(f"FDPO: alpha must be in (0, 1) (alpha -> 1 is reverse KL, dpo), got {self.alpha}")
+
+    def score(self, h: Tensor) -> Tensor:
+        if self.divergence == "forward_kl":
+            return 1 - torch.exp((-h).clamp(max=80.0))
+        if self.divergence == "js_divergence":
+            return math.log(2) + F.logsigmoid(h)
+        a = self.alpha - 1
+        return (torch.exp((a * h).clamp(max=80.0)) - 1) / a
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        return self.output(-F.logsigmoid(self.beta * (self.score(h_w) - self.score(h_l))), h_w, h_l)
+
+
+@dataclass
+class DPOP(_WithReference):
+    """DPO-Positive: -log sigma(beta (h_w - h_l - lambda max(0, -h_w))): a penalty once the chosen completion's
+    likelihood falls below the reference's. Pal et al. 2024 (Smaug), arXiv:2402.13228, Eq. 3 as corrected in its
+    July 2024 revision (lambda inside beta's bracket; the first version's bracketing differed, smaug#2). lambda = 50
+    (the value the authors' runs use; they report results insensitive to it over [5, 500]). Not in TRL.
+    """
+
+    paper = (
+        "Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive, arXiv:2402.13228"
+    )
+    lambda_coef: float = 50.0
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "lambda_coef", 0.0, math.inf)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        penalty = torch.relu(-h_w)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l - self.lambda_coef * penalty))
+        return self.output(losses, h_w, h_l, chosen_below_reference=(h_w < 0).to(h_w.dtype).mean())
+
+
+@dataclass
+class RDPO(_WithReference):
+    """R-DPO, length-regularised DPO: -log sigma(beta Delta + alpha (|y_w| - |y_l|)). Park, Rafailov, Ermon, Finn
+    2024, Disentangling Length from Quality in DPO, arXiv:2403.19159: the reward r - alpha |y| maximised under the
+    KL constraint gives r = beta h + alpha |y| + const, so a pair whose chosen completion is the longer one is
+    already "explained" by length and pushed less. alpha = 0.05 as its UltraFeedback runs (0.1 on HH). Not in TRL.
+    """
+
+    paper = "Park, Rafailov, Ermon, Finn 2024, Disentangling Length from Quality in Direct Preference Optimization, arXiv:2403.19159"
+    alpha: float = 0.05
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "alpha", 0.0, math.inf)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        z = self.beta * (h_w - h_l) + self.alpha * (b.chosen_tokens - b.rejected_tokens)
+        return self.output(-F.logsigmoid(z), h_w, h_l)
+
+
+@dataclass
+class CalDPO(_WithReference):
+    """Cal-DPO: -log sigma(h_w - h_l) + 1/2 [(h_w - 1/(2 beta))^2 + (h_l + 1/(2 beta))^2]: the logistic term on
+    unscaled log-ratios, and each log-ratio calibrated to the reward scale +-1/(2 beta) (so the chosen likelihood
+    must rise, not only the margin). Xiao et al. 2024, arXiv:2412.14516, as its official code computes it
+    (tengxiao1/Cal-DPO@7d16b466, scripts/dpo_trainer.py: the two squared terms as a mean-squared error with weight
+    0.5). beta = 0.001 as its released run scripts (targets +-500 nats: the squared terms dominate early, and its
+    learning rate, 5e-7, is small to match). Rewards are beta * h, as for every reference objective. Not in TRL.
+    """
+
+    paper = "Xiao et al. 2024, Cal-DPO: Calibrated Direct Preference Optimization for Language Model Alignment, arXiv:2412.14516"
+    beta: float = 1e-3
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        target = 1 / (2 * self.beta)
+        calibration = 0.5 * ((h_w - target) ** 2 + (h_l + target) ** 2)
+        return self.output(-F.logsigmoid(h_w - h_l) + calibration, h_w, h_l, calibration=calibration.mean())
+
+
+@dataclass
+class BetaDPO(_WithReference):
+    """beta-DPO: DPO at a batch-adaptive beta, beta_b = max(1e-3, beta (1 + a (mean_b(M) - M0))), M = Delta the raw
+    log-ratio margin of a pair, M0 a moving average of batch means (momentum 0.9) taken with this batch's mean
+    before use, beta_b without gradient. Wu et al. 2024, beta-DPO: DPO with Dynamic beta, arXiv:2407.08639, as its
+    official code computes it (junkangwu/beta-DPO@16290473, trainers.py); a = 0.6 as its README's example.
+    Deliberate difference: its margin-based data filter (rho, a random draw of pairs weighted by a Gaussian around
+    M0) is not applied, so the loss stays a deterministic function of the batch. beta_b depends on the micro-batch
+    (batch_defined); M0 moves once per optimizer step with the step's mean margin (as BCO's running mean), which
+    equals the code's rule when a step is one micro-batch. Not in TRL (its PR #6123 was closed).
+    """
+
+    paper = "Wu et al. 2024, beta-DPO: Direct Preference Optimization with Dynamic beta, arXiv:2407.08639"
+    batch_defined = "its beta follows the mean margin of the micro-batch it is given: accumulation changes its loss"
+    a: float = 0.6
+    momentum: float = 0.9
+    margin_mean: float = field(default=0.0, init=False, repr=False)  # M0, over the steps before
+    step_sum: float = field(default=0.0, init=False, repr=False)  # this step's margins, not yet in M0
+    step_count: int = field(default=0, init=False, repr=False)
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "a", 0.0, math.inf)
+        require_range(self, "momentum", 0.0, 1.0, high_open=True)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        margin = (h_w - h_l).detach()
+        if torch.is_grad_enabled():
+            self.step_sum += float(margin.sum())
+            self.step_count += margin.numel()
+        m0 = self.momentum * self.margin_mean + (1 - self.momentum) * margin.mean()
+        beta = (self.beta * (1 + self.a * (margin.mean() - m0))).clamp(min=1e-3)
+        losses = -F.logsigmoid(beta * (h_w - h_l))
+        return self.output(losses, h_w, h_l, beta=beta)
+
+    def end_step(self, total=None) -> None:
+        step_sum, step_count = total([self.step_sum, self.step_count]) if total else (self.step_sum, self.step_count)
+        if step_count:
+            self.margin_mean = self.momentum * self.margin_mean + (1 - self.momentum) * step_sum / step_count
+        self.step_sum, self.step_count = 0.0, 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"margin_mean": self.margin_mean}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.margin_mean = float(state["margin_mean"])
+
+
 # ---- reference-free --------------------------------------------------------------------------
 
 
@@ -421,6 +577,51 @@ class SimPO(_ReferenceFree):
         a_w, a_l = b.policy_chosen / b.chosen_tokens, b.policy_rejected / b.rejected_tokens
         losses = smoothed_logistic(self.beta * (a_w - a_l - self.gamma_beta_ratio), self.epsilon)
         return paired_output(losses, self.beta * a_w, self.beta * a_l)
+
+
+@dataclass
+class SimPER(_ReferenceFree):
+    """SimPER: -exp(A_w) + exp(A_l), the inverse perplexities of the two completions (A the per-token mean
+    log-prob): no reference, no hyperparameter, each loss in [-1, 1]. Xiao et al. 2025, SimPER: A Minimalist
+    Approach to Preference Alignment without Hyperparameters, arXiv:2502.00883, as its official code computes it
+    (tengxiao1/SimPER@db08c97f, scripts/simper_trainer.py). Rewards are the inverse perplexities exp(A).
+    Not in TRL.
+    """
+
+    paper = "Xiao et al. 2025, SimPER: A Minimalist Approach to Preference Alignment without Hyperparameters, arXiv:2502.00883"
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        p_w = torch.exp(b.policy_chosen / b.chosen_tokens)
+        p_l = torch.exp(b.policy_rejected / b.rejected_tokens)
+        return paired_output(p_l - p_w, p_w, p_l)
+
+
+@dataclass
+class AlphaPO(_ReferenceFree):
+    """AlphaPO: SimPO on the reward r = (1 - e^(-alpha A)) / alpha instead of A (the per-token mean log-prob):
+    -log sigma(beta (r_w - r_l - gamma_beta_ratio)). Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM
+    Alignment, arXiv:2501.03884, Eq. 4; alpha -> 0 is SimPO. TRL 1.16's CPO `alpha` (loss_type "alphapo"). Defaults
+    as its Mistral-Instruct setting (alpha 0.25, beta 2.5, gamma/beta 0.1; TRL's paper index, from its Table 3).
+    The exponent is clamped at 80: past it (a per-token log-prob below -320 at alpha 0.25) the reward stops moving
+    instead of overflowing. Rewards are beta * r.
+    """
+
+    paper = "Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment, arXiv:2501.03884"
+    beta: float = 2.5
+    gamma_beta_ratio: float = 0.1
+    alpha: float = 0.25
+
+    def validate(self) -> None:
+        super().validate()
+        if self.alpha == 0:
+            raise ValueError("AlphaPO: alpha must be nonzero (alpha -> 0 is simpo)")
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        reward = lambda a: (1 - torch.exp((-self.alpha * a).clamp(max=80.0))) / self.alpha
+        r_w = reward(b.policy_chosen / b.chosen_tokens)
+        r_l = reward(b.policy_rejected / b.rejected_tokens)
+        losses = -F.logsigmoid(self.beta * (r_w - r_l - self.gamma_beta_ratio))
+        return paired_output(losses, self.beta * r_w, self.beta * r_l)
 
 
 @dataclass
