@@ -38,11 +38,19 @@ LOGITS_BLOCK_ELEMENTS_CUDA = 1 << 27  # 512 MiB in fp32: one block at a time, re
 LOGITS_RECOMPUTE_ABOVE = 1 << 25
 
 
-def _token_logps(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
-    """log softmax(hidden @ weight.T + bias)[target] for a block of rows, in fp32 at least."""
+def _token_logps(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, square_mass: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """log softmax(hidden @ weight.T + bias)[target] for a block of rows, in fp32 at least; with `square_mass`, also
+    log sum_v softmax(...)_v^2 at each row, without gradient (WPO's per-token normaliser)."""
     logits = F.linear(hidden, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    normaliser = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - normaliser
+    if not square_mass:
+        return logp
+    with torch.no_grad():
+        return logp, torch.logsumexp(2 * (logits - normaliser[:, None]), dim=-1)
 
 
 def attention_kernels(device: torch.device):
@@ -138,13 +146,15 @@ def _block_mask(packed: Tensor, positions: Tensor, window: int | None):
 
 
 class SequenceLogps(nn.Module):
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, square_mass: bool = False):
         super().__init__()
         self.lm = lm
+        self.square_mass = square_mass  # also return each row's summed square mass (objectives' needs_square_mass)
 
-    def forward(self, *batch) -> tuple[Tensor, Tensor]:
+    def forward(self, *batch) -> tuple[Tensor, ...]:
         """Summed completion log-probs [rows] and completion token counts [rows] of a `Forward` (passed as
-        its fields, so that DDP and FSDP see plain tensors)."""
+        its fields, so that DDP and FSDP see plain tensors); with `square_mass`, third, each row's
+        sum_t log sum_v pi(v)^2 (no gradient)."""
         fwd = Forward(*batch)
         selected, head, dtype = _completion_hidden(self.lm, fwd)
         vocab = head.weight.shape[0]
@@ -153,10 +163,15 @@ class SequenceLogps(nn.Module):
         pieces = []
         for start in range(0, selected.shape[0], chunk):
             args = (selected[start : start + chunk], head.weight, head.bias, fwd.targets[start : start + chunk])
+            args += (self.square_mass,)
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
-        token_logps = torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=dtype)
-        sums = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device).index_add(0, fwd.rows, token_logps)
-        return sums, _counts(fwd)
+        pieces = [p if self.square_mass else (p,) for p in pieces]
+        zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
+        sums = [
+            zeros.index_add(0, fwd.rows, torch.cat(parts) if parts else selected.new_zeros(0, dtype=dtype))
+            for parts in zip(*pieces, strict=True)
+        ] or [zeros] * (2 if self.square_mass else 1)
+        return sums[0], _counts(fwd), *sums[1:]
 
 
 def _counts(fwd: Forward) -> Tensor:

@@ -187,7 +187,7 @@ def set_up(
     torch.manual_seed(seed)
     lm, tokenizer = _load_model(recipe, resume, device)
     rows_layout = ready(lm, t, device)
-    policy = distribute(SequenceLogps(lm), lm, sharded, world, device)
+    policy = distribute(SequenceLogps(lm, objective.needs_square_mass), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t, device)
     warmup = int(t.warmup_ratio * t.steps)
@@ -368,9 +368,9 @@ def _forward_backward(
         sync = nullcontext() if n == len(batches) - 1 or u.world == 1 or u.sharded else u.policy.no_sync()
         with sync:
             with u.autocast:
-                logps, counts = u.policy(*fwd)
+                logps, counts, *square_mass = u.policy(*fwd)
             logps, counts = logps.double(), counts.double()
-            batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched)
+            batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched, square_mass)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
                 raise TrainingError(
@@ -415,7 +415,7 @@ def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepar
     parts = []
     with torch.no_grad(), u.autocast:
         for mb in batches:
-            logps, _ = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, u.device, u.layout))
+            logps = u.policy(*collate(mb.kl_rows, prepared.train, u.tokenizer.pad_token_id, u.device, u.layout))[0]
             parts.append(logps.double())
     rows = [row for mb in batches for row in mb.kl_rows]
     values = [torch.cat(parts)] + ([to_device(ref.tensor(rows), u.device)] if u.objective.needs_reference else [])
@@ -427,16 +427,19 @@ def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepar
     return values[0], values[1] if len(values) > 1 else None
 
 
-def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched):
+def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched, square_mass=()):
     """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics; `mismatched`: the step's
-    (policy, reference) log-probs of KTO's mismatched pairs."""
+    (policy, reference) log-probs of KTO's mismatched pairs; `square_mass`: the policy's, where the objective
+    declares it needs it (SequenceLogps' third output)."""
     objective, device = u.objective, u.device
     ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
     if objective.data == "paired":
         half = len(mb.rows) // 2
+        sq = square_mass[0].double() if square_mass else None
         batch = PairedLogps(
             policy_chosen=logps[:half], policy_rejected=logps[half:], chosen_tokens=counts[:half], rejected_tokens=counts[half:],
             ref_chosen=None if ref_values is None else ref_values[:half], ref_rejected=None if ref_values is None else ref_values[half:],
+            policy_chosen_square_mass=None if sq is None else sq[:half], policy_rejected_square_mass=None if sq is None else sq[half:],
         )  # fmt: skip
         extra = {
             "logps/chosen": logps[:half].mean(),

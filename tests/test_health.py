@@ -53,7 +53,7 @@ def test_a_healthy_run_has_no_findings_and_a_broken_reference_is_named(tmp_path,
     monkeypatch.setattr(
         prefbench.train,
         "_objective_batch",
-        lambda u, mb, logps, counts, ref, mismatched: real(u, mb, logps, counts, FollowsThePolicy(logps), mismatched),
+        lambda u, mb, logps, counts, ref, *rest: real(u, mb, logps, counts, FollowsThePolicy(logps), *rest),
     )
     train_units(parse_recipe(recipe(tmp_path / "broken", [{"name": "dpo"}])))
     rows = [json.loads(line) for line in (tmp_path / "broken" / "h" / "dpo" / "seed0" / "metrics.jsonl").open()]

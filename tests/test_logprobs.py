@@ -76,6 +76,16 @@ def test_sequence_logps_match_full_logits(monkeypatch, path):
     theirs = gradients(model, expected, weights)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-10, msg=name)
+    # WPO's square mass: sum over each completion's positions of log sum_v p_v^2, from the same full logits; the
+    # log-probs and their gradients unchanged beside it, and no gradient through it
+    with_mass, counts_again, mass = SequenceLogps(model, square_mass=True)(*collate(rows, examples, 0, "cpu"))
+    logp = model(input_ids=ids * attention, attention_mask=attention).logits.log_softmax(-1)[:, :-1]
+    expected_mass = (torch.logsumexp(2 * logp, -1) * completion[:, 1:]).sum(1)
+    torch.testing.assert_close(mass, expected_mass, rtol=0, atol=1e-10)
+    assert not mass.requires_grad and counts_again.tolist() == [6, 4, 2]
+    torch.testing.assert_close(with_mass, sums, rtol=0, atol=0)
+    for name, grad in gradients(model, with_mass, weights).items():
+        torch.testing.assert_close(grad, ours[name], rtol=0, atol=1e-10, msg=name)
 
 
 def shared_prompt_rows():

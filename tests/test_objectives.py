@@ -50,14 +50,19 @@ def hand_paired() -> PairedLogps:
     per-token chosen NLL = -S_w/|y_w| = [20/4, (30 - 10L)/2, 25/5] = [5, 15 - 5L, 5]
     A_w = S_w/|y_w| = [-5, -15 + 5L, -5], A_l = [-5.5, -7, -5.4 + 2L]
     S_w - S_l = [2, -2 + 10L, 2 - 10L]
+    square mass Q = S + |y| [ln 2, ln 4]: mean_t (log p - log sum p^2) = -ln 2 (chosen), -ln 4 (rejected): WPO's
+    weight 1/2 * 1/4 = 1/8 in every pair
     """
+    s_w, s_l, n_w, n_l = t(-20, -30 + 10 * L3, -25), t(-22, -28, -27 + 10 * L3), t(4, 2, 5), t(4, 4, 5)
     return PairedLogps(
-        policy_chosen=t(-20, -30 + 10 * L3, -25),
-        policy_rejected=t(-22, -28, -27 + 10 * L3),
-        chosen_tokens=t(4, 2, 5),
-        rejected_tokens=t(4, 4, 5),
+        policy_chosen=s_w,
+        policy_rejected=s_l,
+        chosen_tokens=n_w,
+        rejected_tokens=n_l,
         ref_chosen=t(-20, -30, -25),
         ref_rejected=t(-22, -28, -27),
+        policy_chosen_square_mass=s_w + n_w * LN2,
+        policy_rejected_square_mass=s_l + n_l * LN4,
     )
 
 
@@ -126,6 +131,8 @@ HAND: dict[str, list[float]] = {
     "sigmoid_norm": [LN2, sp(0.5 * L3), sp(-0.2 * L3)],
     # DPO + 1.0 * NLL
     "rpo": [LN2 + 5, LN43 + 15 - 5 * L3, LN4 + 5],
+    # DPO's losses, each pair weighted 1/8 (hand_paired's square mass)
+    "wpo": [LN2 / 8, LN43 / 8, LN4 / 8],
     # JS score s(h) = ln 2 + log sigma(h): s(0) = 0, s(10L) = ln 2 - ln(1 + 3^-10); -log sigma(0.1 (s_w - s_l))
     "fdpo": [LN2, sp(0.1 * (LN2 - math.log1p(3**-10))), sp(-0.1 * (LN2 - math.log1p(3**-10)))],
     # h_w >= 0 in every pair: the DPOP penalty max(0, -h_w) is 0 and it is DPO (test_dpop_penalty_... engages it)
@@ -206,6 +213,8 @@ def init_paired() -> PairedLogps:
         rejected_tokens=n.clone(),
         ref_chosen=s.clone(),
         ref_rejected=s.clone(),
+        policy_chosen_square_mass=s + n * LN2,
+        policy_rejected_square_mass=s + n * LN2,
     )
 
 
@@ -241,6 +250,7 @@ AT_INIT: dict[str, list[float]] = {
     "sigmoid_norm": [LN2] * 3,
     "rpo": [LN2 + n for n in NLL_INIT],
     "fdpo": [LN2] * 3,  # every score is 0 at h = 0
+    "wpo": [LN2 / 4] * 3,  # square mass S + |y| ln 2 on both sides: weight 1/2 * 1/2
     "dpop": [LN2] * 3,
     "rdpo": [LN2] * 3,  # equal lengths
     "cal_dpo": [LN2 + 0.5 * 2 * 500.0**2] * 3,
@@ -330,6 +340,8 @@ def extreme_paired() -> PairedLogps:
         rejected_tokens=t(1, 1, 7, 3, 2),
         ref_chosen=t(far, near, far, near, -5.0),
         ref_rejected=t(near, far, far, near, far),
+        policy_chosen_square_mass=t(near, near, near, near, near),  # WPO weights from e^-1e4 to 1
+        policy_rejected_square_mass=t(near, near, near, near, near),
     )
 
 

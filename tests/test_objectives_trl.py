@@ -72,20 +72,24 @@ def per_token(sums: torch.Tensor, lengths: torch.Tensor, width: int) -> tuple[to
     return logps, mask
 
 
-def stand_in_model(rows_by_input: dict[int, torch.Tensor]):
-    """Answers TRL's `model(..., fused_lm_head=True)` with given per-token log-probs."""
+def stand_in_model(rows_by_input: dict[int, torch.Tensor], square_mass: torch.Tensor | None = None):
+    """Answers TRL's `model(..., fused_lm_head=True)` with given per-token log-probs (and log sum p^2 per token,
+    WPO's `log_sum_sq_probs`)."""
 
     def model(*, input_ids, **_):
         logps = rows_by_input[id(input_ids)]
         zeros = torch.zeros_like(logps)
-        return SimpleNamespace(log_probs=logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+        mass = zeros if square_mass is None else square_mass
+        return SimpleNamespace(
+            log_probs=logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), log_sum_sq_probs=mass
+        )
 
     return model
 
 
 def trl_dpo(
     b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0, discopop_tau=0.05,
-    f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
+    f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, use_weighting=False,
 ):  # fmt: skip
     """TRL's DPOTrainer._compute_loss on this batch: (mean loss, TRL's logged metrics)."""
     self = DPOTrainer.__new__(DPOTrainer)
@@ -94,7 +98,7 @@ def trl_dpo(
         ld_alpha=None, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
         loss_types=list(loss_types),
         loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta, label_smoothing=label_smoothing,
-        use_weighting=False, args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
+        use_weighting=use_weighting, args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
     width = int(max(b.chosen_tokens.max(), b.rejected_tokens.max()))
@@ -109,7 +113,14 @@ def trl_dpo(
         ref_chosen_logps=b.ref_chosen,
         ref_rejected_logps=b.ref_rejected,
     )
-    loss = self._compute_loss(stand_in_model({id(input_ids): logps}), inputs, return_outputs=False)
+    mass = None
+    if use_weighting:  # each completion's square mass spread evenly over its tokens, as its log-probs are
+        mass, _ = per_token(
+            torch.cat([b.policy_chosen_square_mass, b.policy_rejected_square_mass]),
+            torch.cat([b.chosen_tokens, b.rejected_tokens]),
+            width,
+        )
+    loss = self._compute_loss(stand_in_model({id(input_ids): logps}, mass), inputs, return_outputs=False)
     return loss, {k: v[-1] for k, v in self._metrics["train"].items()}
 
 
@@ -152,7 +163,7 @@ def check_dpo_family(name, loss_types, *, batch_coupled=False, **trl_kwargs):
         close(out.metrics[key], metrics[key])
     if not batch_coupled:
         for i in range(len(b.policy_chosen)):
-            one = PairedLogps(**{k: v[i : i + 1] for k, v in b.__dict__.items()})
+            one = PairedLogps(**{k: None if v is None else v[i : i + 1] for k, v in b.__dict__.items()})
             close(out.losses[i], trl_dpo(one, loss_types, beta=ours.beta, **trl_kwargs)[0])
 
 
@@ -201,9 +212,26 @@ def check_fdpo():
         close(out.losses.mean(), loss)
         close(out.metrics["rewards/margins"], metrics["rewards/margins"])
     ours = OBJECTIVES["fdpo"](divergence="alpha_divergence", alpha=0.3, beta=0.3)
-    b = PairedLogps(**{k: v.float() for k, v in random_paired(seed=4).__dict__.items()})
+    b = PairedLogps(**{k: None if v is None else v.float() for k, v in random_paired(seed=4).__dict__.items()})
     loss, _ = trl_dpo(b, ["sigmoid"], beta=0.3, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3)
     torch.testing.assert_close(ours.loss(b).losses.mean(), loss, rtol=0, atol=1e-5)
+
+
+def check_wpo():
+    """TRL's `use_weighting` with its sigmoid loss: the pair weight exp(mean_t (log p - log sum p^2)) of chosen times
+    rejected, from the model's per-token log sum p^2 (here each completion's square mass spread over its tokens)."""
+    b = random_paired(seed=7)
+    g = torch.Generator().manual_seed(8)
+    extra = lambda n: n * torch.rand(n.shape, dtype=torch.float64, generator=g)  # log p - log sum p^2 in [-1, 0]
+    b = PairedLogps(**{**b.__dict__, "policy_chosen_square_mass": b.policy_chosen + extra(b.chosen_tokens),
+                       "policy_rejected_square_mass": b.policy_rejected + extra(b.rejected_tokens)})  # fmt: skip
+    out = OBJECTIVES["wpo"]().loss(b)
+    loss, metrics = trl_dpo(b, ["sigmoid"], use_weighting=True)
+    close(out.losses.mean(), loss)
+    close(out.metrics["rewards/margins"], metrics["rewards/margins"])
+    for i in range(len(b.policy_chosen)):
+        one = PairedLogps(**{k: None if v is None else v[i : i + 1] for k, v in b.__dict__.items()})
+        close(out.losses[i], trl_dpo(one, ["sigmoid"], use_weighting=True)[0])
 
 
 def check_mix():
@@ -217,7 +245,7 @@ def check_mix():
     close(OBJECTIVES["mix"](parts=parts).loss(u).losses.mean(), trl_dpo(u, ["ipo", "hinge"], [0.3, 1.5], beta=0.2)[0])
 
 
-TRL_CASES.update(fdpo=check_fdpo, mix=check_mix)
+TRL_CASES.update(fdpo=check_fdpo, mix=check_mix, wpo=check_wpo)
 
 
 def check_kto(name, loss_type, **hp):

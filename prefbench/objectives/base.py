@@ -43,7 +43,9 @@ def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, 
 class PairedLogps:
     """Summed completion log-probs of (prompt, chosen, rejected) pairs, one value per pair.
 
-    Reference fields are None when the objective does not need a reference model.
+    Reference fields are None when the objective does not need a reference model. The square-mass fields, for
+    objectives that declare `needs_square_mass` (WPO), hold sum_t log sum_v pi(v | prefix_t)^2 over each
+    completion's positions under the policy, without gradient; None otherwise.
     """
 
     policy_chosen: Tensor
@@ -52,6 +54,8 @@ class PairedLogps:
     rejected_tokens: Tensor
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
+    policy_chosen_square_mass: Tensor | None = None
+    policy_rejected_square_mass: Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_batch(
@@ -64,6 +68,11 @@ class PairedLogps:
         if self.ref_chosen is None or self.ref_rejected is None:
             raise ValueError(f"objective {objective!r} needs reference log-probs (ref_chosen, ref_rejected)")
         return self.ref_chosen, self.ref_rejected
+
+    def require_square_mass(self, objective: str) -> tuple[Tensor, Tensor]:
+        if self.policy_chosen_square_mass is None or self.policy_rejected_square_mass is None:
+            raise ValueError(f"objective {objective!r} needs the policy's square mass (policy_*_square_mass)")
+        return self.policy_chosen_square_mass, self.policy_rejected_square_mass
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class Objective:
     Class attributes declare what the trainer must provide, so it never guesses:
       data             "paired" (PairedLogps) or "unpaired" (UnpairedLogps)
       needs_reference  whether reference log-probs must be computed
+      needs_square_mass  whether the log-prob pass must also sum log sum_v pi(v)^2 over each completion (WPO)
       version          bump whenever a formula or a default changes the numbers
       paper            citation shown by `prefbench objectives`
       batch_defined    why the loss of an example depends on the others of its micro-batch (AOT sorts them);
@@ -151,6 +161,7 @@ class Objective:
 
     data: ClassVar[str]
     needs_reference: ClassVar[bool]
+    needs_square_mass: ClassVar[bool] = False
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     batch_defined: ClassVar[str] = ""

@@ -405,6 +405,26 @@ class FDPO(_WithReference):
 
 
 @dataclass
+class WPO(_WithReference):
+    """WPO: DPO with each pair's loss weighted by how likely the policy is to produce it, w(y_w) w(y_l), where
+    w(y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2]) at each completion position, without gradient. Zhou et
+    al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, arXiv:2406.11827, Eq. 2 with its
+    per-token normalisation by sum_v pi(v)^2 (the form TRL 1.16's `use_weighting` computes): off-policy pairs the
+    policy would rarely sample count less. Needs the log-prob pass's square mass (`needs_square_mass`).
+    """
+
+    paper = "Zhou et al. 2024, WPO: Enhancing RLHF with Weighted Preference Optimization, arXiv:2406.11827"
+    needs_square_mass = True
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        h_w, h_l = self.logratios(b)
+        q_w, q_l = b.require_square_mass("wpo")
+        weight = torch.exp((b.policy_chosen - q_w) / b.chosen_tokens + (b.policy_rejected - q_l) / b.rejected_tokens)
+        weight = weight.detach()
+        return self.output(weight * -F.logsigmoid(self.beta * (h_w - h_l)), h_w, h_l, weight=weight.mean())
+
+
+@dataclass
 class DPOP(_WithReference):
     """DPO-Positive: -log sigma(beta (h_w - h_l - lambda max(0, -h_w))): a penalty once the chosen completion's
     likelihood falls below the reference's. Pal et al. 2024 (Smaug), arXiv:2402.13228, Eq. 3 as corrected in its
