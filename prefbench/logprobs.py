@@ -153,8 +153,9 @@ class SequenceLogps(nn.Module):
 
     def forward(self, *batch) -> tuple[Tensor, ...]:
         """Summed completion log-probs [rows] and completion token counts [rows] of a `Forward` (passed as
-        its fields, so that DDP and FSDP see plain tensors); with `square_mass`, third, each row's
-        sum_t log sum_v pi(v)^2 (no gradient)."""
+        its fields, so that DDP and FSDP see plain tensors); then, with `square_mass`, each row's
+        sum_t log sum_v pi(v)^2 (no gradient), and where the Forward has `tail_from`, each row's log-probs summed
+        over its tail (the scored tokens from that index on)."""
         fwd = Forward(*batch)
         selected, head, dtype = _completion_hidden(self.lm, fwd)
         vocab = head.weight.shape[0]
@@ -167,10 +168,13 @@ class SequenceLogps(nn.Module):
             pieces.append(checkpoint(_token_logps, *args, use_reentrant=False) if recompute else _token_logps(*args))
         pieces = [p if self.square_mass else (p,) for p in pieces]
         zeros = torch.zeros(fwd.n_rows, dtype=dtype, device=selected.device)
-        sums = [
-            zeros.index_add(0, fwd.rows, torch.cat(parts) if parts else selected.new_zeros(0, dtype=dtype))
-            for parts in zip(*pieces, strict=True)
-        ] or [zeros] * (2 if self.square_mass else 1)
+        per_token = [torch.cat(parts) for parts in zip(*pieces, strict=True)] or [
+            selected.new_zeros(0, dtype=dtype)
+        ] * (2 if self.square_mass else 1)
+        sums = [zeros.index_add(0, fwd.rows, values) for values in per_token]
+        if fwd.tail_from is not None:
+            in_tail = _index_in_row(fwd) >= fwd.tail_from[fwd.rows]
+            sums.append(zeros.index_add(0, fwd.rows, torch.where(in_tail, per_token[0], 0.0)))
         return sums[0], _counts(fwd), *sums[1:]
 
 
@@ -179,6 +183,15 @@ def _counts(fwd: Forward) -> Tensor:
     for every queued kernel (a host sync in every forward)."""
     ones = torch.ones_like(fwd.rows)
     return torch.zeros(fwd.n_rows, dtype=ones.dtype, device=ones.device).index_add(0, fwd.rows, ones)
+
+
+def _index_in_row(fwd: Forward) -> Tensor:
+    """Each scored token's index within its row's scored tokens (collate lays a row's tokens out contiguously and in
+    order)."""
+    at = torch.arange(fwd.rows.numel(), device=fwd.rows.device)
+    first = torch.zeros(fwd.n_rows, dtype=at.dtype, device=at.device)
+    first = first.scatter_reduce(0, fwd.rows, at, "amin", include_self=False)
+    return at - first[fwd.rows]
 
 
 def _completion_hidden(lm: nn.Module, fwd: Forward):

@@ -25,6 +25,11 @@ from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
 from prefbench.results import atomic
 
 
+def tail_key(key: Key) -> tuple:
+    """The cache's key of a row's tail log-probs (LD-DPO: data.batches.tail_cut), beside its whole sum's."""
+    return (*key, "tail")
+
+
 class RefLogps:
     """Reference log-probs per sequence key, cached on disk per (model, tokenized data).
 
@@ -50,7 +55,10 @@ class RefLogps:
         train.share_prompts and train.padding_free); returns (seconds spent, rows computed). Every process of a
         torchrun group calls it: each computes a contiguous share of the missing rows (whole prompts, so a prompt's
         rows keep their layout), the shares are gathered on every rank, and rank 0 writes the cache."""
-        missing = keys - self.values.keys()
+        wanted = keys - self.values.keys()
+        tails = any(len(k) == 4 for k in wanted)  # LD-DPO's tail sums: every row computes both then
+        # a row whose whole sum is cached but not its tail is computed again (one forward gives both)
+        missing = {k[:3] for k in wanted}
         totals = prompt_totals(missing, examples)  # a prompt's rows next to each other, prompts in length order
         missing = sorted(missing, key=lambda k: (totals[examples[k[0]].prompt], k))
         if not missing:
@@ -76,10 +84,12 @@ class RefLogps:
         ):
             for chunk in chunks:
                 with autocast:
-                    sums, _ = model(*collate(chunk, examples, pad_id, device, rows_layout))
-                computed.append(sums.double())
+                    sums, _, *tail = model(*collate(chunk, examples, pad_id, device, rows_layout, tails=tails))
+                computed.append(torch.stack([sums, *tail], 1).double())
                 bar.update(len(chunk))
-        pieces = list(zip(mine, torch.cat(computed).tolist() if computed else []))  # zip drops the repeated chunks
+        values = torch.cat(computed).tolist() if computed else []
+        pieces = list(zip(mine, (v[0] for v in values)))  # zip drops the repeated chunks
+        pieces += list(zip(map(tail_key, mine), (v[1] for v in values))) if tails else []
         if dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, pieces)
@@ -129,6 +139,7 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
                     for mb in micro_batches(objective, prepared, step, recipe, rank, world):
                         keys.update(mb.rows)
                         keys.update(mb.kl_rows or ())
+                        keys.update(map(tail_key, mb.rows) if objective.needs_tails else ())
     return keys
 
 

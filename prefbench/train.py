@@ -59,7 +59,7 @@ from prefbench.objectives import (
 )
 from prefbench.optimizer import make as make_optimizer
 from prefbench.recipe import ObjectiveSpec, Recipe, TrainSpec
-from prefbench.reference import RefLogps
+from prefbench.reference import RefLogps, tail_key
 from prefbench.results import (
     AppendLog,
     BusyError,
@@ -363,14 +363,14 @@ def _forward_backward(
     tokens = 0
     mismatched = _mismatched_logps(u, batches, prepared, ref)
     for n, mb in enumerate(batches):
-        fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.layout)
+        fwd = collate(mb.rows, prepared.train, pad_id, u.device, u.layout, tails=u.objective.needs_tails)
         tokens += real_tokens(mb.rows, prepared.train)
         sync = nullcontext() if n == len(batches) - 1 or u.world == 1 or u.sharded else u.policy.no_sync()
         with sync:
             with u.autocast:
-                logps, counts, *square_mass = u.policy(*fwd)
+                logps, counts, *more = u.policy(*fwd)
             logps, counts = logps.double(), counts.double()
-            batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched, square_mass)
+            batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched, more)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
                 raise TrainingError(
@@ -427,19 +427,22 @@ def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepar
     return values[0], values[1] if len(values) > 1 else None
 
 
-def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched, square_mass=()):
+def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched, more=()):
     """The PairedLogps/UnpairedLogps the objective needs, plus log-prob metrics; `mismatched`: the step's
-    (policy, reference) log-probs of KTO's mismatched pairs; `square_mass`: the policy's, where the objective
-    declares it needs it (SequenceLogps' third output)."""
+    (policy, reference) log-probs of KTO's mismatched pairs; `more`: SequenceLogps' further outputs, those the
+    objective declares it needs (square mass, tails), in that order."""
     objective, device = u.objective, u.device
     ref_values = to_device(ref.tensor(mb.rows), device) if objective.needs_reference else None
     if objective.data == "paired":
         half = len(mb.rows) // 2
-        sq = square_mass[0].double() if square_mass else None
+        more = [m.double() for m in more]
+        sq = more.pop(0) if objective.needs_square_mass else None
+        tail = more.pop(0) if objective.needs_tails else None
+        ref_tail = to_device(ref.tensor([tail_key(k) for k in mb.rows]), device) if objective.needs_tails else None
+        halves = lambda t: (None, None) if t is None else (t[:half], t[half:])
         batch = PairedLogps(
-            policy_chosen=logps[:half], policy_rejected=logps[half:], chosen_tokens=counts[:half], rejected_tokens=counts[half:],
-            ref_chosen=None if ref_values is None else ref_values[:half], ref_rejected=None if ref_values is None else ref_values[half:],
-            policy_chosen_square_mass=None if sq is None else sq[:half], policy_rejected_square_mass=None if sq is None else sq[half:],
+            logps[:half], logps[half:], counts[:half], counts[half:], *halves(ref_values), *halves(sq),
+            *halves(tail), *halves(ref_tail),
         )  # fmt: skip
         extra = {
             "logps/chosen": logps[:half].mean(),

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 import prefbench.logprobs as logprobs
-from prefbench.data.batches import ALIGN_BLOCK, collate, dense_mask, padded_tokens, sequences
+from prefbench.data.batches import ALIGN_BLOCK, collate, dense_mask, padded_tokens, sequences, tail_cut
 from prefbench.data.tokenize import Example
 from prefbench.logprobs import SequenceLogps, shares_prompts
 
@@ -97,6 +97,25 @@ def shared_prompt_rows():
     examples = [Example(p0, (tokens(4), tokens(7))), Example(p1, (tokens(3), tokens(1))), Example(p0, (tokens(6),))]
     rows = [(0, 0, 0), (1, 1, 0), (0, 0, 1), (1, 1, 1), (2, 2, 0), (1, 0, 1)]
     return examples, rows
+
+
+@pytest.mark.parametrize("layout", ["rows", "shared", "packed", "aligned"])
+def test_tail_sums_are_the_log_probs_past_the_pairs_shorter_completion(layout):
+    """LD-DPO's tails in every layout: a row's tail sum equals its whole sum minus the sum of the same row with its
+    completion cut to the pair's shorter scored length (an independent forward of the shortened row), with
+    gradient; whole sums and counts as without tails."""
+    model = MODELS["llama"]("sdpa", torch.float32)
+    examples, rows = shared_prompt_rows()
+    sums, counts, tails = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", layout, tails=True))
+    plain, plain_counts = SequenceLogps(model)(*collate(rows, examples, 0, "cpu", layout))
+    torch.testing.assert_close(sums, plain, rtol=0, atol=0)
+    assert counts.tolist() == plain_counts.tolist()
+    cut = [tail_cut(k, examples) for k in rows]
+    assert cut == [4, 1, 4, 1, 6, 4]  # pairs (4, 7) and (3, 1) tokens; example 2 alone; row 5: example 0's pair
+    shortened = [Example(examples[p].prompt, (examples[c].completions[w][:k],)) for (p, c, w), k in zip(rows, cut)]
+    heads, _ = SequenceLogps(model)(*collate([(i, i, 0) for i in range(len(rows))], shortened, 0, "cpu"))
+    torch.testing.assert_close(tails, sums - heads, rtol=0, atol=1e-5)
+    assert tails.requires_grad and tails[[0, 3, 4]].abs().max() < 1e-6  # its pair's shorter (0, 3), or no pair (4)
 
 
 def test_shared_prompts_layout():

@@ -52,6 +52,8 @@ def hand_paired() -> PairedLogps:
     S_w - S_l = [2, -2 + 10L, 2 - 10L]
     square mass Q = S + |y| [ln 2, ln 4]: mean_t (log p - log sum p^2) = -ln 2 (chosen), -ln 4 (rejected): WPO's
     weight 1/2 * 1/4 = 1/8 in every pair
+    tails (LD-DPO): only pair 2's lengths differ (2 vs 4): its rejected completion's last 2 tokens, -10 under the
+    policy and -14 under the reference (a tail log-ratio of +4); every other tail is empty (0)
     """
     s_w, s_l, n_w, n_l = t(-20, -30 + 10 * L3, -25), t(-22, -28, -27 + 10 * L3), t(4, 2, 5), t(4, 4, 5)
     return PairedLogps(
@@ -63,6 +65,10 @@ def hand_paired() -> PairedLogps:
         ref_rejected=t(-22, -28, -27),
         policy_chosen_square_mass=s_w + n_w * LN2,
         policy_rejected_square_mass=s_l + n_l * LN4,
+        policy_chosen_tail=t(0, 0, 0),
+        policy_rejected_tail=t(0, -10, 0),
+        ref_chosen_tail=t(0, 0, 0),
+        ref_rejected_tail=t(0, -14, 0),
     )
 
 
@@ -131,6 +137,8 @@ HAND: dict[str, list[float]] = {
     "sigmoid_norm": [LN2, sp(0.5 * L3), sp(-0.2 * L3)],
     # DPO + 1.0 * NLL
     "rpo": [LN2 + 5, LN43 + 15 - 5 * L3, LN4 + 5],
+    # h_l' = h_l - (1 - 0.5) (tail log-ratio) = [0, -2, 10L]: z = 0.1 (h_w - h_l') = [0, L + 0.2, -L]
+    "ld_dpo": [LN2, sp(L3 + 0.2), LN4],
     # DPO's losses, each pair weighted 1/8 (hand_paired's square mass)
     "wpo": [LN2 / 8, LN43 / 8, LN4 / 8],
     # JS score s(h) = ln 2 + log sigma(h): s(0) = 0, s(10L) = ln 2 - ln(1 + 3^-10); -log sigma(0.1 (s_w - s_l))
@@ -215,6 +223,10 @@ def init_paired() -> PairedLogps:
         ref_rejected=s.clone(),
         policy_chosen_square_mass=s + n * LN2,
         policy_rejected_square_mass=s + n * LN2,
+        policy_chosen_tail=s / 3,  # equal lengths would give empty tails; any tails equal to the reference's
+        policy_rejected_tail=s / 3,
+        ref_chosen_tail=s / 3,
+        ref_rejected_tail=s / 3,
     )
 
 
@@ -251,6 +263,7 @@ AT_INIT: dict[str, list[float]] = {
     "rpo": [LN2 + n for n in NLL_INIT],
     "fdpo": [LN2] * 3,  # every score is 0 at h = 0
     "wpo": [LN2 / 4] * 3,  # square mass S + |y| ln 2 on both sides: weight 1/2 * 1/2
+    "ld_dpo": [LN2] * 3,
     "dpop": [LN2] * 3,
     "rdpo": [LN2] * 3,  # equal lengths
     "cal_dpo": [LN2 + 0.5 * 2 * 500.0**2] * 3,
@@ -342,6 +355,10 @@ def extreme_paired() -> PairedLogps:
         ref_rejected=t(near, far, far, near, far),
         policy_chosen_square_mass=t(near, near, near, near, near),  # WPO weights from e^-1e4 to 1
         policy_rejected_square_mass=t(near, near, near, near, near),
+        policy_chosen_tail=t(near, far, near, far, -5.0) / 2,
+        policy_rejected_tail=t(far, near, near, far, near) / 2,
+        ref_chosen_tail=t(far, near, far, near, -5.0) / 2,
+        ref_rejected_tail=t(near, far, far, near, far) / 2,
     )
 
 

@@ -89,13 +89,13 @@ def stand_in_model(rows_by_input: dict[int, torch.Tensor], square_mass: torch.Te
 
 def trl_dpo(
     b: PairedLogps, loss_types, loss_weights=None, beta=0.1, label_smoothing=0.0, discopop_tau=0.05,
-    f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, use_weighting=False,
+    f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, use_weighting=False, ld_alpha=None,
 ):  # fmt: skip
     """TRL's DPOTrainer._compute_loss on this batch: (mean loss, TRL's logged metrics)."""
     self = DPOTrainer.__new__(DPOTrainer)
     self.__dict__.update(
         accelerator=CPU, model=SimpleNamespace(training=True), aux_loss_enabled=False, precompute_ref_logps=True,
-        ld_alpha=None, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
+        ld_alpha=ld_alpha, f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
         loss_types=list(loss_types),
         loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta, label_smoothing=label_smoothing,
         use_weighting=use_weighting, args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
@@ -234,6 +234,27 @@ def check_wpo():
         close(out.losses[i], trl_dpo(one, ["sigmoid"], use_weighting=True)[0])
 
 
+def check_ld_dpo():
+    """TRL's `ld_alpha`: its per-token log-probs (each completion's sum spread evenly, so the tail past the pair's
+    shorter length k holds (n - k) / n of it) split at min(|y_w|, |y_l|). TRL's precomputed reference log-probs are
+    its weighted sums (its precompute applies ld_alpha), so the reference goes in weighted."""
+    b = random_paired(seed=9)
+    k = torch.minimum(b.chosen_tokens, b.rejected_tokens)
+    tail = lambda s, n: s * (n - k) / n
+    fields = dict(b.__dict__, policy_chosen_tail=tail(b.policy_chosen, b.chosen_tokens),
+                  policy_rejected_tail=tail(b.policy_rejected, b.rejected_tokens),
+                  ref_chosen_tail=tail(b.ref_chosen, b.chosen_tokens), ref_rejected_tail=tail(b.ref_rejected, b.rejected_tokens))  # fmt: skip
+    ours = OBJECTIVES["ld_dpo"](alpha=0.3)
+    b = PairedLogps(**fields)
+    weighted = PairedLogps(**dict(fields, ref_chosen=b.ref_chosen - 0.7 * b.ref_chosen_tail,
+                                  ref_rejected=b.ref_rejected - 0.7 * b.ref_rejected_tail))  # fmt: skip
+    out = ours.loss(b)
+    loss, metrics = trl_dpo(weighted, ["sigmoid"], ld_alpha=0.3)
+    close(out.losses.mean(), loss)
+    close(out.metrics["rewards/margins"], metrics["rewards/margins"])
+    close(out.metrics["rewards/chosen"], metrics["rewards/chosen"])
+
+
 def check_mix():
     """MPO's default mixture against TRL's loss list [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0] (on equal
     chosen lengths, where the two NLL conventions agree: check_rpo_and_sft), and a mixture of DPO-family parts at
@@ -245,7 +266,7 @@ def check_mix():
     close(OBJECTIVES["mix"](parts=parts).loss(u).losses.mean(), trl_dpo(u, ["ipo", "hinge"], [0.3, 1.5], beta=0.2)[0])
 
 
-TRL_CASES.update(fdpo=check_fdpo, mix=check_mix, wpo=check_wpo)
+TRL_CASES.update(fdpo=check_fdpo, mix=check_mix, wpo=check_wpo, ld_dpo=check_ld_dpo)
 
 
 def check_kto(name, loss_type, **hp):

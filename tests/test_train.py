@@ -69,7 +69,7 @@ STEP_ONE = {
     "bco_pair": 2 * math.log(2), "sppo_hard": 2 * 500.0**2, "aot": math.log(2), "aot_unpaired": math.log(2), "apo_zero": 1.0,
     "apo_down": 1.0, "discopop": 0.5 * math.log(2) + 0.5, "sigmoid_norm": math.log(2), "kto": 0.5, "kto_no_z0": 0.5,
     "kto_concave": math.log(2), "kto_risk_neutral": 0.0, "apo_zero_unpaired": 0.5, "bco": math.log(2),
-    "fdpo": math.log(2), "dpop": math.log(2), "beta_dpo": math.log(2), "cal_dpo": math.log(2) + 0.5 * 2 * 500.0**2,
+    "fdpo": math.log(2), "ld_dpo": math.log(2), "dpop": math.log(2), "beta_dpo": math.log(2), "cal_dpo": math.log(2) + 0.5 * 2 * 500.0**2,
 }  # fmt: skip
 
 

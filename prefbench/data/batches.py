@@ -225,6 +225,9 @@ class Forward(NamedTuple):
     targets: torch.Tensor  # [tokens] the completion tokens
     rows: torch.Tensor  # [tokens] the row (index into collate's `rows`) each token belongs to
     n_rows: int
+    # [rows] for objectives that need a completion's tail (LD-DPO): its scored tokens from this index on are the
+    # tail (`tail_cut`); None otherwise
+    tail_from: torch.Tensor | None = None
 
 
 def attends(
@@ -261,7 +264,23 @@ def dense_mask(packed: torch.Tensor, positions: torch.Tensor | None = None, wind
     )[:, None]  # fmt: skip
 
 
-def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layout: str = "rows") -> Forward:
+def scored_length(key: Key, examples: list[Example]) -> int:
+    """Tokens of a row's completion that have a log-prob: all, but the first where there is no prompt."""
+    p, c, w = key
+    return len(examples[c].completions[w]) - (0 if examples[p].prompt else 1)
+
+
+def tail_cut(key: Key, examples: list[Example]) -> int:
+    """LD-DPO's split of a paired row (Liu et al. 2024, arXiv:2409.06411): the first min(|y_w|, |y_l|) scored tokens
+    of each completion of the pair are the shared part, the rest its tail. A row's pair is its example's two
+    completions, so the cut is a function of the row alone (and the reference cache can key it)."""
+    p, c, _ = key
+    return min(scored_length((p, c, w), examples) for w in range(len(examples[c].completions)))
+
+
+def collate(
+    rows: list[Key], examples: list[Example], pad_id: int, device, layout: str = "rows", tails: bool = False
+) -> Forward:
     """The forward of `rows` in `layout` (see the module's docstring). Shared or packed, rows of one prompt become
     one sequence, the prompt once and each completion after it: a completion attends to the prompt and to its own
     earlier tokens only, and its positions continue from the prompt's, so each completion's log-probs are those
@@ -311,9 +330,10 @@ def collate(rows: list[Key], examples: list[Example], pad_id: int, device, layou
     else:
         mask, position_ids = torch.stack([flat(sequence), flat(segment)], 1), flat(positions)
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    cuts = to_device(torch.tensor([tail_cut(k, examples) for k in rows], dtype=torch.long), device) if tails else None
     return Forward(
         to_device(flat(ids), device), to_device(mask, device), None if position_ids is None else to_device(position_ids, device),
-        to_device(cat(predict_at), device), to_device(cat(targets), device), to_device(cat(owner), device), len(rows),
+        to_device(cat(predict_at), device), to_device(cat(targets), device), to_device(cat(owner), device), len(rows), cuts,
     )  # fmt: skip
 
 

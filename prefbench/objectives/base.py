@@ -45,7 +45,9 @@ class PairedLogps:
 
     Reference fields are None when the objective does not need a reference model. The square-mass fields, for
     objectives that declare `needs_square_mass` (WPO), hold sum_t log sum_v pi(v | prefix_t)^2 over each
-    completion's positions under the policy, without gradient; None otherwise.
+    completion's positions under the policy, without gradient; None otherwise. The tail fields, for objectives
+    that declare `needs_tails` (LD-DPO), hold the log-probs summed over each completion's tokens past the first
+    min(|y_w|, |y_l|) of its pair (policy, and reference where needed); None otherwise.
     """
 
     policy_chosen: Tensor
@@ -56,6 +58,10 @@ class PairedLogps:
     ref_rejected: Tensor | None = None
     policy_chosen_square_mass: Tensor | None = None
     policy_rejected_square_mass: Tensor | None = None
+    policy_chosen_tail: Tensor | None = None
+    policy_rejected_tail: Tensor | None = None
+    ref_chosen_tail: Tensor | None = None
+    ref_rejected_tail: Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_batch(
@@ -73,6 +79,12 @@ class PairedLogps:
         if self.policy_chosen_square_mass is None or self.policy_rejected_square_mass is None:
             raise ValueError(f"objective {objective!r} needs the policy's square mass (policy_*_square_mass)")
         return self.policy_chosen_square_mass, self.policy_rejected_square_mass
+
+    def require_tails(self, objective: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        tails = (self.policy_chosen_tail, self.policy_rejected_tail, self.ref_chosen_tail, self.ref_rejected_tail)
+        if any(t is None for t in tails):
+            raise ValueError(f"objective {objective!r} needs the completions' tail log-probs (policy and reference)")
+        return tails  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -153,6 +165,7 @@ class Objective:
       data             "paired" (PairedLogps) or "unpaired" (UnpairedLogps)
       needs_reference  whether reference log-probs must be computed
       needs_square_mass  whether the log-prob pass must also sum log sum_v pi(v)^2 over each completion (WPO)
+      needs_tails      whether the log-prob passes (policy and reference) must also sum each completion's tail (LD-DPO)
       version          bump whenever a formula or a default changes the numbers
       paper            citation shown by `prefbench objectives`
       batch_defined    why the loss of an example depends on the others of its micro-batch (AOT sorts them);
@@ -162,6 +175,7 @@ class Objective:
     data: ClassVar[str]
     needs_reference: ClassVar[bool]
     needs_square_mass: ClassVar[bool] = False
+    needs_tails: ClassVar[bool] = False
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     batch_defined: ClassVar[str] = ""

@@ -56,6 +56,7 @@ class Mix(Objective):
             self.built.append((name, float(weight), objective))
         self.needs_reference = any(o.needs_reference for _, _, o in self.built)
         self.needs_square_mass = any(o.needs_square_mass for _, _, o in self.built)
+        self.needs_tails = any(o.needs_tails for _, _, o in self.built)
 
     def loss(self, b: PairedLogps) -> ObjectiveOutput:
         total: Tensor | float = 0.0

@@ -425,6 +425,33 @@ class WPO(_WithReference):
 
 
 @dataclass
+class LDDPO(_WithReference):
+    """LD-DPO, length-desensitised DPO: DPO on S' = S - (1 - alpha) T for policy and reference, T the log-probs of a
+    completion's tail (its tokens past the first min(|y_w|, |y_l|) of the pair): the shared-length part counts
+    whole, the longer completion's excess at alpha. Liu et al. 2024, LD-DPO: Length Desensitization in Preference
+    Optimization, arXiv:2409.06411; TRL 1.16's `ld_alpha`. alpha = 0.5 is prefbench's default (TRL has none; the
+    paper tunes it per model within [0, 1]); alpha = 1 is DPO. Rewards are beta times the weighted log-ratios, as
+    TRL logs them. Needs the tails from both log-prob passes (`needs_tails`).
+    """
+
+    paper = "Liu et al. 2024, LD-DPO: Length Desensitization in Preference Optimization, arXiv:2409.06411"
+    needs_tails = True
+    alpha: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "alpha", 0.0, 1.0)
+
+    def loss(self, b: PairedLogps) -> ObjectiveOutput:
+        ref_chosen, ref_rejected = b.require_reference("ld_dpo")
+        t_w, t_l, rt_w, rt_l = b.require_tails("ld_dpo")
+        keep = 1 - self.alpha
+        h_w = (b.policy_chosen - keep * t_w) - (ref_chosen - keep * rt_w)
+        h_l = (b.policy_rejected - keep * t_l) - (ref_rejected - keep * rt_l)
+        return self.output(-F.logsigmoid(self.beta * (h_w - h_l)), h_w, h_l)
+
+
+@dataclass
 class DPOP(_WithReference):
     """DPO-Positive: -log sigma(beta (h_w - h_l - lambda max(0, -h_w))): a penalty once the chosen completion's
     likelihood falls below the reference's. Pal et al. 2024 (Smaug), arXiv:2402.13228, Eq. 3 as corrected in its
