@@ -111,6 +111,7 @@ def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | Non
     estimate = memory.estimate(
         shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing,
         bf16_weights=t.weights == "bf16", eight_bit=t.optimizer == "adamw_8bit", offload=t.optimizer_offload,
+        moving_reference=any(o.name in OBJECTIVES and OBJECTIVES[o.name].moving_reference for o in recipe.objectives),
     )  # fmt: skip
     return estimate, limit
 
@@ -192,6 +193,11 @@ def _objective_problems(recipe: Recipe) -> list[str]:
         except (ValueError, TypeError) as e:
             out.append(f"objectives[{i}] ({spec.name}): {e}")
             continue
+        if OBJECTIVES[spec.name].moving_reference and (recipe.model.lora or recipe.train.fsdp):
+            out.append(
+                f"objectives[{i}] ({spec.name}): its reference moves toward the policy, a full copy of the model held "
+                "beside it; not with model.lora (the reference is the frozen base) or train.fsdp (an unsharded copy)"
+            )
         if fmt == "unpaired" and OBJECTIVES[spec.name].data == "paired":
             how = "the transforms make it unpaired" if recipe.data.format == "paired" else "data.format is unpaired"
             out.append(

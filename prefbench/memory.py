@@ -112,13 +112,14 @@ def estimate(
     bf16_weights: bool = False,
     eight_bit: bool = False,
     offload: bool = False,
+    moving_reference: bool = False,
 ) -> Estimate:
     """One device's memory for a training step whose forward holds `tokens` tokens, `completion_tokens` of them
     scored: fp32 weights (bf16 with `bf16_weights`, the frozen base too under LoRA), gradients of the trained
     weights' dtype and two fp32 AdamW moments for what trains (8-bit ones with `eight_bit`; none on the device
     with `offload`), split over `shards` under FSDP; activations for the forward's tokens, bf16 autocast on a
     GPU. With checkpointing each layer keeps only its input, and one layer's activations live again during its
-    recompute.
+    recompute. A moving reference (TR-DPO) adds a copy of the weights, in their dtype.
     The head's logits (fp32, and their log-softmax) for the scored tokens, or one recomputed block of them
     (logprobs.LOGITS_RECOMPUTE_ABOVE, block_elements) when there are more."""
     from prefbench.logprobs import LOGITS_BLOCK_ELEMENTS, LOGITS_BLOCK_ELEMENTS_CUDA, LOGITS_RECOMPUTE_ABOVE
@@ -126,6 +127,7 @@ def estimate(
     params, trained = shape.parameters(), shape.parameters(lora_r)  # (without LoRA, every parameter trains)
     w = 2 if bf16_weights else 4  # bytes of a weight; LoRA's adapters stay fp32, and AdamW's moments always are
     weights, gradients = w * params + 4 * trained if lora_r else w * params, 4 * trained if lora_r else w * trained
+    weights += w * params if moving_reference else 0
     per_layer = shape.saved_per_token(2 if gpu or bf16_weights else 4, bf16_weights, lora_r)
     activations = tokens * shape.layers * (4 * shape.hidden if checkpointing else per_layer)
     logits = completion_tokens * shape.vocab

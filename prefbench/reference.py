@@ -129,7 +129,7 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
     lengths = [ex.length() for ex in prepared.train]
     for spec in objectives:
         objective = build(spec.name, **spec.hyperparameters)
-        if not objective.needs_reference:
+        if not objective.needs_reference or objective.moving_reference:  # (its reference is computed in training)
             continue
         for seed in seeds:
             for step in schedule(

@@ -119,6 +119,9 @@ class TrainState:
     params: list[torch.nn.Parameter]  # the trainable ones
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    # a moving reference (objectives' moving_reference: TR-DPO): SequenceLogps over a copy of the model, updated
+    # toward the policy by the objective's rule; None where the reference log-probs come from the run's cache
+    reference: torch.nn.Module | None = None
 
     @property
     def metrics_path(self) -> Path:
@@ -189,6 +192,12 @@ def set_up(
     rows_layout = ready(lm, t, device)
     policy = distribute(SequenceLogps(lm, objective.needs_square_mass), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
+    reference = None
+    if objective.moving_reference:  # the model as it starts (restore loads a checkpoint's moved one)
+        reference_lm, _ = models.load(recipe.model.name, next(lm.parameters()).dtype)
+        reference_lm = reference_lm.to(device).eval().requires_grad_(False)
+        ready(reference_lm, t, device)
+        reference = SequenceLogps(reference_lm)
     optimizer = make_optimizer(params, t, device)
     warmup = int(t.warmup_ratio * t.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.steps, warmup, t.schedule))
@@ -209,6 +218,7 @@ def set_up(
         params,
         optimizer,
         scheduler,
+        reference,
     )
 
 
@@ -261,6 +271,8 @@ def restore(u: TrainState, resume: Path | None) -> int:
             u.optimizer.load_state_dict(state["optimizer"])
         u.scheduler.load_state_dict(state["scheduler"])
         u.objective.load_state_dict(state["objective"])
+        if u.reference is not None:
+            u.reference.lm.load_state_dict(state["moving_reference"])
         torch.set_rng_state(state["rng"])  # LoRA dropout, the one random thing in a step
         start_step = state["step"]
     if u.rank == 0:
@@ -320,6 +332,8 @@ def train_loop(
                 )
             lr = u.scheduler.get_last_lr()[0]  # the rate this update uses
             u.optimizer.step()
+            if u.reference is not None and (weight := u.objective.reference_update(step + 1)) is not None:
+                _move_reference(u, weight)
             u.scheduler.step()
             u.objective.end_step(_summed if u.world > 1 else None)
             u.optimizer.zero_grad(set_to_none=True)
@@ -370,6 +384,9 @@ def _forward_backward(
             with u.autocast:
                 logps, counts, *more = u.policy(*fwd)
             logps, counts = logps.double(), counts.double()
+            if u.reference is not None:  # the reference as it is now, on the same forward
+                with torch.no_grad(), u.autocast:
+                    ref = _Computed(u.reference(*fwd)[0].double())
             batch, extra = _objective_batch(u, mb, logps, counts, ref, mismatched, more)
             out = u.objective.loss(batch)
             if out.losses.shape[0] != counts_per_batch[n]:  # shapes are known on the host: no sync
@@ -399,6 +416,13 @@ def _read_once(grad_norm, sums: dict) -> tuple[float, dict[str, tuple[float, int
     return read[0], {k: (total, sums[k][1]) for k, total in zip(names, read[1:])}
 
 
+@torch.no_grad()
+def _move_reference(u: TrainState, weight: float) -> None:
+    """reference <- weight * policy + (1 - weight) * reference, parameter by parameter (the same architecture, the
+    same order); every process holds the same weights after DDP's update, so every process moves alike."""
+    torch._foreach_lerp_(list(u.reference.lm.parameters()), list(u.lm.parameters()), weight)
+
+
 def _summed(values: list[float]) -> list[float]:
     """Each value summed over every process (an objective's step statistics: Objective.end_step)."""
     t = torch.tensor(values, dtype=torch.float64)
@@ -425,6 +449,17 @@ def _mismatched_logps(u: TrainState, batches: list[MicroBatch], prepared: Prepar
             dist.all_gather(gathered, mine)
             values[i] = torch.cat(gathered)
     return values[0], values[1] if len(values) > 1 else None
+
+
+class _Computed:
+    """A micro-batch's reference log-probs computed in the step (a moving reference), read as the cache is."""
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+
+    def tensor(self, keys: list) -> torch.Tensor:
+        assert len(keys) == len(self.values)  # the rows of the forward that computed them, in order
+        return self.values
 
 
 def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatched, more=()):
@@ -491,6 +526,8 @@ def save_periodic(u: TrainState, step: int) -> None:
         "optimizer": optim_state or u.optimizer.state_dict(), "scheduler": u.scheduler.state_dict(),
         "objective": u.objective.state_dict(), "step": step, "rng": torch.get_rng_state(),
     }  # fmt: skip
+    if u.reference is not None:  # where the moving reference has got to
+        state["moving_reference"] = u.reference.lm.state_dict()
     if u.rank == 0:
         _save_checkpoint(u.out / f"checkpoint-{step}", u.lm, u.tokenizer, state, weights)
         for old in u.out.glob("checkpoint-*"):

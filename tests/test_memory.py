@@ -163,3 +163,13 @@ def test_the_8bit_optimizers_states_are_counted_to_the_byte(lora):
     assert e.optimizer == got["optimizer"]
     if not lora:  # a full fine-tune's states at under 30% of fp32 AdamW's (LoRA's small adapters stay fp32)
         assert e.optimizer < 0.3 * 8 * (got["gradients"] / 4)
+
+
+def test_a_moving_reference_adds_one_copy_of_the_weights():
+    """TR-DPO's reference in memory: the estimate's weights grow by the model's parameters in their dtype."""
+    shape = Shape.from_config(SHAPES[next(iter(SHAPES))])
+    for bf16 in (False, True):
+        fixed = estimate(shape, tokens=256, completion_tokens=128, gpu=False, bf16_weights=bf16)
+        moving = estimate(shape, tokens=256, completion_tokens=128, gpu=False, bf16_weights=bf16, moving_reference=True)
+        assert moving.weights - fixed.weights == (2 if bf16 else 4) * shape.parameters()
+        assert (moving.gradients, moving.activations) == (fixed.gradients, fixed.activations)

@@ -137,6 +137,8 @@ HAND: dict[str, list[float]] = {
     "sigmoid_norm": [LN2, sp(0.5 * L3), sp(-0.2 * L3)],
     # DPO + 1.0 * NLL
     "rpo": [LN2 + 5, LN43 + 15 - 5 * L3, LN4 + 5],
+    # DPO's loss on the reference it is given (the trainer moves the reference: tests/test_train.py)
+    "tr_dpo": [LN2, LN43, LN4],
     # h_l' = h_l - (1 - 0.5) (tail log-ratio) = [0, -2, 10L]: z = 0.1 (h_w - h_l') = [0, L + 0.2, -L]
     "ld_dpo": [LN2, sp(L3 + 0.2), LN4],
     # DPO's losses, each pair weighted 1/8 (hand_paired's square mass)
@@ -264,6 +266,7 @@ AT_INIT: dict[str, list[float]] = {
     "fdpo": [LN2] * 3,  # every score is 0 at h = 0
     "wpo": [LN2 / 4] * 3,  # square mass S + |y| ln 2 on both sides: weight 1/2 * 1/2
     "ld_dpo": [LN2] * 3,
+    "tr_dpo": [LN2] * 3,
     "dpop": [LN2] * 3,
     "rdpo": [LN2] * 3,  # equal lengths
     "cal_dpo": [LN2 + 0.5 * 2 * 500.0**2] * 3,

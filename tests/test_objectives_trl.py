@@ -266,7 +266,24 @@ def check_mix():
     close(OBJECTIVES["mix"](parts=parts).loss(u).losses.mean(), trl_dpo(u, ["ipo", "hinge"], [0.3, 1.5], beta=0.2)[0])
 
 
-TRL_CASES.update(fdpo=check_fdpo, mix=check_mix, wpo=check_wpo, ld_dpo=check_ld_dpo)
+def check_tr_dpo():
+    """TR-DPO's loss is TRL's sigmoid on the current reference; its update is TRL's SyncRefModelCallback rule
+    (target <- (1 - alpha) target + alpha policy), here against prefbench's on two small models."""
+    check_dpo_family("tr_dpo", ["sigmoid"])
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    from prefbench.train import _move_reference
+
+    torch.manual_seed(0)
+    policy, ours, theirs = (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)) for _ in range(3))
+    theirs.load_state_dict(ours.state_dict())
+    _move_reference(SimpleNamespace(lm=policy, reference=SimpleNamespace(lm=ours)), 0.6)
+    SyncRefModelCallback._sync_target_model(policy, theirs, 0.6)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+TRL_CASES.update(fdpo=check_fdpo, mix=check_mix, wpo=check_wpo, ld_dpo=check_ld_dpo, tr_dpo=check_tr_dpo)
 
 
 def check_kto(name, loss_type, **hp):

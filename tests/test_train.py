@@ -69,7 +69,7 @@ STEP_ONE = {
     "bco_pair": 2 * math.log(2), "sppo_hard": 2 * 500.0**2, "aot": math.log(2), "aot_unpaired": math.log(2), "apo_zero": 1.0,
     "apo_down": 1.0, "discopop": 0.5 * math.log(2) + 0.5, "sigmoid_norm": math.log(2), "kto": 0.5, "kto_no_z0": 0.5,
     "kto_concave": math.log(2), "kto_risk_neutral": 0.0, "apo_zero_unpaired": 0.5, "bco": math.log(2),
-    "fdpo": math.log(2), "ld_dpo": math.log(2), "dpop": math.log(2), "beta_dpo": math.log(2), "cal_dpo": math.log(2) + 0.5 * 2 * 500.0**2,
+    "fdpo": math.log(2), "ld_dpo": math.log(2), "tr_dpo": math.log(2), "dpop": math.log(2), "beta_dpo": math.log(2), "cal_dpo": math.log(2) + 0.5 * 2 * 500.0**2,
 }  # fmt: skip
 
 
@@ -158,6 +158,25 @@ def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp
             assert shared[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-5), (name, key)
 
 
+def test_tr_dpo_moves_its_reference_by_the_rule(tmp_path):
+    """A hard copy after every step (mixup_alpha 1, sync_steps 1): each step starts at policy = reference, so every
+    step's loss is log 2 although the policy trains. With sync_steps past the run's end the reference never moves,
+    and the run is DPO's, its reference computed in the step equal to the cached one (1e-5)."""
+    objectives = [
+        {"name": "tr_dpo", "label": "hard", "mixup_alpha": 1.0, "sync_steps": 1},
+        {"name": "tr_dpo", "label": "still", "sync_steps": 100},
+        {"name": "dpo"},
+    ]
+    train_units(parse_recipe(recipe_dict(tmp_path, objectives)))
+    hard = metrics(tmp_path, "hard")
+    assert [r["loss"] for r in hard] == pytest.approx([math.log(2)] * 4, abs=1e-6)
+    assert hard[-1]["grad_norm"] > 0  # it trains: the gradient at policy = reference is DPO's first one
+    still, dpo = without_timing(metrics(tmp_path, "still")), without_timing(metrics(tmp_path, "dpo"))
+    for a, b in zip(still, dpo):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5) for k in b), (a, b)
+    assert dpo[-1]["loss"] < math.log(2) - 1e-3  # the fixed reference lets DPO's loss fall
+
+
 def test_same_seed_same_data_same_losses(tmp_path):
     for run in ("a", "b"):
         train_units(parse_recipe(recipe_dict(tmp_path / run, [{"name": "dpo"}, {"name": "kto"}])))
@@ -236,11 +255,12 @@ def cli(args, env=None, **kw):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("label", ["dpo", "bco"])
+@pytest.mark.parametrize("label", ["dpo", "bco", "tr_dpo"])
 def test_a_killed_run_resumes_and_ends_with_the_same_metrics(tmp_path, label):
     """SIGKILL after step 3 (checkpoint at step 2): the same command again redoes step 3 onward and
-    ends exactly where an uninterrupted run ends. bco also carries state (its running reward mean)."""
-    objectives = [{"name": label}]
+    ends exactly where an uninterrupted run ends. bco also carries state (its running reward mean), tr_dpo its
+    moving reference (moved after every step here)."""
+    objectives = [{"name": label, **({"sync_steps": 1} if label == "tr_dpo" else {})}]
     killed = tmp_path / "killed.yaml"
     killed.write_text(yaml.safe_dump(recipe_dict(tmp_path / "k", objectives, steps=6, save_every=2)))
     whole = tmp_path / "whole.yaml"

@@ -166,6 +166,9 @@ class Objective:
       needs_reference  whether reference log-probs must be computed
       needs_square_mass  whether the log-prob pass must also sum log sum_v pi(v)^2 over each completion (WPO)
       needs_tails      whether the log-prob passes (policy and reference) must also sum each completion's tail (LD-DPO)
+      moving_reference whether the reference moves toward the policy as it trains (TR-DPO): the trainer then holds
+                       it in memory and computes its log-probs each step (`reference_update` gives the rule)
+                       instead of reading the run's reference cache
       version          bump whenever a formula or a default changes the numbers
       paper            citation shown by `prefbench objectives`
       batch_defined    why the loss of an example depends on the others of its micro-batch (AOT sorts them);
@@ -176,6 +179,7 @@ class Objective:
     needs_reference: ClassVar[bool]
     needs_square_mass: ClassVar[bool] = False
     needs_tails: ClassVar[bool] = False
+    moving_reference: ClassVar[bool] = False
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     batch_defined: ClassVar[str] = ""
@@ -199,6 +203,11 @@ class Objective:
 
     def loss(self, batch: PairedLogps | UnpairedLogps) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def reference_update(self, step: int) -> float | None:
+        """For a moving reference: after optimizer step `step` (1-based), the weight w of the update
+        reference <- w * policy + (1 - w) * reference, or None for no update."""
+        return None
 
     def hyperparameters(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

@@ -51,8 +51,10 @@ class Mix(Objective):
                     f"Mix: parts[{i}] ({name}) must be a paired objective of per-pair losses, not a mixture"
                 )
             objective = build(name, **{k: v for k, v in part.items() if k not in ("name", "weight")})
-            if objective.state_dict():
-                raise ValueError(f"Mix: parts[{i}] ({name}) keeps running statistics; a mixture cannot")
+            if objective.state_dict() or objective.moving_reference:
+                raise ValueError(
+                    f"Mix: parts[{i}] ({name}) keeps running statistics or a moving reference; a mixture cannot"
+                )
             self.built.append((name, float(weight), objective))
         self.needs_reference = any(o.needs_reference for _, _, o in self.built)
         self.needs_square_mass = any(o.needs_square_mass for _, _, o in self.built)

@@ -425,6 +425,32 @@ class WPO(_WithReference):
 
 
 @dataclass
+class TRDPO(DPO):
+    """TR-DPO, DPO against a trust region that moves: every `sync_steps` optimizer steps the reference is updated
+    to mixup_alpha * policy + (1 - mixup_alpha) * reference (mixup_alpha = 1: a hard copy). Gorbatovski et al. 2024,
+    Learn Your Reference Model for Real Good Alignment, arXiv:2404.09656, §3 (soft and hard updates); TRL 1.16's
+    `sync_ref_model` with `ref_model_mixup_alpha` 0.6 and `ref_model_sync_steps` 512, its defaults here. A run
+    shorter than sync_steps is DPO: set sync_steps to the run's scale. The loss is DPO's on the current reference's
+    log-probs, which the trainer computes each step from a copy of the model held in memory (`moving_reference`;
+    the cached reference pass serves the fixed-reference objectives of the same run).
+    """
+
+    paper = "Gorbatovski et al. 2024, Learn Your Reference Model for Real Good Alignment, arXiv:2404.09656"
+    moving_reference = True
+    mixup_alpha: float = 0.6
+    sync_steps: int = 512
+
+    def validate(self) -> None:
+        super().validate()
+        require_range(self, "mixup_alpha", 0.0, 1.0, low_open=True)
+        if isinstance(self.sync_steps, bool) or not isinstance(self.sync_steps, int) or self.sync_steps < 1:
+            raise ValueError(f"TRDPO: sync_steps must be an integer >= 1, got {self.sync_steps!r}")
+
+    def reference_update(self, step: int) -> float | None:
+        return self.mixup_alpha if step % self.sync_steps == 0 else None
+
+
+@dataclass
 class LDDPO(_WithReference):
     """LD-DPO, length-desensitised DPO: DPO on S' = S - (1 - alpha) T for policy and reference, T the log-probs of a
     completion's tail (its tokens past the first min(|y_w|, |y_l|) of the pair): the shared-length part counts
