@@ -410,6 +410,8 @@ def _read_once(grad_norm, sums: dict) -> tuple[float, dict[str, tuple[float, int
     """The step's gradient norm and metric sums on the host, in one device-to-host copy: each float() of a GPU
     tensor is a sync that waits for every queued kernel, and a step reads a dozen metrics."""
     names = list(sums)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2's norm is a DTensor (its shards' norms reduced on read)
+        grad_norm = grad_norm.full_tensor()
     values = [grad_norm] + [sums[k][0] for k in names]
     device = next((v.device for v in values if torch.is_tensor(v)), "cpu")
     read = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]).tolist()
