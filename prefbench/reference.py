@@ -94,12 +94,14 @@ class RefLogps:
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, pieces)
             pieces = [(tuple(k), v) for share in gathered for k, v in share]
-        self.values.update(pieces)
+        # a value once cached is never replaced: a row computed again for its tail (other neighbours in its forward)
+        # differs by rounding, and units already trained on the cached value must read it again on resume
+        self.values.update((k, v) for k, v in pieces if k not in self.values)
         del model, lm
         if process_rank() == 0:
             with FileLock(str(self.path) + ".lock"):  # concurrent units of one run share this file
                 if self.path.exists():
-                    self.values = {**torch.load(self.path, weights_only=True), **self.values}
+                    self.values = {**self.values, **torch.load(self.path, weights_only=True)}
                 with atomic(self.path) as tmp:
                     torch.save(self.values, tmp)
         return time.perf_counter() - start, len(missing)

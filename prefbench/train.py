@@ -257,7 +257,8 @@ def restore(u: TrainState, resume: Path | None) -> int:
     start_step = 0
     if resume:
         # tensors and plain containers only: a run directory may come from anyone, and a pickle can run code
-        state = torch.load(resume / "trainer_state.pt", weights_only=True)
+        # on the CPU: saved from rank 0's device, it would otherwise land on that device in every process
+        state = torch.load(resume / "trainer_state.pt", weights_only=True, map_location="cpu")
         if u.sharded:
             from torch.distributed.checkpoint.state_dict import (  # deferred: torch: a second to import; prefbench check and report do without
                 StateDictOptions,

@@ -118,3 +118,13 @@ def test_aligned_rows_give_a_sequence_the_same_bf16_logps_whatever_its_neighbour
         spread[name] = max((s - seen[0]).abs().max().item() for s in seen)
     print(f"largest change of a sequence's bf16 log-prob with its neighbours: {spread}")
     assert spread["aligned"] == 0.0
+
+
+def test_a_tensor_already_on_the_gpu_moves_as_it_is():
+    """to_device pins host tensors for an asynchronous copy; a tensor on the GPU already (a moving reference's
+    log-probs, computed in the step: TR-DPO) cannot be pinned and is passed through."""
+    from prefbench.data.batches import to_device
+
+    on_gpu = torch.arange(3.0, device="cuda")
+    assert to_device(on_gpu, "cuda") is on_gpu
+    assert to_device(torch.arange(3.0), "cuda").equal(on_gpu)

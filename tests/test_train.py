@@ -625,3 +625,23 @@ def test_a_steps_metrics_reach_the_host_in_one_copy():
     norm, read = _read_once(torch.tensor(0.125), sums)
     assert norm == 0.125 and read == {"loss": (2.5, 4), "beta": (0.75, 2), "kl": (-1.0, 3)}
     assert all(type(v) is float for v, _ in read.values())
+
+
+def test_the_reference_cache_never_replaces_a_value_units_trained_on(tmp_path):
+    """A row whose sum is cached and whose tail is asked later (LD-DPO added to a run) is computed again for its
+    tail, but its cached sum stays what earlier units read, in memory and on disk; the tail is the new forward's."""
+    from contextlib import nullcontext
+
+    from prefbench.data.tokenize import Example
+    from prefbench.recipe import TrainSpec
+    from prefbench.reference import RefLogps, tail_key
+
+    examples = [Example((5, 6, 7), ((8, 9, 10, 11), (12, 13)))]
+    ref = RefLogps(tmp_path / "ref.pt")
+    ref.values = {(0, 0, 0): -123.0}  # a value some unit already trained against
+    wanted = {(0, 0, 0), (0, 0, 1), tail_key((0, 0, 0)), tail_key((0, 0, 1))}
+    seconds, rows = ref.ensure(wanted, "tiny:small", examples, 0, 4, torch.device("cpu"), nullcontext(), TrainSpec())
+    assert rows == 2 and ref.values[(0, 0, 0)] == -123.0
+    assert ref.values[tail_key((0, 0, 1))] == 0.0  # the shorter completion of the pair: an empty tail
+    assert ref.values[tail_key((0, 0, 0))] < 0 and ref.values[(0, 0, 1)] < 0
+    assert torch.load(tmp_path / "ref.pt", weights_only=True)[(0, 0, 0)] == -123.0

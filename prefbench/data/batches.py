@@ -341,9 +341,9 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     """A host tensor on `device`. To a GPU through pinned memory without waiting: a plain copy
     synchronises with the GPU, so a loop that copies each micro-batch's inputs would stall the GPU
     while the host queues the next kernels (measured: most of a 1.7B step's time on an H100)."""
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return t.to(device)  # (a tensor on a device already: a moving reference's log-probs, computed in the step)
 
 
 def real_tokens(rows: list[Key], examples: list[Example]) -> int:

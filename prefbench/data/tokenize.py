@@ -94,7 +94,8 @@ def tokenize_records(records: list[dict], fmt: str, tokenizer, spec: DataSpec) -
             if longest > room:
                 report.completions_truncated += 1
                 completions = [c[:room] for c in completions]
-        if any(len(c) == 0 for c in completions):
+        # a token is scored from the one before it: without a prompt, a completion's first token has no log-prob
+        if any(len(c) < (1 if prompt else 2) for c in completions):
             report.drop("completion has no tokens", i)
             continue
         examples.append(

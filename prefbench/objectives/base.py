@@ -28,7 +28,7 @@ def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, 
     for k, t in tokens.items():
         if t.device.type != "cpu":
             # Reading the lengths would make the host wait for the device in every forward (launch-bound small models
-            # then idle); the trainer's data holds no empty completion (data.tokenize drops them before training).
+            # then idle); the trainer's data holds no completion without a scored token (data.tokenize drops them).
             continue
         empty = torch.nonzero(t < 1).flatten().tolist()
         if empty:
