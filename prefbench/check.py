@@ -193,6 +193,8 @@ def _objective_problems(recipe: Recipe) -> list[str]:
         except (ValueError, TypeError) as e:
             out.append(f"objectives[{i}] ({spec.name}): {e}")
             continue
+        if spec.online is not None and OBJECTIVES[spec.name].data != "paired":
+            out.append(f"objectives[{i}] ({spec.name}): online training builds pairs; it trains paired objectives")
         if OBJECTIVES[spec.name].moving_reference and (recipe.model.lora or recipe.train.fsdp):
             out.append(
                 f"objectives[{i}] ({spec.name}): its reference moves toward the policy, a full copy of the model held "

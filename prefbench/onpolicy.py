@@ -20,65 +20,9 @@ from prefbench.eval.engines import Sampling
 from prefbench.eval.generate import generate
 from prefbench.eval.prompts import load_prompts
 from prefbench.eval.rewards import REWARDS, RewardModel, make_reward, score_all
+from prefbench.online import build_preferences
 from prefbench.recipe import DataGenSpec
 from prefbench.results import versions, write_json, write_jsonl
-
-
-def build_preferences(
-    prompts: list[str],
-    texts: list[list[str]],
-    rewards: np.ndarray,
-    desirable_at_least: float,
-    min_chosen_reward: float = 0.0,
-):
-    """(paired records, unpaired records, statistics). rewards: [prompts, samples].
-
-    A pair whose best answer scores below min_chosen_reward is dropped: preferring a bad answer to a worse
-    one teaches what the chosen answer does too (on the embedded task: instructions met off topic)."""
-    paired, unpaired, ties, weak = [], [], 0, 0
-    for prompt, samples, r in zip(prompts, texts, rewards):
-        for text, value in zip(samples, r):
-            unpaired.append(
-                {
-                    "prompt": prompt,
-                    "completion": text,
-                    "label": bool(value >= desirable_at_least),
-                    "reward": float(value),
-                }
-            )
-        best, worst = int(np.argmax(r)), int(np.argmin(r))  # first of equals: deterministic
-        if r[best] == r[worst]:
-            ties += 1
-            continue
-        if r[best] < min_chosen_reward:
-            weak += 1
-            continue
-        paired.append(
-            {
-                "prompt": prompt,
-                "chosen": samples[best],
-                "rejected": samples[worst],
-                "reward_chosen": float(r[best]),
-                "reward_rejected": float(r[worst]),
-            }
-        )
-    values, counts = np.unique(np.round(rewards, 6), return_counts=True)
-    stats = {
-        "prompts": len(prompts),
-        "samples": int(rewards.size),
-        "mean_reward": float(rewards.mean()) if rewards.size else float("nan"),
-        "reward_histogram": {f"{v:g}": int(c) for v, c in zip(values, counts)},
-        "pairs": len(paired),
-        "prompts_dropped_as_ties": ties,
-        "pairs_dropped_weak_chosen": weak,
-        "min_chosen_reward": min_chosen_reward,
-        "mean_margin": float(np.mean([p["reward_chosen"] - p["reward_rejected"] for p in paired])) if paired else 0.0,
-        "unpaired": len(unpaired),
-        "desirable": sum(u["label"] for u in unpaired),
-        "desirable_share": float(np.mean([u["label"] for u in unpaired])) if unpaired else 0.0,
-        "desirable_at_least": desirable_at_least,
-    }
-    return paired, unpaired, stats
 
 
 def generate_data(spec: DataGenSpec) -> dict:

@@ -131,7 +131,8 @@ def reference_keys(recipe: Recipe, prepared: Prepared, objectives: list[Objectiv
     lengths = [ex.length() for ex in prepared.train]
     for spec in objectives:
         objective = build(spec.name, **spec.hyperparameters)
-        if not objective.needs_reference or objective.moving_reference:  # (its reference is computed in training)
+        # a moving reference, or an online unit's sampled pairs: their reference is computed in training
+        if not objective.needs_reference or objective.moving_reference or spec.online is not None:
             continue
         for seed in seeds:
             for step in schedule(

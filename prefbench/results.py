@@ -318,6 +318,19 @@ class Run:
         return self.manifest.get("recipe", {}).get("name", self.root.name)
 
 
+def online_costs(unit: Path) -> dict | None:
+    """A semi-online unit's generation and reward costs summed over its rounds (<unit>/online/round-<r>.json, written
+    by onpolicy.OnlineRounds); None for an offline unit."""
+    rounds = sorted(Path(unit).glob("online/round-*.json"))
+    if not rounds:
+        return None
+    costs = [read_json(p) for p in rounds]
+    keys = ("prompts", "samples", "reward_calls", "generated_tokens", "pairs", "prompts_dropped_as_ties")
+    return {"rounds": len(costs), **{k: sum(c[k] for c in costs) for k in keys}} | {
+        "seconds": round(sum(c["seconds"] for c in costs), 3)
+    }
+
+
 def read_optional(path: Path) -> Any:
     """A JSON file's content, or None when there is no such file."""
     return read_json(path) if path.is_file() else None

@@ -20,6 +20,7 @@ from prefbench.device import autocast_for, init_distributed
 from prefbench.errors import TrainingError
 from prefbench.eval.run import evaluate
 from prefbench.metric_table import METRICS
+from prefbench.online import OnlineRounds
 from prefbench.recipe import Recipe
 from prefbench.reference import RefLogps, ref_cache_path, reference_keys
 from prefbench.results import (
@@ -29,6 +30,7 @@ from prefbench.results import (
     hardware,
     jsonable,
     load_run,
+    objective_dir,
     read_json,
     record_timing,
     run_dir,
@@ -143,7 +145,10 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     summaries."""
     prepared, ref = prepare(recipe, labels, seeds)
     specs, seeds = _selected(recipe, labels, seeds)
-    return [train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in seeds]
+    online = lambda spec, seed: (
+        OnlineRounds(recipe, spec, seed, prepared, objective_dir(recipe, spec.label, seed)) if spec.online else None
+    )
+    return [train_one(recipe, spec, seed, prepared, ref, online(spec, seed)) for spec in specs for seed in seeds]
 
 
 def _selected(recipe: Recipe, labels: list[str] | None, seeds: list[int] | None) -> tuple[list, list[int]]:

@@ -67,6 +67,7 @@ from prefbench.results import (
     atomic,
     exclusive,
     objective_dir,
+    online_costs,
     read_json,
     record_timing,
     run_dir,
@@ -128,9 +129,12 @@ class TrainState:
         return self.out / "metrics.jsonl"
 
 
-def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
+def train_one(
+    recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared, ref: RefLogps | None, rounds=None
+) -> dict:
     """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary.
-    Rank 0 holds the unit's lock, so a second `prefbench run` or `train` of the unit stops at once."""
+    Rank 0 holds the unit's lock, so a second `prefbench run` or `train` of the unit stops at once. `rounds`: a
+    semi-online unit's data (onpolicy.OnlineRounds, from the runner): each step's pairs, sampled as it trains."""
     rank, world, device = init_distributed()
     transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
     out = objective_dir(recipe, spec.label, seed)
@@ -150,6 +154,8 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         if (out / "summary.json").exists():
             return read_json(out / "summary.json")
         t = recipe.train_for(spec)
+        if spec.online is not None and world > 1:
+            raise TrainingError(f"{spec.label}: online training samples in one process; run it without torchrun")
         if t.batch_size % (t.micro_batch_size * world):
             raise TrainingError(
                 f"train.batch_size={t.batch_size} must be a multiple of micro_batch_size x processes = {t.micro_batch_size} x {world}"
@@ -158,7 +164,7 @@ def train_one(recipe: Recipe, spec: ObjectiveSpec, seed: int, prepared: Prepared
         resume = latest_checkpoint(out)
         u = set_up(recipe, spec, seed, out, resume, rank, world, device)
         start_step = restore(u, resume)
-        train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step)
+        train_seconds, tokens = train_loop(u, recipe, prepared, ref, start_step, rounds)
         summary = _summary(u, recipe, resume, train_seconds, tokens)
         save_final(u, recipe, summary)
         if rank == 0:
@@ -193,7 +199,9 @@ def set_up(
     policy = distribute(SequenceLogps(lm, objective.needs_square_mass), lm, sharded, world, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     reference = None
-    if objective.moving_reference:  # the model as it starts (restore loads a checkpoint's moved one)
+    # the model as it starts, in memory: a moving reference (restore loads a checkpoint's moved one), or the fixed one
+    # of an online unit, whose pairs are sampled as it trains (no cached pass can hold them)
+    if objective.moving_reference or spec.online is not None:
         reference_lm, _ = models.load(recipe.model.name, next(lm.parameters()).dtype)
         reference_lm = reference_lm.to(device).eval().requires_grad_(False)
         ready(reference_lm, t, device)
@@ -304,10 +312,11 @@ def _step_of(line: str) -> float:
 
 
 def train_loop(
-    u: TrainState, recipe: Recipe, prepared: Prepared, ref: RefLogps | None, start_step: int
+    u: TrainState, recipe: Recipe, prepared: Prepared, ref: RefLogps | None, start_step: int, rounds=None
 ) -> tuple[float, int]:
     """Steps start_step+1 .. train.steps: one update and one metrics.jsonl line each, a checkpoint every
-    train.save_every steps. Returns this process's seconds in steps and real tokens."""
+    train.save_every steps. Returns this process's seconds in steps and real tokens. With `rounds` (semi-online),
+    each step's examples come from it instead of the run's data."""
     t = recipe.train_for(u.spec)
     plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, u.seed, t.bucket_batches)
     train_seconds, tokens_total = 0.0, 0
@@ -318,8 +327,9 @@ def train_loop(
     with contextlib.closing(Trackers(recipe, str(UnitId(u.spec.label, u.seed)), u.out)) as trackers:
         for step in range(start_step, t.steps):
             step_start = time.perf_counter()
-            batches = micro_batches(u.objective, prepared, plan[step], recipe, u.rank, u.world, u.layout)
-            sums, tokens = _forward_backward(u, batches, prepared, ref)
+            data, indices = rounds.step(u.lm, u.tokenizer, step) if rounds else (prepared, plan[step])
+            batches = micro_batches(u.objective, data, indices, recipe, u.rank, u.world, u.layout)
+            sums, tokens = _forward_backward(u, batches, data, ref)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 u.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
             )
@@ -575,6 +585,7 @@ def _summary(u: TrainState, recipe: Recipe, resume: Path | None, train_seconds: 
         "peak_memory_mb": peak_memory_mb(u.device),
         "world_size": u.world,
         "resumed_from": resume.name if resume else None,
+        "online": online_costs(u.out),  # a semi-online unit's samples, reward calls and generation time
     }
 
 

@@ -173,7 +173,9 @@ def test_tr_dpo_moves_its_reference_by_the_rule(tmp_path):
     assert hard[-1]["grad_norm"] > 0  # it trains: the gradient at policy = reference is DPO's first one
     still, dpo = without_timing(metrics(tmp_path, "still")), without_timing(metrics(tmp_path, "dpo"))
     for a, b in zip(still, dpo):
-        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5) for k in b), (a, b)
+        # at step 1 the margins are rounding noise (the cached pass grouped rows otherwise), and so is their sign
+        noise = {"rewards/accuracies"} if abs(b["rewards/margins"]) < 1e-4 else set()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5) for k in b.keys() - noise), (a, b)
     assert dpo[-1]["loss"] < math.log(2) - 1e-3  # the fixed reference lets DPO's loss fall
 
 

@@ -26,6 +26,7 @@ class Prepared:
     report: dict  # loading, validation, split, transforms, tokenization: what happened to the data
     fingerprint: str
     one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
+    train_prompts: list = dataclasses.field(default_factory=list)  # each training example's prompt as given (online)
 
 
 class Split(NamedTuple):
@@ -98,6 +99,9 @@ def prepare_data(recipe: Recipe, tokenizer) -> Prepared:
         "tokenize": {"train": dataclasses.asdict(tok_train), "eval": dataclasses.asdict(tok_eval)},
         "truncation": {"policy": d.truncation, "max_length": d.max_length, "max_prompt_length": d.max_prompt_length},
     }
+    dropped = {i for indices in tok_train.dropped.values() for i in indices}
+    prompts = [r["prompt"] for i, r in enumerate(train_records) if i not in dropped]
     return Prepared(
-        fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist()
-    )
+        fmt, train, held_out, report, fingerprint(train), torch.randint(0, 2, (len(train),), generator=coin).tolist(),
+        prompts,
+    )  # fmt: skip

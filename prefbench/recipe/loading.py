@@ -14,7 +14,7 @@ import yaml
 
 from prefbench.errors import RecipeError
 from prefbench.recipe.choices import _unknown_key
-from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec, TrainSpec, TuneSpec
+from prefbench.recipe.sections import DataGenSpec, ObjectiveSpec, OnlineSpec, TrainSpec, TuneSpec
 from prefbench.recipe.spec import Recipe
 
 # ---- YAML -> dataclasses, with typed, named errors -------------------------------------------
@@ -108,10 +108,12 @@ def _objectives(raw: Any, problems: list[str]) -> tuple[ObjectiveSpec, ...]:
         if not isinstance(entry, dict) or "name" not in entry:
             problems.append(f"objectives[{i}]: expected a mapping with a 'name' (one of `prefbench objectives`)")
             continue
-        hp = {k: v for k, v in entry.items() if k not in ("name", "label", "train")}
+        hp = {k: v for k, v in entry.items() if k not in ("name", "label", "train", "online")}
         name, label = str(entry["name"]), str(entry.get("label", entry["name"]))
         train = _objective_train(entry.get("train", {}), f"objectives[{i}].train", problems)
-        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp, train=train))
+        online = _convert(entry.get("online"), OnlineSpec | None, f"objectives[{i}].online", problems)
+        online = None if online is _BAD else online
+        specs.append(ObjectiveSpec(name=name, label=label, hyperparameters=hp, train=train, online=online))
     return tuple(specs) if len(specs) == len(raw) else ()
 
 

@@ -198,6 +198,7 @@ class ObjectiveSpec:
     label: str
     hyperparameters: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)  # its own values of TrainSpec.PER_OBJECTIVE settings
+    online: OnlineSpec | None = None  # semi-online training: pairs sampled from the policy as it trains
 
     # its name and hyperparameters are the registry's to check (prefbench.check, prefbench.objectives.OBJECTIVES)
 
@@ -599,6 +600,21 @@ class EvalSpec:
             spec = getattr(self, key)
             out += spec.problems(f"{at}.{key}") if spec is not None else []
         return out
+
+
+@dataclass(frozen=True)
+class OnlineSpec:
+    """Semi-online training of a paired objective (an objective entry's `online:`): every `every` steps the policy
+    as it is samples `sampling.n` answers to each prompt the next `every` steps would train on, the recipe's reward
+    (eval.reward) scores them, and the best and worst answer of each prompt become its pair (prompts whose answers
+    all score alike are dropped); those steps train on these pairs. every = 1 is online DPO; every = train.steps is
+    offline training on the starting policy's own samples."""
+
+    every: int = 1
+    sampling: SamplingSpec = field(default_factory=lambda: SamplingSpec(n=4, max_tokens=64))
+
+    def problems(self, at: str) -> list[str]:
+        return _at_least(f"{at}.every", self.every, 1) + self.sampling.problems(f"{at}.sampling")
 
 
 @dataclass(frozen=True)

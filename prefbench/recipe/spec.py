@@ -147,6 +147,12 @@ class Recipe:
             out += (
                 [p for p in self.train_for(spec).problems(f"objectives[{i}].train") if p.startswith(own)] if own else []
             )
+            if spec.online is not None:
+                out += spec.online.problems(f"objectives[{i}].online")
+                if self.eval.reward == "none":
+                    out.append(f"objectives[{i}].online: needs eval.reward (it scores the policy's answers)")
+                if self.model.lora or self.train.fsdp:
+                    out.append(f"objectives[{i}].online: not with model.lora or train.fsdp (one full model samples)")
         return out
 
     def _claim_problems(self) -> list[str]:

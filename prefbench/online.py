@@ -1,0 +1,158 @@
+"""Semi-online training data (an objective entry's `online:`): pairs sampled from the policy as it trains, scored by
+the recipe's reward, and `build_preferences`, the rule that turns scored samples into preference data (which
+`prefbench generate-data`, prefbench/onpolicy.py, uses too).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prefbench import models
+from prefbench.data.batches import schedule
+from prefbench.data.prepare import Prepared
+from prefbench.data.tokenize import fingerprint, tokenize_records
+from prefbench.errors import TrainingError
+from prefbench.eval.engines import HFEngine, Sampling, stop_ids
+from prefbench.eval.rewards import make_reward, score_all
+from prefbench.results import read_jsonl, write_json, write_jsonl
+
+
+def build_preferences(
+    prompts: list[str],
+    texts: list[list[str]],
+    rewards: np.ndarray,
+    desirable_at_least: float,
+    min_chosen_reward: float = 0.0,
+):
+    """(paired records, unpaired records, statistics). rewards: [prompts, samples].
+
+    A pair whose best answer scores below min_chosen_reward is dropped: preferring a bad answer to a worse
+    one teaches what the chosen answer does too (on the embedded task: instructions met off topic)."""
+    paired, unpaired, ties, weak = [], [], 0, 0
+    for prompt, samples, r in zip(prompts, texts, rewards):
+        for text, value in zip(samples, r):
+            unpaired.append(
+                {
+                    "prompt": prompt,
+                    "completion": text,
+                    "label": bool(value >= desirable_at_least),
+                    "reward": float(value),
+                }
+            )
+        best, worst = int(np.argmax(r)), int(np.argmin(r))  # first of equals: deterministic
+        if r[best] == r[worst]:
+            ties += 1
+            continue
+        if r[best] < min_chosen_reward:
+            weak += 1
+            continue
+        paired.append(
+            {
+                "prompt": prompt,
+                "chosen": samples[best],
+                "rejected": samples[worst],
+                "reward_chosen": float(r[best]),
+                "reward_rejected": float(r[worst]),
+            }
+        )
+    values, counts = np.unique(np.round(rewards, 6), return_counts=True)
+    stats = {
+        "prompts": len(prompts),
+        "samples": int(rewards.size),
+        "mean_reward": float(rewards.mean()) if rewards.size else float("nan"),
+        "reward_histogram": {f"{v:g}": int(c) for v, c in zip(values, counts)},
+        "pairs": len(paired),
+        "prompts_dropped_as_ties": ties,
+        "pairs_dropped_weak_chosen": weak,
+        "min_chosen_reward": min_chosen_reward,
+        "mean_margin": float(np.mean([p["reward_chosen"] - p["reward_rejected"] for p in paired])) if paired else 0.0,
+        "unpaired": len(unpaired),
+        "desirable": sum(u["label"] for u in unpaired),
+        "desirable_share": float(np.mean([u["label"] for u in unpaired])) if unpaired else 0.0,
+        "desirable_at_least": desirable_at_least,
+    }
+    return paired, unpaired, stats
+
+
+class OnlineRounds:
+    """Semi-online training data for one unit (ObjectiveSpec.online): round r covers steps r*every .. (r+1)*every - 1.
+    At its first step the policy as it is samples `sampling.n` answers (transformers' generate on the training model
+    itself, seeded per round and prompt) to every prompt those steps would train on offline (the run's schedule,
+    prompts only), the recipe's reward scores them, and build_preferences makes each prompt's pair; the round's
+    steps then train on those pairs, scheduled as an offline run schedules its data. So every = train.steps is
+    offline training on the starting policy's own samples (`prefbench generate-data` with the same prompts).
+
+    Each round's pairs and costs are written to <unit>/online/round-<r>.jsonl and .json before training on them: a
+    killed run resumes with the same samples, and nothing is generated twice."""
+
+    def __init__(self, recipe, spec, seed: int, prepared, out: Path):
+        self.recipe, self.online, self.seed, self.prepared, self.dir = (
+            recipe,
+            spec.online,
+            seed,
+            prepared,
+            out / "online",
+        )
+        t = recipe.train_for(spec)
+        self.steps, self.batch_size, self.bucket = t.steps, t.batch_size, t.bucket_batches
+        self.plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, seed, t.bucket_batches)
+        self.current: tuple | None = None  # (round, its Prepared, its steps' example indices)
+
+    def step(self, lm, tokenizer, step: int):
+        """(the data, the example indices) of training step `step` (0-based)."""
+        r = step // self.online.every
+        if self.current is None or self.current[0] != r:
+            self.current = (r, *self._round(lm, tokenizer, r))
+        return self.current[1], self.current[2][step - r * self.online.every]
+
+    def _round(self, lm, tokenizer, r: int):
+        first, last = r * self.online.every, min((r + 1) * self.online.every, self.steps)
+        path = self.dir / f"round-{r}.jsonl"
+        if not path.exists():
+            self._generate(lm, tokenizer, r, [i for s in range(first, last) for i in self.plan[s]], path)
+        examples, _ = tokenize_records(read_jsonl(path), "paired", tokenizer, self.recipe.data)
+        if len(examples) < self.batch_size:
+            raise TrainingError(
+                f"online round {r}: {len(examples)} pairs (prompts whose answers all scored alike are dropped), fewer "
+                f"than train.batch_size {self.batch_size}; sample more answers (online.sampling.n) or more diverse ones"
+            )
+        data = Prepared("paired", examples, [], {}, fingerprint(examples), [0] * len(examples))
+        return data, schedule([ex.length() for ex in examples], self.batch_size, last - first, self.seed, self.bucket)
+
+    def _generate(self, lm, tokenizer, r: int, indices: list[int], path: Path) -> None:
+        sp = self.online.sampling
+        started = time.perf_counter()
+        engine = HFEngine(device=str(next(lm.parameters()).device))
+        engine.model = lm
+        sampling = Sampling(
+            f"online-{r}", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed + 1000 * self.seed + r
+        )
+        lm.eval()
+        try:
+            completions = engine.generate(
+                [list(self.prepared.train[i].prompt) for i in indices],
+                sampling,
+                tokenizer,
+                stop_ids(models.resolve(self.recipe.model.name), tokenizer),
+            )
+        finally:
+            lm.train()
+        generated = time.perf_counter() - started
+        prompts = [self.prepared.train_prompts[i] for i in indices]
+        texts = [[c.text for c in cs] for cs in completions]
+        reward = make_reward(self.recipe.eval.reward, self.recipe.eval.reward_model)
+        rewards = score_all(reward, prompts, texts)
+        # every prompt whose best answer beats its worst makes a pair: online DPO learns from relative quality
+        paired, _, stats = build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=-np.inf)
+        costs = {
+            "round": r, "prompts": len(prompts), "samples": int(rewards.size), "reward_calls": int(rewards.size),
+            "generated_tokens": sum(len(c.token_ids) for cs in completions for c in cs), "pairs": len(paired),
+            "prompts_dropped_as_ties": stats["prompts_dropped_as_ties"], "mean_reward": stats["mean_reward"],
+            "generate_seconds": round(generated, 3), "seconds": round(time.perf_counter() - started, 3),
+        }  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path.with_suffix(".json"), costs)
+        write_jsonl(path, paired)  # last: its presence means the round is complete

@@ -1,0 +1,122 @@
+"""Semi-online training (an objective entry's `online:`): pairs sampled from the policy as it trains, scored by the
+recipe's reward (here a toy reward model, whose scores of a random model's answers differ), trained on by any paired
+objective. The rounds' pairs are files, so a killed run resumes with the same samples."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefbench.check import parse_recipe
+from prefbench.errors import RecipeError
+from prefbench.runner import train_units
+
+REPO = Path(__file__).resolve().parent.parent
+TIMING = {"tokens_per_s", "step_seconds", "peak_memory_mb"}
+
+
+def recipe(out: Path, reward_model: Path, every: int, **train) -> dict:
+    return {
+        "name": "online",
+        "output_dir": str(out),
+        "model": {"name": "tiny:small"},
+        "data": {"source": "embedded:paired", "limit": 24, "eval_fraction": 0.0, "max_length": 128, "max_prompt_length": 96},
+        "objectives": [{"name": "dpo", "online": {"every": every, "sampling": {"n": 3, "max_tokens": 6}}}],
+        "train": {"steps": 4, "batch_size": 4, "micro_batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0, **train},
+        "seeds": [0],
+        "eval": {"reward": "reward_model", "reward_model": {"model": str(reward_model)}},
+    }  # fmt: skip
+
+
+def unit(out: Path) -> Path:
+    return out / "online" / "dpo" / "seed0"
+
+
+def losses(out: Path, label: str = "dpo") -> list[dict]:
+    rows = [json.loads(line) for line in (out / "online" / label / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_one_round_for_the_whole_run_is_offline_training_on_the_policys_own_samples(tmp_path, toy_reward_model):
+    """every = train.steps: one round at step 0 samples the starting policy on every prompt the run's steps hold,
+    and trains as an offline run trains on that round's pairs as a data file (same schedule, same seed): the same
+    losses, log-probs and gradient norms to 1e-5 (the offline run reads its reference from the cached pass, the
+    online one computes it in the step)."""
+    summary = train_units(parse_recipe(recipe(tmp_path / "on", toy_reward_model, every=4)))[0]
+    round0 = unit(tmp_path / "on") / "online" / "round-0.jsonl"
+    pairs = [json.loads(line) for line in round0.read_text().splitlines()]
+    assert len(pairs) >= 4 and {"prompt", "chosen", "rejected", "reward_chosen", "reward_rejected"} <= pairs[0].keys()
+    assert all(p["reward_chosen"] > p["reward_rejected"] for p in pairs)
+    costs = summary["online"]
+    assert costs["rounds"] == 1 and costs["prompts"] == 16 and costs["samples"] == costs["reward_calls"] == 48
+    assert costs["pairs"] == len(pairs) == 16 - costs["prompts_dropped_as_ties"]
+    offline = recipe(tmp_path / "off", toy_reward_model, every=4)
+    offline["data"] = {k: v for k, v in offline["data"].items() if k != "limit"} | {"source": str(round0)}
+    offline["objectives"] = [{"name": "dpo"}]
+    offline.pop("eval")
+    train_units(parse_recipe(offline))
+    on, off = losses(tmp_path / "on"), losses(tmp_path / "off")
+    assert len(on) == len(off) == 4
+    for a, b in zip(on, off):
+        # at step 1 the margins are rounding noise (policy = reference), and so is their sign
+        noise = {"rewards/accuracies"} if abs(b["rewards/margins"]) < 1e-4 else set()
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5) for k in a.keys() - noise)
+
+
+@pytest.mark.integration
+def test_a_killed_semi_online_run_resumes_with_the_same_samples_and_weights(tmp_path, toy_reward_model):
+    """every = 2 over 4 steps (two rounds), a checkpoint at step 2, SIGKILL after step 3 (round 1 sampled): the
+    same command resumes from step 2, reads round 1's pairs instead of sampling again, and ends where an
+    uninterrupted run ends, whose round 1 (sampled by the policy after two steps) has the same pairs."""
+    paths = {}
+    for name in ("killed", "whole"):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(recipe(tmp_path / name, toy_reward_model, every=2, save_every=2)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = lambda name: [
+        sys.executable,
+        "-m",
+        "prefbench.cli",
+        "train",
+        str(paths[name]),
+        "--objective",
+        "dpo",
+        "--seed",
+        "0",
+    ]
+    first = subprocess.run(
+        args("killed"), env={**env, "PREFBENCH_FAULT_KILL_AT_STEP": "3"}, capture_output=True, text=True
+    )
+    assert first.returncode == -9, first.stderr[-2000:]
+    round1 = unit(tmp_path / "killed") / "online" / "round-1.jsonl"
+    sampled = round1.read_text()
+    stamp = round1.stat().st_mtime_ns
+    second = subprocess.run(args("killed"), env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert round1.read_text() == sampled and round1.stat().st_mtime_ns == stamp  # read, not sampled again
+    whole = subprocess.run(args("whole"), env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    resumed, uninterrupted = losses(tmp_path / "killed"), losses(tmp_path / "whole")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(resumed, uninterrupted):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-4) for k in a), (a, b)
+    assert (unit(tmp_path / "whole") / "online" / "round-1.jsonl").read_text() == sampled
+    summary = json.loads((unit(tmp_path / "killed") / "summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2" and summary["online"]["rounds"] == 2
+
+
+def test_online_entries_are_checked_before_any_model_loads(tmp_path):
+    base = recipe(tmp_path, tmp_path, every=2)
+    base["eval"] = {"reward": "none"}
+    base["objectives"] = [{"name": "dpo", "online": {"every": 0, "sampling": {"n": 0}}}, {"name": "kto", "online": {}}]
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(base)
+    found = e.value.problems
+    assert "objectives[0].online.every: must be >= 1, got 0" in found
+    assert any(p.startswith("objectives[0].online.sampling.n: must be >= 1") for p in found)
+    assert "objectives[0].online: needs eval.reward (it scores the policy's answers)" in found
+    assert any(p.startswith("objectives[1] (kto): online training builds pairs") for p in found), found
