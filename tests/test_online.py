@@ -61,6 +61,14 @@ def test_one_round_for_the_whole_run_is_offline_training_on_the_policys_own_samp
     train_units(parse_recipe(offline))
     on, off = losses(tmp_path / "on"), losses(tmp_path / "off")
     assert len(on) == len(off) == 4
+    from prefbench.report.tables import unit_table
+    from prefbench.results import load_run
+
+    row = unit_table(load_run(tmp_path / "on" / "online")).loc["dpo/seed0"]
+    assert (row["steps"], row["samples"], row["reward calls"]) == ("4", "48", "48")
+    assert (
+        "samples" not in unit_table(load_run(tmp_path / "off" / "online")).columns
+    )  # an offline run has no such costs
     for a, b in zip(on, off):
         # at step 1 the margins are rounding noise (policy = reference), and so is their sign
         noise = {"rewards/accuracies"} if abs(b["rewards/margins"]) < 1e-4 else set()

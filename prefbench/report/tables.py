@@ -37,12 +37,14 @@ def _diff(c: dict) -> str:
 
 
 def unit_table(run: Run) -> pd.DataFrame:
-    """One row per unit (reference first): generation estimates as `mean [CI]` over prompts, training costs. No
-    row is marked best here: which objective leads is an objective-level question (objective_table)."""
+    """One row per unit (reference first): generation estimates as `mean [CI]` over prompts, training costs (and, where
+    a unit trained semi-online, the samples it drew, the reward calls and the seconds they took). No row is marked
+    best here: which objective leads is an objective-level question (objective_table)."""
     rows = []
     has_gen = any(u.generation for u in run.units)
     # a column no unit has (the greedy pass when eval.generation.greedy is false) is left out
     columns = [m for m in GENERATION if any(m.estimate(u.generation) is not None for u in run.units)]
+    online = any((u.summary or {}).get("online") for u in run.units)
     for u in run.units:
         row = {"unit": u.name, "objective": u.objective if u.version is None else f"{u.objective} v{u.version}"}
         if has_gen:
@@ -53,9 +55,15 @@ def unit_table(run: Run) -> pd.DataFrame:
             row["judge win rate vs ref"] = fmt(c["win_rate"]) if c else ""
             row["judge length-adjusted win rate"] = _length_adjusted(c) if c else ""
         s = u.summary
+        row["steps"] = str(s["steps"]) if s else ""
         row["train s"] = f"{s['train_seconds_this_process']:.0f}" if s else ""
         row["tokens/s"] = f"{s['loop_tokens_per_s']:.0f}" if s else ""
         row["peak MB"] = f"{s['peak_memory_mb']:.0f}" if s else ""
+        if online:  # what an online arm paid besides its steps: sampling and scoring, for a comparison at equal cost
+            costs = (s or {}).get("online") or {}
+            row["samples"] = str(costs.get("samples", 0)) if s else ""
+            row["reward calls"] = str(costs.get("reward_calls", 0)) if s else ""
+            row["sampling s"] = f"{costs.get('seconds', 0):.0f}" if s else ""
         rows.append(row)
     return pd.DataFrame(rows).set_index("unit")
 
@@ -70,7 +78,7 @@ def settings_table(run: Run) -> pd.DataFrame | None:
     own = sorted({k for e in entries for k in e.get("train", {})})
     rows = []
     for e in entries:
-        hp = {k: v for k, v in e.items() if k not in ("name", "label", "train")}
+        hp = {k: v for k, v in e.items() if k not in ("name", "label", "train", "online")}
         settings = {k: e.get("train", {}).get(k, shared[k]) for k in own}
         rows.append({"objective": e["label"], "hyperparameters": _pairs(hp) or "defaults", **settings})
     return pd.DataFrame(rows).set_index("objective")
