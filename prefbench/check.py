@@ -111,7 +111,10 @@ def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | Non
     estimate = memory.estimate(
         shape, tokens=tokens, completion_tokens=tokens, gpu=gpu, lora_r=lora, checkpointing=t.gradient_checkpointing,
         bf16_weights=t.weights == "bf16", eight_bit=t.optimizer == "adamw_8bit", offload=t.optimizer_offload,
-        moving_reference=any(o.name in OBJECTIVES and OBJECTIVES[o.name].moving_reference for o in recipe.objectives),
+        moving_reference=any(  # a second model in memory: a moving reference, or an online unit's fixed one
+            o.online is not None or (o.name in OBJECTIVES and OBJECTIVES[o.name].moving_reference)
+            for o in recipe.objectives
+        ),
     )  # fmt: skip
     return estimate, limit
 
@@ -195,6 +198,10 @@ def _objective_problems(recipe: Recipe) -> list[str]:
             continue
         if spec.online is not None and OBJECTIVES[spec.name].data != "paired":
             out.append(f"objectives[{i}] ({spec.name}): online training builds pairs; it trains paired objectives")
+        elif spec.online is not None and build(spec.name, **spec.hyperparameters).needs_tails:
+            out.append(
+                f"objectives[{i}] ({spec.name}): online training computes the reference in the step, without tails"
+            )
         if OBJECTIVES[spec.name].moving_reference and (recipe.model.lora or recipe.train.fsdp):
             out.append(
                 f"objectives[{i}] ({spec.name}): its reference moves toward the policy, a full copy of the model held "

@@ -5,6 +5,7 @@ the recipe's reward, and `build_preferences`, the rule that turns scored samples
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import fingerprint, tokenize_records
 from prefbench.errors import TrainingError
 from prefbench.eval.engines import HFEngine, Sampling, stop_ids
-from prefbench.eval.rewards import make_reward, score_all
-from prefbench.results import read_jsonl, write_json, write_jsonl
+from prefbench.eval.rewards import REWARDS, make_reward, score_all
+from prefbench.results import read_json, read_jsonl, write_json, write_jsonl
 
 
 def build_preferences(
@@ -100,6 +101,15 @@ class OnlineRounds:
         self.steps, self.batch_size, self.bucket = t.steps, t.batch_size, t.bucket_batches
         self.plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, seed, t.bucket_batches)
         self.current: tuple | None = None  # (round, its Prepared, its steps' example indices)
+        self._reward = None  # built at the first round that samples, once
+        # what decides a round's samples: a round file written under other settings is refused, not trained on
+        self.settings = {
+            "every": self.online.every, "sampling": dataclasses.asdict(self.online.sampling), "seed": seed,
+            "reward": recipe.eval.reward, "reward_model": recipe.eval.reward_model and recipe.eval.reward_model.model,
+        }  # fmt: skip
+        REWARDS[recipe.eval.reward].check_prompts(
+            prepared.train_prompts, at=f"objectives ({spec.label}).online: eval.reward"
+        )
 
     def step(self, lm, tokenizer, step: int):
         """(the data, the example indices) of training step `step` (0-based)."""
@@ -112,13 +122,23 @@ class OnlineRounds:
         first, last = r * self.online.every, min((r + 1) * self.online.every, self.steps)
         path = self.dir / f"round-{r}.jsonl"
         if not path.exists():
-            self._generate(lm, tokenizer, r, [i for s in range(first, last) for i in self.plan[s]], path)
-        examples, _ = tokenize_records(read_jsonl(path), "paired", tokenizer, self.recipe.data)
-        if len(examples) < self.batch_size:
+            # each prompt sampled once, however often the round's steps hold it (an epoch's wrap)
+            indices = list(dict.fromkeys(i for s in range(first, last) for i in self.plan[s]))
+            self._generate(lm, tokenizer, r, indices, path)
+        stored = read_json(path.with_suffix(".json")).get("settings")
+        if stored != self.settings:
             raise TrainingError(
-                f"online round {r}: {len(examples)} pairs (prompts whose answers all scored alike are dropped), fewer "
-                f"than train.batch_size {self.batch_size}; sample more answers (online.sampling.n) or more diverse ones"
+                f"{path}: sampled under other online settings ({stored}); this run's are {self.settings}: use another "
+                "output_dir or name"
             )
+        examples, _ = tokenize_records(read_jsonl(path), "paired", tokenizer, self.recipe.data)
+        if not examples:
+            raise TrainingError(
+                f"online round {r}: no pair (every prompt's answers scored alike); sample more answers "
+                "(online.sampling.n) or more diverse ones (online.sampling.temperature)"
+            )
+        # a round with fewer pairs than a batch trains on them again (as an offline epoch repeats its data)
+        examples = examples * -(-self.batch_size // len(examples))
         data = Prepared("paired", examples, [], {}, fingerprint(examples), [0] * len(examples))
         return data, schedule([ex.length() for ex in examples], self.batch_size, last - first, self.seed, self.bucket)
 
@@ -143,8 +163,9 @@ class OnlineRounds:
         generated = time.perf_counter() - started
         prompts = [self.prepared.train_prompts[i] for i in indices]
         texts = [[c.text for c in cs] for cs in completions]
-        reward = make_reward(self.recipe.eval.reward, self.recipe.eval.reward_model)
-        rewards = score_all(reward, prompts, texts)
+        if self._reward is None:
+            self._reward = make_reward(self.recipe.eval.reward, self.recipe.eval.reward_model)
+        rewards = score_all(self._reward, prompts, texts)
         # every prompt whose best answer beats its worst makes a pair: online DPO learns from relative quality
         paired, _, stats = build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=-np.inf)
         costs = {
@@ -152,6 +173,7 @@ class OnlineRounds:
             "generated_tokens": sum(len(c.token_ids) for cs in completions for c in cs), "pairs": len(paired),
             "prompts_dropped_as_ties": stats["prompts_dropped_as_ties"], "mean_reward": stats["mean_reward"],
             "generate_seconds": round(generated, 3), "seconds": round(time.perf_counter() - started, 3),
+            "settings": self.settings,
         }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path.with_suffix(".json"), costs)

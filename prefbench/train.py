@@ -280,7 +280,7 @@ def restore(u: TrainState, resume: Path | None) -> int:
             u.optimizer.load_state_dict(state["optimizer"])
         u.scheduler.load_state_dict(state["scheduler"])
         u.objective.load_state_dict(state["objective"])
-        if u.reference is not None:
+        if u.reference is not None and u.objective.moving_reference:
             u.reference.lm.load_state_dict(state["moving_reference"])
         torch.set_rng_state(state["rng"])  # LoRA dropout, the one random thing in a step
         start_step = state["step"]
@@ -326,8 +326,8 @@ def train_loop(
     # rank 0 logs (and so opens the trackers); the others' Trackers stay closed
     with contextlib.closing(Trackers(recipe, str(UnitId(u.spec.label, u.seed)), u.out)) as trackers:
         for step in range(start_step, t.steps):
-            step_start = time.perf_counter()
             data, indices = rounds.step(u.lm, u.tokenizer, step) if rounds else (prepared, plan[step])
+            step_start = time.perf_counter()  # after a round's sampling, which its own costs count (online_costs)
             batches = micro_batches(u.objective, data, indices, recipe, u.rank, u.world, u.layout)
             sums, tokens = _forward_backward(u, batches, data, ref)
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -539,7 +539,7 @@ def save_periodic(u: TrainState, step: int) -> None:
         "optimizer": optim_state or u.optimizer.state_dict(), "scheduler": u.scheduler.state_dict(),
         "objective": u.objective.state_dict(), "step": step, "rng": torch.get_rng_state(),
     }  # fmt: skip
-    if u.reference is not None:  # where the moving reference has got to
+    if u.reference is not None and u.objective.moving_reference:  # where the moving reference has got to
         state["moving_reference"] = u.reference.lm.state_dict()
     if u.rank == 0:
         _save_checkpoint(u.out / f"checkpoint-{step}", u.lm, u.tokenizer, state, weights)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from prefbench.check import parse_recipe
-from prefbench.errors import RecipeError
+from prefbench.errors import RecipeError, TrainingError
+from prefbench.online import OnlineRounds
 from prefbench.runner import train_units
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,13 @@ def recipe(out: Path, reward_model: Path, every: int, **train) -> dict:
         "seeds": [0],
         "eval": {"reward": "reward_model", "reward_model": {"model": str(reward_model)}},
     }  # fmt: skip
+
+
+def _prepared(r):
+    from prefbench import models
+    from prefbench.data.prepare import prepare_data
+
+    return prepare_data(r, models.load_tokenizer(r.model.name))
 
 
 def unit(out: Path) -> Path:
@@ -115,6 +123,13 @@ def test_a_killed_semi_online_run_resumes_with_the_same_samples_and_weights(tmp_
     assert (unit(tmp_path / "whole") / "online" / "round-1.jsonl").read_text() == sampled
     summary = json.loads((unit(tmp_path / "killed") / "summary.json").read_text())
     assert summary["resumed_from"] == "checkpoint-2" and summary["online"]["rounds"] == 2
+    # the same unit under other online settings refuses its stored rounds instead of training on them
+    changed = recipe(tmp_path / "killed", toy_reward_model, every=2, save_every=2)
+    changed["objectives"][0]["online"]["sampling"]["n"] = 4
+    r = parse_recipe(changed)
+    rounds = OnlineRounds(r, r.objectives[0], 0, _prepared(r), unit(tmp_path / "killed"))
+    with pytest.raises(TrainingError, match="sampled under other online settings"):
+        rounds.step(None, None, 0)  # round 0's file is there: read, compared, refused before any model is used
 
 
 def test_online_entries_are_checked_before_any_model_loads(tmp_path):
@@ -128,3 +143,27 @@ def test_online_entries_are_checked_before_any_model_loads(tmp_path):
     assert any(p.startswith("objectives[0].online.sampling.n: must be >= 1") for p in found)
     assert "objectives[0].online: needs eval.reward (it scores the policy's answers)" in found
     assert any(p.startswith("objectives[1] (kto): online training builds pairs") for p in found), found
+    base["eval"] = {"reward": "instructions"}
+    base["objectives"] = [{"name": "ld_dpo", "online": {"sampling": {"n": 1}}}]
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(base)
+    assert "objectives[0].online.sampling.n: at least 2 (a pair is two answers), got 1" in e.value.problems
+    assert any("online training computes the reference in the step, without tails" in p for p in e.value.problems)
+
+
+def test_online_settings_reach_the_manifest_and_the_tuning_trials(tmp_path):
+    """A run's recorded recipe says which arms trained online (so a changed `online` is a different run), and a
+    tuned online objective's trials and chosen settings train online too."""
+    raw = recipe(tmp_path, tmp_path, every=2) | {"eval": {"reward": "instructions", "generation": {"engine": "hf"}}}
+    raw["objectives"] = [{"name": "dpo"}, {"name": "dpo", "label": "live", "online": {"every": 2}}]
+    r = parse_recipe(raw)
+    entries = r.to_dict()["objectives"]
+    assert "online" not in entries[0] and entries[1]["online"]["every"] == 2
+    raw["tune"] = {
+        "space": {"dpo": {"lr": [1e-4, 1e-3]}, "live": {"lr": [1e-4, 1e-3]}},
+        "prompts": {"split": "validation", "n": 4},
+        "trials": 2,
+    }
+    tuned = parse_recipe(raw)
+    trials = [t for t in tuned.trials_recipe().objectives if t.label.startswith("live.")]
+    assert len(trials) == 2 and all(t.online == tuned.objectives[1].online for t in trials)

@@ -46,7 +46,12 @@ class Recipe:
             train = {key: v for key, v in point.items() if key in TrainSpec.PER_OBJECTIVE}
             hp = {key: v for key, v in point.items() if key not in train}
             out.append(
-                ObjectiveSpec(spec.name, f"{spec.label}.t{k}", {**spec.hyperparameters, **hp}, {**spec.train, **train})
+                dataclasses.replace(
+                    spec,
+                    label=f"{spec.label}.t{k}",
+                    hyperparameters={**spec.hyperparameters, **hp},
+                    train={**spec.train, **train},
+                )  # (its online training, if any, kept)
             )
         return out
 
@@ -83,6 +88,7 @@ class Recipe:
         out = dataclasses.asdict(self)
         out["objectives"] = [
             {"name": o.name, "label": o.label, **o.hyperparameters, **({"train": dict(o.train)} if o.train else {})}
+            | ({"online": dataclasses.asdict(o.online)} if o.online else {})  # (so a run's manifest says it)
             for o in self.objectives
         ]
         return out
@@ -149,6 +155,10 @@ class Recipe:
             )
             if spec.online is not None:
                 out += spec.online.problems(f"objectives[{i}].online")
+                if spec.online.sampling.n < 2:
+                    out.append(
+                        f"objectives[{i}].online.sampling.n: at least 2 (a pair is two answers), got {spec.online.sampling.n}"
+                    )
                 if self.eval.reward == "none":
                     out.append(f"objectives[{i}].online: needs eval.reward (it scores the policy's answers)")
                 if self.model.lora or self.train.fsdp:

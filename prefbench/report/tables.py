@@ -70,9 +70,10 @@ def unit_table(run: Run) -> pd.DataFrame:
 
 def settings_table(run: Run) -> pd.DataFrame | None:
     """Each objective's hyperparameters and training settings, where any objective trained at settings of its own
-    (its entry's `train`); None when every objective shares the run's (the provenance lines say those)."""
+    (its entry's `train`) or semi-online (its `online`: every, answers per prompt); None when every objective shares
+    the run's (the provenance lines say those)."""
     entries = run.manifest["recipe"]["objectives"]
-    if not any(e.get("train") for e in entries):
+    if not any(e.get("train") or e.get("online") for e in entries):
         return None
     shared = run.manifest["recipe"]["train"]
     own = sorted({k for e in entries for k in e.get("train", {})})
@@ -80,7 +81,10 @@ def settings_table(run: Run) -> pd.DataFrame | None:
     for e in entries:
         hp = {k: v for k, v in e.items() if k not in ("name", "label", "train", "online")}
         settings = {k: e.get("train", {}).get(k, shared[k]) for k in own}
-        rows.append({"objective": e["label"], "hyperparameters": _pairs(hp) or "defaults", **settings})
+        o = e.get("online")
+        data = {"data": f"online: every {o['every']} steps, {o['sampling']['n']} answers a prompt" if o else "offline"}
+        shown = data if any(x.get("online") for x in entries) else {}
+        rows.append({"objective": e["label"], "hyperparameters": _pairs(hp) or "defaults", **shown, **settings})
     return pd.DataFrame(rows).set_index("objective")
 
 
