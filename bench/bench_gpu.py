@@ -8,6 +8,9 @@ Each run is SIZE:MICRO[:FLAG...]: a model size, the pairs per forward (train.mic
   liger | compile | nokernels   train.kernels (default: auto, the GPU default)
   padded    train.padding_free: false (shared prompts, right-padded rows)
   noshare   train.share_prompts: false (each completion with its own copy of the prompt)
+--profile: each prefbench cell's steps 3-5 under torch.profiler, the operators by self time in
+profile-<cell>/profile-dpo-seed0.txt beside --out (where the step's time goes, to pick the next lever).
+
   align     train.align_packed: each packed sequence at a multiple of 128 tokens (its step-1 loss exact in bf16;
             its padding counted in computed / counted tokens)
   trl       TRL 1.16's DPOTrainer instead (bench/_worker.py) on the same model, data, micro-batch and batch, at its
@@ -210,6 +213,8 @@ def run_prefbench(
         "PREFBENCH_CACHE": str(work / f"cache-{name}"),
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
+    if args.profile:  # the trainer's hook writes where the step's time went (train._profiled)
+        env["PREFBENCH_PROFILE"] = str((Path(args.out).parent if args.out else work) / f"profile-{name}")
     (work / f"cache-{name}").mkdir()
     subprocess.run(
         [sys.executable, "-m", "prefbench.cli", "train", str(recipe_path), "--objective", "dpo", "--seed", "0"],
@@ -293,6 +298,11 @@ def main() -> None:
     )
     parser.add_argument("--out", help="write the figures as JSON here (rewritten after each run)")
     parser.add_argument("--table", metavar="JSON", help="print the markdown table of a bench JSON and exit")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile steps 3-5 of each prefbench cell (torch.profiler): profile-<cell>.txt beside --out",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",

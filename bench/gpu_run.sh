@@ -33,6 +33,6 @@ tail -5 "$OUT/gpu_paths.log"
 echo "checks: ${SECONDS} s"
 # issue 33's levers, each beside the default in one run: aligned packing (exact bf16 step 1), more pairs per forward
 RUNS=${1:-135m:16,135m:16:align,135m:64,135m:16:trl,1.7b:4,1.7b:4:align,1.7b:4:trl}
-python3 bench/bench_gpu.py --tokenizer .gpu/tokenizer --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" --runs "$RUNS" --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+python3 bench/bench_gpu.py --tokenizer .gpu/tokenizer --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" --runs "$RUNS" --profile --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 grep -v -E "it/s\]|seq/s\]|step/s|s/step" "$OUT/bench.log" | tail -25
 echo "bench: ${SECONDS} s"

@@ -25,6 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -324,7 +325,10 @@ def train_loop(
         total=t.steps, initial=start_step, desc=f"{u.spec.label} seed {u.seed}", unit="step", disable=u.rank != 0
     )
     # rank 0 logs (and so opens the trackers); the others' Trackers stay closed
-    with contextlib.closing(Trackers(recipe, str(UnitId(u.spec.label, u.seed)), u.out)) as trackers:
+    with (
+        contextlib.closing(Trackers(recipe, str(UnitId(u.spec.label, u.seed)), u.out)) as trackers,
+        _profiled(u) as profiler,
+    ):
         for step in range(start_step, t.steps):
             data, indices = rounds.step(u.lm, u.tokenizer, step) if rounds else (prepared, plan[step])
             step_start = time.perf_counter()  # after a round's sampling, which its own costs count (online_costs)
@@ -373,6 +377,7 @@ def train_loop(
             if t.save_every and done % t.save_every == 0 and done < t.steps:
                 save_periodic(u, done)
             _fault_injection(done)
+            profiler.step()
     bar.close()
     return train_seconds, tokens_total
 
@@ -519,6 +524,32 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatch
             if ref_values is not None:
                 extra[f"logratio_per_token/{name}"] = mean((logps - ref_values) / counts)
     return batch, extra
+
+
+@contextlib.contextmanager
+def _profiled(u: TrainState):
+    """The bench's hook (bench/bench_gpu.py --profile): with PREFBENCH_PROFILE=DIR, steps 3-5 run under
+    torch.profiler and DIR/profile-<label>-seed<k>.txt gets the table of where their time went (operators by self
+    device time on a GPU, self CPU time elsewhere). Without it, a profiler that does nothing."""
+    where = os.environ.get("PREFBENCH_PROFILE")
+    if not where or u.rank != 0:
+        yield SimpleNamespace(step=lambda: None)
+        return
+    from torch.profiler import ProfilerActivity, profile, schedule  # deferred: only a profiled bench run needs it
+
+    gpu = u.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+
+    def write(prof) -> None:
+        table = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if gpu else "self_cpu_time_total", row_limit=30
+        )
+        out = Path(where) / f"profile-{u.spec.label}-seed{u.seed}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+
+    with profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=3), on_trace_ready=write) as prof:
+        yield prof
 
 
 def _fault_injection(step: int) -> None:

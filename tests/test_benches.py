@@ -43,8 +43,11 @@ def test_bench_vs_trl_smoke_trains_both_trainers_and_prints_the_ratios(tmp_path)
 
 def test_bench_gpu_smoke_runs_a_tiny_prefbench_cell_on_the_cpu(tmp_path):
     """Its JSON carries what a committed figure needs (device, commit, date, versions), and --table renders it as
-    docs/performance.md shows it: the row's tokens/s, peak memory and step-1 loss are the JSON's."""
-    _bench("bench/bench_gpu.py", "--smoke", "--out", str(tmp_path / "figures.json"))
+    docs/performance.md shows it: the row's tokens/s, peak memory and step-1 loss are the JSON's. --profile leaves
+    each cell's table of where its steps' time went (the matrix products among its operators)."""
+    _bench("bench/bench_gpu.py", "--smoke", "--profile", "--out", str(tmp_path / "figures.json"))
+    profile = (tmp_path / "profile-tiny-2" / "profile-dpo-seed0.txt").read_text()
+    assert "Self CPU" in profile and "aten::mm" in profile
     figures = json.loads((tmp_path / "figures.json").read_text())
     (row,) = figures["results"]
     assert "error" not in row, row.get("error")
