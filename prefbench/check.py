@@ -196,8 +196,10 @@ def _objective_problems(recipe: Recipe) -> list[str]:
         except (ValueError, TypeError) as e:
             out.append(f"objectives[{i}] ({spec.name}): {e}")
             continue
-        if spec.online is not None and OBJECTIVES[spec.name].data != "paired":
-            out.append(f"objectives[{i}] ({spec.name}): online training builds pairs; it trains paired objectives")
+        if spec.online is None and OBJECTIVES[spec.name].online_only:
+            out.append(f"objectives[{i}] ({spec.name}): trains on answers sampled as it trains; give it `online:`")
+        elif spec.online is not None and OBJECTIVES[spec.name].data == "unpaired":
+            out.append(f"objectives[{i}] ({spec.name}): online training builds pairs or groups, not unpaired data")
         elif spec.online is not None and build(spec.name, **spec.hyperparameters).needs_tails:
             out.append(
                 f"objectives[{i}] ({spec.name}): online training computes the reference in the step, without tails"

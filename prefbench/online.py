@@ -10,14 +10,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prefbench import models
 from prefbench.data.batches import schedule
 from prefbench.data.prepare import Prepared
-from prefbench.data.tokenize import fingerprint, tokenize_records
+from prefbench.data.tokenize import Example, fingerprint, tokenize_records
 from prefbench.errors import TrainingError
 from prefbench.eval.engines import HFEngine, Sampling, stop_ids
 from prefbench.eval.rewards import REWARDS, make_reward, score_all
+from prefbench.objectives import OBJECTIVES, group_advantages
 from prefbench.results import read_json, read_jsonl, write_json, write_jsonl
 
 
@@ -101,6 +103,7 @@ class OnlineRounds:
         self.steps, self.batch_size, self.bucket = t.steps, t.batch_size, t.bucket_batches
         self.plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, seed, t.bucket_batches)
         self.current: tuple | None = None  # (round, its Prepared, its steps' example indices)
+        self.grouped = OBJECTIVES[spec.name].data == "grouped"  # GRPO: every answer, not a pair
         self._reward = None  # built at the first round that samples, once
         # what decides a round's samples: a round file written under other settings is refused, not trained on
         self.settings = {
@@ -111,38 +114,69 @@ class OnlineRounds:
             prepared.train_prompts, at=f"objectives ({spec.label}).online: eval.reward"
         )
 
-    def step(self, lm, tokenizer, step: int):
-        """(the data, the example indices) of training step `step` (0-based)."""
+    def step(self, lm, tokenizer, step: int, logps=None):
+        """(the data, the example indices) of training step `step` (0-based). `logps(examples)`: each example's
+        answers' summed log-probs under the policy now, as the trainer computes them (a grouped objective's ratio
+        needs the sampling policy's)."""
         r = step // self.online.every
         if self.current is None or self.current[0] != r:
-            self.current = (r, *self._round(lm, tokenizer, r))
+            self.current = (r, *self._round(lm, tokenizer, r, logps))
         return self.current[1], self.current[2][step - r * self.online.every]
 
-    def _round(self, lm, tokenizer, r: int):
+    def _round(self, lm, tokenizer, r: int, logps=None):
         first, last = r * self.online.every, min((r + 1) * self.online.every, self.steps)
         path = self.dir / f"round-{r}.jsonl"
         if not path.exists():
             # each prompt sampled once, however often the round's steps hold it (an epoch's wrap)
             indices = list(dict.fromkeys(i for s in range(first, last) for i in self.plan[s]))
-            self._generate(lm, tokenizer, r, indices, path)
+            self._generate(lm, tokenizer, r, indices, path, logps)
         stored = read_json(path.with_suffix(".json")).get("settings")
         if stored != self.settings:
             raise TrainingError(
                 f"{path}: sampled under other online settings ({stored}); this run's are {self.settings}: use another "
                 "output_dir or name"
             )
-        examples, _ = tokenize_records(read_jsonl(path), "paired", tokenizer, self.recipe.data)
+        if self.grouped:
+            records = read_jsonl(path)
+            examples, kept = self._groups(records, tokenizer)
+            scores = [list(zip(rec["advantages"], rec["old"])) for rec in records]
+            scores = [[scores[g][w] for w in answers] for g, answers in kept]
+        else:
+            examples, _ = tokenize_records(read_jsonl(path), "paired", tokenizer, self.recipe.data)
+            scores = []
         if not examples:
             raise TrainingError(
                 f"online round {r}: no pair (every prompt's answers scored alike); sample more answers "
                 "(online.sampling.n) or more diverse ones (online.sampling.temperature)"
             )
-        # a round with fewer pairs than a batch trains on them again (as an offline epoch repeats its data)
-        examples = examples * -(-self.batch_size // len(examples))
-        data = Prepared("paired", examples, [], {}, fingerprint(examples), [0] * len(examples))
+        # a round with fewer examples than a batch trains on them again (as an offline epoch repeats its data)
+        repeat = -(-self.batch_size // len(examples))
+        examples, scores = examples * repeat, scores * repeat
+        data = Prepared(
+            "grouped" if self.grouped else "paired", examples, [], {}, fingerprint(examples), [0] * len(examples),
+            scores=scores,
+        )  # fmt: skip
         return data, schedule([ex.length() for ex in examples], self.batch_size, last - first, self.seed, self.bucket)
 
-    def _generate(self, lm, tokenizer, r: int, indices: list[int], path: Path) -> None:
+    def _groups(self, records: list[dict], tokenizer) -> tuple[list, list[tuple[int, list[int]]]]:
+        """A grouped round's records as examples (one per prompt, its answers that tokenize within the data's
+        limits) and, per example, (its record, the answers kept)."""
+        flat = [{"prompt": r["prompt"], "completion": c, "label": True} for r in records for c in r["completions"]]
+        singles, report = tokenize_records(
+            flat, "unpaired", tokenizer, dataclasses.replace(self.recipe.data, on_bad="drop")
+        )
+        dropped = {i for indices in report.dropped.values() for i in indices}
+        it, examples, kept, at = iter(singles), [], [], 0
+        for g, rec in enumerate(records):
+            answers = [w for w in range(len(rec["completions"])) if at + w not in dropped]
+            mine = [next(it) for _ in answers]
+            at += len(rec["completions"])
+            if answers:
+                examples.append(Example(mine[0].prompt, tuple(e.completions[0] for e in mine)))
+                kept.append((g, answers))
+        return examples, kept
+
+    def _generate(self, lm, tokenizer, r: int, indices: list[int], path: Path, logps=None) -> None:
         sp = self.online.sampling
         started = time.perf_counter()
         engine = HFEngine(device=str(next(lm.parameters()).device))
@@ -166,8 +200,21 @@ class OnlineRounds:
         if self._reward is None:
             self._reward = make_reward(self.recipe.eval.reward, self.recipe.eval.reward_model)
         rewards = score_all(self._reward, prompts, texts)
-        # every prompt whose best answer beats its worst makes a pair: online DPO learns from relative quality
-        paired, _, stats = build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=-np.inf)
+        if self.grouped:  # every answer, its advantage within its prompt's group, the sampler's log-prob of it
+            advantages = group_advantages(torch.tensor(rewards, dtype=torch.float64)).tolist()
+            rows = [{"prompt": p, "completions": t, "rewards": rw.tolist(), "advantages": a}
+                    for p, t, rw, a in zip(prompts, texts, rewards, advantages)]  # fmt: skip
+            examples, kept = self._groups(rows, tokenizer)
+            old = logps(examples) if examples else []
+            for row in rows:
+                row["old"] = [None] * len(row["completions"])
+            for (g, answers), values in zip(kept, old):
+                for w, v in zip(answers, values):
+                    rows[g]["old"][w] = v
+            ties = sum(1 for rw in rewards if np.ptp(rw) == 0)
+            paired, stats = rows, {"prompts_dropped_as_ties": 0, "mean_reward": float(rewards.mean()), "ties": ties}
+        else:  # every prompt whose best answer beats its worst makes a pair: online DPO learns from relative quality
+            paired, _, stats = build_preferences(prompts, texts, rewards, 0.5, min_chosen_reward=-np.inf)
         costs = {
             "round": r, "prompts": len(prompts), "samples": int(rewards.size), "reward_calls": int(rewards.size),
             "generated_tokens": sum(len(c.token_ids) for cs in completions for c in cs), "pairs": len(paired),

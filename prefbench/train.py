@@ -53,6 +53,7 @@ from prefbench.logprobs import (
 )
 from prefbench.objectives import (
     OBJECTIVES,
+    GroupedLogps,
     Objective,
     PairedLogps,
     UnpairedLogps,
@@ -202,7 +203,7 @@ def set_up(
     reference = None
     # the model as it starts, in memory: a moving reference (restore loads a checkpoint's moved one), or the fixed one
     # of an online unit, whose pairs are sampled as it trains (no cached pass can hold them)
-    if objective.moving_reference or spec.online is not None:
+    if objective.moving_reference or (spec.online is not None and objective.needs_reference):
         reference_lm, _ = models.load(recipe.model.name, next(lm.parameters()).dtype)
         reference_lm = reference_lm.to(device).eval().requires_grad_(False)
         ready(reference_lm, t, device)
@@ -330,7 +331,10 @@ def train_loop(
         _profiled(u) as profiler,
     ):
         for step in range(start_step, t.steps):
-            data, indices = rounds.step(u.lm, u.tokenizer, step) if rounds else (prepared, plan[step])
+            if rounds:  # semi-online: this step's examples, sampled by the policy at its round's start
+                data, indices = rounds.step(u.lm, u.tokenizer, step, lambda examples: _logps_now(u, examples, t))
+            else:
+                data, indices = prepared, plan[step]
             step_start = time.perf_counter()  # after a round's sampling, which its own costs count (online_costs)
             batches = micro_batches(u.objective, data, indices, recipe, u.rank, u.world, u.layout)
             sums, tokens = _forward_backward(u, batches, data, ref)
@@ -435,6 +439,21 @@ def _read_once(grad_norm, sums: dict) -> tuple[float, dict[str, tuple[float, int
 
 
 @torch.no_grad()
+def _logps_now(u: TrainState, examples: list, t: TrainSpec) -> list[list[float]]:
+    """Each example's answers' summed log-probs under the policy as it is, computed as training computes them (its
+    layout and autocast), micro-batch by micro-batch: a grouped objective's ratio starts from these at 1."""
+    out = []
+    for start in range(0, len(examples), t.micro_batch_size):
+        chunk = range(start, min(start + t.micro_batch_size, len(examples)))
+        rows = [(i, i, w) for i in chunk for w in range(len(examples[i].completions))]
+        with u.autocast:
+            values = u.policy(*collate(rows, examples, u.tokenizer.pad_token_id, u.device, u.layout))[0].double()
+        values = iter(values.tolist())
+        out += [[next(values) for _ in examples[i].completions] for i in chunk]
+    return out
+
+
+@torch.no_grad()
 def _move_reference(u: TrainState, weight: float) -> None:
     """reference <- weight * policy + (1 - weight) * reference, parameter by parameter (the same architecture, the
     same order); every process holds the same weights after DDP's update, so every process moves alike."""
@@ -507,6 +526,10 @@ def _objective_batch(u: TrainState, mb: MicroBatch, logps, counts, ref, mismatch
             extra["logratio_per_token/chosen"] = ((logps[:half] - ref_values[:half]) / counts[:half]).mean()
             extra["logratio_per_token/rejected"] = ((logps[half:] - ref_values[half:]) / counts[half:]).mean()
         return batch, {k: v.detach() for k, v in extra.items()}
+    if objective.data == "grouped":
+        advantage, old = to_device(torch.tensor(mb.scores, dtype=torch.float64), device).unbind(1)
+        batch = GroupedLogps(policy=logps, old=old, tokens=counts, advantages=advantage)
+        return batch, {"logps_per_token": (logps / counts).mean().detach()}
     desirable = to_device(torch.tensor(mb.labels), device)
     kl_policy, kl_ref = mismatched
     batch = UnpairedLogps(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prefbench.cli import main as cli_main
-from prefbench.objectives import OBJECTIVES, PairedLogps, UnpairedLogps, build
+from prefbench.objectives import OBJECTIVES, GroupedLogps, PairedLogps, UnpairedLogps, build, group_advantages
 
 L3 = math.log(3)  # sigma(ln 3) = 3/4, sigma(-ln 3) = 1/4: the hand cases use it to keep sigmoids exact
 LN2, LN4, LN43 = math.log(2), math.log(4), math.log(4 / 3)
@@ -32,8 +32,35 @@ def sig(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-def batch_for(cls, paired: PairedLogps, unpaired: UnpairedLogps):
-    return paired if cls.data == "paired" else unpaired
+def batch_for(cls, paired: PairedLogps, unpaired: UnpairedLogps, grouped: GroupedLogps):
+    return {"paired": paired, "unpaired": unpaired, "grouped": grouped}[cls.data]
+
+
+def hand_grouped() -> GroupedLogps:
+    """Four answers (GRPO, eps = 0.2): per-token log-ratios (S - S_old)/|o| = [0, ln 1.5, ln 0.5, ln 1.1] so
+    rho = [1, 1.5, 0.5, 1.1]; advantages [1, 1, -2, -1]. -min(rho A, clip(rho, 0.8, 1.2) A):
+    [-min(1, 1), -min(1.5, 1.2), -min(-1.0, -1.6), -min(-1.1, -1.1)] = [-1, -1.2, 1.6, 1.1]."""
+    n = t(4, 2, 3, 1)
+    old = t(-10, -8, -12, -3)
+    return GroupedLogps(
+        policy=old + n * t(0, math.log(1.5), math.log(0.5), math.log(1.1)),
+        old=old,
+        tokens=n,
+        advantages=t(1, 1, -2, -1),
+    )
+
+
+def init_grouped() -> GroupedLogps:
+    """The policy that sampled (rho = 1): the loss is -A."""
+    s = t(-12, -7.5, -30, -9)
+    return GroupedLogps(policy=s.clone(), old=s.clone(), tokens=t(3, 5, 6, 3), advantages=t(1, -1, 0.5, -0.5))
+
+
+def extreme_grouped() -> GroupedLogps:
+    near, far = -1e-3, -1e4
+    return GroupedLogps(
+        policy=t(near, far, near, far), old=t(far, near, far, near), tokens=t(1, 1, 2, 5), advantages=t(1, -1, -1, 1)
+    )
 
 
 # ---- the hand-computed case --------------------------------------------------------------------
@@ -196,6 +223,7 @@ HAND: dict[str, list[float]] = {
     # delta = the mean beta h of the steps before = 0 (the first step); beta h = [0, L, 0, L]; desirable
     # -log sigma(beta h - delta) = [ln 2, ln(4/3)], undesirable -log sigma(delta - beta h) = [ln 2, ln 4]
     "bco": [LN2, LN43, LN2, LN4],
+    "grpo": [-1.0, -1.2, 1.6, 1.1],
 }
 
 
@@ -203,7 +231,7 @@ HAND: dict[str, list[float]] = {
 def test_hand_computed_case(name):
     assert name in HAND, f"add the hand-computed case of {name!r} to HAND"
     cls = OBJECTIVES[name]
-    out = cls().loss(batch_for(cls, hand_paired(), hand_unpaired()))
+    out = cls().loss(batch_for(cls, hand_paired(), hand_unpaired(), hand_grouped()))
     torch.testing.assert_close(out.losses, t(*HAND[name]), rtol=0, atol=1e-12)
 
 
@@ -287,6 +315,7 @@ AT_INIT: dict[str, list[float]] = {
     "kto_no_ref": [sig(1.2), sig(-0.75), sig(3.0), sig(-0.9)],
     "apo_zero_unpaired": [0.5] * 4,
     "bco": [LN2] * 4,
+    "grpo": [-1.0, 1.0, -0.5, 0.5],  # -A at rho = 1
 }
 
 
@@ -294,7 +323,7 @@ AT_INIT: dict[str, list[float]] = {
 def test_closed_form_at_initialisation(name):
     assert name in AT_INIT, f"add the closed-form value at initialisation of {name!r} to AT_INIT"
     cls = OBJECTIVES[name]
-    out = cls().loss(batch_for(cls, init_paired(), init_unpaired()))
+    out = cls().loss(batch_for(cls, init_paired(), init_unpaired(), init_grouped()))
     torch.testing.assert_close(out.losses, t(*AT_INIT[name]), rtol=0, atol=1e-12)
 
 
@@ -318,6 +347,11 @@ def _grads(cls):
         pc, pr = b.policy_chosen.requires_grad_(), b.policy_rejected.requires_grad_()
         cls().loss(b).losses.mean().backward()
         return pc.grad, pr.grad
+    if cls.data == "grouped":  # "chosen": answers above their group's mean (advantage > 0), "rejected" below
+        b = init_grouped()
+        p = b.policy.requires_grad_()
+        cls().loss(b).losses.mean().backward()
+        return p.grad[b.advantages > 0], p.grad[b.advantages < 0]
     b = init_unpaired()
     p = b.policy.requires_grad_()
     cls().loss(b).losses.mean().backward()
@@ -381,7 +415,7 @@ def extreme_unpaired() -> UnpairedLogps:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_finite_at_extreme_logratios(name, dtype):
     cls = OBJECTIVES[name]
-    b = batch_for(cls, extreme_paired(), extreme_unpaired())
+    b = batch_for(cls, extreme_paired(), extreme_unpaired(), extreme_grouped())
     fields = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in b.__dict__.items()}
     b = type(b)(**fields)
     leaves = [v.requires_grad_() for k, v in b.__dict__.items() if k.startswith("policy")]
@@ -401,6 +435,8 @@ def test_zero_length_completion_is_a_clear_error(name):
         if cls.data == "paired":
             b = init_paired()
             PairedLogps(**{**b.__dict__, "rejected_tokens": t(3, 0, 6)})
+        elif cls.data == "grouped":
+            GroupedLogps(**{**init_grouped().__dict__, "tokens": t(3, 0, 6, 3)})
         else:
             b = init_unpaired()
             UnpairedLogps(**{**b.__dict__, "tokens": t(3, 0, 6, 3)})
@@ -553,7 +589,7 @@ def test_bco_running_mean_spans_steps_and_round_trips():
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_registry_entry_declares_its_needs(name):
     cls = OBJECTIVES[name]
-    assert cls.data in ("paired", "unpaired")
+    assert cls.data in ("paired", "unpaired", "grouped")
     assert isinstance(cls.needs_reference, bool)
     assert isinstance(cls.version, int) and cls.version >= 1
     assert cls.paper and cls.__doc__
@@ -576,6 +612,22 @@ def test_fdpo_scores_approach_dpo_near_the_reference_and_stay_finite_far_from_it
     out = build("fdpo", divergence=divergence).loss(b)
     out.losses.sum().backward()
     assert torch.isfinite(out.losses).all() and torch.isfinite(leaf.grad).all()
+
+
+def test_grpo_advantages_by_hand_and_a_group_without_spread():
+    """Rewards [1, 2, 4]: mean 7/3, unbiased std sqrt(((4/3)^2 + (1/3)^2 + (5/3)^2) / 2) = sqrt(7/3), so A =
+    [-4/3, -1/3, 5/3] / (sqrt(7/3) + 1e-4); a group whose answers all score 0.5 gets zeros. At rho = 1 GRPO's loss is
+    -A, whose group mean is 0, and its gradient on each answer is -A / (|o| N): above-mean answers pushed up."""
+    a = group_advantages(t(1, 2, 4, 0.5, 0.5, 0.5).view(2, 3))
+    scale = math.sqrt(7 / 3) + 1e-4
+    torch.testing.assert_close(a[0], t(-4 / 3, -1 / 3, 5 / 3) / scale, rtol=0, atol=1e-12)
+    assert a[1].tolist() == [0.0, 0.0, 0.0]
+    s = t(-6, -9, -3).requires_grad_()
+    b = GroupedLogps(policy=s, old=s.detach().clone(), tokens=t(2, 3, 1), advantages=a[0])
+    out = build("grpo").loss(b)
+    assert abs(out.losses.sum().item()) < 1e-12 and out.metrics["ratio"].item() == 1.0
+    out.losses.mean().backward()
+    torch.testing.assert_close(s.grad, -a[0] / t(2, 3, 1) / 3, rtol=0, atol=1e-12)
 
 
 def test_dpop_penalty_engages_only_below_the_reference():

@@ -387,6 +387,8 @@ NOT_IN_TRL = {
     "cal_dpo": "a cited loss TRL does not have",
     "beta_dpo": "a cited loss TRL does not have (its PR #6123 was closed)",
     "simper": "a cited loss TRL does not have",
+    "grpo": "TRL's GRPOTrainer takes one ratio per token inside its trainer; prefbench's per answer (equal at ratio 1, "
+    "tests/test_objectives.py checks loss and gradient there by hand)",
 }
 
 

@@ -132,6 +132,25 @@ def test_a_killed_semi_online_run_resumes_with_the_same_samples_and_weights(tmp_
         rounds.step(None, None, 0)  # round 0's file is there: read, compared, refused before any model is used
 
 
+def test_grpo_trains_on_groups_it_samples_with_the_sampler_ratio(tmp_path, toy_reward_model):
+    """GRPO with 3 answers a prompt, a round every 2 steps: each round keeps every answer with its group-normalised
+    advantage and the sampling policy's log-prob (the advantages of a group sum to 0). At a round's first step the
+    policy is the sampler: ratio 1 and a loss of -mean(A) = 0; at its second step the policy has moved, so the ratio
+    differs from 1. No reference model is held (GRPO needs none)."""
+    raw = recipe(tmp_path, toy_reward_model, every=2)
+    raw["objectives"] = [{"name": "grpo", "online": {"every": 2, "sampling": {"n": 3, "max_tokens": 6}}}]
+    summary = train_units(parse_recipe(raw))[0]
+    groups = [json.loads(line) for line in (tmp_path / "online" / "grpo" / "seed0" / "online" / "round-0.jsonl").open()]
+    assert len(groups) == 8 and all(len(g["completions"]) == len(g["advantages"]) == len(g["old"]) == 3 for g in groups)
+    assert all(abs(sum(g["advantages"])) < 1e-9 for g in groups)
+    rows = losses(tmp_path, "grpo")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for first, second in (rows[0:2], rows[2:4]):
+        assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and abs(first["loss"]) < 1e-5
+        assert abs(second["ratio"] - 1.0) > 1e-6
+    assert summary["online"]["rounds"] == 2 and summary["online"]["samples"] == 2 * 8 * 3
+
+
 def test_online_entries_are_checked_before_any_model_loads(tmp_path):
     base = recipe(tmp_path, tmp_path, every=2)
     base["eval"] = {"reward": "none"}
@@ -143,6 +162,10 @@ def test_online_entries_are_checked_before_any_model_loads(tmp_path):
     assert any(p.startswith("objectives[0].online.sampling.n: must be >= 1") for p in found)
     assert "objectives[0].online: needs eval.reward (it scores the policy's answers)" in found
     assert any(p.startswith("objectives[1] (kto): online training builds pairs") for p in found), found
+    base["objectives"] = [{"name": "grpo"}]
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(base)
+    assert "objectives[0] (grpo): trains on answers sampled as it trains; give it `online:`" in e.value.problems
     base["eval"] = {"reward": "instructions"}
     base["objectives"] = [{"name": "ld_dpo", "online": {"sampling": {"n": 1}}}]
     with pytest.raises(RecipeError) as e:

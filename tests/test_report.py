@@ -1302,3 +1302,24 @@ def test_the_stored_beta_sweep_compares_dpo_and_ipo_at_matched_kl():
     assert pair["ci"] == pytest.approx(recomputed["pairs"][0]["ci"]) and pair["ci"][0] < 0 < pair["ci"][1]
     report = (base.parent.parent / "reports" / "beta_sweep" / "report.md").read_text()
     assert "## Reward at matched KL" in report and "| dpo - ipo  | -0.004 [-0.023, +0.015] |" in report
+
+
+def test_the_stored_tuned_comparison_trained_each_objective_at_its_chosen_trial():
+    """results/tuned_comparison (DPO, IPO, KTO, SimPO; 6 trials each on validation prompts, the chosen settings at 3
+    seeds on the test prompts): every unit's recorded hyperparameters and learning rate are its objective's chosen
+    trial's, the choice is each objective's highest validation reward, and the report shows the trials."""
+    base = Path(__file__).resolve().parent.parent / "results" / "tuned_comparison"
+    run = load_run(base)
+    tuning = run.tuning
+    assert tuning["rule"] and set(tuning["objectives"]) == {"dpo", "ipo", "kto", "simpo"}
+    for name, o in tuning["objectives"].items():
+        assert len(o["trials"]) == 6
+        best = max(o["trials"], key=lambda t: t["reward"]["mean"])
+        assert o["chosen"] == best["label"] and o["settings"] == best["settings"]
+        units = [u for u in run.units if u.objective == name]
+        assert len(units) == 3
+        for u in units:
+            assert u.summary["train"]["lr"] == o["settings"]["lr"]
+            assert all(u.summary["hyperparameters"][k] == v for k, v in o["settings"].items() if k != "lr")
+    report = (base.parent.parent / "reports" / "tuned_comparison" / "report.md").read_text()
+    assert "## Tuning trials" in report and "the test prompts never informed a choice" in report

@@ -21,6 +21,9 @@ from prefbench.errors import TrainingError
 from prefbench.objectives import OBJECTIVES
 from prefbench.runner import train_units
 
+# every objective that trains on a fixed data set (GRPO samples as it trains: tests/test_online.py)
+OFFLINE = [name for name, cls in OBJECTIVES.items() if not cls.online_only]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "prefbench" / "data" / "embedded" / "smoke.jsonl"
 REFERENCES = REPO / "tests" / "references" / "trajectories.json"
@@ -55,7 +58,7 @@ def all_objectives_run(tmp_path_factory):
     """Every objective trained, with a cache of its own: a run of another test on the same data may have filled the
     shared reference cache already, and this run's reference pass (its timings) is what some tests read."""
     out = tmp_path_factory.mktemp("all")
-    recipe = parse_recipe(recipe_dict(out, [{"name": n} for n in OBJECTIVES]))
+    recipe = parse_recipe(recipe_dict(out, [{"name": n} for n in OFFLINE]))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PREFBENCH_CACHE", str(out / "cache"))
         train_units(recipe)
@@ -73,7 +76,7 @@ STEP_ONE = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list(OBJECTIVES))
+@pytest.mark.parametrize("name", OFFLINE)
 def test_every_objective_trains_end_to_end(all_objectives_run, name):
     out = all_objectives_run
     rows = metrics(out, name)
@@ -143,13 +146,13 @@ def test_shared_prompts_give_every_objectives_first_step(all_objectives_run, tmp
         monkeypatch.setattr(prefbench.logprobs, "PACKED_DEVICES", ("cuda", "cpu"))
         seen = []
         collate = prefbench.train.collate
-        monkeypatch.setattr(prefbench.train, "collate", lambda *a: seen.append(a[-1]) or collate(*a))
-    objectives = [{"name": n} for n in OBJECTIVES]
+        monkeypatch.setattr(prefbench.train, "collate", lambda *a, **k: seen.append(a[-1]) or collate(*a, **k))
+    objectives = [{"name": n} for n in OFFLINE]
     knobs = dict(steps=1, share_prompts=layout != "rows", align_packed=layout == "aligned")
     train_units(parse_recipe(recipe_dict(tmp_path, objectives, **knobs)))
     if packed:
         assert set(seen) == {layout}
-    for name in OBJECTIVES:
+    for name in OFFLINE:
         shared, plain = metrics(all_objectives_run, name)[0], metrics(tmp_path, name)[0]
         assert shared.keys() == plain.keys()
         for key in plain.keys() - TIMING:

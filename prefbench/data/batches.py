@@ -67,12 +67,16 @@ class MicroBatch:
     rows: list[Key]  # sequences of the one policy forward (paired: chosen rows, then rejected rows)
     labels: list[bool] | None = None  # unpaired: desirable per row
     kl_rows: list[Key] | None = None  # KTO's mismatched pairs, one per row
+    scores: list[tuple[float, float]] | None = None  # grouped: (advantage, the sampler's log-prob) per row
 
 
 def view(objective: Objective, prepared: Prepared, indices: list[int], unpaired_view: str) -> MicroBatch:
     """The rows one micro-batch of examples gives this objective."""
     if objective.data == "paired":
         return MicroBatch([(i, i, 0) for i in indices] + [(i, i, 1) for i in indices])
+    if objective.data == "grouped":  # every answer of each prompt's group
+        rows = [(i, i, w) for i in indices for w in range(len(prepared.train[i].completions))]
+        return MicroBatch(rows, scores=[tuple(prepared.scores[p][w]) for p, _, w in rows])
     if prepared.fmt == "unpaired":
         rows, labels = [(i, i, 0) for i in indices], [bool(prepared.train[i].label) for i in indices]
     elif unpaired_view == "both":  # every pair gives its chosen (desirable) and rejected (undesirable) half
@@ -206,7 +210,7 @@ def _within_budget(
 
 
 def loss_count(objective: Objective, mb: MicroBatch) -> int:
-    """Entries of `objective.loss(...).losses` for this micro-batch: one per pair, or per unpaired row."""
+    """Entries of `objective.loss(...).losses` for this micro-batch: one per pair, or per unpaired or grouped row."""
     return len(mb.rows) // 2 if objective.data == "paired" else len(mb.rows)
 
 

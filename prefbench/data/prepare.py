@@ -27,6 +27,8 @@ class Prepared:
     fingerprint: str
     one_per_prompt: list[int]  # for the one_per_prompt view of paired data: which completion each pair keeps
     train_prompts: list = dataclasses.field(default_factory=list)  # each training example's prompt as given (online)
+    # grouped data (GRPO's online rounds): per example, per answer, (advantage, summed log-prob under the sampler)
+    scores: list = dataclasses.field(default_factory=list)
 
 
 class Split(NamedTuple):

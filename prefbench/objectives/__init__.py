@@ -13,6 +13,7 @@ from prefbench.objectives.base import (
     PairedLogps,
     UnpairedLogps,
 )
+from prefbench.objectives.grouped import GRPO, GroupedLogps, group_advantages
 from prefbench.objectives.mix import Mix
 from prefbench.objectives.paired import (
     AOT,
@@ -100,6 +101,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "kto_no_ref": KTONoReference,
     "apo_zero_unpaired": APOZeroUnpaired,
     "bco": BCO,
+    # grouped, online only: answers sampled as it trains (an `online:` entry)
+    "grpo": GRPO,
 }
 
 
@@ -127,4 +130,7 @@ def build(name: str, **hyperparameters: object) -> Objective:
     return cls(**hyperparameters)
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveOutput", "PairedLogps", "UnpairedLogps", "build"]
+__all__ = [
+    "OBJECTIVES", "GroupedLogps", "Objective", "ObjectiveOutput", "PairedLogps", "UnpairedLogps", "build",
+    "group_advantages",
+]  # fmt: skip

@@ -162,7 +162,7 @@ class Objective:
     """Base of every objective. Subclasses are dataclasses whose fields are their hyperparameters.
 
     Class attributes declare what the trainer must provide, so it never guesses:
-      data             "paired" (PairedLogps) or "unpaired" (UnpairedLogps)
+      data             "paired" (PairedLogps), "unpaired" (UnpairedLogps) or "grouped" (GroupedLogps: GRPO)
       needs_reference  whether reference log-probs must be computed
       needs_square_mass  whether the log-prob pass must also sum log sum_v pi(v)^2 over each completion (WPO)
       needs_tails      whether the log-prob passes (policy and reference) must also sum each completion's tail (LD-DPO)
@@ -180,6 +180,7 @@ class Objective:
     needs_square_mass: ClassVar[bool] = False
     needs_tails: ClassVar[bool] = False
     moving_reference: ClassVar[bool] = False
+    online_only: ClassVar[bool] = False  # trains only on samples drawn as it trains (an `online:` entry): GRPO
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     batch_defined: ClassVar[str] = ""
