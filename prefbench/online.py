@@ -88,17 +88,15 @@ class OnlineRounds:
     steps then train on those pairs, scheduled as an offline run schedules its data. So every = train.steps is
     offline training on the starting policy's own samples (`prefbench generate-data` with the same prompts).
 
-    Each round's pairs and costs are written to <unit>/online/round-<r>.jsonl and .json before training on them: a
-    killed run resumes with the same samples, and nothing is generated twice."""
+    A grouped objective (GRPO) keeps every answer instead of a pair: each prompt's group with its advantages
+    (objectives.group_advantages) and the sampling policy's summed log-probs, which its ratio starts from.
+
+    Each round's pairs (or groups) and costs are written to <unit>/online/round-<r>.jsonl and .json before training
+    on them: a killed run resumes with the same samples, and nothing is generated twice."""
 
     def __init__(self, recipe, spec, seed: int, prepared, out: Path):
-        self.recipe, self.online, self.seed, self.prepared, self.dir = (
-            recipe,
-            spec.online,
-            seed,
-            prepared,
-            out / "online",
-        )
+        self.recipe, self.online, self.seed, self.prepared = recipe, spec.online, seed, prepared
+        self.dir = out / "online"
         t = recipe.train_for(spec)
         self.steps, self.batch_size, self.bucket = t.steps, t.batch_size, t.bucket_batches
         self.plan = schedule([ex.length() for ex in prepared.train], t.batch_size, t.steps, seed, t.bucket_batches)
