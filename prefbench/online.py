@@ -189,6 +189,7 @@ class OnlineRounds:
                 sampling,
                 tokenizer,
                 stop_ids(models.resolve(self.recipe.model.name), tokenizer),
+                logprobs=False,  # a round reads the answers' text only
             )
         finally:
             lm.train()

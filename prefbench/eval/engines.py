@@ -155,8 +155,10 @@ class HFEngine:
         return token_logps(self.model, ids, start)
 
     def generate(
-        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
+        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int], logprobs: bool = True
     ) -> list[list[Completion]]:
+        """Each prompt's completions; `logprobs: False` leaves out the model's log-probs of them (a full-vocabulary
+        forward of every finished sample), for callers that read only text and ids (online training's rounds)."""
         from transformers import (
             GenerationConfig,
         )  # deferred: transformers: seconds to import; prefbench check does without
@@ -187,13 +189,19 @@ class HFEngine:
                 # the model's own log-probs of what it generated, from one forward of the finished samples rather than
                 # generate's per-step logits: a decode step's tiny matrix products round differently with the number
                 # of threads, and a unit evaluated alone (prefbench launch) must give the serial run's numbers
-                logps = self.model(seqs).logits[:, len(ids) - 1 : -1].float().log_softmax(-1).cpu()  # [n, steps, vocab]
-            top = logps.topk(min(TOP_LOGPROBS, logps.shape[-1]), -1)
+                if logprobs:
+                    logps = self.model(seqs).logits[:, len(ids) - 1 : -1].float().log_softmax(-1).cpu()
+                    top = logps.topk(min(TOP_LOGPROBS, logps.shape[-1]), -1)  # logps: [n, steps, vocab]
             completions = []
             for r, row in enumerate(seqs[:, len(ids) :].tolist()):
                 cut = next((i for i, t in enumerate(row) if t in stops), None)
                 tokens = row if cut is None else row[: cut + 1]
                 reason = "length" if cut is None else "stop"
+                if not logprobs:
+                    completions.append(
+                        Completion(tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), reason)
+                    )
+                    continue
                 chosen = logps[r, torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)]
                 completions.append(
                     Completion(
