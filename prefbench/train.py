@@ -136,7 +136,7 @@ def train_one(
 ) -> dict:
     """Train one objective with one seed. Resumes from the last checkpoint; a finished run returns its summary.
     Rank 0 holds the unit's lock, so a second `prefbench run` or `train` of the unit stops at once. `rounds`: a
-    semi-online unit's data (onpolicy.OnlineRounds, from the runner): each step's pairs, sampled as it trains."""
+    semi-online unit's data (online.OnlineRounds, from the runner): each step's pairs, sampled as it trains."""
     rank, world, device = init_distributed()
     transformers.utils.logging.disable_progress_bar()  # prefbench's own bars say what is happening
     out = objective_dir(recipe, spec.label, seed)
