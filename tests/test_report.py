@@ -1323,3 +1323,9 @@ def test_the_stored_tuned_comparison_trained_each_objective_at_its_chosen_trial(
             assert all(u.summary["hyperparameters"][k] == v for k, v in o["settings"].items() if k != "lr")
     report = (base.parent.parent / "reports" / "tuned_comparison" / "report.md").read_text()
     assert "## Tuning trials" in report and "the test prompts never informed a choice" in report
+    # its untuned side: the same objectives and seeds at the one shared learning rate, on the same test prompts
+    shared = load_run(base.parent / "shared_lr")
+    assert {u.objective for u in shared.units if u.summary} == set(tuning["objectives"])
+    assert all(u.summary["train"]["lr"] == 3e-5 for u in shared.units if u.summary)
+    prompts = lambda r: {u.name: u.generation["prompts"] for u in r.units}
+    assert set(prompts(shared).values()) == set(prompts(run).values()) == {96}
