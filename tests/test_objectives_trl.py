@@ -4,7 +4,7 @@ TRL computes its losses inside trainer methods that also run the model. The mode
 thing replaced here: a stand-in returns per-token log-probs whose completion sums are the batch's
 log-probs, so TRL's real `_compute_loss` (DPO, KTO) and `cpo_loss`/`odds_ratio_loss` (CPO, ORPO)
 run on exactly the numbers prefbench's objectives get. Reference log-probs go in through TRL's
-precomputed-reference path.
+precomputed-reference path; GRPO's old-policy log-probs through the sampled batch's `old_per_token_logps`.
 
 Every objective is either in TRL_CASES or in NOT_IN_TRL with the reason.
 """
@@ -24,6 +24,10 @@ trl = pytest.importorskip("trl", minversion="1.16.0")
 from trl import DPOTrainer, KTOTrainer  # noqa: E402
 from trl.experimental.cpo import CPOTrainer  # noqa: E402
 from trl.experimental.orpo import ORPOTrainer  # noqa: E402
+from trl.trainer.grpo_trainer import GRPOTrainer  # noqa: E402
+from trl.trainer.utils import nanstd  # noqa: E402
+
+from prefbench.objectives.grouped import GroupedLogps, group_advantages  # noqa: E402
 
 CPU = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
 
@@ -374,6 +378,61 @@ def check_alphapo():
 
 TRL_CASES.update(simpo=check_simpo, cpo=check_cpo, orpo=check_orpo, alphapo=check_alphapo)
 
+
+def trl_grpo(per_token_logps, old_per_token_logps, mask, advantages, level, epsilon=0.2):
+    """TRL's GRPOTrainer._compute_loss (loss_type "grpo", beta 0, its defaults) on these per-token log-probs."""
+    self = GRPOTrainer.__new__(GRPOTrainer)
+    self.__dict__.update(
+        accelerator=SimpleNamespace(**vars(CPU), reduce=lambda x, reduction: x), model=SimpleNamespace(training=True),
+        loss_type="grpo", importance_sampling_level=level, epsilon_low=epsilon, epsilon_high=epsilon, beta=0.0,
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, aux_loss_enabled=False, use_vllm=False,
+        vllm_importance_sampling_correction=False, _entropy_bonus_enabled=False, current_gradient_accumulation_steps=1,
+        args=SimpleNamespace(delta=None), _metrics={"train": defaultdict(list)},
+        _get_per_token_logps_and_entropies=lambda *a, **k: (per_token_logps, torch.zeros_like(per_token_logps), None),
+    )  # fmt: skip
+    n, width = mask.shape
+    zeros = torch.zeros(n, 1, dtype=torch.long)
+    inputs = dict(
+        prompt_ids=zeros, prompt_mask=torch.ones_like(zeros), completion_ids=torch.zeros_like(mask),
+        completion_mask=mask, advantages=advantages, old_per_token_logps=old_per_token_logps,
+    )  # fmt: skip
+    return GRPOTrainer._compute_loss(self, None, inputs)
+
+
+def check_grpo():
+    """GRPO with one ratio per answer (its per-token geometric mean) is TRL's GRPO at importance_sampling_level
+    "sequence", at any ratio; at ratio 1 (old = current, one update per sampled round) it is also TRL's default
+    per-token GRPO, loss and gradient. Advantages: TRL's (r - group mean) / (nanstd + 1e-4)."""
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.2, 0.9, 0.4, 0.4]], dtype=torch.float64)
+    trl_adv = (rewards - rewards.mean(1, keepdim=True)) / (nanstd(rewards, dim=1).unsqueeze(1) + 1e-4)
+    close(group_advantages(rewards), trl_adv)
+    adv = group_advantages(rewards).flatten()
+
+    lengths = torch.tensor([3, 7, 1, 5, 2, 6, 4, 7])
+    mask = (torch.arange(7).expand(8, 7) < lengths.unsqueeze(1)).long()
+    old = torch.where(mask.bool(), -3 * torch.rand(8, 7, dtype=torch.float64, generator=g), 0.0)
+    # each answer moved by its own shift (sd 0.4 nats a token) plus noise: some mean ratios past 1 +- 0.2, clipped
+    shift = 0.4 * torch.randn(8, 1, dtype=torch.float64, generator=g)
+    now = torch.where(mask.bool(), old + shift + 0.2 * torch.randn(8, 7, dtype=torch.float64, generator=g), 0.0)
+    now.requires_grad_(True)
+    ours = OBJECTIVES["grpo"]()
+    out = ours.loss(GroupedLogps(policy=now.sum(1), old=old.sum(1), tokens=lengths.double(), advantages=adv))
+    assert 0 < out.metrics["clip_fraction"] < 1
+    close(out.losses.mean(), trl_grpo(now, old, mask, adv, "sequence"))
+
+    at_one = old.clone().requires_grad_(True)
+    out = ours.loss(GroupedLogps(policy=at_one.sum(1), old=old.sum(1), tokens=lengths.double(), advantages=adv))
+    (ours_grad,) = torch.autograd.grad(out.losses.mean(), at_one)
+    for level in ("sequence", "token"):
+        trl_loss = trl_grpo(at_one, None, mask, adv, level)  # TRL's old = current.detach() when none is given
+        (trl_grad,) = torch.autograd.grad(trl_loss, at_one)
+        close(out.losses.mean(), trl_loss)
+        close(ours_grad * mask, trl_grad * mask)
+
+
+TRL_CASES["grpo"] = check_grpo
+
 NOT_IN_TRL = {
     "cdpo": "removed from TRL's DPO in v0.29 (label_smoothing dropped from 'sigmoid')",
     "slic": "HALOs only",
@@ -387,8 +446,6 @@ NOT_IN_TRL = {
     "cal_dpo": "a cited loss TRL does not have",
     "beta_dpo": "a cited loss TRL does not have (its PR #6123 was closed)",
     "simper": "a cited loss TRL does not have",
-    "grpo": "TRL's GRPOTrainer takes one ratio per token inside its trainer; prefbench's per answer (equal at ratio 1, "
-    "tests/test_objectives.py checks loss and gradient there by hand)",
 }
 
 
