@@ -4,14 +4,12 @@
 not given. Names are stable: results, reports and recipes are keyed by them.
 """
 
-import dataclasses
-
-from prefbench.errors import did_you_mean
 from prefbench.objectives.base import (
     Objective,
     ObjectiveOutput,
     PairedLogps,
     UnpairedLogps,
+    build_from,
 )
 from prefbench.objectives.grouped import GRPO, GroupedLogps, group_advantages
 from prefbench.objectives.mix import Mix
@@ -108,26 +106,11 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 def build(name: str, **hyperparameters: object) -> Objective:
     """OBJECTIVES[name](**hyperparameters), with one-line errors for an unknown name or field."""
+    return build_from(OBJECTIVES, name, hyperparameters)
 
-    if name not in OBJECTIVES:
-        raise ValueError(
-            f"unknown objective {name!r}{did_you_mean(name, OBJECTIVES)}; `prefbench objectives` lists them"
-        )
-    cls = OBJECTIVES[name]
-    fields = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in hyperparameters:
-        if key not in fields:
-            raise ValueError(
-                f"objective {name!r} has no hyperparameter {key!r}{did_you_mean(key, fields)}; it has {fields}"
-            )
-    floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", float)}
-    for key, value in hyperparameters.items():
-        if key in floats and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                hyperparameters[key] = float(value)
-            except ValueError:
-                raise ValueError(f"objective {name!r}: {key} must be a number, got {value!r}") from None
-    return cls(**hyperparameters)
+
+# A mixture's parts are entries of this registry, which holds Mix itself: handed over here, not imported by mix.py.
+Mix.registry = OBJECTIVES
 
 
 __all__ = [

@@ -8,11 +8,14 @@ ranks is the trainer's. An objective never sees a model, a config or a logger.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from prefbench.errors import did_you_mean
 
 
 def _check_batch(name: str, values: dict[str, Tensor | None], tokens: dict[str, Tensor]) -> None:
@@ -225,6 +228,29 @@ class Objective:
     def load_state_dict(self, state: dict[str, float]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+def build_from(registry: Mapping[str, type[Objective]], name: str, hyperparameters: dict[str, object]) -> Objective:
+    """registry[name](**hyperparameters), with one-line errors for an unknown name or field (the registry's `build`,
+    and a mixture's parts)."""
+    if name not in registry:
+        raise ValueError(f"unknown objective {name!r}{did_you_mean(name, registry)}; `prefbench objectives` lists them")
+    cls = registry[name]
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in hyperparameters:
+        if key not in fields:
+            raise ValueError(
+                f"objective {name!r} has no hyperparameter {key!r}{did_you_mean(key, fields)}; it has {fields}"
+            )
+    floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", float)}
+    hyperparameters = dict(hyperparameters)
+    for key, value in hyperparameters.items():
+        if key in floats and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                hyperparameters[key] = float(value)
+            except ValueError:
+                raise ValueError(f"objective {name!r}: {key} must be a number, got {value!r}") from None
+    return cls(**hyperparameters)
 
 
 def require_range(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
-from prefbench.objectives.base import Objective, ObjectiveOutput, PairedLogps, paired_output
+from prefbench.objectives.base import Objective, ObjectiveOutput, PairedLogps, build_from, paired_output
 
 MPO_PARTS = ({"name": "dpo", "weight": 0.8}, {"name": "bco_pair", "weight": 0.2}, {"name": "sft", "weight": 1.0})
 
@@ -31,11 +32,9 @@ class Mix(Objective):
     paper = "Wang et al. 2024, Enhancing the Reasoning Ability of Multimodal LLMs via Mixed Preference Optimization, arXiv:2411.10442"
     parts: list[dict[str, Any]] = field(default_factory=lambda: [dict(p) for p in MPO_PARTS])
     built: list[tuple[str, float, Objective]] = field(default_factory=list, init=False, repr=False, compare=False)
+    registry: ClassVar[Mapping[str, type[Objective]]] = {}  # where parts are looked up: prefbench.objectives sets it
 
     def validate(self) -> None:
-        # the registry imports this module: read it when a mixture is built
-        from prefbench.objectives import OBJECTIVES, build
-
         if not isinstance(self.parts, (list, tuple)) or not self.parts:
             raise ValueError("Mix: parts must be a non-empty list of {name: <objective>, weight: <w>, ...}")
         self.built = []
@@ -45,12 +44,12 @@ class Mix(Objective):
             name, weight = str(part["name"]), part["weight"]
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
                 raise ValueError(f"Mix: parts[{i}] ({name}): weight must be a number > 0, got {weight!r}")
-            cls = OBJECTIVES.get(name)
+            cls = self.registry.get(name)
             if cls is Mix or (cls is not None and (cls.data != "paired" or cls.batch_defined)):
                 raise ValueError(
                     f"Mix: parts[{i}] ({name}) must be a paired objective of per-pair losses, not a mixture"
                 )
-            objective = build(name, **{k: v for k, v in part.items() if k not in ("name", "weight")})
+            objective = build_from(self.registry, name, {k: v for k, v in part.items() if k not in ("name", "weight")})
             if objective.state_dict() or objective.moving_reference:
                 raise ValueError(
                     f"Mix: parts[{i}] ({name}) keeps running statistics or a moving reference; a mixture cannot"
