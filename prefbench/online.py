@@ -6,6 +6,7 @@ the recipe's reward, and `build_preferences`, the rule that turns scored samples
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from prefbench.data.batches import schedule
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example, fingerprint, tokenize_records
 from prefbench.errors import TrainingError
-from prefbench.eval.engines import HFEngine, Sampling, stop_ids
+from prefbench.eval.engines import HFEngine, Sampling, VLLMEngine, resolve_engine, stop_ids, verify_load
 from prefbench.eval.rewards import REWARDS, make_reward, score_all
 from prefbench.objectives import OBJECTIVES, group_advantages
 from prefbench.results import read_json, read_jsonl, write_json, write_jsonl
+
+COLOCATED_GPU_SHARE = 0.3  # online.engine vllm on a GPU: the engine's share of its memory (weights and KV cache)
 
 
 def build_preferences(
@@ -82,11 +85,11 @@ def build_preferences(
 
 class OnlineRounds:
     """Semi-online training data for one unit (ObjectiveSpec.online): round r covers steps r*every .. (r+1)*every - 1.
-    At its first step the policy as it is samples `sampling.n` answers (transformers' generate on the training model
-    itself, seeded per round and prompt) to every prompt those steps would train on offline (the run's schedule,
-    prompts only), the recipe's reward scores them, and build_preferences makes each prompt's pair; the round's
-    steps then train on those pairs, scheduled as an offline run schedules its data. So every = train.steps is
-    offline training on the starting policy's own samples (`prefbench generate-data` with the same prompts).
+    At its first step the policy as it is samples `sampling.n` answers (seeded per round and prompt; the sampler is
+    online.engine's, see _engine_at) to every prompt those steps would train on offline (the run's schedule, prompts
+    only), the recipe's reward scores them, and build_preferences makes each prompt's pair; the round's steps then
+    train on those pairs, scheduled as an offline run schedules its data. So every = train.steps is offline training
+    on the starting policy's own samples (`prefbench generate-data` with the same prompts).
 
     A grouped objective (GRPO) keeps every answer instead of a pair: each prompt's group with its advantages
     (objectives.group_advantages) and the sampling policy's summed log-probs, which its ratio starts from.
@@ -103,9 +106,11 @@ class OnlineRounds:
         self.current: tuple | None = None  # (round, its Prepared, its steps' example indices)
         self.grouped = OBJECTIVES[spec.name].data == "grouped"  # GRPO: every answer, not a pair
         self._reward = None  # built at the first round that samples, once
+        self._vllm = None  # online.engine vllm: started at the first round that samples, reloaded each round after
         # what decides a round's samples: a round file written under other settings is refused, not trained on
         self.settings = {
             "every": self.online.every, "sampling": dataclasses.asdict(self.online.sampling), "seed": seed,
+            "engine": resolve_engine(self.online.engine)[0],
             "reward": recipe.eval.reward, "reward_model": recipe.eval.reward_model and recipe.eval.reward_model.model,
         }  # fmt: skip
         REWARDS[recipe.eval.reward].check_prompts(
@@ -129,6 +134,7 @@ class OnlineRounds:
             indices = list(dict.fromkeys(i for s in range(first, last) for i in self.plan[s]))
             self._generate(lm, tokenizer, r, indices, path, logps)
         stored = read_json(path.with_suffix(".json")).get("settings")
+        stored = stored and {"engine": "hf", **stored}  # rounds written before online.engine: transformers sampled
         if stored != self.settings:
             raise TrainingError(
                 f"{path}: sampled under other online settings ({stored}); this run's are {self.settings}: use another "
@@ -174,11 +180,43 @@ class OnlineRounds:
                 kept.append((g, answers))
         return examples, kept
 
+    def _engine_at(self, lm, tokenizer, r: int):
+        """What samples round r: transformers' generate on the training model itself, or (online.engine: vllm) the
+        unit's one vLLM engine with the policy's weights of now, saved to online/weights-<r>, reloaded in place,
+        checked against the policy on the probe sequence (a reload that did not take is an error, not samples from
+        stale weights), then deleted. Returns (the engine, the probe's max |engine - policy| log-prob or None)."""
+        if resolve_engine(self.online.engine)[0] == "hf":
+            engine = HFEngine(device=str(next(lm.parameters()).device))
+            engine.model = lm
+            return engine, None
+        if self._vllm is None:
+            self._vllm = VLLMEngine(
+                models.resolve(self.recipe.model.name),
+                max_model_len=self.recipe.data.max_length + self.online.sampling.max_tokens,
+                # beside the training model on one GPU: its weights, KV cache and activations keep the rest
+                gpu_memory_utilization=COLOCATED_GPU_SHARE if torch.cuda.is_available() else None,
+            )
+        weights = self.dir / f"weights-{r}"
+        lm.save_pretrained(weights, safe_serialization=True)
+        try:
+            self._vllm.load(weights)
+            lm.eval()
+            probe = verify_load(self._vllm, weights, tokenizer, model=lm)
+        finally:
+            lm.train()
+            shutil.rmtree(weights, ignore_errors=True)
+        return self._vllm, probe
+
+    def close(self) -> None:
+        """Stop the unit's vLLM engine, if one was started."""
+        if self._vllm is not None:
+            self._vllm.close()
+            self._vllm = None
+
     def _generate(self, lm, tokenizer, r: int, indices: list[int], path: Path, logps=None) -> None:
         sp = self.online.sampling
         started = time.perf_counter()
-        engine = HFEngine(device=str(next(lm.parameters()).device))
-        engine.model = lm
+        engine, probe = self._engine_at(lm, tokenizer, r)
         sampling = Sampling(
             f"online-{r}", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed + 1000 * self.seed + r
         )
@@ -219,6 +257,7 @@ class OnlineRounds:
             "generated_tokens": sum(len(c.token_ids) for cs in completions for c in cs), "pairs": len(paired),
             "prompts_dropped_as_ties": stats["prompts_dropped_as_ties"], "mean_reward": stats["mean_reward"],
             "generate_seconds": round(generated, 3), "seconds": round(time.perf_counter() - started, 3),
+            "probe_max_diff": probe,
             "settings": self.settings,
         }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from prefbench.errors import TrainingError
 from prefbench.eval.run import evaluate
 from prefbench.metric_table import METRICS
 from prefbench.online import OnlineRounds
-from prefbench.recipe import Recipe
+from prefbench.recipe import OnlineSpec, Recipe
 from prefbench.reference import RefLogps, ref_cache_path, reference_keys
 from prefbench.results import (
     SCHEMA_VERSION,
@@ -54,6 +54,11 @@ def _check_same_recipe(recipe: Recipe, manifest_path) -> None:
         else stored.get(k, defaults.get(k))
         for k in set(stored) | set(defaults)
     }
+    online = jsonable(dataclasses.asdict(OnlineSpec()))  # and an objective's online entry's
+    stored["objectives"] = [
+        {**o, "online": {**online, **o["online"]}} if isinstance(o, dict) and o.get("online") else o
+        for o in stored.get("objectives") or []
+    ]
     differing = sorted(
         k
         for k in set(stored) | set(mine)
@@ -145,10 +150,18 @@ def train_units(recipe: Recipe, labels: list[str] | None = None, seeds: list[int
     summaries."""
     prepared, ref = prepare(recipe, labels, seeds)
     specs, seeds = _selected(recipe, labels, seeds)
-    online = lambda spec, seed: (
-        OnlineRounds(recipe, spec, seed, prepared, objective_dir(recipe, spec.label, seed)) if spec.online else None
-    )
-    return [train_one(recipe, spec, seed, prepared, ref, online(spec, seed)) for spec in specs for seed in seeds]
+    return [_train_one(recipe, spec, seed, prepared, ref) for spec in specs for seed in seeds]
+
+
+def _train_one(recipe: Recipe, spec, seed: int, prepared: Prepared, ref: RefLogps | None) -> dict:
+    """One unit; a semi-online one with its rounds (and their vLLM engine, if any, stopped after it)."""
+    if spec.online is None:
+        return train_one(recipe, spec, seed, prepared, ref)
+    rounds = OnlineRounds(recipe, spec, seed, prepared, objective_dir(recipe, spec.label, seed))
+    try:
+        return train_one(recipe, spec, seed, prepared, ref, rounds)
+    finally:
+        rounds.close()
 
 
 def _selected(recipe: Recipe, labels: list[str] | None, seeds: list[int] | None) -> tuple[list, list[int]]:

