@@ -40,6 +40,12 @@ def render_card(run: Run, unit: UnitResults, table: pd.DataFrame) -> str:
         schedule=train["schedule"],
         final_loss=f"{unit.summary['final']['loss']:.4f}" if unit.summary.get("final") else "n/a",
         data_source=recipe["data"]["source"] or "a mixture: " + ", ".join(m["source"] for m in recipe["data"]["mix"]),
+        # a semi-online unit trained on its own samples of the data's prompts, not on the data's answers
+        online=unit.summary.get("online"),
+        online_kind="groups"
+        if unit.objective in OBJECTIVES and OBJECTIVES[unit.objective].data == "grouped"
+        else "pairs",
+        reward=recipe.get("eval", {}).get("reward"),
         data_format=manifest["data"]["format"],
         train_examples=manifest["data"]["train_examples"],
         fingerprint=manifest["data"]["fingerprint"],

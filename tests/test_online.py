@@ -70,10 +70,18 @@ def test_one_round_for_the_whole_run_is_offline_training_on_the_policys_own_samp
     train_units(parse_recipe(offline))
     on, off = losses(tmp_path / "on"), losses(tmp_path / "off")
     assert len(on) == len(off) == 4
+    from prefbench.cards import render_card
     from prefbench.report.tables import unit_table
     from prefbench.results import load_run
 
-    row = unit_table(load_run(tmp_path / "on" / "online")).loc["dpo/seed0"]
+    run = load_run(tmp_path / "on" / "online")
+    row = unit_table(run).loc["dpo/seed0"]
+    card = render_card(run, run.units[1], unit_table(run))  # says what the unit trained on: its own samples
+    assert (
+        f"sampled by the policy as it trained: 1 round of 48 answers in all to 16 prompts of embedded:paired, scored "
+        f"by the reward `reward_model`, {len(pairs)} pairs trained on" in card
+    )
+    assert run.manifest["data"]["fingerprint"] not in card
     assert (row["steps"], row["samples"], row["reward calls"]) == ("4", "48", "48")
     assert (
         "samples" not in unit_table(load_run(tmp_path / "off" / "online")).columns
