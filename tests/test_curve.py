@@ -53,6 +53,10 @@ def test_snapshots_are_the_weights_of_a_shorter_run_and_are_evaluated_like_it(tm
     assert sorted(unit.snapshots) == [2]
     assert unit.snapshots[2]["preference"]["accuracy"] == held["accuracy"]
     assert (tmp_path / "reports" / "long" / "plots" / "over_training.png").is_file()
+    # the objectives stage estimates each step's metrics across seeds (one seed here: over prompts), the report shows
+    over = json.loads((long / "eval_objectives.json").read_text())["over_training"]["dpo"]
+    assert list(over) == ["2", "4"] and over["2"]["reward"]["difference"] == curve["sampled"]["reward"]["mean"]
+    assert "## Over training" in (tmp_path / "reports" / "long" / "report.md").read_text()
     assert "over_training" not in [p.stem for p in (tmp_path / "reports" / "short" / "plots").iterdir()]
     # the stage alone, again: everything is stored, nothing is generated twice
     args = ["--set", f"output_dir={tmp_path}", "--set", "name=long", "--set", "eval.generation.engine=hf",

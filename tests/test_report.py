@@ -1329,3 +1329,35 @@ def test_the_stored_tuned_comparison_trained_each_objective_at_its_chosen_trial(
     assert all(u.summary["train"]["lr"] == 3e-5 for u in shared.units if u.summary)
     prompts = lambda r: {u.name: u.generation["prompts"] for u in r.units}
     assert set(prompts(shared).values()) == set(prompts(run).values()) == {96}
+
+
+def test_metrics_over_training_are_estimated_across_seeds_at_each_step(tmp_path):
+    """Step-2 snapshots of three seeds whose rewards are 0.1, 0.2 and 0.3 on every prompt: at step 2 the mean over
+    seeds, 0.2, with the t interval over seeds (sd 0.1, se 0.1 / sqrt 3, t(2, 0.975) = 4.3027: +-0.2484); the final
+    checkpoints (0.5, 0.6, 0.7) at the run's last step; the report's table shows both. A snapshot evaluated under
+    other generation settings than the run's leaves its step out."""
+    from prefbench.eval.stages.objectives import objectives
+    from prefbench.report import over_training_table
+
+    final = np.array([[0.5] * 40, [0.6] * 40, [0.7] * 40])
+    root = make_grid(tmp_path / "fixture", {"dpo": final}, REF, sha="o")
+    for seed, value in enumerate((0.1, 0.2, 0.3)):
+        data = json.loads((root / "dpo" / f"seed{seed}" / "eval_generation.json").read_text())
+        data["sampled"]["per_prompt_reward"] = [value] * 40
+        snapshot = root / "dpo" / f"seed{seed}" / "snapshots" / "step-2"
+        snapshot.mkdir(parents=True)
+        (snapshot / "eval_generation.json").write_text(json.dumps(data))
+    recipe = _recipe(tmp_path, ["dpo"], [0, 1, 2])
+    last = str(recipe.train.steps)
+    over = objectives(recipe)["over_training"]["dpo"]
+    assert list(over) == ["2", last]
+    half = 4.302652729749464 * 0.1 / 3**0.5
+    assert over["2"]["reward"]["difference"] == pytest.approx(0.2)
+    assert over["2"]["reward"]["ci"] == pytest.approx([0.2 - half, 0.2 + half], abs=1e-9)
+    assert over[last]["reward"]["difference"] == pytest.approx(0.6) and over[last]["reward"]["df"] == 2
+    table = over_training_table(load_run(root))
+    assert table.loc[("dpo", 2), "reward"] == "0.200 [-0.048, 0.448]"
+    assert table.loc[("dpo", int(last)), "reward"].startswith("0.600 [")
+    data["settings"] = {**data["settings"], "prompts_sha256": "other"}
+    (root / "dpo" / "seed2" / "snapshots" / "step-2" / "eval_generation.json").write_text(json.dumps(data))
+    assert list(objectives(recipe)["over_training"]["dpo"]) == [last]

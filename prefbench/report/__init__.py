@@ -19,6 +19,7 @@ from prefbench.report.tables import (
     judge_table,
     matched_kl_table,
     objective_table,
+    over_training_table,
     preference_table,
     unit_table,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "judge_table",
     "judge_words",
     "matched_kl_table",
+    "over_training_table",
     "objective_table",
     "objectives_in_words",
     "figures",

@@ -22,6 +22,7 @@ from prefbench.report.tables import (
     judge_table,
     matched_kl_table,
     objective_table,
+    over_training_table,
     preference_table,
     settings_table,
     tuning_table,
@@ -89,6 +90,12 @@ def sections(run: Run, claims: pd.DataFrame | None) -> list[tuple[str, str, pd.D
             matched_kl_table(run),
         ),
         ("Claims tested (across seeds and prompts, 95% CI; Holm across the claims)", "Claims tested", claims),
+        (
+            "Over training (held-out evaluation of the snapshots and the final checkpoints: mean over seeds [95% CI "
+            "for a new training run], each step on its own)",
+            "Over training",
+            over_training_table(run),
+        ),
         (
             "Tuning trials (one seed each, scored on the validation prompts only; the chosen trial's settings trained "
             "every seed above)",

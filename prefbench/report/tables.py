@@ -105,6 +105,21 @@ def tuning_table(run: Run) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("trial")
 
 
+def over_training_table(run: Run) -> pd.DataFrame | None:
+    """Each objective's metrics at every evaluated step (snapshots and the end of training): mean over seeds
+    [95% CI for a new training run] (eval_objectives.json's over_training); None without snapshots."""
+    over = dig(run.objectives, ("over_training",))
+    if not over:
+        return None
+    rows = [
+        {"objective": label, "step": int(step)}
+        | {METRICS[name].column: fmt({"mean": e["difference"], "ci": e["ci"]}, METRICS[name].digits) for name, e in at.items()}
+        for label, steps in over.items()
+        for step, at in sorted(steps.items(), key=lambda item: int(item[0]))
+    ]  # fmt: skip
+    return pd.DataFrame(rows).set_index(["objective", "step"])
+
+
 def _pairs(values: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 

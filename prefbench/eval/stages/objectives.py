@@ -1,5 +1,6 @@
 """objectives: each metric per objective across seeds and prompts, objectives contrasted with each other and with
-the reference (Holm within each family), and the comparison at matched KL (<run>/eval_objectives.json)."""
+the reference (Holm within each family), the comparison at matched KL, and each objective's metrics over training
+where snapshots were evaluated (<run>/eval_objectives.json)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from prefbench.eval.stages.base import (
     Stage,
     generations,
 )
-from prefbench.metric_table import PER_PROMPT
+from prefbench.metric_table import METRICS, PER_PROMPT
 from prefbench.recipe import Recipe
 from prefbench.results import (
     missing_seeds,
+    objective_dir,
     objective_tables,
+    read_optional,
     run_dir,
     write_json,
 )
@@ -50,8 +53,44 @@ def objectives(recipe: Recipe) -> dict:
         groups = _matched_kl_points(recipe, strength_sweeps(recipe), tables["kl"], tables["reward"])
         if len(groups) >= 2 and all(len(pts) >= 2 for pts in groups.values()):
             out["matched_kl"] = stats.matched_kl(groups)
+    if over := over_training(recipe, gens, reference and reference.get("settings")):
+        out["over_training"] = over
     write_json(root / "eval_objectives.json", out)
     return out
+
+
+OVER_TRAINING = ("reward", "kl", "entropy_per_token", "distinct_2")  # what overfitting moves (the curve stage's)
+
+
+def over_training(recipe: Recipe, gens: dict[str, list[dict | None]], settings: dict | None) -> dict:
+    """Per objective label, per step evaluated with every seed (each snapshot, train.snapshot_every, and the end of
+    training), each of OVER_TRAINING across seeds: stats.across_seeds of its [seeds, prompts] table (a number per
+    unit, distinct-2, as a [seeds, 1] one: the t interval over seeds), the interval one for a new training run.
+    Snapshots evaluated under other generation settings than the run's are left out. {} without snapshots."""
+    out: dict = {}
+    for spec in recipe.objectives:
+        dirs = [objective_dir(recipe, spec.label, seed) / "snapshots" for seed in recipe.seeds]
+        steps = sorted({int(d.name.removeprefix("step-")) for root in dirs for d in root.glob("step-*")})
+        at = {
+            step: [read_optional(root / f"step-{step}" / "eval_generation.json") for root in dirs] for step in steps
+        } | {recipe.train_for(spec).steps: gens[spec.label]}
+        per_step = {}
+        for step, results in at.items():
+            if not steps or any(r is None or r.get("settings") != settings for r in results):
+                continue
+            tables = {name: _seed_table(results, METRICS[name]) for name in OVER_TRAINING}
+            per_step[str(step)] = {name: stats.across_seeds(t) for name, t in tables.items() if t is not None}
+        if per_step:
+            out[spec.label] = per_step
+    return out
+
+
+def _seed_table(results: list[dict], m) -> np.ndarray | None:
+    """[seeds, prompts] of a metric's per-prompt values, or [seeds, 1] of its number per unit; None if any lacks it."""
+    rows = [m.values(r) if m.per_prompt else [m.estimate(r)] for r in results]
+    if any(r is None or None in r for r in rows) or len({len(r) for r in rows}) > 1:
+        return None
+    return np.array(rows, dtype=float)
 
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
