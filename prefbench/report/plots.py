@@ -169,7 +169,8 @@ def expected_best(tuning: dict) -> bytes:
 def over_training(trained: list[UnitResults]) -> bytes:
     """Each objective's held-out reward, KL, entropy and diversity (and held-out preference accuracy, where the data
     holds examples out) at every snapshot and at the end of training, the mean over its seeds: where it starts to
-    overfit (reward flat or falling while KL grows and entropy and diversity fall)."""
+    overfit (reward flat or falling while KL grows and entropy and diversity fall); each seed's own curve thin
+    beside it, so the spread between training runs shows."""
     plt = _pyplot()
     names = ("reward", "kl", "entropy_per_token", "distinct_2")
     if any(u.preference for u in trained):
@@ -182,16 +183,19 @@ def over_training(trained: list[UnitResults]) -> bytes:
             points: dict[int, list[float]] = {}
             for u in (u for u in trained if u.label == label):
                 final = {"generation": u.generation, "preference": u.preference}
+                mine = {}
                 for step, result in [*u.snapshots.items(), (u.summary.get("steps"), final)]:
                     value = m.estimate(result[m.file]) if m.shape == "number" else m.mean(result[m.file])
                     if step is not None and value is not None:
                         points.setdefault(step, []).append(value)
+                        mine[step] = value
+                ax.plot(sorted(mine), [mine[k] for k in sorted(mine)], "-", color=f"C{i % 10}", lw=0.6, alpha=0.4)
             steps = sorted(points)
             ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], "o-", color=f"C{i % 10}", label=label)
         ax.set_title(m.column)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    fig.suptitle("held-out evaluation over training (mean over seeds)", fontsize=9)
+    fig.suptitle("held-out evaluation over training (mean over seeds; thin: each seed)", fontsize=9)
     return _png(fig)
 
 
