@@ -20,6 +20,7 @@ from pathlib import Path
 from prefbench import memory, models
 from prefbench.data.load import EMBEDDED_SOURCES, is_local_source, resolve_source
 from prefbench.errors import RecipeError, did_you_mean
+from prefbench.eval.engines import vllm_unavailable
 from prefbench.eval.prompts import load_prompt_records
 from prefbench.eval.rewards import REWARDS, architecture_problem
 from prefbench.eval.tasks import include_problems, task_problems, vllm_distribution
@@ -90,7 +91,18 @@ def recipe_problems(recipe: Recipe, *, lookups: bool = False) -> list[str]:
         if name not in TRACKERS
     ]
     out += _eval_problems(recipe.eval, "eval") + _tune_problems(recipe)
-    return out + (_lookup_problems(recipe.eval, "eval") + _memory_problems(recipe) if lookups else [])
+    return out + (
+        _lookup_problems(recipe.eval, "eval") + _online_engine_problems(recipe) + _memory_problems(recipe)
+        if lookups
+        else []
+    )
+
+
+def _online_engine_problems(recipe: Recipe) -> list[str]:
+    """online.engine: vllm where vLLM does not import (asked only when a recipe names it: the import takes seconds)."""
+    named = [(i, s) for i, s in enumerate(recipe.objectives) if s.online is not None and s.online.engine == "vllm"]
+    why = vllm_unavailable() if named else None
+    return [f"objectives[{i}] ({s.name}).online.engine: vllm: {why}" for i, s in named] if why else []
 
 
 def memory_estimate(recipe: Recipe) -> tuple[memory.Estimate | None, float | None]:

@@ -18,7 +18,14 @@ from prefbench.data.batches import schedule
 from prefbench.data.prepare import Prepared
 from prefbench.data.tokenize import Example, fingerprint, tokenize_records
 from prefbench.errors import TrainingError
-from prefbench.eval.engines import HFEngine, Sampling, VLLMEngine, resolve_engine, stop_ids, verify_load
+from prefbench.eval.engines import (
+    HFEngine,
+    Sampling,
+    VLLMEngine,
+    resolve_engine,
+    stop_ids,
+    verify_reload,
+)
 from prefbench.eval.rewards import REWARDS, make_reward, score_all
 from prefbench.objectives import OBJECTIVES, group_advantages
 from prefbench.results import read_json, read_jsonl, write_json, write_jsonl
@@ -107,10 +114,12 @@ class OnlineRounds:
         self.grouped = OBJECTIVES[spec.name].data == "grouped"  # GRPO: every answer, not a pair
         self._reward = None  # built at the first round that samples, once
         self._vllm = None  # online.engine vllm: started at the first round that samples, reloaded each round after
+        self._probe = None  # the policy's probe log-probs at the last round the engine was reloaded for
+        self.engine = resolve_engine(spec.online.engine)[0]
         # what decides a round's samples: a round file written under other settings is refused, not trained on
         self.settings = {
             "every": self.online.every, "sampling": dataclasses.asdict(self.online.sampling), "seed": seed,
-            "engine": resolve_engine(self.online.engine)[0],
+            "engine": self.engine,
             "reward": recipe.eval.reward, "reward_model": recipe.eval.reward_model and recipe.eval.reward_model.model,
         }  # fmt: skip
         REWARDS[recipe.eval.reward].check_prompts(
@@ -183,12 +192,14 @@ class OnlineRounds:
     def _engine_at(self, lm, tokenizer, r: int):
         """What samples round r: transformers' generate on the training model itself, or (online.engine: vllm) the
         unit's one vLLM engine with the policy's weights of now, saved to online/weights-<r>, reloaded in place,
-        checked against the policy on the probe sequence (a reload that did not take is an error, not samples from
-        stale weights), then deleted. Returns (the engine, the probe's max |engine - policy| log-prob or None)."""
-        if resolve_engine(self.online.engine)[0] == "hf":
+        checked against the policy on the probe sequence (engines.verify_reload: a reload that did not take is an
+        error, not samples from stale weights), then deleted. Returns (the engine, the probe's max |engine - policy|
+        log-prob or None, the engine's start seconds or None)."""
+        if self.engine == "hf":
             engine = HFEngine(device=str(next(lm.parameters()).device))
             engine.model = lm
-            return engine, None
+            return engine, None, None
+        start_seconds = None
         if self._vllm is None:
             self._vllm = VLLMEngine(
                 models.resolve(self.recipe.model.name),
@@ -196,16 +207,17 @@ class OnlineRounds:
                 # beside the training model on one GPU: its weights, KV cache and activations keep the rest
                 gpu_memory_utilization=COLOCATED_GPU_SHARE if torch.cuda.is_available() else None,
             )
+            start_seconds = self._vllm.start_seconds
         weights = self.dir / f"weights-{r}"
-        lm.save_pretrained(weights, safe_serialization=True)
         try:
+            lm.save_pretrained(weights, safe_serialization=True)
             self._vllm.load(weights)
             lm.eval()
-            probe = verify_load(self._vllm, weights, tokenizer, model=lm)
+            diff, self._probe = verify_reload(self._vllm, lm, tokenizer, previous=self._probe)
         finally:
             lm.train()
             shutil.rmtree(weights, ignore_errors=True)
-        return self._vllm, probe
+        return self._vllm, diff, start_seconds
 
     def close(self) -> None:
         """Stop the unit's vLLM engine, if one was started."""
@@ -216,7 +228,7 @@ class OnlineRounds:
     def _generate(self, lm, tokenizer, r: int, indices: list[int], path: Path, logps=None) -> None:
         sp = self.online.sampling
         started = time.perf_counter()
-        engine, probe = self._engine_at(lm, tokenizer, r)
+        engine, probe, start_seconds = self._engine_at(lm, tokenizer, r)
         sampling = Sampling(
             f"online-{r}", sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed + 1000 * self.seed + r
         )
@@ -257,7 +269,7 @@ class OnlineRounds:
             "generated_tokens": sum(len(c.token_ids) for cs in completions for c in cs), "pairs": len(paired),
             "prompts_dropped_as_ties": stats["prompts_dropped_as_ties"], "mean_reward": stats["mean_reward"],
             "generate_seconds": round(generated, 3), "seconds": round(time.perf_counter() - started, 3),
-            "probe_max_diff": probe,
+            "probe_max_diff": probe, "engine_start_seconds": start_seconds,
             "settings": self.settings,
         }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)

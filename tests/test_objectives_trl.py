@@ -380,7 +380,8 @@ TRL_CASES.update(simpo=check_simpo, cpo=check_cpo, orpo=check_orpo, alphapo=chec
 
 
 def trl_grpo(per_token_logps, old_per_token_logps, mask, advantages, level, epsilon=0.2):
-    """TRL's GRPOTrainer._compute_loss (loss_type "grpo", beta 0, its defaults) on these per-token log-probs."""
+    """TRL's GRPOTrainer._compute_loss (loss_type "grpo", beta 0, its defaults otherwise) on these per-token
+    log-probs: (the loss, TRL's logged metrics)."""
     self = GRPOTrainer.__new__(GRPOTrainer)
     self.__dict__.update(
         accelerator=SimpleNamespace(**vars(CPU), reduce=lambda x, reduction: x), model=SimpleNamespace(training=True),
@@ -396,13 +397,14 @@ def trl_grpo(per_token_logps, old_per_token_logps, mask, advantages, level, epsi
         prompt_ids=zeros, prompt_mask=torch.ones_like(zeros), completion_ids=torch.zeros_like(mask),
         completion_mask=mask, advantages=advantages, old_per_token_logps=old_per_token_logps,
     )  # fmt: skip
-    return GRPOTrainer._compute_loss(self, None, inputs)
+    return GRPOTrainer._compute_loss(self, None, inputs), self._metrics["train"]
 
 
 def check_grpo():
-    """GRPO with one ratio per answer (its per-token geometric mean) is TRL's GRPO at importance_sampling_level
-    "sequence", at any ratio; at ratio 1 (old = current, one update per sampled round) it is also TRL's default
-    per-token GRPO, loss and gradient. Advantages: TRL's (r - group mean) / (nanstd + 1e-4)."""
+    """GRPO with one ratio per answer (its per-token geometric mean) is TRL's loss_type "grpo" at
+    importance_sampling_level "sequence", loss and gradient at any ratio (here with the clip deciding some answers'
+    terms, by TRL's own count); at ratio 1 (old = current, one update per sampled round) it is also TRL's per-token
+    "grpo", loss and gradient. Advantages: TRL's (r - group mean) / (nanstd + 1e-4)."""
     g = torch.Generator().manual_seed(3)
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.2, 0.9, 0.4, 0.4]], dtype=torch.float64)
     trl_adv = (rewards - rewards.mean(1, keepdim=True)) / (nanstd(rewards, dim=1).unsqueeze(1) + 1e-4)
@@ -419,13 +421,17 @@ def check_grpo():
     ours = OBJECTIVES["grpo"]()
     out = ours.loss(GroupedLogps(policy=now.sum(1), old=old.sum(1), tokens=lengths.double(), advantages=adv))
     assert 0 < out.metrics["clip_fraction"] < 1
-    close(out.losses.mean(), trl_grpo(now, old, mask, adv, "sequence"))
+    trl_loss, trl_metrics = trl_grpo(now, old, mask, adv, "sequence")
+    assert trl_metrics["clip_ratio/region_mean"][-1] > 0  # the clipped term is the one taken for some answers
+    close(out.losses.mean(), trl_loss)
+    (ours_grad,), (trl_grad,) = torch.autograd.grad(out.losses.mean(), now), torch.autograd.grad(trl_loss, now)
+    close(ours_grad * mask, trl_grad * mask)
 
     at_one = old.clone().requires_grad_(True)
     out = ours.loss(GroupedLogps(policy=at_one.sum(1), old=old.sum(1), tokens=lengths.double(), advantages=adv))
     (ours_grad,) = torch.autograd.grad(out.losses.mean(), at_one)
     for level in ("sequence", "token"):
-        trl_loss = trl_grpo(at_one, None, mask, adv, level)  # TRL's old = current.detach() when none is given
+        trl_loss, _ = trl_grpo(at_one, None, mask, adv, level)  # TRL's old = current.detach() when none is given
         (trl_grad,) = torch.autograd.grad(trl_loss, at_one)
         close(out.losses.mean(), trl_loss)
         close(ours_grad * mask, trl_grad * mask)

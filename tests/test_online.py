@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from prefbench.check import parse_recipe
@@ -78,8 +79,8 @@ def test_one_round_for_the_whole_run_is_offline_training_on_the_policys_own_samp
     row = unit_table(run).loc["dpo/seed0"]
     card = render_card(run, run.units[1], unit_table(run))  # says what the unit trained on: its own samples
     assert (
-        f"sampled by the policy as it trained: 1 round of 48 answers in all to 16 prompts of embedded:paired, scored "
-        f"by the reward `reward_model`, {len(pairs)} pairs trained on" in card
+        f"sampled by the policy as it trained: 1 round, 48 answers in all to 16 prompt draws from embedded:paired, "
+        f"scored by the reward `reward_model`, {len(pairs)} pairs built" in card
     )
     assert run.manifest["data"]["fingerprint"] not in card
     assert (row["steps"], row["samples"], row["reward calls"]) == ("4", "48", "48")
@@ -214,6 +215,56 @@ def test_online_entries_are_checked_before_any_model_loads(tmp_path):
         parse_recipe(base)
     assert "objectives[0].online.sampling.n: at least 2 (a pair is two answers), got 1" in e.value.problems
     assert any("online training computes the reference in the step, without tails" in p for p in e.value.problems)
+    base["objectives"] = [{"name": "dpo", "online": {"engine": "vlm"}}]
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(base)
+    assert "objectives[0].online.engine: must be one of ['auto', 'vllm', 'hf'], got 'vlm' (did you mean 'vllm'?)" in (
+        e.value.problems
+    )
+
+
+def test_a_vllm_engine_where_vllm_does_not_import_is_refused_at_check(tmp_path, monkeypatch):
+    import prefbench.check
+
+    raw = recipe(tmp_path, tmp_path, every=2)
+    raw["eval"] = {"reward": "instructions"}
+    raw["objectives"] = [{"name": "dpo", "online": {"engine": "vllm"}}, {"name": "ipo", "online": {}}]
+    monkeypatch.setattr(prefbench.check, "vllm_unavailable", lambda: "vllm does not import (ImportError: no vllm)")
+    parse_recipe(raw)  # the schema alone does not look
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(raw, lookups=True)
+    assert e.value.problems == ["objectives[0] (dpo).online.engine: vllm: vllm does not import (ImportError: no vllm)"]
+
+
+def test_a_reload_is_checked_against_the_policy_now_and_before_its_last_updates():
+    """engines.verify_reload with an engine that answers the probe with given log-probs (bf16: tolerance 0.25): the
+    policy's own log-probs plus 0.01 a token pass; plus 0.3 is a load that did not take; the policy's log-probs
+    before its last updates (0.1 a token away: inside the bf16 tolerance) are a reload that did not happen."""
+    from prefbench import models
+    from prefbench.eval.engines import probe, verify_reload
+    from prefbench.logprobs import token_logps
+
+    lm, tokenizer = models.load("tiny:small")
+    ids, start = probe(tokenizer)
+    now = token_logps(lm, ids, start).detach()
+
+    class Answers:
+        kind, dtype = "vllm", "bfloat16"
+
+        def __init__(self, logps):
+            self.logps = logps
+
+        def token_logps(self, ids, start):
+            return self.logps
+
+    before = now - 0.1
+    diff, probed = verify_reload(Answers(now + 0.01), lm, tokenizer, previous=before)
+    assert diff == pytest.approx(0.01, abs=1e-6) and torch.equal(probed, now)
+    with pytest.raises(GenerationError, match="the weights did not load as saved"):
+        verify_reload(Answers(now + 0.3), lm, tokenizer)
+    with pytest.raises(GenerationError, match="nearer the model before its last updates .* did not reload"):
+        verify_reload(Answers(before), lm, tokenizer, previous=before)
+    verify_reload(Answers(before), lm, tokenizer)  # without the previous probe the tolerance alone lets it pass
 
 
 def test_online_settings_reach_the_manifest_and_the_tuning_trials(tmp_path):

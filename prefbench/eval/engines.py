@@ -112,8 +112,13 @@ def stop_ids(path: Path, tokenizer) -> list[int]:
 
 
 def _same_architecture(a: Path, b: Path) -> bool:
+    """Whether b's weights fit an engine started from a: their configs as transformers reads them (a hub config
+    and one transformers wrote for the same model may spell a field differently, e.g. rope_theta inside
+    rope_parameters), less what does not shape the weights."""
+    from transformers import AutoConfig  # deferred: transformers: seconds to import; prefbench check does without
+
     ignore = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures"}
-    ca, cb = (json.loads((p / "config.json").read_text()) for p in (a, b))
+    ca, cb = (AutoConfig.from_pretrained(p).to_dict() for p in (a, b))
     return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
 
 
@@ -387,21 +392,56 @@ def open_engine(kind: str, base: Path, **vllm_options):
     )
 
 
-def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None, model=None) -> float:
-    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance. `model`: the
-    weights in memory the engine should now hold (online rounds: the training policy), else `path` loaded."""
+def probe(tokenizer) -> tuple[list[int], int]:
+    """The probe sequence's token ids (a chat-formatted prompt and an answer) and where its answer starts."""
     prompt_text, answer_text = render(tokenizer, PROBE_PROMPT, PROBE_ANSWER, True)
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    ids = prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    return prompt + tokenizer(answer_text, add_special_tokens=False)["input_ids"], len(prompt)
+
+
+def _low_precision(dtype) -> bool:
+    return dtype in ("bfloat16", "float16", torch.bfloat16, torch.float16)
+
+
+def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
+    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
+    ids, start = probe(tokenizer)
     # transformers in fp32 on the CPU is the reference the engine must agree with
-    with torch.no_grad():
-        reference = token_logps(model or models.load_model(path, torch.float32, "cpu"), ids, len(prompt))
-    diff = (engine.token_logps(ids, len(prompt)) - reference).abs().max().item()
-    low_precision = getattr(engine, "dtype", "float32") in ("bfloat16", "float16", torch.bfloat16, torch.float16)
-    tolerance = tolerance or (0.25 if low_precision else 1e-3)
+    reference = token_logps(models.load_model(path, torch.float32, "cpu"), ids, start)
+    diff = (engine.token_logps(ids, start) - reference).abs().max().item()
+    tolerance = tolerance or (0.25 if _low_precision(getattr(engine, "dtype", "float32")) else 1e-3)
     if not diff <= tolerance:
         raise GenerationError(
             f"{path}: {engine.kind} scores the probe {diff:.3g} nats away from transformers "
             f"(tolerance {tolerance}); the weights did not load as saved"
         )
     return diff
+
+
+def verify_reload(engine, model, tokenizer, previous: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """An engine reloaded from a model in memory (online rounds: the training policy) checked on the probe: max
+    |engine - model| within the load tolerance (0.25 nats where either is bf16 or fp16, else 1e-3), and, given the
+    model's probe log-probs before its last updates (`previous`), the engine nearer the model now than then (mean
+    |engine - previous| at least half mean |engine - now|): in bf16 a few updates move the probe less than the
+    tolerance, so an engine left with the old weights would pass the first check alone. Returns (the max
+    difference, the model's probe log-probs now, for the next call's `previous`)."""
+    ids, start = probe(tokenizer)
+    with torch.no_grad():
+        now = token_logps(model, ids, start)
+    engine_logps = engine.token_logps(ids, start)
+    diff = (engine_logps - now).abs().max().item()
+    low = _low_precision(getattr(engine, "dtype", "float32")) or _low_precision(next(model.parameters()).dtype)
+    tolerance = 0.25 if low else 1e-3
+    if not diff <= tolerance:
+        raise GenerationError(
+            f"{engine.kind} scores the probe {diff:.3g} nats away from the model it was reloaded from "
+            f"(tolerance {tolerance}); the weights did not load as saved"
+        )
+    if previous is not None:
+        to_now, to_before = (engine_logps - now).abs().mean().item(), (engine_logps - previous).abs().mean().item()
+        if to_before < 0.5 * to_now:
+            raise GenerationError(
+                f"{engine.kind} scores the probe nearer the model before its last updates ({to_before:.3g} nats a "
+                f"token) than the model now ({to_now:.3g}); the weights did not reload"
+            )
+    return diff, now

@@ -46,10 +46,11 @@ class GRPO(Objective):
     policy's probability of it over the sampling policy's, per token: rho = exp((S - S_old) / |o|). Shao et al. 2024,
     DeepSeekMath, arXiv:2402.03300, Eq. 3 (its 1/|o_i| sum over tokens), eps = 0.2; no KL term (TRL 1.16's default
     beta 0). Deliberate difference: the ratio is the answer's per-token geometric mean, not one ratio per token
-    (prefbench's log-prob pass returns sums): TRL 1.16's GRPO with importance_sampling_level="sequence" (GSPO's
-    sequence-level clipping, Zheng et al. 2025, arXiv:2507.18071), equal to it at any ratio. At rho = 1 (one update
-    per sampled round) loss and gradient also equal per-token GRPO's, -A (1/|o|) sum_t grad log pi(o_t)
-    (tests/test_objectives_trl.py runs TRL's own loss code for both). Rewards are the advantages.
+    (prefbench's log-prob pass returns sums): TRL 1.16's loss_type="grpo" with importance_sampling_level="sequence"
+    (GSPO's sequence-level clipping, Zheng et al. 2025, arXiv:2507.18071), equal to it at any ratio. At rho = 1 (one
+    update per sampled round) loss and gradient also equal per-token "grpo"'s, -A (1/|o|) sum_t grad log pi(o_t)
+    (tests/test_objectives_trl.py runs TRL's own loss code for both; TRL's default loss_type is "dapo", which
+    normalises by the batch's tokens instead). Rewards are the advantages.
     """
 
     data = "grouped"
