@@ -1355,9 +1355,41 @@ def test_metrics_over_training_are_estimated_across_seeds_at_each_step(tmp_path)
     assert over["2"]["reward"]["difference"] == pytest.approx(0.2)
     assert over["2"]["reward"]["ci"] == pytest.approx([0.2 - half, 0.2 + half], abs=1e-9)
     assert over[last]["reward"]["difference"] == pytest.approx(0.6) and over[last]["reward"]["df"] == 2
-    table = over_training_table(load_run(root))
-    assert table.loc[("dpo", 2), "reward"] == "0.200 [-0.048, 0.448]"
-    assert table.loc[("dpo", int(last)), "reward"].startswith("0.600 [")
+    table = over_training_table(load_run(root)).reset_index()
+    assert table["step"].tolist() == [2, int(last)] and table["reward"][0] == "0.200 [-0.048, 0.448]"
+    assert table["reward"][1].startswith("0.600 [") and list(table.columns[:3]) == ["objective", "step", "reward"]
     data["settings"] = {**data["settings"], "prompts_sha256": "other"}
     (root / "dpo" / "seed2" / "snapshots" / "step-2" / "eval_generation.json").write_text(json.dumps(data))
     assert list(objectives(recipe)["over_training"]["dpo"]) == [last]
+
+
+def test_the_stored_overoptimization_run_has_its_curves_at_three_seeds():
+    """results/overoptimization (DPO, IPO, KTO, four epochs, 3 seeds, a snapshot every epoch): every unit's three
+    snapshots evaluated on the final checkpoints' settings; the stored over-training estimates are stats.across_seeds
+    of each step's [seeds, prompts] tables (the entropy one recomputed here); the claims are the grid's contrasts on
+    the final checkpoints, and the committed report shows the table and the plot."""
+    from prefbench.metric_table import METRICS
+    from prefbench.stats import across_seeds
+
+    base = Path(__file__).resolve().parent.parent / "results" / "overoptimization"
+    run = load_run(base)
+    trained = [u for u in run.units if u.name != "reference"]
+    assert len(trained) == 9 and all(sorted(u.snapshots) == [23, 46, 69] for u in trained)
+    over = run.objectives["over_training"]
+    assert {label: list(steps) for label, steps in over.items()} == {
+        k: ["23", "46", "69", "92"] for k in ("dpo", "ipo", "kto")
+    }
+    m = METRICS["entropy_per_token"]
+    for label in over:
+        units = sorted((u for u in trained if u.label == label), key=lambda u: u.seed)
+        table = np.array([m.values(u.snapshots[46]["generation"]) for u in units])
+        again = across_seeds(table)
+        assert table.shape == (3, 64) and over[label]["46"]["entropy_per_token"]["ci"] == pytest.approx(again["ci"])
+        final = np.array([m.values(u.generation) for u in units])
+        assert over[label]["92"]["entropy_per_token"]["difference"] == pytest.approx(final.mean())
+    ipo_entropy = next(c for c in run.claims if c["claim"].startswith("after four epochs IPO keeps more entropy"))
+    assert ipo_entropy["verdict"] == "contradicted" and ipo_entropy["difference"] == pytest.approx(
+        over["ipo"]["92"]["entropy_per_token"]["difference"] - over["dpo"]["92"]["entropy_per_token"]["difference"]
+    )
+    report = (base.parent.parent / "reports" / "overoptimization" / "report.md").read_text()
+    assert "## Over training" in report and "![over_training](plots/over_training.png)" in report

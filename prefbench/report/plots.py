@@ -166,11 +166,11 @@ def expected_best(tuning: dict) -> bytes:
     return _png(fig)
 
 
-def over_training(trained: list[UnitResults]) -> bytes:
+def over_training(trained: list[UnitResults], reference: UnitResults | None = None) -> bytes:
     """Each objective's held-out reward, KL, entropy and diversity (and held-out preference accuracy, where the data
     holds examples out) at every snapshot and at the end of training, the mean over its seeds: where it starts to
     overfit (reward flat or falling while KL grows and entropy and diversity fall); each seed's own curve thin
-    beside it, so the spread between training runs shows."""
+    beside it, so the spread between training runs shows. Every curve starts from the reference at step 0."""
     plt = _pyplot()
     names = ("reward", "kl", "entropy_per_token", "distinct_2")
     if any(u.preference for u in trained):
@@ -184,7 +184,10 @@ def over_training(trained: list[UnitResults]) -> bytes:
             for u in (u for u in trained if u.label == label):
                 final = {"generation": u.generation, "preference": u.preference}
                 mine = {}
-                for step, result in [*u.snapshots.items(), (u.summary.get("steps"), final)]:
+                start = (
+                    [(0, {"generation": reference.generation, "preference": reference.preference})] if reference else []
+                )
+                for step, result in [*start, *u.snapshots.items(), (u.summary.get("steps"), final)]:
                     value = m.estimate(result[m.file]) if m.shape == "number" else m.mean(result[m.file])
                     if step is not None and value is not None:
                         points.setdefault(step, []).append(value)
@@ -209,7 +212,7 @@ def figures(run: Run) -> dict[str, bytes]:
     if trained:
         out["training_curves"] = training_curves(trained)
     if over := [u for u in trained if u.snapshots and u.generation]:
-        out["over_training"] = over_training(over)
+        out["over_training"] = over_training(over, next((u for u in run.units if u.name == "reference"), None))
     gen = [u for u in run.units if METRICS["reward"].estimate(u.generation)]  # none with eval.reward: none
     trained_gen = [u for u in gen if u.name != "reference"]
     if gen:

@@ -113,11 +113,12 @@ def over_training_table(run: Run) -> pd.DataFrame | None:
         return None
     rows = [
         {"objective": label, "step": int(step)}
-        | {METRICS[name].column: fmt({"mean": e["difference"], "ci": e["ci"]}, METRICS[name].digits) for name, e in at.items()}
+        | {m.column: fmt({"mean": at[name]["difference"], "ci": at[name]["ci"]}, m.digits)
+           for name, m in METRICS.items() if name in at}
         for label, steps in over.items()
         for step, at in sorted(steps.items(), key=lambda item: int(item[0]))
     ]  # fmt: skip
-    return pd.DataFrame(rows).set_index(["objective", "step"])
+    return pd.DataFrame(rows).set_index("objective")
 
 
 def _pairs(values: dict) -> str:
