@@ -1393,3 +1393,26 @@ def test_the_stored_overoptimization_run_has_its_curves_at_three_seeds():
     )
     report = (base.parent.parent / "reports" / "overoptimization" / "report.md").read_text()
     assert "## Over training" in report and "![over_training](plots/over_training.png)" in report
+
+
+def test_the_stored_ipo_at_beta_05_stops_where_ipo_at_beta_01_drifts():
+    """results/overoptimization_ipo_beta05 (IPO at beta 0.5, the over-optimization recipe otherwise, 3 seeds): the
+    same reference and prompts as results/overoptimization; its KL over the four epochs stays under 10 nats at every
+    step where IPO at beta 0.1 passes 30 after the second (docs/claims.md), each stored estimate the mean of its
+    step's [seeds, prompts] KL table."""
+    from prefbench.metric_table import METRICS
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    near, far = (load_run(results / name) for name in ("overoptimization_ipo_beta05", "overoptimization"))
+    assert (
+        near.units[0].generation["sampled"]["per_prompt_reward"]
+        == far.units[0].generation["sampled"]["per_prompt_reward"]
+    )
+    m = METRICS["kl"]
+    units = sorted((u for u in near.units if u.label == "ipo"), key=lambda u: u.seed)
+    over = near.objectives["over_training"]["ipo"]
+    for step in (23, 46, 69):
+        table = np.array([m.values(u.snapshots[step]["generation"]) for u in units])
+        assert over[str(step)]["kl"]["difference"] == pytest.approx(table.mean())
+    assert all(at["kl"]["difference"] < 10 for at in over.values())
+    assert all(far.objectives["over_training"]["ipo"][s]["kl"]["difference"] > 30 for s in ("46", "69", "92"))
