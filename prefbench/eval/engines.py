@@ -403,40 +403,43 @@ def _low_precision(dtype) -> bool:
     return dtype in ("bfloat16", "float16", torch.bfloat16, torch.float16)
 
 
-def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
-    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
+def _check_probe(engine, model, tokenizer, where: str, tolerance: float | None = None):
+    """(max |engine - model| per-token log-prob on the probe, the engine's log-probs, the model's); raises above the
+    tolerance (default 0.25 nats where the engine or the model is bf16 or fp16, else 1e-3). `where`: what the
+    engine holds, for the error, `{kind} scores the probe {diff} nats away from <where>`."""
     ids, start = probe(tokenizer)
-    # transformers in fp32 on the CPU is the reference the engine must agree with
-    reference = token_logps(models.load_model(path, torch.float32, "cpu"), ids, start)
-    diff = (engine.token_logps(ids, start) - reference).abs().max().item()
-    tolerance = tolerance or (0.25 if _low_precision(getattr(engine, "dtype", "float32")) else 1e-3)
+    with torch.no_grad():
+        reference = token_logps(model, ids, start)
+    engine_logps = engine.token_logps(ids, start)
+    diff = (engine_logps - reference).abs().max().item()
+    low = _low_precision(getattr(engine, "dtype", "float32")) or _low_precision(next(model.parameters()).dtype)
+    tolerance = tolerance or (0.25 if low else 1e-3)
     if not diff <= tolerance:
         raise GenerationError(
-            f"{path}: {engine.kind} scores the probe {diff:.3g} nats away from transformers "
-            f"(tolerance {tolerance}); the weights did not load as saved"
+            f"{engine.kind} scores the probe {diff:.3g} nats away from {where} (tolerance {tolerance}); "
+            "the weights did not load as saved"
         )
-    return diff
+    return diff, engine_logps, reference
+
+
+def verify_load(engine, path: Path, tokenizer, tolerance: float | None = None) -> float:
+    """Max |engine - transformers| per-token log-prob on the probe sequence; raises above tolerance."""
+    # transformers in fp32 on the CPU is the reference the engine must agree with
+    model = models.load_model(path, torch.float32, "cpu")
+    try:
+        return _check_probe(engine, model, tokenizer, "transformers", tolerance)[0]
+    except GenerationError as error:
+        raise GenerationError(f"{path}: {error}") from None
 
 
 def verify_reload(engine, model, tokenizer, previous: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """An engine reloaded from a model in memory (online rounds: the training policy) checked on the probe: max
-    |engine - model| within the load tolerance (0.25 nats where either is bf16 or fp16, else 1e-3), and, given the
-    model's probe log-probs before its last updates (`previous`), the engine nearer the model now than then (mean
-    |engine - previous| at least half mean |engine - now|): in bf16 a few updates move the probe less than the
-    tolerance, so an engine left with the old weights would pass the first check alone. Returns (the max
-    difference, the model's probe log-probs now, for the next call's `previous`)."""
-    ids, start = probe(tokenizer)
-    with torch.no_grad():
-        now = token_logps(model, ids, start)
-    engine_logps = engine.token_logps(ids, start)
-    diff = (engine_logps - now).abs().max().item()
-    low = _low_precision(getattr(engine, "dtype", "float32")) or _low_precision(next(model.parameters()).dtype)
-    tolerance = 0.25 if low else 1e-3
-    if not diff <= tolerance:
-        raise GenerationError(
-            f"{engine.kind} scores the probe {diff:.3g} nats away from the model it was reloaded from "
-            f"(tolerance {tolerance}); the weights did not load as saved"
-        )
+    |engine - model| within the load tolerance (_check_probe), and, given the model's probe log-probs before its last
+    updates (`previous`), the engine nearer the model now than then (mean |engine - previous| at least half mean
+    |engine - now|): in bf16 a few updates move the probe less than the tolerance, so an engine left with the old
+    weights would pass the first check alone. Returns (the max difference, the model's probe log-probs now, for the
+    next call's `previous`)."""
+    diff, engine_logps, now = _check_probe(engine, model, tokenizer, "the model it was reloaded from")
     if previous is not None:
         to_now, to_before = (engine_logps - now).abs().mean().item(), (engine_logps - previous).abs().mean().item()
         if to_before < 0.5 * to_now:

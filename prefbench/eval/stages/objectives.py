@@ -71,12 +71,14 @@ def over_training(recipe: Recipe, gens: dict[str, list[dict | None]], settings: 
     for spec in recipe.objectives:
         dirs = [objective_dir(recipe, spec.label, seed) / "snapshots" for seed in recipe.seeds]
         steps = sorted({int(d.name.removeprefix("step-")) for root in dirs for d in root.glob("step-*")})
+        if not steps:
+            continue
         at = {
             step: [read_optional(root / f"step-{step}" / "eval_generation.json") for root in dirs] for step in steps
         } | {recipe.train_for(spec).steps: gens[spec.label]}
         per_step = {}
         for step, results in at.items():
-            if not steps or any(r is None or r.get("settings") != settings for r in results):
+            if any(r is None or r.get("settings") != settings for r in results):
                 continue
             tables = {name: _seed_table(results, METRICS[name]) for name in OVER_TRAINING}
             per_step[str(step)] = {name: stats.across_seeds(t) for name, t in tables.items() if t is not None}
@@ -86,11 +88,12 @@ def over_training(recipe: Recipe, gens: dict[str, list[dict | None]], settings: 
 
 
 def _seed_table(results: list[dict], m) -> np.ndarray | None:
-    """[seeds, prompts] of a metric's per-prompt values, or [seeds, 1] of its number per unit; None if any lacks it."""
-    rows = [m.values(r) if m.per_prompt else [m.estimate(r)] for r in results]
-    if any(r is None or None in r for r in rows) or len({len(r) for r in rows}) > 1:
-        return None
-    return np.array(rows, dtype=float)
+    """[seeds, prompts] of a metric's per-prompt values (results.objective_tables), or [seeds, 1] of its number per
+    unit; None if any lacks it."""
+    if m.per_prompt:
+        return objective_tables({"": results}, m).get("")
+    rows = [m.estimate(r) for r in results]
+    return None if None in rows else np.array(rows, dtype=float)[:, None]
 
 
 def strength_sweeps(recipe: Recipe) -> dict[str, tuple[str, list]]:
